@@ -1,0 +1,2 @@
+//! The guest phone agent.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Android image formats, parsed and written exactly.

@@ -1,0 +1,2 @@
+//! cloudphone: control service, host agent and CLI.
+fn main() {}

@@ -1,0 +1,1 @@
+//! cloudphone-vmm: the per-phone KVM virtual machine monitor.

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("cloudphone-vmm: not built yet");
+    std::process::exit(2);
+}
