@@ -1,2 +1,1 @@
-//! The guest phone agent.
-fn main() {}
+fn main(){}

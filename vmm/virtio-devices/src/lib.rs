@@ -7,6 +7,7 @@
 //! `virtio-drivers` crate acting as the guest driver.
 
 pub mod device;
+pub mod pci;
 pub mod worker;
 
 pub use device::{

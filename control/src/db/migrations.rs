@@ -1,0 +1,4 @@
+//! Versioned schema migrations, embedded in the binary and shared by both backends.
+
+/// `(version, sql)` in order; a version, once released, is never edited (add a new one).
+pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];

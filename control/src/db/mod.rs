@@ -1,0 +1,293 @@
+//! Storage behind one interface: SQLite (default) or PostgreSQL.
+//!
+//! Business logic (`crate::store`) is written once against [`Tx`], with portable SQL
+//! (`?` placeholders, BIGINT/TEXT columns only). Each backend turns that into its own calls.
+//! Every operation runs in a transaction that serialises lease decisions: SQLite takes the
+//! write lock up front (`BEGIN IMMEDIATE`), PostgreSQL row locks (`FOR UPDATE`, see
+//! [`Tx::lock_suffix`]).
+
+mod migrations;
+mod postgres;
+mod sqlite;
+
+use std::path::Path;
+
+pub use migrations::MIGRATIONS;
+
+/// A database failure; the message names the statement's purpose and the backend's reason.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The backend rejected a statement or the connection broke.
+    #[error("database error: {0}")]
+    Backend(String),
+    /// A row did not have the shape the code expected (a bug or a schema mismatch).
+    #[error("database row decode error: {0}")]
+    Decode(String),
+    /// A unique constraint fired (e.g. a name already taken).
+    #[error("already exists: {0}")]
+    Unique(String),
+}
+
+/// One SQL value. Only these three types cross the boundary so both backends agree.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Self {
+        Value::Text(v.clone())
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Int(v as i64)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// A result row: values in SELECT order, read with typed accessors.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Value>);
+
+impl Row {
+    fn get(&self, i: usize) -> Result<&Value, DbError> {
+        self.0
+            .get(i)
+            .ok_or_else(|| DbError::Decode(format!("column {i} missing")))
+    }
+    /// Column `i` as an integer.
+    pub fn int(&self, i: usize) -> Result<i64, DbError> {
+        match self.get(i)? {
+            Value::Int(v) => Ok(*v),
+            other => Err(DbError::Decode(format!("column {i}: expected int, got {other:?}"))),
+        }
+    }
+    /// Column `i` as text.
+    pub fn text(&self, i: usize) -> Result<String, DbError> {
+        match self.get(i)? {
+            Value::Text(v) => Ok(v.clone()),
+            other => Err(DbError::Decode(format!("column {i}: expected text, got {other:?}"))),
+        }
+    }
+    /// Column `i` as nullable text.
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>, DbError> {
+        match self.get(i)? {
+            Value::Null => Ok(None),
+            _ => self.text(i).map(Some),
+        }
+    }
+    /// Column `i` as nullable integer.
+    pub fn opt_int(&self, i: usize) -> Result<Option<i64>, DbError> {
+        match self.get(i)? {
+            Value::Null => Ok(None),
+            _ => self.int(i).map(Some),
+        }
+    }
+}
+
+/// Which SQL flavour a transaction speaks (only where portable SQL is not enough).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A database: a shared handle to a SQLite file or a PostgreSQL connection pool.
+#[derive(Clone)]
+pub enum Database {
+    Sqlite(sqlite::SqliteDb),
+    Postgres(postgres::PgDb),
+}
+
+impl Database {
+    /// Opens (creating if needed) `<data_dir>/cloudphone.db` and applies migrations.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Self, DbError> {
+        let db = Database::Sqlite(sqlite::SqliteDb::open(&data_dir.join("cloudphone.db"))?);
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Connects a pool to `url` (`postgres://...` or `host=/sock dbname=...`) and migrates.
+    pub async fn open_postgres(url: &str, pool_size: usize) -> Result<Self, DbError> {
+        let db = Database::Postgres(postgres::PgDb::connect(url, pool_size).await?);
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Opens by URL: `postgres://`/`postgresql://` selects PostgreSQL, anything else SQLite
+    /// in `data_dir`.
+    pub async fn open(database: Option<&str>, data_dir: &Path) -> Result<Self, DbError> {
+        match database {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Self::open_postgres(url, 16).await
+            }
+            Some(other) => Err(DbError::Backend(format!(
+                "unsupported --database {other:?}: use postgres://... or leave it out for SQLite"
+            ))),
+            None => Self::open_sqlite(data_dir).await,
+        }
+    }
+
+    /// Starts a transaction that holds the write lock (SQLite) or can take row locks (PG).
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        match self {
+            Database::Sqlite(db) => Ok(Tx::Sqlite(db.begin().await?)),
+            Database::Postgres(db) => Ok(Tx::Postgres(db.begin().await?)),
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), DbError> {
+        let mut tx = self.begin().await?;
+        tx.batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+        )
+        .await?;
+        let applied = tx.query("SELECT version FROM schema_migrations", &[]).await?;
+        let applied: Vec<i64> = applied.iter().map(|r| r.int(0)).collect::<Result<_, _>>()?;
+        for (version, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            tracing::info!(version, "applying migration");
+            tx.batch(sql).await?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_ms) VALUES (?, ?)",
+                &[Value::Int(*version), Value::Int(crate::now_ms())],
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// An open transaction. Dropping it without [`Tx::commit`] rolls it back.
+pub enum Tx {
+    Sqlite(sqlite::SqliteTx),
+    Postgres(postgres::PgTx),
+}
+
+impl Tx {
+    /// The SQL flavour, for the few statements that differ.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Suffix for a SELECT whose rows this transaction will update: a row lock on PostgreSQL
+    /// (SQLite already holds the database write lock since `BEGIN IMMEDIATE`).
+    pub fn lock_suffix(&self) -> &'static str {
+        match self {
+            Tx::Sqlite(_) => "",
+            Tx::Postgres(_) => " FOR UPDATE",
+        }
+    }
+
+    /// Like [`Tx::lock_suffix`] but skips rows other transactions hold (picking a free phone).
+    pub fn skip_locked_suffix(&self) -> &'static str {
+        match self {
+            Tx::Sqlite(_) => "",
+            Tx::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Runs a SELECT (or `... RETURNING`) and returns all rows.
+    pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
+        match self {
+            Tx::Sqlite(t) => t.query(sql, params),
+            Tx::Postgres(t) => t.query(sql, params).await,
+        }
+    }
+
+    /// Runs a SELECT expected to return at most one row.
+    pub async fn query_opt(&mut self, sql: &str, params: &[Value]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// Runs INSERT/UPDATE/DELETE and returns the number of rows changed.
+    pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        match self {
+            Tx::Sqlite(t) => t.execute(sql, params),
+            Tx::Postgres(t) => t.execute(sql, params).await,
+        }
+    }
+
+    /// Runs several parameterless statements (migrations).
+    async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(t) => t.batch(sql),
+            Tx::Postgres(t) => t.batch(sql).await,
+        }
+    }
+
+    /// Makes the transaction's changes durable and visible.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(t) => t.commit(),
+            Tx::Postgres(t) => t.commit().await,
+        }
+    }
+}
+
+/// Rewrites `?` placeholders as `$1, $2, ...` (PostgreSQL). Our SQL never has `?` in literals.
+pub(crate) fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(
+            numbered_placeholders("SELECT a FROM t WHERE b = ? AND c = ?"),
+            "SELECT a FROM t WHERE b = $1 AND c = $2"
+        );
+        assert_eq!(numbered_placeholders("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn row_accessors_reject_wrong_types() {
+        let row = Row(vec![Value::Int(3), Value::Text("x".into()), Value::Null]);
+        assert_eq!(row.int(0).unwrap(), 3);
+        assert_eq!(row.text(1).unwrap(), "x");
+        assert!(row.int(1).is_err());
+        assert_eq!(row.opt_text(2).unwrap(), None);
+        assert!(row.int(7).is_err());
+    }
+}

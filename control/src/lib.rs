@@ -1,0 +1,1 @@
+//! cloudphone library.

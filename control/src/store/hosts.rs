@@ -1,0 +1,141 @@
+//! Hosts: registration, heartbeats, and losing hosts that stop heartbeating.
+
+use crate::db::{Row, Tx, Value};
+use crate::error::Result;
+use crate::ids::new_id;
+use crate::model::{Host, PhoneState};
+use crate::scheduler::HostLoad;
+
+use super::phones;
+
+const COLS: &str = "SELECT id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms FROM hosts";
+
+fn decode(r: &Row) -> Result<Host> {
+    Ok(Host {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        state: r.text(2)?,
+        vcpus: r.int(3)?,
+        memory_mib: r.int(4)?,
+        max_phones: r.int(5)?,
+        last_heartbeat_ms: r.int(6)?,
+        created_ms: r.int(7)?,
+    })
+}
+
+/// Registers a host by name, or updates the capacity of an existing one (agent restart).
+pub async fn register(tx: &mut Tx, name: &str, vcpus: i64, memory_mib: i64, max_phones: i64) -> Result<Host> {
+    let now = crate::now_ms();
+    let existing = tx.query_opt(&format!("{COLS} WHERE name = ?{}", tx.lock_suffix()), &[name.into()]).await?;
+    let id = match existing {
+        Some(r) => {
+            let id = r.text(0)?;
+            tx.execute(
+                "UPDATE hosts SET vcpus = ?, memory_mib = ?, max_phones = ?, last_heartbeat_ms = ? WHERE id = ?",
+                &[vcpus.into(), memory_mib.into(), max_phones.into(), now.into(), (&id).into()],
+            )
+            .await?;
+            id
+        }
+        None => {
+            let id = new_id("h");
+            tx.execute(
+                "INSERT INTO hosts (id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms) VALUES (?, ?, 'online', ?, ?, ?, ?, ?)",
+                &[(&id).into(), name.into(), vcpus.into(), memory_mib.into(), max_phones.into(), now.into(), now.into()],
+            )
+            .await?;
+            id
+        }
+    };
+    super::audit::record(tx, "agent", "host.register", &id, name, None).await?;
+    get(tx, &id).await
+}
+
+/// A host by id.
+pub async fn get(tx: &mut Tx, id: &str) -> Result<Host> {
+    decode(&super::one(tx, "host", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)
+}
+
+/// All hosts by name.
+pub async fn list(tx: &mut Tx) -> Result<Vec<Host>> {
+    tx.query(&format!("{COLS} ORDER BY name"), &[]).await?.iter().map(decode).collect()
+}
+
+/// Records a heartbeat. A host coming back reconciles its `lost` phones with what it
+/// reports running: a surviving VMM is reset (its lease already ended), a gone one stopped.
+pub async fn heartbeat(tx: &mut Tx, host_id: &str, running: &[String]) -> Result<Host> {
+    let host = get(tx, host_id).await?;
+    tx.execute(
+        "UPDATE hosts SET last_heartbeat_ms = ?, state = 'online' WHERE id = ?",
+        &[crate::now_ms().into(), host_id.into()],
+    )
+    .await?;
+    if host.state != "online" {
+        super::audit::record(tx, "agent", "host.online", host_id, "heartbeats resumed", None).await?;
+    }
+    let lost = tx
+        .query("SELECT id FROM phones WHERE host_id = ? AND state = 'lost'", &[host_id.into()])
+        .await?;
+    for r in lost {
+        let id = r.text(0)?;
+        let to = if running.contains(&id) { PhoneState::Resetting } else { PhoneState::Stopped };
+        phones::transition(tx, &id, to, "agent", "reconciled after host came back").await?;
+    }
+    get(tx, host_id).await
+}
+
+/// Marks hosts silent for longer than `timeout_ms` offline and their phones `lost` (which
+/// ends their leases and tells the users). Returns the hosts marked.
+pub async fn reap(tx: &mut Tx, timeout_ms: i64) -> Result<Vec<String>> {
+    let cutoff = crate::now_ms() - timeout_ms;
+    let rows = tx
+        .query(
+            &format!("SELECT id FROM hosts WHERE state = 'online' AND last_heartbeat_ms < ?{}", tx.lock_suffix()),
+            &[Value::Int(cutoff)],
+        )
+        .await?;
+    let mut reaped = Vec::new();
+    for r in rows {
+        let host_id = r.text(0)?;
+        tx.execute("UPDATE hosts SET state = 'offline' WHERE id = ?", &[(&host_id).into()]).await?;
+        super::audit::record(tx, "scheduler", "host.offline", &host_id, "missed heartbeats", None).await?;
+        let live = tx
+            .query(
+                "SELECT id FROM phones WHERE host_id = ? AND state NOT IN ('stopped', 'failed', 'lost')",
+                &[(&host_id).into()],
+            )
+            .await?;
+        for p in live {
+            phones::transition(tx, &p.text(0)?, PhoneState::Lost, "scheduler", "host missed heartbeats").await?;
+        }
+        reaped.push(host_id);
+    }
+    Ok(reaped)
+}
+
+/// Capacity and current use of every online host (input to `scheduler::place`).
+pub async fn loads(tx: &mut Tx) -> Result<Vec<HostLoad>> {
+    let rows = tx
+        .query(
+            "SELECT h.id, h.vcpus, h.memory_mib, h.max_phones, \
+             CAST(COALESCE(SUM(pr.vcpus), 0) AS BIGINT), CAST(COALESCE(SUM(pr.memory_mib), 0) AS BIGINT), COUNT(p.id) \
+             FROM hosts h LEFT JOIN phones p ON p.host_id = h.id AND p.state NOT IN ('stopped', 'failed', 'lost') \
+             LEFT JOIN profiles pr ON pr.id = p.profile_id \
+             WHERE h.state = 'online' GROUP BY h.id, h.vcpus, h.memory_mib, h.max_phones ORDER BY h.id",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(HostLoad {
+                host_id: r.text(0)?,
+                vcpus: r.int(1)?,
+                memory_mib: r.int(2)?,
+                max_phones: r.int(3)?,
+                used_vcpus: r.int(4)?,
+                used_memory_mib: r.int(5)?,
+                phones: r.int(6)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,28 @@
+//! Business operations over a [`Tx`], written once for both databases.
+//!
+//! Lock order (PostgreSQL row locks; SQLite holds one lock for everything): profile row,
+//! then user row, then phone rows, then queue rows, then counters. Every path that can hand
+//! out or take back a phone locks its profile first, which serialises the decisions for one
+//! profile and keeps the queue strictly FIFO.
+
+pub mod audit;
+pub mod hosts;
+pub mod leases;
+pub mod phones;
+pub mod profiles;
+pub mod queue;
+pub mod users;
+
+use crate::db::{DbError, Row, Tx, Value};
+use crate::error::{Error, Result};
+
+/// Runs a query expected to return exactly one row, naming `what` when it does not.
+pub(crate) async fn one(tx: &mut Tx, what: &str, sql: &str, params: &[Value]) -> Result<Row> {
+    tx.query_opt(sql, params).await?.ok_or_else(|| Error::NotFound(what.to_owned()))
+}
+
+/// Reads a count(*) style first column.
+pub(crate) async fn count(tx: &mut Tx, sql: &str, params: &[Value]) -> Result<i64> {
+    let row = tx.query_opt(sql, params).await?.ok_or_else(|| DbError::Decode("count returned no row".into()))?;
+    Ok(row.int(0)?)
+}

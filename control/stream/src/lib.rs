@@ -1,0 +1,1 @@
+//! Screen streaming: encoders and WebRTC.

@@ -1,0 +1,1 @@
+//! Virtio balloon: inflate/deflate, stats, free page reporting.

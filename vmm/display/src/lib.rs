@@ -1,0 +1,1 @@
+//! Virtio gpu (2D) and input devices, framebuffer export.

@@ -1,0 +1,173 @@
+//! virtio-net: a phone's Ethernet interface, backed by a host TAP device.
+
+mod handler;
+mod spec;
+mod tap;
+
+use std::io;
+use std::sync::Arc;
+
+use cloudphone_virtio::{
+    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::*;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+
+pub use spec::{NetSpec, NetSpecError};
+pub use tap::{NetBackend, Tap};
+
+use crate::mac::MacAddr;
+use handler::NetHandler;
+
+/// Size of `virtio_net_hdr_v1` (with `num_buffers`), used on both the guest and TAP side.
+pub(crate) const VNET_HDR_LEN: usize = 12;
+/// Largest frame we move, header excluded: a 64 KiB GSO packet plus Ethernet and VLAN headers.
+/// Anything longer from the guest is dropped; it bounds the per-device bounce buffers.
+pub(crate) const MAX_FRAME_LEN: usize = 65550;
+/// Largest buffer (header + frame) either direction.
+pub(crate) const MAX_BUFFER_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
+/// Descriptors per queue (rx and tx).
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 2] = [QUEUE_SIZE, QUEUE_SIZE];
+/// Config space: mac[6], status (u16 LE).
+const CONFIG_LEN: usize = 8;
+
+/// Why a net device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// /dev/net/tun is missing or not accessible.
+    #[error("cannot open /dev/net/tun: {0} (load the tun module and run with CAP_NET_ADMIN or as the tap's owner)")]
+    OpenTun(#[source] io::Error),
+    /// A TAP ioctl failed.
+    #[error("TAP {tap}: {op} failed: {source}")]
+    Tap {
+        tap: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Feature bits offered: checksum and TSO offload both ways (the TAP does the work), mergeable
+/// rx buffers, MAC and link status in config space. No UFO, no control queue, one queue pair.
+fn offered_features() -> u64 {
+    [
+        VIRTIO_NET_F_CSUM,
+        VIRTIO_NET_F_GUEST_CSUM,
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_GUEST_ECN,
+        VIRTIO_NET_F_HOST_TSO4,
+        VIRTIO_NET_F_HOST_TSO6,
+        VIRTIO_NET_F_HOST_ECN,
+        VIRTIO_NET_F_MRG_RXBUF,
+        VIRTIO_NET_F_MAC,
+        VIRTIO_NET_F_STATUS,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_RING_F_INDIRECT_DESC,
+        VIRTIO_F_VERSION_1,
+    ]
+    .iter()
+    .fold(0, |acc, bit| acc | 1u64 << bit)
+}
+
+/// A virtio-net device (virtio spec 5.1) with one rx/tx queue pair.
+pub struct Net {
+    // Identity and backend, kept across resets.
+    backend: Arc<dyn NetBackend>,
+    mac: MacAddr,
+    // Negotiation state.
+    acked_features: u64,
+    // Running state (present while activated).
+    worker: Option<DeviceWorker>,
+}
+
+impl Net {
+    /// A device on the TAP named by `spec`, with its MAC (given or derived from the tap name).
+    pub fn new(spec: &NetSpec) -> Result<Self, NetError> {
+        let tap = Tap::open(&spec.tap)?;
+        tracing::info!(tap = tap.name(), mac = %spec.mac_or_derived(), "virtio-net on TAP");
+        Ok(Self::with_backend(Arc::new(tap), spec.mac_or_derived()))
+    }
+
+    /// A device on any frame backend (tests use a socket pair).
+    pub fn with_backend(backend: Arc<dyn NetBackend>, mac: MacAddr) -> Self {
+        Net { backend, mac, acked_features: 0, worker: None }
+    }
+
+    /// The MAC address the guest sees.
+    pub fn mac(&self) -> MacAddr {
+        self.mac
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_LEN] {
+        let mut config = [0u8; CONFIG_LEN];
+        config[..6].copy_from_slice(&self.mac.0);
+        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        config
+    }
+
+    fn acked(&self, bit: u32) -> bool {
+        self.acked_features & (1u64 << bit) != 0
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        virtio_bindings::virtio_ids::VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        offered_features()
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & offered_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::queue::read_config_bytes(&self.config_bytes(), offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError> {
+        let [rx, tx]: [ActivatedQueue; 2] = queues.try_into().map_err(|q: Vec<_>| {
+            ActivateError::QueueCount { expected: 2, got: q.len() }
+        })?;
+        self.backend
+            .set_offload(self.acked_features)
+            .map_err(|e| ActivateError::Backend(format!("cannot set TAP offloads: {e}")))?;
+        let event_idx = self.acked(VIRTIO_RING_F_EVENT_IDX);
+        let handler = NetHandler::new(
+            mem,
+            interrupt.clone(),
+            self.backend.clone(),
+            crate::queue::DeviceQueue::new(rx, event_idx),
+            crate::queue::DeviceQueue::new(tx, event_idx),
+            self.acked(VIRTIO_NET_F_MRG_RXBUF),
+        );
+        let worker = DeviceWorker::spawn("virtio-net", handler, interrupt)
+            .map_err(|e| ActivateError::Backend(format!("cannot start the net worker: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+        self.acked_features = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;

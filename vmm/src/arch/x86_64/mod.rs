@@ -1,0 +1,9 @@
+//! x86_64 guest setup: memory layout, zero page + e820, GDT, identity page tables, CPUID,
+//! MSRs, FPU and LAPIC state, following the Linux 64-bit boot protocol.
+
+pub mod boot_params;
+pub mod cpuid;
+pub mod gdt;
+pub mod layout;
+pub mod paging;
+pub mod regs;

@@ -1,0 +1,199 @@
+//! Guest RAM: a memfd (so it can be shared with other processes or snapshotted) mapped as
+//! `vm-memory` regions around the 32-bit MMIO hole, plus registration with KVM.
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use vm_memory::{Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+/// Guest memory as used throughout the VMM and by the devices.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// Start of the 32-bit MMIO hole (PCI BARs, IOAPIC, LAPIC): RAM never lives in
+/// `[MMIO_HOLE_START, 4 GiB)`.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// First address above 4 GiB, where RAM continues when the guest has more than
+/// [`MMIO_HOLE_START`] bytes.
+pub const HIGH_RAM_START: u64 = 1 << 32;
+/// Smallest guest we accept (a Linux kernel + initramfs needs this much to be useful).
+pub const MIN_MEMORY_MIB: u64 = 64;
+
+/// Why guest memory could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// Requested size out of range.
+    #[error("--memory {mib} MiB is out of range: use {min}..={max} MiB (the maximum is this host's RAM)")]
+    Size {
+        /// What was asked for.
+        mib: u64,
+        /// Lower bound.
+        min: u64,
+        /// Upper bound.
+        max: u64,
+    },
+    /// The memfd could not be created or sized.
+    #[error("cannot create the guest memory file ({what}): {source}")]
+    Memfd {
+        /// Which step failed.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Mapping failed.
+    #[error("cannot map guest memory: {0}")]
+    Map(#[from] vm_memory::mmap::FromRangesError),
+    /// KVM refused the memory slot.
+    #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} failed: {source}")]
+    Register {
+        /// The slot number.
+        slot: u32,
+        /// The ioctl error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// The RAM ranges (guest address, length) for a guest of `size` bytes: low RAM up to the MMIO
+/// hole, the rest above 4 GiB.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    if size <= MMIO_HOLE_START {
+        vec![(GuestAddress(0), size)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_HOLE_START),
+            (GuestAddress(HIGH_RAM_START), size - MMIO_HOLE_START),
+        ]
+    }
+}
+
+/// Total RAM of this host in MiB (the cap for `--memory`).
+pub fn host_memory_mib() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if pages <= 0 || page_size <= 0 {
+        return u64::MAX >> 20;
+    }
+    (pages as u64).saturating_mul(page_size as u64) >> 20
+}
+
+/// Check `mib` against [`MIN_MEMORY_MIB`] and the host's RAM.
+pub fn validate_size(mib: u64) -> Result<u64, MemoryError> {
+    let max = host_memory_mib();
+    if !(MIN_MEMORY_MIB..=max).contains(&mib) {
+        return Err(MemoryError::Size {
+            mib,
+            min: MIN_MEMORY_MIB,
+            max,
+        });
+    }
+    Ok(mib << 20)
+}
+
+fn memfd(size: u64) -> Result<File, MemoryError> {
+    // SAFETY: the name is a valid NUL-terminated string; the returned fd is checked.
+    let fd = unsafe { libc::memfd_create(c"cloudphone-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd {
+            what: "memfd_create",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: fd is a freshly created descriptor we own.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).map_err(|source| MemoryError::Memfd {
+        what: "ftruncate",
+        source,
+    })?;
+    Ok(file)
+}
+
+/// Create `size` bytes of guest RAM backed by one memfd (shared mapping), laid out by
+/// [`ram_ranges`]. Pages are only allocated when touched.
+pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    let file = std::sync::Arc::new(memfd(size)?);
+    let mut offset = 0u64;
+    let mut regions = Vec::new();
+    for (start, len) in ram_ranges(size) {
+        regions.push((
+            start,
+            len as usize,
+            Some(FileOffset::from_arc(file.clone(), offset)),
+        ));
+        offset += len;
+    }
+    Ok(GuestMemoryMmap::from_ranges_with_files(regions)?)
+}
+
+/// Register every region of `mem` with KVM, one slot each.
+pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let slot = slot as u32;
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .expect("offset 0 is inside every region") as u64;
+        let desc = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host,
+        };
+        // SAFETY: the mapping stays alive as long as `mem`, which the VM keeps until the VM
+        // file descriptor is closed.
+        unsafe { vm.set_user_memory_region(desc) }
+            .map_err(|source| MemoryError::Register { slot, source })?;
+    }
+    Ok(())
+}
+
+/// End of low RAM (below the MMIO hole): where the initrd and boot structures must fit.
+pub fn low_ram_end(mem: &GuestMemoryMmap) -> GuestAddress {
+    mem.iter()
+        .next()
+        .map(|r| r.last_addr().unchecked_add(1))
+        .unwrap_or(GuestAddress(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_guest_is_one_low_range() {
+        assert_eq!(ram_ranges(256 << 20), vec![(GuestAddress(0), 256 << 20)]);
+        assert_eq!(
+            ram_ranges(MMIO_HOLE_START),
+            vec![(GuestAddress(0), MMIO_HOLE_START)]
+        );
+    }
+
+    #[test]
+    fn large_guest_skips_the_hole() {
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_HOLE_START));
+        assert_eq!(r[1].0, GuestAddress(HIGH_RAM_START));
+        assert_eq!(r[0].1 + r[1].1, 4 << 30);
+    }
+
+    #[test]
+    fn size_limits() {
+        assert!(validate_size(0).is_err());
+        assert!(validate_size(63).is_err());
+        assert!(validate_size(u64::MAX >> 20).is_err());
+        assert_eq!(validate_size(64).unwrap(), 64 << 20);
+    }
+
+    #[test]
+    fn memfd_backed_memory_is_readable_and_writable() {
+        use vm_memory::Bytes;
+        let mem = create_guest_memory(64 << 20).unwrap();
+        mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert!(mem.write_obj(1u8, GuestAddress(64 << 20)).is_err());
+        assert_eq!(low_ram_end(&mem), GuestAddress(64 << 20));
+    }
+}
