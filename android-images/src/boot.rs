@@ -486,3 +486,149 @@ fn join_cmdline(cmdline: &[u8], extra: &[u8]) -> Result<String> {
     joined.extend_from_slice(&extra[..cut(extra)]);
     decode_cstr(&joined, "boot.cmdline")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn word(buf: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(buf[at..at + 4].try_into().unwrap())
+    }
+
+    fn sample(version: u32) -> BootImage {
+        let mut img = BootImage::new(version);
+        img.kernel = vec![0x11; 5000];
+        img.ramdisk = vec![0x22; 100];
+        img.cmdline = "console=hvc0".into();
+        img.os_version = OsVersion::parse("13.0.0", "2024-03").unwrap();
+        if version < 3 {
+            img.second = vec![0x33; 10];
+            img.board_name = "cloudphone".into();
+        }
+        if (1..3).contains(&version) {
+            img.recovery_dtbo = vec![0x44; 3000];
+        }
+        if version == 2 {
+            img.dtb = vec![0x55; 7];
+        }
+        if version == 4 {
+            img.signature = vec![0x66; 4096];
+        }
+        img.apply_load_addresses(&LoadAddresses::default()).unwrap();
+        img
+    }
+
+    #[test]
+    fn v2_field_offsets_match_bootimg_h() {
+        let img = sample(2);
+        let b = img.to_bytes().unwrap();
+        // bootimg.h boot_img_hdr_v2: kernel_size@8 kernel_addr@12 ramdisk_size@16 ... page_size@36
+        // header_version@40 os_version@44 name@48 cmdline@64 id@576 extra_cmdline@608
+        // recovery_dtbo_size@1632 recovery_dtbo_offset@1636 header_size@1644 dtb_size@1648 dtb_addr@1652.
+        assert_eq!(&b[..8], b"ANDROID!");
+        assert_eq!(word(&b, 8), 5000);
+        assert_eq!(word(&b, 12), 0x1000_8000);
+        assert_eq!(word(&b, 16), 100);
+        assert_eq!(word(&b, 20), 0x1100_0000);
+        assert_eq!(word(&b, 24), 10);
+        assert_eq!(word(&b, 28), 0x10f0_0000);
+        assert_eq!(word(&b, 32), 0x1000_0100);
+        assert_eq!(word(&b, 36), 2048);
+        assert_eq!(word(&b, 40), 2);
+        assert_eq!(&b[48..58], b"cloudphone");
+        assert_eq!(&b[64..76], b"console=hvc0");
+        assert_eq!(word(&b, 1632), 3000);
+        // header page + kernel 3 pages + ramdisk 1 + second 1 = 6 pages of 2048.
+        assert_eq!(u64::from_le_bytes(b[1636..1644].try_into().unwrap()), 6 * 2048);
+        assert_eq!(word(&b, 1644), 1660);
+        assert_eq!(word(&b, 1648), 7);
+        assert_eq!(u64::from_le_bytes(b[1652..1660].try_into().unwrap()), 0x11f0_0000);
+        // dtbo 2 pages then dtb 1 page.
+        assert_eq!(b.len(), (6 + 2 + 1) * 2048);
+        assert_eq!(&b[8 * 2048..8 * 2048 + 7], &[0x55; 7]);
+    }
+
+    #[test]
+    fn v4_field_offsets_match_bootimg_h() {
+        let b = sample(4).to_bytes().unwrap();
+        // boot_img_hdr_v4: kernel_size@8 ramdisk_size@12 os_version@16 header_size@20
+        // reserved@24..40 header_version@40 cmdline@44 signature_size@1580.
+        assert_eq!(word(&b, 8), 5000);
+        assert_eq!(word(&b, 12), 100);
+        assert_eq!(word(&b, 16), (13 << 14) << 11 | (24 << 4 | 3));
+        assert_eq!(word(&b, 20), 1584);
+        assert_eq!(word(&b, 40), 4);
+        assert_eq!(&b[44..56], b"console=hvc0");
+        assert_eq!(word(&b, 1580), 4096);
+        // header page, kernel 2 pages, ramdisk 1, signature 1.
+        assert_eq!(b.len(), 5 * 4096);
+        assert_eq!(b[4 * 4096], 0x66);
+    }
+
+    #[test]
+    fn round_trip_every_version() {
+        for v in 0..=4 {
+            let img = sample(v);
+            let bytes = img.to_bytes().unwrap();
+            let mut parsed = BootImage::parse(&bytes).unwrap();
+            if v < 3 {
+                assert_eq!(parsed.id, Some(img.mkbootimg_id()));
+                parsed.id = None;
+            }
+            assert_eq!(parsed, img, "version {v}");
+        }
+    }
+
+    #[test]
+    fn long_cmdline_spans_extra_cmdline() {
+        let mut img = sample(0);
+        img.cmdline = "x".repeat(1536);
+        let b = img.to_bytes().unwrap();
+        assert_eq!(b[64 + 511], b'x');
+        assert_eq!(b[608], b'x');
+        assert_eq!(BootImage::parse(&b).unwrap().cmdline.len(), 1536);
+        img.cmdline.push('y');
+        assert!(img.to_bytes().unwrap_err().to_string().contains("boot.cmdline = 1537"));
+    }
+
+    #[test]
+    fn writer_refuses_fields_the_version_lacks() {
+        let mut img = sample(3);
+        img.second = vec![1];
+        assert!(img.to_bytes().unwrap_err().to_string().contains("boot.second = 1 bytes"));
+        let mut img = sample(0);
+        img.dtb = vec![1];
+        assert!(img.to_bytes().is_err());
+        let mut img = sample(3);
+        img.page_size = 2048;
+        assert!(img.to_bytes().unwrap_err().to_string().contains("boot.page_size = 2048"));
+    }
+
+    #[test]
+    fn parser_rejects_bad_input_with_field_names() {
+        let good = sample(2).to_bytes().unwrap();
+        let err = |b: &[u8]| BootImage::parse(b).unwrap_err().to_string();
+        assert!(err(b"NOTANDROID").contains("bad magic"));
+        assert!(err(&good[..100]).contains("truncated"));
+        let mut b = good.clone();
+        b[36..40].copy_from_slice(&3000u32.to_le_bytes());
+        assert!(err(&b).contains("boot.page_size = 3000"));
+        let mut b = good.clone();
+        b[40..44].copy_from_slice(&9u32.to_le_bytes());
+        assert!(err(&b).contains("boot.header_version = 9"));
+        let mut b = good.clone();
+        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(err(&b).contains("recovery_dtbo_offset"), "{}", err(&b));
+        let mut b = sample(0).to_bytes().unwrap();
+        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(err(&b).contains("kernel section: truncated"), "{}", err(&b));
+        let mut b = good.clone();
+        b[1636..1644].copy_from_slice(&2048u64.to_le_bytes());
+        assert!(err(&b).contains("boot.recovery_dtbo_offset = 2048"));
+        let mut b = good.clone();
+        b[1644..1648].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(err(&b).contains("boot.header_size = 1000"));
+        let trunc = &good[..good.len() - 2048];
+        assert!(err(trunc).contains("dtb section"));
+    }
+}

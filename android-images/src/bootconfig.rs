@@ -371,12 +371,12 @@ mod tests {
     #[test]
     fn trailer_hand_computed_vector() {
         // "a = \"b\"\n" is 8 bytes: 'a'=97 ' '=32 '='=61 ' '=32 '"'=34 'b'=98 '"'=34 '\n'=10,
-        // sum 388 = 0x184. Initrd of 3 bytes: 3 + 8 + 20 = 31, so 1 NUL of padding, size 9.
+        // sum 398 = 0x18e. Initrd of 3 bytes: 3 + 8 + 20 = 31, so 1 NUL of padding, size 9.
         let mut initrd = vec![1, 2, 3];
         append_trailer(&mut initrd, b"a = \"b\"\n").unwrap();
         let mut expected = vec![1, 2, 3];
         expected.extend_from_slice(b"a = \"b\"\n\0");
-        expected.extend_from_slice(&[9, 0, 0, 0, 0x84, 0x01, 0, 0]);
+        expected.extend_from_slice(&[9, 0, 0, 0, 0x8e, 0x01, 0, 0]);
         expected.extend_from_slice(b"#BOOTCONFIG\n");
         assert_eq!(initrd, expected);
         assert_eq!(initrd.len() % 4, 0);

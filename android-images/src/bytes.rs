@@ -63,11 +63,6 @@ impl<'a> FieldReader<'a> {
         Self { buf, pos: start, what }
     }
 
-    /// Current offset in the input.
-    pub fn pos(&self) -> u64 {
-        self.pos
-    }
-
     /// Reads the next `len` bytes.
     pub fn bytes(&mut self, len: u64) -> Result<&'a [u8]> {
         let out = slice_at(self.buf, self.what, self.pos, len)?;
@@ -80,11 +75,6 @@ impl<'a> FieldReader<'a> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.bytes(N as u64)?);
         Ok(out)
-    }
-
-    /// Reads a little-endian u16.
-    pub fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.array()?))
     }
 
     /// Reads a little-endian u32.

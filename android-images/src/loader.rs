@@ -164,3 +164,101 @@ pub fn assemble_android_boot(
         boot_header_version: boot.header_version,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootconfig::split_trailer;
+    use crate::vendor_boot::{VendorRamdisk, VendorRamdiskType};
+
+    fn boot(version: u32, cmdline: &str) -> BootImage {
+        let mut b = BootImage::new(version);
+        b.kernel = b"KERNEL".to_vec();
+        b.ramdisk = b"GENERIC".to_vec();
+        b.cmdline = cmdline.into();
+        b
+    }
+
+    fn vendor(version: u32) -> VendorBootImage {
+        let mut v = VendorBootImage::new(version);
+        v.cmdline = "vendor_opt=1".into();
+        let kind = if version == 4 { VendorRamdiskType::Dlkm } else { VendorRamdiskType::None };
+        let name = if version == 4 { "modules" } else { "" };
+        v.ramdisks = vec![VendorRamdisk::new(kind, name, b"VENDOR".to_vec())];
+        if version == 4 {
+            v.ramdisks.insert(0, VendorRamdisk::new(VendorRamdiskType::Platform, "plat", b"PLAT".to_vec()));
+            v.bootconfig = b"androidboot.hardware = \"cloudphone\"\n".to_vec();
+        }
+        v
+    }
+
+    #[test]
+    fn v4_boot_concatenates_and_appends_bootconfig() {
+        let opts = AndroidBootOptions {
+            extra_bootconfig: vec![("androidboot.slot_suffix".into(), "_a".into())],
+            ..Default::default()
+        };
+        let p = assemble_android_boot(&boot(4, "console=hvc0 androidboot.x=1"), Some(&vendor(4)), None, &opts).unwrap();
+        assert_eq!(p.kernel, b"KERNEL");
+        assert_eq!(p.cmdline, "vendor_opt=1 console=hvc0");
+        let (rd, data) = split_trailer(&p.initrd).unwrap().unwrap();
+        assert_eq!(rd, b"PLATVENDORGENERIC");
+        let text = String::from_utf8(data.to_vec()).unwrap();
+        assert_eq!(
+            text.trim_end_matches('\0'),
+            "androidboot.hardware = \"cloudphone\"\nandroidboot.x = \"1\"\nandroidboot.slot_suffix = \"_a\"\n"
+        );
+    }
+
+    #[test]
+    fn androidboot_on_cmdline_for_kernels_without_bootconfig() {
+        let opts = AndroidBootOptions { androidboot_on_cmdline: true, ..Default::default() };
+        let p = assemble_android_boot(&boot(4, "console=hvc0"), Some(&vendor(4)), None, &opts).unwrap();
+        assert_eq!(p.cmdline, "vendor_opt=1 console=hvc0 androidboot.hardware=cloudphone");
+        assert!(split_trailer(&p.initrd).unwrap().is_some());
+    }
+
+    #[test]
+    fn init_boot_supplies_the_generic_ramdisk() {
+        let mut init = BootImage::new(4);
+        init.ramdisk = b"INIT".to_vec();
+        let mut b = boot(4, "");
+        b.ramdisk.clear();
+        let p = assemble_android_boot(&b, Some(&vendor(4)), Some(&init), &Default::default()).unwrap();
+        assert_eq!(split_trailer(&p.initrd).unwrap().unwrap().0, b"PLATVENDORINIT");
+    }
+
+    #[test]
+    fn older_versions_keep_parameters_on_the_cmdline() {
+        let opts = AndroidBootOptions { extra_bootconfig: vec![("androidboot.serialno".into(), "X1".into())], ..Default::default() };
+        let p = assemble_android_boot(&boot(3, "console=ttyS0 androidboot.a=b"), Some(&vendor(3)), None, &opts).unwrap();
+        assert_eq!(p.initrd, b"VENDORGENERIC");
+        assert_eq!(p.cmdline, "vendor_opt=1 console=ttyS0 androidboot.a=b androidboot.serialno=X1");
+        let p = assemble_android_boot(&boot(0, "console=ttyS0"), None, None, &Default::default()).unwrap();
+        assert_eq!((p.initrd.as_slice(), p.cmdline.as_str()), (&b"GENERIC"[..], "console=ttyS0"));
+    }
+
+    #[test]
+    fn inconsistent_inputs_are_errors() {
+        let e = assemble_android_boot(&boot(2, ""), Some(&vendor(3)), None, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("boot.header_version = 2"));
+        let mut b = boot(4, "");
+        b.kernel.clear();
+        assert!(assemble_android_boot(&b, None, None, &Default::default()).unwrap_err().to_string().contains("kernel_size = 0"));
+    }
+
+    #[test]
+    fn files_are_capped_and_named() {
+        let dir = std::env::temp_dir().join(format!("android-images-loader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("boot.img");
+        std::fs::write(&path, boot(4, "c").to_bytes().unwrap()).unwrap();
+        let opts = AndroidBootOptions { max_image_size: 100, ..Default::default() };
+        assert!(load_android_boot(&path, None, None, &opts).unwrap_err().to_string().contains("limit"));
+        let p = load_android_boot(&path, None, None, &Default::default()).unwrap();
+        assert_eq!(p.cmdline, "c");
+        let missing = load_android_boot(&dir.join("nope.img"), None, None, &Default::default()).unwrap_err();
+        assert!(missing.to_string().contains("nope.img"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -386,3 +386,91 @@ fn parse_table(table: &[u8], entry_num: u32, entry_size: u32, blob: &[u8]) -> Re
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn word(buf: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(buf[at..at + 4].try_into().unwrap())
+    }
+
+    fn sample_v4() -> VendorBootImage {
+        let mut img = VendorBootImage::new(4);
+        img.cmdline = "vendor=1".into();
+        img.board_name = "cloudphone".into();
+        img.ramdisks = vec![
+            VendorRamdisk::new(VendorRamdiskType::Platform, "platform", vec![1; 5000]),
+            VendorRamdisk { board_id: [7; 16], ..VendorRamdisk::new(VendorRamdiskType::Dlkm, "dlkm", vec![2; 10]) },
+        ];
+        img.dtb = vec![3; 20];
+        img.bootconfig = b"androidboot.hardware = \"cloudphone\"\n".to_vec();
+        img
+    }
+
+    #[test]
+    fn v4_layout_matches_bootimg_h() {
+        let b = sample_v4().to_bytes().unwrap();
+        // vendor_boot_img_hdr_v4: header_version@8 page_size@12 kernel_addr@16 ramdisk_addr@20
+        // vendor_ramdisk_size@24 cmdline@28 tags_addr@2076 name@2080 header_size@2096
+        // dtb_size@2100 dtb_addr@2104 table_size@2112 entry_num@2116 entry_size@2120 bootconfig_size@2124.
+        assert_eq!(&b[..8], b"VNDRBOOT");
+        assert_eq!(word(&b, 8), 4);
+        assert_eq!(word(&b, 12), 4096);
+        assert_eq!(word(&b, 16), 0x1000_8000);
+        assert_eq!(word(&b, 20), 0x1100_0000);
+        assert_eq!(word(&b, 24), 5010);
+        assert_eq!(&b[28..36], b"vendor=1");
+        assert_eq!(word(&b, 2076), 0x1000_0100);
+        assert_eq!(&b[2080..2090], b"cloudphone");
+        assert_eq!(word(&b, 2096), 2128);
+        assert_eq!(word(&b, 2100), 20);
+        assert_eq!(word(&b, 2112), 216);
+        assert_eq!(word(&b, 2116), 2);
+        assert_eq!(word(&b, 2120), 108);
+        assert_eq!(word(&b, 2124), 36);
+        // header 1 page, ramdisks 2 pages, dtb 1, table at page 4, bootconfig at page 5.
+        let t = 4 * 4096;
+        assert_eq!((word(&b, t), word(&b, t + 4), word(&b, t + 8)), (5000, 0, 1));
+        assert_eq!(&b[t + 12..t + 20], b"platform");
+        assert_eq!((word(&b, t + 108), word(&b, t + 112), word(&b, t + 116)), (10, 5000, 3));
+        assert_eq!(word(&b, t + 108 + 44), 7);
+        assert_eq!(&b[5 * 4096..5 * 4096 + 11], b"androidboot");
+        assert_eq!(b.len(), 6 * 4096);
+    }
+
+    #[test]
+    fn round_trips_v3_and_v4() {
+        let v4 = sample_v4();
+        assert_eq!(VendorBootImage::parse(&v4.to_bytes().unwrap()).unwrap(), v4);
+        let mut v3 = VendorBootImage::new(3);
+        v3.ramdisks = vec![VendorRamdisk::new(VendorRamdiskType::None, "", vec![9; 3])];
+        v3.dtb = vec![1];
+        assert_eq!(VendorBootImage::parse(&v3.to_bytes().unwrap()).unwrap(), v3);
+        v3.ramdisks.push(VendorRamdisk::new(VendorRamdiskType::None, "", vec![1]));
+        assert!(v3.to_bytes().unwrap_err().to_string().contains("use version 4"));
+    }
+
+    #[test]
+    fn hostile_tables_are_rejected() {
+        let good = sample_v4().to_bytes().unwrap();
+        let err = |b: &[u8]| VendorBootImage::parse(b).unwrap_err().to_string();
+        let t = 4 * 4096;
+        let mut b = good.clone();
+        b[t + 4..t + 8].copy_from_slice(&4000u32.to_le_bytes());
+        assert!(err(&b).contains("ramdisk[0].ramdisk_offset = 4000"), "{}", err(&b));
+        let mut b = good.clone();
+        b[t + 112..t + 116].copy_from_slice(&100u32.to_le_bytes());
+        assert!(err(&b).contains("overlaps vendor ramdisk 0"));
+        let mut b = good.clone();
+        b[2116..2120].copy_from_slice(&3u32.to_le_bytes());
+        assert!(err(&b).contains("vendor_ramdisk_table_size = 216"));
+        let mut b = good.clone();
+        b[2116..2120].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(err(&b).contains("entry_num"));
+        let mut b = good.clone();
+        b[12..16].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(err(&b).contains("vendor_boot.page_size = 1000"));
+        assert!(err(&good[..5000]).contains("truncated"));
+    }
+}

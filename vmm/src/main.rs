@@ -1,4 +1,136 @@
+//! cloudphone-vmm: runs one guest; exit codes per API.md.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use cloudphone_vmm::api::{ApiServer, ApiTarget};
+use cloudphone_vmm::boot::{memfd_with, BootError};
+use cloudphone_vmm::config::{self, BootSource, OnReboot, RawConfig, VmConfig};
+use cloudphone_vmm::exit::GuestExit;
+use cloudphone_vmm::kvm::{self, KvmError};
+use cloudphone_vmm::vm::{BootPayload, Vm};
+
+/// Exit code for bad configuration or input files.
+const EXIT_CONFIG: i32 = 2;
+/// Exit code for missing/unusable KVM.
+const EXIT_KVM: i32 = 3;
+
+fn open(path: &Path, what: &'static str) -> Result<File, BootError> {
+    File::open(path).map_err(|source| BootError::Open {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Read the kernel/initrd/cmdline the config names (Android images are assembled into memfds).
+fn load_payload(cfg: &VmConfig) -> anyhow::Result<BootPayload> {
+    match &cfg.boot {
+        BootSource::Linux { kernel, initrd } => Ok(BootPayload {
+            kernel: open(kernel, "--kernel")?,
+            initrd: initrd.as_deref().map(|p| open(p, "--initrd")).transpose()?,
+            cmdline: cfg.cmdline.clone(),
+        }),
+        BootSource::Android {
+            boot,
+            vendor_boot,
+            init_boot,
+        } => {
+            let opts = android_images::loader::AndroidBootOptions {
+                androidboot_on_cmdline: true,
+                ..Default::default()
+            };
+            let p = android_images::loader::load_android_boot(
+                boot,
+                vendor_boot.as_deref(),
+                init_boot.as_deref(),
+                &opts,
+            )
+            .map_err(|e| BootError::Android(e.to_string()))?;
+            let initrd = if p.initrd.is_empty() {
+                None
+            } else {
+                Some(memfd_with(&p.initrd).context("staging the Android ramdisk")?)
+            };
+            Ok(BootPayload {
+                kernel: memfd_with(&p.kernel).context("staging the Android kernel")?,
+                initrd,
+                cmdline: format!("{} {}", p.cmdline, cfg.cmdline).trim().to_string(),
+            })
+        }
+    }
+}
+
+/// Exit code for a VMM-side failure, by the kind of error in its chain.
+fn failure_code(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| c.is::<KvmError>()) {
+        EXIT_KVM
+    } else if e.chain().any(|c| c.is::<BootError>()) {
+        EXIT_CONFIG
+    } else {
+        GuestExit::VmmError.code()
+    }
+}
+
+fn run(cfg: VmConfig) -> anyhow::Result<i32> {
+    // Input files are checked before KVM so a wrong path is reported as such everywhere.
+    let mut first = Some(load_payload(&cfg)?);
+    let kvm = kvm::open_kvm()?;
+    let target = Arc::new(ApiTarget::default());
+    let _api = cfg
+        .api_socket
+        .as_deref()
+        .map(|p| ApiServer::start(p, target.clone()))
+        .transpose()?;
+    loop {
+        let payload = match first.take() {
+            Some(p) => p,
+            None => load_payload(&cfg)?,
+        };
+        let mut vm = Vm::new(&kvm, &cfg, payload)?;
+        target.set(Some(vm.control()));
+        vm.start()?;
+        let reason = vm.wait();
+        target.set(None);
+        tracing::info!(?reason, code = reason.code(), "guest stopped");
+        if reason == GuestExit::Reboot && cfg.on_reboot == OnReboot::Restart {
+            tracing::info!("--on-reboot restart: booting again");
+            continue;
+        }
+        return Ok(reason.code());
+    }
+}
+
 fn main() {
-    eprintln!("cloudphone-vmm: not built yet");
-    std::process::exit(2);
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cloudphone_vmm=info".into()),
+        )
+        .init();
+    let cli = RawConfig::parse();
+    let merged = match &cli.config {
+        Some(path) => config::read_config_file(path).map(|file| cli.clone().over(file)),
+        None => Ok(cli),
+    };
+    let cfg = match merged.and_then(RawConfig::validate) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cloudphone-vmm: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let code = match run(cfg) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cloudphone-vmm: {e:#}");
+            failure_code(&e)
+        }
+    };
+    std::process::exit(code);
 }

@@ -175,12 +175,11 @@ impl Drop for PgTx {
         let pool = self.pool.clone();
         if !self.open {
             // Fast path: a committed connection goes straight back (try_lock avoids a task).
-            match pool.try_lock() {
-                Ok(mut idle) => idle.push(conn),
-                Err(_) => {
-                    tokio::spawn(async move { pool.lock().await.push(conn) });
-                }
+            if let Ok(mut idle) = pool.try_lock() {
+                idle.push(conn);
+                return;
             }
+            tokio::spawn(async move { pool.lock().await.push(conn) });
             return;
         }
         // Roll back before reuse; a connection that cannot roll back is dropped.

@@ -5,7 +5,23 @@
 //! (the base never changes). [`DiskSpec`] parses the CLI syntax, [`DiskSpec::open`] yields a
 //! [`DiskBackend`], and [`Block`] is the virtio-blk device serving it on a worker thread.
 
-pub mod qcow2;
+// `x % n != 0` instead of `is_multiple_of` (stable only since 1.87; the workspace MSRV is 1.85).
+#![allow(clippy::manual_is_multiple_of)]
 
+mod backend;
+mod device;
+pub mod qcow2;
+mod raw;
+mod request;
+mod spec;
+
+pub use backend::{DiskBackend, DiskError};
+pub use device::Block;
+pub use raw::RawDisk;
+pub use request::RequestError;
+pub use spec::{DiskSpec, DiskSpecError, MAX_ID_LEN};
+
+#[cfg(test)]
+mod driver_tests;
 #[cfg(test)]
 mod testutil;

@@ -1,6 +1,6 @@
 //! Test helpers: scratch directories and deterministic pseudo-random bytes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A scratch directory removed on drop.
@@ -20,10 +20,6 @@ impl TempDir {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.0
     }
 }
 

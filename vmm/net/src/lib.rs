@@ -12,11 +12,11 @@
 mod mac;
 mod net;
 mod queue;
-
+mod vsock;
 
 pub use mac::{MacAddr, MacParseError};
 pub use net::{Net, NetBackend, NetError, NetSpec, NetSpecError, Tap};
-
+pub use vsock::{Vsock, VsockError, VsockSpec, VsockSpecError};
 
 #[cfg(test)]
 mod testutil;

@@ -49,7 +49,7 @@ impl FromStr for MacAddr {
         let mut parts = s.split(':');
         for octet in &mut octets {
             let part = parts.next().ok_or_else(format_err)?;
-            if part.len() != 2 {
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format_err());
             }
             *octet = u8::from_str_radix(part, 16).map_err(|_| format_err())?;

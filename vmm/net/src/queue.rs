@@ -54,6 +54,14 @@ impl DeviceQueue {
         Ok(if more { self.queue.pop_descriptor_chain(mem) } else { None })
     }
 
+    /// Put the last `count` popped chains back, to be popped again later (the device could not
+    /// use them yet).
+    pub fn undo_pop(&mut self, count: usize) {
+        for _ in 0..count {
+            self.queue.go_to_previous_position();
+        }
+    }
+
     /// Return `head` to the driver with `len` bytes written.
     pub fn add_used(&mut self, mem: &GuestMemory, head: u16, len: u32) -> Result<(), String> {
         self.queue

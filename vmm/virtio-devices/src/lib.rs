@@ -1,16 +1,76 @@
-//! Virtio device models for cloudphone phones.
+//! Virtio device models for cloudphone phones, and the virtio-pci transport they sit behind.
 //!
 //! Devices know nothing about KVM: they see guest memory (`vm-memory`), their queues
 //! (`virtio-queue`), an eventfd per queue for notifications and a [`VirtioInterrupt`] to signal
-//! the guest. The transport (virtio-pci in [`transport`]) and the VMM wire those to KVM
-//! (ioeventfd, irqfd + MSI-X). That keeps every device testable in-process with the
-//! `virtio-drivers` crate acting as the guest driver.
+//! the guest. The transport ([`VirtioPciDevice`]) and the VMM wire those to KVM (ioeventfd,
+//! irqfd + MSI-X). That keeps every device testable in-process with the `virtio-drivers`
+//! crate acting as the guest driver.
+//!
+//! # Modules
+//! - [`device`], [`worker`]: the device contract and the epoll worker thread.
+//! - [`queue`]: hostile-input-safe chain validation ([`queue::read_chain`]) and a queue drain
+//!   loop with EVENT_IDX handled ([`queue::drain_queue`]).
+//! - [`pci`]: PCI config space, BARs, MSI-X, the [`PciDevice`] trait the VMM's bus calls.
+//! - [`transport`]: [`VirtioPciDevice`], the virtio 1.x modern PCI transport.
+//! - [`rng`], [`console`]: devices.
+//! - `testing` (cargo feature `testing`): the tier-1 harness.
+//!
+//! # Wiring a device in the VMM
+//! ```ignore
+//! let pci = VirtioPciDevice::new(Box::new(Rng::new()), guest_mem.clone(), msi_sink)?;
+//! pci.set_bar_address(transport::VIRTIO_BAR, bar0_addr)?;   // 16 KiB, 64-bit
+//! pci.set_bar_address(transport::MSIX_BAR, bar2_addr)?;     // see pci.bars() for sizes
+//! for (offset, fd) in pci.notify_eventfds() {
+//!     vm.register_ioevent(fd, &IoEventAddress::Mmio(bar0_addr + offset), NoDatamatch)?;
+//! }
+//! // config space accesses -> pci.config_read/config_write (re-register on Some(BarMove)),
+//! // MMIO inside a BAR -> pci.bar_read/bar_write(bar, offset, data).
+//! ```
+//!
+//! # Writing a tier-1 test for a device crate
+//! In the device crate's `Cargo.toml`:
+//! ```toml
+//! [dev-dependencies]
+//! cloudphone-virtio = { path = "../virtio-devices", features = ["testing"] }
+//! ```
+//! Then drive the device with a virtio-drivers driver through the real transport:
+//! ```ignore
+//! use cloudphone_virtio::testing::{run_with_timeout, TestHal, TestHarness};
+//! use virtio_drivers::device::blk::VirtIOBlk;
+//!
+//! let h = TestHarness::new(Box::new(MyBlock::new(file)))?;
+//! let transport = h.transport();
+//! // Driver calls spin until the device completes; run them with a timeout so a broken
+//! // device fails the test instead of hanging it.
+//! run_with_timeout(Duration::from_secs(10), move || {
+//!     let mut blk = VirtIOBlk::<TestHal, _>::new(transport).unwrap();
+//!     blk.write_blocks(0, &[0xaa; 512]).unwrap();
+//! });
+//! assert!(!h.needs_reset());
+//! assert!(h.msi().count(TestHarness::queue_vector(0)) > 0);
+//! ```
+//! Guest memory is one process-wide 512 MiB map ([`testing::test_memory`] when built with
+//! the feature); hand-built rings for hostile tests come from `testing::alloc_pages`, raw
+//! register access from `h.pci()`. `src/rng.rs` tests are a complete, compiled example.
 
+// `x % n == 0` instead of `is_multiple_of` (stable only since 1.87; the workspace MSRV is 1.85).
+#![allow(clippy::manual_is_multiple_of)]
+
+pub mod console;
 pub mod device;
 pub mod pci;
+pub mod queue;
+pub mod rng;
+#[cfg(test)]
+mod test_util;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod transport;
 pub mod worker;
 
 pub use device::{
     ActivateError, ActivatedQueue, GuestMemory, InterruptCause, VirtioDevice, VirtioInterrupt,
 };
+pub use pci::{MsiSink, MsixMessage, PciDevice};
+pub use transport::VirtioPciDevice;
 pub use worker::{DeviceWorker, WorkerContext, WorkerHandler};

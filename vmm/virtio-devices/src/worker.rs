@@ -21,6 +21,14 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
+    /// A context outside any worker thread, so tests can call a handler directly.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> std::io::Result<Self> {
+        Ok(Self {
+            epoll: Epoll::new()?,
+        })
+    }
+
     /// Watch `fd` for `events`; [`WorkerHandler::handle`] gets `token` when it fires.
     pub fn add(&self, fd: RawFd, events: EventSet, token: u64) -> std::io::Result<()> {
         self.epoll
@@ -64,7 +72,11 @@ impl DeviceWorker {
         let ctx = WorkerContext {
             epoll: Epoll::new()?,
         };
-        ctx.add(std::os::fd::AsRawFd::as_raw_fd(&stop), EventSet::IN, STOP_TOKEN)?;
+        ctx.add(
+            std::os::fd::AsRawFd::as_raw_fd(&stop),
+            EventSet::IN,
+            STOP_TOKEN,
+        )?;
         handler.init(&ctx)?;
         let thread_name = name.to_string();
         let thread = std::thread::Builder::new()

@@ -17,18 +17,31 @@ const CLUSTER_BITS: u32 = 16;
 ///
 /// Layout: header, refcount table, one refcount block, then the L1 table (all clusters).
 pub fn create_overlay(base: &Path, overlay: &Path, size: u64) -> Result<(), Qcow2Error> {
-    let bad_size = |reason: &str| Qcow2Error::BadHeader { field: "size", reason: format!("{size}: {reason}") };
+    let bad_size = |reason: &str| Qcow2Error::BadHeader {
+        field: "size",
+        reason: format!("{size}: {reason}"),
+    };
     if size == 0 || size % 512 != 0 {
         return Err(bad_size("must be a non-zero multiple of 512"));
     }
     if size > MAX_VIRTUAL_SIZE {
         return Err(bad_size("exceeds the 64 TiB cap"));
     }
-    let base_err = |reason: String| Qcow2Error::Backing { path: base.to_path_buf(), reason };
-    let base_abs = std::fs::canonicalize(base).map_err(|e| base_err(format!("cannot resolve: {e}")))?;
+    let base_err = |reason: String| Qcow2Error::Backing {
+        path: base.to_path_buf(),
+        reason,
+    };
+    let base_abs =
+        std::fs::canonicalize(base).map_err(|e| base_err(format!("cannot resolve: {e}")))?;
     let mut magic = [0u8; 4];
-    let base_file = File::open(&base_abs).map_err(|e| base_err(format!("cannot open read-only: {e}")))?;
-    if base_file.read_at(&mut magic, 0).map_err(|e| base_err(e.to_string()))? == 4 && u32::from_be_bytes(magic) == MAGIC {
+    let base_file =
+        File::open(&base_abs).map_err(|e| base_err(format!("cannot open read-only: {e}")))?;
+    if base_file
+        .read_at(&mut magic, 0)
+        .map_err(|e| base_err(e.to_string()))?
+        == 4
+        && u32::from_be_bytes(magic) == MAGIC
+    {
         return Err(base_err("is a qcow2 image; bases must be raw".into()));
     }
     let name = base_abs
@@ -65,13 +78,20 @@ pub fn create_overlay(base: &Path, overlay: &Path, size: u64) -> Result<(), Qcow
         .write(true)
         .create_new(true)
         .open(overlay)
-        .map_err(Qcow2Error::io("creating the overlay file (it must not exist yet)"))?;
-    let write = |buf: &[u8], off: u64| out.write_all_at(buf, off).map_err(Qcow2Error::io("writing the new overlay"));
+        .map_err(Qcow2Error::io(
+            "creating the overlay file (it must not exist yet)",
+        ))?;
+    let write = |buf: &[u8], off: u64| {
+        out.write_all_at(buf, off)
+            .map_err(Qcow2Error::io("writing the new overlay"))
+    };
     write(&header.to_bytes(), 0)?;
     write(&refcount_table, cs)?;
     write(&refcount_block, 2 * cs)?;
-    out.set_len(total_clusters * cs).map_err(Qcow2Error::io("sizing the new overlay"))?;
-    out.sync_all().map_err(Qcow2Error::io("fsync of the new overlay"))?;
+    out.set_len(total_clusters * cs)
+        .map_err(Qcow2Error::io("sizing the new overlay"))?;
+    out.sync_all()
+        .map_err(Qcow2Error::io("fsync of the new overlay"))?;
     tracing::info!(overlay = %overlay.display(), base = %base_abs.display(), size, "created qcow2 overlay");
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::header::{ranges_overlap, Header, MAGIC};
-use super::table::{Mapping, TableCache, COMPRESSED, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO};
+use super::table::{
+    Mapping, TableCache, COMPRESSED, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO,
+};
 use super::Qcow2Error;
 
 /// L2 tables kept in memory (64 KiB each at the default cluster size).
@@ -58,7 +60,11 @@ fn read_fill(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
 
 /// Split the byte range `offset..offset+len` at cluster boundaries:
 /// yields (cluster start, offset within cluster, length, position in the request).
-fn cluster_chunks(offset: u64, len: usize, cluster_size: u64) -> impl Iterator<Item = (u64, u64, usize, usize)> {
+fn cluster_chunks(
+    offset: u64,
+    len: usize,
+    cluster_size: u64,
+) -> impl Iterator<Item = (u64, u64, usize, usize)> {
     let mut pos = 0usize;
     std::iter::from_fn(move || {
         if pos >= len {
@@ -82,7 +88,10 @@ impl Qcow2Disk {
             .write(writable)
             .open(path)
             .map_err(Qcow2Error::io("opening the image"))?;
-        let meta_len = file.metadata().map_err(Qcow2Error::io("reading image metadata"))?.len();
+        let meta_len = file
+            .metadata()
+            .map_err(Qcow2Error::io("reading image metadata"))?
+            .len();
         let mut first = vec![0u8; 4096];
         read_fill(&file, &mut first, 0).map_err(Qcow2Error::io("reading the header"))?;
         // The cluster size is in the first bytes; read the whole header cluster once it is known.
@@ -105,9 +114,19 @@ impl Qcow2Disk {
             Some(name) => Some(open_backing(path, name, header.backing_format.as_deref())?),
             None => None,
         };
-        let l1 = read_table(&file, header.l1_table_offset, header.l1_size as usize, "reading the L1 table")?;
+        let l1 = read_table(
+            &file,
+            header.l1_table_offset,
+            header.l1_size as usize,
+            "reading the L1 table",
+        )?;
         let rt_entries = (u64::from(header.refcount_table_clusters) * cs / 8) as usize;
-        let refcount_table = read_table(&file, header.refcount_table_offset, rt_entries, "reading the refcount table")?;
+        let refcount_table = read_table(
+            &file,
+            header.refcount_table_offset,
+            rt_entries,
+            "reading the refcount table",
+        )?;
         let file_len = meta_len.next_multiple_of(cs);
         let data = header.size.next_multiple_of(cs);
         let l2 = (data / cs).div_ceil(header.l2_entries()) * cs;
@@ -139,6 +158,11 @@ impl Qcow2Disk {
         &self.path
     }
 
+    /// Whether the image was opened for writing.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
     fn cluster_size(&self) -> u64 {
         self.header.cluster_size()
     }
@@ -146,7 +170,11 @@ impl Qcow2Disk {
     fn check_range(&self, offset: u64, len: u64) -> Result<(), Qcow2Error> {
         match offset.checked_add(len) {
             Some(end) if end <= self.header.size => Ok(()),
-            _ => Err(Qcow2Error::OutOfRange { offset, len, size: self.header.size }),
+            _ => Err(Qcow2Error::OutOfRange {
+                offset,
+                len,
+                size: self.header.size,
+            }),
         }
     }
 
@@ -158,9 +186,8 @@ impl Qcow2Disk {
             match self.lookup(cluster)? {
                 Mapping::Unallocated => self.read_backing(out, cluster + within)?,
                 Mapping::Zero { .. } => out.fill(0),
-                Mapping::Data { host, .. } => {
-                    read_fill(&self.file, out, host + within).map_err(Qcow2Error::io("reading a data cluster"))?
-                }
+                Mapping::Data { host, .. } => read_fill(&self.file, out, host + within)
+                    .map_err(Qcow2Error::io("reading a data cluster"))?,
             }
         }
         Ok(())
@@ -184,9 +211,8 @@ impl Qcow2Disk {
             if (n as u64) < cs {
                 match mapping {
                     Mapping::Unallocated => self.read_backing(&mut full, cluster)?,
-                    Mapping::Data { host, .. } => {
-                        read_fill(&self.file, &mut full, host).map_err(Qcow2Error::io("reading a shared cluster"))?
-                    }
+                    Mapping::Data { host, .. } => read_fill(&self.file, &mut full, host)
+                        .map_err(Qcow2Error::io("reading a shared cluster"))?,
                     Mapping::Zero { .. } => {}
                 }
             }
@@ -204,15 +230,26 @@ impl Qcow2Disk {
     /// Make `offset..offset+len` read as zeros. Whole clusters become zero clusters (their
     /// host space is freed); partial clusters are written with zeros only if `partial_too`
     /// (write-zeroes must zero them, discard may skip them).
-    pub fn zero_range(&mut self, offset: u64, len: u64, partial_too: bool) -> Result<(), Qcow2Error> {
+    pub fn zero_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+        partial_too: bool,
+    ) -> Result<(), Qcow2Error> {
         self.ensure_writable()?;
         self.check_range(offset, len)?;
         let cs = self.cluster_size();
-        let len = usize::try_from(len).map_err(|_| Qcow2Error::OutOfRange { offset, len, size: self.header.size })?;
+        let len = usize::try_from(len).map_err(|_| Qcow2Error::OutOfRange {
+            offset,
+            len,
+            size: self.header.size,
+        })?;
         for (cluster, within, n, _) in cluster_chunks(offset, len, cs) {
             if n as u64 == cs && self.header.version >= 3 {
                 let mapping = self.lookup(cluster)?;
-                if mapping == (Mapping::Zero { host: 0 }) || (mapping == Mapping::Unallocated && self.backing.is_none()) {
+                if mapping == (Mapping::Zero { host: 0 })
+                    || (mapping == Mapping::Unallocated && self.backing.is_none())
+                {
                     continue;
                 }
                 self.set_l2(cluster, ZERO)?;
@@ -229,7 +266,9 @@ impl Qcow2Disk {
     /// written through, so one fsync covers both.
     pub fn flush(&mut self) -> Result<(), Qcow2Error> {
         if self.writable {
-            self.file.sync_all().map_err(Qcow2Error::io("fsync of the image"))?;
+            self.file
+                .sync_all()
+                .map_err(Qcow2Error::io("fsync of the image"))?;
         }
         Ok(())
     }
@@ -246,7 +285,8 @@ impl Qcow2Disk {
         match &self.backing {
             Some(b) if offset < b.size => {
                 let n = ((b.size - offset) as usize).min(out.len());
-                read_fill(&b.file, &mut out[..n], offset).map_err(Qcow2Error::io("reading the backing file"))?;
+                read_fill(&b.file, &mut out[..n], offset)
+                    .map_err(Qcow2Error::io("reading the backing file"))?;
                 out[n..].fill(0);
             }
             _ => out.fill(0),
@@ -262,7 +302,12 @@ impl Qcow2Disk {
 
     /// A host offset read from the image must be cluster aligned, clear of the header, L1 and
     /// refcount tables, and (for metadata) wholly inside the file.
-    fn check_host(&self, what: impl FnOnce() -> String, host: u64, whole_cluster: bool) -> Result<(), Qcow2Error> {
+    fn check_host(
+        &self,
+        what: impl FnOnce() -> String,
+        host: u64,
+        whole_cluster: bool,
+    ) -> Result<(), Qcow2Error> {
         let cs = self.cluster_size();
         let h = &self.header;
         let rt_len = u64::from(h.refcount_table_clusters) * cs;
@@ -275,13 +320,19 @@ impl Qcow2Disk {
         } else if ranges_overlap(host, cs, h.refcount_table_offset, rt_len) {
             Some("overlaps the refcount table".into())
         } else if host >= self.file_len || (whole_cluster && host + cs > self.file_len) {
-            Some(format!("offset {host:#x} is past the end of the file ({} bytes)", self.file_len))
+            Some(format!(
+                "offset {host:#x} is past the end of the file ({} bytes)",
+                self.file_len
+            ))
         } else {
             None
         };
         match reason {
             None => Ok(()),
-            Some(reason) => Err(Qcow2Error::BadTable { what: what(), reason }),
+            Some(reason) => Err(Qcow2Error::BadTable {
+                what: what(),
+                reason,
+            }),
         }
     }
 
@@ -289,7 +340,10 @@ impl Qcow2Disk {
     fn l2_offset(&self, l1_idx: usize) -> Result<u64, Qcow2Error> {
         let entry = self.l1[l1_idx];
         if entry & L1_RESERVED != 0 {
-            return Err(Qcow2Error::BadTable { what: format!("L1 entry {l1_idx}"), reason: format!("reserved bits set in {entry:#x}") });
+            return Err(Qcow2Error::BadTable {
+                what: format!("L1 entry {l1_idx}"),
+                reason: format!("reserved bits set in {entry:#x}"),
+            });
         }
         let off = entry & OFFSET_MASK;
         if off != 0 {
@@ -300,7 +354,12 @@ impl Qcow2Disk {
 
     fn load_l2(&mut self, off: u64) -> Result<&mut Vec<u64>, Qcow2Error> {
         if self.l2_cache.get_mut(off).is_none() {
-            let table = read_table(&self.file, off, self.header.l2_entries() as usize, "reading an L2 table")?;
+            let table = read_table(
+                &self.file,
+                off,
+                self.header.l2_entries() as usize,
+                "reading an L2 table",
+            )?;
             self.l2_cache.insert(off, table);
         }
         Ok(self.l2_cache.get_mut(off).expect("just inserted"))
@@ -313,16 +372,24 @@ impl Qcow2Disk {
             return Ok(Mapping::Unallocated);
         }
         let entry = self.load_l2(l2_off)?[l2_idx];
-        let what = || format!("L2 entry {l2_idx} of the table at {l2_off:#x} (guest offset {guest:#x})");
+        let what =
+            || format!("L2 entry {l2_idx} of the table at {l2_off:#x} (guest offset {guest:#x})");
         if entry & COMPRESSED != 0 {
-            return Err(Qcow2Error::Unsupported(format!("compressed cluster at guest offset {guest:#x}")));
+            return Err(Qcow2Error::Unsupported(format!(
+                "compressed cluster at guest offset {guest:#x}"
+            )));
         }
         if entry & L2_RESERVED != 0 {
-            return Err(Qcow2Error::BadTable { what: what(), reason: format!("reserved bits set in {entry:#x}") });
+            return Err(Qcow2Error::BadTable {
+                what: what(),
+                reason: format!("reserved bits set in {entry:#x}"),
+            });
         }
         let mapping = Mapping::from_l2(entry);
         match mapping {
-            Mapping::Data { host, .. } | Mapping::Zero { host } if host != 0 => self.check_host(what, host, false)?,
+            Mapping::Data { host, .. } | Mapping::Zero { host } if host != 0 => {
+                self.check_host(what, host, false)?
+            }
             _ => {}
         }
         Ok(mapping)
@@ -337,10 +404,13 @@ impl Qcow2Disk {
             self.file
                 .write_all_at(&vec![0u8; self.cluster_size() as usize], l2_off)
                 .map_err(Qcow2Error::io("writing a new L2 table"))?;
-            self.l2_cache.insert(l2_off, vec![0; self.header.l2_entries() as usize]);
+            self.l2_cache
+                .insert(l2_off, vec![0; self.header.l2_entries() as usize]);
             self.write_l1(l1_idx, l2_off | COPIED)?;
         } else if self.l1[l1_idx] & COPIED == 0 {
-            return Err(Qcow2Error::Unsupported(format!("L1 entry {l1_idx} is shared (snapshot); cannot write in place")));
+            return Err(Qcow2Error::Unsupported(format!(
+                "L1 entry {l1_idx} is shared (snapshot); cannot write in place"
+            )));
         }
         self.load_l2(l2_off)?[l2_idx] = entry;
         self.file
@@ -351,7 +421,10 @@ impl Qcow2Disk {
     fn write_l1(&mut self, idx: usize, entry: u64) -> Result<(), Qcow2Error> {
         self.l1[idx] = entry;
         self.file
-            .write_all_at(&entry.to_be_bytes(), self.header.l1_table_offset + idx as u64 * 8)
+            .write_all_at(
+                &entry.to_be_bytes(),
+                self.header.l1_table_offset + idx as u64 * 8,
+            )
             .map_err(Qcow2Error::io("updating an L1 entry"))
     }
 
@@ -375,12 +448,16 @@ impl Qcow2Disk {
         loop {
             let host = self.file_len;
             if host + cs > self.alloc_cap {
-                return Err(Qcow2Error::AllocationCap { cap: self.alloc_cap });
+                return Err(Qcow2Error::AllocationCap {
+                    cap: self.alloc_cap,
+                });
             }
             let index = host / cs;
             let rt_idx = (index / per_block) as usize;
             if rt_idx >= self.refcount_table.len() {
-                return Err(Qcow2Error::Unsupported("refcount table is full (growing it is not implemented)".into()));
+                return Err(Qcow2Error::Unsupported(
+                    "refcount table is full (growing it is not implemented)".into(),
+                ));
             }
             self.file_len += cs;
             if self.refcount_table[rt_idx] != 0 {
@@ -391,11 +468,16 @@ impl Qcow2Disk {
             let mut block = vec![0u16; per_block as usize];
             block[(index % per_block) as usize] = 1;
             let bytes: Vec<u8> = block.iter().flat_map(|v| v.to_be_bytes()).collect();
-            self.file.write_all_at(&bytes, host).map_err(Qcow2Error::io("writing a new refcount block"))?;
+            self.file
+                .write_all_at(&bytes, host)
+                .map_err(Qcow2Error::io("writing a new refcount block"))?;
             self.refcount_cache.insert(host, block);
             self.refcount_table[rt_idx] = host;
             self.file
-                .write_all_at(&host.to_be_bytes(), self.header.refcount_table_offset + rt_idx as u64 * 8)
+                .write_all_at(
+                    &host.to_be_bytes(),
+                    self.header.refcount_table_offset + rt_idx as u64 * 8,
+                )
                 .map_err(Qcow2Error::io("updating the refcount table"))?;
         }
     }
@@ -409,13 +491,23 @@ impl Qcow2Disk {
         let what = || format!("refcount table entry {rt_idx}");
         let block = match self.refcount_table.get(rt_idx) {
             Some(&b) if b != 0 => b,
-            _ => return Err(Qcow2Error::BadTable { what: what(), reason: format!("no refcount block for cluster {host:#x} in use") }),
+            _ => {
+                return Err(Qcow2Error::BadTable {
+                    what: what(),
+                    reason: format!("no refcount block for cluster {host:#x} in use"),
+                })
+            }
         };
         self.check_host(what, block, true)?;
         if self.refcount_cache.get_mut(block).is_none() {
             let mut raw = vec![0u8; cs as usize];
-            self.file.read_exact_at(&mut raw, block).map_err(Qcow2Error::io("reading a refcount block"))?;
-            let table = raw.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            self.file
+                .read_exact_at(&mut raw, block)
+                .map_err(Qcow2Error::io("reading a refcount block"))?;
+            let table = raw
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
             self.refcount_cache.insert(block, table);
         }
         Ok((block, (index % per_block) as usize))
@@ -423,7 +515,9 @@ impl Qcow2Disk {
 
     fn set_refcount(&mut self, host: u64, value: u16) -> Result<(), Qcow2Error> {
         let (block, idx) = self.refcount_slot(host)?;
-        self.refcount_cache.get_mut(block).expect("cached by refcount_slot")[idx] = value;
+        self.refcount_cache
+            .get_mut(block)
+            .expect("cached by refcount_slot")[idx] = value;
         self.file
             .write_all_at(&value.to_be_bytes(), block + idx as u64 * 2)
             .map_err(Qcow2Error::io("updating a refcount"))
@@ -431,9 +525,15 @@ impl Qcow2Disk {
 
     fn decref(&mut self, host: u64) -> Result<(), Qcow2Error> {
         let (block, idx) = self.refcount_slot(host)?;
-        let current = self.refcount_cache.get_mut(block).expect("cached by refcount_slot")[idx];
+        let current = self
+            .refcount_cache
+            .get_mut(block)
+            .expect("cached by refcount_slot")[idx];
         if current == 0 {
-            return Err(Qcow2Error::BadTable { what: format!("refcount of cluster {host:#x}"), reason: "cluster in use has refcount 0".into() });
+            return Err(Qcow2Error::BadTable {
+                what: format!("refcount of cluster {host:#x}"),
+                reason: "cluster in use has refcount 0".into(),
+            });
         }
         self.set_refcount(host, current - 1)?;
         if current == 1 {
@@ -462,10 +562,18 @@ fn punch_hole(file: &File, offset: u64, len: u64) {
 }
 
 /// Read a table of `count` big-endian u64 entries at `offset` (size capped by the header checks).
-fn read_table(file: &File, offset: u64, count: usize, context: &'static str) -> Result<Vec<u64>, Qcow2Error> {
+fn read_table(
+    file: &File,
+    offset: u64,
+    count: usize,
+    context: &'static str,
+) -> Result<Vec<u64>, Qcow2Error> {
     let mut raw = vec![0u8; count * 8];
     read_fill(file, &mut raw, offset).map_err(Qcow2Error::io(context))?;
-    Ok(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect())
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+        .collect())
 }
 
 /// Open the raw backing file read-only; relative names are relative to the overlay's directory.
@@ -476,10 +584,15 @@ fn open_backing(image: &Path, name: &str, format: Option<&str>) -> Result<Backin
     } else {
         image.parent().unwrap_or(Path::new(".")).join(path)
     };
-    let err = |reason: String| Qcow2Error::Backing { path: path.clone(), reason };
+    let err = |reason: String| Qcow2Error::Backing {
+        path: path.clone(),
+        reason,
+    };
     if let Some(fmt) = format {
         if fmt != "raw" {
-            return Err(err(format!("format {fmt:?} is not supported; bases must be raw images")));
+            return Err(err(format!(
+                "format {fmt:?} is not supported; bases must be raw images"
+            )));
         }
     }
     let file = File::open(&path).map_err(|e| err(format!("cannot open read-only: {e}")))?;

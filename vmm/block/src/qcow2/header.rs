@@ -56,7 +56,10 @@ fn be64(b: &[u8], off: usize) -> u64 {
 }
 
 fn field(name: &'static str, reason: String) -> Qcow2Error {
-    Qcow2Error::BadHeader { field: name, reason }
+    Qcow2Error::BadHeader {
+        field: name,
+        reason,
+    }
 }
 
 impl Header {
@@ -86,7 +89,10 @@ impl Header {
         }
         let version = be32(buf, 4);
         if version != 2 && version != 3 {
-            return Err(field("version", format!("{version} (only 2 and 3 are supported)")));
+            return Err(field(
+                "version",
+                format!("{version} (only 2 and 3 are supported)"),
+            ));
         }
         let cluster_bits = be32(buf, 20);
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
@@ -101,13 +107,22 @@ impl Header {
         }
         let size = be64(buf, 24);
         if size > MAX_VIRTUAL_SIZE {
-            return Err(field("size", format!("{size} exceeds the {MAX_VIRTUAL_SIZE}-byte cap")));
+            return Err(field(
+                "size",
+                format!("{size} exceeds the {MAX_VIRTUAL_SIZE}-byte cap"),
+            ));
         }
         let crypt = be32(buf, 32);
         if crypt != 0 {
-            return Err(field("crypt_method", format!("{crypt} (encrypted images unsupported)")));
+            return Err(field(
+                "crypt_method",
+                format!("{crypt} (encrypted images unsupported)"),
+            ));
         }
         let (header_length, refcount_order) = if version == 3 {
+            if buf.len() < V3_HEADER_LEN as usize {
+                return Err(field("header", format!("file is only {} bytes", buf.len())));
+            }
             let incompatible = be64(buf, 72);
             if incompatible != 0 {
                 return Err(field(
@@ -129,29 +144,53 @@ impl Header {
             || u64::from(header_length) > cluster_size
             || header_length as usize > buf.len()
         {
-            return Err(field("header_length", format!("{header_length} out of range")));
+            return Err(field(
+                "header_length",
+                format!("{header_length} out of range"),
+            ));
         }
         let l1_size = be32(buf, 36);
         let l1_table_offset = be64(buf, 40);
         let needed = Self::l1_entries_needed(cluster_bits, size);
         if u64::from(l1_size) < needed {
-            return Err(field("l1_size", format!("{l1_size} entries cannot map {size} bytes (need {needed})")));
+            return Err(field(
+                "l1_size",
+                format!("{l1_size} entries cannot map {size} bytes (need {needed})"),
+            ));
         }
         let l1_bytes = u64::from(l1_size) * 8;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(field("l1_size", format!("{l1_size} entries exceed the {MAX_L1_BYTES}-byte L1 cap")));
+            return Err(field(
+                "l1_size",
+                format!("{l1_size} entries exceed the {MAX_L1_BYTES}-byte L1 cap"),
+            ));
         }
-        check_table("l1_table_offset", l1_table_offset, l1_bytes, cluster_size, file_len)?;
+        check_table(
+            "l1_table_offset",
+            l1_table_offset,
+            l1_bytes,
+            cluster_size,
+            file_len,
+        )?;
         let refcount_table_offset = be64(buf, 48);
         let refcount_table_clusters = be32(buf, 56);
         let rt_bytes = u64::from(refcount_table_clusters) * cluster_size;
         if refcount_table_clusters == 0 || rt_bytes > MAX_REFCOUNT_TABLE_BYTES {
             return Err(field(
                 "refcount_table_clusters",
-                format!("{refcount_table_clusters} (must be 1..={} bytes)", MAX_REFCOUNT_TABLE_BYTES),
+                format!(
+                    "{refcount_table_clusters} (must be 1..={} bytes)",
+                    MAX_REFCOUNT_TABLE_BYTES
+                ),
             ));
         }
-        check_table("refcount_table_offset", refcount_table_offset, rt_bytes, cluster_size, file_len)?;
+        check_table(
+            "refcount_table_offset",
+            refcount_table_offset,
+            rt_bytes,
+            cluster_size,
+            file_len,
+        )?;
         if l1_bytes > 0
             && ranges_overlap(l1_table_offset, l1_bytes, refcount_table_offset, rt_bytes)
         {
@@ -167,20 +206,28 @@ impl Header {
             None
         } else {
             if backing_file_size == 0 || backing_file_size > MAX_BACKING_NAME {
-                return Err(field("backing_file_size", format!("{backing_file_size} out of 1..={MAX_BACKING_NAME}")));
+                return Err(field(
+                    "backing_file_size",
+                    format!("{backing_file_size} out of 1..={MAX_BACKING_NAME}"),
+                ));
             }
             let end = backing_file_offset.checked_add(u64::from(backing_file_size));
             match end {
                 Some(end) if backing_file_offset >= u64::from(header_length) && end <= buf.len() as u64 && end <= cluster_size => {}
                 _ => return Err(field("backing_file_offset", format!("{backing_file_offset:#x} (+{backing_file_size}) is outside the header cluster"))),
             }
-            let raw = &buf[backing_file_offset as usize..(backing_file_offset as usize + backing_file_size as usize)];
+            let raw = &buf[backing_file_offset as usize
+                ..(backing_file_offset as usize + backing_file_size as usize)];
             Some(
                 String::from_utf8(raw.to_vec())
                     .map_err(|_| field("backing_file", "name is not UTF-8".into()))?,
             )
         };
-        let ext_end = backing_file.as_ref().map_or(buf.len().min(cluster_size as usize), |_| backing_file_offset as usize);
+        let ext_end = backing_file
+            .as_ref()
+            .map_or(buf.len().min(cluster_size as usize), |_| {
+                backing_file_offset as usize
+            });
         let backing_format = parse_extensions(buf, header_length as usize, ext_end)?;
         Ok(Self {
             version,
@@ -201,8 +248,10 @@ impl Header {
     /// buffer of one cluster.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; self.cluster_size() as usize];
-        let put32 = |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_be_bytes());
-        let put64 = |b: &mut [u8], off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_be_bytes());
+        let put32 =
+            |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_be_bytes());
+        let put64 =
+            |b: &mut [u8], off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_be_bytes());
         put32(&mut b, 0, MAGIC);
         put32(&mut b, 4, 3);
         put32(&mut b, 20, self.cluster_bits);
@@ -234,16 +283,28 @@ impl Header {
 
 /// A table must be cluster aligned, must not overlap the header cluster and must lie inside
 /// the file.
-fn check_table(name: &'static str, offset: u64, len: u64, cluster_size: u64, file_len: u64) -> Result<(), Qcow2Error> {
+fn check_table(
+    name: &'static str,
+    offset: u64,
+    len: u64,
+    cluster_size: u64,
+    file_len: u64,
+) -> Result<(), Qcow2Error> {
     if len == 0 {
         return Ok(());
     }
     if offset % cluster_size != 0 || offset < cluster_size {
-        return Err(field(name, format!("{offset:#x} is not a cluster-aligned offset after the header")));
+        return Err(field(
+            name,
+            format!("{offset:#x} is not a cluster-aligned offset after the header"),
+        ));
     }
     match offset.checked_add(len) {
         Some(end) if end <= file_len => Ok(()),
-        _ => Err(field(name, format!("{offset:#x} + {len} bytes runs past the end of the file ({file_len} bytes)"))),
+        _ => Err(field(
+            name,
+            format!("{offset:#x} + {len} bytes runs past the end of the file ({file_len} bytes)"),
+        )),
     }
 }
 
@@ -264,7 +325,12 @@ fn parse_extensions(buf: &[u8], start: usize, end: usize) -> Result<Option<Strin
         let data_end = pos
             .checked_add(8 + len)
             .filter(|&e| e <= end)
-            .ok_or_else(|| field("header extension", format!("extension {kind:#x} of {len} bytes runs past the header")))?;
+            .ok_or_else(|| {
+                field(
+                    "header extension",
+                    format!("extension {kind:#x} of {len} bytes runs past the header"),
+                )
+            })?;
         if kind == EXT_BACKING_FORMAT {
             format = Some(
                 String::from_utf8(buf[pos + 8..data_end].to_vec())

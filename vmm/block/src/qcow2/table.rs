@@ -35,7 +35,10 @@ impl Mapping {
         } else if host == 0 {
             Mapping::Unallocated
         } else {
-            Mapping::Data { host, copied: entry & COPIED != 0 }
+            Mapping::Data {
+                host,
+                copied: entry & COPIED != 0,
+            }
         }
     }
 }
@@ -50,7 +53,10 @@ pub struct TableCache<T> {
 
 impl<T> TableCache<T> {
     pub fn new(cap: usize) -> Self {
-        Self { tables: HashMap::new(), cap }
+        Self {
+            tables: HashMap::new(),
+            cap,
+        }
     }
 
     pub fn get_mut(&mut self, offset: u64) -> Option<&mut Vec<T>> {

@@ -119,9 +119,7 @@ impl NetHandler {
         while capacity < len {
             let Some(chain) = self.rx.pop_chain(mem)? else {
                 // Not enough buffers yet: give back what was taken and wait for the guest.
-                for _ in 0..chains.len() {
-                    self.rx.queue.go_to_previous_position();
-                }
+                self.rx.undo_pop(chains.len());
                 return Ok(Delivery::NoBuffers);
             };
             let head = chain.head_index();
@@ -135,7 +133,7 @@ impl NetHandler {
         }
         if capacity < len {
             // Without mergeable buffers one chain must hold the frame; leave it for a smaller one.
-            self.rx.queue.go_to_previous_position();
+            self.rx.undo_pop(1);
             tracing::warn!(len, capacity, "guest rx buffer too small for frame; frame dropped");
             return Ok(Delivery::Dropped);
         }

@@ -46,6 +46,13 @@ impl Tap {
     /// Attach to (or create, with CAP_NET_ADMIN) the TAP interface `name` with
     /// IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a 12-byte vnet header, non-blocking.
     pub fn open(name: &str) -> Result<Self, NetError> {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(NetError::Tap {
+                tap: name.to_string(),
+                op: "name check",
+                source: io::Error::new(io::ErrorKind::InvalidInput, "name must be 1-15 bytes"),
+            });
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -57,13 +64,6 @@ impl Tap {
             NetError::Tap { tap: name.to_string(), op, source }
         };
         let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-            return Err(NetError::Tap {
-                tap: name.to_string(),
-                op: "name check",
-                source: io::Error::new(io::ErrorKind::InvalidInput, "name must be 1-15 bytes"),
-            });
-        }
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         req.flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is laid out as and

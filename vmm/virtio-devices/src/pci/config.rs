@@ -53,7 +53,9 @@ pub enum ConfigError {
     #[error("BAR {0} is not implemented by this device")]
     NoSuchBar(usize),
     /// The address is not aligned to the BAR size or does not fit the BAR type.
-    #[error("address {addr:#x} is not valid for BAR {bar} (must be size-aligned and fit the BAR width)")]
+    #[error(
+        "address {addr:#x} is not valid for BAR {bar} (must be size-aligned and fit the BAR width)"
+    )]
     BarAddress { bar: usize, addr: u64 },
     /// The capability list is full.
     #[error("no room for a {0}-byte capability in the 256-byte configuration space")]
@@ -207,7 +209,10 @@ impl PciConfiguration {
             r if r < CONFIG_DWORDS => self.regs[r],
             r if r < EXTENDED_CONFIG_DWORDS => 0,
             _ => {
-                tracing::warn!(reg, "PCI config read beyond the 4 KiB space; returns all ones");
+                tracing::warn!(
+                    reg,
+                    "PCI config read beyond the 4 KiB space; returns all ones"
+                );
                 u32::MAX
             }
         }
@@ -225,11 +230,19 @@ impl PciConfiguration {
     /// writable bits change. Returns the BAR move this write completed, if any.
     pub fn write_reg(&mut self, reg: usize, offset: u64, data: &[u8]) -> Option<BarMove> {
         let Some((value, byte_mask)) = merge_bytes(offset, data) else {
-            tracing::warn!(reg, offset, len = data.len(), "malformed PCI config write ignored");
+            tracing::warn!(
+                reg,
+                offset,
+                len = data.len(),
+                "malformed PCI config write ignored"
+            );
             return None;
         };
         if reg >= CONFIG_DWORDS {
-            tracing::debug!(reg, "PCI config write to unimplemented extended space ignored");
+            tracing::debug!(
+                reg,
+                "PCI config write to unimplemented extended space ignored"
+            );
             return None;
         }
         let mask = byte_mask & self.writable[reg];
@@ -332,7 +345,7 @@ impl PciConfiguration {
 /// Place `data` at byte `offset` of a dword: (value, mask of written bits), or None when the
 /// access is not 1, 2 or 4 bytes inside the dword.
 pub(crate) fn merge_bytes(offset: u64, data: &[u8]) -> Option<(u32, u32)> {
-    let offset = usize::try_from(offset).ok()?;
+    let offset = usize::try_from(offset).ok().filter(|o| *o < 4)?;
     if !matches!(data.len(), 1 | 2 | 4) || offset + data.len() > 4 {
         return None;
     }
@@ -445,7 +458,10 @@ mod tests {
         );
         assert_eq!(
             cfg.set_bar_address(0, 0x1001),
-            Err(ConfigError::BarAddress { bar: 0, addr: 0x1001 })
+            Err(ConfigError::BarAddress {
+                bar: 0,
+                addr: 0x1001
+            })
         );
         assert_eq!(cfg.set_bar_address(3, 0), Err(ConfigError::NoSuchBar(3)));
     }
@@ -454,7 +470,9 @@ mod tests {
     fn capability_chain() {
         let mut cfg = PciConfiguration::new(header());
         let a = cfg.add_capability(0x09, &[3, 1], &[]).unwrap();
-        let b = cfg.add_capability(0x11, &[0, 0, 0xaa, 0xbb], &[0, 0xc0]).unwrap();
+        let b = cfg
+            .add_capability(0x11, &[0, 0, 0xaa, 0xbb], &[0, 0xc0])
+            .unwrap();
         assert_eq!(a, 0x40);
         assert_eq!(b, 0x44);
         assert_ne!(cfg.read_reg(1) & STATUS_CAP_LIST, 0);

@@ -134,7 +134,10 @@ impl MsixTable {
         body[0..2].copy_from_slice(&(self.size() - 1).to_le_bytes());
         body[2..6].copy_from_slice(&(table_offset | u32::from(table_bar & 0x7)).to_le_bytes());
         body[6..10].copy_from_slice(&(pba_offset | u32::from(pba_bar & 0x7)).to_le_bytes());
-        (body, [0, ((CONTROL_ENABLE | CONTROL_FUNCTION_MASK) >> 8) as u8])
+        (
+            body,
+            [0, ((CONTROL_ENABLE | CONTROL_FUNCTION_MASK) >> 8) as u8],
+        )
     }
 
     /// The guest wrote the capability's message control word.
@@ -172,7 +175,9 @@ impl MsixTable {
     /// Whether `vector`'s pending bit is set.
     pub fn pending(&self, vector: u16) -> bool {
         let v = usize::from(vector);
-        self.pba.get(v / 64).is_some_and(|w| w & (1 << (v % 64)) != 0)
+        self.pba
+            .get(v / 64)
+            .is_some_and(|w| w & (1 << (v % 64)) != 0)
     }
 
     fn set_pending(&mut self, vector: u16, pending: bool) {
@@ -264,7 +269,11 @@ impl MsixTable {
         };
         let index = usize::try_from(offset / MSIX_ENTRY_SIZE).ok()?;
         if !aligned || index >= self.entries.len() {
-            tracing::warn!(offset, len, "MSI-X table access misaligned or out of range; ignored");
+            tracing::warn!(
+                offset,
+                len,
+                "MSI-X table access misaligned or out of range; ignored"
+            );
             return None;
         }
         Some((index, ((offset % MSIX_ENTRY_SIZE) / 4) as usize))
@@ -274,7 +283,9 @@ impl MsixTable {
     pub fn pba_read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let aligned = matches!(data.len(), 4 | 8) && offset % data.len() as u64 == 0;
-        let word = usize::try_from(offset / 8).ok().and_then(|w| self.pba.get(w));
+        let word = usize::try_from(offset / 8)
+            .ok()
+            .and_then(|w| self.pba.get(w));
         match (aligned, word) {
             (true, Some(word)) => {
                 let bytes = word.to_le_bytes();
@@ -287,7 +298,11 @@ impl MsixTable {
 
     /// The PBA is read-only for the guest.
     pub fn pba_write(&self, offset: u64, data: &[u8]) {
-        tracing::warn!(offset, len = data.len(), "guest wrote the read-only MSI-X PBA; ignored");
+        tracing::warn!(
+            offset,
+            len = data.len(),
+            "guest wrote the read-only MSI-X PBA; ignored"
+        );
     }
 }
 

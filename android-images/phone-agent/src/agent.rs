@@ -1,0 +1,146 @@
+//! The guest main loop: bring up display, input, report port and shell, draw the first frame,
+//! then sleep in poll() until an input arrives or the minute turns. Nothing is drawn while
+//! idle; each input batch is drawn and flushed once, then reported with its cost.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::canvas::Canvas;
+use crate::clock::{self, WallTime};
+use crate::display::{self, Display};
+use crate::input::device::{self, Device, Kind};
+use crate::input::evdev::Input;
+use crate::report::{self, Reporter};
+use crate::sysinfo::{self, DeviceInfo, Sources};
+use crate::ui::{Effect, Layout, Ui};
+
+/// How long to wait for the display and input devices to appear after start.
+pub const DEVICE_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs the agent until killed (or a fatal display error).
+pub fn run() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let sources = Sources::read_system();
+    let params = sysinfo::boot_params(&sources.cmdline, &sources.bootconfig);
+    let mut reporter = Reporter::open(sysinfo::lookup(&params, sysinfo::REPORT_KEY));
+    match crate::shell::listen(crate::shell::PORT).and_then(|l| Ok(crate::shell::spawn(l)?)) {
+        Ok(()) => tracing::info!("shell listening on vsock port {}", crate::shell::PORT),
+        Err(e) => tracing::warn!("no vsock shell: {e:#}"),
+    }
+
+    let mut scanout = display::open(DEVICE_WAIT)?;
+    tracing::info!("display: {}", scanout.describe());
+    let (w, h) = scanout.size();
+    let layout = Layout::new(w, h).context("display mode unusable for the phone UI")?;
+    let info = DeviceInfo::from_sources(&sources, w, h);
+    let mut ui = Ui::new(layout, info, WallTime::from_unix(clock::realtime().0));
+    // Inputs open before PHONE_READY so no tap sent after it is lost.
+    let mut devices = wait_for_inputs(started + DEVICE_WAIT, (w as i32, h as i32));
+    let mut canvas = Canvas::new(w, h);
+    ui.redraw(&mut canvas);
+    flush(scanout.as_mut(), &mut canvas)?;
+    reporter.line(&report::ready_line(w, h));
+    reporter.line(&report::screen_line(ui.screen()));
+    loop {
+        let (secs, nanos) = clock::realtime();
+        let timeout = if ui.screen_on() { clock::ms_to_next_minute(secs, nanos) } else { -1 };
+        let ready = poll(&devices, timeout)?;
+        if ready.is_empty() {
+            if ui.set_time(&mut canvas, WallTime::from_unix(clock::realtime().0)) {
+                flush(scanout.as_mut(), &mut canvas)?;
+            }
+            continue;
+        }
+        for i in ready.into_iter().rev() {
+            match devices[i].read_inputs() {
+                Ok(inputs) if !inputs.is_empty() => handle_batch(&mut ui, &mut canvas, scanout.as_mut(), &mut reporter, &inputs)?,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("input device {:?} gone: {e}", devices[i].name);
+                    devices.remove(i);
+                }
+            }
+        }
+    }
+}
+
+/// Applies a batch of inputs, flushes the result once, and reports each input.
+fn handle_batch(ui: &mut Ui, canvas: &mut Canvas, display: &mut dyn Display, reporter: &mut Reporter, inputs: &[(u64, Input)]) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let mut lines = Vec::new();
+    for (_, input) in inputs {
+        match ui.handle(canvas, *input) {
+            Effect::Screen(s) => lines.push(report::screen_line(s)),
+            Effect::Power(on) => {
+                if let Err(e) = display.set_power(on) {
+                    tracing::warn!("screen power {on}: {e:#}");
+                }
+            }
+            Effect::None => {}
+        }
+    }
+    if ui.screen_on() {
+        flush(display, canvas)?;
+    } else {
+        canvas.take_damage();
+    }
+    let frame_us = t0.elapsed().as_micros() as u64;
+    for (t_us, input) in inputs {
+        reporter.line(&report::input_line(*t_us, input, frame_us));
+    }
+    for l in lines {
+        reporter.line(&l);
+    }
+    Ok(())
+}
+
+/// Sends the canvas's damage to the display (nothing when nothing changed).
+fn flush(display: &mut dyn Display, canvas: &mut Canvas) -> anyhow::Result<()> {
+    let damage = canvas.take_damage();
+    if damage.is_empty() {
+        return Ok(());
+    }
+    display.present(canvas, &damage)
+}
+
+/// Once one input device shows up, how long to wait for the other kind (a phone may have a
+/// touchscreen only).
+const SECOND_DEVICE_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens input devices, waiting until a touchscreen and a key device exist, or
+/// [`SECOND_DEVICE_WAIT`] after the first one appeared, or `deadline`.
+fn wait_for_inputs(deadline: Instant, screen: (i32, i32)) -> Vec<Device> {
+    let mut first_seen: Option<Instant> = None;
+    loop {
+        let devices = device::open_all(screen);
+        let has = |k: Kind| devices.iter().any(|d| d.kind == k);
+        if !devices.is_empty() {
+            first_seen.get_or_insert_with(Instant::now);
+        }
+        let settled = first_seen.is_some_and(|t| t.elapsed() >= SECOND_DEVICE_WAIT);
+        if (has(Kind::Touchscreen) && has(Kind::Keys)) || settled || Instant::now() >= deadline {
+            if devices.is_empty() {
+                tracing::warn!("no touchscreen or key device in /dev/input within the wait; the phone runs without input (are virtio_input and evdev loaded?)");
+            }
+            return devices;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for input on any device; returns the indices of readable ones (empty on timeout).
+fn poll(devices: &[Device], timeout_ms: i32) -> anyhow::Result<Vec<usize>> {
+    let mut fds: Vec<libc::pollfd> = devices.iter().map(|d| libc::pollfd { fd: d.fd(), events: libc::POLLIN, revents: 0 }).collect();
+    loop {
+        // SAFETY: fds is a live array of fds.len() pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if rc >= 0 {
+            return Ok(fds.iter().enumerate().filter(|(_, p)| p.revents != 0).map(|(i, _)| i).collect());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err).context("poll on input devices");
+        }
+    }
+}

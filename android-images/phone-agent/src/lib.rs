@@ -1,0 +1,44 @@
+//! The cloudphone guest **phone agent**: stands in for Android's SurfaceFlinger + launcher in
+//! the test phone image. It draws a phone home screen into the virtio-gpu scanout (DRM dumb
+//! buffer + DIRTYFB damage, or /dev/fb0), turns virtio-input evdev events into taps, strokes
+//! and phone keys, reports readiness and every handled input on a virtio-console port, and
+//! serves an adb-like shell on vsock port 5555.
+//!
+//! # Building the guest binary
+//! From the workspace root (the gnu target with a static C runtime; no extra rustup target):
+//! ```text
+//! RUSTFLAGS="-C target-feature=+crt-static" cargo build -p cloudphone-phone-agent \
+//!     --release --target x86_64-unknown-linux-gnu
+//! ```
+//! The binary is `$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/phone-agent`
+//! (`ldd` says "not a dynamic executable"). The build embeds DejaVuSans from
+//! `fonts-dejavu-core` (`apt-get install fonts-dejavu-core`).
+//!
+//! # Guest contract
+//! * Started by init as `/bin/phone-agent` with /proc, /sys and /dev mounted and the virtio
+//!   modules loaded; waits up to 30 s for /dev/dri/card0 (else /dev/fb0) and input devices.
+//! * Kernel cmdline keys read: `cloudphone.report=/dev/hvcN|PATH|stdout` (report port, default
+//!   `/dev/hvc1`), `cloudphone.profile=NAME`, `androidboot.*` (also from /proc/bootconfig).
+//! * Report lines (see [`report`]): `PHONE_READY width=W height=H`,
+//!   `SCREEN app=home|paint|info|clock`, `INPUT t_us=.. kind=touch|key .. frame_us=..`.
+//! * `phone-agent render --screen home|info|paint|clock --width W --height H --out F.png`
+//!   renders goldens on the host with the same drawing code.
+
+pub mod canvas;
+pub mod clock;
+pub mod font;
+pub mod golden;
+pub mod input;
+pub mod report;
+pub mod sysinfo;
+pub mod ui;
+
+#[cfg(target_os = "linux")]
+pub mod agent;
+#[cfg(target_os = "linux")]
+pub mod display;
+#[cfg(target_os = "linux")]
+pub mod shell;
+
+#[cfg(test)]
+mod testutil;

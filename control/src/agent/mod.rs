@@ -1,0 +1,282 @@
+//! `cloudphone agent`: runs on a host with KVM, one `cloudphone-vmm` per phone.
+//!
+//! Protocol with the control service (polling, see `api::hosts`): register once, then every
+//! `--interval-ms` send a heartbeat listing the phones whose VMM runs here; the reply is
+//! the full desired set for this host, which the agent converges to:
+//! `creating`/`booting` → start the VMM, report `booting`, then `ready` once its API answers;
+//! `resetting` → stop, recreate the overlay over the clean base, boot, report `ready`;
+//! `stopping` → stop, delete the phone's directory, report `stopped`;
+//! `ready`/`assigned` → keep running. Any VMM not in the set is stopped (no orphans).
+//! Supervision: exit 32 (guest reboot) restarts at once; other exits restart with backoff;
+//! `--max-crashes` within `--crash-window-ms` report the phone `failed`.
+//! VMMs run in their own process group and survive an agent restart; a new agent adopts
+//! them from their pid files.
+
+mod vmm;
+pub mod vmm_api;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::api::hosts::{DesiredPhone, Heartbeat, HeartbeatReply, RegisterHost, StateReport};
+use crate::cli::client::Client;
+use crate::model::{Host, Phone, PhoneState};
+pub use vmm::{command_line, PhoneDir, VmmConfig};
+use vmm::Running;
+
+/// Options of `cloudphone agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentOptions {
+    /// Control service URL, e.g. http://10.0.0.1:8080.
+    #[arg(long)]
+    pub control: String,
+    /// API token of a user with role `agent` (or operator).
+    #[arg(long, env = "CLOUDPHONE_AGENT_TOKEN")]
+    pub token: String,
+    /// Per-phone directories (overlay, API socket, pid file, logs) live here.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// The VMM binary.
+    #[arg(long, default_value = "cloudphone-vmm")]
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Guest initrd.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Guest kernel command line.
+    #[arg(long, default_value = "console=hvc0 quiet")]
+    pub cmdline: String,
+    /// Directory holding the profiles' base images.
+    #[arg(long, default_value = "/var/lib/cloudphone/images")]
+    pub image_dir: PathBuf,
+    /// qemu-img binary used to create overlays.
+    #[arg(long, default_value = "qemu-img")]
+    pub qemu_img: PathBuf,
+    /// Host name to register as (default: the kernel's hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// vCPUs offered to phones (default: all CPUs).
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Memory offered to phones in MiB (default: 80% of RAM).
+    #[arg(long)]
+    pub memory_mib: Option<u32>,
+    /// Most phones this host runs.
+    #[arg(long, default_value_t = 16)]
+    pub max_phones: u32,
+    /// Heartbeat period.
+    #[arg(long, default_value_t = 1_000)]
+    pub interval_ms: u64,
+    /// Crashes within the window that mark a phone failed.
+    #[arg(long, default_value_t = 3)]
+    pub max_crashes: usize,
+    #[arg(long, default_value_t = 60_000)]
+    pub crash_window_ms: u64,
+}
+
+/// What the agent tracks per local phone.
+struct Local {
+    running: Option<Running>,
+    /// Generation the current VMM was booted for.
+    generation: i64,
+    crashes: VecDeque<Instant>,
+    restart_at: Option<Instant>,
+    /// Crash-looped: reported failed, not restarted.
+    failed: bool,
+    last_exit: i32,
+}
+
+impl Local {
+    fn new(running: Option<Running>, generation: i64) -> Self {
+        Self { running, generation, crashes: VecDeque::new(), restart_at: None, failed: false, last_exit: 0 }
+    }
+}
+
+struct Agent {
+    opts: AgentOptions,
+    cfg: VmmConfig,
+    client: Client,
+    host: Host,
+    phones: HashMap<String, Local>,
+}
+
+fn default_capacity() -> (u32, u32) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    (cpus, ((mem_kib / 1024) * 8 / 10).max(64) as u32)
+}
+
+/// Runs the agent until killed.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(opts.state_dir.join("phones")).with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    let (cpus, mem) = default_capacity();
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into()).trim().to_owned(),
+    };
+    let client = Client::new(&opts.control, Some(opts.token.clone()));
+    let reg = RegisterHost { name, vcpus: opts.vcpus.unwrap_or(cpus), memory_mib: opts.memory_mib.unwrap_or(mem), max_phones: opts.max_phones };
+    let host: Host = client.post("/hosts", &reg).await.context("registering this host")?;
+    tracing::info!(host = %host.id, name = %host.name, "registered");
+    println!("registered host {} ({})", host.id, host.name);
+    let cfg = VmmConfig {
+        vmm: opts.vmm.clone(),
+        kernel: opts.kernel.clone(),
+        initrd: opts.initrd.clone(),
+        cmdline: opts.cmdline.clone(),
+        image_dir: opts.image_dir.clone(),
+        qemu_img: opts.qemu_img.clone(),
+        state_dir: opts.state_dir.clone(),
+    };
+    let mut phones = HashMap::new();
+    for (id, pid) in vmm::adopt_all(&cfg) {
+        let generation = PhoneDir::new(&cfg, &id).generation().unwrap_or(0);
+        tracing::info!(phone = %id, pid, "adopted running VMM");
+        phones.insert(id, Local::new(Some(Running::Adopted(pid)), generation));
+    }
+    let mut agent = Agent { opts, cfg, client, host, phones };
+    let mut interval = tokio::time::interval(Duration::from_millis(agent.opts.interval_ms.max(50)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(e) = agent.step().await {
+            tracing::warn!("agent step failed: {e:#}");
+        }
+    }
+}
+
+impl Agent {
+    async fn step(&mut self) -> anyhow::Result<()> {
+        self.collect_exits();
+        let running: Vec<String> =
+            self.phones.iter().filter(|(_, l)| l.running.is_some()).map(|(id, _)| id.clone()).collect();
+        let reply: HeartbeatReply =
+            self.client.post(&format!("/hosts/{}/heartbeat", self.host.id), &Heartbeat { running }).await?;
+        let wanted: Vec<String> = reply.phones.iter().map(|d| d.phone.id.clone()).collect();
+        for d in &reply.phones {
+            if let Err(e) = self.converge(d).await {
+                tracing::warn!(phone = %d.phone.id, "{e:#}");
+            }
+        }
+        let orphans: Vec<String> = self.phones.keys().filter(|id| !wanted.contains(id)).cloned().collect();
+        for id in orphans {
+            tracing::info!(phone = %id, "not wanted by the control service: stopping");
+            self.stop_local(&id).await;
+            vmm::remove(&PhoneDir::new(&self.cfg, &id));
+            self.phones.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Notices VMM exits and schedules restarts (or gives up after repeated crashes).
+    fn collect_exits(&mut self) {
+        let window = Duration::from_millis(self.opts.crash_window_ms);
+        for (id, l) in self.phones.iter_mut() {
+            let Some(code) = l.running.as_mut().and_then(|r| r.exited()) else { continue };
+            l.running = None;
+            l.last_exit = code;
+            let _ = std::fs::remove_file(PhoneDir::new(&self.cfg, id).pid_file());
+            if code == 32 {
+                tracing::info!(phone = %id, "guest rebooted: restarting VMM");
+                l.restart_at = Some(Instant::now());
+                continue;
+            }
+            let now = Instant::now();
+            l.crashes.push_back(now);
+            while l.crashes.front().is_some_and(|t| now.duration_since(*t) > window) {
+                l.crashes.pop_front();
+            }
+            if l.crashes.len() >= self.opts.max_crashes {
+                tracing::error!(phone = %id, code, crashes = l.crashes.len(), "VMM crash loop: giving up");
+                l.failed = true;
+                l.restart_at = None;
+            } else {
+                let delay = vmm::backoff(l.crashes.len() as u32 - 1);
+                tracing::warn!(phone = %id, code, ?delay, "VMM exited: restarting after backoff");
+                l.restart_at = Some(now + delay);
+            }
+        }
+    }
+
+    async fn report(&self, phone: &Phone, state: PhoneState, reason: &str) -> anyhow::Result<()> {
+        let dir = PhoneDir::new(&self.cfg, &phone.id);
+        let body = StateReport {
+            state,
+            generation: phone.generation,
+            reason: reason.to_owned(),
+            api_socket: Some(dir.api_socket().display().to_string()),
+        };
+        let _: Phone = self.client.put(&format!("/hosts/{}/phones/{}/state", self.host.id, phone.id), &body).await?;
+        Ok(())
+    }
+
+    async fn converge(&mut self, d: &DesiredPhone) -> anyhow::Result<()> {
+        let phone = &d.phone;
+        let dir = PhoneDir::new(&self.cfg, &phone.id);
+        if phone.state == PhoneState::Stopping {
+            self.stop_local(&phone.id).await;
+            vmm::remove(&dir);
+            self.phones.remove(&phone.id);
+            return self.report(phone, PhoneState::Stopped, "stopped by agent").await;
+        }
+        if matches!(phone.state, PhoneState::Lost) {
+            return Ok(()); // the next heartbeat reconciles it
+        }
+        let reset = phone.state == PhoneState::Resetting
+            && self.phones.get(&phone.id).is_some_and(|l| l.generation != phone.generation);
+        if reset {
+            tracing::info!(phone = %phone.id, generation = phone.generation, "resetting to the clean base");
+            self.stop_local(&phone.id).await;
+            self.phones.remove(&phone.id);
+        }
+        let local = self.phones.entry(phone.id.clone()).or_insert_with(|| Local::new(None, -1));
+        if local.failed {
+            let reason = format!("VMM crashed {} times (last exit code {})", local.crashes.len(), local.last_exit);
+            self.phones.remove(&phone.id);
+            return self.report(phone, PhoneState::Failed, &reason).await;
+        }
+        if local.running.is_none() {
+            if local.restart_at.is_some_and(|t| Instant::now() < t) {
+                return Ok(());
+            }
+            let fresh = local.generation != phone.generation;
+            let r = vmm::start(&self.cfg, &d.profile, &dir, phone.generation, fresh).await;
+            let local = self.phones.get_mut(&phone.id).expect("inserted above");
+            match r {
+                Ok(run) => {
+                    local.running = Some(run);
+                    local.generation = phone.generation;
+                    local.restart_at = None;
+                }
+                Err(e) => {
+                    local.crashes.push_back(Instant::now());
+                    local.restart_at = Some(Instant::now() + vmm::backoff(local.crashes.len() as u32));
+                    local.failed = local.crashes.len() >= self.opts.max_crashes;
+                    return Err(e.context("starting the VMM"));
+                }
+            }
+        }
+        match phone.state {
+            PhoneState::Creating => self.report(phone, PhoneState::Booting, "VMM started").await,
+            PhoneState::Booting | PhoneState::Resetting => match vmm_api::status(&dir.api_socket()).await {
+                Ok(s) if s == "running" => self.report(phone, PhoneState::Ready, "VMM API reports running").await,
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    async fn stop_local(&mut self, id: &str) {
+        if let Some(run) = self.phones.get_mut(id).and_then(|l| l.running.take()) {
+            vmm::stop(&PhoneDir::new(&self.cfg, id), run, Duration::from_secs(3)).await;
+        }
+    }
+}

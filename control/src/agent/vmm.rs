@@ -1,0 +1,277 @@
+//! One `cloudphone-vmm` process per phone: its directory, command line, start, stop,
+//! liveness, and re-adoption of VMMs that outlived an agent restart (via pid files).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::vmm_api;
+use crate::model::Profile;
+
+/// Where and how the agent runs VMMs (from the command line).
+#[derive(Debug, Clone)]
+pub struct VmmConfig {
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub image_dir: PathBuf,
+    pub qemu_img: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+/// The files of one phone on this host.
+#[derive(Debug, Clone)]
+pub struct PhoneDir {
+    pub dir: PathBuf,
+}
+
+impl PhoneDir {
+    /// `<state-dir>/phones/<phone id>` (the id is validated by the control service).
+    pub fn new(cfg: &VmmConfig, phone_id: &str) -> Self {
+        Self { dir: cfg.state_dir.join("phones").join(phone_id) }
+    }
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("vmm.pid")
+    }
+    pub fn overlay(&self) -> PathBuf {
+        self.dir.join("overlay.qcow2")
+    }
+    pub fn generation_file(&self) -> PathBuf {
+        self.dir.join("generation")
+    }
+    /// The generation the running VMM was booted for (survives agent restarts).
+    pub fn generation(&self) -> Option<i64> {
+        std::fs::read_to_string(self.generation_file()).ok()?.trim().parse().ok()
+    }
+}
+
+/// A running VMM: our child, or one adopted from a previous agent run.
+pub enum Running {
+    Child(tokio::process::Child),
+    Adopted(i32),
+}
+
+impl Running {
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Running::Child(c) => c.id().map(|p| p as i32),
+            Running::Adopted(p) => Some(*p),
+        }
+    }
+
+    /// `Some(exit code)` once the process has ended (-1: killed by a signal or unknown).
+    pub fn exited(&mut self) -> Option<i32> {
+        match self {
+            Running::Child(c) => match c.try_wait() {
+                Ok(Some(st)) => Some(st.code().unwrap_or(-1)),
+                Ok(None) => None,
+                Err(_) => Some(-1),
+            },
+            Running::Adopted(pid) => (!alive(*pid)).then_some(-1),
+        }
+    }
+}
+
+/// Whether `pid` is a live process (not a zombie).
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false)
+}
+
+/// The VMM command line for a phone of `profile`.
+pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<String> {
+    let mut args = vec!["--kernel".to_owned(), cfg.kernel.display().to_string()];
+    if let Some(i) = &cfg.initrd {
+        args.extend(["--initrd".to_owned(), i.display().to_string()]);
+    }
+    args.extend([
+        "--cmdline".to_owned(),
+        cfg.cmdline.clone(),
+        "--cpus".to_owned(),
+        profile.vcpus.to_string(),
+        "--memory".to_owned(),
+        profile.memory_mib.to_string(),
+    ]);
+    if !profile.image.is_empty() {
+        let base = cfg.image_dir.join(&profile.image);
+        args.extend(["--disk".to_owned(), format!("{},overlay={}", base.display(), dir.overlay().display())]);
+    }
+    args.extend([
+        "--gpu".to_owned(),
+        format!("width={},height={},dpi={}", profile.width, profile.height, profile.dpi),
+        "--input".to_owned(),
+        "touch,keyboard".to_owned(),
+        "--rng".to_owned(),
+        "--api-socket".to_owned(),
+        dir.api_socket().display().to_string(),
+        "--serial".to_owned(),
+        format!("file:{}", dir.dir.join("serial.log").display()),
+        "--on-reboot".to_owned(),
+        "exit".to_owned(),
+    ]);
+    args
+}
+
+/// (Re)creates the phone's copy-on-write overlay over the profile's clean base image:
+/// this is what makes a reset leave nothing of the previous user behind.
+pub async fn recreate_overlay(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> anyhow::Result<()> {
+    if profile.image.is_empty() {
+        return Ok(());
+    }
+    let base = cfg.image_dir.join(&profile.image);
+    if !base.is_file() {
+        bail!("base image {} of profile {} is missing on this host", base.display(), profile.name);
+    }
+    let overlay = dir.overlay();
+    let _ = std::fs::remove_file(&overlay);
+    let out = tokio::process::Command::new(&cfg.qemu_img)
+        .args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(&base)
+        .args(["-F", "raw"])
+        .arg(&overlay)
+        .output()
+        .await
+        .with_context(|| format!("running {} (install qemu-utils)", cfg.qemu_img.display()))?;
+    if !out.status.success() {
+        bail!("qemu-img create overlay failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Starts the VMM for a phone: fresh directory entries, pid + generation files.
+pub async fn start(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir, generation: i64, fresh_overlay: bool) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&dir.dir).with_context(|| format!("creating {}", dir.dir.display()))?;
+    if fresh_overlay || (!profile.image.is_empty() && !dir.overlay().exists()) {
+        recreate_overlay(cfg, profile, dir).await?;
+    }
+    let _ = std::fs::remove_file(dir.api_socket());
+    let log = std::fs::File::create(dir.dir.join("vmm.log")).context("creating vmm.log")?;
+    let child = tokio::process::Command::new(&cfg.vmm)
+        .args(command_line(cfg, profile, dir))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Own process group: Ctrl-C on the agent must not kill the phones.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", cfg.vmm.display()))?;
+    let pid = child.id().context("VMM exited immediately")?;
+    std::fs::write(dir.pid_file(), pid.to_string()).context("writing vmm.pid")?;
+    std::fs::write(dir.generation_file(), generation.to_string()).context("writing generation")?;
+    tracing::info!(phone = %dir.dir.display(), pid, "VMM started");
+    Ok(Running::Child(child))
+}
+
+/// Stops a VMM: ACPI shutdown through its API, then SIGKILL after `grace`.
+pub async fn stop(dir: &PhoneDir, mut running: Running, grace: Duration) {
+    let _ = vmm_api::shutdown(&dir.api_socket(), grace.as_millis() as u64).await;
+    let deadline = Instant::now() + grace;
+    while running.exited().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if running.exited().is_none() {
+        if let Some(pid) = running.pid() {
+            // SAFETY: plain kill(2) on a pid we started (or adopted from our pid file).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Running::Child(c) = &mut running {
+            let _ = c.wait().await;
+        } else {
+            while running.exited().is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(dir.pid_file());
+}
+
+/// Finds VMMs left running by a previous agent: `(phone id, pid)` for each pid file whose
+/// process is alive and is a VMM serving this phone's socket; stale pid files are removed.
+pub fn adopt_all(cfg: &VmmConfig) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(cfg.state_dir.join("phones")) else { return out };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let dir = PhoneDir::new(cfg, &id);
+        let Some(pid) = std::fs::read_to_string(dir.pid_file()).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let sock = dir.api_socket().display().to_string();
+        let ours = String::from_utf8_lossy(&cmdline).split('\0').any(|a| a == sock);
+        if alive(pid) && ours {
+            out.push((id, pid));
+        } else {
+            let _ = std::fs::remove_file(dir.pid_file());
+        }
+    }
+    out
+}
+
+/// Removes a phone's directory (after stop).
+pub fn remove(dir: &PhoneDir) {
+    if let Err(e) = std::fs::remove_dir_all(&dir.dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {e}", dir.dir.display());
+        }
+    }
+}
+
+/// Restart delay after the `n`th crash in a row: 0.5 s doubling, capped at 30 s.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_millis((500u64 << n.min(6)).min(30_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(1), Duration::from_millis(1000));
+        assert_eq!(backoff(20), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn command_line_follows_the_vmm_contract() {
+        let cfg = VmmConfig {
+            vmm: "/bin/vmm".into(),
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+            cmdline: "console=hvc0".into(),
+            image_dir: "/img".into(),
+            qemu_img: "qemu-img".into(),
+            state_dir: "/s".into(),
+        };
+        let p = Profile {
+            id: "pr_1".into(),
+            name: "p".into(),
+            width: 720,
+            height: 1280,
+            dpi: 320,
+            vcpus: 2,
+            memory_mib: 2048,
+            image: "base.img".into(),
+            pool_size: 1,
+            created_ms: 0,
+        };
+        let dir = PhoneDir::new(&cfg, "ph_1");
+        let args = command_line(&cfg, &p, &dir).join(" ");
+        assert!(args.contains("--disk /img/base.img,overlay=/s/phones/ph_1/overlay.qcow2"), "{args}");
+        assert!(args.contains("--gpu width=720,height=1280,dpi=320"));
+        assert!(args.contains("--api-socket /s/phones/ph_1/api.sock"));
+        assert!(args.contains("--cpus 2 --memory 2048"));
+        assert!(args.contains("--on-reboot exit"));
+    }
+}

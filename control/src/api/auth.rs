@@ -1,0 +1,149 @@
+//! Authentication extractors and the login/logout routes.
+//!
+//! Two ways in: `Authorization: Bearer cpt_...` (CLI, scripts, host agents) or the
+//! `cloudphone_session` cookie set by `POST /api/v1/auth/login` (web UI). The cookie is
+//! HttpOnly and SameSite=Strict, and state-changing requests that rely on it must also carry
+//! the `X-CloudPhone-CSRF` header, which a cross-site form cannot set.
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::ApiJson;
+use super::AppState;
+use crate::error::Error;
+use crate::ids::{random_hex, sha256_hex};
+use crate::model::{Role, User};
+use crate::store::users;
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "cloudphone_session";
+/// Header required on cookie-authenticated state-changing requests.
+pub const CSRF_HEADER: &str = "x-cloudphone-csrf";
+
+/// Any authenticated caller. Use as a handler argument: `Auth(user): Auth`.
+pub struct Auth(pub User);
+
+/// An authenticated operator (403 for others).
+pub struct Operator(pub User);
+
+/// A host agent or an operator (the host routes).
+pub struct AgentAuth(pub User);
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+/// Resolves the caller from a bearer token or a session cookie.
+pub async fn authenticate(parts: &Parts, st: &AppState) -> Result<User, Error> {
+    if let Some(h) = parts.headers.get(header::AUTHORIZATION) {
+        let v = h.to_str().map_err(|_| Error::Unauthorized("Authorization header is not ASCII".into()))?;
+        let token = v
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| Error::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
+        return st.tokens.verify(&st.db, token.trim()).await;
+    }
+    let sid = cookie(&parts.headers, SESSION_COOKIE)
+        .ok_or_else(|| Error::Unauthorized("not logged in: send a bearer token or log in".into()))?;
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe && !parts.headers.contains_key(CSRF_HEADER) {
+        return Err(Error::Forbidden(format!("cookie-authenticated {} needs the {CSRF_HEADER} header", parts.method)));
+    }
+    let mut tx = st.db.begin().await?;
+    users::session_user(&mut tx, &sha256_hex(sid.as_bytes()))
+        .await?
+        .ok_or_else(|| Error::Unauthorized("session expired: log in again".into()))
+}
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        Ok(Auth(authenticate(parts, st).await?))
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let user = authenticate(parts, st).await?;
+        if user.role != Role::Operator {
+            return Err(Error::Forbidden("operators only".into()).into());
+        }
+        Ok(Operator(user))
+    }
+}
+
+impl FromRequestParts<AppState> for AgentAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let user = authenticate(parts, st).await?;
+        if !matches!(user.role, Role::Agent | Role::Operator) {
+            return Err(Error::Forbidden("host agents (role agent) or operators only".into()).into());
+        }
+        Ok(AgentAuth(user))
+    }
+}
+
+/// Routes under `/api/v1/auth`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/whoami", get(whoami))
+}
+
+/// `POST /auth/login` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub name: String,
+    pub password: String,
+}
+
+async fn login(State(st): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Response> {
+    let bad = || Error::Unauthorized("wrong user name or password".into());
+    if req.name.len() > 64 || req.password.len() > 1024 {
+        return Err(bad().into());
+    }
+    let mut tx = st.db.begin().await?;
+    let found = users::by_name_with_password(&mut tx, &req.name).await?;
+    drop(tx);
+    let (user, hash) = found.ok_or_else(bad)?;
+    let hash = hash.ok_or_else(bad)?;
+    let pw = req.password;
+    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&pw, &hash)).await.unwrap_or(false);
+    if !ok {
+        return Err(bad().into());
+    }
+    let sid = random_hex(32);
+    let ttl = st.config.session_ttl_ms;
+    let mut tx = st.db.begin().await?;
+    users::insert_session(&mut tx, &sha256_hex(sid.as_bytes()), &user.id, crate::now_ms() + ttl).await?;
+    crate::store::audit::record(&mut tx, &user.name, "auth.login", &user.id, "", None).await?;
+    tx.commit().await?;
+    let secure = if st.config.secure_cookies { "; Secure" } else { "" };
+    let set = format!("{SESSION_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", ttl / 1000);
+    Ok(([(header::SET_COOKIE, set)], Json(user)).into_response())
+}
+
+async fn logout(State(st): State<AppState>, Auth(_user): Auth, headers: HeaderMap) -> ApiResult<Response> {
+    if let Some(sid) = cookie(&headers, SESSION_COOKIE) {
+        let mut tx = st.db.begin().await?;
+        users::delete_session(&mut tx, &sha256_hex(sid.as_bytes())).await?;
+        tx.commit().await?;
+    }
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+}
+
+async fn whoami(Auth(user): Auth) -> Json<User> {
+    Json(user)
+}

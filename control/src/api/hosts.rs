@@ -1,0 +1,156 @@
+//! `/api/v1/hosts`: host agents register, heartbeat (and receive their desired phones in
+//! the reply), and report phone states; operators list hosts.
+//!
+//! Agent protocol (polling): `POST /hosts` once, then `POST /hosts/{id}/heartbeat` every
+//! interval with the phones whose VMM runs; the reply lists every phone the host should
+//! act on with its state (`creating`: create + boot; `resetting`: fresh overlay + boot;
+//! `stopping`: stop + clean up; others: keep running) and profile. The agent reports
+//! progress with `PUT /hosts/{id}/phones/{phone_id}/state`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{AgentAuth, Operator};
+use super::error::ApiResult;
+use super::extract::{self, ApiJson};
+use super::AppState;
+use crate::error::Error;
+use crate::model::{Host, Phone, PhoneState, Profile};
+use crate::store::{audit, hosts, phones, profiles};
+
+/// Routes under `/api/v1/hosts`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/hosts", get(list).post(register))
+        .route("/hosts/{id}", get(one))
+        .route("/hosts/{id}/heartbeat", post(heartbeat))
+        .route("/hosts/{id}/phones/{phone_id}/state", put(report))
+}
+
+/// `POST /hosts` body: the host's name and capacity.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHost {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub max_phones: u32,
+}
+
+async fn register(State(st): State<AppState>, AgentAuth(_): AgentAuth, ApiJson(r): ApiJson<RegisterHost>) -> ApiResult<(StatusCode, Json<Host>)> {
+    extract::name("name", &r.name)?;
+    let vcpus = extract::range("vcpus", r.vcpus.into(), 1, 4096)?;
+    let mem = extract::range("memory_mib", r.memory_mib.into(), 64, 64 << 20)?;
+    let max = extract::range("max_phones", r.max_phones.into(), 0, 10_000)?;
+    let mut tx = st.db.begin().await?;
+    let host = hosts::register(&mut tx, &r.name, vcpus, mem, max).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(host)))
+}
+
+async fn list(State(st): State<AppState>, Operator(_): Operator) -> ApiResult<Json<Vec<Host>>> {
+    let mut tx = st.db.begin().await?;
+    Ok(Json(hosts::list(&mut tx).await?))
+}
+
+async fn one(State(st): State<AppState>, AgentAuth(_): AgentAuth, Path(id): Path<String>) -> ApiResult<Json<Host>> {
+    let id = extract::id(&id, "h", "host")?;
+    let mut tx = st.db.begin().await?;
+    Ok(Json(hosts::get(&mut tx, id).await?))
+}
+
+/// `POST /hosts/{id}/heartbeat` body: phones whose VMM is running on this host.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub running: Vec<String>,
+}
+
+/// A phone the host should act on, with its profile.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct DesiredPhone {
+    pub phone: Phone,
+    pub profile: Profile,
+}
+
+/// Heartbeat reply.
+#[derive(Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub host: Host,
+    pub phones: Vec<DesiredPhone>,
+    /// Silence longer than this marks the host offline and its phones lost.
+    pub heartbeat_timeout_ms: i64,
+}
+
+/// Upper bound on phones a heartbeat may list (a host never runs more).
+const MAX_RUNNING: usize = 10_000;
+
+async fn heartbeat(State(st): State<AppState>, AgentAuth(_): AgentAuth, Path(id): Path<String>, ApiJson(hb): ApiJson<Heartbeat>) -> ApiResult<Json<HeartbeatReply>> {
+    let id = extract::id(&id, "h", "host")?;
+    if hb.running.len() > MAX_RUNNING {
+        return Err(Error::Invalid(format!("running: at most {MAX_RUNNING} phones")).into());
+    }
+    let mut tx = st.db.begin().await?;
+    let host = hosts::heartbeat(&mut tx, id, &hb.running).await?;
+    let mut out = Vec::new();
+    for phone in phones::for_host(&mut tx, id).await? {
+        let profile = profiles::get(&mut tx, &phone.profile_id).await?;
+        out.push(DesiredPhone { phone, profile });
+    }
+    tx.commit().await?;
+    Ok(Json(HeartbeatReply { host, phones: out, heartbeat_timeout_ms: st.config.heartbeat_timeout_ms }))
+}
+
+/// `PUT /hosts/{id}/phones/{phone_id}/state` body.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateReport {
+    pub state: PhoneState,
+    /// The generation the agent acted on; a report for an older reset is refused.
+    pub generation: i64,
+    #[serde(default)]
+    pub reason: String,
+    /// Path of the VMM API socket on the host.
+    pub api_socket: Option<String>,
+}
+
+async fn report(
+    State(st): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    Path((id, phone_id)): Path<(String, String)>,
+    ApiJson(r): ApiJson<StateReport>,
+) -> ApiResult<Json<Phone>> {
+    let id = extract::id(&id, "h", "host")?;
+    let phone_id = extract::id(&phone_id, "ph", "phone")?;
+    if r.reason.len() > 1024 || r.api_socket.as_ref().is_some_and(|s| s.len() > 4096) {
+        return Err(Error::Invalid("reason (1024) or api_socket (4096) too long".into()).into());
+    }
+    let mut tx = st.db.begin().await?;
+    let phone = phones::get(&mut tx, phone_id).await?;
+    if phone.host_id != id {
+        return Err(Error::NotFound("phone".into()).into());
+    }
+    if phone.generation != r.generation {
+        return Err(Error::Conflict(format!(
+            "stale report for generation {} (phone is at {}); re-read the heartbeat",
+            r.generation, phone.generation
+        ))
+        .into());
+    }
+    if let Some(sock) = &r.api_socket {
+        phones::set_api_socket(&mut tx, phone_id, sock).await?;
+    }
+    let phone = if phone.state == r.state {
+        phone
+    } else {
+        phones::transition(&mut tx, phone_id, r.state, &agent.name, &r.reason).await?
+    };
+    if r.state == PhoneState::Failed {
+        audit::record(&mut tx, &agent.name, "phone.crashloop", phone_id, &r.reason, None).await?;
+    }
+    tx.commit().await?;
+    Ok(Json(phone))
+}

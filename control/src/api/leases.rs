@@ -1,0 +1,106 @@
+//! `/api/v1/leases`: ask for a phone (granted now or queued), renew, release.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Auth;
+use super::error::ApiResult;
+use super::extract::{self, ApiJson, ApiQuery};
+use super::AppState;
+use crate::error::Error;
+use crate::model::{Lease, LeaseState, QueueEntry};
+use crate::scheduler::MAX_LEASE_S;
+use crate::store::leases::{self, Acquired, LeaseRequest};
+
+/// Routes under `/api/v1/leases`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/leases", get(list).post(acquire))
+        .route("/leases/{id}", get(one).delete(release))
+        .route("/leases/{id}/renew", post(renew))
+}
+
+/// `POST /leases` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireRequest {
+    /// Profile id or name.
+    pub profile: String,
+    /// Lease length in seconds (1..=86400), default 3600.
+    pub duration_s: Option<u64>,
+    /// Keep the phone's disk between leases.
+    #[serde(default)]
+    pub persistent: bool,
+    /// Queue when nothing is free (default true); false fails with 409 instead.
+    pub wait: Option<bool>,
+}
+
+/// Outcome of `POST /leases`: 201 with `lease`, or 202 with `queue` (poll `/queue/{id}`).
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum AcquireResponse {
+    Granted { lease: Lease },
+    Queued { queue: QueueEntry },
+}
+
+fn duration(v: Option<u64>) -> Result<i64, Error> {
+    extract::range("duration_s", v.unwrap_or(3600), 1, MAX_LEASE_S as u64)
+}
+
+async fn acquire(State(st): State<AppState>, Auth(user): Auth, ApiJson(r): ApiJson<AcquireRequest>) -> ApiResult<(StatusCode, Json<AcquireResponse>)> {
+    extract::name("profile", &r.profile)?;
+    let req = LeaseRequest { profile: r.profile, duration_s: duration(r.duration_s)?, persistent: r.persistent, wait: r.wait.unwrap_or(true) };
+    let mut tx = st.db.begin().await?;
+    let out = leases::acquire(&mut tx, &user, &req).await?;
+    tx.commit().await?;
+    Ok(match out {
+        Acquired::Granted(lease) => (StatusCode::CREATED, Json(AcquireResponse::Granted { lease })),
+        Acquired::Queued(queue) => (StatusCode::ACCEPTED, Json(AcquireResponse::Queued { queue })),
+    })
+}
+
+/// `?all=true` includes ended leases.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseFilter {
+    #[serde(default)]
+    pub all: bool,
+}
+
+async fn list(State(st): State<AppState>, Auth(user): Auth, ApiQuery(f): ApiQuery<LeaseFilter>) -> ApiResult<Json<Vec<Lease>>> {
+    let mut tx = st.db.begin().await?;
+    Ok(Json(leases::list_visible(&mut tx, &user, f.all).await?))
+}
+
+async fn one(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>) -> ApiResult<Json<Lease>> {
+    let id = extract::id(&id, "ls", "lease")?;
+    let mut tx = st.db.begin().await?;
+    Ok(Json(leases::get_visible(&mut tx, &user, id).await?))
+}
+
+async fn release(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>) -> ApiResult<Json<Lease>> {
+    let id = extract::id(&id, "ls", "lease")?;
+    let mut tx = st.db.begin().await?;
+    let lease = leases::release(&mut tx, &user, id, LeaseState::Released).await?;
+    tx.commit().await?;
+    Ok(Json(lease))
+}
+
+/// `POST /leases/{id}/renew` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub duration_s: u64,
+}
+
+async fn renew(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>, ApiJson(r): ApiJson<RenewRequest>) -> ApiResult<Json<Lease>> {
+    let id = extract::id(&id, "ls", "lease")?;
+    let d = duration(Some(r.duration_s))?;
+    let mut tx = st.db.begin().await?;
+    let lease = leases::renew(&mut tx, &user, id, d).await?;
+    tx.commit().await?;
+    Ok(Json(lease))
+}

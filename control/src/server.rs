@@ -1,0 +1,135 @@
+//! `cloudphone serve`: opens the database, bootstraps the first operator, runs the
+//! scheduler loop (lease expiry, host heartbeat timeouts, warm pools) and the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::api::users::{create_user, CreateUser};
+use crate::api::{self, AppState, ServerConfig};
+use crate::db::Database;
+use crate::model::{LeaseState, Role, User};
+use crate::store::{hosts, leases, phones, profiles};
+
+/// Options of `cloudphone serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database (created if missing).
+    #[arg(long, default_value = "/var/lib/cloudphone")]
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (`postgres://user@host/db`, or `postgres:///db?host=/socket/dir`);
+    /// SQLite in --data-dir when absent.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Create this operator if no operator exists yet and print its token (also env
+    /// CLOUDPHONE_BOOTSTRAP_ADMIN).
+    #[arg(long, env = "CLOUDPHONE_BOOTSTRAP_ADMIN")]
+    pub bootstrap_admin: Option<String>,
+    /// A host silent for this long is offline and its phones lost.
+    #[arg(long, default_value_t = 15_000)]
+    pub heartbeat_timeout_ms: u64,
+    /// Period of the scheduler loop (expiry, heartbeat timeouts, warm pools).
+    #[arg(long, default_value_t = 1_000)]
+    pub tick_ms: u64,
+    /// Mark the session cookie Secure (when behind TLS).
+    #[arg(long)]
+    pub secure_cookies: bool,
+}
+
+/// The scheduler's identity in the audit log.
+pub fn system_user() -> User {
+    User { id: "system".into(), name: "scheduler".into(), role: Role::Operator, max_phones: 0, max_minutes_per_day: 0, created_ms: 0 }
+}
+
+/// Runs the server until Ctrl-C / SIGTERM.
+pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    if opts.database.is_none() {
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("creating --data-dir {}", opts.data_dir.display()))?;
+    }
+    let db = Database::open(opts.database.as_deref(), &opts.data_dir).await.context("opening the database")?;
+    let config = ServerConfig {
+        heartbeat_timeout_ms: opts.heartbeat_timeout_ms as i64,
+        secure_cookies: opts.secure_cookies,
+        ..ServerConfig::default()
+    };
+    let state = AppState::new(db, config);
+    if let Some(name) = &opts.bootstrap_admin {
+        bootstrap(&state, name).await?;
+    }
+    tokio::spawn(scheduler_loop(state.clone(), Duration::from_millis(opts.tick_ms.max(10))));
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "cloudphone control service listening");
+    println!("listening on http://{addr}");
+    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn bootstrap(state: &AppState, name: &str) -> anyhow::Result<()> {
+    let mut tx = state.db.begin().await?;
+    if crate::store::users::has_operator(&mut tx).await? {
+        tracing::info!("an operator exists; --bootstrap-admin ignored");
+        return Ok(());
+    }
+    drop(tx);
+    let req = CreateUser { name: name.to_owned(), role: Role::Operator, password: None, max_phones: None, max_minutes_per_day: None };
+    let created = create_user(state, "bootstrap", req).await.map_err(|e| anyhow::anyhow!("bootstrap operator: {}", e.error))?;
+    println!("bootstrap operator {} token: {}", created.user.name, created.token);
+    Ok(())
+}
+
+/// One pass of background scheduling; each step in its own transaction so one failure
+/// does not block the others. Public so tests can drive time-dependent logic directly.
+pub async fn tick(state: &AppState) -> crate::error::Result<()> {
+    let system = system_user();
+    let mut tx = state.db.begin().await?;
+    let due = leases::due(&mut tx).await?;
+    drop(tx);
+    for id in due {
+        let mut tx = state.db.begin().await?;
+        match leases::release(&mut tx, &system, &id, LeaseState::Expired).await {
+            Ok(_) => tx.commit().await?,
+            Err(e) => tracing::debug!(lease = %id, "expiry skipped: {e}"),
+        }
+    }
+    let mut tx = state.db.begin().await?;
+    let reaped = hosts::reap(&mut tx, state.config.heartbeat_timeout_ms).await?;
+    tx.commit().await?;
+    for h in reaped {
+        tracing::warn!(host = %h, "host missed heartbeats: offline, its phones lost");
+    }
+    let mut tx = state.db.begin().await?;
+    phones::reconcile_pools(&mut tx).await?;
+    for p in profiles::list(&mut tx).await? {
+        profiles::get_locked(&mut tx, &p.id).await?;
+        leases::dispatch(&mut tx, &p.id).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn scheduler_loop(state: AppState, period: Duration) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(e) = tick(&state).await {
+            tracing::error!("scheduler tick failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! [`Block`]: the virtio-blk device model (config space, features, activation) and its
+//! queue worker.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use cloudphone_virtio::queue::drain_queue;
+use cloudphone_virtio::{
+    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    WorkerContext, WorkerHandler,
+};
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::backend::{DiskBackend, DiskError};
+use crate::request::{
+    self, Framing, RequestError, ID_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, SEG_MAX,
+};
+use crate::spec::DiskSpec;
+
+/// virtio device ID of a block device.
+const VIRTIO_ID_BLOCK: u32 = 2;
+/// One request queue of 256 entries.
+const QUEUE_SIZES: &[u16] = &[256];
+/// `struct virtio_blk_config` up to and including the write-zeroes fields.
+const CONFIG_LEN: usize = 60;
+/// Logical block size we report (the guest may still address 512-byte sectors).
+const BLOCK_SIZE: u32 = 512;
+
+/// A shared, lockable disk: the device keeps it across reset/activate cycles while the worker
+/// thread uses it.
+type SharedDisk = Arc<Mutex<Box<dyn DiskBackend>>>;
+
+/// A virtio-blk device serving one disk.
+pub struct Block {
+    disk: SharedDisk,
+    id: [u8; ID_LEN],
+    config: [u8; CONFIG_LEN],
+    features: u64,
+    acked: u64,
+    worker: Option<DeviceWorker>,
+}
+
+impl Block {
+    /// A device for `disk`; `id` (≤ 20 bytes, longer is truncated) answers GET_ID.
+    pub fn new(disk: Box<dyn DiskBackend>, id: Option<&str>) -> Self {
+        let mut id_bytes = [0u8; ID_LEN];
+        if let Some(id) = id {
+            let n = id.len().min(ID_LEN);
+            id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
+        }
+        let read_only = disk.read_only();
+        let mut features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE)
+            | (1 << VIRTIO_BLK_F_FLUSH);
+        features |= if read_only {
+            1 << VIRTIO_BLK_F_RO
+        } else {
+            (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES)
+        };
+        let mut config = [0u8; CONFIG_LEN];
+        let mut put =
+            |off: usize, bytes: &[u8]| config[off..off + bytes.len()].copy_from_slice(bytes);
+        put(0, &(disk.capacity() / request::SECTOR_SIZE).to_le_bytes());
+        put(12, &SEG_MAX.to_le_bytes());
+        put(20, &BLOCK_SIZE.to_le_bytes());
+        put(34, &1u16.to_le_bytes()); // num_queues
+        put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
+        put(44, &1u32.to_le_bytes()); // discard_sector_alignment
+        put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
+        put(52, &MAX_DISCARD_SEGMENTS.to_le_bytes());
+        put(56, &[1]); // write_zeroes_may_unmap
+        Self {
+            disk: Arc::new(Mutex::new(disk)),
+            id: id_bytes,
+            config,
+            features,
+            acked: 0,
+            worker: None,
+        }
+    }
+
+    /// Open the disk described by a `--disk` argument and build its device.
+    pub fn from_spec(spec: &DiskSpec) -> Result<Self, DiskError> {
+        Ok(Self::new(spec.open()?, spec.id.as_deref()))
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+    fn features(&self) -> u64 {
+        self.features
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.features;
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.config.get(o).copied())
+                .unwrap_or(0);
+        }
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        mut queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                got: queues.len(),
+            });
+        }
+        self.reset();
+        let q = queues.remove(0);
+        let mut queue = q.queue;
+        queue.set_event_idx(self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        let handler = BlockWorker {
+            mem,
+            queue,
+            index: q.index,
+            notify: q.notify,
+            interrupt: interrupt.clone(),
+            server: RequestServer {
+                disk: self.disk.clone(),
+                id: self.id,
+                bounce: Vec::new(),
+            },
+        };
+        let worker = DeviceWorker::spawn("virtio-blk", handler, interrupt)
+            .map_err(|e| ActivateError::Backend(format!("spawning the virtio-blk worker: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
+/// The queue side of a [`Block`], running on its [`DeviceWorker`] thread.
+struct BlockWorker {
+    mem: GuestMemory,
+    queue: Queue,
+    index: u16,
+    notify: EventFd,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    server: RequestServer,
+}
+
+/// Turns request chains into disk operations.
+struct RequestServer {
+    disk: SharedDisk,
+    id: [u8; ID_LEN],
+    /// Reused data buffer (bounded by `MAX_REQUEST_BYTES`).
+    bounce: Vec<u8>,
+}
+
+const QUEUE_TOKEN: u64 = 0;
+
+impl RequestServer {
+    /// Handle one chain; returns the used length (bytes written to the guest incl. status).
+    fn process(
+        &mut self,
+        mem: &GuestMemory,
+        chain: impl Iterator<Item = (GuestAddress, u32, bool)>,
+    ) -> u32 {
+        let framing = match Framing::new(mem, chain) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "virtio-blk: dropping malformed request");
+                return 0;
+            }
+        };
+        let status_addr = framing.status;
+        let mut disk = self.disk.lock().unwrap_or_else(|p| p.into_inner());
+        let capacity = disk.capacity() / request::SECTOR_SIZE;
+        let outcome = framing
+            .parse(mem, capacity, disk.read_only())
+            .and_then(|op| request::execute(op, mem, disk.as_mut(), &self.id, &mut self.bounce));
+        let (status, written) = match outcome {
+            Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
+            Err(e) => {
+                if !matches!(e, RequestError::Unsupported(_)) {
+                    tracing::warn!(error = %e, "virtio-blk: request failed");
+                }
+                (e.status(), 0)
+            }
+        };
+        if mem.write_obj(status, status_addr).is_err() {
+            return 0;
+        }
+        written + 1
+    }
+}
+
+impl BlockWorker {
+    fn drain(&mut self) -> Result<(), String> {
+        let mem = &self.mem;
+        let server = &mut self.server;
+        drain_queue(
+            self.index,
+            &mut self.queue,
+            mem,
+            self.interrupt.as_ref(),
+            |_head, descs| {
+                Ok(server.process(
+                    mem,
+                    descs.iter().map(|d| (d.addr(), d.len(), d.is_write_only())),
+                ))
+            },
+        )
+    }
+}
+
+impl WorkerHandler for BlockWorker {
+    fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
+        ctx.add(self.notify.as_raw_fd(), EventSet::IN, QUEUE_TOKEN)?;
+        // The driver may have queued requests before activation completed.
+        self.drain().map_err(std::io::Error::other)
+    }
+    fn handle(
+        &mut self,
+        _ctx: &WorkerContext,
+        _token: u64,
+        _events: EventSet,
+    ) -> Result<(), String> {
+        let _ = self.notify.read();
+        self.drain()
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

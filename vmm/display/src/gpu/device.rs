@@ -1,0 +1,177 @@
+//! The virtio-gpu device (type 16): config space, feature negotiation and a worker thread that
+//! feeds the control and cursor queues to a [`GpuBackend`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use cloudphone_virtio::{
+    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt, WorkerContext,
+    WorkerHandler,
+};
+use vm_memory::ByteValued;
+use vmm_sys_util::epoll::EventSet;
+
+use super::backend::GpuBackend;
+use super::backend2d::{Backend2d, GpuLimits};
+use super::decode::process_chain;
+use super::protocol::{GpuConfig, VIRTIO_GPU_F_EDID};
+use crate::framebuffer::FramebufferExport;
+use crate::queue::DeviceQueue;
+use crate::spec::GpuSpec;
+
+/// virtio device id of a GPU.
+const DEVICE_TYPE_GPU: u32 = 16;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// Control queue (0) and cursor queue (1) sizes.
+const QUEUE_SIZES: [u16; 2] = [256, 16];
+/// Offset of `events_clear` in the config space.
+const EVENTS_CLEAR_OFFSET: u64 = 4;
+
+type SharedBackend = Arc<Mutex<Box<dyn GpuBackend>>>;
+
+/// A virtio-gpu device with one scanout.
+pub struct VirtioGpu {
+    backend: SharedBackend,
+    limits: GpuLimits,
+    acked_features: u64,
+    events_read: u32,
+    worker: Option<DeviceWorker>,
+}
+
+impl VirtioGpu {
+    /// A 2D GPU for `spec` whose scanout is exported as a shared-memory file in `export_dir`
+    /// (normally [`crate::framebuffer::DEFAULT_DIR`]). Returns the device and the export handle
+    /// the VMM's API serves (`GET /framebuffer`, events, screenshots).
+    pub fn new_2d(spec: GpuSpec, limits: GpuLimits, export_dir: &Path) -> std::io::Result<(Self, FramebufferExport)> {
+        let export = FramebufferExport::create(export_dir, spec.width, spec.height)?;
+        let backend = Backend2d::new(spec, limits, export.clone());
+        Ok((Self::with_backend(Box::new(backend), limits), export))
+    }
+
+    /// A device driving any backend (the seam for 3D).
+    pub fn with_backend(backend: Box<dyn GpuBackend>, limits: GpuLimits) -> Self {
+        Self {
+            backend: Arc::new(Mutex::new(backend)),
+            limits,
+            acked_features: 0,
+            events_read: 0,
+            worker: None,
+        }
+    }
+
+    fn config(&self) -> GpuConfig {
+        let backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        GpuConfig {
+            events_read: self.events_read.into(),
+            events_clear: 0.into(),
+            num_scanouts: 1.into(),
+            num_capsets: backend.num_capsets().into(),
+        }
+    }
+}
+
+impl VirtioDevice for VirtioGpu {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_GPU
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let extra = self.backend.lock().unwrap_or_else(|p| p.into_inner()).extra_features();
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | 1 << VIRTIO_GPU_F_EDID | extra
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(self.config().as_slice(), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if offset == EVENTS_CLEAR_OFFSET && data.len() == 4 {
+            let clear = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            self.events_read &= !clear;
+        } else {
+            tracing::warn!(offset, len = data.len(), "virtio-gpu: write to read-only config ignored");
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount { expected: QUEUE_SIZES.len(), got: queues.len() });
+        }
+        let worker = GpuWorker {
+            mem,
+            queues: queues.into_iter().map(DeviceQueue::new).collect(),
+            backend: self.backend.clone(),
+            interrupt: interrupt.clone(),
+            max_entries: self.limits.max_backing_entries,
+        };
+        let worker = DeviceWorker::spawn("virtio-gpu", worker, interrupt)
+            .map_err(|e| ActivateError::Backend(format!("starting the virtio-gpu worker: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+        self.backend.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        self.acked_features = 0;
+        self.events_read = 0;
+    }
+}
+
+/// Copy `data.len()` bytes of a config image at `offset`; bytes past its end read as zero.
+pub(crate) fn read_config_bytes(image: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else { return };
+    if let Some(src) = image.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+struct GpuWorker {
+    mem: GuestMemory,
+    queues: Vec<DeviceQueue>,
+    backend: SharedBackend,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    max_entries: u32,
+}
+
+impl WorkerHandler for GpuWorker {
+    fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
+        for (token, q) in self.queues.iter().enumerate() {
+            ctx.add(std::os::fd::AsRawFd::as_raw_fd(&q.inner.notify), EventSet::IN, token as u64)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, _ctx: &WorkerContext, token: u64, _events: EventSet) -> Result<(), String> {
+        let q = self
+            .queues
+            .get_mut(token as usize)
+            .ok_or_else(|| format!("virtio-gpu: unknown worker token {token}"))?;
+        q.ack_notify();
+        let mut backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(chain) = q.pop(&self.mem) {
+            let head = chain.head_index();
+            let written = process_chain(backend.as_mut(), &self.mem, chain, self.max_entries);
+            q.complete(&self.mem, head, written)?;
+        }
+        q.signal(&self.mem, self.interrupt.as_ref())
+    }
+}

@@ -1,0 +1,165 @@
+//! The virtio-input device (type 18): answers config queries from its [`InputProfile`] and
+//! writes queued events into the guest's event-queue buffers; status-queue buffers (LEDs) are
+//! consumed and ignored.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use cloudphone_virtio::{
+    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt, WorkerContext,
+    WorkerHandler,
+};
+use virtio_queue::Writer;
+use vmm_sys_util::epoll::EventSet;
+
+use super::config::{ConfigSpace, InputProfile};
+use super::handle::EventQueue;
+use crate::queue::DeviceQueue;
+
+const DEVICE_TYPE_INPUT: u32 = 18;
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Event queue (0) and status queue (1).
+const QUEUE_SIZES: [u16; 2] = [64, 64];
+const EVENT_QUEUE: usize = 0;
+const STATUS_QUEUE: usize = 1;
+const WAKE_TOKEN: u64 = 2;
+const EVENT_BYTES: usize = 8;
+
+/// One virtio-input device (touchscreen or keyboard).
+pub struct VirtioInput {
+    profile: InputProfile,
+    config: ConfigSpace,
+    events: Arc<EventQueue>,
+    worker: Option<DeviceWorker>,
+}
+
+impl VirtioInput {
+    pub(crate) fn new(profile: InputProfile, events: Arc<EventQueue>) -> Self {
+        Self { profile, config: ConfigSpace::default(), events, worker: None }
+    }
+
+    /// The device's name as the guest sees it (`virtio-touchscreen-0`, ...).
+    pub fn name(&self) -> &str {
+        &self.profile.name
+    }
+}
+
+impl VirtioDevice for VirtioInput {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE_INPUT
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn ack_features(&mut self, _features: u64) {}
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.config.read(&self.profile, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.config.write(offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueCount { expected: QUEUE_SIZES.len(), got: queues.len() });
+        }
+        let worker = InputWorker {
+            mem,
+            queues: queues.into_iter().map(DeviceQueue::new).collect(),
+            events: self.events.clone(),
+            interrupt: interrupt.clone(),
+        };
+        let name = format!("virtio-input-{}", self.profile.name);
+        let worker = DeviceWorker::spawn(&name, worker, interrupt)
+            .map_err(|e| ActivateError::Backend(format!("starting the {name} worker: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+        self.config.reset();
+        self.events.reset();
+    }
+}
+
+struct InputWorker {
+    mem: GuestMemory,
+    queues: Vec<DeviceQueue>,
+    events: Arc<EventQueue>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl InputWorker {
+    /// Give the guest its status-queue buffers back (we have no LEDs to set).
+    fn drain_status(&mut self) -> Result<(), String> {
+        let q = &mut self.queues[STATUS_QUEUE];
+        while let Some(chain) = q.pop(&self.mem) {
+            q.complete(&self.mem, chain.head_index(), 0)?;
+        }
+        q.signal(&self.mem, self.interrupt.as_ref())
+    }
+
+    /// Move pending events into event-queue buffers while both exist.
+    fn deliver(&mut self) -> Result<(), String> {
+        let q = &mut self.queues[EVENT_QUEUE];
+        let mut pending = self.events.lock();
+        while let Some(event) = pending.events.front().copied() {
+            let Some(chain) = q.pop(&self.mem) else { break };
+            let head = chain.head_index();
+            let written = match Writer::new(&self.mem, chain) {
+                Ok(mut w) if w.available_bytes() >= EVENT_BYTES => w.write_all(&event.to_bytes()).is_ok(),
+                _ => false,
+            };
+            if written {
+                pending.events.pop_front();
+                q.complete(&self.mem, head, EVENT_BYTES as u32)?;
+            } else {
+                tracing::warn!("virtio-input: event buffer unusable (too small or outside memory); skipped");
+                q.complete(&self.mem, head, 0)?;
+            }
+        }
+        drop(pending);
+        q.signal(&self.mem, self.interrupt.as_ref())
+    }
+}
+
+impl WorkerHandler for InputWorker {
+    fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
+        for (token, q) in self.queues.iter().enumerate() {
+            ctx.add(q.inner.notify.as_raw_fd(), EventSet::IN, token as u64)?;
+        }
+        ctx.add(self.events.wake.as_raw_fd(), EventSet::IN, WAKE_TOKEN)
+    }
+
+    fn handle(&mut self, _ctx: &WorkerContext, token: u64, _events: EventSet) -> Result<(), String> {
+        match token {
+            WAKE_TOKEN => {
+                let _ = self.events.wake.read();
+            }
+            t if t as usize == STATUS_QUEUE => {
+                self.queues[STATUS_QUEUE].ack_notify();
+                return self.drain_status();
+            }
+            t if t as usize == EVENT_QUEUE => self.queues[EVENT_QUEUE].ack_notify(),
+            other => return Err(format!("virtio-input: unknown worker token {other}")),
+        }
+        self.deliver()
+    }
+}

@@ -1,0 +1,139 @@
+//! The DSDT: `\_S5_` for poweroff, the PCI0 host bridge, the GED and its power button.
+
+use acpi_tables::aml::{
+    self, AddressSpace, AddressSpaceCacheable, EISAName, FieldAccessType, FieldEntry,
+    FieldLockRule, FieldUpdateRule, OpRegionSpace, Path,
+};
+use acpi_tables::{sdt::Sdt, Aml};
+
+use super::{GED_EVENT_PORT, GED_EVENT_POWER_BUTTON, GED_GSI, OEM_ID, S5_SLEEP_TYPE};
+use crate::arch::x86_64::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
+
+/// Name of the power-button device the GED notifies.
+const PWRB: &str = "\\_SB_.PWRB";
+
+fn s5() -> Vec<u8> {
+    let mut out = Vec::new();
+    let package = aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]);
+    aml::Name::new("_S5_".into(), &package).to_aml_bytes(&mut out);
+    out
+}
+
+fn pci_host_bridge() -> Vec<u8> {
+    let mmio_end = (PCI_MMIO_START + PCI_MMIO_SIZE - 1) as u32;
+    let mut out = Vec::new();
+    // One statement, so the temporaries the AML tree borrows live until it is serialized.
+    aml::Device::new(
+        "\\_SB_.PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &EISAName::new("PNP0A08")),
+            &aml::Name::new("_CID".into(), &EISAName::new("PNP0A03")),
+            &aml::Name::new("_ADR".into(), &0u8),
+            &aml::Name::new("_SEG".into(), &0u8),
+            &aml::Name::new("_UID".into(), &0u8),
+            &aml::Name::new("_BBN".into(), &0u8),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &AddressSpace::<u16>::new_bus_number(0, 0xff),
+                    &aml::IO::new(0xcf8, 0xcf8, 1, 8),
+                    &AddressSpace::<u16>::new_io(0, 0xcf7, None),
+                    &AddressSpace::<u16>::new_io(0xd00, 0xffff, None),
+                    &AddressSpace::<u32>::new_memory(
+                        AddressSpaceCacheable::NotCacheable,
+                        true,
+                        PCI_MMIO_START as u32,
+                        mmio_end,
+                        None,
+                    ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
+
+fn ged_and_power_button() -> Vec<u8> {
+    let mut out = Vec::new();
+    aml::Device::new(
+        PWRB.into(),
+        vec![
+            &aml::Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
+            &aml::Name::new("_UID".into(), &0u8),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+
+    let pwrb: Path = PWRB.into();
+    let pending = aml::Path::new("GDAT");
+    // _EVT: Local0 = GDAT (pending events, cleared by the read); if the power-button bit is
+    // set, notify the power button device.
+    aml::Device::new(
+        "\\_SB_.GED_".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"ACPI0013"),
+            &aml::Name::new("_UID".into(), &0u8),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&aml::Interrupt::new(
+                    true, true, false, false, GED_GSI,
+                )]),
+            ),
+            &aml::OpRegion::new("GDST".into(), OpRegionSpace::SystemIO, &GED_EVENT_PORT, &1u8),
+            &aml::Field::new(
+                "GDST".into(),
+                FieldAccessType::Byte,
+                FieldLockRule::NoLock,
+                FieldUpdateRule::WriteAsZeroes,
+                vec![FieldEntry::Named(*b"GDAT", 8)],
+            ),
+            &aml::Method::new(
+                "_EVT".into(),
+                1,
+                true,
+                vec![
+                    &aml::Store::new(&aml::Local(0), &pending),
+                    &aml::And::new(&aml::Local(1), &aml::Local(0), &GED_EVENT_POWER_BUTTON),
+                    &aml::If::new(
+                        &aml::Equal::new(&aml::Local(1), &GED_EVENT_POWER_BUTTON),
+                        vec![&aml::Notify::new(&pwrb, &0x80u8)],
+                    ),
+                ],
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
+
+/// Build the DSDT.
+pub fn build_dsdt() -> Sdt {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CPDSDT  ", 1);
+    dsdt.append_slice(&s5());
+    dsdt.append_slice(&pci_host_bridge());
+    dsdt.append_slice(&ged_and_power_button());
+    dsdt.update_checksum();
+    dsdt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn dsdt_has_the_devices_and_a_valid_checksum() {
+        let dsdt = build_dsdt();
+        let bytes = dsdt.as_slice();
+        assert_eq!(&bytes[0..4], b"DSDT");
+        assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize, bytes.len());
+        assert_eq!(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        for name in [&b"_S5_"[..], b"PCI0", b"GED_", b"PWRB", b"_EVT", b"ACPI0013", b"GDAT"] {
+            assert!(contains(bytes, name), "{} missing", String::from_utf8_lossy(name));
+        }
+    }
+}

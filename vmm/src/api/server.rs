@@ -1,0 +1,157 @@
+//! The Unix-socket listener: one short-lived thread per connection, one request each.
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::http::{read_request, write_response, Response};
+use super::routes::{route, Status, VmApi};
+use crate::vm::VmControl;
+
+/// Per-connection read/write timeout so a stalled client cannot pin a thread forever.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The VM the API currently talks to (replaced on an in-process restart).
+#[derive(Default)]
+pub struct ApiTarget {
+    current: RwLock<Option<Arc<VmControl>>>,
+}
+
+impl ApiTarget {
+    /// Point the API at `vm` (or at nothing while restarting).
+    pub fn set(&self, vm: Option<Arc<VmControl>>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = vm;
+    }
+
+    fn get(&self) -> anyhow::Result<Arc<VmControl>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .context("the VM is restarting; retry shortly")
+    }
+}
+
+impl VmApi for ApiTarget {
+    fn status(&self) -> anyhow::Result<Status> {
+        let vm = self.get()?;
+        Ok(Status {
+            state: vm.state().as_str(),
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            uptime_ms: vm.uptime_ms(),
+        })
+    }
+    fn shutdown(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.get()?.request_shutdown(timeout)
+    }
+    fn reboot(&self) -> anyhow::Result<()> {
+        self.get()?.request_reboot();
+        Ok(())
+    }
+    fn pause(&self) -> anyhow::Result<()> {
+        self.get()?.pause()
+    }
+    fn resume(&self) -> anyhow::Result<()> {
+        self.get()?.resume();
+        Ok(())
+    }
+}
+
+/// A bound API socket; removed from the filesystem when dropped.
+pub struct ApiServer {
+    path: PathBuf,
+}
+
+fn serve(mut stream: UnixStream, vm: &dyn VmApi) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let resp = match read_request(&mut stream) {
+        Ok(req) => {
+            tracing::debug!(method = %req.method, path = %req.path, "API request");
+            route(&req, vm)
+        }
+        Err(e) => Response::error(e.status(), e.to_string()),
+    };
+    if let Err(e) = write_response(&mut stream, &resp) {
+        tracing::debug!(error = %e, "API client went away");
+    }
+}
+
+impl ApiServer {
+    /// Bind `path` (replacing a stale socket file) and serve `vm` on a background thread.
+    pub fn start(path: &Path, vm: Arc<dyn VmApi>) -> anyhow::Result<Self> {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        }) {
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing stale API socket {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("binding --api-socket {}", path.display()))?;
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    match conn {
+                        Ok(stream) => {
+                            let vm = vm.clone();
+                            let spawned = std::thread::Builder::new()
+                                .name("api-conn".into())
+                                .spawn(move || serve(stream, vm.as_ref()));
+                            if let Err(e) = spawned {
+                                tracing::warn!(error = %e, "cannot spawn an API connection thread");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "API accept failed"),
+                    }
+                }
+            })
+            .context("spawning the API thread")?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn socket_round_trip_without_vm() {
+        let dir = std::env::temp_dir().join(format!("vmm-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let target = Arc::new(ApiTarget::default());
+        let server = ApiServer::start(&sock, target).unwrap();
+        let ask = |req: &[u8]| {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            s.write_all(req).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let r = ask(b"GET /status HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+        assert!(r.contains("restarting"));
+        let r = ask(b"garbage\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        let r = ask(b"GET /x HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        drop(server);
+        assert!(!sock.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,357 @@
+//! The command line (clap) and the equivalent JSON config file (serde), merged and validated
+//! into a [`VmConfig`].
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::legacy::SerialOutput;
+
+/// Most vCPUs a phone may have.
+pub const MAX_VCPUS: u8 = 64;
+
+/// Raw options, as typed or as read from `--config` (every field optional so the two merge).
+#[derive(Parser, Deserialize, Debug, Default, Clone, PartialEq)]
+#[command(name = "cloudphone-vmm", about = "Runs one cloudphone guest under KVM", version)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    /// Kernel image (bzImage or ELF vmlinux).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Android boot.img (kernel + ramdisk + cmdline) instead of --kernel/--initrd.
+    #[arg(long)]
+    pub boot_img: Option<PathBuf>,
+    /// Android vendor_boot.img (with --boot-img).
+    #[arg(long)]
+    pub vendor_boot: Option<PathBuf>,
+    /// Android init_boot.img (with --boot-img).
+    #[arg(long)]
+    pub init_boot: Option<PathBuf>,
+    /// Kernel command line (default "console=ttyS0").
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs, 1..=64 (default 1).
+    #[arg(long)]
+    pub cpus: Option<u64>,
+    /// Guest memory in MiB, 64..=host RAM (default 512).
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// Disk: path[,ro][,overlay=path][,id=NAME] (repeatable).
+    #[arg(long)]
+    #[serde(default)]
+    pub disk: Vec<String>,
+    /// Network: tap=NAME[,mac=..] (repeatable).
+    #[arg(long)]
+    #[serde(default)]
+    pub net: Vec<String>,
+    /// vsock: cid=N,uds=PATH.
+    #[arg(long)]
+    pub vsock: Option<String>,
+    /// GPU: width=W,height=H[,dpi=D].
+    #[arg(long)]
+    pub gpu: Option<String>,
+    /// Input devices: touch,keyboard.
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Per-VM API Unix socket path.
+    #[arg(long)]
+    pub api_socket: Option<PathBuf>,
+    /// Serial console: stdout | file:PATH | none (default stdout).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// virtio-console port: port=N,path=FILE|socket=PATH|stdout|none (repeatable).
+    #[arg(long)]
+    #[serde(default)]
+    pub console: Vec<String>,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    #[serde(default)]
+    pub rng: bool,
+    /// Add a virtio-balloon device.
+    #[arg(long)]
+    #[serde(default)]
+    pub balloon: bool,
+    /// What a guest reboot does: exit (code 32) or restart.
+    #[arg(long)]
+    pub on_reboot: Option<String>,
+    /// Read options from this JSON file; command-line options override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+/// Where the kernel comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootSource {
+    /// `--kernel` (+ `--initrd`).
+    Linux {
+        /// Kernel path.
+        kernel: PathBuf,
+        /// Initrd path.
+        initrd: Option<PathBuf>,
+    },
+    /// `--boot-img` (+ vendor/init boot).
+    Android {
+        /// boot.img.
+        boot: PathBuf,
+        /// vendor_boot.img.
+        vendor_boot: Option<PathBuf>,
+        /// init_boot.img.
+        init_boot: Option<PathBuf>,
+    },
+}
+
+/// Reboot policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReboot {
+    /// Exit with code 32.
+    Exit,
+    /// Boot the guest again in the same process.
+    Restart,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    /// Kernel source.
+    pub boot: BootSource,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPU count.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Serial console destination.
+    pub serial: SerialOutput,
+    /// API socket.
+    pub api_socket: Option<PathBuf>,
+    /// Reboot policy.
+    pub on_reboot: OnReboot,
+}
+
+/// A configuration problem (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Largest config file we read.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// Read a JSON config file (same field names as the long options).
+pub fn read_config_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError(format!("cannot read --config {}: {e}", path.display())))?;
+    if meta.len() > MAX_CONFIG_FILE {
+        return err(format!(
+            "--config {} is {} bytes; config files are limited to 1 MiB",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read --config {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ConfigError(format!("--config {} is not valid: {e}", path.display())))
+}
+
+impl RawConfig {
+    /// Options from `self` (the command line) override `base` (the file).
+    pub fn over(self, base: RawConfig) -> RawConfig {
+        fn vec(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+            if a.is_empty() {
+                b
+            } else {
+                a
+            }
+        }
+        RawConfig {
+            kernel: self.kernel.or(base.kernel),
+            initrd: self.initrd.or(base.initrd),
+            boot_img: self.boot_img.or(base.boot_img),
+            vendor_boot: self.vendor_boot.or(base.vendor_boot),
+            init_boot: self.init_boot.or(base.init_boot),
+            cmdline: self.cmdline.or(base.cmdline),
+            cpus: self.cpus.or(base.cpus),
+            memory: self.memory.or(base.memory),
+            disk: vec(self.disk, base.disk),
+            net: vec(self.net, base.net),
+            vsock: self.vsock.or(base.vsock),
+            gpu: self.gpu.or(base.gpu),
+            input: self.input.or(base.input),
+            api_socket: self.api_socket.or(base.api_socket),
+            serial: self.serial.or(base.serial),
+            console: vec(self.console, base.console),
+            rng: self.rng || base.rng,
+            balloon: self.balloon || base.balloon,
+            on_reboot: self.on_reboot.or(base.on_reboot),
+            config: None,
+        }
+    }
+
+    /// Check ranges and combinations.
+    pub fn validate(self) -> Result<VmConfig, ConfigError> {
+        let boot = match (self.kernel, self.boot_img) {
+            (Some(_), Some(_)) => return err("--kernel and --boot-img are exclusive: pass one"),
+            (Some(kernel), None) => {
+                if self.vendor_boot.is_some() || self.init_boot.is_some() {
+                    return err("--vendor-boot/--init-boot need --boot-img");
+                }
+                BootSource::Linux {
+                    kernel,
+                    initrd: self.initrd,
+                }
+            }
+            (None, Some(boot)) => {
+                if self.initrd.is_some() {
+                    return err("--initrd cannot be combined with --boot-img (the ramdisk comes from the images)");
+                }
+                BootSource::Android {
+                    boot,
+                    vendor_boot: self.vendor_boot,
+                    init_boot: self.init_boot,
+                }
+            }
+            (None, None) => return err("no kernel: pass --kernel PATH or --boot-img PATH"),
+        };
+        let cpus = self.cpus.unwrap_or(1);
+        if !(1..=u64::from(MAX_VCPUS)).contains(&cpus) {
+            return err(format!("--cpus {cpus} is out of range: use 1..={MAX_VCPUS}"));
+        }
+        let memory_mib = self.memory.unwrap_or(512);
+        crate::memory::validate_size(memory_mib).map_err(|e| ConfigError(e.to_string()))?;
+        let serial = match self.serial.as_deref().unwrap_or("stdout") {
+            "stdout" => SerialOutput::Stdout,
+            "none" => SerialOutput::None,
+            s => match s.strip_prefix("file:") {
+                Some(p) if !p.is_empty() => SerialOutput::File(PathBuf::from(p)),
+                _ => return err(format!("--serial {s:?}: use stdout, file:PATH or none")),
+            },
+        };
+        let on_reboot = match self.on_reboot.as_deref().unwrap_or("exit") {
+            "exit" => OnReboot::Exit,
+            "restart" => OnReboot::Restart,
+            s => return err(format!("--on-reboot {s:?}: use exit or restart")),
+        };
+        let unsupported = [
+            ("--disk", !self.disk.is_empty()),
+            ("--net", !self.net.is_empty()),
+            ("--vsock", self.vsock.is_some()),
+            ("--gpu", self.gpu.is_some()),
+            ("--input", self.input.is_some()),
+            ("--console", !self.console.is_empty()),
+            ("--rng", self.rng),
+            ("--balloon", self.balloon),
+        ];
+        if let Some((name, _)) = unsupported.iter().find(|(_, on)| *on) {
+            return err(format!(
+                "{name} is not supported yet: this build has no virtio-pci devices; remove the option"
+            ));
+        }
+        Ok(VmConfig {
+            boot,
+            cmdline: self.cmdline.unwrap_or_else(|| "console=ttyS0".into()),
+            cpus: cpus as u8,
+            memory_mib,
+            serial,
+            api_socket: self.api_socket,
+            on_reboot,
+        })
+    }
+}
+
+/// Parse `args` (including argv[0]) and any `--config` file into a validated config.
+pub fn from_args<I, T>(args: I) -> Result<VmConfig, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = RawConfig::try_parse_from(args).map_err(|e| ConfigError(e.to_string()))?;
+    let merged = match &cli.config {
+        Some(path) => {
+            let file = read_config_file(path)?;
+            cli.over(file)
+        }
+        None => cli,
+    };
+    merged.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<VmConfig, ConfigError> {
+        from_args(std::iter::once("cloudphone-vmm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let c = parse(&["--kernel", "/k"]).unwrap();
+        assert_eq!(c.cpus, 1);
+        assert_eq!(c.memory_mib, 512);
+        assert_eq!(c.serial, SerialOutput::Stdout);
+        assert_eq!(c.on_reboot, OnReboot::Exit);
+        let c = parse(&["--kernel", "/k", "--serial", "file:/x", "--cpus", "4", "--memory", "128"])
+            .unwrap();
+        assert_eq!(c.serial, SerialOutput::File("/x".into()));
+        assert_eq!((c.cpus, c.memory_mib), (4, 128));
+    }
+
+    #[test]
+    fn bad_values_rejected_with_reason() {
+        for (args, needle) in [
+            (&["--cpus", "0"][..], "--cpus 0"),
+            (&["--cpus", "65"], "--cpus 65"),
+            (&["--cpus", "99999999999999999999"], "cpus"),
+            (&["--memory", "0"], "--memory 0"),
+            (&["--memory", "63"], "--memory 63"),
+            (&["--memory", "1099511627776"], "--memory"),
+            (&["--serial", "tcp:1"], "--serial"),
+            (&["--serial", "file:"], "--serial"),
+            (&["--on-reboot", "maybe"], "--on-reboot"),
+            (&["--disk", "/d"], "--disk"),
+        ] {
+            let mut full = vec!["--kernel", "/k"];
+            full.extend_from_slice(args);
+            let e = parse(&full).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        assert!(parse(&[]).unwrap_err().to_string().contains("--kernel"));
+        assert!(parse(&["--kernel", "/k", "--boot-img", "/b"]).is_err());
+        assert!(parse(&["--kernel", "/k", "--vendor-boot", "/v"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn json_config_merges_under_cli() {
+        let dir = std::env::temp_dir().join(format!("vmm-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.json");
+        std::fs::write(
+            &path,
+            r#"{"kernel":"/k","cpus":2,"memory":256,"cmdline":"console=ttyS0 quiet","api-socket":"/s"}"#,
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p]).unwrap();
+        assert_eq!((c.cpus, c.memory_mib), (2, 256));
+        assert_eq!(c.cmdline, "console=ttyS0 quiet");
+        assert_eq!(c.api_socket, Some(PathBuf::from("/s")));
+        let c = parse(&["--config", p, "--cpus", "3"]).unwrap();
+        assert_eq!(c.cpus, 3);
+        std::fs::write(&path, r#"{"kernel":"/k","cpu":2}"#).unwrap();
+        assert!(parse(&["--config", p]).unwrap_err().to_string().contains("cpu"));
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(parse(&["--config", p]).is_err());
+        assert!(parse(&["--config", "/nonexistent/c.json"]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,154 @@
+//! One thread per vCPU: KVM_RUN in a loop, dispatching port I/O and MMIO exits to the buses and
+//! turning shutdown/reset/crash exits into a [`GuestExit`].
+
+pub mod control;
+pub mod dump;
+pub mod kick;
+#[cfg(test)]
+mod payload_tests;
+
+use std::sync::{Arc, RwLock};
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::bus::Bus;
+use crate::exit::{ExitSignal, GuestExit};
+pub use control::{Request, RunControl};
+
+/// State every vCPU thread shares with the VM.
+pub struct VcpuContext {
+    /// Port I/O devices.
+    pub pio: RwLock<Bus>,
+    /// MMIO devices (PCI BARs move, hence the lock).
+    pub mmio: RwLock<Bus>,
+    /// Where the guest's exit reason goes.
+    pub exit: Arc<ExitSignal>,
+    /// Run/pause/stop requests.
+    pub control: RunControl,
+}
+
+impl VcpuContext {
+    /// A context with empty buses.
+    pub fn new(exit: Arc<ExitSignal>) -> Self {
+        Self {
+            pio: RwLock::new(Bus::new()),
+            mmio: RwLock::new(Bus::new()),
+            exit,
+            control: RunControl::default(),
+        }
+    }
+}
+
+/// Why a vCPU's run loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuOutcome {
+    /// The controller asked it to stop.
+    Stopped,
+    /// The vCPU executed HLT with no in-kernel irqchip to wake it (test payloads).
+    Halted,
+    /// The guest ended (reason recorded in the context's exit signal).
+    GuestExited,
+}
+
+/// A created and configured vCPU.
+pub struct Vcpu {
+    /// Index (= APIC id).
+    pub id: u8,
+    /// The KVM handle.
+    pub fd: VcpuFd,
+    /// Shared state.
+    pub ctx: Arc<VcpuContext>,
+}
+
+enum Step {
+    Continue,
+    Halt,
+    Exit(GuestExit),
+    /// The guest crashed; registers are dumped once the exit data is no longer borrowed.
+    Crash(String),
+}
+
+fn read_lock(b: &RwLock<Bus>) -> std::sync::RwLockReadGuard<'_, Bus> {
+    b.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn handle(id: u8, ctx: &VcpuContext, exit: VcpuExit<'_>) -> Step {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !read_lock(&ctx.pio).read(u64::from(port), data) {
+                tracing::trace!(port, len = data.len(), "unclaimed port read");
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !read_lock(&ctx.pio).write(u64::from(port), data) {
+                tracing::trace!(port, len = data.len(), "unclaimed port write");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !read_lock(&ctx.mmio).read(addr, data) {
+                tracing::debug!(addr = format_args!("{addr:#x}"), "unclaimed MMIO read");
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !read_lock(&ctx.mmio).write(addr, data) {
+                tracing::debug!(addr = format_args!("{addr:#x}"), "unclaimed MMIO write");
+            }
+        }
+        VcpuExit::Hlt => return Step::Halt,
+        VcpuExit::Shutdown => return Step::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into()),
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, _) => {
+            return Step::Exit(GuestExit::PowerOff)
+        }
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, _) => return Step::Exit(GuestExit::Reboot),
+        VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, _) => {
+            return Step::Crash("guest crash system event".into())
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Step::Crash(format!(
+                "KVM entry failed: hardware reason {reason:#x} on host cpu {cpu}"
+            ))
+        }
+        VcpuExit::InternalError => return Step::Crash("KVM internal error".into()),
+        other => tracing::debug!(vcpu = id, exit = ?other, "unhandled vCPU exit ignored"),
+    }
+    Step::Continue
+}
+
+impl Vcpu {
+    /// Run until stopped, halted, or the guest exits. Installs the kick binding for the
+    /// calling thread.
+    pub fn run_loop(mut self) -> VcpuOutcome {
+        let _kick = kick::KickBinding::bind(&mut self.fd);
+        loop {
+            if !self.ctx.control.may_run() {
+                return VcpuOutcome::Stopped;
+            }
+            let step = match self.fd.run() {
+                Ok(exit) => handle(self.id, &self.ctx, exit),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    Step::Continue
+                }
+                Err(e) => {
+                    tracing::error!(vcpu = self.id, error = %e, "KVM_RUN failed");
+                    dump::log_vcpu_state(self.id, &self.fd, "KVM_RUN failed");
+                    Step::Exit(GuestExit::VmmError)
+                }
+            };
+            match step {
+                Step::Continue => {}
+                Step::Halt => return VcpuOutcome::Halted,
+                Step::Crash(why) => {
+                    dump::log_vcpu_state(self.id, &self.fd, &why);
+                    self.ctx.exit.request(GuestExit::Crash);
+                    return VcpuOutcome::GuestExited;
+                }
+                Step::Exit(reason) => {
+                    self.ctx.exit.request(reason);
+                    return VcpuOutcome::GuestExited;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! A running guest: KVM VM + memory + devices + vCPU threads, and the controls the API uses
+//! (pause, resume, power button, forced stop).
+
+use std::fs::File;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use kvm_ioctls::{Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::{GED_EVENT_POWER_BUTTON, GED_GSI, PM_PORTS};
+use crate::arch::x86_64::{cpuid::vcpu_cpuid, regs};
+use crate::boot::{prepare_guest, BootInfo};
+use crate::bus::SharedDevice;
+use crate::config::VmConfig;
+use crate::exit::{ExitSignal, GuestExit};
+use crate::legacy::{
+    i8042::{I8042_LEN, I8042_PORT},
+    rtc::{CMOS_LEN, CMOS_PORT},
+    serial::{COM1_IRQ, COM1_PORT},
+    Cmos, PowerManagement, SerialDevice, I8042,
+};
+use crate::memory::{self, GuestMemoryMmap};
+use crate::vcpu::{kick, Request, Vcpu, VcpuContext, VcpuOutcome};
+
+/// How long a pause may take to park every vCPU.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The VM's run state as the API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked.
+    Paused,
+    /// A shutdown was requested and the guest has not powered off yet.
+    ShuttingDown,
+}
+
+impl VmState {
+    /// Name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Kernel, initrd and command line ready to load (files may be memfds from Android images).
+pub struct BootPayload {
+    /// Kernel image.
+    pub kernel: File,
+    /// Initrd, if any.
+    pub initrd: Option<File>,
+    /// Command line.
+    pub cmdline: String,
+}
+
+/// The part of a VM that other threads (the API) act on.
+pub struct VmControl {
+    ctx: Arc<VcpuContext>,
+    threads: Mutex<Vec<libc::pthread_t>>,
+    pm: Arc<Mutex<PowerManagement>>,
+    shutdown_requested: Mutex<bool>,
+    started: Instant,
+    /// vCPU count.
+    pub vcpus: u8,
+    /// Memory size.
+    pub memory_mib: u64,
+}
+
+impl VmControl {
+    fn kick_all(&self) {
+        for t in self.threads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            kick::kick(*t);
+        }
+    }
+
+    /// The exit signal the VM reports to.
+    pub fn exit_signal(&self) -> &Arc<ExitSignal> {
+        &self.ctx.exit
+    }
+
+    /// Current state.
+    pub fn state(&self) -> VmState {
+        if *self.shutdown_requested.lock().unwrap_or_else(|p| p.into_inner()) {
+            VmState::ShuttingDown
+        } else if self.ctx.control.request() == Request::Pause {
+            VmState::Paused
+        } else {
+            VmState::Running
+        }
+    }
+
+    /// Milliseconds since the vCPUs started.
+    pub fn uptime_ms(&self) -> u128 {
+        self.started.elapsed().as_millis()
+    }
+
+    /// Park every vCPU; returns once they are all out of KVM_RUN.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.ctx.control.set(Request::Pause);
+        self.kick_all();
+        let n = self.threads.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if !self.ctx.control.wait_parked(n, PAUSE_TIMEOUT) {
+            return Err(anyhow!(
+                "not every vCPU stopped within {PAUSE_TIMEOUT:?}; the VM may be exiting"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Let parked vCPUs run again.
+    pub fn resume(&self) {
+        self.ctx.control.set(Request::Run);
+    }
+
+    /// Press the ACPI power button; if the guest has not powered off after `timeout`, stop it
+    /// (exit code 34).
+    pub fn request_shutdown(self: &Arc<Self>, timeout: Duration) -> anyhow::Result<()> {
+        *self.shutdown_requested.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.resume();
+        self.pm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .raise_ged(GED_EVENT_POWER_BUTTON)
+            .context("raising the power-button interrupt")?;
+        let exit = self.ctx.exit.clone();
+        std::thread::Builder::new()
+            .name("shutdown-timer".into())
+            .spawn(move || {
+                if exit.wait(Some(timeout)).is_none() {
+                    tracing::warn!(?timeout, "guest ignored the power button; forcing it off");
+                    exit.request(GuestExit::ShutdownHung);
+                }
+            })
+            .context("spawning the shutdown timer")?;
+        Ok(())
+    }
+
+    /// Reset the guest as if it had rebooted itself.
+    pub fn request_reboot(&self) {
+        self.ctx.exit.request(GuestExit::Reboot);
+    }
+}
+
+/// A VM with its vCPU threads.
+pub struct Vm {
+    _vm: VmFd,
+    _mem: GuestMemoryMmap,
+    control: Arc<VmControl>,
+    pending: Vec<Vcpu>,
+    joins: Vec<JoinHandle<VcpuOutcome>>,
+}
+
+fn add_pio(ctx: &VcpuContext, dev: SharedDevice, base: u16, len: u16) -> anyhow::Result<()> {
+    ctx.pio
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(dev, u64::from(base), u64::from(len))
+        .with_context(|| format!("placing a device at port {base:#x}"))
+}
+
+fn irqfd(vm: &VmFd, gsi: u32) -> anyhow::Result<EventFd> {
+    let evt = EventFd::new(libc::EFD_NONBLOCK).context("creating an eventfd")?;
+    vm.register_irqfd(&evt, gsi)
+        .with_context(|| format!("KVM_IRQFD for GSI {gsi}"))?;
+    Ok(evt)
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    ctx: &Arc<VcpuContext>,
+    n: u8,
+    boot: BootInfo,
+) -> anyhow::Result<Vec<Vcpu>> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .context("KVM_GET_SUPPORTED_CPUID")?;
+    (0..n)
+        .map(|id| {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .with_context(|| format!("creating vCPU {id}"))?;
+            fd.set_cpuid2(&vcpu_cpuid(&supported, id, n))
+                .with_context(|| format!("KVM_SET_CPUID2 on vCPU {id}"))?;
+            regs::setup_msrs(&fd)?;
+            regs::setup_fpu(&fd)?;
+            regs::setup_lapic(&fd)?;
+            if id == 0 {
+                regs::setup_long_mode_sregs(&fd, boot.cr3)?;
+                regs::setup_boot_regs(&fd, boot.entry.0)?;
+            }
+            Ok(Vcpu {
+                id,
+                fd,
+                ctx: ctx.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Vm {
+    /// Build the VM for `config` with `payload`, ready to [`start`](Self::start).
+    /// Errors from loading the payload are [`crate::boot::BootError`]s (bad input).
+    pub fn new(kvm: &Kvm, config: &VmConfig, mut payload: BootPayload) -> anyhow::Result<Self> {
+        let vm = crate::kvm::create_vm(kvm)?;
+        let mem = memory::create_guest_memory(config.memory_mib << 20)?;
+        memory::register_with_kvm(&vm, &mem)?;
+        let boot = prepare_guest(
+            &mem,
+            &mut payload.kernel,
+            payload.initrd.as_mut(),
+            &payload.cmdline,
+            config.cpus,
+        )?;
+
+        let exit = Arc::new(ExitSignal::default());
+        let ctx = Arc::new(VcpuContext::new(exit.clone()));
+        let serial = SerialDevice::new(&config.serial, irqfd(&vm, COM1_IRQ)?)
+            .context("opening the --serial output")?;
+        add_pio(&ctx, Arc::new(Mutex::new(serial)), COM1_PORT, 8)?;
+        add_pio(&ctx, Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT, I8042_LEN)?;
+        add_pio(&ctx, Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, CMOS_LEN)?;
+        let pm = Arc::new(Mutex::new(PowerManagement::new(exit, irqfd(&vm, GED_GSI)?)));
+        add_pio(&ctx, pm.clone(), PM_PORTS.0, PM_PORTS.1)?;
+
+        let pending = create_vcpus(kvm, &vm, &ctx, config.cpus, boot)?;
+        let control = Arc::new(VmControl {
+            ctx,
+            threads: Mutex::new(Vec::new()),
+            pm,
+            shutdown_requested: Mutex::new(false),
+            started: Instant::now(),
+            vcpus: config.cpus,
+            memory_mib: config.memory_mib,
+        });
+        Ok(Self {
+            _vm: vm,
+            _mem: mem,
+            control,
+            pending,
+            joins: Vec::new(),
+        })
+    }
+
+    /// The handle the API uses.
+    pub fn control(&self) -> Arc<VmControl> {
+        self.control.clone()
+    }
+
+    /// Spawn one thread per vCPU.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        kick::install_handler().context("installing the vCPU kick signal handler")?;
+        for vcpu in self.pending.drain(..) {
+            let id = vcpu.id;
+            let join = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu.run_loop())
+                .with_context(|| format!("spawning the vCPU {id} thread"))?;
+            self.control
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(join.as_pthread_t());
+            self.joins.push(join);
+        }
+        Ok(())
+    }
+
+    /// Wait for the guest to end and stop every vCPU; returns why it ended.
+    pub fn wait(mut self) -> GuestExit {
+        let reason = self
+            .control
+            .ctx
+            .exit
+            .wait(None)
+            .unwrap_or(GuestExit::VmmError);
+        self.stop();
+        reason
+    }
+
+    fn stop(&mut self) {
+        self.control.ctx.control.set(Request::Stop);
+        self.control.kick_all();
+        for j in self.joins.drain(..) {
+            if j.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+        self.control
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

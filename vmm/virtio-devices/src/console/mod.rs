@@ -1,0 +1,165 @@
+//! virtio-console with MULTIPORT (virtio spec 5.3): hvc0..hvcN for the phone's kernel log,
+//! serial, logcat and other channels, each port backed by stdout, a file, a Unix socket or
+//! nothing ([`PortBackend`]).
+//!
+//! Queues: port 0 uses 0 (receive) / 1 (transmit), the control queues are 2 / 3, port `p > 0`
+//! uses `2 + 2p` / `3 + 2p`. A driver without MULTIPORT sees port 0 only.
+
+mod control;
+mod handler;
+mod port;
+
+use std::sync::{Arc, Mutex};
+
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+pub use control::ControlMsg;
+use handler::{ConsoleHandler, QueueSlot};
+use port::Port;
+pub use port::{PortBackend, PortConfig, PortError};
+
+use crate::{
+    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+};
+
+/// Virtio device type of the console.
+pub const VIRTIO_ID_CONSOLE: u32 = 3;
+/// Feature: the device has several ports and control queues.
+pub const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
+/// Feature: the driver may write single bytes through config space (early boot output).
+pub const VIRTIO_CONSOLE_F_EMERG_WRITE: u64 = 1 << 2;
+/// Most ports one device offers (Cuttlefish uses about 20).
+pub const MAX_PORTS: usize = 64;
+const QUEUE_SIZE: u16 = 256;
+const CONFIG_MAX_NR_PORTS: u64 = 4;
+const CONFIG_EMERG_WR: u64 = 8;
+
+/// Why a console could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// No ports, or more than [`MAX_PORTS`].
+    #[error("a console needs 1..={MAX_PORTS} ports, got {0}")]
+    PortCount(usize),
+    /// A port backend failed to open.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// The console device.
+pub struct Console {
+    ports: Arc<Mutex<Vec<Port>>>,
+    queue_sizes: Vec<u16>,
+    acked: u64,
+    worker: Option<DeviceWorker>,
+}
+
+impl Console {
+    /// A console with `ports` (port 0 first; it is the guest's hvc0 when marked console).
+    /// Files are opened and sockets bound now, so a bad path fails at VMM start.
+    pub fn new(ports: &[PortConfig]) -> Result<Self, ConsoleError> {
+        if ports.is_empty() || ports.len() > MAX_PORTS {
+            return Err(ConsoleError::PortCount(ports.len()));
+        }
+        let opened = ports
+            .iter()
+            .enumerate()
+            .map(|(i, cfg)| Port::open(i, cfg))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            queue_sizes: vec![QUEUE_SIZE; 2 * ports.len() + 2],
+            ports: Arc::new(Mutex::new(opened)),
+            acked: 0,
+            worker: None,
+        })
+    }
+
+    fn num_ports(&self) -> usize {
+        self.queue_sizes.len() / 2 - 1
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_CONSOLE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_CONSOLE_F_MULTIPORT | VIRTIO_CONSOLE_F_EMERG_WRITE | 1 << VIRTIO_RING_F_EVENT_IDX
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // cols, rows (0: unknown), max_nr_ports, emerg_wr (write-only, reads 0).
+        let mut config = [0u8; 12];
+        let at = CONFIG_MAX_NR_PORTS as usize;
+        config[at..at + 4].copy_from_slice(&(self.num_ports() as u32).to_le_bytes());
+        data.fill(0);
+        let start = offset.min(config.len() as u64) as usize;
+        let end = (start + data.len()).min(config.len());
+        data[..end - start].copy_from_slice(&config[start..end]);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if offset == CONFIG_EMERG_WR
+            && data.len() == 4
+            && self.acked & VIRTIO_CONSOLE_F_EMERG_WRITE != 0
+        {
+            let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+            ports[0].emergency_write(data[0]);
+        } else {
+            tracing::warn!(
+                offset,
+                len = data.len(),
+                "guest wrote read-only console config; ignored"
+            );
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError> {
+        let multiport = self.acked & VIRTIO_CONSOLE_F_MULTIPORT != 0;
+        let needed = if multiport { 4 } else { 2 };
+        let mut slots: Vec<Option<QueueSlot>> = (0..self.queue_sizes.len()).map(|_| None).collect();
+        for q in queues {
+            if let Some(slot) = slots.get_mut(usize::from(q.index)) {
+                *slot = Some(QueueSlot {
+                    queue: q.queue,
+                    notify: q.notify,
+                });
+            }
+        }
+        let got = slots.iter().take(needed).filter(|s| s.is_some()).count();
+        if got != needed {
+            return Err(ActivateError::QueueCount {
+                expected: needed,
+                got,
+            });
+        }
+        let handler = ConsoleHandler::new(mem, interrupt.clone(), slots, self.ports.clone(), multiport);
+        let worker = DeviceWorker::spawn("virtio-console", handler, interrupt)
+            .map_err(|e| ActivateError::Backend(format!("cannot start the console worker: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+        self.acked = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;
