@@ -23,7 +23,11 @@ pub const CACHE_TTL_MS: i64 = 60_000;
 /// Argon2 for token secrets. The secrets carry 192 random bits, so the hash only needs to
 /// make a stolen database useless, not slow down guessing: small memory keeps logins cheap.
 fn token_hasher() -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(1024, 2, 1, None).expect("valid params"))
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(1024, 2, 1, None).expect("valid params"),
+    )
 }
 
 /// Argon2 for human passwords: the crate's recommended defaults (19 MiB, 2 passes).
@@ -38,7 +42,9 @@ fn salt() -> SaltString {
 }
 
 fn hash_with(h: &Argon2<'_>, secret: &str) -> String {
-    h.hash_password(secret.as_bytes(), &salt()).expect("argon2 hashing with valid params").to_string()
+    h.hash_password(secret.as_bytes(), &salt())
+        .expect("argon2 hashing with valid params")
+        .to_string()
 }
 
 fn verify_with(h: &Argon2<'_>, secret: &str, stored: &str) -> bool {
@@ -67,7 +73,11 @@ pub fn mint_token() -> NewToken {
     let id = random_hex(6);
     let secret = random_hex(24);
     let hash = hash_with(&token_hasher(), &secret);
-    NewToken { token: format!("cpt_{id}_{secret}"), id, hash }
+    NewToken {
+        token: format!("cpt_{id}_{secret}"),
+        id,
+        hash,
+    }
 }
 
 /// Splits `cpt_<id>_<secret>`; anything else is malformed.
@@ -78,10 +88,13 @@ fn parse_token(token: &str) -> Option<(&str, &str)> {
     (hexok(id, 12) && hexok(secret, 48)).then_some((id, secret))
 }
 
+/// A verified token: SHA-256 of the full token, its user, when it was verified.
+type CacheEntry = (String, User, i64);
+
 /// Verified tokens, by token id.
 #[derive(Default, Clone)]
 pub struct TokenCache {
-    inner: Arc<Mutex<HashMap<String, (String, User, i64)>>>,
+    inner: Arc<Mutex<HashMap<String, CacheEntry>>>,
 }
 
 impl TokenCache {
@@ -98,7 +111,12 @@ impl TokenCache {
 
     /// Resolves a bearer token to its user, or `Unauthorized` saying why.
     pub async fn verify(&self, db: &Database, token: &str) -> Result<User> {
-        let bad = || Error::Unauthorized("invalid API token: check it or mint a new one with `cloudphone users token`".into());
+        let bad = || {
+            Error::Unauthorized(
+                "invalid API token: check it or mint a new one with `cloudphone users token`"
+                    .into(),
+            )
+        };
         let (id, secret) = parse_token(token).ok_or_else(bad)?;
         let digest = sha256_hex(token.as_bytes());
         let now = crate::now_ms();
@@ -118,7 +136,10 @@ impl TokenCache {
         if !ok {
             return Err(bad());
         }
-        self.inner.lock().expect("token cache lock").insert(id.to_owned(), (digest, user.clone(), now));
+        self.inner
+            .lock()
+            .expect("token cache lock")
+            .insert(id.to_owned(), (digest, user.clone(), now));
         Ok(user)
     }
 }

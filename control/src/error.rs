@@ -32,7 +32,9 @@ pub enum Error {
 impl From<DbError> for Error {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Unique(m) => Error::Conflict(format!("already exists ({m}); pick another name")),
+            DbError::Unique(m) => {
+                Error::Conflict(format!("already exists ({m}); pick another name"))
+            }
             other => Error::Db(other),
         }
     }

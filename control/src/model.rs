@@ -85,7 +85,10 @@ impl PhoneState {
 
     /// Whether a phone in this state occupies host capacity (counts toward the pool).
     pub fn is_live(self) -> bool {
-        !matches!(self, PhoneState::Stopped | PhoneState::Failed | PhoneState::Lost)
+        !matches!(
+            self,
+            PhoneState::Stopped | PhoneState::Failed | PhoneState::Lost
+        )
     }
 
     /// The state machine. `Lost` is left only when the agent comes back: a phone whose VMM
@@ -133,7 +136,9 @@ impl LeaseState {
     }
     /// Parses the stored spelling.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Active, Self::Released, Self::Expired, Self::Lost].into_iter().find(|x| x.as_str() == s)
+        [Self::Active, Self::Released, Self::Expired, Self::Lost]
+            .into_iter()
+            .find(|x| x.as_str() == s)
     }
 }
 
@@ -313,6 +318,9 @@ mod tests {
     #[test]
     fn proptest_case_count() {
         // proptest runs 256 cases per property by default (see PROPTEST_CASES).
-        eprintln!("fuzz phone-state-walks: {} cases", ProptestConfig::default().cases);
+        eprintln!(
+            "fuzz phone-state-walks: {} cases",
+            ProptestConfig::default().cases
+        );
     }
 }

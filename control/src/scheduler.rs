@@ -20,7 +20,9 @@ pub fn queue_eta_ms(position: i64, remaining: &[i64], typical_lease_ms: i64) -> 
     let rounds = (position - 1) / n;
     Some(
         sorted[idx as usize]
-            .saturating_add(rounds.saturating_mul(typical_lease_ms.saturating_add(RESET_ESTIMATE_MS)))
+            .saturating_add(
+                rounds.saturating_mul(typical_lease_ms.saturating_add(RESET_ESTIMATE_MS)),
+            )
             .saturating_add(RESET_ESTIMATE_MS),
     )
 }
@@ -47,7 +49,13 @@ pub fn place(hosts: &[HostLoad], vcpus: i64, memory_mib: i64) -> Option<&HostLoa
                 && h.used_vcpus + vcpus <= h.vcpus
                 && h.used_memory_mib + memory_mib <= h.memory_mib
         })
-        .max_by_key(|h| (h.max_phones - h.phones, h.memory_mib - h.used_memory_mib, std::cmp::Reverse(h.host_id.clone())))
+        .max_by_key(|h| {
+            (
+                h.max_phones - h.phones,
+                h.memory_mib - h.used_memory_mib,
+                std::cmp::Reverse(h.host_id.clone()),
+            )
+        })
 }
 
 /// Start of the UTC day containing `now_ms`.
@@ -78,7 +86,12 @@ pub enum QuotaRefusal {
 
 /// Checks a request against the user's quotas. `held` counts active leases plus waiting
 /// queue entries (a queued request already reserves quota so a user cannot flood the queue).
-pub fn check_quota(held: i64, max_phones: i64, minutes_used: i64, max_minutes: i64) -> Result<(), QuotaRefusal> {
+pub fn check_quota(
+    held: i64,
+    max_phones: i64,
+    minutes_used: i64,
+    max_minutes: i64,
+) -> Result<(), QuotaRefusal> {
     if held >= max_phones {
         return Err(QuotaRefusal::Phones { limit: max_phones });
     }
@@ -95,9 +108,18 @@ mod tests {
     #[test]
     fn eta_follows_lease_expiries_then_rounds() {
         let rem = [30_000, 10_000];
-        assert_eq!(queue_eta_ms(1, &rem, 60_000), Some(10_000 + RESET_ESTIMATE_MS));
-        assert_eq!(queue_eta_ms(2, &rem, 60_000), Some(30_000 + RESET_ESTIMATE_MS));
-        assert_eq!(queue_eta_ms(3, &rem, 60_000), Some(10_000 + 65_000 + RESET_ESTIMATE_MS));
+        assert_eq!(
+            queue_eta_ms(1, &rem, 60_000),
+            Some(10_000 + RESET_ESTIMATE_MS)
+        );
+        assert_eq!(
+            queue_eta_ms(2, &rem, 60_000),
+            Some(30_000 + RESET_ESTIMATE_MS)
+        );
+        assert_eq!(
+            queue_eta_ms(3, &rem, 60_000),
+            Some(10_000 + 65_000 + RESET_ESTIMATE_MS)
+        );
         assert_eq!(queue_eta_ms(1, &[], 60_000), None);
         assert_eq!(queue_eta_ms(0, &rem, 60_000), None);
         assert_eq!(queue_eta_ms(i64::MAX, &rem, i64::MAX), Some(i64::MAX));
@@ -137,7 +159,13 @@ mod tests {
     #[test]
     fn quota_refuses_at_the_limit() {
         assert_eq!(check_quota(0, 1, 0, 10), Ok(()));
-        assert_eq!(check_quota(1, 1, 0, 10), Err(QuotaRefusal::Phones { limit: 1 }));
-        assert_eq!(check_quota(0, 1, 10, 10), Err(QuotaRefusal::Minutes { limit: 10 }));
+        assert_eq!(
+            check_quota(1, 1, 0, 10),
+            Err(QuotaRefusal::Phones { limit: 1 })
+        );
+        assert_eq!(
+            check_quota(0, 1, 10, 10),
+            Err(QuotaRefusal::Minutes { limit: 10 })
+        );
     }
 }

@@ -43,16 +43,30 @@ pub struct ServeOptions {
 
 /// The scheduler's identity in the audit log.
 pub fn system_user() -> User {
-    User { id: "system".into(), name: "scheduler".into(), role: Role::Operator, max_phones: 0, max_minutes_per_day: 0, created_ms: 0 }
+    User {
+        id: "system".into(),
+        name: "scheduler".into(),
+        role: Role::Operator,
+        max_phones: 0,
+        max_minutes_per_day: 0,
+        created_ms: 0,
+    }
 }
 
 /// Runs the server until Ctrl-C / SIGTERM.
 pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
+    run_with(opts, axum::Router::new()).await
+}
+
+/// Like [`run`], with `extra` routes mounted under `/api/v1` (see `api::router_with`).
+pub async fn run_with(opts: ServeOptions, extra: axum::Router<AppState>) -> anyhow::Result<()> {
     if opts.database.is_none() {
         std::fs::create_dir_all(&opts.data_dir)
             .with_context(|| format!("creating --data-dir {}", opts.data_dir.display()))?;
     }
-    let db = Database::open(opts.database.as_deref(), &opts.data_dir).await.context("opening the database")?;
+    let db = Database::open(opts.database.as_deref(), &opts.data_dir)
+        .await
+        .context("opening the database")?;
     let config = ServerConfig {
         heartbeat_timeout_ms: opts.heartbeat_timeout_ms as i64,
         secure_cookies: opts.secure_cookies,
@@ -62,12 +76,20 @@ pub async fn run(opts: ServeOptions) -> anyhow::Result<()> {
     if let Some(name) = &opts.bootstrap_admin {
         bootstrap(&state, name).await?;
     }
-    tokio::spawn(scheduler_loop(state.clone(), Duration::from_millis(opts.tick_ms.max(10))));
-    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("binding {}", opts.listen))?;
+    tokio::spawn(scheduler_loop(
+        state.clone(),
+        Duration::from_millis(opts.tick_ms.max(10)),
+    ));
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "cloudphone control service listening");
     println!("listening on http://{addr}");
-    axum::serve(listener, api::router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")?;
+    axum::serve(listener, api::router_with(state, extra))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     Ok(())
 }
 
@@ -87,9 +109,20 @@ async fn bootstrap(state: &AppState, name: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     drop(tx);
-    let req = CreateUser { name: name.to_owned(), role: Role::Operator, password: None, max_phones: None, max_minutes_per_day: None };
-    let created = create_user(state, "bootstrap", req).await.map_err(|e| anyhow::anyhow!("bootstrap operator: {}", e.error))?;
-    println!("bootstrap operator {} token: {}", created.user.name, created.token);
+    let req = CreateUser {
+        name: name.to_owned(),
+        role: Role::Operator,
+        password: None,
+        max_phones: None,
+        max_minutes_per_day: None,
+    };
+    let created = create_user(state, "bootstrap", req)
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap operator: {}", e.error))?;
+    println!(
+        "bootstrap operator {} token: {}",
+        created.user.name, created.token
+    );
     Ok(())
 }
 

@@ -131,6 +131,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// Reboot policy.
     pub on_reboot: OnReboot,
+    /// Add virtio-rng at 00:05.0.
+    pub rng: bool,
 }
 
 /// A configuration problem (exit code 2).
@@ -247,7 +249,6 @@ impl RawConfig {
             ("--gpu", self.gpu.is_some()),
             ("--input", self.input.is_some()),
             ("--console", !self.console.is_empty()),
-            ("--rng", self.rng),
             ("--balloon", self.balloon),
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, on)| *on) {
@@ -263,6 +264,7 @@ impl RawConfig {
             serial,
             api_socket: self.api_socket,
             on_reboot,
+            rng: self.rng,
         })
     }
 }

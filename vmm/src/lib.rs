@@ -3,7 +3,7 @@
 //! Layout (Cloud Hypervisor/Firecracker style): [`kvm`] opens and checks KVM, [`memory`] lays
 //! out memfd-backed guest RAM, [`arch`] writes the x86 boot state, [`acpi`] the firmware
 //! tables, [`boot`] loads kernel/initrd/cmdline, [`bus`] dispatches port I/O and MMIO to
-//! [`legacy`] devices, [`vcpu`] runs one thread per vCPU, [`vm`] ties it together, [`api`]
+//! [`legacy`] devices and [`pci`] (virtio-pci, MSI-X), [`vcpu`] runs one thread per vCPU, [`vm`] ties it together, [`api`]
 //! serves the per-VM control socket and [`config`] parses the command line.
 
 pub mod acpi;
@@ -16,5 +16,6 @@ pub mod exit;
 pub mod kvm;
 pub mod legacy;
 pub mod memory;
+pub mod pci;
 pub mod vcpu;
 pub mod vm;

@@ -24,6 +24,7 @@ use crate::legacy::{
     Cmos, PowerManagement, SerialDevice, I8042,
 };
 use crate::memory::{self, GuestMemoryMmap};
+use crate::pci::{slots, GsiRoutes, KvmMsiSink, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::vcpu::{kick, Request, Vcpu, VcpuContext, VcpuOutcome};
 
 /// How long a pause may take to park every vCPU.
@@ -151,7 +152,7 @@ impl VmControl {
 
 /// A VM with its vCPU threads.
 pub struct Vm {
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     _mem: GuestMemoryMmap,
     control: Arc<VmControl>,
     pending: Vec<Vcpu>,
@@ -206,6 +207,46 @@ fn create_vcpus(
         .collect()
 }
 
+/// Put `device` behind the virtio-pci transport at `slot`, with MSI-X routed through KVM.
+fn attach_virtio(
+    pci: &mut PciRoot,
+    routes: &Arc<GsiRoutes>,
+    mem: &GuestMemoryMmap,
+    slot: u8,
+    device: Box<dyn cloudphone_virtio::VirtioDevice>,
+) -> anyhow::Result<()> {
+    let vectors = device.queue_max_sizes().len() as u16 + 1;
+    let sink = Arc::new(KvmMsiSink::new(routes.clone(), vectors));
+    let dev = cloudphone_virtio::VirtioPciDevice::new(device, mem.clone(), sink)
+        .with_context(|| format!("creating the virtio-pci function for slot {slot}"))?;
+    let notify = dev
+        .notify_eventfds()
+        .into_iter()
+        .map(|(off, fd)| Ok((cloudphone_virtio::transport::VIRTIO_BAR, off, fd.try_clone()?)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("duplicating queue notify eventfds")?;
+    pci.attach(slot, Arc::new(Mutex::new(dev)), notify)
+        .with_context(|| format!("attaching the device at PCI slot {slot}"))?;
+    Ok(())
+}
+
+/// The PCI bus with the host bridge and the devices the config asks for.
+fn build_pci(
+    vm: &Arc<VmFd>,
+    ctx: &Arc<VcpuContext>,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> anyhow::Result<PciRoot> {
+    let mut pci = PciRoot::new(vm.clone(), ctx.clone());
+    pci.attach(0, Arc::new(Mutex::new(crate::pci::host_bridge::HostBridge)), Vec::new())?;
+    let routes = Arc::new(GsiRoutes::new(vm.clone()));
+    if config.rng {
+        let rng = Box::new(cloudphone_virtio::rng::Rng::new());
+        attach_virtio(&mut pci, &routes, mem, slots::RNG, rng)?;
+    }
+    Ok(pci)
+}
+
 impl Vm {
     /// Build the VM for `config` with `payload`, ready to [`start`](Self::start).
     /// Errors from loading the payload are [`crate::boot::BootError`]s (bad input).
@@ -230,6 +271,9 @@ impl Vm {
         add_pio(&ctx, Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, CMOS_LEN)?;
         let pm = Arc::new(Mutex::new(PowerManagement::new(exit, irqfd(&vm, GED_GSI)?)));
         add_pio(&ctx, pm.clone(), PM_PORTS.0, PM_PORTS.1)?;
+        let vm = Arc::new(vm);
+        let pci = build_pci(&vm, &ctx, &mem, config)?;
+        add_pio(&ctx, Arc::new(Mutex::new(pci)), PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN)?;
 
         let pending = create_vcpus(kvm, &vm, &ctx, config.cpus, boot)?;
         let control = Arc::new(VmControl {

@@ -23,13 +23,16 @@ pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let sources = Sources::read_system();
     let params = sysinfo::boot_params(&sources.cmdline, &sources.bootconfig);
-    let mut reporter = Reporter::open(sysinfo::lookup(&params, sysinfo::REPORT_KEY));
     match crate::shell::listen(crate::shell::PORT).and_then(|l| Ok(crate::shell::spawn(l)?)) {
         Ok(()) => tracing::info!("shell listening on vsock port {}", crate::shell::PORT),
         Err(e) => tracing::warn!("no vsock shell: {e:#}"),
     }
 
-    let mut scanout = display::open(DEVICE_WAIT)?;
+    let backend = match sysinfo::lookup(&params, sysinfo::DISPLAY_KEY) {
+        Some("fbdev") => display::Backend::Fbdev,
+        _ => display::Backend::Drm,
+    };
+    let mut scanout = display::open(backend, DEVICE_WAIT)?;
     tracing::info!("display: {}", scanout.describe());
     let (w, h) = scanout.size();
     let layout = Layout::new(w, h).context("display mode unusable for the phone UI")?;
@@ -40,11 +43,17 @@ pub fn run() -> anyhow::Result<()> {
     let mut canvas = Canvas::new(w, h);
     ui.redraw(&mut canvas);
     flush(scanout.as_mut(), &mut canvas)?;
+    // Opened last: by now the virtio-console ports had the device wait to show up.
+    let mut reporter = Reporter::open(sysinfo::lookup(&params, sysinfo::REPORT_KEY));
     reporter.line(&report::ready_line(w, h));
     reporter.line(&report::screen_line(ui.screen()));
     loop {
         let (secs, nanos) = clock::realtime();
-        let timeout = if ui.screen_on() { clock::ms_to_next_minute(secs, nanos) } else { -1 };
+        let timeout = if ui.screen_on() {
+            clock::ms_to_next_minute(secs, nanos)
+        } else {
+            -1
+        };
         let ready = poll(&devices, timeout)?;
         if ready.is_empty() {
             if ui.set_time(&mut canvas, WallTime::from_unix(clock::realtime().0)) {
@@ -54,7 +63,13 @@ pub fn run() -> anyhow::Result<()> {
         }
         for i in ready.into_iter().rev() {
             match devices[i].read_inputs() {
-                Ok(inputs) if !inputs.is_empty() => handle_batch(&mut ui, &mut canvas, scanout.as_mut(), &mut reporter, &inputs)?,
+                Ok(inputs) if !inputs.is_empty() => handle_batch(
+                    &mut ui,
+                    &mut canvas,
+                    scanout.as_mut(),
+                    &mut reporter,
+                    &inputs,
+                )?,
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!("input device {:?} gone: {e}", devices[i].name);
@@ -66,7 +81,13 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Applies a batch of inputs, flushes the result once, and reports each input.
-fn handle_batch(ui: &mut Ui, canvas: &mut Canvas, display: &mut dyn Display, reporter: &mut Reporter, inputs: &[(u64, Input)]) -> anyhow::Result<()> {
+fn handle_batch(
+    ui: &mut Ui,
+    canvas: &mut Canvas,
+    display: &mut dyn Display,
+    reporter: &mut Reporter,
+    inputs: &[(u64, Input)],
+) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut lines = Vec::new();
     for (_, input) in inputs {
@@ -131,12 +152,24 @@ fn wait_for_inputs(deadline: Instant, screen: (i32, i32)) -> Vec<Device> {
 
 /// Waits for input on any device; returns the indices of readable ones (empty on timeout).
 fn poll(devices: &[Device], timeout_ms: i32) -> anyhow::Result<Vec<usize>> {
-    let mut fds: Vec<libc::pollfd> = devices.iter().map(|d| libc::pollfd { fd: d.fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let mut fds: Vec<libc::pollfd> = devices
+        .iter()
+        .map(|d| libc::pollfd {
+            fd: d.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     loop {
         // SAFETY: fds is a live array of fds.len() pollfd structs.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if rc >= 0 {
-            return Ok(fds.iter().enumerate().filter(|(_, p)| p.revents != 0).map(|(i, _)| i).collect());
+            return Ok(fds
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.revents != 0)
+                .map(|(i, _)| i)
+                .collect());
         }
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::Interrupted {

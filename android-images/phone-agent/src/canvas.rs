@@ -62,7 +62,12 @@ impl Rect {
         }
         let x = self.x.min(o.x);
         let y = self.y.min(o.y);
-        Rect::new(x, y, self.right().max(o.right()) - x, self.bottom().max(o.bottom()) - y)
+        Rect::new(
+            x,
+            y,
+            self.right().max(o.right()) - x,
+            self.bottom().max(o.bottom()) - y,
+        )
     }
 
     /// Centre point, used for hit-testing and tap targets.
@@ -72,7 +77,12 @@ impl Rect {
 
     /// The same rectangle shrunk by `d` on every side.
     pub fn inset(&self, d: i32) -> Rect {
-        Rect::new(self.x + d, self.y + d, (self.w - 2 * d).max(0), (self.h - 2 * d).max(0))
+        Rect::new(
+            self.x + d,
+            self.y + d,
+            (self.w - 2 * d).max(0),
+            (self.h - 2 * d).max(0),
+        )
     }
 }
 
@@ -105,8 +115,16 @@ pub struct Canvas {
 impl Canvas {
     /// A black canvas of `width` × `height` pixels.
     pub fn new(width: u32, height: u32) -> Self {
-        let (w, h) = (width.min(i32::MAX as u32) as i32, height.min(i32::MAX as u32) as i32);
-        Canvas { width: w, height: h, pixels: vec![0; (w as usize) * (h as usize)], damage: Vec::new() }
+        let (w, h) = (
+            width.min(i32::MAX as u32) as i32,
+            height.min(i32::MAX as u32) as i32,
+        );
+        Canvas {
+            width: w,
+            height: h,
+            pixels: vec![0; (w as usize) * (h as usize)],
+            damage: Vec::new(),
+        }
     }
 
     /// Width in pixels.
@@ -131,7 +149,9 @@ impl Canvas {
 
     /// The pixel at (x, y), or None outside the canvas.
     pub fn get(&self, x: i32, y: i32) -> Option<Color> {
-        self.bounds().contains(x, y).then(|| self.pixels[(y * self.width + x) as usize])
+        self.bounds()
+            .contains(x, y)
+            .then(|| self.pixels[(y * self.width + x) as usize])
     }
 
     /// Records `r` (clipped) as changed; many rectangles fold into their bounding box.
@@ -146,7 +166,10 @@ impl Canvas {
         self.damage.retain(|d| r.intersect(d) != *d);
         self.damage.push(r);
         if self.damage.len() > MAX_DAMAGE_RECTS {
-            let all = self.damage.iter().fold(Rect::default(), |acc, d| acc.union(d));
+            let all = self
+                .damage
+                .iter()
+                .fold(Rect::default(), |acc, d| acc.union(d));
             self.damage = vec![all];
         }
     }
@@ -196,8 +219,20 @@ impl Canvas {
         for y in clip.y..clip.bottom() {
             for x in clip.x..clip.right() {
                 // Distance from the nearest corner centre when the pixel is in a corner square.
-                let cx = if x < r.x + rad { r.x + rad } else if x >= r.right() - rad { r.right() - rad - 1 } else { x };
-                let cy = if y < r.y + rad { r.y + rad } else if y >= r.bottom() - rad { r.bottom() - rad - 1 } else { y };
+                let cx = if x < r.x + rad {
+                    r.x + rad
+                } else if x >= r.right() - rad {
+                    r.right() - rad - 1
+                } else {
+                    x
+                };
+                let cy = if y < r.y + rad {
+                    r.y + rad
+                } else if y >= r.bottom() - rad {
+                    r.bottom() - rad - 1
+                } else {
+                    y
+                };
                 let a = if cx == x || cy == y {
                     255
                 } else {
@@ -213,7 +248,14 @@ impl Canvas {
     /// Draws a solid capsule (a thick line with round ends) from `a` to `b` of radius `r`
     /// without anti-aliasing, so every pixel it touches gets exactly `c`. Returns the tight
     /// bounding box of the pixels written (within `clip`), which is also what gets marked damaged.
-    pub fn fill_capsule(&mut self, a: (f32, f32), b: (f32, f32), r: f32, c: Color, clip: Rect) -> Rect {
+    pub fn fill_capsule(
+        &mut self,
+        a: (f32, f32),
+        b: (f32, f32),
+        r: f32,
+        c: Color,
+        clip: Rect,
+    ) -> Rect {
         let bbox = Rect::new(
             (a.0.min(b.0) - r).floor() as i32,
             (a.1.min(b.1) - r).floor() as i32,
@@ -228,7 +270,11 @@ impl Canvas {
         for y in bbox.y..bbox.bottom() {
             for x in bbox.x..bbox.right() {
                 let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
-                let t = if len2 > 0.0 { (((px - a.0) * dx + (py - a.1) * dy) / len2).clamp(0.0, 1.0) } else { 0.0 };
+                let t = if len2 > 0.0 {
+                    (((px - a.0) * dx + (py - a.1) * dy) / len2).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
                 let (ex, ey) = (px - (a.0 + t * dx), py - (a.1 + t * dy));
                 if ex * ex + ey * ey <= r * r {
                     self.pixels[(y * self.width + x) as usize] = c;
@@ -243,8 +289,13 @@ impl Canvas {
     /// Draws a ring segment (for the wifi glyph): pixels at distance `r0..r1` from `centre`
     /// within 45° of straight up.
     pub fn fill_arc_up(&mut self, centre: (f32, f32), r0: f32, r1: f32, c: Color) {
-        let bbox = Rect::new((centre.0 - r1) as i32 - 1, (centre.1 - r1) as i32 - 1, (2.0 * r1) as i32 + 3, r1 as i32 + 2)
-            .intersect(&self.bounds());
+        let bbox = Rect::new(
+            (centre.0 - r1) as i32 - 1,
+            (centre.1 - r1) as i32 - 1,
+            (2.0 * r1) as i32 + 3,
+            r1 as i32 + 2,
+        )
+        .intersect(&self.bounds());
         for y in bbox.y..bbox.bottom() {
             for x in bbox.x..bbox.right() {
                 let (dx, dy) = (x as f32 + 0.5 - centre.0, centre.1 - (y as f32 + 0.5));

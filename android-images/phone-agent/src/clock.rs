@@ -13,7 +13,9 @@ pub struct WallTime {
     pub minute: u32,
 }
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 const WEEKDAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
 impl WallTime {
@@ -33,15 +35,25 @@ impl WallTime {
         let year = yoe + era * 400 + i64::from(month <= 2);
         // 1970-01-01 was a Thursday (3 with Monday = 0).
         let weekday = (days + 3).rem_euclid(7) as u32;
-        WallTime { year, month, day, weekday, hour: (rem / 3600) as u32, minute: (rem % 3600 / 60) as u32 }
+        WallTime {
+            year,
+            month,
+            day,
+            weekday,
+            hour: (rem / 3600) as u32,
+            minute: (rem % 3600 / 60) as u32,
+        }
     }
 
     /// A fixed time from "HH:MM" (for golden images), on 2026-01-01.
     pub fn parse_hhmm(s: &str) -> Option<Self> {
         let (h, m) = s.split_once(':')?;
         let (hour, minute) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
-        (hour < 24 && minute < 60 && h.len() == 2 && m.len() == 2)
-            .then(|| WallTime { hour, minute, ..WallTime::from_unix(1_767_225_600) })
+        (hour < 24 && minute < 60 && h.len() == 2 && m.len() == 2).then(|| WallTime {
+            hour,
+            minute,
+            ..WallTime::from_unix(1_767_225_600)
+        })
     }
 
     /// "HH:MM".
@@ -62,7 +74,10 @@ impl WallTime {
 }
 
 fn clock_now(id: libc::clockid_t) -> libc::timespec {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
     unsafe { libc::clock_gettime(id, &mut ts) };
     ts
@@ -94,7 +109,10 @@ mod tests {
     #[test]
     fn known_dates() {
         let t = WallTime::from_unix(0);
-        assert_eq!((t.year, t.month, t.day, t.hour, t.minute), (1970, 1, 1, 0, 0));
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.minute),
+            (1970, 1, 1, 0, 0)
+        );
         assert_eq!(t.date(), "Thu 1 Jan 1970");
         // 2026-11-25 13:26:56 UTC, a Wednesday.
         let t = WallTime::from_unix(1_795_613_216);

@@ -32,7 +32,10 @@ impl Fonts {
     pub fn new() -> Self {
         let font = fontdue::Font::from_bytes(FONT_TTF, fontdue::FontSettings::default())
             .expect("the font embedded by build.rs is a valid TTF");
-        Fonts { font, cache: HashMap::new() }
+        Fonts {
+            font,
+            cache: HashMap::new(),
+        }
     }
 
     fn glyph(&mut self, c: char, px: u32) -> &Glyph {
@@ -48,18 +51,32 @@ impl Fonts {
 
     /// Pixel distance from the top of a line to its baseline at size `px`.
     pub fn ascent(&self, px: u32) -> i32 {
-        self.font.horizontal_line_metrics(px as f32).map_or(px as i32 * 4 / 5, |m| m.ascent.ceil() as i32)
+        self.font
+            .horizontal_line_metrics(px as f32)
+            .map_or(px as i32 * 4 / 5, |m| m.ascent.ceil() as i32)
     }
 
     /// Width of `text` in pixels at size `px`.
     pub fn measure(&mut self, text: &str, px: u32) -> i32 {
         let px = px.max(1);
-        text.chars().take(MAX_TEXT_CHARS).map(|c| self.glyph(c, px).metrics.advance_width).sum::<f32>().ceil() as i32
+        text.chars()
+            .take(MAX_TEXT_CHARS)
+            .map(|c| self.glyph(c, px).metrics.advance_width)
+            .sum::<f32>()
+            .ceil() as i32
     }
 
-    /// Draws `text` with its line top at `(x, y)`, clipped to `clip`; returns the box it
+    /// Draws `text` with its line top-left at `(x, y)`, clipped to `clip`; returns the box it
     /// covers (line height × advance width).
-    pub fn draw(&mut self, canvas: &mut Canvas, text: &str, x: i32, y: i32, px: u32, color: Color, clip: Rect) -> Rect {
+    pub fn draw(
+        &mut self,
+        canvas: &mut Canvas,
+        text: &str,
+        (x, y): (i32, i32),
+        px: u32,
+        color: Color,
+        clip: Rect,
+    ) -> Rect {
         let px = px.max(1);
         let baseline = y + self.ascent(px);
         let mut pen = x as f32;
@@ -79,15 +96,29 @@ impl Fonts {
             }
             pen += m.advance_width;
         }
-        let r = Rect::new(x, y, pen.ceil() as i32 - x, (px as f32 * 1.25).ceil() as i32).intersect(&clip);
+        let r = Rect::new(
+            x,
+            y,
+            pen.ceil() as i32 - x,
+            (px as f32 * 1.25).ceil() as i32,
+        )
+        .intersect(&clip);
         canvas.add_damage(r);
         r
     }
 
-    /// Draws `text` horizontally centred on `cx`.
-    pub fn draw_centered(&mut self, canvas: &mut Canvas, text: &str, cx: i32, y: i32, px: u32, color: Color, clip: Rect) -> Rect {
+    /// Draws `text` horizontally centred on `cx`, line top at `y`.
+    pub fn draw_centered(
+        &mut self,
+        canvas: &mut Canvas,
+        text: &str,
+        (cx, y): (i32, i32),
+        px: u32,
+        color: Color,
+        clip: Rect,
+    ) -> Rect {
         let w = self.measure(text, px);
-        self.draw(canvas, text, cx - w / 2, y, px, color, clip)
+        self.draw(canvas, text, (cx - w / 2, y), px, color, clip)
     }
 }
 
@@ -106,7 +137,7 @@ mod tests {
         let mut f = Fonts::new();
         let mut c = Canvas::new(200, 60);
         let clip = c.bounds();
-        let r = f.draw(&mut c, "Paint", 10, 10, 24, 0xffffff, clip);
+        let r = f.draw(&mut c, "Paint", (10, 10), 24, 0xffffff, clip);
         let ink = c.region(r).iter().filter(|&&p| p != 0).count();
         assert!(ink > 50, "label 'Paint' left only {ink} lit pixels");
         assert!(r.w > 40 && r.w < 120, "width {}", r.w);

@@ -9,7 +9,13 @@ use crate::sysinfo::DeviceInfo;
 use crate::ui::{layout::BadSize, Layout, Screen, Ui};
 
 /// Renders `screen` at `width` × `height` with the given Info rows and clock time.
-pub fn render(screen: Screen, width: u32, height: u32, info: DeviceInfo, now: WallTime) -> Result<Canvas, BadSize> {
+pub fn render(
+    screen: Screen,
+    width: u32,
+    height: u32,
+    info: DeviceInfo,
+    now: WallTime,
+) -> Result<Canvas, BadSize> {
     let mut ui = Ui::new(Layout::new(width, height)?, info, now);
     let mut canvas = Canvas::new(width, height);
     ui.show(&mut canvas, screen);
@@ -22,7 +28,11 @@ pub fn write_png(canvas: &Canvas, out: impl Write) -> Result<(), png::EncodingEr
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let mut w = enc.write_header()?;
-    let rgb: Vec<u8> = canvas.pixels().iter().flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8]).collect();
+    let rgb: Vec<u8> = canvas
+        .pixels()
+        .iter()
+        .flat_map(|p| [(p >> 16) as u8, (p >> 8) as u8, *p as u8])
+        .collect();
     w.write_image_data(&rgb)?;
     w.finish()
 }
@@ -33,7 +43,14 @@ mod tests {
 
     #[test]
     fn png_round_trips_pixels() {
-        let c = render(Screen::Home, 240, 320, DeviceInfo::skeleton(), WallTime::parse_hhmm("08:00").unwrap()).unwrap();
+        let c = render(
+            Screen::Home,
+            240,
+            320,
+            DeviceInfo::skeleton(),
+            WallTime::parse_hhmm("08:00").unwrap(),
+        )
+        .unwrap();
         let mut bytes = Vec::new();
         write_png(&c, &mut bytes).unwrap();
         let dec = png::Decoder::new(std::io::Cursor::new(bytes));
@@ -53,7 +70,14 @@ mod tests {
         let a = render(Screen::Home, 360, 640, DeviceInfo::skeleton(), t).unwrap();
         let b = render(Screen::Home, 360, 640, DeviceInfo::skeleton(), t).unwrap();
         assert_eq!(a.pixels(), b.pixels());
-        let info = render(Screen::from_name("info").unwrap(), 360, 640, DeviceInfo::skeleton(), t).unwrap();
+        let info = render(
+            Screen::from_name("info").unwrap(),
+            360,
+            640,
+            DeviceInfo::skeleton(),
+            t,
+        )
+        .unwrap();
         assert_ne!(a.pixels(), info.pixels());
         assert!(render(Screen::Home, 100, 100, DeviceInfo::skeleton(), t).is_err());
     }

@@ -16,13 +16,20 @@
 //!
 //! # Guest contract
 //! * Started by init as `/bin/phone-agent` with /proc, /sys and /dev mounted and the virtio
-//!   modules loaded; waits up to 30 s for /dev/dri/card0 (else /dev/fb0) and input devices.
+//!   modules loaded (virtio_pci, virtio-gpu, virtio_input, **evdev**, virtio_console, vsock +
+//!   vmw_vsock_virtio_transport); waits up to 30 s for /dev/dri/card0 (else /dev/fb0) and
+//!   input devices. Run as PID 1 (`exec`), it forks and the parent reaps and restarts it.
 //! * Kernel cmdline keys read: `cloudphone.report=/dev/hvcN|PATH|stdout` (report port, default
-//!   `/dev/hvc1`), `cloudphone.profile=NAME`, `androidboot.*` (also from /proc/bootconfig).
+//!   `/dev/hvc1`), `cloudphone.display=drm|fbdev` (default drm, fbdev fallback),
+//!   `cloudphone.profile=NAME`, `androidboot.*` (also from /proc/bootconfig).
+//! * Shell: vsock port 5555, one command per line, answered by its output then `EXIT <code>`.
 //! * Report lines (see [`report`]): `PHONE_READY width=W height=H`,
 //!   `SCREEN app=home|paint|info|clock`, `INPUT t_us=.. kind=touch|key .. frame_us=..`.
 //! * `phone-agent render --screen home|info|paint|clock --width W --height H --out F.png`
-//!   renders goldens on the host with the same drawing code.
+//!   renders goldens on the host with the same drawing code (`--time HH:MM`, `--info k=v`);
+//!   `phone-agent layout --width W --height H` prints icon and region rectangles (tap targets).
+//! * `tools/guest_smoke.py` boots the static binary under QEMU (virtio-gpu/keyboard/tablet)
+//!   and checks PHONE_READY, the golden match, tap Info, BACK, and a Paint stroke.
 
 pub mod canvas;
 pub mod clock;
@@ -39,6 +46,8 @@ pub mod agent;
 pub mod display;
 #[cfg(target_os = "linux")]
 pub mod shell;
+#[cfg(target_os = "linux")]
+pub mod supervisor;
 
 #[cfg(test)]
 mod testutil;

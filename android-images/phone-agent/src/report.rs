@@ -38,7 +38,11 @@ pub fn input_line(t_us: u64, input: &Input, frame_us: u64) -> String {
             format!("INPUT t_us={t_us} kind=touch slot={slot} action={action} x={x} y={y} frame_us={frame_us}")
         }
         Input::Key { key, down } => {
-            format!("INPUT t_us={t_us} kind=key key={} down={} frame_us={frame_us}", key.name(), u8::from(*down))
+            format!(
+                "INPUT t_us={t_us} kind=key key={} down={} frame_us={frame_us}",
+                key.name(),
+                u8::from(*down)
+            )
         }
     }
 }
@@ -94,10 +98,24 @@ mod tests {
     fn line_formats() {
         assert_eq!(ready_line(720, 1280), "PHONE_READY width=720 height=1280");
         assert_eq!(screen_line(Screen::App(App::Info)), "SCREEN app=info");
-        let t = Input::Touch { slot: 1, action: TouchAction::Move, x: 3, y: 4 };
-        assert_eq!(input_line(10, &t, 7), "INPUT t_us=10 kind=touch slot=1 action=move x=3 y=4 frame_us=7");
-        let k = Input::Key { key: Key::Back, down: true };
-        assert_eq!(input_line(10, &k, 7), "INPUT t_us=10 kind=key key=BACK down=1 frame_us=7");
+        let t = Input::Touch {
+            slot: 1,
+            action: TouchAction::Move,
+            x: 3,
+            y: 4,
+        };
+        assert_eq!(
+            input_line(10, &t, 7),
+            "INPUT t_us=10 kind=touch slot=1 action=move x=3 y=4 frame_us=7"
+        );
+        let k = Input::Key {
+            key: Key::Back,
+            down: true,
+        };
+        assert_eq!(
+            input_line(10, &k, 7),
+            "INPUT t_us=10 kind=key key=BACK down=1 frame_us=7"
+        );
     }
 
     #[test]

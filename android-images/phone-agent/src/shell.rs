@@ -27,7 +27,10 @@ pub fn listen(port: u32) -> anyhow::Result<OwnedFd> {
     // SAFETY: plain socket creation; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        bail!("vsock socket: {} (is the vsock / vmw_vsock_virtio_transport module loaded?)", std::io::Error::last_os_error());
+        bail!(
+            "vsock socket: {} (is the vsock / vmw_vsock_virtio_transport module loaded?)",
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: fd is a fresh socket we own.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -39,55 +42,79 @@ pub fn listen(port: u32) -> anyhow::Result<OwnedFd> {
     let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
     // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
     if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len) } != 0 {
-        bail!("vsock bind port {port}: {}", std::io::Error::last_os_error());
+        bail!(
+            "vsock bind port {port}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: listening on our own bound socket.
     if unsafe { libc::listen(fd, 8) } != 0 {
-        bail!("vsock listen port {port}: {}", std::io::Error::last_os_error());
+        bail!(
+            "vsock listen port {port}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(owned)
 }
 
 /// Accepts connections forever on a background thread.
 pub fn spawn(listener: OwnedFd) -> std::io::Result<()> {
-    std::thread::Builder::new().name("vsock-shell".into()).spawn(move || {
-        let active = Arc::new(AtomicUsize::new(0));
-        loop {
-            // SAFETY: accepting on our listening socket; the peer address is not needed.
-            let fd = unsafe { libc::accept4(std::os::fd::AsRawFd::as_raw_fd(&listener), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
-            if fd < 0 {
-                tracing::warn!("vsock accept: {}", std::io::Error::last_os_error());
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            // SAFETY: accept returned a new connected socket that we now own.
-            let conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                active.fetch_sub(1, Ordering::SeqCst);
-                let _ = (&conn).write_all(b"ERROR too many shell connections\n");
-                continue;
-            }
-            let active = active.clone();
-            let spawned = std::thread::Builder::new().name("vsock-conn".into()).spawn(move || {
-                if let Err(e) = serve(conn.try_clone().map(BufReader::new), &conn) {
-                    tracing::debug!("shell connection ended: {e}");
+    std::thread::Builder::new()
+        .name("vsock-shell".into())
+        .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
+            loop {
+                // SAFETY: accepting on our listening socket; the peer address is not needed.
+                let fd = unsafe {
+                    libc::accept4(
+                        std::os::fd::AsRawFd::as_raw_fd(&listener),
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC,
+                    )
+                };
+                if fd < 0 {
+                    tracing::warn!("vsock accept: {}", std::io::Error::last_os_error());
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
-            if spawned.is_err() {
-                tracing::warn!("cannot start a shell connection thread");
+                // SAFETY: accept returned a new connected socket that we now own.
+                let conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    let _ = (&conn).write_all(b"ERROR too many shell connections\n");
+                    continue;
+                }
+                let active = active.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("vsock-conn".into())
+                        .spawn(move || {
+                            if let Err(e) = serve(conn.try_clone().map(BufReader::new), &conn) {
+                                tracing::debug!("shell connection ended: {e}");
+                            }
+                            active.fetch_sub(1, Ordering::SeqCst);
+                        });
+                if spawned.is_err() {
+                    tracing::warn!("cannot start a shell connection thread");
+                }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
 /// Serves one connection: a command per line until EOF.
-fn serve<R: Read>(reader: std::io::Result<BufReader<R>>, mut out: impl Write) -> std::io::Result<()> {
+fn serve<R: Read>(
+    reader: std::io::Result<BufReader<R>>,
+    mut out: impl Write,
+) -> std::io::Result<()> {
     let mut reader = reader?;
     loop {
         let mut line = Vec::new();
-        let n = reader.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line)?;
+        let n = reader
+            .by_ref()
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
         if n == 0 {
             return Ok(());
         }
@@ -113,7 +140,13 @@ fn serve<R: Read>(reader: std::io::Result<BufReader<R>>, mut out: impl Write) ->
 /// code (124 on timeout, 127 when sh cannot start).
 pub fn run(cmd: &str) -> (Vec<u8>, i32) {
     let script = format!("exec 2>&1\n{cmd}");
-    let mut child = match Command::new("/bin/sh").arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::piped()).spawn() {
+    let mut child = match Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
         Ok(c) => c,
         Err(e) => return (format!("cannot start /bin/sh: {e}").into_bytes(), 127),
     };

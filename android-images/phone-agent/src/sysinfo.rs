@@ -9,6 +9,8 @@ pub const MAX_FIELD: usize = 64;
 
 /// Kernel cmdline key choosing the report port (`/dev/hvcN`, any path, or `stdout`).
 pub const REPORT_KEY: &str = "cloudphone.report";
+/// Kernel cmdline key choosing the display backend (`drm`, the default, or `fbdev`).
+pub const DISPLAY_KEY: &str = "cloudphone.display";
 /// Kernel cmdline key naming the device profile.
 pub const PROFILE_KEY: &str = "cloudphone.profile";
 /// Prefix of the Android boot parameters shown on the Info page.
@@ -21,7 +23,10 @@ pub struct DeviceInfo {
 }
 
 fn bounded(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(MAX_FIELD).collect()
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FIELD)
+        .collect()
 }
 
 impl DeviceInfo {
@@ -42,7 +47,10 @@ impl DeviceInfo {
 
     /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.rows
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The fixed rows every Info page starts with, in order, all "unknown".
@@ -130,7 +138,12 @@ fn kernel_release() -> String {
     if unsafe { libc::uname(&mut u) } != 0 {
         return String::new();
     }
-    let bytes: Vec<u8> = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -183,12 +196,18 @@ fn split_cmdline(s: &str) -> Vec<String> {
 
 /// The value of `key` among parsed boot parameters.
 pub fn lookup<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Number of `processor` entries in /proc/cpuinfo.
 pub fn count_cpus(cpuinfo: &str) -> Option<u32> {
-    let n = cpuinfo.lines().filter(|l| l.split(':').next().is_some_and(|k| k.trim() == "processor")).count();
+    let n = cpuinfo
+        .lines()
+        .filter(|l| l.split(':').next().is_some_and(|k| k.trim() == "processor"))
+        .count();
     (n > 0).then_some(n as u32)
 }
 
@@ -214,7 +233,11 @@ mod tests {
             online_cpus: 7,
         };
         let info = DeviceInfo::from_sources(&src, 720, 1280);
-        let rows: Vec<(&str, &str)> = info.rows().iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let rows: Vec<(&str, &str)> = info
+            .rows()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(
             rows,
             vec![
@@ -232,7 +255,14 @@ mod tests {
 
     #[test]
     fn fallbacks_when_proc_is_missing() {
-        let info = DeviceInfo::from_sources(&Sources { online_cpus: 3, ..Sources::default() }, 240, 320);
+        let info = DeviceInfo::from_sources(
+            &Sources {
+                online_cpus: 3,
+                ..Sources::default()
+            },
+            240,
+            320,
+        );
         assert_eq!(info.get("vcpus"), Some("3"));
         assert_eq!(info.get("memory"), Some("unknown"));
         assert_eq!(info.get("profile"), Some("unknown"));
@@ -245,10 +275,22 @@ mod tests {
             cmdline.push_str(&format!("androidboot.k{i}={} ", "v".repeat(500)));
         }
         cmdline.push_str("androidboot.bad=\u{1b}[2J");
-        let info = DeviceInfo::from_sources(&Sources { cmdline, ..Sources::default() }, 720, 1280);
+        let info = DeviceInfo::from_sources(
+            &Sources {
+                cmdline,
+                ..Sources::default()
+            },
+            720,
+            1280,
+        );
         assert_eq!(info.rows().len(), MAX_ROWS);
-        assert!(info.rows().iter().all(|(k, v)| k.len() <= MAX_FIELD && v.len() <= MAX_FIELD));
-        assert!(boot_params("a=\u{1b}x", "").iter().all(|(_, v)| !v.contains('\u{1b}')));
+        assert!(info
+            .rows()
+            .iter()
+            .all(|(k, v)| k.len() <= MAX_FIELD && v.len() <= MAX_FIELD));
+        assert!(boot_params("a=\u{1b}x", "")
+            .iter()
+            .all(|(_, v)| !v.contains('\u{1b}')));
     }
 
     #[test]

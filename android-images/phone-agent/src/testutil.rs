@@ -4,7 +4,11 @@ use proptest::strategy::Strategy;
 use proptest::test_runner::{TestCaseError, TestRunner};
 
 /// Runs a property test and prints how many cases it ran (the project's fuzz convention).
-pub fn fuzz<S: Strategy>(name: &str, strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>) {
+pub fn fuzz<S: Strategy>(
+    name: &str,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) {
     let mut runner = TestRunner::default();
     let cases = std::cell::Cell::new(0usize);
     let result = runner.run(&strategy, |v| {

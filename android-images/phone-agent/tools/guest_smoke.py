@@ -10,7 +10,7 @@ cloudphone-vmm). Exit 0 when every check passes.
 """
 import argparse, json, os, shutil, socket, struct, subprocess, sys, time, zlib
 
-MODULES = ["virtio_pci", "virtio_console", "virtio_input", "evdev", "virtio-gpu"]
+MODULES = ["virtio_pci", "virtio_console", "virtio_input", "evdev", "virtio-gpu", "vmw_vsock_virtio_transport"]
 
 
 def sh(*args, **kw):
@@ -128,6 +128,7 @@ def main():
     ap.add_argument("--kvm", action="store_true")
     ap.add_argument("--width", type=int, default=720)
     ap.add_argument("--height", type=int, default=1280)
+    ap.add_argument("--cmdline", default="", help="extra kernel cmdline, e.g. cloudphone.display=fbdev")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     W, H = a.width, a.height
@@ -139,7 +140,7 @@ def main():
     accel = ["-enable-kvm", "-cpu", "host"] if a.kvm else ["-cpu", "max"]
     qemu = subprocess.Popen(["qemu-system-x86_64", *accel, "-M", "q35", "-m", "512", "-smp", "2", "-nodefaults",
         "-display", "none", "-vga", "none", "-kernel", os.path.join(a.kernel_dir, "vmlinuz"), "-initrd", initrd,
-        "-append", "console=ttyS0 quiet cloudphone.profile=smoke androidboot.hardware=qemu_smoke",
+        "-append", "console=ttyS0 quiet cloudphone.profile=smoke androidboot.hardware=qemu_smoke " + a.cmdline,
         "-serial", "file:" + console, "-qmp", f"unix:{qmp_path},server=on,wait=off",
         "-device", f"virtio-gpu-pci,xres={W},yres={H}", "-device", "virtio-keyboard-pci", "-device", "virtio-tablet-pci",
         "-device", "virtio-serial-pci", "-chardev", "null,id=c0", "-device", "virtconsole,chardev=c0",
@@ -190,6 +191,8 @@ def main():
         t0 = time.time()
         print("report:", line)
         check(line == f"PHONE_READY width={W} height={H}", "PHONE_READY line")
+        line, n = wait_line("SCREEN app=", after=n)
+        check(line == "SCREEN app=home", f"first page: {line}")
         w, h, rgb = shot("home")
         golden = os.path.join(a.work, "golden-home.png")
         sh(a.agent, "render", "--screen", "home", "--width", str(W), "--height", str(H), "--out", golden)
@@ -222,6 +225,13 @@ def main():
         check(rgb[o:o + 3] == bytes([0xe5, 0x39, 0x35]), f"paint stroke pixel at (200,600) is {rgb[o:o+3].hex()}")
         moves = [l for l in open(report).read().splitlines() if "action=move" in l]
         check(len(moves) >= 2, f"{len(moves)} move lines; last: {moves[-1] if moves else None}")
+        key("power")
+        _, _, off = shot("power-off")
+        check(bytes([0xe5, 0x39, 0x35]) * 3 not in off, "POWER off: the scanout no longer shows the page")
+        key("power")
+        w, h, rgb = shot("paint-after-power")
+        powers = [l for l in open(report).read().splitlines() if "key=POWER down=1" in l]
+        check(len(powers) == 2 and rgb[o:o + 3] == bytes([0xe5, 0x39, 0x35]), f"POWER off/on keeps the stroke ({len(powers)} POWER lines)")
         print("elapsed after ready: %.1fs" % (time.time() - t0))
     finally:
         qemu.kill()

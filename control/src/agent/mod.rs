@@ -24,8 +24,8 @@ use anyhow::Context;
 use crate::api::hosts::{DesiredPhone, Heartbeat, HeartbeatReply, RegisterHost, StateReport};
 use crate::cli::client::Client;
 use crate::model::{Host, Phone, PhoneState};
-pub use vmm::{command_line, PhoneDir, VmmConfig};
 use vmm::Running;
+pub use vmm::{command_line, PhoneDir, VmmConfig};
 
 /// Options of `cloudphone agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +69,9 @@ pub struct AgentOptions {
     /// Most phones this host runs.
     #[arg(long, default_value_t = 16)]
     pub max_phones: u32,
+    /// Optional VMM devices each phone gets: any of gpu,input,rng, or none.
+    #[arg(long, default_value = "gpu,input,rng", value_parser = vmm::Devices::parse)]
+    pub devices: vmm::Devices,
     /// Heartbeat period.
     #[arg(long, default_value_t = 1_000)]
     pub interval_ms: u64,
@@ -93,7 +96,14 @@ struct Local {
 
 impl Local {
     fn new(running: Option<Running>, generation: i64) -> Self {
-        Self { running, generation, crashes: VecDeque::new(), restart_at: None, failed: false, last_exit: 0 }
+        Self {
+            running,
+            generation,
+            crashes: VecDeque::new(),
+            restart_at: None,
+            failed: false,
+            last_exit: 0,
+        }
     }
 }
 
@@ -109,22 +119,41 @@ fn default_capacity() -> (u32, u32) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(1 << 20);
     (cpus, ((mem_kib / 1024) * 8 / 10).max(64) as u32)
 }
 
 /// Runs the agent until killed.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(opts.state_dir.join("phones")).with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    std::fs::create_dir_all(opts.state_dir.join("phones"))
+        .with_context(|| format!("creating {}", opts.state_dir.display()))?;
     let (cpus, mem) = default_capacity();
     let name = match &opts.name {
         Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into()).trim().to_owned(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_else(|_| "host".into())
+            .trim()
+            .to_owned(),
     };
     let client = Client::new(&opts.control, Some(opts.token.clone()));
-    let reg = RegisterHost { name, vcpus: opts.vcpus.unwrap_or(cpus), memory_mib: opts.memory_mib.unwrap_or(mem), max_phones: opts.max_phones };
-    let host: Host = client.post("/hosts", &reg).await.context("registering this host")?;
+    let reg = RegisterHost {
+        name,
+        vcpus: opts.vcpus.unwrap_or(cpus),
+        memory_mib: opts.memory_mib.unwrap_or(mem),
+        max_phones: opts.max_phones,
+    };
+    let host: Host = client
+        .post("/hosts", &reg)
+        .await
+        .context("registering this host")?;
     tracing::info!(host = %host.id, name = %host.name, "registered");
     println!("registered host {} ({})", host.id, host.name);
     let cfg = VmmConfig {
@@ -135,6 +164,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         image_dir: opts.image_dir.clone(),
         qemu_img: opts.qemu_img.clone(),
         state_dir: opts.state_dir.clone(),
+        devices: opts.devices,
     };
     let mut phones = HashMap::new();
     for (id, pid) in vmm::adopt_all(&cfg) {
@@ -142,7 +172,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tracing::info!(phone = %id, pid, "adopted running VMM");
         phones.insert(id, Local::new(Some(Running::Adopted(pid)), generation));
     }
-    let mut agent = Agent { opts, cfg, client, host, phones };
+    let mut agent = Agent {
+        opts,
+        cfg,
+        client,
+        host,
+        phones,
+    };
     let mut interval = tokio::time::interval(Duration::from_millis(agent.opts.interval_ms.max(50)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -156,17 +192,31 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 impl Agent {
     async fn step(&mut self) -> anyhow::Result<()> {
         self.collect_exits();
-        let running: Vec<String> =
-            self.phones.iter().filter(|(_, l)| l.running.is_some()).map(|(id, _)| id.clone()).collect();
-        let reply: HeartbeatReply =
-            self.client.post(&format!("/hosts/{}/heartbeat", self.host.id), &Heartbeat { running }).await?;
+        let running: Vec<String> = self
+            .phones
+            .iter()
+            .filter(|(_, l)| l.running.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        let reply: HeartbeatReply = self
+            .client
+            .post(
+                &format!("/hosts/{}/heartbeat", self.host.id),
+                &Heartbeat { running },
+            )
+            .await?;
         let wanted: Vec<String> = reply.phones.iter().map(|d| d.phone.id.clone()).collect();
         for d in &reply.phones {
             if let Err(e) = self.converge(d).await {
                 tracing::warn!(phone = %d.phone.id, "{e:#}");
             }
         }
-        let orphans: Vec<String> = self.phones.keys().filter(|id| !wanted.contains(id)).cloned().collect();
+        let orphans: Vec<String> = self
+            .phones
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .cloned()
+            .collect();
         for id in orphans {
             tracing::info!(phone = %id, "not wanted by the control service: stopping");
             self.stop_local(&id).await;
@@ -180,7 +230,9 @@ impl Agent {
     fn collect_exits(&mut self) {
         let window = Duration::from_millis(self.opts.crash_window_ms);
         for (id, l) in self.phones.iter_mut() {
-            let Some(code) = l.running.as_mut().and_then(|r| r.exited()) else { continue };
+            let Some(code) = l.running.as_mut().and_then(|r| r.exited()) else {
+                continue;
+            };
             l.running = None;
             l.last_exit = code;
             let _ = std::fs::remove_file(PhoneDir::new(&self.cfg, id).pid_file());
@@ -191,7 +243,11 @@ impl Agent {
             }
             let now = Instant::now();
             l.crashes.push_back(now);
-            while l.crashes.front().is_some_and(|t| now.duration_since(*t) > window) {
+            while l
+                .crashes
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
                 l.crashes.pop_front();
             }
             if l.crashes.len() >= self.opts.max_crashes {
@@ -214,7 +270,13 @@ impl Agent {
             reason: reason.to_owned(),
             api_socket: Some(dir.api_socket().display().to_string()),
         };
-        let _: Phone = self.client.put(&format!("/hosts/{}/phones/{}/state", self.host.id, phone.id), &body).await?;
+        let _: Phone = self
+            .client
+            .put(
+                &format!("/hosts/{}/phones/{}/state", self.host.id, phone.id),
+                &body,
+            )
+            .await?;
         Ok(())
     }
 
@@ -225,21 +287,33 @@ impl Agent {
             self.stop_local(&phone.id).await;
             vmm::remove(&dir);
             self.phones.remove(&phone.id);
-            return self.report(phone, PhoneState::Stopped, "stopped by agent").await;
+            return self
+                .report(phone, PhoneState::Stopped, "stopped by agent")
+                .await;
         }
         if matches!(phone.state, PhoneState::Lost) {
             return Ok(()); // the next heartbeat reconciles it
         }
         let reset = phone.state == PhoneState::Resetting
-            && self.phones.get(&phone.id).is_some_and(|l| l.generation != phone.generation);
+            && self
+                .phones
+                .get(&phone.id)
+                .is_some_and(|l| l.generation != phone.generation);
         if reset {
             tracing::info!(phone = %phone.id, generation = phone.generation, "resetting to the clean base");
             self.stop_local(&phone.id).await;
             self.phones.remove(&phone.id);
         }
-        let local = self.phones.entry(phone.id.clone()).or_insert_with(|| Local::new(None, -1));
+        let local = self
+            .phones
+            .entry(phone.id.clone())
+            .or_insert_with(|| Local::new(None, -1));
         if local.failed {
-            let reason = format!("VMM crashed {} times (last exit code {})", local.crashes.len(), local.last_exit);
+            let reason = format!(
+                "VMM crashed {} times (last exit code {})",
+                local.crashes.len(),
+                local.last_exit
+            );
             self.phones.remove(&phone.id);
             return self.report(phone, PhoneState::Failed, &reason).await;
         }
@@ -258,7 +332,8 @@ impl Agent {
                 }
                 Err(e) => {
                     local.crashes.push_back(Instant::now());
-                    local.restart_at = Some(Instant::now() + vmm::backoff(local.crashes.len() as u32));
+                    local.restart_at =
+                        Some(Instant::now() + vmm::backoff(local.crashes.len() as u32));
                     local.failed = local.crashes.len() >= self.opts.max_crashes;
                     return Err(e.context("starting the VMM"));
                 }
@@ -266,10 +341,15 @@ impl Agent {
         }
         match phone.state {
             PhoneState::Creating => self.report(phone, PhoneState::Booting, "VMM started").await,
-            PhoneState::Booting | PhoneState::Resetting => match vmm_api::status(&dir.api_socket()).await {
-                Ok(s) if s == "running" => self.report(phone, PhoneState::Ready, "VMM API reports running").await,
-                _ => Ok(()),
-            },
+            PhoneState::Booting | PhoneState::Resetting => {
+                match vmm_api::status(&dir.api_socket()).await {
+                    Ok(s) if s == "running" => {
+                        self.report(phone, PhoneState::Ready, "VMM API reports running")
+                            .await
+                    }
+                    _ => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }

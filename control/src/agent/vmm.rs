@@ -20,6 +20,41 @@ pub struct VmmConfig {
     pub image_dir: PathBuf,
     pub qemu_img: PathBuf,
     pub state_dir: PathBuf,
+    pub devices: Devices,
+}
+
+/// Which optional VMM devices phones get (all by default; fewer for VMM builds or tests
+/// that lack them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Devices {
+    pub gpu: bool,
+    pub input: bool,
+    pub rng: bool,
+}
+
+impl Devices {
+    /// Parses `gpu,input,rng` (any subset) or `none`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut d = Devices {
+            gpu: false,
+            input: false,
+            rng: false,
+        };
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "gpu" => d.gpu = true,
+                "input" => d.input = true,
+                "rng" => d.rng = true,
+                "none" => {}
+                other => {
+                    return Err(format!(
+                        "unknown device {other:?}: use gpu, input, rng or none"
+                    ))
+                }
+            }
+        }
+        Ok(d)
+    }
 }
 
 /// The files of one phone on this host.
@@ -31,7 +66,9 @@ pub struct PhoneDir {
 impl PhoneDir {
     /// `<state-dir>/phones/<phone id>` (the id is validated by the control service).
     pub fn new(cfg: &VmmConfig, phone_id: &str) -> Self {
-        Self { dir: cfg.state_dir.join("phones").join(phone_id) }
+        Self {
+            dir: cfg.state_dir.join("phones").join(phone_id),
+        }
     }
     pub fn api_socket(&self) -> PathBuf {
         self.dir.join("api.sock")
@@ -47,7 +84,11 @@ impl PhoneDir {
     }
     /// The generation the running VMM was booted for (survives agent restarts).
     pub fn generation(&self) -> Option<i64> {
-        std::fs::read_to_string(self.generation_file()).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.generation_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -84,7 +125,13 @@ pub fn alive(pid: i32) -> bool {
     let exists = unsafe { libc::kill(pid, 0) } == 0;
     exists
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(false)
 }
 
@@ -104,14 +151,27 @@ pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<S
     ]);
     if !profile.image.is_empty() {
         let base = cfg.image_dir.join(&profile.image);
-        args.extend(["--disk".to_owned(), format!("{},overlay={}", base.display(), dir.overlay().display())]);
+        args.extend([
+            "--disk".to_owned(),
+            format!("{},overlay={}", base.display(), dir.overlay().display()),
+        ]);
+    }
+    if cfg.devices.gpu {
+        args.extend([
+            "--gpu".to_owned(),
+            format!(
+                "width={},height={},dpi={}",
+                profile.width, profile.height, profile.dpi
+            ),
+        ]);
+    }
+    if cfg.devices.input {
+        args.extend(["--input".to_owned(), "touch,keyboard".to_owned()]);
+    }
+    if cfg.devices.rng {
+        args.push("--rng".to_owned());
     }
     args.extend([
-        "--gpu".to_owned(),
-        format!("width={},height={},dpi={}", profile.width, profile.height, profile.dpi),
-        "--input".to_owned(),
-        "touch,keyboard".to_owned(),
-        "--rng".to_owned(),
         "--api-socket".to_owned(),
         dir.api_socket().display().to_string(),
         "--serial".to_owned(),
@@ -124,13 +184,21 @@ pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<S
 
 /// (Re)creates the phone's copy-on-write overlay over the profile's clean base image:
 /// this is what makes a reset leave nothing of the previous user behind.
-pub async fn recreate_overlay(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> anyhow::Result<()> {
+pub async fn recreate_overlay(
+    cfg: &VmmConfig,
+    profile: &Profile,
+    dir: &PhoneDir,
+) -> anyhow::Result<()> {
     if profile.image.is_empty() {
         return Ok(());
     }
     let base = cfg.image_dir.join(&profile.image);
     if !base.is_file() {
-        bail!("base image {} of profile {} is missing on this host", base.display(), profile.name);
+        bail!(
+            "base image {} of profile {} is missing on this host",
+            base.display(),
+            profile.name
+        );
     }
     let overlay = dir.overlay();
     let _ = std::fs::remove_file(&overlay);
@@ -143,18 +211,29 @@ pub async fn recreate_overlay(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir
         .await
         .with_context(|| format!("running {} (install qemu-utils)", cfg.qemu_img.display()))?;
     if !out.status.success() {
-        bail!("qemu-img create overlay failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "qemu-img create overlay failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
 
 /// Starts the VMM for a phone: fresh directory entries, pid + generation files.
-pub async fn start(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir, generation: i64, fresh_overlay: bool) -> anyhow::Result<Running> {
+pub async fn start(
+    cfg: &VmmConfig,
+    profile: &Profile,
+    dir: &PhoneDir,
+    generation: i64,
+    fresh_overlay: bool,
+) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&dir.dir).with_context(|| format!("creating {}", dir.dir.display()))?;
     if fresh_overlay || (!profile.image.is_empty() && !dir.overlay().exists()) {
         recreate_overlay(cfg, profile, dir).await?;
     }
     let _ = std::fs::remove_file(dir.api_socket());
+    // A fresh console log per boot, so "the guest came up" is never read from an old boot.
+    let _ = std::fs::remove_file(dir.dir.join("serial.log"));
     let log = std::fs::File::create(dir.dir.join("vmm.log")).context("creating vmm.log")?;
     let child = tokio::process::Command::new(&cfg.vmm)
         .args(command_line(cfg, profile, dir))
@@ -199,16 +278,23 @@ pub async fn stop(dir: &PhoneDir, mut running: Running, grace: Duration) {
 /// process is alive and is a VMM serving this phone's socket; stale pid files are removed.
 pub fn adopt_all(cfg: &VmmConfig) -> Vec<(String, i32)> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(cfg.state_dir.join("phones")) else { return out };
+    let Ok(entries) = std::fs::read_dir(cfg.state_dir.join("phones")) else {
+        return out;
+    };
     for e in entries.flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
         let dir = PhoneDir::new(cfg, &id);
-        let Some(pid) = std::fs::read_to_string(dir.pid_file()).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+        let Some(pid) = std::fs::read_to_string(dir.pid_file())
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
             continue;
         };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let sock = dir.api_socket().display().to_string();
-        let ours = String::from_utf8_lossy(&cmdline).split('\0').any(|a| a == sock);
+        let ours = String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|a| a == sock);
         if alive(pid) && ours {
             out.push((id, pid));
         } else {
@@ -253,6 +339,7 @@ mod tests {
             image_dir: "/img".into(),
             qemu_img: "qemu-img".into(),
             state_dir: "/s".into(),
+            devices: Devices::parse("gpu,input,rng").unwrap(),
         };
         let p = Profile {
             id: "pr_1".into(),
@@ -268,10 +355,23 @@ mod tests {
         };
         let dir = PhoneDir::new(&cfg, "ph_1");
         let args = command_line(&cfg, &p, &dir).join(" ");
-        assert!(args.contains("--disk /img/base.img,overlay=/s/phones/ph_1/overlay.qcow2"), "{args}");
+        assert!(
+            args.contains("--disk /img/base.img,overlay=/s/phones/ph_1/overlay.qcow2"),
+            "{args}"
+        );
         assert!(args.contains("--gpu width=720,height=1280,dpi=320"));
         assert!(args.contains("--api-socket /s/phones/ph_1/api.sock"));
         assert!(args.contains("--cpus 2 --memory 2048"));
         assert!(args.contains("--on-reboot exit"));
+        let bare = VmmConfig {
+            devices: Devices::parse("none").unwrap(),
+            ..cfg
+        };
+        let args = command_line(&bare, &p, &dir).join(" ");
+        assert!(
+            !args.contains("--gpu") && !args.contains("--input") && !args.contains("--rng"),
+            "{args}"
+        );
+        assert!(Devices::parse("gpu,cdrom").is_err());
     }
 }

@@ -14,7 +14,9 @@ use crate::store::audit;
 
 /// Routes for the audit log and notifications.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/audit", get(all)).route("/events", get(mine))
+    Router::new()
+        .route("/audit", get(all))
+        .route("/events", get(mine))
 }
 
 /// `?limit=N` (1..=1000, default 100).
@@ -28,13 +30,21 @@ fn limit(q: &Limit) -> Result<i64, crate::error::Error> {
     extract::range("limit", q.limit.unwrap_or(100).into(), 1, 1000)
 }
 
-async fn all(State(st): State<AppState>, Operator(_): Operator, ApiQuery(q): ApiQuery<Limit>) -> ApiResult<Json<Vec<AuditEvent>>> {
+async fn all(
+    State(st): State<AppState>,
+    Operator(_): Operator,
+    ApiQuery(q): ApiQuery<Limit>,
+) -> ApiResult<Json<Vec<AuditEvent>>> {
     let n = limit(&q)?;
     let mut tx = st.db.begin().await?;
     Ok(Json(audit::list(&mut tx, None, n).await?))
 }
 
-async fn mine(State(st): State<AppState>, Auth(user): Auth, ApiQuery(q): ApiQuery<Limit>) -> ApiResult<Json<Vec<AuditEvent>>> {
+async fn mine(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    ApiQuery(q): ApiQuery<Limit>,
+) -> ApiResult<Json<Vec<AuditEvent>>> {
     let n = limit(&q)?;
     let mut tx = st.db.begin().await?;
     Ok(Json(audit::list(&mut tx, Some(&user.id), n).await?))

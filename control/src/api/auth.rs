@@ -36,26 +36,37 @@ pub struct Operator(pub User);
 pub struct AgentAuth(pub User);
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then(|| v.to_owned())
-    })
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.to_owned())
+        })
 }
 
 /// Resolves the caller from a bearer token or a session cookie.
 pub async fn authenticate(parts: &Parts, st: &AppState) -> Result<User, Error> {
     if let Some(h) = parts.headers.get(header::AUTHORIZATION) {
-        let v = h.to_str().map_err(|_| Error::Unauthorized("Authorization header is not ASCII".into()))?;
+        let v = h
+            .to_str()
+            .map_err(|_| Error::Unauthorized("Authorization header is not ASCII".into()))?;
         let token = v
             .strip_prefix("Bearer ")
             .ok_or_else(|| Error::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
         return st.tokens.verify(&st.db, token.trim()).await;
     }
-    let sid = cookie(&parts.headers, SESSION_COOKIE)
-        .ok_or_else(|| Error::Unauthorized("not logged in: send a bearer token or log in".into()))?;
+    let sid = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(|| {
+        Error::Unauthorized("not logged in: send a bearer token or log in".into())
+    })?;
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     if !safe && !parts.headers.contains_key(CSRF_HEADER) {
-        return Err(Error::Forbidden(format!("cookie-authenticated {} needs the {CSRF_HEADER} header", parts.method)));
+        return Err(Error::Forbidden(format!(
+            "cookie-authenticated {} needs the {CSRF_HEADER} header",
+            parts.method
+        )));
     }
     let mut tx = st.db.begin().await?;
     users::session_user(&mut tx, &sha256_hex(sid.as_bytes()))
@@ -86,7 +97,9 @@ impl FromRequestParts<AppState> for AgentAuth {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
         let user = authenticate(parts, st).await?;
         if !matches!(user.role, Role::Agent | Role::Operator) {
-            return Err(Error::Forbidden("host agents (role agent) or operators only".into()).into());
+            return Err(
+                Error::Forbidden("host agents (role agent) or operators only".into()).into(),
+            );
         }
         Ok(AgentAuth(user))
     }
@@ -108,7 +121,10 @@ pub struct LoginRequest {
     pub password: String,
 }
 
-async fn login(State(st): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Response> {
+async fn login(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<Response> {
     let bad = || Error::Unauthorized("wrong user name or password".into());
     if req.name.len() > 64 || req.password.len() > 1024 {
         return Err(bad().into());
@@ -119,22 +135,41 @@ async fn login(State(st): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) 
     let (user, hash) = found.ok_or_else(bad)?;
     let hash = hash.ok_or_else(bad)?;
     let pw = req.password;
-    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&pw, &hash)).await.unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&pw, &hash))
+        .await
+        .unwrap_or(false);
     if !ok {
         return Err(bad().into());
     }
     let sid = random_hex(32);
     let ttl = st.config.session_ttl_ms;
     let mut tx = st.db.begin().await?;
-    users::insert_session(&mut tx, &sha256_hex(sid.as_bytes()), &user.id, crate::now_ms() + ttl).await?;
+    users::insert_session(
+        &mut tx,
+        &sha256_hex(sid.as_bytes()),
+        &user.id,
+        crate::now_ms() + ttl,
+    )
+    .await?;
     crate::store::audit::record(&mut tx, &user.name, "auth.login", &user.id, "", None).await?;
     tx.commit().await?;
-    let secure = if st.config.secure_cookies { "; Secure" } else { "" };
-    let set = format!("{SESSION_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", ttl / 1000);
+    let secure = if st.config.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let set = format!(
+        "{SESSION_COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        ttl / 1000
+    );
     Ok(([(header::SET_COOKIE, set)], Json(user)).into_response())
 }
 
-async fn logout(State(st): State<AppState>, Auth(_user): Auth, headers: HeaderMap) -> ApiResult<Response> {
+async fn logout(
+    State(st): State<AppState>,
+    Auth(_user): Auth,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     if let Some(sid) = cookie(&headers, SESSION_COOKIE) {
         let mut tx = st.db.begin().await?;
         users::delete_session(&mut tx, &sha256_hex(sid.as_bytes())).await?;

@@ -22,23 +22,59 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with explicit parts (extractor rejections, unknown routes).
-    pub fn new(status: StatusCode, code: &'static str, error: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { status, code, error: error.into(), detail: detail.into() }
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        error: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            error: error.into(),
+            detail: detail.into(),
+        }
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let (status, code, detail) = match &e {
-            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "check the id; you only see your own resources"),
-            Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_input", "fix the field named in `error`"),
-            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", "the resource changed state; re-read it"),
-            Error::Quota(_) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "ask an operator to raise your quota"),
-            Error::Unauthorized(_) => {
-                (StatusCode::UNAUTHORIZED, "unauthorized", "send `Authorization: Bearer <token>` or log in")
-            }
-            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "this needs another role"),
-            Error::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "retry; operators: see the server log"),
+            Error::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "check the id; you only see your own resources",
+            ),
+            Error::Invalid(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "fix the field named in `error`",
+            ),
+            Error::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "the resource changed state; re-read it",
+            ),
+            Error::Quota(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                "ask an operator to raise your quota",
+            ),
+            Error::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <token>` or log in",
+            ),
+            Error::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs another role",
+            ),
+            Error::Db(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "retry; operators: see the server log",
+            ),
         };
         if status.is_server_error() {
             tracing::error!("request failed: {e}");

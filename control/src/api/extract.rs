@@ -27,8 +27,14 @@ fn rejection(r: JsonRejection) -> ApiError {
     let status = r.status();
     let (code, error) = match status {
         StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", "request body too large"),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send Content-Type: application/json"),
-        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_json_data", "JSON does not match the expected fields/types"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY => (
+            "invalid_json_data",
+            "JSON does not match the expected fields/types",
+        ),
         _ => ("malformed_json", "request body is not valid JSON"),
     };
     ApiError::new(status, code, error, r.body_text())
@@ -37,12 +43,15 @@ fn rejection(r: JsonRejection) -> ApiError {
 /// Checks a name: 1-64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
 pub fn name(field: &str, v: &str) -> Result<(), Error> {
     let ok = (1..=64).contains(&v.len())
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         && v.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {
-        Err(Error::Invalid(format!("{field}: {v:?} must be 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit")))
+        Err(Error::Invalid(format!(
+            "{field}: {v:?} must be 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit"
+        )))
     }
 }
 
@@ -51,7 +60,9 @@ pub fn range(field: &str, v: u64, lo: u64, hi: u64) -> Result<i64, Error> {
     if (lo..=hi).contains(&v) {
         Ok(v as i64)
     } else {
-        Err(Error::Invalid(format!("{field}: {v} is outside {lo}..={hi}")))
+        Err(Error::Invalid(format!(
+            "{field}: {v} is outside {lo}..={hi}"
+        )))
     }
 }
 
@@ -64,6 +75,28 @@ pub fn id<'a>(v: &'a str, prefix: &str, what: &str) -> Result<&'a str, Error> {
     }
 }
 
+/// Like `axum::extract::Query`, with JSON errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(r) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "bad query string",
+                r.body_text(),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,7 +105,15 @@ mod tests {
     #[test]
     fn names_reject_sql_and_control_characters() {
         assert!(name("name", "pixel-7_a.1").is_ok());
-        for bad in ["", "'; DROP TABLE users; --", "a b", "-x", "ä", &"x".repeat(65), "a\0b"] {
+        for bad in [
+            "",
+            "'; DROP TABLE users; --",
+            "a b",
+            "-x",
+            "ä",
+            &"x".repeat(65),
+            "a\0b",
+        ] {
             assert!(name("name", bad).is_err(), "{bad:?}");
         }
     }
@@ -92,19 +133,5 @@ mod tests {
         assert!(range("w", 0, 1, 2).is_err());
         assert!(range("w", u64::MAX, 1, 2).is_err());
         eprintln!("fuzz name-check: {} cases", ProptestConfig::default().cases);
-    }
-}
-
-/// Like `axum::extract::Query`, with JSON errors.
-pub struct ApiQuery<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(r) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "bad query string", r.body_text())),
-        }
     }
 }

@@ -40,7 +40,11 @@ pub struct RegisterHost {
     pub max_phones: u32,
 }
 
-async fn register(State(st): State<AppState>, AgentAuth(_): AgentAuth, ApiJson(r): ApiJson<RegisterHost>) -> ApiResult<(StatusCode, Json<Host>)> {
+async fn register(
+    State(st): State<AppState>,
+    AgentAuth(_): AgentAuth,
+    ApiJson(r): ApiJson<RegisterHost>,
+) -> ApiResult<(StatusCode, Json<Host>)> {
     extract::name("name", &r.name)?;
     let vcpus = extract::range("vcpus", r.vcpus.into(), 1, 4096)?;
     let mem = extract::range("memory_mib", r.memory_mib.into(), 64, 64 << 20)?;
@@ -56,7 +60,11 @@ async fn list(State(st): State<AppState>, Operator(_): Operator) -> ApiResult<Js
     Ok(Json(hosts::list(&mut tx).await?))
 }
 
-async fn one(State(st): State<AppState>, AgentAuth(_): AgentAuth, Path(id): Path<String>) -> ApiResult<Json<Host>> {
+async fn one(
+    State(st): State<AppState>,
+    AgentAuth(_): AgentAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Host>> {
     let id = extract::id(&id, "h", "host")?;
     let mut tx = st.db.begin().await?;
     Ok(Json(hosts::get(&mut tx, id).await?))
@@ -88,7 +96,12 @@ pub struct HeartbeatReply {
 /// Upper bound on phones a heartbeat may list (a host never runs more).
 const MAX_RUNNING: usize = 10_000;
 
-async fn heartbeat(State(st): State<AppState>, AgentAuth(_): AgentAuth, Path(id): Path<String>, ApiJson(hb): ApiJson<Heartbeat>) -> ApiResult<Json<HeartbeatReply>> {
+async fn heartbeat(
+    State(st): State<AppState>,
+    AgentAuth(_): AgentAuth,
+    Path(id): Path<String>,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> ApiResult<Json<HeartbeatReply>> {
     let id = extract::id(&id, "h", "host")?;
     if hb.running.len() > MAX_RUNNING {
         return Err(Error::Invalid(format!("running: at most {MAX_RUNNING} phones")).into());
@@ -101,7 +114,11 @@ async fn heartbeat(State(st): State<AppState>, AgentAuth(_): AgentAuth, Path(id)
         out.push(DesiredPhone { phone, profile });
     }
     tx.commit().await?;
-    Ok(Json(HeartbeatReply { host, phones: out, heartbeat_timeout_ms: st.config.heartbeat_timeout_ms }))
+    Ok(Json(HeartbeatReply {
+        host,
+        phones: out,
+        heartbeat_timeout_ms: st.config.heartbeat_timeout_ms,
+    }))
 }
 
 /// `PUT /hosts/{id}/phones/{phone_id}/state` body.
@@ -149,7 +166,15 @@ async fn report(
         phones::transition(&mut tx, phone_id, r.state, &agent.name, &r.reason).await?
     };
     if r.state == PhoneState::Failed {
-        audit::record(&mut tx, &agent.name, "phone.crashloop", phone_id, &r.reason, None).await?;
+        audit::record(
+            &mut tx,
+            &agent.name,
+            "phone.crashloop",
+            phone_id,
+            &r.reason,
+            None,
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(Json(phone))

@@ -50,15 +50,30 @@ fn duration(v: Option<u64>) -> Result<i64, Error> {
     extract::range("duration_s", v.unwrap_or(3600), 1, MAX_LEASE_S as u64)
 }
 
-async fn acquire(State(st): State<AppState>, Auth(user): Auth, ApiJson(r): ApiJson<AcquireRequest>) -> ApiResult<(StatusCode, Json<AcquireResponse>)> {
+async fn acquire(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    ApiJson(r): ApiJson<AcquireRequest>,
+) -> ApiResult<(StatusCode, Json<AcquireResponse>)> {
     extract::name("profile", &r.profile)?;
-    let req = LeaseRequest { profile: r.profile, duration_s: duration(r.duration_s)?, persistent: r.persistent, wait: r.wait.unwrap_or(true) };
+    let req = LeaseRequest {
+        profile: r.profile,
+        duration_s: duration(r.duration_s)?,
+        persistent: r.persistent,
+        wait: r.wait.unwrap_or(true),
+    };
     let mut tx = st.db.begin().await?;
     let out = leases::acquire(&mut tx, &user, &req).await?;
     tx.commit().await?;
     Ok(match out {
-        Acquired::Granted(lease) => (StatusCode::CREATED, Json(AcquireResponse::Granted { lease })),
-        Acquired::Queued(queue) => (StatusCode::ACCEPTED, Json(AcquireResponse::Queued { queue })),
+        Acquired::Granted(lease) => (
+            StatusCode::CREATED,
+            Json(AcquireResponse::Granted { lease }),
+        ),
+        Acquired::Queued(queue) => (
+            StatusCode::ACCEPTED,
+            Json(AcquireResponse::Queued { queue }),
+        ),
     })
 }
 
@@ -70,18 +85,30 @@ pub struct LeaseFilter {
     pub all: bool,
 }
 
-async fn list(State(st): State<AppState>, Auth(user): Auth, ApiQuery(f): ApiQuery<LeaseFilter>) -> ApiResult<Json<Vec<Lease>>> {
+async fn list(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    ApiQuery(f): ApiQuery<LeaseFilter>,
+) -> ApiResult<Json<Vec<Lease>>> {
     let mut tx = st.db.begin().await?;
     Ok(Json(leases::list_visible(&mut tx, &user, f.all).await?))
 }
 
-async fn one(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>) -> ApiResult<Json<Lease>> {
+async fn one(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Lease>> {
     let id = extract::id(&id, "ls", "lease")?;
     let mut tx = st.db.begin().await?;
     Ok(Json(leases::get_visible(&mut tx, &user, id).await?))
 }
 
-async fn release(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>) -> ApiResult<Json<Lease>> {
+async fn release(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Lease>> {
     let id = extract::id(&id, "ls", "lease")?;
     let mut tx = st.db.begin().await?;
     let lease = leases::release(&mut tx, &user, id, LeaseState::Released).await?;
@@ -96,7 +123,12 @@ pub struct RenewRequest {
     pub duration_s: u64,
 }
 
-async fn renew(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>, ApiJson(r): ApiJson<RenewRequest>) -> ApiResult<Json<Lease>> {
+async fn renew(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<RenewRequest>,
+) -> ApiResult<Json<Lease>> {
     let id = extract::id(&id, "ls", "lease")?;
     let d = duration(Some(r.duration_s))?;
     let mut tx = st.db.begin().await?;

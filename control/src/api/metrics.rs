@@ -16,7 +16,9 @@ use crate::model::PhoneState;
 use crate::store::{leases, phones, queue};
 
 /// Histogram bucket upper bounds in seconds.
-const BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -36,7 +38,9 @@ impl Metrics {
     pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let mut m = self.requests.lock().expect("metrics lock");
-        let h = m.entry((method.to_owned(), route.to_owned(), status)).or_default();
+        let h = m
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default();
         for (i, b) in BUCKETS.iter().enumerate() {
             if secs <= *b {
                 h.counts[i] += 1;
@@ -53,11 +57,27 @@ impl Metrics {
         for ((method, route, status), h) in m.iter() {
             let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
             for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "cloudphone_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}", h.counts[i]);
+                let _ = writeln!(
+                    out,
+                    "cloudphone_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
             }
-            let _ = writeln!(out, "cloudphone_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "cloudphone_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "cloudphone_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "cloudphone_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "cloudphone_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "cloudphone_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
         }
     }
 }
@@ -72,7 +92,10 @@ pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> 
     let mut out = String::new();
     out.push_str("# HELP cloudphone_phones Phones by state.\n# TYPE cloudphone_phones gauge\n");
     for s in PhoneState::ALL {
-        let n = by_state.iter().find(|(k, _)| k == s.as_str()).map_or(0, |(_, n)| *n);
+        let n = by_state
+            .iter()
+            .find(|(k, _)| k == s.as_str())
+            .map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "cloudphone_phones{{state=\"{}\"}} {n}", s.as_str());
     }
     let _ = writeln!(out, "# HELP cloudphone_leases_active Active leases.\n# TYPE cloudphone_leases_active gauge\ncloudphone_leases_active {active}");

@@ -43,7 +43,11 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { heartbeat_timeout_ms: 15_000, secure_cookies: false, session_ttl_ms: 12 * 3600 * 1000 }
+        Self {
+            heartbeat_timeout_ms: 15_000,
+            secure_cookies: false,
+            session_ttl_ms: 12 * 3600 * 1000,
+        }
     }
 }
 
@@ -59,13 +63,25 @@ pub struct AppState {
 impl AppState {
     /// State over an opened database.
     pub fn new(db: Database, config: ServerConfig) -> Self {
-        Self { db, tokens: TokenCache::default(), metrics: Arc::default(), config: Arc::new(config) }
+        Self {
+            db,
+            tokens: TokenCache::default(),
+            metrics: Arc::default(),
+            config: Arc::new(config),
+        }
     }
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The application plus `extra` routes mounted under `/api/v1` (e.g. streaming/signalling
+/// routes from another crate; they get the same state, auth extractors, limits and metrics).
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let api = Router::new()
+        .merge(extra)
         .merge(auth::routes())
         .merge(users::routes())
         .merge(profiles::routes())
@@ -93,22 +109,37 @@ async fn healthz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, 
 }
 
 async fn no_route() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route", "see /api/v1/openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route",
+        "see /api/v1/openapi.json",
+    )
 }
 
 async fn wrong_method() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route", "see /api/v1/openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+        "see /api/v1/openapi.json",
+    )
 }
 
 /// Logs every request and records its latency by route template and status.
 async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
     let res = next.run(req).await;
     let elapsed = start.elapsed();
     let status = res.status();
-    st.metrics.observe(method.as_str(), &route, status.as_u16(), elapsed);
+    st.metrics
+        .observe(method.as_str(), &route, status.as_u16(), elapsed);
     if status.is_server_error() {
         tracing::warn!(%method, route, status = status.as_u16(), ms = elapsed.as_millis() as u64, "request failed");
     } else {

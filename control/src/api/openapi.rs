@@ -34,47 +34,327 @@ const fn r(
     status: u16,
     response: Option<&'static str>,
 ) -> RouteDoc {
-    RouteDoc { method, path, summary, access, request, status, response }
+    RouteDoc {
+        method,
+        path,
+        summary,
+        access,
+        request,
+        status,
+        response,
+    }
 }
 
 use Access::*;
 
 /// Every route of the API.
 pub const ROUTES: &[RouteDoc] = &[
-    r("post", "/auth/login", "Log in (web UI): sets the HttpOnly SameSite=Strict session cookie", Public, Some("LoginRequest"), 200, Some("User")),
-    r("post", "/auth/logout", "End the session", AnyUser, None, 204, None),
-    r("get", "/auth/whoami", "The caller", AnyUser, None, 200, Some("User")),
-    r("get", "/users", "List users", Operator, None, 200, Some("UserList")),
-    r("post", "/users", "Create a user and its first API token (shown once)", Operator, Some("CreateUser"), 201, Some("UserWithToken")),
-    r("get", "/users/me", "The caller", AnyUser, None, 200, Some("User")),
-    r("patch", "/users/{id}", "Change quotas (operators) or own password", AnyUser, Some("UpdateUser"), 200, Some("User")),
-    r("post", "/users/{id}/tokens", "Mint another API token", AnyUser, None, 201, Some("NewToken")),
-    r("delete", "/users/{id}/tokens/{token_id}", "Revoke an API token", AnyUser, None, 204, None),
-    r("get", "/profiles", "List device profiles", AnyUser, None, 200, Some("ProfileList")),
-    r("post", "/profiles", "Create a device profile", Operator, Some("CreateProfile"), 201, Some("Profile")),
-    r("get", "/profiles/{key}", "A profile by id or name", AnyUser, None, 200, Some("Profile")),
-    r("patch", "/profiles/{key}", "Resize the warm pool", Operator, Some("UpdateProfile"), 200, Some("Profile")),
-    r("get", "/phones", "Phones visible to the caller (own; operators all); ?state=", AnyUser, None, 200, Some("PhoneList")),
-    r("get", "/phones/{id}", "A phone (another user's phone is 404)", AnyUser, None, 200, Some("Phone")),
-    r("delete", "/phones/{id}", "Stop a phone (operators; owners of a parked persistent phone)", AnyUser, None, 200, Some("Phone")),
-    r("post", "/leases", "Ask for a phone: 201 granted or 202 queued", AnyUser, Some("AcquireRequest"), 201, Some("AcquireResponse")),
-    r("get", "/leases", "Own leases (operators all); ?all=true includes ended", AnyUser, None, 200, Some("LeaseList")),
-    r("get", "/leases/{id}", "A lease", AnyUser, None, 200, Some("Lease")),
-    r("delete", "/leases/{id}", "Release a lease (the phone is reset unless persistent)", AnyUser, None, 200, Some("Lease")),
-    r("post", "/leases/{id}/renew", "Extend a lease to duration_s from now", AnyUser, Some("RenewRequest"), 200, Some("Lease")),
-    r("get", "/queue", "Waiting requests with position and ETA", AnyUser, None, 200, Some("QueueList")),
-    r("get", "/queue/{id}", "One queue entry (granted ones carry lease_id)", AnyUser, None, 200, Some("QueueEntry")),
-    r("delete", "/queue/{id}", "Leave the queue", AnyUser, None, 200, Some("QueueEntry")),
-    r("get", "/hosts", "List hosts", Operator, None, 200, Some("HostList")),
-    r("post", "/hosts", "Register (or re-register) a host", Agent, Some("RegisterHost"), 201, Some("Host")),
-    r("get", "/hosts/{id}", "A host", Agent, None, 200, Some("Host")),
-    r("post", "/hosts/{id}/heartbeat", "Heartbeat; the reply lists the phones the host must act on", Agent, Some("Heartbeat"), 200, Some("HeartbeatReply")),
-    r("put", "/hosts/{id}/phones/{phone_id}/state", "Report a phone's new state", Agent, Some("StateReport"), 200, Some("Phone")),
-    r("get", "/audit", "Audit log, newest first; ?limit=", Operator, None, 200, Some("AuditList")),
-    r("get", "/events", "The caller's notifications (lease granted/lost/expired); ?limit=", AnyUser, None, 200, Some("AuditList")),
-    r("get", "/openapi.json", "This document", Public, None, 200, None),
-    r("get", "//metrics", "Prometheus metrics", Public, None, 200, None),
-    r("get", "//healthz", "Liveness and database check", Public, None, 200, None),
+    r(
+        "post",
+        "/auth/login",
+        "Log in (web UI): sets the HttpOnly SameSite=Strict session cookie",
+        Public,
+        Some("LoginRequest"),
+        200,
+        Some("User"),
+    ),
+    r(
+        "post",
+        "/auth/logout",
+        "End the session",
+        AnyUser,
+        None,
+        204,
+        None,
+    ),
+    r(
+        "get",
+        "/auth/whoami",
+        "The caller",
+        AnyUser,
+        None,
+        200,
+        Some("User"),
+    ),
+    r(
+        "get",
+        "/users",
+        "List users",
+        Operator,
+        None,
+        200,
+        Some("UserList"),
+    ),
+    r(
+        "post",
+        "/users",
+        "Create a user and its first API token (shown once)",
+        Operator,
+        Some("CreateUser"),
+        201,
+        Some("UserWithToken"),
+    ),
+    r(
+        "get",
+        "/users/me",
+        "The caller",
+        AnyUser,
+        None,
+        200,
+        Some("User"),
+    ),
+    r(
+        "patch",
+        "/users/{id}",
+        "Change quotas (operators) or own password",
+        AnyUser,
+        Some("UpdateUser"),
+        200,
+        Some("User"),
+    ),
+    r(
+        "post",
+        "/users/{id}/tokens",
+        "Mint another API token",
+        AnyUser,
+        None,
+        201,
+        Some("NewToken"),
+    ),
+    r(
+        "delete",
+        "/users/{id}/tokens/{token_id}",
+        "Revoke an API token",
+        AnyUser,
+        None,
+        204,
+        None,
+    ),
+    r(
+        "get",
+        "/profiles",
+        "List device profiles",
+        AnyUser,
+        None,
+        200,
+        Some("ProfileList"),
+    ),
+    r(
+        "post",
+        "/profiles",
+        "Create a device profile",
+        Operator,
+        Some("CreateProfile"),
+        201,
+        Some("Profile"),
+    ),
+    r(
+        "get",
+        "/profiles/{key}",
+        "A profile by id or name",
+        AnyUser,
+        None,
+        200,
+        Some("Profile"),
+    ),
+    r(
+        "patch",
+        "/profiles/{key}",
+        "Resize the warm pool",
+        Operator,
+        Some("UpdateProfile"),
+        200,
+        Some("Profile"),
+    ),
+    r(
+        "get",
+        "/phones",
+        "Phones visible to the caller (own; operators all); ?state=",
+        AnyUser,
+        None,
+        200,
+        Some("PhoneList"),
+    ),
+    r(
+        "get",
+        "/phones/{id}",
+        "A phone (another user's phone is 404)",
+        AnyUser,
+        None,
+        200,
+        Some("Phone"),
+    ),
+    r(
+        "delete",
+        "/phones/{id}",
+        "Stop a phone (operators; owners of a parked persistent phone)",
+        AnyUser,
+        None,
+        200,
+        Some("Phone"),
+    ),
+    r(
+        "post",
+        "/leases",
+        "Ask for a phone: 201 granted or 202 queued",
+        AnyUser,
+        Some("AcquireRequest"),
+        201,
+        Some("AcquireResponse"),
+    ),
+    r(
+        "get",
+        "/leases",
+        "Own leases (operators all); ?all=true includes ended",
+        AnyUser,
+        None,
+        200,
+        Some("LeaseList"),
+    ),
+    r(
+        "get",
+        "/leases/{id}",
+        "A lease",
+        AnyUser,
+        None,
+        200,
+        Some("Lease"),
+    ),
+    r(
+        "delete",
+        "/leases/{id}",
+        "Release a lease (the phone is reset unless persistent)",
+        AnyUser,
+        None,
+        200,
+        Some("Lease"),
+    ),
+    r(
+        "post",
+        "/leases/{id}/renew",
+        "Extend a lease to duration_s from now",
+        AnyUser,
+        Some("RenewRequest"),
+        200,
+        Some("Lease"),
+    ),
+    r(
+        "get",
+        "/queue",
+        "Waiting requests with position and ETA",
+        AnyUser,
+        None,
+        200,
+        Some("QueueList"),
+    ),
+    r(
+        "get",
+        "/queue/{id}",
+        "One queue entry (granted ones carry lease_id)",
+        AnyUser,
+        None,
+        200,
+        Some("QueueEntry"),
+    ),
+    r(
+        "delete",
+        "/queue/{id}",
+        "Leave the queue",
+        AnyUser,
+        None,
+        200,
+        Some("QueueEntry"),
+    ),
+    r(
+        "get",
+        "/hosts",
+        "List hosts",
+        Operator,
+        None,
+        200,
+        Some("HostList"),
+    ),
+    r(
+        "post",
+        "/hosts",
+        "Register (or re-register) a host",
+        Agent,
+        Some("RegisterHost"),
+        201,
+        Some("Host"),
+    ),
+    r(
+        "get",
+        "/hosts/{id}",
+        "A host",
+        Agent,
+        None,
+        200,
+        Some("Host"),
+    ),
+    r(
+        "post",
+        "/hosts/{id}/heartbeat",
+        "Heartbeat; the reply lists the phones the host must act on",
+        Agent,
+        Some("Heartbeat"),
+        200,
+        Some("HeartbeatReply"),
+    ),
+    r(
+        "put",
+        "/hosts/{id}/phones/{phone_id}/state",
+        "Report a phone's new state",
+        Agent,
+        Some("StateReport"),
+        200,
+        Some("Phone"),
+    ),
+    r(
+        "get",
+        "/audit",
+        "Audit log, newest first; ?limit=",
+        Operator,
+        None,
+        200,
+        Some("AuditList"),
+    ),
+    r(
+        "get",
+        "/events",
+        "The caller's notifications (lease granted/lost/expired); ?limit=",
+        AnyUser,
+        None,
+        200,
+        Some("AuditList"),
+    ),
+    r(
+        "get",
+        "/openapi.json",
+        "This document",
+        Public,
+        None,
+        200,
+        None,
+    ),
+    r(
+        "get",
+        "//metrics",
+        "Prometheus metrics",
+        Public,
+        None,
+        200,
+        None,
+    ),
+    r(
+        "get",
+        "//healthz",
+        "Liveness and database check",
+        Public,
+        None,
+        200,
+        None,
+    ),
 ];
 
 fn obj(required: &[&str], props: Value) -> Value {
@@ -153,10 +433,13 @@ fn schemas() -> Value {
 }
 
 fn operation(d: &RouteDoc) -> Value {
-    let err = json!({"description": "error", "content": {"application/json": {"schema": refr("Error")}}});
+    let err =
+        json!({"description": "error", "content": {"application/json": {"schema": refr("Error")}}});
     let mut responses = Map::new();
     let ok = match d.response {
-        Some(name) => json!({"description": "success", "content": {"application/json": {"schema": refr(name)}}}),
+        Some(name) => {
+            json!({"description": "success", "content": {"application/json": {"schema": refr(name)}}})
+        }
         None => json!({"description": "success"}),
     };
     responses.insert(d.status.to_string(), ok);
@@ -177,7 +460,8 @@ fn operation(d: &RouteDoc) -> Value {
         op["security"] = json!([{"bearer": []}, {"session": []}]);
     }
     if let Some(req) = d.request {
-        op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": refr(req)}}});
+        op["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": refr(req)}}});
     }
     op
 }
@@ -186,7 +470,10 @@ fn operation(d: &RouteDoc) -> Value {
 pub fn build() -> Value {
     let mut paths = Map::new();
     for d in ROUTES {
-        let path = d.path.strip_prefix("//").map_or_else(|| format!("/api/v1{}", d.path), |p| format!("/{p}"));
+        let path = d
+            .path
+            .strip_prefix("//")
+            .map_or_else(|| format!("/api/v1{}", d.path), |p| format!("/{p}"));
         let entry = paths.entry(path).or_insert_with(|| json!({}));
         entry[d.method] = operation(d);
     }
@@ -220,7 +507,10 @@ mod tests {
         let text = doc.to_string();
         let schemas = doc["components"]["schemas"].as_object().unwrap();
         for part in text.split("#/components/schemas/").skip(1) {
-            let name: String = part.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect();
             assert!(schemas.contains_key(&name), "dangling $ref {name}");
         }
         assert!(doc["paths"]["/api/v1/leases"]["post"]["requestBody"].is_object());

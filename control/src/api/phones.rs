@@ -15,7 +15,9 @@ use crate::store::phones;
 
 /// Routes under `/api/v1/phones`.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/phones", get(list)).route("/phones/{id}", get(one).delete(stop))
+    Router::new()
+        .route("/phones", get(list))
+        .route("/phones/{id}", get(one).delete(stop))
 }
 
 /// `?state=ready` filter.
@@ -25,12 +27,20 @@ pub struct PhoneFilter {
     pub state: Option<PhoneState>,
 }
 
-async fn list(State(st): State<AppState>, Auth(user): Auth, ApiQuery(f): ApiQuery<PhoneFilter>) -> ApiResult<Json<Vec<Phone>>> {
+async fn list(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    ApiQuery(f): ApiQuery<PhoneFilter>,
+) -> ApiResult<Json<Vec<Phone>>> {
     let mut tx = st.db.begin().await?;
     Ok(Json(phones::list_visible(&mut tx, &user, f.state).await?))
 }
 
-async fn one(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>) -> ApiResult<Json<Phone>> {
+async fn one(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Phone>> {
     let id = extract::id(&id, "ph", "phone")?;
     let mut tx = st.db.begin().await?;
     Ok(Json(phones::get_visible(&mut tx, &user, id).await?))
@@ -38,14 +48,27 @@ async fn one(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String
 
 /// Stops a phone: operators any phone; a user only their parked persistent phone (to
 /// discard its disk). Leased phones are released through their lease instead.
-async fn stop(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>) -> ApiResult<Json<Phone>> {
+async fn stop(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Phone>> {
     let id = extract::id(&id, "ph", "phone")?;
     let mut tx = st.db.begin().await?;
     let p = phones::get_visible(&mut tx, &user, id).await?;
     if user.role != Role::Operator && p.reserved_for.as_deref() != Some(user.id.as_str()) {
-        return Err(Error::Conflict("this phone is leased: release the lease instead".into()).into());
+        return Err(
+            Error::Conflict("this phone is leased: release the lease instead".into()).into(),
+        );
     }
-    let p = phones::transition(&mut tx, id, PhoneState::Stopping, &user.name, "stopped by request").await?;
+    let p = phones::transition(
+        &mut tx,
+        id,
+        PhoneState::Stopping,
+        &user.name,
+        "stopped by request",
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(p))
 }

@@ -16,7 +16,9 @@ use crate::store::{audit, profiles};
 
 /// Routes under `/api/v1/profiles`.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/profiles", get(list).post(create)).route("/profiles/{key}", get(one).patch(update))
+    Router::new()
+        .route("/profiles", get(list).post(create))
+        .route("/profiles/{key}", get(one).patch(update))
 }
 
 /// `POST /profiles` body.
@@ -43,7 +45,11 @@ fn image(v: &str) -> Result<(), Error> {
     }
 }
 
-async fn create(State(st): State<AppState>, Operator(op): Operator, ApiJson(r): ApiJson<CreateProfile>) -> ApiResult<(StatusCode, Json<Profile>)> {
+async fn create(
+    State(st): State<AppState>,
+    Operator(op): Operator,
+    ApiJson(r): ApiJson<CreateProfile>,
+) -> ApiResult<(StatusCode, Json<Profile>)> {
     extract::name("name", &r.name)?;
     image(&r.image)?;
     let p = Profile {
@@ -70,7 +76,11 @@ async fn list(State(st): State<AppState>, Auth(_): Auth) -> ApiResult<Json<Vec<P
     Ok(Json(profiles::list(&mut tx).await?))
 }
 
-async fn one(State(st): State<AppState>, Auth(_): Auth, Path(key): Path<String>) -> ApiResult<Json<Profile>> {
+async fn one(
+    State(st): State<AppState>,
+    Auth(_): Auth,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Profile>> {
     extract::name("profile", &key).map_err(|_| Error::NotFound("profile".into()))?;
     let mut tx = st.db.begin().await?;
     Ok(Json(profiles::get(&mut tx, &key).await?))
@@ -83,12 +93,25 @@ pub struct UpdateProfile {
     pub pool_size: u32,
 }
 
-async fn update(State(st): State<AppState>, Operator(op): Operator, Path(key): Path<String>, ApiJson(r): ApiJson<UpdateProfile>) -> ApiResult<Json<Profile>> {
+async fn update(
+    State(st): State<AppState>,
+    Operator(op): Operator,
+    Path(key): Path<String>,
+    ApiJson(r): ApiJson<UpdateProfile>,
+) -> ApiResult<Json<Profile>> {
     extract::name("profile", &key).map_err(|_| Error::NotFound("profile".into()))?;
     let size = extract::range("pool_size", r.pool_size.into(), 0, 10_000)?;
     let mut tx = st.db.begin().await?;
     let p = profiles::set_pool_size(&mut tx, &key, size).await?;
-    audit::record(&mut tx, &op.name, "profile.pool_size", &p.id, &size.to_string(), None).await?;
+    audit::record(
+        &mut tx,
+        &op.name,
+        "profile.pool_size",
+        &p.id,
+        &size.to_string(),
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(p))
 }

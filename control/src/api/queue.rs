@@ -13,7 +13,9 @@ use crate::store::queue;
 
 /// Routes under `/api/v1/queue`.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/queue", get(list)).route("/queue/{id}", get(one).delete(cancel))
+    Router::new()
+        .route("/queue", get(list))
+        .route("/queue/{id}", get(one).delete(cancel))
 }
 
 async fn list(State(st): State<AppState>, Auth(user): Auth) -> ApiResult<Json<Vec<QueueEntry>>> {
@@ -22,13 +24,21 @@ async fn list(State(st): State<AppState>, Auth(user): Auth) -> ApiResult<Json<Ve
 }
 
 /// One entry: `waiting` with position/ETA, or `granted` with its `lease_id`.
-async fn one(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>) -> ApiResult<Json<QueueEntry>> {
+async fn one(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<QueueEntry>> {
     let id = extract::id(&id, "q", "queue entry")?;
     let mut tx = st.db.begin().await?;
     Ok(Json(queue::get_visible(&mut tx, &user, id).await?))
 }
 
-async fn cancel(State(st): State<AppState>, Auth(user): Auth, Path(id): Path<String>) -> ApiResult<Json<QueueEntry>> {
+async fn cancel(
+    State(st): State<AppState>,
+    Auth(user): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<QueueEntry>> {
     let id = extract::id(&id, "q", "queue entry")?;
     let mut tx = st.db.begin().await?;
     let e = queue::cancel(&mut tx, &user, id).await?;

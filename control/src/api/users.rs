@@ -51,7 +51,8 @@ fn password(p: &str) -> Result<String, Error> {
 }
 
 fn quota(field: &str, v: Option<u32>) -> Result<Option<i64>, Error> {
-    v.map(|v| extract::range(field, v.into(), 0, 1_000_000)).transpose()
+    v.map(|v| extract::range(field, v.into(), 0, 1_000_000))
+        .transpose()
 }
 
 /// Creates a user and their first token (shared by the route and `serve --bootstrap-admin`).
@@ -59,22 +60,50 @@ pub async fn create_user(st: &AppState, actor: &str, req: CreateUser) -> ApiResu
     extract::name("name", &req.name)?;
     let hash = req.password.as_deref().map(password).transpose()?;
     let max_phones = quota("max_phones", req.max_phones)?.unwrap_or(users::DEFAULT_MAX_PHONES);
-    let max_minutes = quota("max_minutes_per_day", req.max_minutes_per_day)?.unwrap_or(users::DEFAULT_MAX_MINUTES);
-    let token = tokio::task::spawn_blocking(crate::auth::mint_token).await.map_err(|e| Error::Invalid(e.to_string()))?;
+    let max_minutes = quota("max_minutes_per_day", req.max_minutes_per_day)?
+        .unwrap_or(users::DEFAULT_MAX_MINUTES);
+    let token = tokio::task::spawn_blocking(crate::auth::mint_token)
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let mut tx = st.db.begin().await?;
     let user = users::create(
         &mut tx,
-        users::NewUser { name: &req.name, role: req.role, password_hash: hash, max_phones, max_minutes_per_day: max_minutes },
+        users::NewUser {
+            name: &req.name,
+            role: req.role,
+            password_hash: hash,
+            max_phones,
+            max_minutes_per_day: max_minutes,
+        },
     )
     .await?;
     users::insert_token(&mut tx, &token.id, &user.id, &token.hash).await?;
-    audit::record(&mut tx, actor, "user.create", &user.id, &format!("{} ({})", user.name, user.role.as_str()), None).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "user.create",
+        &user.id,
+        &format!("{} ({})", user.name, user.role.as_str()),
+        None,
+    )
+    .await?;
     tx.commit().await?;
-    Ok(UserWithToken { user, token: token.token, token_id: token.id })
+    Ok(UserWithToken {
+        user,
+        token: token.token,
+        token_id: token.id,
+    })
 }
 
-async fn create(State(st): State<AppState>, Operator(op): Operator, ApiJson(req): ApiJson<CreateUser>) -> ApiResult<(StatusCode, Json<UserWithToken>)> {
-    Ok((StatusCode::CREATED, Json(create_user(&st, &op.name, req).await?)))
+async fn create(
+    State(st): State<AppState>,
+    Operator(op): Operator,
+    ApiJson(req): ApiJson<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserWithToken>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(create_user(&st, &op.name, req).await?),
+    ))
 }
 
 async fn list(State(st): State<AppState>, Operator(_): Operator) -> ApiResult<Json<Vec<User>>> {
@@ -104,7 +133,12 @@ fn managed<'a>(caller: &User, id: &'a str) -> Result<&'a str, Error> {
     Ok(id)
 }
 
-async fn update(State(st): State<AppState>, Auth(caller): Auth, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateUser>) -> ApiResult<Json<User>> {
+async fn update(
+    State(st): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateUser>,
+) -> ApiResult<Json<User>> {
     let id = managed(&caller, &id)?;
     let quotas_changed = req.max_phones.is_some() || req.max_minutes_per_day.is_some();
     if quotas_changed && caller.role != Role::Operator {
@@ -128,18 +162,34 @@ pub struct NewToken {
     pub token: String,
 }
 
-async fn new_token(State(st): State<AppState>, Auth(caller): Auth, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<NewToken>)> {
+async fn new_token(
+    State(st): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<NewToken>)> {
     let id = managed(&caller, &id)?;
-    let t = tokio::task::spawn_blocking(crate::auth::mint_token).await.map_err(|e| Error::Invalid(e.to_string()))?;
+    let t = tokio::task::spawn_blocking(crate::auth::mint_token)
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let mut tx = st.db.begin().await?;
     users::get(&mut tx, id).await?;
     users::insert_token(&mut tx, &t.id, id, &t.hash).await?;
     audit::record(&mut tx, &caller.name, "token.create", &t.id, id, None).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(NewToken { token_id: t.id, token: t.token })))
+    Ok((
+        StatusCode::CREATED,
+        Json(NewToken {
+            token_id: t.id,
+            token: t.token,
+        }),
+    ))
 }
 
-async fn revoke(State(st): State<AppState>, Auth(caller): Auth, Path((id, token_id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn revoke(
+    State(st): State<AppState>,
+    Auth(caller): Auth,
+    Path((id, token_id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let id = managed(&caller, &id)?;
     let mut tx = st.db.begin().await?;
     if !users::revoke_token(&mut tx, id, &token_id).await? {

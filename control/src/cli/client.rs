@@ -30,11 +30,20 @@ impl Client {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client builds");
-        Self { http, base: base.trim_end_matches('/').to_owned(), token }
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        }
     }
 
     /// Sends a request to `/api/v1{path}` and decodes the JSON reply (status returned too).
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<(u16, T)> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<(u16, T)> {
         let url = format!("{}/api/v1{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
         if let Some(t) = &self.token {
@@ -43,29 +52,58 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let res = req.send().await.with_context(|| format!("{method} {url}: is the control service running?"))?;
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {url}: is the control service running?"))?;
         let status = res.status().as_u16();
-        let bytes = res.bytes().await.with_context(|| format!("reading reply of {method} {url}"))?;
+        let bytes = res
+            .bytes()
+            .await
+            .with_context(|| format!("reading reply of {method} {url}"))?;
         if status >= 400 {
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-            return Err(ApiFailure { status, code: field("code"), error: field("error"), detail: field("detail") }.into());
+            return Err(ApiFailure {
+                status,
+                code: field("code"),
+                error: field("error"),
+                detail: field("detail"),
+            }
+            .into());
         }
-        let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
-        let v = serde_json::from_slice(bytes).map_err(|e| anyhow!("{method} {url}: unexpected reply: {e}"))?;
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        let v = serde_json::from_slice(bytes)
+            .map_err(|e| anyhow!("{method} {url}: unexpected reply: {e}"))?;
         Ok((status, v))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         Ok(self.call(Method::GET, path, None::<&()>).await?.1)
     }
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         Ok(self.call(Method::POST, path, Some(body)).await?.1)
     }
-    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         Ok(self.call(Method::PUT, path, Some(body)).await?.1)
     }
-    pub async fn patch<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+    pub async fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         Ok(self.call(Method::PATCH, path, Some(body)).await?.1)
     }
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

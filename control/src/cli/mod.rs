@@ -89,7 +89,10 @@ pub enum ProfilesCmd {
         pool_size: u32,
     },
     /// Resize a profile's warm pool.
-    Pool { profile: String, size: u32 },
+    Pool {
+        profile: String,
+        size: u32,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -110,7 +113,9 @@ pub enum UsersCmd {
         max_minutes_per_day: Option<u32>,
     },
     /// Mint another token for a user id (yourself: `me`).
-    Token { user_id: String },
+    Token {
+        user_id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -128,14 +133,22 @@ fn config_path() -> PathBuf {
 }
 
 fn load_saved() -> Saved {
-    std::fs::read(config_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(config_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 fn save(s: &Saved) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let p = config_path();
     std::fs::create_dir_all(p.parent().expect("has parent"))?;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&p)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)?;
     f.write_all(&serde_json::to_vec_pretty(s)?)?;
     println!("saved credentials to {}", p.display());
     Ok(())
@@ -155,24 +168,42 @@ fn opt(v: &Option<String>) -> String {
 }
 
 /// Prints `v` as JSON or as a table built by `rows`.
-fn show<T: Serialize>(json_out: bool, v: &[T], headers: &[&str], row: impl Fn(&T) -> Vec<String>) -> anyhow::Result<()> {
+fn show<T: Serialize>(
+    json_out: bool,
+    v: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
     if json_out {
         println!("{}", serde_json::to_string_pretty(v)?);
     } else {
-        print!("{}", table::render(headers, &v.iter().map(row).collect::<Vec<_>>()));
+        print!(
+            "{}",
+            table::render(headers, &v.iter().map(row).collect::<Vec<_>>())
+        );
     }
     Ok(())
 }
 
 fn lease_row(l: &Lease) -> Vec<String> {
-    vec![l.id.clone(), l.phone_id.clone(), l.state.as_str().into(), ms(l.expires_ms), l.persistent.to_string()]
+    vec![
+        l.id.clone(),
+        l.phone_id.clone(),
+        l.state.as_str().into(),
+        ms(l.expires_ms),
+        l.persistent.to_string(),
+    ]
 }
 const LEASE_HEADERS: &[&str] = &["lease", "phone", "state", "expires", "persistent"];
 
 /// Runs a client command.
 pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> {
     let saved = load_saved();
-    let url = opts.url.clone().or(saved.url).unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let url = opts
+        .url
+        .clone()
+        .or(saved.url)
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let token = opts.token.clone().or(saved.token);
     let c = Client::new(&url, token.clone());
     let j = opts.json;
@@ -180,31 +211,54 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         ClientCommand::Login => {
             let me: User = c.get("/auth/whoami").await.context("checking the token")?;
             println!("logged in to {url} as {} ({})", me.name, me.role.as_str());
-            save(&Saved { url: Some(url), token })?;
+            save(&Saved {
+                url: Some(url),
+                token,
+            })?;
         }
         ClientCommand::Profiles(ProfilesCmd::List) => {
             let v: Vec<Profile> = c.get("/profiles").await?;
-            show(j, &v, &["name", "size", "dpi", "vcpus", "memory", "image", "pool"], |p| {
-                vec![
-                    p.name.clone(),
-                    format!("{}x{}", p.width, p.height),
-                    p.dpi.to_string(),
-                    p.vcpus.to_string(),
-                    format!("{} MiB", p.memory_mib),
-                    p.image.clone(),
-                    p.pool_size.to_string(),
-                ]
-            })?;
+            show(
+                j,
+                &v,
+                &["name", "size", "dpi", "vcpus", "memory", "image", "pool"],
+                |p| {
+                    vec![
+                        p.name.clone(),
+                        format!("{}x{}", p.width, p.height),
+                        p.dpi.to_string(),
+                        p.vcpus.to_string(),
+                        format!("{} MiB", p.memory_mib),
+                        p.image.clone(),
+                        p.pool_size.to_string(),
+                    ]
+                },
+            )?;
         }
-        ClientCommand::Profiles(ProfilesCmd::Create { name, width, height, dpi, vcpus, memory_mib, image, pool_size }) => {
+        ClientCommand::Profiles(ProfilesCmd::Create {
+            name,
+            width,
+            height,
+            dpi,
+            vcpus,
+            memory_mib,
+            image,
+            pool_size,
+        }) => {
             let body = json!({"name": name, "width": width, "height": height, "dpi": dpi, "vcpus": vcpus,
                 "memory_mib": memory_mib, "image": image, "pool_size": pool_size});
             let p: Profile = c.post("/profiles", &body).await?;
-            show(j, &[p], &["id", "name"], |p| vec![p.id.clone(), p.name.clone()])?;
+            show(j, &[p], &["id", "name"], |p| {
+                vec![p.id.clone(), p.name.clone()]
+            })?;
         }
         ClientCommand::Profiles(ProfilesCmd::Pool { profile, size }) => {
-            let p: Profile = c.patch(&format!("/profiles/{profile}"), &json!({"pool_size": size})).await?;
-            show(j, &[p], &["name", "pool"], |p| vec![p.name.clone(), p.pool_size.to_string()])?;
+            let p: Profile = c
+                .patch(&format!("/profiles/{profile}"), &json!({"pool_size": size}))
+                .await?;
+            show(j, &[p], &["name", "pool"], |p| {
+                vec![p.name.clone(), p.pool_size.to_string()]
+            })?;
         }
         ClientCommand::Phones { id } => {
             let v: Vec<Phone> = match id {
@@ -212,10 +266,21 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 None => c.get("/phones").await?,
             };
             show(j, &v, &["id", "state", "host", "profile", "socket"], |p| {
-                vec![p.id.clone(), p.state.as_str().into(), p.host_id.clone(), p.profile_id.clone(), opt(&p.api_socket)]
+                vec![
+                    p.id.clone(),
+                    p.state.as_str().into(),
+                    p.host_id.clone(),
+                    p.profile_id.clone(),
+                    opt(&p.api_socket),
+                ]
             })?;
         }
-        ClientCommand::Lease { profile, duration_s, persistent, no_wait } => {
+        ClientCommand::Lease {
+            profile,
+            duration_s,
+            persistent,
+            no_wait,
+        } => {
             let body = json!({"profile": profile, "duration_s": duration_s, "persistent": persistent, "wait": !no_wait});
             let lease = match c.post::<AcquireResponse>("/leases", &body).await? {
                 AcquireResponse::Granted { lease } => lease,
@@ -233,7 +298,8 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 vec![
                     e.id.clone(),
                     e.position.map_or("-".into(), |p| p.to_string()),
-                    e.eta_ms.map_or("unknown".into(), |m| format!("{}s", m / 1000)),
+                    e.eta_ms
+                        .map_or("unknown".into(), |m| format!("{}s", m / 1000)),
                     e.profile_id.clone(),
                     e.user_id.clone(),
                 ]
@@ -241,36 +307,76 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         }
         ClientCommand::Hosts => {
             let v: Vec<Host> = c.get("/hosts").await?;
-            show(j, &v, &["id", "name", "state", "vcpus", "memory", "max phones", "heartbeat"], |h| {
-                vec![
-                    h.id.clone(),
-                    h.name.clone(),
-                    h.state.clone(),
-                    h.vcpus.to_string(),
-                    format!("{} MiB", h.memory_mib),
-                    h.max_phones.to_string(),
-                    ms(h.last_heartbeat_ms),
-                ]
-            })?;
+            show(
+                j,
+                &v,
+                &[
+                    "id",
+                    "name",
+                    "state",
+                    "vcpus",
+                    "memory",
+                    "max phones",
+                    "heartbeat",
+                ],
+                |h| {
+                    vec![
+                        h.id.clone(),
+                        h.name.clone(),
+                        h.state.clone(),
+                        h.vcpus.to_string(),
+                        format!("{} MiB", h.memory_mib),
+                        h.max_phones.to_string(),
+                        ms(h.last_heartbeat_ms),
+                    ]
+                },
+            )?;
         }
         ClientCommand::Users(UsersCmd::List) => {
             let v: Vec<User> = c.get("/users").await?;
-            show(j, &v, &["id", "name", "role", "max phones", "minutes/day"], |u| {
-                vec![u.id.clone(), u.name.clone(), u.role.as_str().into(), u.max_phones.to_string(), u.max_minutes_per_day.to_string()]
-            })?;
+            show(
+                j,
+                &v,
+                &["id", "name", "role", "max phones", "minutes/day"],
+                |u| {
+                    vec![
+                        u.id.clone(),
+                        u.name.clone(),
+                        u.role.as_str().into(),
+                        u.max_phones.to_string(),
+                        u.max_minutes_per_day.to_string(),
+                    ]
+                },
+            )?;
         }
-        ClientCommand::Users(UsersCmd::Add { name, role, password, max_phones, max_minutes_per_day }) => {
+        ClientCommand::Users(UsersCmd::Add {
+            name,
+            role,
+            password,
+            max_phones,
+            max_minutes_per_day,
+        }) => {
             let body = json!({"name": name, "role": role, "password": password, "max_phones": max_phones,
                 "max_minutes_per_day": max_minutes_per_day});
             let u: UserWithToken = c.post("/users", &body).await?;
             if j {
                 println!("{}", serde_json::to_string_pretty(&u)?);
             } else {
-                println!("created {} {} ({})\ntoken: {}", u.user.id, u.user.name, u.user.role.as_str(), u.token);
+                println!(
+                    "created {} {} ({})\ntoken: {}",
+                    u.user.id,
+                    u.user.name,
+                    u.user.role.as_str(),
+                    u.token
+                );
             }
         }
         ClientCommand::Users(UsersCmd::Token { user_id }) => {
-            let id = if user_id == "me" { c.get::<User>("/users/me").await?.id } else { user_id };
+            let id = if user_id == "me" {
+                c.get::<User>("/users/me").await?.id
+            } else {
+                user_id
+            };
             let t: NewToken = c.post(&format!("/users/{id}/tokens"), &json!(null)).await?;
             println!("token: {}", t.token);
         }
@@ -291,8 +397,14 @@ async fn wait_in_queue(c: &Client, mut e: QueueEntry, json_out: bool) -> anyhow:
             }
             "waiting" => {
                 if !json_out {
-                    let eta = e.eta_ms.map_or("unknown".into(), |m| format!("~{}s", m / 1000));
-                    eprint!("\rqueued {}: position {} , ETA {eta}   ", e.id, e.position.unwrap_or(0));
+                    let eta = e
+                        .eta_ms
+                        .map_or("unknown".into(), |m| format!("~{}s", m / 1000));
+                    eprint!(
+                        "\rqueued {}: position {} , ETA {eta}   ",
+                        e.id,
+                        e.position.unwrap_or(0)
+                    );
                 }
             }
             other => bail!("queue entry {} ended as {other}", e.id),

@@ -32,7 +32,13 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
 mod tests {
     #[test]
     fn columns_align() {
-        let t = super::render(&["id", "state"], &[vec!["ph_1".into(), "ready".into()], vec!["ph_long".into(), "x".into()]]);
+        let t = super::render(
+            &["id", "state"],
+            &[
+                vec!["ph_1".into(), "ready".into()],
+                vec!["ph_long".into(), "x".into()],
+            ],
+        );
         assert_eq!(t, "ID       STATE\nph_1     ready\nph_long  x\n");
     }
 }

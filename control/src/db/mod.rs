@@ -81,14 +81,18 @@ impl Row {
     pub fn int(&self, i: usize) -> Result<i64, DbError> {
         match self.get(i)? {
             Value::Int(v) => Ok(*v),
-            other => Err(DbError::Decode(format!("column {i}: expected int, got {other:?}"))),
+            other => Err(DbError::Decode(format!(
+                "column {i}: expected int, got {other:?}"
+            ))),
         }
     }
     /// Column `i` as text.
     pub fn text(&self, i: usize) -> Result<String, DbError> {
         match self.get(i)? {
             Value::Text(v) => Ok(v.clone()),
-            other => Err(DbError::Decode(format!("column {i}: expected text, got {other:?}"))),
+            other => Err(DbError::Decode(format!(
+                "column {i}: expected text, got {other:?}"
+            ))),
         }
     }
     /// Column `i` as nullable text.
@@ -154,7 +158,7 @@ impl Database {
     pub async fn begin(&self) -> Result<Tx, DbError> {
         match self {
             Database::Sqlite(db) => Ok(Tx::Sqlite(db.begin().await?)),
-            Database::Postgres(db) => Ok(Tx::Postgres(db.begin().await?)),
+            Database::Postgres(db) => Ok(Tx::Postgres(Box::new(db.begin().await?))),
         }
     }
 
@@ -164,7 +168,9 @@ impl Database {
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
         )
         .await?;
-        let applied = tx.query("SELECT version FROM schema_migrations", &[]).await?;
+        let applied = tx
+            .query("SELECT version FROM schema_migrations", &[])
+            .await?;
         let applied: Vec<i64> = applied.iter().map(|r| r.int(0)).collect::<Result<_, _>>()?;
         for (version, sql) in MIGRATIONS {
             if applied.contains(version) {
@@ -185,7 +191,7 @@ impl Database {
 /// An open transaction. Dropping it without [`Tx::commit`] rolls it back.
 pub enum Tx {
     Sqlite(sqlite::SqliteTx),
-    Postgres(postgres::PgTx),
+    Postgres(Box<postgres::PgTx>),
 }
 
 impl Tx {
@@ -247,7 +253,7 @@ impl Tx {
     pub async fn commit(self) -> Result<(), DbError> {
         match self {
             Tx::Sqlite(t) => t.commit(),
-            Tx::Postgres(t) => t.commit().await,
+            Tx::Postgres(t) => (*t).commit().await,
         }
     }
 }

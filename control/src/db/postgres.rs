@@ -28,7 +28,11 @@ pub struct PgDb {
 
 fn backend(e: tokio_postgres::Error) -> DbError {
     if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-        return DbError::Unique(e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default());
+        return DbError::Unique(
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_default(),
+        );
     }
     match e.as_db_error() {
         Some(d) => DbError::Backend(format!("postgres: {}: {}", d.code().code(), d.message())),
@@ -58,12 +62,20 @@ impl PgDb {
                 tracing::warn!("postgres connection closed: {e}");
             }
         });
-        Ok(Conn { client, statements: HashMap::new() })
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
     }
 
     /// Checks out a connection and sends `BEGIN`.
     pub async fn begin(&self) -> Result<PgTx, DbError> {
-        let permit = self.permits.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
         let reused = loop {
             match self.idle.lock().await.pop() {
                 Some(c) if c.client.is_closed() => continue,
@@ -75,7 +87,12 @@ impl PgDb {
             None => self.open_conn().await?,
         };
         conn.client.batch_execute("BEGIN").await.map_err(backend)?;
-        Ok(PgTx { conn: Some(conn), pool: self.idle.clone(), _permit: permit, open: true })
+        Ok(PgTx {
+            conn: Some(conn),
+            pool: self.idle.clone(),
+            permit: Some(permit),
+            open: true,
+        })
     }
 }
 
@@ -83,7 +100,8 @@ impl PgDb {
 pub struct PgTx {
     conn: Option<Conn>,
     pool: Arc<Mutex<Vec<Conn>>>,
-    _permit: OwnedSemaphorePermit,
+    /// Held until the connection is back in the pool, so the pool never exceeds its size.
+    permit: Option<OwnedSemaphorePermit>,
     open: bool,
 }
 
@@ -103,7 +121,16 @@ impl ToSql for Value {
     }
 
     fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::INT8 | Type::INT4 | Type::INT2 | Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME)
+        matches!(
+            *ty,
+            Type::INT8
+                | Type::INT4
+                | Type::INT2
+                | Type::TEXT
+                | Type::VARCHAR
+                | Type::BPCHAR
+                | Type::NAME
+        )
     }
 
     to_sql_checked!();
@@ -114,14 +141,32 @@ fn decode(row: &tokio_postgres::Row) -> Result<Row, DbError> {
     for (i, col) in row.columns().iter().enumerate() {
         let err = |e: tokio_postgres::Error| DbError::Decode(format!("column {}: {e}", col.name()));
         let v = match *col.type_() {
-            Type::INT8 => row.try_get::<_, Option<i64>>(i).map_err(err)?.map(Value::Int),
-            Type::INT4 => row.try_get::<_, Option<i32>>(i).map_err(err)?.map(|v| Value::Int(v.into())),
-            Type::INT2 => row.try_get::<_, Option<i16>>(i).map_err(err)?.map(|v| Value::Int(v.into())),
-            Type::BOOL => row.try_get::<_, Option<bool>>(i).map_err(err)?.map(|v| Value::Int(v.into())),
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
-                row.try_get::<_, Option<String>>(i).map_err(err)?.map(Value::Text)
+            Type::INT8 => row
+                .try_get::<_, Option<i64>>(i)
+                .map_err(err)?
+                .map(Value::Int),
+            Type::INT4 => row
+                .try_get::<_, Option<i32>>(i)
+                .map_err(err)?
+                .map(|v| Value::Int(v.into())),
+            Type::INT2 => row
+                .try_get::<_, Option<i16>>(i)
+                .map_err(err)?
+                .map(|v| Value::Int(v.into())),
+            Type::BOOL => row
+                .try_get::<_, Option<bool>>(i)
+                .map_err(err)?
+                .map(|v| Value::Int(v.into())),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => row
+                .try_get::<_, Option<String>>(i)
+                .map_err(err)?
+                .map(Value::Text),
+            ref other => {
+                return Err(DbError::Decode(format!(
+                    "column {}: unsupported type {other}",
+                    col.name()
+                )))
             }
-            ref other => return Err(DbError::Decode(format!("column {}: unsupported type {other}", col.name()))),
         };
         vals.push(v.unwrap_or(Value::Null));
     }
@@ -138,22 +183,37 @@ impl PgTx {
         if let Some(s) = conn.statements.get(sql) {
             return Ok(s.clone());
         }
-        let stmt = conn.client.prepare(&numbered_placeholders(sql)).await.map_err(backend)?;
+        let stmt = conn
+            .client
+            .prepare(&numbered_placeholders(sql))
+            .await
+            .map_err(backend)?;
         conn.statements.insert(sql.to_owned(), stmt.clone());
         Ok(stmt)
     }
 
     pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
         let stmt = self.statement(sql).await?;
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let rows = self.conn().client.query(&stmt, &refs).await.map_err(backend)?;
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .conn()
+            .client
+            .query(&stmt, &refs)
+            .await
+            .map_err(backend)?;
         rows.iter().map(decode).collect()
     }
 
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
         let stmt = self.statement(sql).await?;
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        self.conn().client.execute(&stmt, &refs).await.map_err(backend)
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        self.conn()
+            .client
+            .execute(&stmt, &refs)
+            .await
+            .map_err(backend)
     }
 
     pub async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
@@ -161,7 +221,12 @@ impl PgTx {
     }
 
     pub async fn commit(mut self) -> Result<(), DbError> {
-        let r = self.conn().client.batch_execute("COMMIT").await.map_err(backend);
+        let r = self
+            .conn()
+            .client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(backend);
         if r.is_ok() {
             self.open = false;
         }
@@ -173,13 +238,17 @@ impl Drop for PgTx {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         let pool = self.pool.clone();
+        let permit = self.permit.take();
         if !self.open {
             // Fast path: a committed connection goes straight back (try_lock avoids a task).
             if let Ok(mut idle) = pool.try_lock() {
                 idle.push(conn);
                 return;
             }
-            tokio::spawn(async move { pool.lock().await.push(conn) });
+            tokio::spawn(async move {
+                pool.lock().await.push(conn);
+                drop(permit);
+            });
             return;
         }
         // Roll back before reuse; a connection that cannot roll back is dropped.
@@ -187,6 +256,7 @@ impl Drop for PgTx {
             if conn.client.batch_execute("ROLLBACK").await.is_ok() {
                 pool.lock().await.push(conn);
             }
+            drop(permit);
         });
     }
 }

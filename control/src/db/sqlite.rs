@@ -23,7 +23,8 @@ fn backend(e: rusqlite::Error) -> DbError {
         if f.code == rusqlite::ErrorCode::ConstraintViolation
             && matches!(
                 f.extended_code,
-                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             )
         {
             return DbError::Unique(msg.clone().unwrap_or_default());
@@ -43,7 +44,9 @@ impl SqliteDb {
         )
         .map_err(backend)?;
         conn.set_prepared_statement_cache_capacity(128);
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     /// Takes the connection and the database write lock.
@@ -75,9 +78,16 @@ fn decode(v: ValueRef<'_>) -> Result<Value, DbError> {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Int(i),
         ValueRef::Text(t) => Value::Text(
-            std::str::from_utf8(t).map_err(|e| DbError::Decode(e.to_string()))?.to_owned(),
+            std::str::from_utf8(t)
+                .map_err(|e| DbError::Decode(e.to_string()))?
+                .to_owned(),
         ),
-        other => return Err(DbError::Decode(format!("unsupported sqlite type {:?}", other.data_type()))),
+        other => {
+            return Err(DbError::Decode(format!(
+                "unsupported sqlite type {:?}",
+                other.data_type()
+            )))
+        }
     })
 }
 
@@ -85,7 +95,9 @@ impl SqliteTx {
     pub fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(backend)?;
         let ncols = stmt.column_count();
-        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter())).map_err(backend)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params.iter()))
+            .map_err(backend)?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(backend)? {
             let mut vals = Vec::with_capacity(ncols);
@@ -99,7 +111,9 @@ impl SqliteTx {
 
     pub fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(backend)?;
-        Ok(stmt.execute(rusqlite::params_from_iter(params.iter())).map_err(backend)? as u64)
+        Ok(stmt
+            .execute(rusqlite::params_from_iter(params.iter()))
+            .map_err(backend)? as u64)
     }
 
     pub fn batch(&mut self, sql: &str) -> Result<(), DbError> {

@@ -55,7 +55,13 @@ pub async fn list(tx: &mut Tx, notify_user: Option<&str>, limit: i64) -> Result<
             )
             .await?
         }
-        None => tx.query(&format!("{COLS} ORDER BY at_ms DESC, id DESC LIMIT ?"), &[Value::Int(limit)]).await?,
+        None => {
+            tx.query(
+                &format!("{COLS} ORDER BY at_ms DESC, id DESC LIMIT ?"),
+                &[Value::Int(limit)],
+            )
+            .await?
+        }
     };
     rows.iter().map(decode).collect()
 }

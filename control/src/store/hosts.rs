@@ -24,9 +24,20 @@ fn decode(r: &Row) -> Result<Host> {
 }
 
 /// Registers a host by name, or updates the capacity of an existing one (agent restart).
-pub async fn register(tx: &mut Tx, name: &str, vcpus: i64, memory_mib: i64, max_phones: i64) -> Result<Host> {
+pub async fn register(
+    tx: &mut Tx,
+    name: &str,
+    vcpus: i64,
+    memory_mib: i64,
+    max_phones: i64,
+) -> Result<Host> {
     let now = crate::now_ms();
-    let existing = tx.query_opt(&format!("{COLS} WHERE name = ?{}", tx.lock_suffix()), &[name.into()]).await?;
+    let existing = tx
+        .query_opt(
+            &format!("{COLS} WHERE name = ?{}", tx.lock_suffix()),
+            &[name.into()],
+        )
+        .await?;
     let id = match existing {
         Some(r) => {
             let id = r.text(0)?;
@@ -58,7 +69,11 @@ pub async fn get(tx: &mut Tx, id: &str) -> Result<Host> {
 
 /// All hosts by name.
 pub async fn list(tx: &mut Tx) -> Result<Vec<Host>> {
-    tx.query(&format!("{COLS} ORDER BY name"), &[]).await?.iter().map(decode).collect()
+    tx.query(&format!("{COLS} ORDER BY name"), &[])
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
 }
 
 /// Records a heartbeat. A host coming back reconciles its `lost` phones with what it
@@ -71,14 +86,29 @@ pub async fn heartbeat(tx: &mut Tx, host_id: &str, running: &[String]) -> Result
     )
     .await?;
     if host.state != "online" {
-        super::audit::record(tx, "agent", "host.online", host_id, "heartbeats resumed", None).await?;
+        super::audit::record(
+            tx,
+            "agent",
+            "host.online",
+            host_id,
+            "heartbeats resumed",
+            None,
+        )
+        .await?;
     }
     let lost = tx
-        .query("SELECT id FROM phones WHERE host_id = ? AND state = 'lost'", &[host_id.into()])
+        .query(
+            "SELECT id FROM phones WHERE host_id = ? AND state = 'lost'",
+            &[host_id.into()],
+        )
         .await?;
     for r in lost {
         let id = r.text(0)?;
-        let to = if running.contains(&id) { PhoneState::Resetting } else { PhoneState::Stopped };
+        let to = if running.contains(&id) {
+            PhoneState::Resetting
+        } else {
+            PhoneState::Stopped
+        };
         phones::transition(tx, &id, to, "agent", "reconciled after host came back").await?;
     }
     get(tx, host_id).await
@@ -90,15 +120,30 @@ pub async fn reap(tx: &mut Tx, timeout_ms: i64) -> Result<Vec<String>> {
     let cutoff = crate::now_ms() - timeout_ms;
     let rows = tx
         .query(
-            &format!("SELECT id FROM hosts WHERE state = 'online' AND last_heartbeat_ms < ?{}", tx.lock_suffix()),
+            &format!(
+                "SELECT id FROM hosts WHERE state = 'online' AND last_heartbeat_ms < ?{}",
+                tx.lock_suffix()
+            ),
             &[Value::Int(cutoff)],
         )
         .await?;
     let mut reaped = Vec::new();
     for r in rows {
         let host_id = r.text(0)?;
-        tx.execute("UPDATE hosts SET state = 'offline' WHERE id = ?", &[(&host_id).into()]).await?;
-        super::audit::record(tx, "scheduler", "host.offline", &host_id, "missed heartbeats", None).await?;
+        tx.execute(
+            "UPDATE hosts SET state = 'offline' WHERE id = ?",
+            &[(&host_id).into()],
+        )
+        .await?;
+        super::audit::record(
+            tx,
+            "scheduler",
+            "host.offline",
+            &host_id,
+            "missed heartbeats",
+            None,
+        )
+        .await?;
         let live = tx
             .query(
                 "SELECT id FROM phones WHERE host_id = ? AND state NOT IN ('stopped', 'failed', 'lost')",
@@ -106,7 +151,14 @@ pub async fn reap(tx: &mut Tx, timeout_ms: i64) -> Result<Vec<String>> {
             )
             .await?;
         for p in live {
-            phones::transition(tx, &p.text(0)?, PhoneState::Lost, "scheduler", "host missed heartbeats").await?;
+            phones::transition(
+                tx,
+                &p.text(0)?,
+                PhoneState::Lost,
+                "scheduler",
+                "host missed heartbeats",
+            )
+            .await?;
         }
         reaped.push(host_id);
     }

@@ -18,7 +18,8 @@ fn decode(r: &Row) -> Result<Lease> {
         user_id: r.text(1)?,
         phone_id: r.text(2)?,
         profile_id: r.text(3)?,
-        state: LeaseState::parse(&state).ok_or_else(|| Error::Invalid(format!("stored lease state {state:?}")))?,
+        state: LeaseState::parse(&state)
+            .ok_or_else(|| Error::Invalid(format!("stored lease state {state:?}")))?,
         persistent: r.int(5)? != 0,
         started_ms: r.int(6)?,
         expires_ms: r.int(7)?,
@@ -50,7 +51,11 @@ pub enum Acquired {
 /// so a phone is never assigned twice and queue order is arrival order.
 pub async fn acquire(tx: &mut Tx, user: &User, req: &LeaseRequest) -> Result<Acquired> {
     let profile = profiles::get_locked(tx, &req.profile).await?;
-    tx.query(&format!("SELECT id FROM users WHERE id = ?{}", tx.lock_suffix()), &[(&user.id).into()]).await?;
+    tx.query(
+        &format!("SELECT id FROM users WHERE id = ?{}", tx.lock_suffix()),
+        &[(&user.id).into()],
+    )
+    .await?;
     let held = super::count(
         tx,
         "SELECT (SELECT COUNT(*) FROM leases WHERE user_id = ? AND state = 'active') + \
@@ -80,11 +85,21 @@ pub async fn acquire(tx: &mut Tx, user: &User, req: &LeaseRequest) -> Result<Acq
         .await?;
     let phone = match own {
         Some(r) => Some(r.text(0)?),
-        None if queue::waiting_count(tx, &profile.id).await? == 0 => free_phone(tx, &profile.id).await?,
+        None if queue::waiting_count(tx, &profile.id).await? == 0 => {
+            free_phone(tx, &profile.id).await?
+        }
         None => None,
     };
     if let Some(phone_id) = phone {
-        let lease = grant(tx, &user.id, &phone_id, &profile.id, req.duration_s, req.persistent).await?;
+        let lease = grant(
+            tx,
+            &user.id,
+            &phone_id,
+            &profile.id,
+            req.duration_s,
+            req.persistent,
+        )
+        .await?;
         return Ok(Acquired::Granted(lease));
     }
     if !req.wait {
@@ -104,12 +119,23 @@ async fn free_phone(tx: &mut Tx, profile_id: &str) -> Result<Option<String>> {
         "SELECT id FROM phones WHERE profile_id = ? AND state = 'ready' AND reserved_for IS NULL ORDER BY created_ms, id LIMIT 1{}",
         tx.skip_locked_suffix()
     );
-    tx.query_opt(&sql, &[profile_id.into()]).await?.map(|r| r.text(0)).transpose().map_err(Into::into)
+    tx.query_opt(&sql, &[profile_id.into()])
+        .await?
+        .map(|r| r.text(0))
+        .transpose()
+        .map_err(Into::into)
 }
 
 /// Assigns a ready phone and writes the lease. The conditional UPDATE is the last guard
 /// against double assignment: it changes nothing unless the phone is still `ready`.
-async fn grant(tx: &mut Tx, user_id: &str, phone_id: &str, profile_id: &str, duration_s: i64, persistent: bool) -> Result<Lease> {
+async fn grant(
+    tx: &mut Tx,
+    user_id: &str,
+    phone_id: &str,
+    profile_id: &str,
+    duration_s: i64,
+    persistent: bool,
+) -> Result<Lease> {
     let now = crate::now_ms();
     let changed = tx
         .execute(
@@ -118,7 +144,9 @@ async fn grant(tx: &mut Tx, user_id: &str, phone_id: &str, profile_id: &str, dur
         )
         .await?;
     if changed != 1 {
-        return Err(Error::Conflict(format!("phone {phone_id} was taken concurrently; retry")));
+        return Err(Error::Conflict(format!(
+            "phone {phone_id} was taken concurrently; retry"
+        )));
     }
     let lease = Lease {
         id: new_id("ls"),
@@ -144,7 +172,15 @@ async fn grant(tx: &mut Tx, user_id: &str, phone_id: &str, profile_id: &str, dur
         ],
     )
     .await?;
-    audit::record(tx, "scheduler", "lease.grant", &lease.id, &format!("phone {phone_id}"), Some(user_id)).await?;
+    audit::record(
+        tx,
+        "scheduler",
+        "lease.grant",
+        &lease.id,
+        &format!("phone {phone_id}"),
+        Some(user_id),
+    )
+    .await?;
     Ok(lease)
 }
 
@@ -153,8 +189,18 @@ async fn grant(tx: &mut Tx, user_id: &str, phone_id: &str, profile_id: &str, dur
 pub async fn dispatch(tx: &mut Tx, profile_id: &str) -> Result<usize> {
     let mut granted = 0;
     while let Some(head) = queue::head(tx, profile_id).await? {
-        let Some(phone_id) = free_phone(tx, profile_id).await? else { break };
-        let lease = grant(tx, &head.user_id, &phone_id, profile_id, head.duration_s, head.persistent).await?;
+        let Some(phone_id) = free_phone(tx, profile_id).await? else {
+            break;
+        };
+        let lease = grant(
+            tx,
+            &head.user_id,
+            &phone_id,
+            profile_id,
+            head.duration_s,
+            head.persistent,
+        )
+        .await?;
         queue::mark_granted(tx, &head.id, &lease.id).await?;
         granted += 1;
     }
@@ -163,7 +209,8 @@ pub async fn dispatch(tx: &mut Tx, profile_id: &str) -> Result<usize> {
 
 /// A lease as `user` may see it (another user's lease is `NotFound`).
 pub async fn get_visible(tx: &mut Tx, user: &User, id: &str) -> Result<Lease> {
-    let lease = decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)?;
+    let lease =
+        decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)?;
     if user.role != Role::Operator && lease.user_id != user.id {
         return Err(Error::NotFound("lease".into()));
     }
@@ -185,7 +232,12 @@ pub async fn list_visible(tx: &mut Tx, user: &User, all: bool) -> Result<Vec<Lea
 
 /// The active lease on a phone, if any.
 pub async fn active_for_phone(tx: &mut Tx, phone_id: &str) -> Result<Option<Lease>> {
-    let row = tx.query_opt(&format!("{COLS} WHERE phone_id = ? AND state = 'active'"), &[phone_id.into()]).await?;
+    let row = tx
+        .query_opt(
+            &format!("{COLS} WHERE phone_id = ? AND state = 'active'"),
+            &[phone_id.into()],
+        )
+        .await?;
     row.as_ref().map(decode).transpose()
 }
 
@@ -194,7 +246,11 @@ pub async fn end(tx: &mut Tx, lease: &Lease, state: LeaseState, actor: &str) -> 
     let n = tx
         .execute(
             "UPDATE leases SET state = ?, ended_ms = ? WHERE id = ? AND state = 'active'",
-            &[state.as_str().into(), crate::now_ms().into(), (&lease.id).into()],
+            &[
+                state.as_str().into(),
+                crate::now_ms().into(),
+                (&lease.id).into(),
+            ],
         )
         .await?;
     if n != 1 {
@@ -206,23 +262,61 @@ pub async fn end(tx: &mut Tx, lease: &Lease, state: LeaseState, actor: &str) -> 
 
 /// Ends a lease by release or expiry and returns its phone: a persistent phone is parked
 /// for its user with its disk; any other is reset from its clean base before reuse.
-pub async fn release(tx: &mut Tx, actor: &User, lease_id: &str, state: LeaseState) -> Result<Lease> {
+pub async fn release(
+    tx: &mut Tx,
+    actor: &User,
+    lease_id: &str,
+    state: LeaseState,
+) -> Result<Lease> {
     let lease = get_visible(tx, actor, lease_id).await?;
     profiles::get_locked(tx, &lease.profile_id).await?;
-    let lease = decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?{}", tx.lock_suffix()), &[lease_id.into()]).await?)?;
+    let lease = decode(
+        &super::one(
+            tx,
+            "lease",
+            &format!("{COLS} WHERE id = ?{}", tx.lock_suffix()),
+            &[lease_id.into()],
+        )
+        .await?,
+    )?;
     end(tx, &lease, state, &actor.name).await?;
     let phone = phones::get(tx, &lease.phone_id).await?;
     if phone.state == PhoneState::Assigned {
         if lease.persistent {
-            tx.execute("UPDATE phones SET reserved_for = ? WHERE id = ?", &[(&lease.user_id).into(), (&phone.id).into()])
-                .await?;
-            phones::transition(tx, &phone.id, PhoneState::Ready, &actor.name, "persistent lease ended; parked").await?;
+            tx.execute(
+                "UPDATE phones SET reserved_for = ? WHERE id = ?",
+                &[(&lease.user_id).into(), (&phone.id).into()],
+            )
+            .await?;
+            phones::transition(
+                tx,
+                &phone.id,
+                PhoneState::Ready,
+                &actor.name,
+                "persistent lease ended; parked",
+            )
+            .await?;
         } else {
-            phones::transition(tx, &phone.id, PhoneState::Resetting, &actor.name, "lease ended; reset to clean base").await?;
+            phones::transition(
+                tx,
+                &phone.id,
+                PhoneState::Resetting,
+                &actor.name,
+                "lease ended; reset to clean base",
+            )
+            .await?;
         }
     }
     let notify = (actor.id != lease.user_id).then_some(lease.user_id.as_str());
-    audit::record(tx, &actor.name, &format!("lease.{}", state.as_str()), &lease.id, &lease.phone_id, notify).await?;
+    audit::record(
+        tx,
+        &actor.name,
+        &format!("lease.{}", state.as_str()),
+        &lease.id,
+        &lease.phone_id,
+        notify,
+    )
+    .await?;
     get_visible(tx, actor, lease_id).await
 }
 
@@ -230,34 +324,53 @@ pub async fn release(tx: &mut Tx, actor: &User, lease_id: &str, state: LeaseStat
 pub async fn renew(tx: &mut Tx, user: &User, lease_id: &str, duration_s: i64) -> Result<Lease> {
     let lease = get_visible(tx, user, lease_id).await?;
     if lease.state != LeaseState::Active {
-        return Err(Error::Conflict(format!("lease {lease_id} already ended; request a new one")));
+        return Err(Error::Conflict(format!(
+            "lease {lease_id} already ended; request a new one"
+        )));
     }
     tx.execute(
         "UPDATE leases SET expires_ms = ? WHERE id = ? AND state = 'active'",
-        &[(crate::now_ms() + duration_s * 1000).into(), lease_id.into()],
+        &[
+            (crate::now_ms() + duration_s * 1000).into(),
+            lease_id.into(),
+        ],
     )
     .await?;
-    audit::record(tx, &user.name, "lease.renew", lease_id, &format!("{duration_s}s"), None).await?;
+    audit::record(
+        tx,
+        &user.name,
+        "lease.renew",
+        lease_id,
+        &format!("{duration_s}s"),
+        None,
+    )
+    .await?;
     get_visible(tx, user, lease_id).await
 }
 
 /// Active leases past their expiry (ids), for the expiry loop.
 pub async fn due(tx: &mut Tx) -> Result<Vec<String>> {
-    tx.query("SELECT id FROM leases WHERE state = 'active' AND expires_ms <= ? ORDER BY expires_ms", &[crate::now_ms().into()])
-        .await?
-        .iter()
-        .map(|r| r.text(0).map_err(Into::into))
-        .collect()
+    tx.query(
+        "SELECT id FROM leases WHERE state = 'active' AND expires_ms <= ? ORDER BY expires_ms",
+        &[crate::now_ms().into()],
+    )
+    .await?
+    .iter()
+    .map(|r| r.text(0).map_err(Into::into))
+    .collect()
 }
 
 /// Remaining ms of the active leases of a profile (for queue ETAs).
 pub async fn remaining_ms(tx: &mut Tx, profile_id: &str) -> Result<Vec<i64>> {
     let now = crate::now_ms();
-    tx.query("SELECT expires_ms FROM leases WHERE profile_id = ? AND state = 'active'", &[profile_id.into()])
-        .await?
-        .iter()
-        .map(|r| Ok(r.int(0)? - now))
-        .collect()
+    tx.query(
+        "SELECT expires_ms FROM leases WHERE profile_id = ? AND state = 'active'",
+        &[profile_id.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(r.int(0)? - now))
+    .collect()
 }
 
 /// Phone-minutes `user_id` used today (UTC).
@@ -269,11 +382,19 @@ async fn minutes_used_today(tx: &mut Tx, user_id: &str) -> Result<i64> {
             &[user_id.into(), scheduler::day_start_ms(now).into()],
         )
         .await?;
-    let spans: Vec<(i64, Option<i64>)> = rows.iter().map(|r| Ok((r.int(0)?, r.opt_int(1)?))).collect::<Result<_>>()?;
+    let spans: Vec<(i64, Option<i64>)> = rows
+        .iter()
+        .map(|r| Ok((r.int(0)?, r.opt_int(1)?)))
+        .collect::<Result<_>>()?;
     Ok(scheduler::minutes_used_today(&spans, now))
 }
 
 /// Number of active leases (metrics).
 pub async fn active_count(tx: &mut Tx) -> Result<i64> {
-    super::count(tx, "SELECT COUNT(*) FROM leases WHERE state = 'active'", &[]).await
+    super::count(
+        tx,
+        "SELECT COUNT(*) FROM leases WHERE state = 'active'",
+        &[],
+    )
+    .await
 }

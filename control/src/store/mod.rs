@@ -18,11 +18,16 @@ use crate::error::{Error, Result};
 
 /// Runs a query expected to return exactly one row, naming `what` when it does not.
 pub(crate) async fn one(tx: &mut Tx, what: &str, sql: &str, params: &[Value]) -> Result<Row> {
-    tx.query_opt(sql, params).await?.ok_or_else(|| Error::NotFound(what.to_owned()))
+    tx.query_opt(sql, params)
+        .await?
+        .ok_or_else(|| Error::NotFound(what.to_owned()))
 }
 
 /// Reads a count(*) style first column.
 pub(crate) async fn count(tx: &mut Tx, sql: &str, params: &[Value]) -> Result<i64> {
-    let row = tx.query_opt(sql, params).await?.ok_or_else(|| DbError::Decode("count returned no row".into()))?;
+    let row = tx
+        .query_opt(sql, params)
+        .await?
+        .ok_or_else(|| DbError::Decode("count returned no row".into()))?;
     Ok(row.int(0)?)
 }

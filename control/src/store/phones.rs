@@ -17,7 +17,8 @@ pub(crate) fn decode(r: &Row) -> Result<Phone> {
         id: r.text(0)?,
         profile_id: r.text(1)?,
         host_id: r.text(2)?,
-        state: PhoneState::parse(&state).ok_or_else(|| Error::Invalid(format!("stored phone state {state:?}")))?,
+        state: PhoneState::parse(&state)
+            .ok_or_else(|| Error::Invalid(format!("stored phone state {state:?}")))?,
         generation: r.int(4)?,
         reserved_for: r.opt_text(5)?,
         api_socket: r.opt_text(6)?,
@@ -58,11 +59,18 @@ pub async fn get_visible(tx: &mut Tx, user: &User, id: &str) -> Result<Phone> {
 }
 
 /// Phones visible to `user`, optionally filtered by state.
-pub async fn list_visible(tx: &mut Tx, user: &User, state: Option<PhoneState>) -> Result<Vec<Phone>> {
+pub async fn list_visible(
+    tx: &mut Tx,
+    user: &User,
+    state: Option<PhoneState>,
+) -> Result<Vec<Phone>> {
     let st: Value = state.map(|s| s.as_str()).into();
     let rows = if user.role == Role::Operator {
-        tx.query(&format!("{COLS} WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY created_ms, id"), &[st.clone(), st])
-            .await?
+        tx.query(
+            &format!("{COLS} WHERE (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY created_ms, id"),
+            &[st.clone(), st],
+        )
+        .await?
     } else {
         tx.query(
             &format!(
@@ -101,7 +109,13 @@ pub async fn count_by_state(tx: &mut Tx) -> Result<Vec<(String, i64)>> {
 /// a phone leaving `assigned` other than by release ends its lease (`lost`) and tells the
 /// user; a phone becoming `ready` is handed to the head of its profile's queue.
 /// Locks the profile, then the phone (see `store` lock order).
-pub async fn transition(tx: &mut Tx, phone_id: &str, to: PhoneState, actor: &str, reason: &str) -> Result<Phone> {
+pub async fn transition(
+    tx: &mut Tx,
+    phone_id: &str,
+    to: PhoneState,
+    actor: &str,
+    reason: &str,
+) -> Result<Phone> {
     let profile_id = get(tx, phone_id).await?.profile_id;
     profiles::get_locked(tx, &profile_id).await?;
     let sql = format!("{COLS} WHERE id = ?{}", tx.lock_suffix());
@@ -126,9 +140,16 @@ pub async fn transition(tx: &mut Tx, phone_id: &str, to: PhoneState, actor: &str
         ],
     )
     .await?;
-    if matches!(to, PhoneState::Failed | PhoneState::Lost | PhoneState::Stopping) {
+    if matches!(
+        to,
+        PhoneState::Failed | PhoneState::Lost | PhoneState::Stopping
+    ) {
         // A parked persistent phone that dies loses its owner reservation too.
-        tx.execute("UPDATE phones SET reserved_for = NULL WHERE id = ?", &[phone_id.into()]).await?;
+        tx.execute(
+            "UPDATE phones SET reserved_for = NULL WHERE id = ?",
+            &[phone_id.into()],
+        )
+        .await?;
         if let Some(lease) = leases::active_for_phone(tx, phone_id).await? {
             leases::end(tx, &lease, LeaseState::Lost, actor).await?;
             audit::record(
@@ -142,7 +163,15 @@ pub async fn transition(tx: &mut Tx, phone_id: &str, to: PhoneState, actor: &str
             .await?;
         }
     }
-    audit::record(tx, actor, &format!("phone.{}", to.as_str()), phone_id, reason, None).await?;
+    audit::record(
+        tx,
+        actor,
+        &format!("phone.{}", to.as_str()),
+        phone_id,
+        reason,
+        None,
+    )
+    .await?;
     if to == PhoneState::Ready {
         leases::dispatch(tx, &profile_id).await?;
     }
@@ -151,7 +180,11 @@ pub async fn transition(tx: &mut Tx, phone_id: &str, to: PhoneState, actor: &str
 
 /// Records the VMM API socket the agent reported (used by streaming to reach the phone).
 pub async fn set_api_socket(tx: &mut Tx, phone_id: &str, socket: &str) -> Result<()> {
-    tx.execute("UPDATE phones SET api_socket = ? WHERE id = ?", &[socket.into(), phone_id.into()]).await?;
+    tx.execute(
+        "UPDATE phones SET api_socket = ? WHERE id = ?",
+        &[socket.into(), phone_id.into()],
+    )
+    .await?;
     Ok(())
 }
 
@@ -184,7 +217,15 @@ pub async fn reconcile_pools(tx: &mut Tx) -> Result<usize> {
                 &[(&id).into(), (&profile.id).into(), (&host.host_id).into(), now.into(), now.into()],
             )
             .await?;
-            audit::record(tx, "scheduler", "phone.create", &id, &format!("pool of {}", profile.name), None).await?;
+            audit::record(
+                tx,
+                "scheduler",
+                "phone.create",
+                &id,
+                &format!("pool of {}", profile.name),
+                None,
+            )
+            .await?;
             missing -= 1;
             created += 1;
         }

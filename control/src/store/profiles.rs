@@ -47,7 +47,15 @@ pub async fn create(tx: &mut Tx, mut p: Profile) -> Result<Profile> {
 
 /// A profile by id or name.
 pub async fn get(tx: &mut Tx, key: &str) -> Result<Profile> {
-    decode(&super::one(tx, "profile", &format!("{COLS} WHERE id = ? OR name = ?"), &[key.into(), key.into()]).await?)
+    decode(
+        &super::one(
+            tx,
+            "profile",
+            &format!("{COLS} WHERE id = ? OR name = ?"),
+            &[key.into(), key.into()],
+        )
+        .await?,
+    )
 }
 
 /// A profile by id or name, row-locked for the rest of the transaction (see module docs of
@@ -59,13 +67,21 @@ pub async fn get_locked(tx: &mut Tx, key: &str) -> Result<Profile> {
 
 /// All profiles by name.
 pub async fn list(tx: &mut Tx) -> Result<Vec<Profile>> {
-    tx.query(&format!("{COLS} ORDER BY name"), &[]).await?.iter().map(decode).collect()
+    tx.query(&format!("{COLS} ORDER BY name"), &[])
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
 }
 
 /// Changes the warm-pool size (the only field that may change while phones exist: the
 /// others describe phones already running).
 pub async fn set_pool_size(tx: &mut Tx, key: &str, pool_size: i64) -> Result<Profile> {
     let p = get_locked(tx, key).await?;
-    tx.execute("UPDATE profiles SET pool_size = ? WHERE id = ?", &[pool_size.into(), (&p.id).into()]).await?;
+    tx.execute(
+        "UPDATE profiles SET pool_size = ? WHERE id = ?",
+        &[pool_size.into(), (&p.id).into()],
+    )
+    .await?;
     get(tx, &p.id).await
 }

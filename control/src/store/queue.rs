@@ -28,9 +28,18 @@ fn decode(r: &Row) -> Result<QueueEntry> {
 }
 
 /// Appends a waiting entry with the next global sequence number.
-pub async fn enqueue(tx: &mut Tx, user_id: &str, profile_id: &str, duration_s: i64, persistent: bool) -> Result<QueueEntry> {
+pub async fn enqueue(
+    tx: &mut Tx,
+    user_id: &str,
+    profile_id: &str,
+    duration_s: i64,
+    persistent: bool,
+) -> Result<QueueEntry> {
     let seq = tx
-        .query_opt("UPDATE counters SET value = value + 1 WHERE name = 'queue' RETURNING value", &[])
+        .query_opt(
+            "UPDATE counters SET value = value + 1 WHERE name = 'queue' RETURNING value",
+            &[],
+        )
         .await?
         .ok_or_else(|| Error::Invalid("queue counter missing: database not migrated".into()))?
         .int(0)?;
@@ -57,24 +66,44 @@ pub async fn enqueue(tx: &mut Tx, user_id: &str, profile_id: &str, duration_s: i
 
 /// Number of waiting entries of a profile.
 pub async fn waiting_count(tx: &mut Tx, profile_id: &str) -> Result<i64> {
-    super::count(tx, "SELECT COUNT(*) FROM queue WHERE profile_id = ? AND state = 'waiting'", &[profile_id.into()]).await
+    super::count(
+        tx,
+        "SELECT COUNT(*) FROM queue WHERE profile_id = ? AND state = 'waiting'",
+        &[profile_id.into()],
+    )
+    .await
 }
 
 /// Total waiting entries (metrics).
 pub async fn total_waiting(tx: &mut Tx) -> Result<i64> {
-    super::count(tx, "SELECT COUNT(*) FROM queue WHERE state = 'waiting'", &[]).await
+    super::count(
+        tx,
+        "SELECT COUNT(*) FROM queue WHERE state = 'waiting'",
+        &[],
+    )
+    .await
 }
 
 /// The oldest waiting entry of a profile.
 pub async fn head(tx: &mut Tx, profile_id: &str) -> Result<Option<QueueEntry>> {
-    let sql = format!("{COLS} WHERE profile_id = ? AND state = 'waiting' ORDER BY seq LIMIT 1{}", tx.lock_suffix());
-    tx.query_opt(&sql, &[profile_id.into()]).await?.as_ref().map(decode).transpose()
+    let sql = format!(
+        "{COLS} WHERE profile_id = ? AND state = 'waiting' ORDER BY seq LIMIT 1{}",
+        tx.lock_suffix()
+    );
+    tx.query_opt(&sql, &[profile_id.into()])
+        .await?
+        .as_ref()
+        .map(decode)
+        .transpose()
 }
 
-/// Records that an entry was served by `lease_id` and tells its user.
+/// Records that an entry was served by `lease_id` (the grant itself notified the user).
 pub async fn mark_granted(tx: &mut Tx, id: &str, lease_id: &str) -> Result<()> {
-    tx.execute("UPDATE queue SET state = 'granted', lease_id = ? WHERE id = ? AND state = 'waiting'", &[lease_id.into(), id.into()])
-        .await?;
+    tx.execute(
+        "UPDATE queue SET state = 'granted', lease_id = ? WHERE id = ? AND state = 'waiting'",
+        &[lease_id.into(), id.into()],
+    )
+    .await?;
     Ok(())
 }
 
@@ -97,7 +126,15 @@ pub async fn with_position(tx: &mut Tx, mut e: QueueEntry) -> Result<QueueEntry>
 
 /// An entry as `user` may see it (another user's entry is `NotFound`).
 pub async fn get_visible(tx: &mut Tx, user: &User, id: &str) -> Result<QueueEntry> {
-    let e = decode(&super::one(tx, "queue entry", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)?;
+    let e = decode(
+        &super::one(
+            tx,
+            "queue entry",
+            &format!("{COLS} WHERE id = ?"),
+            &[id.into()],
+        )
+        .await?,
+    )?;
     if user.role != Role::Operator && e.user_id != user.id {
         return Err(Error::NotFound("queue entry".into()));
     }
@@ -108,7 +145,10 @@ pub async fn get_visible(tx: &mut Tx, user: &User, id: &str) -> Result<QueueEntr
 pub async fn list_visible(tx: &mut Tx, user: &User) -> Result<Vec<QueueEntry>> {
     let op = i64::from(user.role == Role::Operator);
     let rows = tx
-        .query(&format!("{COLS} WHERE state = 'waiting' AND (? = 1 OR user_id = ?) ORDER BY seq"), &[op.into(), (&user.id).into()])
+        .query(
+            &format!("{COLS} WHERE state = 'waiting' AND (? = 1 OR user_id = ?) ORDER BY seq"),
+            &[op.into(), (&user.id).into()],
+        )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
@@ -120,9 +160,17 @@ pub async fn list_visible(tx: &mut Tx, user: &User) -> Result<Vec<QueueEntry>> {
 /// Leaves the queue.
 pub async fn cancel(tx: &mut Tx, user: &User, id: &str) -> Result<QueueEntry> {
     let e = get_visible(tx, user, id).await?;
-    let n = tx.execute("UPDATE queue SET state = 'cancelled' WHERE id = ? AND state = 'waiting'", &[id.into()]).await?;
+    let n = tx
+        .execute(
+            "UPDATE queue SET state = 'cancelled' WHERE id = ? AND state = 'waiting'",
+            &[id.into()],
+        )
+        .await?;
     if n != 1 {
-        return Err(Error::Conflict(format!("queue entry {id} is no longer waiting (state {})", e.state)));
+        return Err(Error::Conflict(format!(
+            "queue entry {id} is no longer waiting (state {})",
+            e.state
+        )));
     }
     audit::record(tx, &user.name, "queue.cancel", id, "", None).await?;
     get_visible(tx, user, id).await

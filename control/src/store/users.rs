@@ -16,7 +16,8 @@ fn decode(r: &Row) -> Result<User> {
     Ok(User {
         id: r.text(0)?,
         name: r.text(1)?,
-        role: Role::parse(&role).ok_or_else(|| Error::Invalid(format!("stored role {role:?} is unknown")))?,
+        role: Role::parse(&role)
+            .ok_or_else(|| Error::Invalid(format!("stored role {role:?} is unknown")))?,
         max_phones: r.int(3)?,
         max_minutes_per_day: r.int(4)?,
         created_ms: r.int(5)?,
@@ -64,7 +65,10 @@ pub async fn get(tx: &mut Tx, id: &str) -> Result<User> {
 }
 
 /// A user and their password hash, by name (login).
-pub async fn by_name_with_password(tx: &mut Tx, name: &str) -> Result<Option<(User, Option<String>)>> {
+pub async fn by_name_with_password(
+    tx: &mut Tx,
+    name: &str,
+) -> Result<Option<(User, Option<String>)>> {
     let row = tx
         .query_opt(
             "SELECT id, name, role, max_phones, max_minutes_per_day, created_ms, password_hash FROM users WHERE name = ?",
@@ -76,12 +80,22 @@ pub async fn by_name_with_password(tx: &mut Tx, name: &str) -> Result<Option<(Us
 
 /// All users, by name.
 pub async fn list(tx: &mut Tx) -> Result<Vec<User>> {
-    tx.query(&format!("{COLS} ORDER BY name"), &[]).await?.iter().map(decode).collect()
+    tx.query(&format!("{COLS} ORDER BY name"), &[])
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
 }
 
 /// Whether any operator exists (bootstrap runs only on an empty system).
 pub async fn has_operator(tx: &mut Tx) -> Result<bool> {
-    Ok(super::count(tx, "SELECT COUNT(*) FROM users WHERE role = 'operator'", &[]).await? > 0)
+    Ok(super::count(
+        tx,
+        "SELECT COUNT(*) FROM users WHERE role = 'operator'",
+        &[],
+    )
+    .await?
+        > 0)
 }
 
 /// Changes quotas and/or password of a user.
@@ -110,7 +124,12 @@ pub async fn update(
 pub async fn insert_token(tx: &mut Tx, token_id: &str, user_id: &str, hash: &str) -> Result<()> {
     tx.execute(
         "INSERT INTO api_tokens (id, user_id, hash, created_ms, revoked) VALUES (?, ?, ?, ?, 0)",
-        &[token_id.into(), user_id.into(), hash.into(), crate::now_ms().into()],
+        &[
+            token_id.into(),
+            user_id.into(),
+            hash.into(),
+            crate::now_ms().into(),
+        ],
     )
     .await?;
     Ok(())
@@ -119,7 +138,10 @@ pub async fn insert_token(tx: &mut Tx, token_id: &str, user_id: &str, hash: &str
 /// The stored hash and owner of a live (unrevoked) token.
 pub async fn token(tx: &mut Tx, token_id: &str) -> Result<Option<(String, String)>> {
     let row = tx
-        .query_opt("SELECT hash, user_id FROM api_tokens WHERE id = ? AND revoked = 0", &[token_id.into()])
+        .query_opt(
+            "SELECT hash, user_id FROM api_tokens WHERE id = ? AND revoked = 0",
+            &[token_id.into()],
+        )
         .await?;
     row.map(|r| Ok((r.text(0)?, r.text(1)?))).transpose()
 }
@@ -136,7 +158,12 @@ pub async fn revoke_token(tx: &mut Tx, user_id: &str, token_id: &str) -> Result<
 }
 
 /// Creates a web session (by the SHA-256 of its cookie value).
-pub async fn insert_session(tx: &mut Tx, id_hash: &str, user_id: &str, expires_ms: i64) -> Result<()> {
+pub async fn insert_session(
+    tx: &mut Tx,
+    id_hash: &str,
+    user_id: &str,
+    expires_ms: i64,
+) -> Result<()> {
     tx.execute(
         "INSERT INTO sessions (id_hash, user_id, expires_ms) VALUES (?, ?, ?)",
         &[id_hash.into(), user_id.into(), expires_ms.into()],
@@ -158,6 +185,7 @@ pub async fn session_user(tx: &mut Tx, id_hash: &str) -> Result<Option<User>> {
 
 /// Ends a session (logout).
 pub async fn delete_session(tx: &mut Tx, id_hash: &str) -> Result<()> {
-    tx.execute("DELETE FROM sessions WHERE id_hash = ?", &[id_hash.into()]).await?;
+    tx.execute("DELETE FROM sessions WHERE id_hash = ?", &[id_hash.into()])
+        .await?;
     Ok(())
 }

@@ -8,11 +8,13 @@
 //! - [`pacer`]: encode only on damage, capped at the profile's fps, never while idle, with a
 //!   keyframe on join/PLI.
 //! - [`bwe`]: a bitrate controller fed by the transport's loss/REMB feedback.
+//! - [`webrtc`]: one viewer's WebRTC session (str0m): SDP answer, SRTP video, input channel.
 
 pub mod bwe;
 pub mod frame;
 pub mod h264;
 pub mod pacer;
+pub mod webrtc;
 
 pub use bwe::BitrateController;
 pub use frame::{I420Frame, PixelLayout};
@@ -31,4 +33,7 @@ pub enum StreamError {
     /// OpenH264 refused to create the encoder or to encode.
     #[error("H.264 encoder error: {0}")]
     Encoder(String),
+    /// The WebRTC session could not be set up or failed (bad offer, socket, DTLS).
+    #[error("WebRTC session: {0}")]
+    Signalling(String),
 }

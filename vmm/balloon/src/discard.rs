@@ -4,13 +4,15 @@
 use std::os::fd::AsRawFd;
 
 use cloudphone_virtio::GuestMemory;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{
+    Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
+};
 
 /// Guest page size the balloon protocol counts in (`VIRTIO_BALLOON_PFN_SHIFT`).
 pub const PAGE_SIZE: u64 = 4096;
 
 /// Why a range could not be discarded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiscardError {
     /// The range is not inside one guest memory region.
     #[error("guest range {addr:#x}+{len:#x} is outside guest memory")]
@@ -40,7 +42,11 @@ pub fn discard(mem: &GuestMemory, addr: GuestAddress, len: u64) -> Result<(), Di
         Some(end) if end <= region.len() => {}
         _ => return Err(outside),
     }
-    let host_err = |reason: String| DiscardError::Host { addr: a, len: l, reason };
+    let host_err = |reason: String| DiscardError::Host {
+        addr: a,
+        len: l,
+        reason,
+    };
     let host = region
         .get_host_address(MemoryRegionAddress(offset))
         .map_err(|e| host_err(e.to_string()))?;
@@ -57,7 +63,10 @@ pub fn discard(mem: &GuestMemory, addr: GuestAddress, len: u64) -> Result<(), Di
                 )
             };
             if rc != 0 {
-                return Err(host_err(format!("fallocate(PUNCH_HOLE): {}", std::io::Error::last_os_error())));
+                return Err(host_err(format!(
+                    "fallocate(PUNCH_HOLE): {}",
+                    std::io::Error::last_os_error()
+                )));
             }
         }
     }
@@ -66,7 +75,10 @@ pub fn discard(mem: &GuestMemory, addr: GuestAddress, len: u64) -> Result<(), Di
     // punched file) or the file's contents (private file mapping).
     let rc = unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_DONTNEED) };
     if rc != 0 {
-        return Err(host_err(format!("madvise(DONTNEED): {}", std::io::Error::last_os_error())));
+        return Err(host_err(format!(
+            "madvise(DONTNEED): {}",
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }

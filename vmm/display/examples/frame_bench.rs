@@ -13,10 +13,18 @@ use cloudphone_virtio::testing::{TestHal, TestHarness};
 use virtio_drivers::device::gpu::VirtIOGpu;
 
 fn main() {
-    let frames: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(300);
-    let spec = GpuSpec { width: 720, height: 1280, dpi: 320 };
-    let (gpu, export) = VirtioGpu::new_2d(spec, GpuLimits::default(), std::path::Path::new("/dev/shm"))
-        .expect("creating the GPU (is /dev/shm writable?)");
+    let frames: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(300);
+    let spec = GpuSpec {
+        width: 720,
+        height: 1280,
+        dpi: 320,
+    };
+    let (gpu, export) =
+        VirtioGpu::new_2d(spec, GpuLimits::default(), std::path::Path::new("/dev/shm"))
+            .expect("creating the GPU (is /dev/shm writable?)");
     let harness = TestHarness::new(Box::new(gpu)).expect("wrapping the GPU in virtio-pci");
     let mut driver = VirtIOGpu::<TestHal, _>::new(harness.transport()).expect("driver init");
     let fb = driver.setup_framebuffer().expect("framebuffer");
@@ -28,9 +36,15 @@ fn main() {
     let consumer = std::thread::spawn(move || {
         let mapped = MappedFramebuffer::open(&info).expect("mapping the export read-only");
         while let Some(d) = damage.recv() {
-            let pixels = mapped.copy_rect(&info, d.x, d.y, d.width, d.height).expect("damage inside frame");
+            let pixels = mapped
+                .copy_rect(&info, d.x, d.y, d.width, d.height)
+                .expect("damage inside frame");
             let marker = pixels[0];
-            assert!(pixels[pixels.len() - 1] == marker, "torn frame at seq {}", d.seq);
+            assert!(
+                pixels[pixels.len() - 1] == marker,
+                "torn frame at seq {}",
+                d.seq
+            );
             if done_tx.send((marker, Instant::now())).is_err() {
                 return;
             }
@@ -47,7 +61,9 @@ fn main() {
         unsafe { std::slice::from_raw_parts_mut(fb_ptr, fb_len) }.fill(marker);
         let start = Instant::now();
         driver.flush().expect("flush");
-        let (seen, at) = done_rx.recv_timeout(Duration::from_secs(10)).expect("consumer saw no frame");
+        let (seen, at) = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("consumer saw no frame");
         assert_eq!(seen, marker, "consumer saw stale pixels");
         times.push(at - start);
     }
@@ -59,7 +75,15 @@ fn main() {
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mean = times.iter().map(|d| ms(*d)).sum::<f64>() / times.len() as f64;
-    println!("frames: {frames} of 720x1280 B8G8R8A8 ({} KiB each)", fb_len / 1024);
-    println!("p50: {:.3} ms  p99: {:.3} ms  max: {:.3} ms", ms(times[times.len() / 2]), ms(times[times.len() * 99 / 100]), ms(times[times.len() - 1]));
+    println!(
+        "frames: {frames} of 720x1280 B8G8R8A8 ({} KiB each)",
+        fb_len / 1024
+    );
+    println!(
+        "p50: {:.3} ms  p99: {:.3} ms  max: {:.3} ms",
+        ms(times[times.len() / 2]),
+        ms(times[times.len() * 99 / 100]),
+        ms(times[times.len() - 1])
+    );
     println!("ms per frame (flush -> damage event -> consumer has pixels): {mean:.3}");
 }

@@ -12,7 +12,10 @@ pub(crate) struct DeviceQueue {
 
 impl DeviceQueue {
     pub(crate) fn new(inner: ActivatedQueue) -> Self {
-        Self { inner, used_since_signal: false }
+        Self {
+            inner,
+            used_since_signal: false,
+        }
     }
 
     /// Consume the notification eventfd so epoll stops reporting it.
@@ -22,12 +25,20 @@ impl DeviceQueue {
     }
 
     /// The next chain the driver made available, if any.
-    pub(crate) fn pop<'m>(&mut self, mem: &'m GuestMemory) -> Option<DescriptorChain<&'m GuestMemory>> {
+    pub(crate) fn pop<'m>(
+        &mut self,
+        mem: &'m GuestMemory,
+    ) -> Option<DescriptorChain<&'m GuestMemory>> {
         self.inner.queue.pop_descriptor_chain(mem)
     }
 
     /// Return chain `head` to the driver with `len` bytes written.
-    pub(crate) fn complete(&mut self, mem: &GuestMemory, head: u16, len: u32) -> Result<(), String> {
+    pub(crate) fn complete(
+        &mut self,
+        mem: &GuestMemory,
+        head: u16,
+        len: u32,
+    ) -> Result<(), String> {
         self.inner
             .queue
             .add_used(mem, head, len)
@@ -37,15 +48,20 @@ impl DeviceQueue {
     }
 
     /// Interrupt the guest if chains were completed and the driver wants to hear about it.
-    pub(crate) fn signal(&mut self, mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) -> Result<(), String> {
+    pub(crate) fn signal(
+        &mut self,
+        mem: &GuestMemory,
+        interrupt: &dyn VirtioInterrupt,
+    ) -> Result<(), String> {
         if !std::mem::take(&mut self.used_since_signal) {
             return Ok(());
         }
-        let needed = self
-            .inner
-            .queue
-            .needs_notification(mem)
-            .map_err(|e| format!("queue {}: reading notification state failed: {e}", self.inner.index))?;
+        let needed = self.inner.queue.needs_notification(mem).map_err(|e| {
+            format!(
+                "queue {}: reading notification state failed: {e}",
+                self.inner.index
+            )
+        })?;
         if needed {
             interrupt
                 .trigger(InterruptCause::Queue(self.inner.index))

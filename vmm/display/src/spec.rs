@@ -58,7 +58,10 @@ pub struct GpuSpec {
 impl GpuSpec {
     /// Physical size in millimetres (width, height), rounded, at least 1.
     pub fn size_mm(&self) -> (u32, u32) {
-        let mm = |px: u32| ((u64::from(px) * 254 + u64::from(self.dpi) * 5) / (u64::from(self.dpi) * 10)).max(1) as u32;
+        let mm = |px: u32| {
+            ((u64::from(px) * 254 + u64::from(self.dpi) * 5) / (u64::from(self.dpi) * 10)).max(1)
+                as u32
+        };
         (mm(self.width), mm(self.height))
     }
 
@@ -68,11 +71,20 @@ impl GpuSpec {
     }
 }
 
-fn check_range(key: &'static str, value: u32, range: std::ops::RangeInclusive<u32>) -> Result<u32, SpecError> {
+fn check_range(
+    key: &'static str,
+    value: u32,
+    range: std::ops::RangeInclusive<u32>,
+) -> Result<u32, SpecError> {
     if range.contains(&value) {
         Ok(value)
     } else {
-        Err(SpecError::OutOfRange { key, value, min: *range.start(), max: *range.end() })
+        Err(SpecError::OutOfRange {
+            key,
+            value,
+            min: *range.start(),
+            max: *range.end(),
+        })
     }
 }
 
@@ -102,7 +114,11 @@ impl FromStr for GpuSpec {
         }
         let edge = MIN_SCREEN_EDGE..=MAX_SCREEN_EDGE;
         Ok(GpuSpec {
-            width: check_range("width", width.ok_or(SpecError::Missing("width"))?, edge.clone())?,
+            width: check_range(
+                "width",
+                width.ok_or(SpecError::Missing("width"))?,
+                edge.clone(),
+            )?,
             height: check_range("height", height.ok_or(SpecError::Missing("height"))?, edge)?,
             dpi: check_range("dpi", dpi.unwrap_or(DEFAULT_DPI), DPI_RANGE)?,
         })
@@ -141,7 +157,14 @@ mod tests {
     #[test]
     fn parses_full_and_default_dpi() {
         let s: GpuSpec = "width=720,height=1280,dpi=320".parse().unwrap();
-        assert_eq!(s, GpuSpec { width: 720, height: 1280, dpi: 320 });
+        assert_eq!(
+            s,
+            GpuSpec {
+                width: 720,
+                height: 1280,
+                dpi: 320
+            }
+        );
         let s: GpuSpec = "height=1920, width=1080".parse().unwrap();
         assert_eq!((s.width, s.height, s.dpi), (1080, 1920, DEFAULT_DPI));
     }
@@ -157,12 +180,30 @@ mod tests {
     fn rejects_bad_specs_with_named_errors() {
         let err = |s: &str| s.parse::<GpuSpec>().unwrap_err();
         assert_eq!(err("width=720"), SpecError::Missing("height"));
-        assert_eq!(err("width=720,height=1280,depth=3"), SpecError::UnknownKey("depth".into()));
-        assert_eq!(err("width=720,width=1,height=2"), SpecError::Duplicate("width".into()));
-        assert!(matches!(err("width=abc,height=1"), SpecError::NotANumber { .. }));
-        assert!(matches!(err("width=-1,height=1"), SpecError::NotANumber { .. }));
-        assert!(matches!(err("width=99999,height=1280"), SpecError::OutOfRange { key: "width", .. }));
-        assert!(matches!(err("width=720,height=1280,dpi=5"), SpecError::OutOfRange { key: "dpi", .. }));
+        assert_eq!(
+            err("width=720,height=1280,depth=3"),
+            SpecError::UnknownKey("depth".into())
+        );
+        assert_eq!(
+            err("width=720,width=1,height=2"),
+            SpecError::Duplicate("width".into())
+        );
+        assert!(matches!(
+            err("width=abc,height=1"),
+            SpecError::NotANumber { .. }
+        ));
+        assert!(matches!(
+            err("width=-1,height=1"),
+            SpecError::NotANumber { .. }
+        ));
+        assert!(matches!(
+            err("width=99999,height=1280"),
+            SpecError::OutOfRange { key: "width", .. }
+        ));
+        assert!(matches!(
+            err("width=720,height=1280,dpi=5"),
+            SpecError::OutOfRange { key: "dpi", .. }
+        ));
         assert_eq!(err("720x1280"), SpecError::NotKeyValue("720x1280".into()));
         assert!(err("width=720,height=1").to_string().contains("height=1"));
     }
@@ -171,6 +212,9 @@ mod tests {
     fn input_spec() {
         let s: InputSpec = "touch,keyboard".parse().unwrap();
         assert!(s.touch && s.keyboard);
-        assert_eq!("mouse".parse::<InputSpec>(), Err(SpecError::UnknownInput("mouse".into())));
+        assert_eq!(
+            "mouse".parse::<InputSpec>(),
+            Err(SpecError::UnknownInput("mouse".into()))
+        );
     }
 }

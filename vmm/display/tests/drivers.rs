@@ -12,13 +12,20 @@ use virtio_drivers::device::input::{InputConfigSelect, VirtIOInput};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(salt) ^ (i >> 10) as u8).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(salt) ^ (i >> 10) as u8)
+        .collect()
 }
 
 #[test]
 fn driver_drawn_frame_appears_byte_exact_with_damage() {
-    let spec = GpuSpec { width: 720, height: 1280, dpi: 320 };
-    let (gpu, export) = VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let spec = GpuSpec {
+        width: 720,
+        height: 1280,
+        dpi: 320,
+    };
+    let (gpu, export) =
+        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
     let harness = TestHarness::new(Box::new(gpu)).unwrap();
     let damage = export.subscribe();
     let transport = harness.transport();
@@ -37,25 +44,43 @@ fn driver_drawn_frame_appears_byte_exact_with_damage() {
         (first, second, resolution, edid_mode)
     });
     assert_eq!(resolution, (720, 1280));
-    assert_eq!(edid_mode, (720, 1280), "EDID preferred mode must be the configured screen");
+    assert_eq!(
+        edid_mode,
+        (720, 1280),
+        "EDID preferred mode must be the configured screen"
+    );
     let (info, pixels) = export.read_frame();
     assert_eq!((info.width, info.height, info.stride), (720, 1280, 720 * 4));
     assert_eq!(serde_json::to_value(&info).unwrap()["format"], "B8G8R8A8");
     assert_eq!(pixels.len(), second.len());
-    assert!(pixels == second, "exported memory differs from the driver's framebuffer");
+    assert!(
+        pixels == second,
+        "exported memory differs from the driver's framebuffer"
+    );
     assert_ne!(first, second);
     let events: Vec<_> = std::iter::from_fn(|| damage.try_recv()).collect();
-    let rects: Vec<_> = events.iter().map(|d| (d.seq, d.x, d.y, d.width, d.height)).collect();
+    let rects: Vec<_> = events
+        .iter()
+        .map(|d| (d.seq, d.x, d.y, d.width, d.height))
+        .collect();
     assert_eq!(rects, vec![(1, 0, 0, 720, 1280), (2, 0, 0, 720, 1280)]);
     assert_eq!(info.seq, 2);
     assert!(!harness.needs_reset());
-    assert!(harness.msi().count(TestHarness::queue_vector(0)) > 0, "control queue interrupts");
+    assert!(
+        harness.msi().count(TestHarness::queue_vector(0)) > 0,
+        "control queue interrupts"
+    );
 }
 
 #[test]
 fn screenshot_of_driver_frame_decodes_to_its_pixels() {
-    let spec = GpuSpec { width: 64, height: 64, dpi: 160 };
-    let (gpu, export) = VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let spec = GpuSpec {
+        width: 64,
+        height: 64,
+        dpi: 160,
+    };
+    let (gpu, export) =
+        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
     let harness = TestHarness::new(Box::new(gpu)).unwrap();
     let transport = harness.transport();
     run_with_timeout(TIMEOUT, move || {
@@ -91,7 +116,17 @@ fn pop_events<T: virtio_drivers::transport::Transport>(
 
 #[test]
 fn touchscreen_config_and_protocol_b_sequence() {
-    let devices = InputDevices::new(InputSpec { touch: true, keyboard: false }, Screen { width: 720, height: 1280 }).unwrap();
+    let devices = InputDevices::new(
+        InputSpec {
+            touch: true,
+            keyboard: false,
+        },
+        Screen {
+            width: 720,
+            height: 1280,
+        },
+    )
+    .unwrap();
     let handle = devices.handle.clone();
     let harness = TestHarness::new(Box::new(devices.touch.unwrap())).unwrap();
     let transport = harness.transport();
@@ -101,23 +136,49 @@ fn touchscreen_config_and_protocol_b_sequence() {
         assert_eq!(input.serial_number().unwrap(), "cloudphone-touch-0");
         assert_eq!(input.prop_bits().unwrap()[0], 1 << INPUT_PROP_DIRECT);
         let abs = input.ev_bits(EV_ABS as u8).unwrap();
-        for axis in [ABS_X, ABS_Y, ABS_MT_SLOT, ABS_MT_TRACKING_ID, ABS_MT_POSITION_X, ABS_MT_POSITION_Y] {
-            assert_ne!(abs[usize::from(axis / 8)] & 1 << (axis % 8), 0, "axis {axis:#x}");
+        for axis in [
+            ABS_X,
+            ABS_Y,
+            ABS_MT_SLOT,
+            ABS_MT_TRACKING_ID,
+            ABS_MT_POSITION_X,
+            ABS_MT_POSITION_Y,
+        ] {
+            assert_ne!(
+                abs[usize::from(axis / 8)] & 1 << (axis % 8),
+                0,
+                "axis {axis:#x}"
+            );
         }
         let keys = input.ev_bits(EV_KEY as u8).unwrap();
         assert_ne!(keys[usize::from(BTN_TOUCH / 8)] & 1 << (BTN_TOUCH % 8), 0);
         assert!(input.ev_bits(0x02).unwrap().is_empty(), "no relative axes");
-        assert_eq!((input.abs_info(ABS_MT_POSITION_X as u8).unwrap().min, input.abs_info(ABS_MT_POSITION_X as u8).unwrap().max), (0, 719));
+        assert_eq!(
+            (
+                input.abs_info(ABS_MT_POSITION_X as u8).unwrap().min,
+                input.abs_info(ABS_MT_POSITION_X as u8).unwrap().max
+            ),
+            (0, 719)
+        );
         assert_eq!(input.abs_info(ABS_MT_POSITION_Y as u8).unwrap().max, 1279);
         assert_eq!(input.abs_info(ABS_MT_SLOT as u8).unwrap().max, 9);
         assert_eq!(input.ids().unwrap().bustype, 6);
         let mut size_only = [0u8; 0];
-        assert_eq!(input.query_config_select(InputConfigSelect::AbsInfo, 0x20, &mut size_only).unwrap(), 0);
+        assert_eq!(
+            input
+                .query_config_select(InputConfigSelect::AbsInfo, 0x20, &mut size_only)
+                .unwrap(),
+            0
+        );
 
         handle.inject_json(br#"{"touch":[{"id":0,"x":100,"y":200,"down":true},{"id":1,"x":300,"y":400,"down":true}]}"#).unwrap();
-        handle.inject_json(br#"{"touch":[{"id":1,"x":310,"y":410,"down":true}]}"#).unwrap();
+        handle
+            .inject_json(br#"{"touch":[{"id":1,"x":310,"y":410,"down":true}]}"#)
+            .unwrap();
         handle.inject_json(br#"{"touch":[{"id":0,"x":100,"y":200,"down":false},{"id":1,"x":310,"y":410,"down":false}]}"#).unwrap();
-        assert!(handle.inject_json(br#"{"touch":[{"id":0,"x":720,"y":0,"down":true}]}"#).is_err());
+        assert!(handle
+            .inject_json(br#"{"touch":[{"id":0,"x":720,"y":0,"down":true}]}"#)
+            .is_err());
         pop_events(&mut input, 14 + 6 + 6)
     });
     let expected = vec![
@@ -152,30 +213,97 @@ fn touchscreen_config_and_protocol_b_sequence() {
 
 #[test]
 fn keyboard_events_queued_before_the_driver_and_beyond_its_buffers_arrive_in_order() {
-    let devices = InputDevices::new(InputSpec { touch: false, keyboard: true }, Screen { width: 720, height: 1280 }).unwrap();
+    let devices = InputDevices::new(
+        InputSpec {
+            touch: false,
+            keyboard: true,
+        },
+        Screen {
+            width: 720,
+            height: 1280,
+        },
+    )
+    .unwrap();
     let handle = devices.handle.clone();
     // Injected while the guest has no driver (no buffers): must wait, not vanish.
-    handle.inject_json(br#"{"key":"HOME","down":true}"#).unwrap();
-    handle.inject_json(br#"{"key":"HOME","down":false}"#).unwrap();
+    handle
+        .inject_json(br#"{"key":"HOME","down":true}"#)
+        .unwrap();
+    handle
+        .inject_json(br#"{"key":"HOME","down":false}"#)
+        .unwrap();
     let harness = TestHarness::new(Box::new(devices.keyboard.unwrap())).unwrap();
     let transport = harness.transport();
-    let names = ["A", "B", "C", "POWER", "VOLUMEUP", "VOLUMEDOWN", "BACK", "APPSWITCH", "ENTER", "SPACE", "0", "9"];
+    let names = [
+        "A",
+        "B",
+        "C",
+        "POWER",
+        "VOLUMEUP",
+        "VOLUMEDOWN",
+        "BACK",
+        "APPSWITCH",
+        "ENTER",
+        "SPACE",
+        "0",
+        "9",
+    ];
     let (events, name) = run_with_timeout(TIMEOUT, move || {
         let mut input = VirtIOInput::<TestHal, _>::new(transport).unwrap();
         let name = input.name().unwrap();
         // 48 more events than the driver's 32 buffers: delivered as buffers come back.
         for n in names {
             for down in [true, false] {
-                handle.inject_json(format!(r#"{{"key":"{n}","down":{down}}}"#).as_bytes()).unwrap();
+                handle
+                    .inject_json(format!(r#"{{"key":"{n}","down":{down}}}"#).as_bytes())
+                    .unwrap();
             }
         }
         (pop_events(&mut input, 4 + names.len() * 4), name)
     });
     assert_eq!(name, "virtio-keyboard-0");
-    let mut expected = vec![(EV_KEY, 172, 1), (EV_SYN, 0, 0), (EV_KEY, 172, 0), (EV_SYN, 0, 0)];
+    let mut expected = vec![
+        (EV_KEY, 172, 1),
+        (EV_SYN, 0, 0),
+        (EV_KEY, 172, 0),
+        (EV_SYN, 0, 0),
+    ];
     for n in names {
         let code = cloudphone_display::input::evdev::key_code(n).unwrap();
-        expected.extend([(EV_KEY, code, 1), (EV_SYN, 0, 0), (EV_KEY, code, 0), (EV_SYN, 0, 0)]);
+        expected.extend([
+            (EV_KEY, code, 1),
+            (EV_SYN, 0, 0),
+            (EV_KEY, code, 0),
+            (EV_SYN, 0, 0),
+        ]);
     }
     assert_eq!(events, expected);
+}
+
+#[test]
+fn driver_reinit_resets_the_device_state() {
+    let spec = GpuSpec {
+        width: 64,
+        height: 64,
+        dpi: 160,
+    };
+    let (gpu, export) =
+        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let harness = TestHarness::new(Box::new(gpu)).unwrap();
+    for round in 0..2u8 {
+        let transport = harness.transport();
+        // virtio-drivers always uses resource id 0xbabe: the second round only succeeds if the
+        // reset in between dropped the first round's resource.
+        run_with_timeout(TIMEOUT, move || {
+            let mut gpu = VirtIOGpu::<TestHal, _>::new(transport).unwrap();
+            let fb = gpu.setup_framebuffer().unwrap();
+            fb.fill(round + 1);
+            gpu.flush().unwrap();
+        });
+        assert!(
+            export.read_frame().1.iter().all(|b| *b == round + 1),
+            "round {round}"
+        );
+    }
+    assert!(!harness.needs_reset());
 }

@@ -13,6 +13,7 @@ mod mac;
 mod net;
 mod queue;
 mod vsock;
+mod warn_limit;
 
 pub use mac::{MacAddr, MacParseError};
 pub use net::{Net, NetBackend, NetError, NetSpec, NetSpecError, Tap};

@@ -86,10 +86,24 @@ mod tests {
 
     #[test]
     fn rejects_bad_strings() {
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "5254:00:ab:cd:0f", "zz:54:00:ab:cd:0f", "2:54:00:ab:cd:0f1", "+2:54:00:ab:cd:0f"] {
-            assert!(matches!(bad.parse::<MacAddr>(), Err(MacParseError::Format(_))), "{bad}");
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:11",
+            "5254:00:ab:cd:0f",
+            "zz:54:00:ab:cd:0f",
+            "2:54:00:ab:cd:0f1",
+            "+2:54:00:ab:cd:0f",
+        ] {
+            assert!(
+                matches!(bad.parse::<MacAddr>(), Err(MacParseError::Format(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!("01:00:5e:00:00:01".parse::<MacAddr>(), Err(MacParseError::Multicast(_))));
+        assert!(matches!(
+            "01:00:5e:00:00:01".parse::<MacAddr>(),
+            Err(MacParseError::Multicast(_))
+        ));
     }
 
     #[test]

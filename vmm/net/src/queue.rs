@@ -51,7 +51,11 @@ impl DeviceQueue {
             .queue
             .enable_notification(mem)
             .map_err(|e| format!("queue {}: cannot enable notifications: {e}", self.index))?;
-        Ok(if more { self.queue.pop_descriptor_chain(mem) } else { None })
+        Ok(if more {
+            self.queue.pop_descriptor_chain(mem)
+        } else {
+            None
+        })
     }
 
     /// Put the last `count` popped chains back, to be popped again later (the device could not
@@ -91,7 +95,9 @@ impl DeviceQueue {
 /// Copy `config[offset..]` into `data`; bytes past the end of config space read as zero.
 pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
     if let Some(available) = config.get(start..) {
         let n = available.len().min(data.len());
         data[..n].copy_from_slice(&available[..n]);

@@ -116,7 +116,11 @@ impl<'m> TestQueue<'m> {
         queue.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
         queue.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
         queue.set_ready(true);
-        ActivatedQueue { index, queue, notify: self.notify.try_clone().unwrap() }
+        ActivatedQueue {
+            index,
+            queue,
+            notify: self.notify.try_clone().unwrap(),
+        }
     }
 
     fn read_u16(&self, addr: u64) -> u16 {
@@ -124,7 +128,9 @@ impl<'m> TestQueue<'m> {
     }
 
     fn write_u16(&self, addr: u64, value: u16) {
-        self.mem.write_obj(value.to_le(), GuestAddress(addr)).unwrap();
+        self.mem
+            .write_obj(value.to_le(), GuestAddress(addr))
+            .unwrap();
     }
 
     /// The head index the next [`add`](Self::add) will use.
@@ -139,7 +145,11 @@ impl<'m> TestQueue<'m> {
         for (i, b) in bufs.iter().enumerate() {
             let index = (head + i as u16) % self.size;
             let last = i + 1 == bufs.len();
-            let mut flags = if b.write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            let mut flags = if b.write {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
             if !last {
                 flags |= VRING_DESC_F_NEXT as u16;
             }
@@ -149,7 +159,9 @@ impl<'m> TestQueue<'m> {
             raw[8..12].copy_from_slice(&b.len.to_le_bytes());
             raw[12..14].copy_from_slice(&flags.to_le_bytes());
             raw[14..16].copy_from_slice(&next.to_le_bytes());
-            self.mem.write_slice(&raw, GuestAddress(self.desc + 16 * u64::from(index))).unwrap();
+            self.mem
+                .write_slice(&raw, GuestAddress(self.desc + 16 * u64::from(index)))
+                .unwrap();
         }
         self.next_desc = (head + bufs.len() as u16) % self.size;
         let idx = self.read_u16(self.avail + 2);
@@ -197,7 +209,6 @@ impl<'m> TestQueue<'m> {
             std::thread::sleep(Duration::from_millis(2));
         }
     }
-
 }
 
 /// Write `data` at guest address `addr`.
@@ -216,4 +227,44 @@ pub fn peek(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
 pub fn interrupt() -> (Arc<TestInterrupt>, Arc<dyn VirtioInterrupt>) {
     let irq = Arc::new(TestInterrupt::default());
     (irq.clone(), irq)
+}
+
+/// A virtio-net backend on one end of a datagram socket pair (frames keep their boundaries);
+/// the test holds the other end as "the wire".
+pub struct DgramBackend {
+    sock: std::os::unix::net::UnixDatagram,
+    /// The guest features the device last passed to `set_offload`.
+    pub offload: Mutex<Option<u64>>,
+}
+
+impl DgramBackend {
+    /// The backend and the test's end of the wire (blocking, 5 s read timeout).
+    pub fn pair() -> (Arc<Self>, std::os::unix::net::UnixDatagram) {
+        let (device_end, wire) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        device_end.set_nonblocking(true).unwrap();
+        wire.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (
+            Arc::new(DgramBackend {
+                sock: device_end,
+                offload: Mutex::new(None),
+            }),
+            wire,
+        )
+    }
+}
+
+impl crate::NetBackend for DgramBackend {
+    fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.sock)
+    }
+    fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.sock.recv(buf)
+    }
+    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        self.sock.send(frame).map(drop)
+    }
+    fn set_offload(&self, guest_features: u64) -> std::io::Result<()> {
+        *self.offload.lock().unwrap() = Some(guest_features);
+        Ok(())
+    }
 }

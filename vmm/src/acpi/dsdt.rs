@@ -1,4 +1,4 @@
-//! The DSDT: `\_S5_` for poweroff, the PCI0 host bridge, the GED and its power button.
+//! The DSDT: `\_S5_` for poweroff, the PCI0 host bridge, COM1, the GED and its power button.
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, EISAName, FieldAccessType, FieldEntry,
@@ -8,6 +8,7 @@ use acpi_tables::{sdt::Sdt, Aml};
 
 use super::{GED_EVENT_PORT, GED_EVENT_POWER_BUTTON, GED_GSI, OEM_ID, S5_SLEEP_TYPE};
 use crate::arch::x86_64::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
+use crate::legacy::serial::{COM1_IRQ, COM1_PORT};
 
 /// Name of the power-button device the GED notifies.
 const PWRB: &str = "\\_SB_.PWRB";
@@ -46,6 +47,28 @@ fn pci_host_bridge() -> Vec<u8> {
                         mmio_end,
                         None,
                     ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
+
+/// COM1 as an ACPI device: in hardware-reduced mode Linux has no legacy PIC, so ISA IRQ 4 is
+/// only usable when a device's _CRS names GSI 4 (8250_pnp then binds ttyS0 to it).
+fn com1() -> Vec<u8> {
+    let mut out = Vec::new();
+    aml::Device::new(
+        "\\_SB_.COM1".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &EISAName::new("PNP0501")),
+            &aml::Name::new("_UID".into(), &0u8),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::IO::new(COM1_PORT, COM1_PORT, 0, 8),
+                    &aml::Interrupt::new(true, true, false, false, COM1_IRQ),
                 ]),
             ),
         ],
@@ -112,6 +135,7 @@ pub fn build_dsdt() -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CPDSDT  ", 1);
     dsdt.append_slice(&s5());
     dsdt.append_slice(&pci_host_bridge());
+    dsdt.append_slice(&com1());
     dsdt.append_slice(&ged_and_power_button());
     dsdt.update_checksum();
     dsdt
@@ -132,7 +156,7 @@ mod tests {
         assert_eq!(&bytes[0..4], b"DSDT");
         assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize, bytes.len());
         assert_eq!(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
-        for name in [&b"_S5_"[..], b"PCI0", b"GED_", b"PWRB", b"_EVT", b"ACPI0013", b"GDAT"] {
+        for name in [&b"_S5_"[..], b"PCI0", b"COM1", b"GED_", b"PWRB", b"_EVT", b"ACPI0013", b"GDAT"] {
             assert!(contains(bytes, name), "{} missing", String::from_utf8_lossy(name));
         }
     }

@@ -64,8 +64,10 @@ fn build_fadt(dsdt_addr: u64) -> Sdt {
     fadt
 }
 
-/// MADT: one enabled local APIC per vCPU (APIC id = index), the IOAPIC at GSI 0, and the
-/// ISA override IRQ0 -> GSI2 (PIT on IOAPIC pin 2).
+/// MADT: one enabled local APIC per vCPU (APIC id = index), the IOAPIC at GSI 0, and ISA
+/// interrupt overrides for every legacy IRQ: IRQ0 -> GSI2 (PIT), the rest identity. In
+/// hardware-reduced mode Linux has no legacy PIC and maps ISA IRQs (the serial port's IRQ 4)
+/// to IOAPIC pins only through these entries.
 fn build_madt(ncpus: u8) -> Sdt {
     let mut madt = Sdt::new(*b"APIC", 44, 5, OEM_ID, *b"CPMADT  ", 1);
     madt.write_u32(36, LAPIC_ADDR);
@@ -75,9 +77,12 @@ fn build_madt(ncpus: u8) -> Sdt {
     let mut ioapic = [1u8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     ioapic[4..8].copy_from_slice(&IOAPIC_ADDR.to_le_bytes());
     madt.append_slice(&ioapic);
-    let mut iso = [2u8, 10, 0, 0, 0, 0, 0, 0, 0, 0];
-    iso[4..8].copy_from_slice(&2u32.to_le_bytes());
-    madt.append_slice(&iso);
+    for irq in (0u8..16).filter(|&i| i != 2) {
+        let gsi = if irq == 0 { 2u32 } else { u32::from(irq) };
+        let mut iso = [2u8, 10, 0, irq, 0, 0, 0, 0, 0, 0];
+        iso[4..8].copy_from_slice(&gsi.to_le_bytes());
+        madt.append_slice(&iso);
+    }
     madt.update_checksum();
     madt
 }
@@ -172,6 +177,7 @@ mod tests {
         assert_eq!(&madt[..4], b"APIC");
         let mut lapics = Vec::new();
         let mut ioapics = 0;
+        let mut overrides = Vec::new();
         let mut o = 44;
         while o < madt.len() {
             let (kind, len) = (madt[o], madt[o + 1] as usize);
@@ -182,12 +188,16 @@ mod tests {
                     ioapics += 1;
                     assert_eq!(u32_at(madt, o + 4), IOAPIC_ADDR);
                 }
+                2 => overrides.push((madt[o + 3], u32_at(madt, o + 4))),
                 _ => {}
             }
             o += len;
         }
         assert_eq!(lapics, vec![0, 1, 2]);
         assert_eq!(ioapics, 1);
+        assert_eq!(overrides.len(), 15);
+        assert!(overrides.contains(&(0, 2)));
+        assert!(overrides.contains(&(4, 4)), "serial IRQ must be mapped");
         assert!(layout.end.0 <= ACPI_END);
     }
 

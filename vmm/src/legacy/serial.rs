@@ -105,7 +105,7 @@ mod tests {
             dev.write(0, &[*b]);
         }
         // Wide accesses are not a UART access.
-        dev.write(0, &[b'x', b'y']);
+        dev.write(0, b"xy");
         assert_eq!(cap.0.lock().unwrap().as_slice(), b"hi\n");
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);

@@ -8,7 +8,7 @@
 use std::ops::Deref;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use crate::{GuestMemory, InterruptCause, VirtioInterrupt};
@@ -89,7 +89,7 @@ where
         queue
             .disable_notification(mem)
             .map_err(|e| err("disabling notifications", e))?;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = next_chain(index, queue, mem)? {
             let head = chain.head_index();
             let descs = read_chain(chain, mem).map_err(|e| format!("queue {index}: {e}"))?;
             let written = handle(head, descs)?;
@@ -117,6 +117,20 @@ where
     Ok(())
 }
 
+/// The next available chain. Unlike `Queue::pop_descriptor_chain`, a driver that moved the
+/// available index more than a queue size ahead is an error: silently treating it as "empty"
+/// while `enable_notification` keeps reporting new buffers would spin the worker forever.
+fn next_chain<'m>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &'m GuestMemory,
+) -> Result<Option<DescriptorChain<&'m GuestMemory>>, String> {
+    let mut avail = queue
+        .iter(mem)
+        .map_err(|e| format!("queue {index}: available ring: {e}"))?;
+    Ok(avail.next())
+}
+
 /// Pop the next available chain and validate it; None when the ring is empty (notifications
 /// are re-armed first, so the driver's next buffer wakes the device).
 pub fn pop_chain(
@@ -125,7 +139,7 @@ pub fn pop_chain(
     mem: &GuestMemory,
 ) -> Result<Option<(u16, Vec<Descriptor>)>, String> {
     loop {
-        if let Some(chain) = queue.pop_descriptor_chain(mem) {
+        if let Some(chain) = next_chain(index, queue, mem)? {
             let head = chain.head_index();
             let descs = read_chain(chain, mem).map_err(|e| format!("queue {index}: {e}"))?;
             return Ok(Some((head, descs)));
@@ -286,29 +300,54 @@ mod tests {
         );
     }
 
+    /// Regression (found by the fuzz test below): an available index more than a queue size
+    /// ahead made `pop_descriptor_chain` return None while `enable_notification` kept saying
+    /// "more", spinning the worker forever.
+    #[test]
+    fn runaway_avail_index_is_an_error_not_a_hang() {
+        use crate::test_util::{memory_with, queue, HostileRing, RecordingInterrupt, QUEUE_SIZE};
+        let ring = HostileRing {
+            descs: Vec::new(),
+            heads: Vec::new(),
+            avail_idx: QUEUE_SIZE + 5,
+        };
+        let mem = memory_with(&ring);
+        let irq = RecordingInterrupt::default();
+        let err = drain_queue(0, &mut queue(false), &mem, &irq, |_, _| Ok(0)).unwrap_err();
+        assert!(err.contains("available ring"), "{err}");
+        assert!(pop_chain(0, &mut queue(true), &mem).is_err());
+    }
+
     #[test]
     fn fuzz_drain_queue_hostile_rings() {
-        use crate::test_util::{arb_ring, fuzz, memory_with, queue, used_idx, RecordingInterrupt, MEM_SIZE};
+        use crate::test_util::{
+            arb_ring, fuzz, memory_with, queue, used_idx, RecordingInterrupt, MEM_SIZE,
+        };
         use proptest::prelude::*;
-        fuzz("drain_queue", 3000, (arb_ring(), any::<bool>()), |(ring, event_idx)| {
-            let mem = memory_with(&ring);
-            let mut q = queue(event_idx);
-            let irq = RecordingInterrupt::default();
-            let mut chains = 0u16;
-            let result = drain_queue(0, &mut q, &mem, &irq, |_, descs| {
-                for d in &descs {
-                    let end = d.addr().0.checked_add(u64::from(d.len()));
-                    assert!(d.len() == 0 || end.is_some_and(|e| e <= MEM_SIZE), "{d:?}");
+        fuzz(
+            "drain_queue",
+            3000,
+            (arb_ring(), any::<bool>()),
+            |(ring, event_idx)| {
+                let mem = memory_with(&ring);
+                let mut q = queue(event_idx);
+                let irq = RecordingInterrupt::default();
+                let mut chains = 0u16;
+                let result = drain_queue(0, &mut q, &mem, &irq, |_, descs| {
+                    for d in &descs {
+                        let end = d.addr().0.checked_add(u64::from(d.len()));
+                        assert!(d.len() == 0 || end.is_some_and(|e| e <= MEM_SIZE), "{d:?}");
+                    }
+                    let mut out = Vec::new();
+                    gather(&mem, &descs, 4096, &mut out)?;
+                    chains += 1;
+                    scatter(&mem, &descs, &[0xab; 300])
+                });
+                if result.is_ok() {
+                    prop_assert_eq!(used_idx(&mem), chains);
                 }
-                let mut out = Vec::new();
-                gather(&mem, &descs, 4096, &mut out)?;
-                chains += 1;
-                scatter(&mem, &descs, &[0xab; 300])
-            });
-            if result.is_ok() {
-                prop_assert_eq!(used_idx(&mem), chains);
-            }
-            Ok(())
-        });
+                Ok(())
+            },
+        );
     }
 }

@@ -229,4 +229,65 @@ mod tests {
             assert_eq!(n, 64);
         }
     }
+
+    #[test]
+    fn fuzz_rng_hostile_rings() {
+        use crate::test_util::{arb_ring, fuzz, memory_with, queue, used_idx, RecordingInterrupt};
+        use proptest::prelude::*;
+        let ctx = WorkerContext::for_tests().unwrap();
+        fuzz(
+            "rng_chains",
+            2000,
+            (arb_ring(), any::<bool>()),
+            |(ring, event_idx)| {
+                let mem = memory_with(&ring);
+                let mut handler = RngHandler {
+                    mem: mem.clone(),
+                    interrupt: Arc::new(RecordingInterrupt::default()),
+                    queue: queue(event_idx),
+                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                    buf: vec![0; MAX_BYTES_PER_REQUEST],
+                };
+                if handler.handle(&ctx, 0, EventSet::IN).is_ok() {
+                    prop_assert!(used_idx(&mem) <= ring.avail_idx);
+                }
+                Ok(())
+            },
+        );
+    }
+
+    fn handler_for(ring: &crate::test_util::HostileRing) -> (RngHandler, GuestMemory) {
+        let mem = crate::test_util::memory_with(ring);
+        let handler = RngHandler {
+            mem: mem.clone(),
+            interrupt: Arc::new(crate::test_util::RecordingInterrupt::default()),
+            queue: crate::test_util::queue(false),
+            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            buf: vec![0; MAX_BYTES_PER_REQUEST],
+        };
+        (handler, mem)
+    }
+
+    #[test]
+    fn wrong_direction_fails_and_zero_length_is_fine() {
+        use crate::test_util::{used_idx, HostileRing, RawDesc, DATA};
+        let ctx = WorkerContext::for_tests().unwrap();
+        let desc = |len, flags| RawDesc {
+            addr: DATA,
+            len,
+            flags,
+            next: 0,
+        };
+        let ring = |d| HostileRing {
+            descs: vec![d],
+            heads: vec![0],
+            avail_idx: 1,
+        };
+        let (mut h, _) = handler_for(&ring(desc(16, 0)));
+        let err = h.handle(&ctx, 0, EventSet::IN).unwrap_err();
+        assert!(err.contains("device-readable"), "{err}");
+        let (mut h, mem) = handler_for(&ring(desc(0, 2)));
+        h.handle(&ctx, 0, EventSet::IN).unwrap();
+        assert_eq!(used_idx(&mem), 1);
+    }
 }

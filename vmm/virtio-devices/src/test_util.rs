@@ -87,7 +87,8 @@ pub(crate) fn memory_with(ring: &HostileRing) -> GuestMemory {
         mem.write_obj(*head, GuestAddress(AVAIL + 4 + 2 * i as u64))
             .unwrap();
     }
-    mem.write_obj(ring.avail_idx, GuestAddress(AVAIL + 2)).unwrap();
+    mem.write_obj(ring.avail_idx, GuestAddress(AVAIL + 2))
+        .unwrap();
     mem
 }
 

@@ -230,18 +230,45 @@ impl DrmDisplay {
             .iter()
             .find_map(|&id| connected_mode(fd, id).transpose())
             .transpose()?
-            .context("no connected DRM connector with a mode (is the virtio-gpu scanout enabled?)")?;
-        let crtc_id = pick_crtc(fd, &encoder_ids, &crtcs).context("no CRTC can drive the connector")?;
+            .context(
+                "no connected DRM connector with a mode (is the virtio-gpu scanout enabled?)",
+            )?;
+        let crtc_id =
+            pick_crtc(fd, &encoder_ids, &crtcs).context("no CRTC can drive the connector")?;
         let (w, h) = (u32::from(mode.hdisplay), u32::from(mode.vdisplay));
 
-        let mut dumb = CreateDumb { width: w, height: h, bpp: 32, ..CreateDumb::default() };
+        let mut dumb = CreateDumb {
+            width: w,
+            height: h,
+            bpp: 32,
+            ..CreateDumb::default()
+        };
         ioctl(fd, DRM_IOCTL_MODE_CREATE_DUMB, &mut dumb, "CREATE_DUMB")?;
-        let mut fb = FbCmd { width: w, height: h, pitch: dumb.pitch, bpp: 32, depth: 24, handle: dumb.handle, ..FbCmd::default() };
+        let mut fb = FbCmd {
+            width: w,
+            height: h,
+            pitch: dumb.pitch,
+            bpp: 32,
+            depth: 24,
+            handle: dumb.handle,
+            ..FbCmd::default()
+        };
         ioctl(fd, DRM_IOCTL_MODE_ADDFB, &mut fb, "ADDFB")?;
-        let mut map = MapDumb { handle: dumb.handle, ..MapDumb::default() };
+        let mut map = MapDumb {
+            handle: dumb.handle,
+            ..MapDumb::default()
+        };
         ioctl(fd, DRM_IOCTL_MODE_MAP_DUMB, &mut map, "MAP_DUMB")?;
         let map = Mapping::new(fd, dumb.size as usize, map.offset)?;
-        let mut d = DrmDisplay { file, map, pitch: dumb.pitch as usize, fb_id: fb.fb_id, crtc_id, connector_id, mode };
+        let mut d = DrmDisplay {
+            file,
+            map,
+            pitch: dumb.pitch as usize,
+            fb_id: fb.fb_id,
+            crtc_id,
+            connector_id,
+            mode,
+        };
         d.map.bytes().fill(0);
         d.set_crtc(true)?;
         Ok(d)
@@ -249,7 +276,10 @@ impl DrmDisplay {
 
     fn set_crtc(&mut self, on: bool) -> anyhow::Result<()> {
         let mut conn = [self.connector_id];
-        let mut req = SetCrtc { crtc_id: self.crtc_id, ..SetCrtc::default() };
+        let mut req = SetCrtc {
+            crtc_id: self.crtc_id,
+            ..SetCrtc::default()
+        };
         if on {
             req.set_connectors_ptr = ptr(&mut conn);
             req.count_connectors = 1;
@@ -257,13 +287,21 @@ impl DrmDisplay {
             req.mode_valid = 1;
             req.mode = self.mode;
         }
-        ioctl(self.file.as_raw_fd(), DRM_IOCTL_MODE_SETCRTC, &mut req, "SETCRTC")
+        ioctl(
+            self.file.as_raw_fd(),
+            DRM_IOCTL_MODE_SETCRTC,
+            &mut req,
+            "SETCRTC",
+        )
     }
 }
 
 /// The connector's preferred (else first) mode and its encoders, if it is connected.
 fn connected_mode(fd: RawFd, id: u32) -> anyhow::Result<Option<(u32, ModeInfo, Vec<u32>)>> {
-    let mut probe = GetConnector { connector_id: id, ..GetConnector::default() };
+    let mut probe = GetConnector {
+        connector_id: id,
+        ..GetConnector::default()
+    };
     ioctl(fd, DRM_IOCTL_MODE_GETCONNECTOR, &mut probe, "GETCONNECTOR")?;
     if probe.connection != DRM_MODE_CONNECTED || probe.count_modes == 0 {
         return Ok(None);
@@ -284,21 +322,32 @@ fn connected_mode(fd: RawFd, id: u32) -> anyhow::Result<Option<(u32, ModeInfo, V
     if full.encoder_id != 0 {
         encoders.insert(0, full.encoder_id);
     }
-    let mode = modes.iter().find(|m| m.kind & DRM_MODE_TYPE_PREFERRED != 0).or(modes.first()).copied();
+    let mode = modes
+        .iter()
+        .find(|m| m.kind & DRM_MODE_TYPE_PREFERRED != 0)
+        .or(modes.first())
+        .copied();
     Ok(mode.map(|m| (id, m, encoders)))
 }
 
 /// The CRTC an encoder is bound to, else the first one it can drive.
 fn pick_crtc(fd: RawFd, encoders: &[u32], crtcs: &[u32]) -> Option<u32> {
     for &id in encoders {
-        let mut enc = GetEncoder { encoder_id: id, ..GetEncoder::default() };
+        let mut enc = GetEncoder {
+            encoder_id: id,
+            ..GetEncoder::default()
+        };
         if ioctl(fd, DRM_IOCTL_MODE_GETENCODER, &mut enc, "GETENCODER").is_err() {
             continue;
         }
         if enc.crtc_id != 0 {
             return Some(enc.crtc_id);
         }
-        if let Some((_, &c)) = crtcs.iter().enumerate().find(|(i, _)| *i < 32 && enc.possible_crtcs & (1 << i) != 0) {
+        if let Some((_, &c)) = crtcs
+            .iter()
+            .enumerate()
+            .find(|(i, _)| *i < 32 && enc.possible_crtcs & (1 << i) != 0)
+        {
             return Some(c);
         }
     }
@@ -318,12 +367,22 @@ impl Display for DrmDisplay {
             .map(|r| r.intersect(&canvas.bounds()))
             .filter(|r| !r.is_empty())
             .take(MAX_CLIPS)
-            .map(|r| ClipRect { x1: r.x as u16, y1: r.y as u16, x2: r.right() as u16, y2: r.bottom() as u16 })
+            .map(|r| ClipRect {
+                x1: r.x as u16,
+                y1: r.y as u16,
+                x2: r.right() as u16,
+                y2: r.bottom() as u16,
+            })
             .collect();
         if clips.is_empty() {
             return Ok(());
         }
-        let mut dirty = FbDirty { fb_id: self.fb_id, num_clips: clips.len() as u32, clips_ptr: ptr(&mut clips), ..FbDirty::default() };
+        let mut dirty = FbDirty {
+            fb_id: self.fb_id,
+            num_clips: clips.len() as u32,
+            clips_ptr: ptr(&mut clips),
+            ..FbDirty::default()
+        };
         match raw_ioctl(self.file.as_raw_fd(), DRM_IOCTL_MODE_DIRTYFB, &mut dirty) {
             // Drivers that scan out memory directly do not implement DIRTYFB.
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(()),
@@ -337,6 +396,9 @@ impl Display for DrmDisplay {
 
     fn describe(&self) -> String {
         let (w, h) = self.size();
-        format!("DRM dumb buffer {w}x{h} pitch {} on crtc {} connector {}", self.pitch, self.crtc_id, self.connector_id)
+        format!(
+            "DRM dumb buffer {w}x{h} pitch {} on crtc {} connector {}",
+            self.pitch, self.crtc_id, self.connector_id
+        )
     }
 }

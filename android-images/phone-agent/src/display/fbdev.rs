@@ -57,15 +57,23 @@ pub struct FbDisplay {
 impl FbDisplay {
     /// Opens and maps `path`; only 32 bits per pixel is supported.
     pub fn open(path: &str) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("open {path}"))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("open {path}"))?;
         let fd = file.as_raw_fd();
         // SAFETY: both structs are plain data sized like the kernel's; the ioctls fill them.
-        let (mut var, mut fix): (VarInfo, FixInfo) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        let (mut var, mut fix): (VarInfo, FixInfo) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
         // SAFETY: see above; the pointers refer to the live locals.
         if unsafe { libc::ioctl(fd, FBIOGET_VSCREENINFO as _, &mut var) } != 0
             || unsafe { libc::ioctl(fd, FBIOGET_FSCREENINFO as _, &mut fix) } != 0
         {
-            bail!("{path}: FBIOGET_*SCREENINFO failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "{path}: FBIOGET_*SCREENINFO failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
         let bpp = var.rest[4]; // bits_per_pixel follows xres, yres, xres_virtual, yres_virtual, xoffset, yoffset
         if bpp != 32 {
@@ -73,10 +81,21 @@ impl FbDisplay {
         }
         let pitch = fix.line_length as usize;
         if pitch < var.xres as usize * 4 || (fix.smem_len as usize) < pitch * var.yres as usize {
-            bail!("{path}: inconsistent geometry (line {pitch}, {}x{}, {} bytes)", var.xres, var.yres, fix.smem_len);
+            bail!(
+                "{path}: inconsistent geometry (line {pitch}, {}x{}, {} bytes)",
+                var.xres,
+                var.yres,
+                fix.smem_len
+            );
         }
         let map = Mapping::new(fd, fix.smem_len as usize, 0)?;
-        Ok(FbDisplay { file, map, width: var.xres, height: var.yres, pitch })
+        Ok(FbDisplay {
+            file,
+            map,
+            width: var.xres,
+            height: var.yres,
+            pitch,
+        })
     }
 }
 
@@ -92,7 +111,11 @@ impl Display for FbDisplay {
     }
 
     fn set_power(&mut self, on: bool) -> anyhow::Result<()> {
-        let arg = if on { FB_BLANK_UNBLANK } else { FB_BLANK_POWERDOWN };
+        let arg = if on {
+            FB_BLANK_UNBLANK
+        } else {
+            FB_BLANK_POWERDOWN
+        };
         // SAFETY: FBIOBLANK takes its argument by value.
         if unsafe { libc::ioctl(self.file.as_raw_fd(), FBIOBLANK as _, arg) } != 0 {
             bail!("FBIOBLANK failed: {}", std::io::Error::last_os_error());

@@ -21,12 +21,25 @@ impl Mapping {
         }
         // SAFETY: a fresh shared mapping chosen by the kernel; checked for MAP_FAILED below.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, offset as libc::off_t)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset as libc::off_t,
+            )
         };
         if ptr == libc::MAP_FAILED {
-            bail!("mmap of {len} display bytes at offset {offset:#x} failed: {}", std::io::Error::last_os_error());
+            bail!(
+                "mmap of {len} display bytes at offset {offset:#x} failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
-        Ok(Mapping { ptr: ptr.cast(), len })
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     /// The mapped bytes.

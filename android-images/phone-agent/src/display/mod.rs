@@ -8,7 +8,7 @@ mod mapping;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
 use crate::canvas::{Canvas, Rect};
 
@@ -29,24 +29,35 @@ pub const DRM_CARD: &str = "/dev/dri/card0";
 /// fbdev node.
 pub const FBDEV: &str = "/dev/fb0";
 
-/// Waits until a display node exists (up to `wait`) and opens it, DRM first.
-pub fn open(wait: Duration) -> anyhow::Result<Box<dyn Display>> {
+/// Which device to draw on (kernel cmdline `cloudphone.display=drm|fbdev`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// DRM/KMS, falling back to fbdev when there is no usable DRM device.
+    Drm,
+    /// fbdev only (for kernels or tests without DRM).
+    Fbdev,
+}
+
+/// Waits until a display node exists (up to `wait`) and opens it.
+pub fn open(backend: Backend, wait: Duration) -> anyhow::Result<Box<dyn Display>> {
     let deadline = Instant::now() + wait;
+    let exists = |p: &str| std::path::Path::new(p).exists();
     loop {
-        if std::path::Path::new(DRM_CARD).exists() {
+        let expired = Instant::now() >= deadline;
+        if backend == Backend::Drm && exists(DRM_CARD) {
             match drm::DrmDisplay::open(DRM_CARD) {
                 Ok(d) => return Ok(Box::new(d)),
-                Err(e) if std::path::Path::new(FBDEV).exists() => {
+                Err(e) if exists(FBDEV) => {
                     tracing::warn!("DRM unusable ({e:#}); falling back to {FBDEV}");
                     return Ok(Box::new(fbdev::FbDisplay::open(FBDEV)?));
                 }
-                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) if expired => return Err(e),
                 Err(e) => tracing::debug!("DRM not ready yet: {e:#}"),
             }
-        } else if Instant::now() >= deadline && std::path::Path::new(FBDEV).exists() {
-            return Ok(Box::new(fbdev::FbDisplay::open(FBDEV).context("no DRM device; fbdev failed too")?));
+        } else if exists(FBDEV) && (backend == Backend::Fbdev || expired) {
+            return Ok(Box::new(fbdev::FbDisplay::open(FBDEV)?));
         }
-        if Instant::now() >= deadline {
+        if expired {
             bail!("no display: neither {DRM_CARD} nor {FBDEV} appeared within {wait:?}; is the virtio_gpu module loaded and a --gpu device configured?");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -62,7 +73,9 @@ pub fn copy_rects(canvas: &Canvas, damage: &[Rect], dst: &mut [u8], pitch: usize
         for y in r.y as usize..r.bottom() as usize {
             let row = &src[y * cw + r.x as usize..y * cw + r.right() as usize];
             let start = y * pitch + r.x as usize * 4;
-            let Some(out) = dst.get_mut(start..start + row.len() * 4) else { continue };
+            let Some(out) = dst.get_mut(start..start + row.len() * 4) else {
+                continue;
+            };
             for (o, p) in out.chunks_exact_mut(4).zip(row) {
                 o.copy_from_slice(&p.to_le_bytes());
             }
@@ -80,8 +93,16 @@ mod tests {
         c.fill_rect(Rect::new(1, 1, 2, 1), 0x112233);
         let pitch = 4 * 4 + 8; // padded rows
         let mut dst = vec![0xeeu8; pitch * 3];
-        copy_rects(&c, &[Rect::new(1, 1, 2, 1), Rect::new(-5, -5, 100, 1)], &mut dst, pitch);
-        assert_eq!(&dst[pitch + 4..pitch + 12], &[0x33, 0x22, 0x11, 0, 0x33, 0x22, 0x11, 0]);
+        copy_rects(
+            &c,
+            &[Rect::new(1, 1, 2, 1), Rect::new(-5, -5, 100, 1)],
+            &mut dst,
+            pitch,
+        );
+        assert_eq!(
+            &dst[pitch + 4..pitch + 12],
+            &[0x33, 0x22, 0x11, 0, 0x33, 0x22, 0x11, 0]
+        );
         assert_eq!(dst[pitch], 0xee, "pixels outside the damage are untouched");
         assert_eq!(dst[pitch - 1], 0xee, "row padding is untouched");
         // A short destination never panics.

@@ -7,7 +7,10 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::evdev::{self, Axis, Decoder, Input, TouchProtocol, ABS_MT_POSITION_X, ABS_MT_POSITION_Y, ABS_X, ABS_Y, EVENT_SIZE};
+use super::evdev::{
+    self, Axis, Decoder, Input, TouchProtocol, ABS_MT_POSITION_X, ABS_MT_POSITION_Y, ABS_X, ABS_Y,
+    EVENT_SIZE,
+};
 
 /// Most event devices opened (a guest has a touchscreen and a keyboard; more is odd).
 const MAX_DEVICES: usize = 8;
@@ -26,7 +29,11 @@ const fn eviocgbit(ev: u64, len: u64) -> u64 {
     ioc(IOC_READ, 0x20 + ev, len)
 }
 const fn eviocgabs(abs: u64) -> u64 {
-    ioc(IOC_READ, 0x40 + abs, std::mem::size_of::<InputAbsinfo>() as u64)
+    ioc(
+        IOC_READ,
+        0x40 + abs,
+        std::mem::size_of::<InputAbsinfo>() as u64,
+    )
 }
 const EVIOCSCLOCKID: u64 = ioc(IOC_WRITE, 0xa0, 4);
 
@@ -57,24 +64,30 @@ pub struct Device {
 }
 
 fn test_bit(bits: &[u8], bit: u16) -> bool {
-    bits.get(bit as usize / 8).is_some_and(|b| b & (1 << (bit % 8)) != 0)
+    bits.get(bit as usize / 8)
+        .is_some_and(|b| b & (1 << (bit % 8)) != 0)
 }
 
 impl Device {
     /// Opens `path`; returns None for devices that are neither touchscreens nor phone keys.
     pub fn open(path: &str, screen: (i32, i32)) -> std::io::Result<Option<Device>> {
-        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)?;
         let fd = file.as_raw_fd();
         let mut name = [0u8; 128];
         // SAFETY: the kernel writes at most name.len() bytes into the buffer.
         unsafe { libc::ioctl(fd, eviocgname(name.len() as u64) as _, name.as_mut_ptr()) };
-        let name = String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
+        let name = String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap_or(0)])
+            .into_owned();
         let abs = bits(fd, evdev::EV_ABS, 8);
         let keys = bits(fd, evdev::EV_KEY, 96);
-        let protocol = if test_bit(&abs, ABS_MT_POSITION_X) { TouchProtocol::MultitouchB } else { TouchProtocol::SingleTouch };
         let kind = if test_bit(&abs, ABS_MT_POSITION_X) || test_bit(&abs, ABS_X) {
             Kind::Touchscreen
-        } else if (0..768u16).any(|code| test_bit(&keys, code) && evdev::Key::from_code(code).is_some()) {
+        } else if (0..768u16)
+            .any(|code| test_bit(&keys, code) && evdev::Key::from_code(code).is_some())
+        {
             Kind::Keys
         } else {
             return Ok(None);
@@ -82,12 +95,34 @@ impl Device {
         let monotonic: libc::c_int = libc::CLOCK_MONOTONIC;
         // SAFETY: EVIOCSCLOCKID reads one int from the pointer.
         if unsafe { libc::ioctl(fd, EVIOCSCLOCKID as _, &monotonic) } != 0 {
-            tracing::warn!("{path}: cannot switch event clock to monotonic; t_us uses CLOCK_REALTIME");
+            tracing::warn!(
+                "{path}: cannot switch event clock to monotonic; t_us uses CLOCK_REALTIME"
+            );
         }
-        let (xc, yc) = if protocol == TouchProtocol::MultitouchB { (ABS_MT_POSITION_X, ABS_MT_POSITION_Y) } else { (ABS_X, ABS_Y) };
+        // Key-only devices get the multitouch decoder, which never sends them touches.
+        let single = kind == Kind::Touchscreen && !test_bit(&abs, ABS_MT_POSITION_X);
+        let (protocol, xc, yc) = if single {
+            (TouchProtocol::SingleTouch, ABS_X, ABS_Y)
+        } else {
+            (
+                TouchProtocol::MultitouchB,
+                ABS_MT_POSITION_X,
+                ABS_MT_POSITION_Y,
+            )
+        };
         let (x, y) = (axis(fd, xc, screen.0), axis(fd, yc, screen.1));
-        tracing::info!("input {path}: {name:?} as {kind:?} {protocol:?} (x {x:?}, y {y:?})");
-        Ok(Some(Device { file, name, kind, decoder: Decoder::new(protocol, x, y) }))
+        match kind {
+            Kind::Touchscreen => {
+                tracing::info!("input {path}: {name:?} touchscreen, {protocol:?}, x {x:?}, y {y:?}")
+            }
+            Kind::Keys => tracing::info!("input {path}: {name:?} keys"),
+        }
+        Ok(Some(Device {
+            file,
+            name,
+            kind,
+            decoder: Decoder::new(protocol, x, y),
+        }))
     }
 
     /// The fd to poll.
@@ -133,7 +168,11 @@ fn axis(fd: RawFd, code: u16, size: i32) -> Axis {
     // SAFETY: EVIOCGABS writes one input_absinfo into `info`.
     let rc = unsafe { libc::ioctl(fd, eviocgabs(code as u64) as _, &mut info) };
     if rc == 0 && info.maximum > info.minimum {
-        Axis { min: info.minimum, max: info.maximum, size }
+        Axis {
+            min: info.minimum,
+            max: info.maximum,
+            size,
+        }
     } else {
         Axis::identity(size)
     }

@@ -78,7 +78,19 @@ impl Layout {
         let clear_w = u(140.0);
         let clear_button = Rect::new(w - clear_w, title_bar.y, clear_w, title_bar.h);
         let content = Rect::new(0, title_bar.bottom(), w, h - title_bar.bottom());
-        Ok(Layout { width: w, height: h, unit, status_bar, status_clock, icons, dock, title_bar, back_button, clear_button, content })
+        Ok(Layout {
+            width: w,
+            height: h,
+            unit,
+            status_bar,
+            status_clock,
+            icons,
+            dock,
+            title_bar,
+            back_button,
+            clear_button,
+            content,
+        })
     }
 
     /// Scales a design-size length (at 720×1280) to this screen, at least `min` pixels.
@@ -90,14 +102,23 @@ impl Layout {
     pub fn label_rect(&self, icon: Rect) -> Rect {
         let gap = self.px(8.0, 1) as i32;
         let cell_w = self.width / COLUMNS;
-        Rect::new(icon.center().0 - cell_w / 2, icon.bottom() + gap, cell_w, self.px(34.0, 8) as i32)
+        Rect::new(
+            icon.center().0 - cell_w / 2,
+            icon.bottom() + gap,
+            cell_w,
+            self.px(34.0, 8) as i32,
+        )
     }
 
     /// The app whose icon (or its label, for grid icons) is at (x, y) on the home screen.
     pub fn hit_test(&self, x: i32, y: i32) -> Option<App> {
         self.icons.iter().find_map(|(app, r)| {
             let in_dock = self.dock.contains(r.x, r.y);
-            let area = if in_dock { *r } else { r.union(&self.label_rect(*r)) };
+            let area = if in_dock {
+                *r
+            } else {
+                r.union(&self.label_rect(*r))
+            };
             area.contains(x, y).then_some(*app)
         })
     }
@@ -141,12 +162,22 @@ mod tests {
             for (app, r) in &l.icons {
                 prop_assert_eq!(r.intersect(&screen), *r, "{:?} off screen", app);
                 prop_assert_eq!(l.hit_test(r.center().0, r.center().1), Some(*app));
-                prop_assert!(seen.iter().all(|o| r.intersect(o).is_empty()), "icons overlap at {}x{}", w, h);
+                prop_assert!(
+                    seen.iter().all(|o| r.intersect(o).is_empty()),
+                    "icons overlap at {}x{}",
+                    w,
+                    h
+                );
                 seen.push(*r);
             }
             // Grid icons and their labels stay above the dock.
             for (_, r) in l.icons.iter().take(GRID.len()) {
-                prop_assert!(l.label_rect(*r).bottom() <= l.dock.y, "grid hits dock at {}x{}", w, h);
+                prop_assert!(
+                    l.label_rect(*r).bottom() <= l.dock.y,
+                    "grid hits dock at {}x{}",
+                    w,
+                    h
+                );
             }
             prop_assert!(!l.content.is_empty());
             Ok(())

@@ -57,8 +57,10 @@ pub enum Effect {
 }
 
 /// Stroke colours per touch slot on the Paint page.
-const SLOT_COLORS: [u32; MAX_SLOTS] =
-    [0xe53935, 0x1e88e5, 0x43a047, 0xfb8c00, 0x8e24aa, 0x00acc1, 0xd81b60, 0x6d4c41, 0x3949ab, 0x000000];
+const SLOT_COLORS: [u32; MAX_SLOTS] = [
+    0xe53935, 0x1e88e5, 0x43a047, 0xfb8c00, 0x8e24aa, 0x00acc1, 0xd81b60, 0x6d4c41, 0x3949ab,
+    0x000000,
+];
 
 /// Volume steps, like Android's music stream.
 const MAX_VOLUME: u8 = 15;
@@ -123,7 +125,14 @@ impl Ui {
         }
         match self.screen {
             Screen::Home => home::draw_home(canvas, &mut self.fonts, &self.layout),
-            Screen::App(app) => pages::draw_page(canvas, &mut self.fonts, &self.layout, app, &self.info, &self.now),
+            Screen::App(app) => pages::draw_page(
+                canvas,
+                &mut self.fonts,
+                &self.layout,
+                app,
+                &self.info,
+                &self.now,
+            ),
         }
         self.draw_status_bar(canvas);
         canvas.add_damage(canvas.bounds());
@@ -141,7 +150,13 @@ impl Ui {
     }
 
     fn draw_status_bar(&mut self, canvas: &mut Canvas) {
-        home::draw_status_bar(canvas, &mut self.fonts, &self.layout, &self.now.hhmm(), self.volume);
+        home::draw_status_bar(
+            canvas,
+            &mut self.fonts,
+            &self.layout,
+            &self.now.hhmm(),
+            self.volume,
+        );
     }
 
     /// Updates the clock; redraws only the status bar (and the Clock page's face) when the
@@ -167,7 +182,9 @@ impl Ui {
             Input::Key { key, down: true } => self.key(canvas, key),
             Input::Key { .. } => Effect::None,
             Input::Touch { .. } if !self.screen_on => Effect::None,
-            Input::Touch { slot, action, x, y } => self.touch(canvas, slot as usize % MAX_SLOTS, action, (x, y)),
+            Input::Touch { slot, action, x, y } => {
+                self.touch(canvas, slot as usize % MAX_SLOTS, action, (x, y))
+            }
         }
     }
 
@@ -176,7 +193,10 @@ impl Ui {
             self.screen_on = !self.screen_on;
             self.fingers = [Finger::default(); MAX_SLOTS];
             if self.screen_on {
-                self.redraw(canvas);
+                // The canvas kept the page (Paint strokes included); only the clock may be
+                // stale. Everything is damage because the scanout was off.
+                self.draw_status_bar(canvas);
+                canvas.add_damage(canvas.bounds());
             }
             return Effect::Power(self.screen_on);
         }
@@ -191,7 +211,11 @@ impl Ui {
                 _ => Effect::None,
             },
             Key::VolumeUp | Key::VolumeDown => {
-                self.volume = if key == Key::VolumeUp { (self.volume + 1).min(MAX_VOLUME) } else { self.volume.saturating_sub(1) };
+                self.volume = if key == Key::VolumeUp {
+                    (self.volume + 1).min(MAX_VOLUME)
+                } else {
+                    self.volume.saturating_sub(1)
+                };
                 self.draw_status_bar(canvas);
                 Effect::None
             }
@@ -199,12 +223,23 @@ impl Ui {
         }
     }
 
-    fn touch(&mut self, canvas: &mut Canvas, slot: usize, action: TouchAction, p: (i32, i32)) -> Effect {
+    fn touch(
+        &mut self,
+        canvas: &mut Canvas,
+        slot: usize,
+        action: TouchAction,
+        p: (i32, i32),
+    ) -> Effect {
         let finger = &mut self.fingers[slot];
         let down_at = finger.down_at;
         let last = finger.last;
         match action {
-            TouchAction::Down => *finger = Finger { down_at: Some(p), last: Some(p) },
+            TouchAction::Down => {
+                *finger = Finger {
+                    down_at: Some(p),
+                    last: Some(p),
+                }
+            }
             TouchAction::Move => finger.last = Some(p),
             TouchAction::Up => *finger = Finger::default(),
         }
@@ -212,21 +247,34 @@ impl Ui {
             Screen::Home if action == TouchAction::Up => {
                 let tapped = down_at.and_then(|d| self.layout.hit_test(d.0, d.1));
                 match tapped {
-                    Some(app) if app.opens() && self.layout.hit_test(p.0, p.1) == Some(app) => self.show(canvas, Screen::App(app)),
+                    Some(app) if app.opens() && self.layout.hit_test(p.0, p.1) == Some(app) => {
+                        self.show(canvas, Screen::App(app))
+                    }
                     _ => Effect::None,
                 }
             }
             Screen::App(app) => {
                 let in_title = self.layout.title_bar.contains(p.0, p.1);
-                let started_in_title = down_at.is_some_and(|d| self.layout.title_bar.contains(d.0, d.1));
-                if action == TouchAction::Up && started_in_title && self.layout.back_button.contains(p.0, p.1) {
+                let started_in_title =
+                    down_at.is_some_and(|d| self.layout.title_bar.contains(d.0, d.1));
+                if action == TouchAction::Up
+                    && started_in_title
+                    && self.layout.back_button.contains(p.0, p.1)
+                {
                     return self.show(canvas, Screen::Home);
                 }
                 if app == App::Paint {
-                    if action == TouchAction::Up && started_in_title && self.layout.clear_button.contains(p.0, p.1) {
+                    if action == TouchAction::Up
+                        && started_in_title
+                        && self.layout.clear_button.contains(p.0, p.1)
+                    {
                         pages::clear_paint(canvas, &self.layout);
                     } else if !in_title && !started_in_title && action != TouchAction::Up {
-                        let from = if action == TouchAction::Down { p } else { last.unwrap_or(p) };
+                        let from = if action == TouchAction::Down {
+                            p
+                        } else {
+                            last.unwrap_or(p)
+                        };
                         pages::paint_stroke(canvas, &self.layout, from, p, SLOT_COLORS[slot]);
                     }
                 }

@@ -12,18 +12,39 @@ const INFO_BG: Color = 0xf5f5f5;
 const CLOCK_BG: Color = 0x101820;
 
 /// Draws `app`'s page below the status bar.
-pub fn draw_page(canvas: &mut Canvas, fonts: &mut Fonts, l: &Layout, app: App, info: &DeviceInfo, now: &WallTime) {
+pub fn draw_page(
+    canvas: &mut Canvas,
+    fonts: &mut Fonts,
+    l: &Layout,
+    app: App,
+    info: &DeviceInfo,
+    now: &WallTime,
+) {
     let bar = l.title_bar;
     canvas.fill_rect(bar, app.color());
     let px = l.px(40.0, 10);
     let top = bar.y + (bar.h - px as i32 * 5 / 4) / 2;
     let back = l.back_button;
-    fonts.draw_centered(canvas, "\u{2190}", back.center().0, top, px, 0xffffff, back);
-    fonts.draw(canvas, app.name(), back.right(), top, px, 0xffffff, bar);
+    fonts.draw_centered(
+        canvas,
+        "\u{2190}",
+        (back.center().0, top),
+        px,
+        0xffffff,
+        back,
+    );
+    fonts.draw(canvas, app.name(), (back.right(), top), px, 0xffffff, bar);
     match app {
         App::Paint => {
             let c = l.clear_button;
-            fonts.draw_centered(canvas, "Clear", c.center().0, top + px as i32 / 8, px * 3 / 4, 0xffffff, c);
+            fonts.draw_centered(
+                canvas,
+                "Clear",
+                (c.center().0, top + px as i32 / 8),
+                px * 3 / 4,
+                0xffffff,
+                c,
+            );
             clear_paint(canvas, l);
         }
         App::Info => draw_info(canvas, fonts, l, info),
@@ -38,7 +59,13 @@ pub fn clear_paint(canvas: &mut Canvas, l: &Layout) {
 }
 
 /// One stroke segment on the Paint sheet; only its pixels' bounding box becomes damage.
-pub fn paint_stroke(canvas: &mut Canvas, l: &Layout, from: (i32, i32), to: (i32, i32), color: Color) -> Rect {
+pub fn paint_stroke(
+    canvas: &mut Canvas,
+    l: &Layout,
+    from: (i32, i32),
+    to: (i32, i32),
+    color: Color,
+) -> Rect {
     let r = l.px(8.0, 2) as f32;
     let centre = |p: (i32, i32)| (p.0 as f32 + 0.5, p.1 as f32 + 0.5);
     canvas.fill_capsule(centre(from), centre(to), r, color, l.content)
@@ -63,8 +90,22 @@ fn draw_info(canvas: &mut Canvas, fonts: &mut Fonts, l: &Layout, info: &DeviceIn
         }
         let text_y = |px: u32| y + (row_h - px as i32 * 5 / 4) / 2;
         let row_clip = Rect::new(content.x, y, content.w, row_h);
-        fonts.draw(canvas, key, margin, text_y(label_px), label_px, 0x607d8b, Rect::new(0, y, value_x - margin / 2, row_h));
-        fonts.draw(canvas, value, value_x, text_y(value_px), value_px, 0x212121, row_clip);
+        fonts.draw(
+            canvas,
+            key,
+            (margin, text_y(label_px)),
+            label_px,
+            0x607d8b,
+            Rect::new(0, y, value_x - margin / 2, row_h),
+        );
+        fonts.draw(
+            canvas,
+            value,
+            (value_x, text_y(value_px)),
+            value_px,
+            0x212121,
+            row_clip,
+        );
         y += row_h;
     }
 }
@@ -77,6 +118,13 @@ pub fn draw_clock_face(canvas: &mut Canvas, fonts: &mut Fonts, l: &Layout, now: 
     let small = l.px(36.0, 8);
     let total = big as i32 * 5 / 4 + small as i32 * 2;
     let top = c.y + (c.h - total) / 2;
-    fonts.draw_centered(canvas, &now.hhmm(), c.center().0, top, big, 0xffffff, c);
-    fonts.draw_centered(canvas, &now.date(), c.center().0, top + big as i32 * 5 / 4 + small as i32 / 2, small, 0x90a4ae, c);
+    fonts.draw_centered(canvas, &now.hhmm(), (c.center().0, top), big, 0xffffff, c);
+    fonts.draw_centered(
+        canvas,
+        &now.date(),
+        (c.center().0, top + big as i32 * 5 / 4 + small as i32 / 2),
+        small,
+        0x90a4ae,
+        c,
+    );
 }

@@ -4,7 +4,11 @@ use crate::canvas::Rect;
 fn ui(w: u32, h: u32) -> (Ui, Canvas) {
     let mut info = DeviceInfo::skeleton();
     info.set("vcpus", "4");
-    let mut ui = Ui::new(Layout::new(w, h).unwrap(), info, WallTime::parse_hhmm("12:34").unwrap());
+    let mut ui = Ui::new(
+        Layout::new(w, h).unwrap(),
+        info,
+        WallTime::parse_hhmm("12:34").unwrap(),
+    );
     let mut c = Canvas::new(w, h);
     ui.redraw(&mut c);
     c.take_damage();
@@ -50,12 +54,27 @@ fn clone(c: &Canvas) -> Canvas {
 #[test]
 fn tapping_icons_opens_pages_and_back_home_return() {
     let (mut ui, mut c) = ui(720, 1280);
-    for (app, name) in [(App::Info, "info"), (App::Paint, "paint"), (App::Clock, "clock")] {
+    for (app, name) in [
+        (App::Info, "info"),
+        (App::Paint, "paint"),
+        (App::Clock, "clock"),
+    ] {
         let centre = ui.layout().icon(app).unwrap().center();
-        assert_eq!(tap(&mut ui, &mut c, centre), Effect::Screen(Screen::App(app)));
+        assert_eq!(
+            tap(&mut ui, &mut c, centre),
+            Effect::Screen(Screen::App(app))
+        );
         assert_eq!(ui.screen().name(), name);
-        assert_eq!(c.take_damage(), vec![c.bounds()], "opening a page redraws everything");
-        let back = if app == App::Clock { Key::Home } else { Key::Back };
+        assert_eq!(
+            c.take_damage(),
+            vec![c.bounds()],
+            "opening a page redraws everything"
+        );
+        let back = if app == App::Clock {
+            Key::Home
+        } else {
+            Key::Back
+        };
         assert_eq!(ui.handle(&mut c, key(back)), Effect::Screen(Screen::Home));
     }
     // Inert icons and empty wallpaper do nothing.
@@ -68,7 +87,10 @@ fn tapping_icons_opens_pages_and_back_home_return() {
     assert!(c.take_damage().is_empty());
     let info = ui.layout().icon(App::Info).unwrap().center();
     ui.handle(&mut c, touch(0, TouchAction::Down, info));
-    assert_eq!(ui.handle(&mut c, touch(0, TouchAction::Up, camera)), Effect::None);
+    assert_eq!(
+        ui.handle(&mut c, touch(0, TouchAction::Up, camera)),
+        Effect::None
+    );
 }
 
 #[test]
@@ -78,8 +100,14 @@ fn title_bar_back_arrow_goes_home_and_appswitch_toggles() {
     tap(&mut ui, &mut c, info);
     let back = ui.layout().back_button.center();
     assert_eq!(tap(&mut ui, &mut c, back), Effect::Screen(Screen::Home));
-    assert_eq!(ui.handle(&mut c, key(Key::AppSwitch)), Effect::Screen(Screen::App(App::Info)));
-    assert_eq!(ui.handle(&mut c, key(Key::AppSwitch)), Effect::Screen(Screen::Home));
+    assert_eq!(
+        ui.handle(&mut c, key(Key::AppSwitch)),
+        Effect::Screen(Screen::App(App::Info))
+    );
+    assert_eq!(
+        ui.handle(&mut c, key(Key::AppSwitch)),
+        Effect::Screen(Screen::Home)
+    );
 }
 
 #[test]
@@ -94,7 +122,10 @@ fn paint_stroke_damage_covers_exactly_the_changed_pixels() {
     let damage = c.take_damage();
     assert_eq!(damage.len(), 1, "one stroke, one rect: {damage:?}");
     assert_eq!(damage[0], changed_bbox(&before, &c));
-    assert!(damage[0].w < 120 && damage[0].h < 80, "stroke damage is small: {damage:?}");
+    assert!(
+        damage[0].w < 120 && damage[0].h < 80,
+        "stroke damage is small: {damage:?}"
+    );
     assert_eq!(c.get(140, 425), Some(SLOT_COLORS[0]));
 }
 
@@ -138,16 +169,45 @@ fn clock_tick_redraws_only_the_status_bar_at_home() {
 #[test]
 fn power_key_blanks_and_restores_and_ignores_touches_while_off() {
     let (mut ui, mut c) = ui(720, 1280);
-    assert_eq!(ui.handle(&mut c, key(Key::Power)), Effect::Power(false));
-    c.fill_rect(c.bounds(), 0);
+    let p = ui.layout().icon(App::Paint).unwrap().center();
+    tap(&mut ui, &mut c, p);
+    ui.handle(&mut c, touch(0, TouchAction::Down, (300, 600)));
     c.take_damage();
-    let info = ui.layout().icon(App::Info).unwrap().center();
-    assert_eq!(tap(&mut ui, &mut c, info), Effect::None);
+    assert_eq!(ui.handle(&mut c, key(Key::Power)), Effect::Power(false));
+    ui.handle(&mut c, touch(1, TouchAction::Down, (500, 600)));
+    assert_eq!(
+        ui.handle(&mut c, key(Key::Back)),
+        Effect::None,
+        "keys other than POWER do nothing while off"
+    );
     assert!(!ui.set_time(&mut c, WallTime::parse_hhmm("13:00").unwrap()));
-    assert!(c.take_damage().is_empty(), "nothing drawn while the screen is off");
+    assert!(
+        c.take_damage().is_empty(),
+        "nothing drawn while the screen is off"
+    );
+    let before = clone(&c);
     assert_eq!(ui.handle(&mut c, key(Key::Power)), Effect::Power(true));
-    assert_eq!(c.take_damage(), vec![c.bounds()]);
-    assert_eq!(c.get(info.0, info.1).map(|p| p != 0), Some(true));
+    assert_eq!(
+        c.take_damage(),
+        vec![c.bounds()],
+        "the whole page goes back to the scanout"
+    );
+    assert_eq!(ui.screen(), Screen::App(App::Paint));
+    assert_eq!(
+        c.get(300, 600),
+        Some(SLOT_COLORS[0]),
+        "strokes survive power off/on"
+    );
+    assert_eq!(
+        c.get(500, 600),
+        Some(0xffffff),
+        "touches while off drew nothing"
+    );
+    let changed = changed_bbox(&before, &c);
+    assert!(
+        ui.layout().status_bar.intersect(&changed) == changed,
+        "only the clock was redrawn"
+    );
 }
 
 #[test]
@@ -164,12 +224,17 @@ fn home_screen_has_icon_colours_and_labels_at_every_size() {
         for (app, r) in &ui.layout().icons {
             let (x, y) = r.center();
             // The icon's colour is present near the centre (the initial letter covers the middle).
-            let found = (0..r.h / 2).any(|d| c.get(x + r.w / 3, y + d - r.h / 4) == Some(app.color()));
+            let found =
+                (0..r.h / 2).any(|d| c.get(x + r.w / 3, y + d - r.h / 4) == Some(app.color()));
             assert!(found, "{app:?} colour missing at {w}x{h}");
         }
         let info = ui.layout().icon(App::Info).unwrap();
         let label = ui.layout().label_rect(info);
-        let white = c.region(label).iter().filter(|&&p| (0..3).all(|i| (p >> (8 * i)) & 0xff > 0xc0)).count();
+        let white = c
+            .region(label)
+            .iter()
+            .filter(|&&p| (0..3).all(|i| (p >> (8 * i)) & 0xff > 0xc0))
+            .count();
         assert!(white > 5, "label pixels missing at {w}x{h}");
     }
 }
@@ -179,6 +244,10 @@ fn info_page_shows_values() {
     let (mut ui, mut c) = ui(720, 1280);
     let p = ui.layout().icon(App::Info).unwrap().center();
     tap(&mut ui, &mut c, p);
-    let dark = c.region(ui.layout().content).iter().filter(|&&p| p == 0x212121).count();
+    let dark = c
+        .region(ui.layout().content)
+        .iter()
+        .filter(|&&p| p == 0x212121)
+        .count();
     assert!(dark > 100, "info values drawn ({dark} px)");
 }

@@ -347,7 +347,14 @@ impl Qcow2Disk {
         }
         let off = entry & OFFSET_MASK;
         if off != 0 {
-            self.check_host(|| format!("L1 entry {l1_idx}"), off, true)?;
+            let what = || format!("L1 entry {l1_idx}");
+            self.check_host(what, off, true)?;
+            if self.refcount_table.contains(&off) {
+                return Err(Qcow2Error::BadTable {
+                    what: what(),
+                    reason: format!("L2 table at {off:#x} overlaps a refcount block"),
+                });
+            }
         }
         Ok(off)
     }
@@ -500,6 +507,12 @@ impl Qcow2Disk {
         };
         self.check_host(what, block, true)?;
         if self.refcount_cache.get_mut(block).is_none() {
+            if self.l1.iter().any(|&e| e & OFFSET_MASK == block) {
+                return Err(Qcow2Error::BadTable {
+                    what: what(),
+                    reason: format!("refcount block at {block:#x} overlaps an L2 table"),
+                });
+            }
             let mut raw = vec![0u8; cs as usize];
             self.file
                 .read_exact_at(&mut raw, block)

@@ -312,6 +312,37 @@ fn hostile_table_entries_fail_cleanly() {
     }
 }
 
+/// A refcount table entry aimed at an L2 table: allocation must fail instead of scribbling
+/// refcounts over the mapping.
+#[test]
+fn refcount_block_over_an_l2_table_is_refused() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new("rc-over-l2");
+    let (base, _, _) = base_and_model(&dir, MIB);
+    let ov = dir.path("ov.qcow2");
+    create_overlay(&base, &ov, MIB).unwrap();
+    Qcow2Disk::open(&ov, true)
+        .unwrap()
+        .write_at(&[1u8; 512], 0)
+        .unwrap();
+    let img = fs::read(&ov).unwrap();
+    let l1 = 3 * 65536;
+    let l2 = u64::from_be_bytes(img[l1..l1 + 8].try_into().unwrap()) & super::table::OFFSET_MASK;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&ov)
+        .unwrap()
+        .write_all_at(&l2.to_be_bytes(), 65536)
+        .unwrap();
+    let mut d = Qcow2Disk::open(&ov, true).unwrap();
+    let err = d.write_at(&[2u8; 512], 65536).unwrap_err().to_string();
+    // Whichever table is looked at first names the overlap.
+    assert!(
+        err.contains("overlaps a refcount block") || err.contains("overlaps an L2 table"),
+        "{err}"
+    );
+}
+
 #[test]
 fn read_only_open_refuses_writes_and_bad_backing_is_reported() {
     let dir = TempDir::new("ro");

@@ -18,24 +18,46 @@ impl MappedFramebuffer {
     /// Map the file named by `info` read-only; the mapping covers the whole file, so later
     /// geometry changes (same file) stay readable.
     pub fn open(info: &FramebufferInfo) -> io::Result<Self> {
-        let file = File::open(&info.path)
-            .map_err(|e| io::Error::new(e.kind(), format!("opening framebuffer {}: {e}", info.path.display())))?;
+        let file = File::open(&info.path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("opening framebuffer {}: {e}", info.path.display()),
+            )
+        })?;
         let len = file.metadata()?.len() as usize;
-        let map = MmapRegion::build(Some(FileOffset::new(file, 0)), len, libc::PROT_READ, libc::MAP_SHARED)
-            .map_err(|e| io::Error::other(format!("mapping framebuffer {}: {e}", info.path.display())))?;
+        let map = MmapRegion::build(
+            Some(FileOffset::new(file, 0)),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+        )
+        .map_err(|e| {
+            io::Error::other(format!("mapping framebuffer {}: {e}", info.path.display()))
+        })?;
         Ok(Self { map })
     }
 
     /// Copy the `width`×`height` rectangle at (`x`, `y`) of a frame laid out as `info` into
     /// tightly packed rows (`width * 4` bytes each). `None` if it lies outside the mapping.
-    pub fn copy_rect(&self, info: &FramebufferInfo, x: u32, y: u32, width: u32, height: u32) -> Option<Vec<u8>> {
+    pub fn copy_rect(
+        &self,
+        info: &FramebufferInfo,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+    ) -> Option<Vec<u8>> {
         let bpp = PixelFormat::BYTES_PER_PIXEL as usize;
         if x.checked_add(width)? > info.width || y.checked_add(height)? > info.height {
             return None;
         }
         let row = width as usize * bpp;
         let mut out = vec![0u8; row * height as usize];
-        for (r, dst) in out.chunks_exact_mut(row.max(1)).enumerate().take(height as usize) {
+        for (r, dst) in out
+            .chunks_exact_mut(row.max(1))
+            .enumerate()
+            .take(height as usize)
+        {
             let offset = (y as usize + r) * info.stride as usize + x as usize * bpp;
             self.map.get_slice(offset, row).ok()?.copy_to(dst);
         }
@@ -65,7 +87,10 @@ mod tests {
         let mapped = MappedFramebuffer::open(&info).unwrap();
         assert_eq!(mapped.frame(&info).unwrap(), frame);
         // Pixels (1..3, 1) = bytes 16+4 .. 16+12.
-        assert_eq!(mapped.copy_rect(&info, 1, 1, 2, 1).unwrap(), (20..28).collect::<Vec<u8>>());
+        assert_eq!(
+            mapped.copy_rect(&info, 1, 1, 2, 1).unwrap(),
+            (20..28).collect::<Vec<u8>>()
+        );
         assert!(mapped.copy_rect(&info, 3, 0, 2, 1).is_none());
         assert!(mapped.copy_rect(&info, u32::MAX, 0, 2, 1).is_none());
         // Later device writes are visible through the same mapping.

@@ -6,13 +6,13 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Events a subscriber may have queued before new ones are merged into the newest.
 pub const SUBSCRIBER_QUEUE_LEN: usize = 64;
 
 /// A changed rectangle of the exported framebuffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Damage {
     /// Flush sequence number (the export's `seq` after this flush).
     pub seq: u64,
@@ -21,7 +21,7 @@ pub struct Damage {
     pub width: u32,
     pub height: u32,
     /// Several flushes were merged into this event because the subscriber was slow.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub coalesced: bool,
 }
 
@@ -30,8 +30,10 @@ impl Damage {
     fn absorb(&mut self, newer: &Damage) {
         let x0 = self.x.min(newer.x);
         let y0 = self.y.min(newer.y);
-        let x1 = (u64::from(self.x) + u64::from(self.width)).max(u64::from(newer.x) + u64::from(newer.width));
-        let y1 = (u64::from(self.y) + u64::from(self.height)).max(u64::from(newer.y) + u64::from(newer.height));
+        let x1 = (u64::from(self.x) + u64::from(self.width))
+            .max(u64::from(newer.x) + u64::from(newer.width));
+        let y1 = (u64::from(self.y) + u64::from(self.height))
+            .max(u64::from(newer.y) + u64::from(newer.height));
         *self = Damage {
             seq: newer.seq,
             x: x0,
@@ -110,7 +112,12 @@ impl DamageReceiver {
 
     /// An event if one is queued, without waiting.
     pub fn try_recv(&self) -> Option<Damage> {
-        self.queue.pending.lock().unwrap_or_else(|p| p.into_inner()).events.pop_front()
+        self.queue
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .events
+            .pop_front()
     }
 }
 
@@ -130,7 +137,9 @@ impl DamageHub {
     /// Deliver `event` to every live subscriber; never blocks on a slow one.
     pub(crate) fn publish(&self, event: Damage) {
         self.lock().retain(|weak| {
-            let Some(queue) = weak.upgrade() else { return false };
+            let Some(queue) = weak.upgrade() else {
+                return false;
+            };
             let mut pending = queue.pending.lock().unwrap_or_else(|p| p.into_inner());
             let full = pending.events.len() >= SUBSCRIBER_QUEUE_LEN;
             match pending.events.back_mut() {
@@ -150,7 +159,11 @@ impl DamageHub {
 impl Drop for DamageHub {
     fn drop(&mut self) {
         for queue in self.lock().iter().filter_map(Weak::upgrade) {
-            queue.pending.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+            queue
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .closed = true;
             queue.ready.notify_all();
         }
     }
@@ -161,7 +174,14 @@ mod tests {
     use super::*;
 
     fn damage(seq: u64, x: u32, y: u32, width: u32, height: u32) -> Damage {
-        Damage { seq, x, y, width, height, coalesced: false }
+        Damage {
+            seq,
+            x,
+            y,
+            width,
+            height,
+            coalesced: false,
+        }
     }
 
     #[test]
@@ -191,7 +211,10 @@ mod tests {
         assert!(last.coalesced);
         assert_eq!(last.seq, n);
         // Union of x = 64..=74 (width 1 each).
-        assert_eq!((last.x, last.width, last.y, last.height), (SUBSCRIBER_QUEUE_LEN as u32, 11, 100, 2));
+        assert_eq!(
+            (last.x, last.width, last.y, last.height),
+            (SUBSCRIBER_QUEUE_LEN as u32, 11, 100, 2)
+        );
         assert!(!events[0].coalesced);
     }
 
@@ -205,14 +228,20 @@ mod tests {
         drop(hub);
         assert_eq!(live.recv().map(|d| d.seq), Some(1));
         assert_eq!(live.recv(), None);
-        assert_eq!(live.recv_timeout(Duration::from_millis(1)), Err(RecvError::Closed));
+        assert_eq!(
+            live.recv_timeout(Duration::from_millis(1)),
+            Err(RecvError::Closed)
+        );
     }
 
     #[test]
     fn recv_timeout_times_out() {
         let hub = DamageHub::default();
         let r = hub.subscribe();
-        assert_eq!(r.recv_timeout(Duration::from_millis(5)), Err(RecvError::Timeout));
+        assert_eq!(
+            r.recv_timeout(Duration::from_millis(5)),
+            Err(RecvError::Timeout)
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The 32-bit pixel formats virtio-gpu 2D resources use, named by their byte order in memory
 //! (virtio spec 5.7.6.8), and their conversion to RGBA for screenshots.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A virtio-gpu 2D pixel format. The name lists bytes in memory order: `B8G8R8X8` is byte 0 =
 /// blue, byte 3 = unused (what Linux uses for DRM's XRGB8888 on little-endian hosts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PixelFormat {
     B8G8R8A8,
     B8G8R8X8,
@@ -40,7 +40,11 @@ impl PixelFormat {
 
     /// The `virtio_gpu_formats` code.
     pub fn virtio_code(self) -> u32 {
-        TABLE.iter().find(|(f, _)| *f == self).map(|(_, c)| *c).unwrap_or(0)
+        TABLE
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map(|(_, c)| *c)
+            .unwrap_or(0)
     }
 
     /// Name as the API reports it (`"B8G8R8X8"`, ...).

@@ -12,20 +12,20 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vm_memory::VolatileSlice;
 
 pub use consumer::MappedFramebuffer;
 pub use damage::{Damage, DamageReceiver, RecvError, SUBSCRIBER_QUEUE_LEN};
 pub use format::PixelFormat;
-pub use screenshot::{encode_png, screenshot_png, ScreenshotError};
+pub use screenshot::{encode_png, screenshot_png, screenshot_png_from_file, ScreenshotError};
 use shm::SharedMemory;
 
 /// Where framebuffer files go unless the VMM says otherwise: tmpfs, shareable by path.
 pub const DEFAULT_DIR: &str = "/dev/shm";
 
 /// What a consumer needs to map and interpret the framebuffer (the `GET /framebuffer` body).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FramebufferInfo {
     /// Shared-memory file to open read-only and `mmap`.
     pub path: PathBuf,
@@ -73,7 +73,11 @@ impl FramebufferExport {
     /// Create the shared file in `dir` sized for a `width`×`height` 32-bit scanout. Until the
     /// guest sets a scanout it reads as black B8G8R8X8 at that size.
     pub fn create(dir: &Path, width: u32, height: u32) -> io::Result<Self> {
-        let geometry = Geometry { width, height, format: PixelFormat::B8G8R8X8 };
+        let geometry = Geometry {
+            width,
+            height,
+            format: PixelFormat::B8G8R8X8,
+        };
         let shm = SharedMemory::create(dir, geometry.bytes())?;
         Ok(Self {
             shared: Arc::new(Shared {
@@ -140,7 +144,14 @@ impl FramebufferExport {
             state.1 += 1;
             state.1
         };
-        let event = Damage { seq, x, y, width, height, coalesced: false };
+        let event = Damage {
+            seq,
+            x,
+            y,
+            width,
+            height,
+            coalesced: false,
+        };
         self.shared.hub.publish(event);
         event
     }
@@ -152,7 +163,9 @@ impl FramebufferExport {
 
 impl std::fmt::Debug for FramebufferExport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("FramebufferExport").field(&self.info()).finish()
+        f.debug_tuple("FramebufferExport")
+            .field(&self.info())
+            .finish()
     }
 }
 
@@ -169,7 +182,10 @@ pub(crate) mod tests {
     fn info_reports_file_geometry_and_seq() {
         let export = test_export(4, 3);
         let info = export.info();
-        assert_eq!((info.width, info.height, info.stride, info.seq), (4, 3, 16, 0));
+        assert_eq!(
+            (info.width, info.height, info.stride, info.seq),
+            (4, 3, 16, 0)
+        );
         assert_eq!(std::fs::metadata(&info.path).unwrap().len(), 48);
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["format"], "B8G8R8X8");
@@ -185,7 +201,10 @@ pub(crate) mod tests {
         let path = export.info().path;
         assert_eq!(std::fs::read(&path).unwrap()[4..8], [1, 2, 3, 4]);
         assert_eq!(export.read_frame().1[4..8], [1, 2, 3, 4]);
-        assert!(export.pixels(16, 1).is_none(), "past the end must be refused");
+        assert!(
+            export.pixels(16, 1).is_none(),
+            "past the end must be refused"
+        );
         drop(export);
         assert!(!path.exists());
     }

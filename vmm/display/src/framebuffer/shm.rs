@@ -25,17 +25,18 @@ impl SharedMemory {
     /// Create a new zero-filled file of `size` bytes in `dir` and map it.
     pub(crate) fn create(dir: &Path, size: usize) -> io::Result<Self> {
         let (path, file) = Self::create_file(dir)?;
-        let mapped = file
-            .set_len(size as u64)
-            .and_then(|()| {
-                MmapRegion::from_file(FileOffset::new(file.try_clone()?, 0), size)
-                    .map_err(|e| io::Error::other(format!("mmap failed: {e}")))
-            });
+        let mapped = file.set_len(size as u64).and_then(|()| {
+            MmapRegion::from_file(FileOffset::new(file.try_clone()?, 0), size)
+                .map_err(|e| io::Error::other(format!("mmap failed: {e}")))
+        });
         match mapped {
             Ok(map) => Ok(Self { path, file, map }),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                Err(io::Error::new(e.kind(), format!("sizing/mapping {}: {e}", path.display())))
+                Err(io::Error::new(
+                    e.kind(),
+                    format!("sizing/mapping {}: {e}", path.display()),
+                ))
             }
         }
     }
@@ -45,13 +46,22 @@ impl SharedMemory {
         for _ in 0..NAME_ATTEMPTS {
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
             let path = dir.join(format!("cloudphone-fb-{}-{id}", std::process::id()));
-            match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
                 Ok(file) => return Ok((path, file)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
                 Err(e) => {
                     return Err(io::Error::new(
                         e.kind(),
-                        format!("creating framebuffer file {}: {e} (is the directory a writable tmpfs?)", path.display()),
+                        format!(
+                        "creating framebuffer file {}: {e} (is the directory a writable tmpfs?)",
+                        path.display()
+                    ),
                     ))
                 }
             }

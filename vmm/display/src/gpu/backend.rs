@@ -40,18 +40,56 @@ pub struct BackingEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuCommand {
     GetDisplayInfo,
-    GetEdid { scanout_id: u32 },
-    ResourceCreate2d { resource_id: u32, format: u32, width: u32, height: u32 },
-    ResourceUnref { resource_id: u32 },
-    SetScanout { scanout_id: u32, resource_id: u32, rect: Rect },
-    ResourceFlush { resource_id: u32, rect: Rect },
-    TransferToHost2d { resource_id: u32, rect: Rect, offset: u64 },
-    AttachBacking { resource_id: u32, entries: Vec<BackingEntry> },
-    DetachBacking { resource_id: u32 },
-    UpdateCursor { scanout_id: u32, x: u32, y: u32, resource_id: u32, hot_x: u32, hot_y: u32 },
-    MoveCursor { scanout_id: u32, x: u32, y: u32 },
+    GetEdid {
+        scanout_id: u32,
+    },
+    ResourceCreate2d {
+        resource_id: u32,
+        format: u32,
+        width: u32,
+        height: u32,
+    },
+    ResourceUnref {
+        resource_id: u32,
+    },
+    SetScanout {
+        scanout_id: u32,
+        resource_id: u32,
+        rect: Rect,
+    },
+    ResourceFlush {
+        resource_id: u32,
+        rect: Rect,
+    },
+    TransferToHost2d {
+        resource_id: u32,
+        rect: Rect,
+        offset: u64,
+    },
+    AttachBacking {
+        resource_id: u32,
+        entries: Vec<BackingEntry>,
+    },
+    DetachBacking {
+        resource_id: u32,
+    },
+    UpdateCursor {
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        resource_id: u32,
+        hot_x: u32,
+        hot_y: u32,
+    },
+    MoveCursor {
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+    },
     /// A command type the 2D decoder does not know (3D, blob, capsets, garbage).
-    Unsupported { cmd_type: u32 },
+    Unsupported {
+        cmd_type: u32,
+    },
 }
 
 /// A successful command's answer.
@@ -121,7 +159,12 @@ mod tests {
 
     #[test]
     fn rect_fits_is_overflow_safe() {
-        let r = |x, y, width, height| Rect { x, y, width, height };
+        let r = |x, y, width, height| Rect {
+            x,
+            y,
+            width,
+            height,
+        };
         assert!(r(0, 0, 10, 10).fits_in(10, 10));
         assert!(!r(1, 0, 10, 10).fits_in(10, 10));
         assert!(!r(u32::MAX, 0, 2, 1).fits_in(u32::MAX, 1));

@@ -99,15 +99,18 @@ impl Backend2d {
     }
 
     fn resource(&mut self, id: u32) -> Result<&mut Resource, GpuError> {
-        self.resources.get_mut(&id).ok_or(GpuError::InvalidResourceId(id))
+        self.resources
+            .get_mut(&id)
+            .ok_or(GpuError::InvalidResourceId(id))
     }
 
     fn create(&mut self, id: u32, format: u32, width: u32, height: u32) -> Result<(), GpuError> {
         if id == 0 || self.resources.contains_key(&id) {
             return Err(GpuError::InvalidResourceId(id));
         }
-        let format = PixelFormat::from_virtio(format)
-            .ok_or_else(|| GpuError::InvalidParameter(format!("unsupported pixel format {format}")))?;
+        let format = PixelFormat::from_virtio(format).ok_or_else(|| {
+            GpuError::InvalidParameter(format!("unsupported pixel format {format}"))
+        })?;
         let edge = 1..=self.limits.max_resource_edge;
         if !edge.contains(&width) || !edge.contains(&height) {
             return Err(GpuError::InvalidParameter(format!(
@@ -119,10 +122,22 @@ impl Backend2d {
         self.charge(bytes)?;
         if self.resources.len() >= self.limits.max_resources {
             self.host_bytes -= bytes;
-            return Err(GpuError::OutOfMemory(format!("already {} resources", self.resources.len())));
+            return Err(GpuError::OutOfMemory(format!(
+                "already {} resources",
+                self.resources.len()
+            )));
         }
         let storage = Storage::Host(vec![0u8; bytes as usize]);
-        self.resources.insert(id, Resource { format, width, height, backing: None, storage });
+        self.resources.insert(
+            id,
+            Resource {
+                format,
+                width,
+                height,
+                backing: None,
+                storage,
+            },
+        );
         Ok(())
     }
 
@@ -140,7 +155,10 @@ impl Backend2d {
     }
 
     fn unref(&mut self, id: u32) -> Result<(), GpuError> {
-        let res = self.resources.remove(&id).ok_or(GpuError::InvalidResourceId(id))?;
+        let res = self
+            .resources
+            .remove(&id)
+            .ok_or(GpuError::InvalidResourceId(id))?;
         if self.scanout == Some(id) {
             self.scanout = None;
         }
@@ -151,9 +169,16 @@ impl Backend2d {
         Ok(())
     }
 
-    fn attach(&mut self, mem: &GuestMemory, id: u32, entries: Vec<BackingEntry>) -> Result<(), GpuError> {
+    fn attach(
+        &mut self,
+        mem: &GuestMemory,
+        id: u32,
+        entries: Vec<BackingEntry>,
+    ) -> Result<(), GpuError> {
         if self.resource(id)?.backing.is_some() {
-            return Err(GpuError::Unspec(format!("resource {id} already has backing")));
+            return Err(GpuError::Unspec(format!(
+                "resource {id} already has backing"
+            )));
         }
         let backing = Backing::new(mem, entries)?;
         self.charge(backing_cost(Some(&backing)))?;
@@ -162,16 +187,21 @@ impl Backend2d {
     }
 
     fn detach(&mut self, id: u32) -> Result<(), GpuError> {
-        let backing = self
-            .resource(id)?
-            .backing
-            .take()
-            .ok_or_else(|| GpuError::Unspec(format!("resource {id} has no backing to detach")))?;
+        let backing =
+            self.resource(id)?.backing.take().ok_or_else(|| {
+                GpuError::Unspec(format!("resource {id} has no backing to detach"))
+            })?;
         self.host_bytes -= backing_cost(Some(&backing));
         Ok(())
     }
 
-    fn transfer(&mut self, mem: &GuestMemory, id: u32, rect: Rect, offset: u64) -> Result<(), GpuError> {
+    fn transfer(
+        &mut self,
+        mem: &GuestMemory,
+        id: u32,
+        rect: Rect,
+        offset: u64,
+    ) -> Result<(), GpuError> {
         let export = self.export.clone();
         let res = self.resource(id)?;
         if !rect.fits_in(res.width, res.height) {
@@ -183,10 +213,9 @@ impl Backend2d {
         if rect.is_empty() {
             return Ok(());
         }
-        let backing = res
-            .backing
-            .as_ref()
-            .ok_or_else(|| GpuError::Unspec(format!("transfer to resource {id} without backing")))?;
+        let backing = res.backing.as_ref().ok_or_else(|| {
+            GpuError::Unspec(format!("transfer to resource {id} without backing"))
+        })?;
         let stride = u64::from(res.stride());
         let row_bytes = u64::from(rect.width) * u64::from(PixelFormat::BYTES_PER_PIXEL);
         // Last byte read: offset + (height-1)*stride + row_bytes. All terms are < 2^45 except
@@ -201,26 +230,32 @@ impl Backend2d {
                 ))
             })?;
         let full_rows = rect.x == 0 && rect.width == res.width;
-        let dst_start = u64::from(rect.y) * stride + u64::from(rect.x) * u64::from(PixelFormat::BYTES_PER_PIXEL);
+        let dst_start = u64::from(rect.y) * stride
+            + u64::from(rect.x) * u64::from(PixelFormat::BYTES_PER_PIXEL);
         // (destination offset, source offset, length) per copy: one for whole rows, else per row.
         let copies: Box<dyn Iterator<Item = (u64, u64, u64)>> = if full_rows {
             Box::new(std::iter::once((dst_start, offset, end - offset)))
         } else {
-            Box::new((0..u64::from(rect.height)).map(move |row| (dst_start + row * stride, offset + row * stride, row_bytes)))
+            Box::new(
+                (0..u64::from(rect.height))
+                    .map(move |row| (dst_start + row * stride, offset + row * stride, row_bytes)),
+            )
         };
         match &mut res.storage {
             Storage::Host(pixels) => {
                 let dst = VolatileSlice::from(&mut pixels[..]);
                 for (d, s, n) in copies {
-                    let out = dst.subslice(d as usize, n as usize).map_err(|e| GpuError::Unspec(e.to_string()))?;
+                    let out = dst
+                        .subslice(d as usize, n as usize)
+                        .map_err(|e| GpuError::Unspec(e.to_string()))?;
                     backing.copy_to(mem, s, &out)?;
                 }
             }
             Storage::Scanout => {
                 for (d, s, n) in copies {
-                    let out = export
-                        .pixels(d as usize, n as usize)
-                        .ok_or_else(|| GpuError::Unspec("scanout resource larger than the export".into()))?;
+                    let out = export.pixels(d as usize, n as usize).ok_or_else(|| {
+                        GpuError::Unspec("scanout resource larger than the export".into())
+                    })?;
                     backing.copy_to(mem, s, &out)?;
                 }
             }
@@ -258,18 +293,28 @@ impl Backend2d {
         let export = self.export.clone();
         let res = self.resource(id)?;
         let Storage::Host(pixels) = std::mem::replace(&mut res.storage, Storage::Scanout) else {
-            return Err(GpuError::Unspec(format!("resource {id} already on the scanout")));
+            return Err(GpuError::Unspec(format!(
+                "resource {id} already on the scanout"
+            )));
         };
-        let dst = export.pixels(0, pixels.len()).ok_or_else(|| GpuError::Unspec("export too small".into()))?;
+        let dst = export
+            .pixels(0, pixels.len())
+            .ok_or_else(|| GpuError::Unspec("export too small".into()))?;
         dst.copy_from(&pixels[..]);
-        export.set_geometry(Geometry { width: res.width, height: res.height, format: res.format });
+        export.set_geometry(Geometry {
+            width: res.width,
+            height: res.height,
+            format: res.format,
+        });
         self.scanout = Some(id);
         Ok(())
     }
 
     /// Take the current scanout resource off the display, moving its pixels back to host memory.
     fn retire_scanout(&mut self) -> Result<(), GpuError> {
-        let Some(id) = self.scanout.take() else { return Ok(()) };
+        let Some(id) = self.scanout.take() else {
+            return Ok(());
+        };
         let export = self.export.clone();
         let res = self.resource(id)?;
         let mut pixels = vec![0u8; res.bytes() as usize];
@@ -294,15 +339,38 @@ impl Backend2d {
         Ok(())
     }
 
-    fn update_cursor(&mut self, scanout_id: u32, x: u32, y: u32, id: u32, hot: (u32, u32)) -> Result<(), GpuError> {
-        self.move_cursor(scanout_id, x, y)?;
-        self.cursor.hot_x = hot.0;
-        self.cursor.hot_y = hot.1;
-        if id == 0 {
-            self.cursor.resource_id = 0;
-            self.cursor.image.clear();
-            return Ok(());
+    fn update_cursor(
+        &mut self,
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        id: u32,
+        hot: (u32, u32),
+    ) -> Result<(), GpuError> {
+        if scanout_id != 0 {
+            return Err(GpuError::InvalidScanoutId(scanout_id));
         }
+        // Validate and copy the image first so a rejected update changes nothing.
+        let (image, width, height) = if id == 0 {
+            (Vec::new(), 0, 0)
+        } else {
+            self.cursor_image(id)?
+        };
+        self.cursor = CursorState {
+            resource_id: id,
+            x,
+            y,
+            hot_x: hot.0,
+            hot_y: hot.1,
+            image,
+            width,
+            height,
+        };
+        Ok(())
+    }
+
+    /// A copy of cursor resource `id`'s pixels with its size.
+    fn cursor_image(&mut self, id: u32) -> Result<(Vec<u8>, u32, u32), GpuError> {
         let export = self.export.clone();
         let res = self.resource(id)?;
         if res.width > MAX_CURSOR_EDGE || res.height > MAX_CURSOR_EDGE {
@@ -320,9 +388,7 @@ impl Backend2d {
                 }
             }
         }
-        let (width, height) = (res.width, res.height);
-        self.cursor = CursorState { resource_id: id, image, width, height, ..self.cursor.clone() };
-        Ok(())
+        Ok((image, res.width, res.height))
     }
 
     fn move_cursor(&mut self, scanout_id: u32, x: u32, y: u32) -> Result<(), GpuError> {
@@ -343,7 +409,12 @@ impl GpuBackend for Backend2d {
     fn execute(&mut self, mem: &GuestMemory, cmd: GpuCommand) -> Result<GpuResponse, GpuError> {
         match cmd {
             GpuCommand::GetDisplayInfo => {
-                let rect = Rect { x: 0, y: 0, width: self.spec.width, height: self.spec.height };
+                let rect = Rect {
+                    x: 0,
+                    y: 0,
+                    width: self.spec.width,
+                    height: self.spec.height,
+                };
                 return Ok(GpuResponse::DisplayInfo(vec![rect]));
             }
             GpuCommand::GetEdid { scanout_id } => {
@@ -352,22 +423,41 @@ impl GpuBackend for Backend2d {
                 }
                 return Ok(GpuResponse::Edid(edid::build(&self.spec).to_vec()));
             }
-            GpuCommand::ResourceCreate2d { resource_id, format, width, height } => {
-                self.create(resource_id, format, width, height)
-            }
+            GpuCommand::ResourceCreate2d {
+                resource_id,
+                format,
+                width,
+                height,
+            } => self.create(resource_id, format, width, height),
             GpuCommand::ResourceUnref { resource_id } => self.unref(resource_id),
-            GpuCommand::SetScanout { scanout_id, resource_id, rect } => self.set_scanout(scanout_id, resource_id, rect),
+            GpuCommand::SetScanout {
+                scanout_id,
+                resource_id,
+                rect,
+            } => self.set_scanout(scanout_id, resource_id, rect),
             GpuCommand::ResourceFlush { resource_id, rect } => self.flush(resource_id, rect),
-            GpuCommand::TransferToHost2d { resource_id, rect, offset } => self.transfer(mem, resource_id, rect, offset),
-            GpuCommand::AttachBacking { resource_id, entries } => self.attach(mem, resource_id, entries),
+            GpuCommand::TransferToHost2d {
+                resource_id,
+                rect,
+                offset,
+            } => self.transfer(mem, resource_id, rect, offset),
+            GpuCommand::AttachBacking {
+                resource_id,
+                entries,
+            } => self.attach(mem, resource_id, entries),
             GpuCommand::DetachBacking { resource_id } => self.detach(resource_id),
-            GpuCommand::UpdateCursor { scanout_id, x, y, resource_id, hot_x, hot_y } => {
-                self.update_cursor(scanout_id, x, y, resource_id, (hot_x, hot_y))
-            }
+            GpuCommand::UpdateCursor {
+                scanout_id,
+                x,
+                y,
+                resource_id,
+                hot_x,
+                hot_y,
+            } => self.update_cursor(scanout_id, x, y, resource_id, (hot_x, hot_y)),
             GpuCommand::MoveCursor { scanout_id, x, y } => self.move_cursor(scanout_id, x, y),
-            GpuCommand::Unsupported { cmd_type } => {
-                Err(GpuError::Unspec(format!("command {cmd_type:#x} is not supported by the 2D device")))
-            }
+            GpuCommand::Unsupported { cmd_type } => Err(GpuError::Unspec(format!(
+                "command {cmd_type:#x} is not supported by the 2D device"
+            ))),
         }
         .map(|()| GpuResponse::NoData)
     }

@@ -19,16 +19,27 @@ fn read<T: ByteValued>(reader: &mut Reader, what: &str) -> Result<T, GpuError> {
 }
 
 fn rect(r: WireRect) -> Rect {
-    Rect { x: r.x.into(), y: r.y.into(), width: r.width.into(), height: r.height.into() }
+    Rect {
+        x: r.x.into(),
+        y: r.y.into(),
+        width: r.width.into(),
+        height: r.height.into(),
+    }
 }
 
 /// Decode the body following `hdr`. `max_entries` caps ATTACH_BACKING's scatter list.
-pub(crate) fn decode(hdr: &CtrlHeader, reader: &mut Reader, max_entries: u32) -> Result<GpuCommand, GpuError> {
+pub(crate) fn decode(
+    hdr: &CtrlHeader,
+    reader: &mut Reader,
+    max_entries: u32,
+) -> Result<GpuCommand, GpuError> {
     Ok(match u32::from(hdr.type_) {
         cmd::GET_DISPLAY_INFO => GpuCommand::GetDisplayInfo,
         cmd::GET_EDID => {
             let b: GetEdid = read(reader, "GET_EDID")?;
-            GpuCommand::GetEdid { scanout_id: b.scanout.into() }
+            GpuCommand::GetEdid {
+                scanout_id: b.scanout.into(),
+            }
         }
         cmd::RESOURCE_CREATE_2D => {
             let b: ResourceCreate2d = read(reader, "RESOURCE_CREATE_2D")?;
@@ -41,19 +52,32 @@ pub(crate) fn decode(hdr: &CtrlHeader, reader: &mut Reader, max_entries: u32) ->
         }
         cmd::RESOURCE_UNREF => {
             let b: ResourceOnly = read(reader, "RESOURCE_UNREF")?;
-            GpuCommand::ResourceUnref { resource_id: b.resource_id.into() }
+            GpuCommand::ResourceUnref {
+                resource_id: b.resource_id.into(),
+            }
         }
         cmd::SET_SCANOUT => {
             let b: SetScanout = read(reader, "SET_SCANOUT")?;
-            GpuCommand::SetScanout { scanout_id: b.scanout_id.into(), resource_id: b.resource_id.into(), rect: rect(b.rect) }
+            GpuCommand::SetScanout {
+                scanout_id: b.scanout_id.into(),
+                resource_id: b.resource_id.into(),
+                rect: rect(b.rect),
+            }
         }
         cmd::RESOURCE_FLUSH => {
             let b: ResourceFlush = read(reader, "RESOURCE_FLUSH")?;
-            GpuCommand::ResourceFlush { resource_id: b.resource_id.into(), rect: rect(b.rect) }
+            GpuCommand::ResourceFlush {
+                resource_id: b.resource_id.into(),
+                rect: rect(b.rect),
+            }
         }
         cmd::TRANSFER_TO_HOST_2D => {
             let b: TransferToHost2d = read(reader, "TRANSFER_TO_HOST_2D")?;
-            GpuCommand::TransferToHost2d { resource_id: b.resource_id.into(), rect: rect(b.rect), offset: b.offset.into() }
+            GpuCommand::TransferToHost2d {
+                resource_id: b.resource_id.into(),
+                rect: rect(b.rect),
+                offset: b.offset.into(),
+            }
         }
         cmd::RESOURCE_ATTACH_BACKING => {
             let b: AttachBacking = read(reader, "RESOURCE_ATTACH_BACKING")?;
@@ -64,19 +88,28 @@ pub(crate) fn decode(hdr: &CtrlHeader, reader: &mut Reader, max_entries: u32) ->
                 )));
             }
             if reader.available_bytes() < count as usize * std::mem::size_of::<MemEntry>() {
-                return Err(GpuError::Unspec(format!("ATTACH_BACKING promises {count} entries but sends fewer")));
+                return Err(GpuError::Unspec(format!(
+                    "ATTACH_BACKING promises {count} entries but sends fewer"
+                )));
             }
             let entries = (0..count)
                 .map(|_| {
-                    read::<MemEntry>(reader, "backing entry")
-                        .map(|e| BackingEntry { addr: e.addr.into(), len: e.length.into() })
+                    read::<MemEntry>(reader, "backing entry").map(|e| BackingEntry {
+                        addr: e.addr.into(),
+                        len: e.length.into(),
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            GpuCommand::AttachBacking { resource_id: b.resource_id.into(), entries }
+            GpuCommand::AttachBacking {
+                resource_id: b.resource_id.into(),
+                entries,
+            }
         }
         cmd::RESOURCE_DETACH_BACKING => {
             let b: ResourceOnly = read(reader, "RESOURCE_DETACH_BACKING")?;
-            GpuCommand::DetachBacking { resource_id: b.resource_id.into() }
+            GpuCommand::DetachBacking {
+                resource_id: b.resource_id.into(),
+            }
         }
         cmd::UPDATE_CURSOR | cmd::MOVE_CURSOR => {
             let b: UpdateCursor = read(reader, "cursor")?;
@@ -110,9 +143,17 @@ pub(crate) fn encode(req: &CtrlHeader, result: &Result<GpuResponse, GpuError>) -
     let hdr = CtrlHeader {
         type_: type_.into(),
         flags: flags.into(),
-        fence_id: if flags & FLAG_FENCE != 0 { req.fence_id } else { 0.into() },
+        fence_id: if flags & FLAG_FENCE != 0 {
+            req.fence_id
+        } else {
+            0.into()
+        },
         ctx_id: req.ctx_id,
-        ring_idx: if flags & FLAG_INFO_RING_IDX != 0 { req.ring_idx } else { 0 },
+        ring_idx: if flags & FLAG_INFO_RING_IDX != 0 {
+            req.ring_idx
+        } else {
+            0
+        },
         padding: [0; 3],
     };
     let mut out = hdr.as_slice().to_vec();
@@ -120,13 +161,22 @@ pub(crate) fn encode(req: &CtrlHeader, result: &Result<GpuResponse, GpuError>) -
         Ok(GpuResponse::DisplayInfo(rects)) => {
             let mut body = DisplayInfoBody::default();
             for (one, r) in body.pmodes.iter_mut().zip(rects) {
-                one.rect = WireRect { x: r.x.into(), y: r.y.into(), width: r.width.into(), height: r.height.into() };
+                one.rect = WireRect {
+                    x: r.x.into(),
+                    y: r.y.into(),
+                    width: r.width.into(),
+                    height: r.height.into(),
+                };
                 one.enabled = 1.into();
             }
             out.extend_from_slice(body.as_slice());
         }
         Ok(GpuResponse::Edid(blob)) => {
-            let mut body = EdidBody { size: 0.into(), padding: 0.into(), edid: [0; EDID_BLOB_SIZE] };
+            let mut body = EdidBody {
+                size: 0.into(),
+                padding: 0.into(),
+                edid: [0; EDID_BLOB_SIZE],
+            };
             let n = blob.len().min(EDID_BLOB_SIZE);
             body.edid[..n].copy_from_slice(&blob[..n]);
             body.size = (n as u32).into();
@@ -144,7 +194,8 @@ pub(crate) fn process_chain(
     chain: DescriptorChain<&GuestMemory>,
     max_entries: u32,
 ) -> u32 {
-    let (mut reader, mut writer) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) {
+    let (mut reader, mut writer) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
+    {
         (Ok(r), Ok(w)) => (r, w),
         (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "virtio-gpu: descriptor chain outside guest memory; dropped");

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt, WorkerContext,
-    WorkerHandler,
+    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    WorkerContext, WorkerHandler,
 };
 use vm_memory::ByteValued;
 use vmm_sys_util::epoll::EventSet;
@@ -15,6 +15,7 @@ use super::backend::GpuBackend;
 use super::backend2d::{Backend2d, GpuLimits};
 use super::decode::process_chain;
 use super::protocol::{GpuConfig, VIRTIO_GPU_F_EDID};
+use crate::config_space::read_config_bytes;
 use crate::framebuffer::FramebufferExport;
 use crate::queue::DeviceQueue;
 use crate::spec::GpuSpec;
@@ -43,7 +44,11 @@ impl VirtioGpu {
     /// A 2D GPU for `spec` whose scanout is exported as a shared-memory file in `export_dir`
     /// (normally [`crate::framebuffer::DEFAULT_DIR`]). Returns the device and the export handle
     /// the VMM's API serves (`GET /framebuffer`, events, screenshots).
-    pub fn new_2d(spec: GpuSpec, limits: GpuLimits, export_dir: &Path) -> std::io::Result<(Self, FramebufferExport)> {
+    pub fn new_2d(
+        spec: GpuSpec,
+        limits: GpuLimits,
+        export_dir: &Path,
+    ) -> std::io::Result<(Self, FramebufferExport)> {
         let export = FramebufferExport::create(export_dir, spec.width, spec.height)?;
         let backend = Backend2d::new(spec, limits, export.clone());
         Ok((Self::with_backend(Box::new(backend), limits), export))
@@ -81,7 +86,11 @@ impl VirtioDevice for VirtioGpu {
     }
 
     fn features(&self) -> u64 {
-        let extra = self.backend.lock().unwrap_or_else(|p| p.into_inner()).extra_features();
+        let extra = self
+            .backend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extra_features();
         VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | 1 << VIRTIO_GPU_F_EDID | extra
     }
 
@@ -98,7 +107,11 @@ impl VirtioDevice for VirtioGpu {
             let clear = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.events_read &= !clear;
         } else {
-            tracing::warn!(offset, len = data.len(), "virtio-gpu: write to read-only config ignored");
+            tracing::warn!(
+                offset,
+                len = data.len(),
+                "virtio-gpu: write to read-only config ignored"
+            );
         }
     }
 
@@ -109,7 +122,10 @@ impl VirtioDevice for VirtioGpu {
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
         if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount { expected: QUEUE_SIZES.len(), got: queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                got: queues.len(),
+            });
         }
         let worker = GpuWorker {
             mem,
@@ -128,19 +144,12 @@ impl VirtioDevice for VirtioGpu {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
-        self.backend.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        self.backend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reset();
         self.acked_features = 0;
         self.events_read = 0;
-    }
-}
-
-/// Copy `data.len()` bytes of a config image at `offset`; bytes past its end read as zero.
-pub(crate) fn read_config_bytes(image: &[u8], offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
-    if let Some(src) = image.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
     }
 }
 
@@ -155,12 +164,21 @@ struct GpuWorker {
 impl WorkerHandler for GpuWorker {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
         for (token, q) in self.queues.iter().enumerate() {
-            ctx.add(std::os::fd::AsRawFd::as_raw_fd(&q.inner.notify), EventSet::IN, token as u64)?;
+            ctx.add(
+                std::os::fd::AsRawFd::as_raw_fd(&q.inner.notify),
+                EventSet::IN,
+                token as u64,
+            )?;
         }
         Ok(())
     }
 
-    fn handle(&mut self, _ctx: &WorkerContext, token: u64, _events: EventSet) -> Result<(), String> {
+    fn handle(
+        &mut self,
+        _ctx: &WorkerContext,
+        token: u64,
+        _events: EventSet,
+    ) -> Result<(), String> {
         let q = self
             .queues
             .get_mut(token as usize)

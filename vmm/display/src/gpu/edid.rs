@@ -20,13 +20,20 @@ const V_FRONT_PORCH: u32 = 3;
 const V_SYNC: u32 = 5;
 const REFRESH_HZ: u64 = 60;
 /// sRGB primaries and white point (x, y) for the chromaticity block.
-const SRGB: [(f64, f64); 4] = [(0.640, 0.330), (0.300, 0.600), (0.150, 0.060), (0.3127, 0.3290)];
+const SRGB: [(f64, f64); 4] = [
+    (0.640, 0.330),
+    (0.300, 0.600),
+    (0.150, 0.060),
+    (0.3127, 0.3290),
+];
 
 /// Build the EDID for `spec`. Width and height must fit 12 bits (the spec parser enforces it).
 pub fn build(spec: &GpuSpec) -> [u8; EDID_LEN] {
     let mut e = [0u8; EDID_LEN];
     e[..8].copy_from_slice(&HEADER);
-    let id = MANUFACTURER.iter().fold(0u16, |acc, c| (acc << 5) | u16::from(c - b'A' + 1));
+    let id = MANUFACTURER
+        .iter()
+        .fold(0u16, |acc, c| (acc << 5) | u16::from(c - b'A' + 1));
     e[8..10].copy_from_slice(&id.to_be_bytes());
     e[10..12].copy_from_slice(&1u16.to_le_bytes()); // product code
     e[16] = 1; // week of manufacture
@@ -116,9 +123,18 @@ mod tests {
 
     #[test]
     fn checksum_header_and_preferred_mode() {
-        for s in [spec(720, 1280, 320), spec(1440, 3120, 560), spec(4095, 4095, 72), spec(64, 64, 1000)] {
+        for s in [
+            spec(720, 1280, 320),
+            spec(1440, 3120, 560),
+            spec(4095, 4095, 72),
+            spec(64, 64, 1000),
+        ] {
             let e = build(&s);
-            assert_eq!(e.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0, "checksum {s:?}");
+            assert_eq!(
+                e.iter().fold(0u8, |a, b| a.wrapping_add(*b)),
+                0,
+                "checksum {s:?}"
+            );
             assert_eq!(e[..8], HEADER);
             let h_active = u32::from(e[56]) | u32::from(e[58] >> 4) << 8;
             let v_active = u32::from(e[59]) | u32::from(e[61] >> 4) << 8;

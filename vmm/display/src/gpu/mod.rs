@@ -12,6 +12,5 @@ mod resource;
 pub use backend::{BackingEntry, GpuBackend, GpuCommand, GpuError, GpuResponse, Rect};
 pub use backend2d::{Backend2d, CursorState, GpuLimits};
 pub use device::VirtioGpu;
-pub(crate) use device::read_config_bytes;
 #[cfg(test)]
 mod tests;

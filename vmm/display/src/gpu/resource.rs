@@ -31,7 +31,11 @@ impl Backing {
             starts.push(total);
             total += u64::from(e.len);
         }
-        Ok(Self { entries, starts, total })
+        Ok(Self {
+            entries,
+            starts,
+            total,
+        })
     }
 
     /// Number of scatter-list entries.
@@ -46,17 +50,29 @@ impl Backing {
 
     /// Copy `dst.len()` bytes starting at backing offset `offset` into `dst`.
     /// The caller checked `offset + dst.len() <= len()`.
-    pub(crate) fn copy_to(&self, mem: &GuestMemory, offset: u64, dst: &VolatileSlice) -> Result<(), GpuError> {
-        let mut index = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+    pub(crate) fn copy_to(
+        &self,
+        mem: &GuestMemory,
+        offset: u64,
+        dst: &VolatileSlice,
+    ) -> Result<(), GpuError> {
+        let mut index = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
         let mut pos = offset;
         let mut done = 0usize;
         while done < dst.len() {
-            let entry = self.entries.get(index).ok_or_else(|| backing_short(offset, dst.len()))?;
+            let entry = self
+                .entries
+                .get(index)
+                .ok_or_else(|| backing_short(offset, dst.len()))?;
             let within = pos - self.starts[index];
             let n = (u64::from(entry.len) - within).min((dst.len() - done) as u64) as usize;
             let mut addr = GuestAddress(entry.addr + within);
             for piece in mem.get_slices(addr, n) {
-                let piece = piece.map_err(|e| GpuError::Unspec(format!("reading backing at {addr:#x?}: {e}")))?;
+                let piece = piece
+                    .map_err(|e| GpuError::Unspec(format!("reading backing at {addr:#x?}: {e}")))?;
                 let out = dst
                     .subslice(done, piece.len())
                     .map_err(|e| GpuError::Unspec(format!("copy destination: {e}")))?;
@@ -72,7 +88,9 @@ impl Backing {
 }
 
 fn backing_short(offset: u64, len: usize) -> GpuError {
-    GpuError::InvalidParameter(format!("transfer of {len} bytes at backing offset {offset} runs past the backing"))
+    GpuError::InvalidParameter(format!(
+        "transfer of {len} bytes at backing offset {offset} runs past the backing"
+    ))
 }
 
 /// Where a resource's pixels live on the host.
@@ -110,21 +128,48 @@ mod tests {
     use vm_memory::Bytes;
 
     fn mem() -> GuestMemory {
-        GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x20000), 0x1000)]).unwrap()
+        GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000), (GuestAddress(0x20000), 0x1000)])
+            .unwrap()
     }
 
     #[test]
     fn rejects_entries_outside_memory_or_overflowing() {
         let m = mem();
         let bad = [
-            BackingEntry { addr: 0xf000, len: 0x2000 },        // runs into the hole
-            BackingEntry { addr: 0x21000, len: 1 },            // past the end
-            BackingEntry { addr: u64::MAX - 2, len: 16 },      // wraps
+            BackingEntry {
+                addr: 0xf000,
+                len: 0x2000,
+            }, // runs into the hole
+            BackingEntry {
+                addr: 0x21000,
+                len: 1,
+            }, // past the end
+            BackingEntry {
+                addr: u64::MAX - 2,
+                len: 16,
+            }, // wraps
         ];
         for e in bad {
-            assert!(matches!(Backing::new(&m, vec![e]), Err(GpuError::InvalidParameter(_))), "{e:?}");
+            assert!(
+                matches!(
+                    Backing::new(&m, vec![e]),
+                    Err(GpuError::InvalidParameter(_))
+                ),
+                "{e:?}"
+            );
         }
-        assert_eq!(Backing::new(&m, vec![BackingEntry { addr: 0x20000, len: 0x1000 }]).unwrap().len(), 0x1000);
+        assert_eq!(
+            Backing::new(
+                &m,
+                vec![BackingEntry {
+                    addr: 0x20000,
+                    len: 0x1000
+                }]
+            )
+            .unwrap()
+            .len(),
+            0x1000
+        );
     }
 
     #[test]
@@ -136,14 +181,25 @@ mod tests {
         let backing = Backing::new(
             &m,
             vec![
-                BackingEntry { addr: 0x100, len: 3 },
-                BackingEntry { addr: 0x20010, len: 2 },
-                BackingEntry { addr: 0x500, len: 4 },
+                BackingEntry {
+                    addr: 0x100,
+                    len: 3,
+                },
+                BackingEntry {
+                    addr: 0x20010,
+                    len: 2,
+                },
+                BackingEntry {
+                    addr: 0x500,
+                    len: 4,
+                },
             ],
         )
         .unwrap();
         let mut out = [0u8; 6];
-        backing.copy_to(&m, 2, &VolatileSlice::from(&mut out[..])).unwrap();
+        backing
+            .copy_to(&m, 2, &VolatileSlice::from(&mut out[..]))
+            .unwrap();
         assert_eq!(out, [3, 4, 5, 6, 7, 8]);
     }
 }

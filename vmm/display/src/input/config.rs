@@ -34,7 +34,13 @@ pub struct AbsInfo {
 
 impl AbsInfo {
     fn range(min: u32, max: u32) -> Self {
-        Self { min, max, fuzz: 0, flat: 0, res: 0 }
+        Self {
+            min,
+            max,
+            fuzz: 0,
+            flat: 0,
+            res: 0,
+        }
     }
 }
 
@@ -67,7 +73,10 @@ impl InputProfile {
             serial: "cloudphone-touch-0".into(),
             product: 1,
             props: vec![INPUT_PROP_DIRECT],
-            events: BTreeMap::from([(EV_KEY, vec![BTN_TOUCH]), (EV_ABS, abs.keys().copied().collect())]),
+            events: BTreeMap::from([
+                (EV_KEY, vec![BTN_TOUCH]),
+                (EV_ABS, abs.keys().copied().collect()),
+            ]),
             abs,
         }
     }
@@ -89,13 +98,25 @@ impl InputProfile {
         let mut out = match (select, subsel) {
             (CFG_ID_NAME, 0) => self.name.as_bytes().to_vec(),
             (CFG_ID_SERIAL, 0) => self.serial.as_bytes().to_vec(),
-            (CFG_ID_DEVIDS, 0) => [BUS_VIRTUAL, 0x1af4, self.product, 1].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            (CFG_ID_DEVIDS, 0) => [BUS_VIRTUAL, 0x1af4, self.product, 1]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
             (CFG_PROP_BITS, 0) => bitmap(&self.props),
-            (CFG_EV_BITS, ty) => self.events.get(&u16::from(ty)).map(|codes| bitmap(codes)).unwrap_or_default(),
+            (CFG_EV_BITS, ty) => self
+                .events
+                .get(&u16::from(ty))
+                .map(|codes| bitmap(codes))
+                .unwrap_or_default(),
             (CFG_ABS_INFO, axis) => self
                 .abs
                 .get(&u16::from(axis))
-                .map(|a| [a.min, a.max, a.fuzz, a.flat, a.res].iter().flat_map(|v| v.to_le_bytes()).collect())
+                .map(|a| {
+                    [a.min, a.max, a.fuzz, a.flat, a.res]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes())
+                        .collect()
+                })
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
@@ -106,7 +127,9 @@ impl InputProfile {
 
 /// A little-endian bitmap with bit `code` set for each code, as short as possible.
 fn bitmap(codes: &[u16]) -> Vec<u8> {
-    let Some(max) = codes.iter().max() else { return Vec::new() };
+    let Some(max) = codes.iter().max() else {
+        return Vec::new();
+    };
     let mut bits = vec![0u8; usize::from(*max) / 8 + 1];
     for &c in codes {
         bits[usize::from(c) / 8] |= 1 << (c % 8);
@@ -130,7 +153,7 @@ impl ConfigSpace {
         image[1] = self.subsel;
         image[2] = payload.len() as u8;
         image[DATA_OFFSET..DATA_OFFSET + payload.len()].copy_from_slice(&payload);
-        crate::gpu::read_config_bytes(&image, offset, data);
+        crate::config_space::read_config_bytes(&image, offset, data);
     }
 
     /// Writes to `select` (offset 0) and `subsel` (offset 1) take effect; others are ignored.
@@ -139,7 +162,10 @@ impl ConfigSpace {
             match offset.checked_add(i as u64) {
                 Some(0) => self.select = *byte,
                 Some(1) => self.subsel = *byte,
-                _ => tracing::debug!(offset, "virtio-input: write to read-only config byte ignored"),
+                _ => tracing::debug!(
+                    offset,
+                    "virtio-input: write to read-only config byte ignored"
+                ),
             }
         }
     }
@@ -168,10 +194,24 @@ mod tests {
         let p = InputProfile::touchscreen(720, 1280);
         let mut s = ConfigSpace::default();
         assert_eq!(query(&mut s, &p, CFG_ID_NAME, 0), b"virtio-touchscreen-0");
-        assert_eq!(query(&mut s, &p, CFG_PROP_BITS, 0), [1 << INPUT_PROP_DIRECT]);
+        assert_eq!(
+            query(&mut s, &p, CFG_PROP_BITS, 0),
+            [1 << INPUT_PROP_DIRECT]
+        );
         let abs_bits = query(&mut s, &p, CFG_EV_BITS, EV_ABS as u8);
-        for axis in [ABS_X, ABS_Y, ABS_MT_SLOT, ABS_MT_POSITION_X, ABS_MT_POSITION_Y, ABS_MT_TRACKING_ID] {
-            assert_ne!(abs_bits[usize::from(axis / 8)] & (1 << (axis % 8)), 0, "axis {axis}");
+        for axis in [
+            ABS_X,
+            ABS_Y,
+            ABS_MT_SLOT,
+            ABS_MT_POSITION_X,
+            ABS_MT_POSITION_Y,
+            ABS_MT_TRACKING_ID,
+        ] {
+            assert_ne!(
+                abs_bits[usize::from(axis / 8)] & (1 << (axis % 8)),
+                0,
+                "axis {axis}"
+            );
         }
         let key_bits = query(&mut s, &p, CFG_EV_BITS, EV_KEY as u8);
         assert_eq!(key_bits.len(), usize::from(BTN_TOUCH / 8) + 1);
@@ -192,7 +232,11 @@ mod tests {
         assert_eq!(query(&mut s, &p, CFG_ID_NAME, 0), b"virtio-keyboard-0");
         let bits = query(&mut s, &p, CFG_EV_BITS, EV_KEY as u8);
         for code in [172u16, 158, 580, 116, 115, 114, 30, 2, 28, 14, 57] {
-            assert_ne!(bits[usize::from(code / 8)] & (1 << (code % 8)), 0, "key {code}");
+            assert_ne!(
+                bits[usize::from(code / 8)] & (1 << (code % 8)),
+                0,
+                "key {code}"
+            );
         }
         assert!(query(&mut s, &p, CFG_EV_BITS, EV_ABS as u8).is_empty());
         assert!(query(&mut s, &p, CFG_PROP_BITS, 0).is_empty());

@@ -7,8 +7,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt, WorkerContext,
-    WorkerHandler,
+    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    WorkerContext, WorkerHandler,
 };
 use virtio_queue::Writer;
 use vmm_sys_util::epoll::EventSet;
@@ -36,7 +36,12 @@ pub struct VirtioInput {
 
 impl VirtioInput {
     pub(crate) fn new(profile: InputProfile, events: Arc<EventQueue>) -> Self {
-        Self { profile, config: ConfigSpace::default(), events, worker: None }
+        Self {
+            profile,
+            config: ConfigSpace::default(),
+            events,
+            worker: None,
+        }
     }
 
     /// The device's name as the guest sees it (`virtio-touchscreen-0`, ...).
@@ -75,7 +80,10 @@ impl VirtioDevice for VirtioInput {
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
         if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount { expected: QUEUE_SIZES.len(), got: queues.len() });
+            return Err(ActivateError::QueueCount {
+                expected: QUEUE_SIZES.len(),
+                got: queues.len(),
+            });
         }
         let worker = InputWorker {
             mem,
@@ -124,14 +132,18 @@ impl InputWorker {
             let Some(chain) = q.pop(&self.mem) else { break };
             let head = chain.head_index();
             let written = match Writer::new(&self.mem, chain) {
-                Ok(mut w) if w.available_bytes() >= EVENT_BYTES => w.write_all(&event.to_bytes()).is_ok(),
+                Ok(mut w) if w.available_bytes() >= EVENT_BYTES => {
+                    w.write_all(&event.to_bytes()).is_ok()
+                }
                 _ => false,
             };
             if written {
                 pending.events.pop_front();
                 q.complete(&self.mem, head, EVENT_BYTES as u32)?;
             } else {
-                tracing::warn!("virtio-input: event buffer unusable (too small or outside memory); skipped");
+                tracing::warn!(
+                    "virtio-input: event buffer unusable (too small or outside memory); skipped"
+                );
                 q.complete(&self.mem, head, 0)?;
             }
         }
@@ -148,7 +160,12 @@ impl WorkerHandler for InputWorker {
         ctx.add(self.events.wake.as_raw_fd(), EventSet::IN, WAKE_TOKEN)
     }
 
-    fn handle(&mut self, _ctx: &WorkerContext, token: u64, _events: EventSet) -> Result<(), String> {
+    fn handle(
+        &mut self,
+        _ctx: &WorkerContext,
+        token: u64,
+        _events: EventSet,
+    ) -> Result<(), String> {
         match token {
             WAKE_TOKEN => {
                 let _ = self.events.wake.read();
@@ -161,5 +178,78 @@ impl WorkerHandler for InputWorker {
             other => return Err(format!("virtio-input: unknown worker token {other}")),
         }
         self.deliver()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::handle::InputEvent;
+    use cloudphone_virtio::InterruptCause;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    #[derive(Default)]
+    struct Counter(AtomicU32);
+
+    impl VirtioInterrupt for Counter {
+        fn trigger(&self, _cause: InterruptCause) -> std::io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn signal_needs_reset(&self) {}
+    }
+
+    #[test]
+    fn too_small_event_buffer_is_returned_empty_and_the_event_kept() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, 8);
+        let write = 2; // VRING_DESC_F_WRITE
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(0x1_0000, 4, write, 0)),
+            RawDescriptor::from(SplitDescriptor::new(0x2_0000, 8, write, 0)),
+        ];
+        mock.add_desc_chains(&descs, 0).unwrap();
+        let queue: Queue = mock.create_queue().unwrap();
+        let events = Arc::new(EventQueue::new().unwrap());
+        events.lock().events.push_back(InputEvent::new(1, 172, 1));
+        let irq = Arc::new(Counter::default());
+        let activated = |index, queue| ActivatedQueue {
+            index,
+            queue,
+            notify: EventFd::new(0).unwrap(),
+        };
+        let status: Queue = MockSplitQueue::create(&mem, GuestAddress(0x8_0000), 8)
+            .create_queue()
+            .unwrap();
+        let mut worker = InputWorker {
+            mem: mem.clone(),
+            queues: vec![
+                DeviceQueue::new(activated(0, queue)),
+                DeviceQueue::new(activated(1, status)),
+            ],
+            events: events.clone(),
+            interrupt: irq.clone(),
+        };
+        worker.deliver().unwrap();
+        let used = mock.used();
+        assert_eq!(used.idx().load(), 2);
+        let first = used.ring().ref_at(0).unwrap().load();
+        let second = used.ring().ref_at(1).unwrap().load();
+        assert_eq!(
+            (first.id(), first.len()),
+            (0, 0),
+            "4-byte buffer returned unused"
+        );
+        assert_eq!((second.id(), second.len()), (1, 8));
+        let mut bytes = [0u8; 8];
+        mem.read_slice(&mut bytes, GuestAddress(0x2_0000)).unwrap();
+        assert_eq!(bytes, InputEvent::new(1, 172, 1).to_bytes());
+        assert!(events.lock().events.is_empty());
+        assert_eq!(irq.0.load(Ordering::SeqCst), 1, "one interrupt per batch");
     }
 }

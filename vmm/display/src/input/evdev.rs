@@ -71,8 +71,15 @@ pub const KEYS: &[(&str, u16)] = &[
 /// The key code for an API key name: case-insensitive, `_` ignored, optional `KEY_` prefix
 /// (`"home"`, `"VOLUME_UP"`, `"KEY_A"`).
 pub fn key_code(name: &str) -> Option<u16> {
-    let norm: String = name.chars().filter(|c| *c != '_').collect::<String>().to_ascii_uppercase();
-    let norm = norm.strip_prefix("KEY").filter(|rest| !rest.is_empty()).unwrap_or(&norm);
+    let norm: String = name
+        .chars()
+        .filter(|c| *c != '_')
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let norm = norm
+        .strip_prefix("KEY")
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(&norm);
     KEYS.iter().find(|(n, _)| *n == norm).map(|(_, code)| *code)
 }
 
@@ -96,7 +103,10 @@ mod tests {
     #[test]
     fn names_and_codes_are_unique() {
         for (i, (n, c)) in KEYS.iter().enumerate() {
-            assert!(KEYS[i + 1..].iter().all(|(n2, c2)| n2 != n && c2 != c), "{n} {c}");
+            assert!(
+                KEYS[i + 1..].iter().all(|(n2, c2)| n2 != n && c2 != c),
+                "{n} {c}"
+            );
         }
     }
 }

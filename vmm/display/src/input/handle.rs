@@ -54,7 +54,10 @@ pub(crate) struct EventQueue {
 
 impl EventQueue {
     pub(crate) fn new() -> std::io::Result<Self> {
-        Ok(Self { pending: Mutex::new(Pending::default()), wake: EventFd::new(libc::EFD_NONBLOCK)? })
+        Ok(Self {
+            pending: Mutex::new(Pending::default()),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -128,7 +131,11 @@ impl TouchState {
             return out;
         }
         if self.any_down() != was_down {
-            out.push(InputEvent::new(EV_KEY, BTN_TOUCH, i32::from(self.any_down())));
+            out.push(InputEvent::new(
+                EV_KEY,
+                BTN_TOUCH,
+                i32::from(self.any_down()),
+            ));
         }
         if let Some(&(_, x, y, _)) = actions.iter().find(|a| a.3) {
             out.push(InputEvent::new(EV_ABS, ABS_X, x as i32));
@@ -154,8 +161,19 @@ pub struct InputHandle {
 }
 
 impl InputHandle {
-    pub(crate) fn new(screen: Screen, touch: Option<Arc<EventQueue>>, keyboard: Option<Arc<EventQueue>>) -> Self {
-        Self { inner: Arc::new(Inner { screen, touch, keyboard, touch_state: Mutex::default() }) }
+    pub(crate) fn new(
+        screen: Screen,
+        touch: Option<Arc<EventQueue>>,
+        keyboard: Option<Arc<EventQueue>>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                screen,
+                touch,
+                keyboard,
+                touch_state: Mutex::default(),
+            }),
+        }
     }
 
     /// The screen touch coordinates refer to.
@@ -181,7 +199,9 @@ impl InputHandle {
         let keys: Vec<InputEvent> = actions
             .iter()
             .filter_map(|a| match *a {
-                InputAction::Key { code, down } => Some([InputEvent::new(EV_KEY, code, i32::from(down)), SYN]),
+                InputAction::Key { code, down } => {
+                    Some([InputEvent::new(EV_KEY, code, i32::from(down)), SYN])
+                }
                 InputAction::Touch { .. } => None,
             })
             .flatten()
@@ -197,10 +217,17 @@ impl InputHandle {
             (None, false) => return Err(InputError::NoDevice("keyboard")),
         };
         if let Some(queue) = touch_queue {
-            let mut state = self.inner.touch_state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = self
+                .inner
+                .touch_state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let mut pending = queue.lock();
             if state.generation != pending.generation {
-                *state = TouchState { generation: pending.generation, ..TouchState::default() };
+                *state = TouchState {
+                    generation: pending.generation,
+                    ..TouchState::default()
+                };
             }
             let mut next = state.clone();
             let events = next.events(&touches);
@@ -221,18 +248,37 @@ mod tests {
     use super::*;
 
     fn handle() -> (InputHandle, Arc<EventQueue>, Arc<EventQueue>) {
-        let (t, k) = (Arc::new(EventQueue::new().unwrap()), Arc::new(EventQueue::new().unwrap()));
-        (InputHandle::new(Screen { width: 720, height: 1280 }, Some(t.clone()), Some(k.clone())), t, k)
+        let (t, k) = (
+            Arc::new(EventQueue::new().unwrap()),
+            Arc::new(EventQueue::new().unwrap()),
+        );
+        (
+            InputHandle::new(
+                Screen {
+                    width: 720,
+                    height: 1280,
+                },
+                Some(t.clone()),
+                Some(k.clone()),
+            ),
+            t,
+            k,
+        )
     }
 
     fn drain(q: &EventQueue) -> Vec<(u16, u16, i32)> {
-        q.lock().events.drain(..).map(|e| (e.type_, e.code, e.value)).collect()
+        q.lock()
+            .events
+            .drain(..)
+            .map(|e| (e.type_, e.code, e.value))
+            .collect()
     }
 
     #[test]
     fn protocol_b_down_move_second_finger_up() {
         let (h, t, _) = handle();
-        h.inject_json(br#"{"touch":[{"id":0,"x":10,"y":20,"down":true}]}"#).unwrap();
+        h.inject_json(br#"{"touch":[{"id":0,"x":10,"y":20,"down":true}]}"#)
+            .unwrap();
         assert_eq!(
             drain(&t),
             vec![
@@ -246,7 +292,10 @@ mod tests {
                 (EV_SYN, SYN_REPORT, 0),
             ]
         );
-        h.inject_json(br#"{"touch":[{"id":0,"x":11,"y":21,"down":true},{"id":3,"x":5,"y":6,"down":true}]}"#).unwrap();
+        h.inject_json(
+            br#"{"touch":[{"id":0,"x":11,"y":21,"down":true},{"id":3,"x":5,"y":6,"down":true}]}"#,
+        )
+        .unwrap();
         assert_eq!(
             drain(&t),
             vec![
@@ -262,7 +311,10 @@ mod tests {
                 (EV_SYN, SYN_REPORT, 0),
             ]
         );
-        h.inject_json(br#"{"touch":[{"id":0,"x":11,"y":21,"down":false},{"id":3,"x":5,"y":6,"down":false}]}"#).unwrap();
+        h.inject_json(
+            br#"{"touch":[{"id":0,"x":11,"y":21,"down":false},{"id":3,"x":5,"y":6,"down":false}]}"#,
+        )
+        .unwrap();
         assert_eq!(
             drain(&t),
             vec![
@@ -275,7 +327,8 @@ mod tests {
             ]
         );
         // Lifting a finger that is not down produces nothing.
-        h.inject_json(br#"{"touch":[{"id":5,"x":1,"y":1,"down":false}]}"#).unwrap();
+        h.inject_json(br#"{"touch":[{"id":5,"x":1,"y":1,"down":false}]}"#)
+            .unwrap();
         assert!(drain(&t).is_empty());
     }
 
@@ -297,31 +350,56 @@ mod tests {
         for _ in 0..MAX_PENDING_EVENTS / 2 {
             h.inject_json(br#"{"key":"A","down":true}"#).unwrap();
         }
-        assert_eq!(h.inject_json(br#"{"key":"A","down":false}"#), Err(InputError::QueueFull));
+        assert_eq!(
+            h.inject_json(br#"{"key":"A","down":false}"#),
+            Err(InputError::QueueFull)
+        );
         assert_eq!(k.lock().events.len(), MAX_PENDING_EVENTS);
         // A refused touch leaves the contact state untouched.
-        t.lock().events.extend(std::iter::repeat_n(SYN, MAX_PENDING_EVENTS - 5));
-        assert_eq!(h.inject_json(br#"{"touch":[{"id":0,"x":1,"y":1,"down":true}]}"#), Err(InputError::QueueFull));
+        t.lock()
+            .events
+            .extend(std::iter::repeat_n(SYN, MAX_PENDING_EVENTS - 5));
+        assert_eq!(
+            h.inject_json(br#"{"touch":[{"id":0,"x":1,"y":1,"down":true}]}"#),
+            Err(InputError::QueueFull)
+        );
         assert_eq!(t.lock().events.len(), MAX_PENDING_EVENTS - 5);
         drain(&t);
-        h.inject_json(br#"{"touch":[{"id":0,"x":1,"y":1,"down":true}]}"#).unwrap();
+        h.inject_json(br#"{"touch":[{"id":0,"x":1,"y":1,"down":true}]}"#)
+            .unwrap();
         assert_eq!(drain(&t)[1], (EV_ABS, ABS_MT_TRACKING_ID, 0));
     }
 
     #[test]
     fn reset_forgets_contacts() {
         let (h, t, _) = handle();
-        h.inject_json(br#"{"touch":[{"id":0,"x":1,"y":1,"down":true}]}"#).unwrap();
+        h.inject_json(br#"{"touch":[{"id":0,"x":1,"y":1,"down":true}]}"#)
+            .unwrap();
         t.reset();
-        h.inject_json(br#"{"touch":[{"id":0,"x":2,"y":2,"down":true}]}"#).unwrap();
+        h.inject_json(br#"{"touch":[{"id":0,"x":2,"y":2,"down":true}]}"#)
+            .unwrap();
         let events = drain(&t);
-        assert_eq!(events[1], (EV_ABS, ABS_MT_TRACKING_ID, 0), "a fresh contact after reset: {events:?}");
+        assert_eq!(
+            events[1],
+            (EV_ABS, ABS_MT_TRACKING_ID, 0),
+            "a fresh contact after reset: {events:?}"
+        );
     }
 
     #[test]
     fn missing_device_is_reported() {
-        let h = InputHandle::new(Screen { width: 10, height: 10 }, None, None);
-        assert_eq!(h.inject_json(br#"{"key":"HOME","down":true}"#), Err(InputError::NoDevice("keyboard")));
+        let h = InputHandle::new(
+            Screen {
+                width: 10,
+                height: 10,
+            },
+            None,
+            None,
+        );
+        assert_eq!(
+            h.inject_json(br#"{"key":"HOME","down":true}"#),
+            Err(InputError::NoDevice("keyboard"))
+        );
         assert_eq!(
             h.inject_json(br#"{"touch":[{"id":0,"x":1,"y":1,"down":true}]}"#),
             Err(InputError::NoDevice("touchscreen"))

@@ -30,20 +30,29 @@ pub struct InputDevices {
 impl InputDevices {
     /// Devices for `spec`; touch coordinates are pixels of `screen` (the GPU scanout size).
     pub fn new(spec: InputSpec, screen: Screen) -> std::io::Result<Self> {
-        let make = |wanted: bool, profile: InputProfile| -> std::io::Result<Option<(VirtioInput, Arc<EventQueue>)>> {
+        let make = |wanted: bool,
+                    profile: InputProfile|
+         -> std::io::Result<Option<(VirtioInput, Arc<EventQueue>)>> {
             if !wanted {
                 return Ok(None);
             }
             let queue = Arc::new(EventQueue::new()?);
             Ok(Some((VirtioInput::new(profile, queue.clone()), queue)))
         };
-        let touch = make(spec.touch, InputProfile::touchscreen(screen.width, screen.height))?;
+        let touch = make(
+            spec.touch,
+            InputProfile::touchscreen(screen.width, screen.height),
+        )?;
         let keyboard = make(spec.keyboard, InputProfile::keyboard())?;
         let handle = InputHandle::new(
             screen,
             touch.as_ref().map(|(_, q)| q.clone()),
             keyboard.as_ref().map(|(_, q)| q.clone()),
         );
-        Ok(Self { touch: touch.map(|(d, _)| d), keyboard: keyboard.map(|(d, _)| d), handle })
+        Ok(Self {
+            touch: touch.map(|(d, _)| d),
+            keyboard: keyboard.map(|(d, _)| d),
+            handle,
+        })
     }
 }

@@ -42,6 +42,7 @@ pub(super) struct NetHandler {
     rx_frame: Vec<u8>,
     tx_frame: Vec<u8>,
     backend_polled: bool,
+    warn: crate::warn_limit::WarnLimit,
 }
 
 impl NetHandler {
@@ -64,6 +65,7 @@ impl NetHandler {
             rx_frame: vec![0; MAX_BUFFER_LEN],
             tx_frame: vec![0; MAX_BUFFER_LEN],
             backend_polled: false,
+            warn: Default::default(),
         }
     }
 
@@ -72,7 +74,11 @@ impl NetHandler {
             return Ok(());
         }
         let fd = self.backend.fd();
-        let result = if on { ctx.add(fd, EventSet::IN, BACKEND_TOKEN) } else { ctx.remove(fd) };
+        let result = if on {
+            ctx.add(fd, EventSet::IN, BACKEND_TOKEN)
+        } else {
+            ctx.remove(fd)
+        };
         result.map_err(|e| format!("cannot change polling of the net backend: {e}"))?;
         self.backend_polled = on;
         Ok(())
@@ -93,7 +99,13 @@ impl NetHandler {
             };
             self.rx_pending = Some(len);
             if len < VNET_HDR_LEN {
-                tracing::warn!(len, "net backend gave a frame shorter than the vnet header; dropped");
+                if self.warn.allow() {
+                    tracing::warn!(
+                        occurrences = self.warn.count(),
+                        len,
+                        "net backend gave a frame shorter than the vnet header; dropped"
+                    );
+                }
                 self.rx_pending = None;
                 continue;
             }
@@ -134,7 +146,14 @@ impl NetHandler {
         if capacity < len {
             // Without mergeable buffers one chain must hold the frame; leave it for a smaller one.
             self.rx.undo_pop(1);
-            tracing::warn!(len, capacity, "guest rx buffer too small for frame; frame dropped");
+            if self.warn.allow() {
+                tracing::warn!(
+                    occurrences = self.warn.count(),
+                    len,
+                    capacity,
+                    "guest rx buffer too small for frame; frame dropped"
+                );
+            }
             return Ok(Delivery::Dropped);
         }
         let num_buffers = u16::try_from(chains.len()).map_err(|_| "too many rx buffers")?;
@@ -161,7 +180,9 @@ impl NetHandler {
                 .map_err(|e| format!("tx buffer {head} is outside guest memory: {e}"))?;
             let len = reader.available_bytes();
             if !(VNET_HDR_LEN..=MAX_BUFFER_LEN).contains(&len) {
-                tracing::warn!(len, "guest sent a frame of invalid length (limits {VNET_HDR_LEN}..={MAX_BUFFER_LEN}); dropped");
+                if self.warn.allow() {
+                    tracing::warn!(occurrences = self.warn.count(), len, "guest sent a frame of invalid length (limits {VNET_HDR_LEN}..={MAX_BUFFER_LEN}); dropped");
+                }
             } else {
                 reader
                     .read_exact(&mut self.tx_frame[..len])

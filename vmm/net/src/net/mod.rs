@@ -93,7 +93,12 @@ impl Net {
 
     /// A device on any frame backend (tests use a socket pair).
     pub fn with_backend(backend: Arc<dyn NetBackend>, mac: MacAddr) -> Self {
-        Net { backend, mac, acked_features: 0, worker: None }
+        Net {
+            backend,
+            mac,
+            acked_features: 0,
+            worker: None,
+        }
     }
 
     /// The MAC address the guest sees.
@@ -140,9 +145,13 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx]: [ActivatedQueue; 2] = queues.try_into().map_err(|q: Vec<_>| {
-            ActivateError::QueueCount { expected: 2, got: q.len() }
-        })?;
+        let [rx, tx]: [ActivatedQueue; 2] =
+            queues
+                .try_into()
+                .map_err(|q: Vec<_>| ActivateError::QueueCount {
+                    expected: 2,
+                    got: q.len(),
+                })?;
         self.backend
             .set_offload(self.acked_features)
             .map_err(|e| ActivateError::Backend(format!("cannot set TAP offloads: {e}")))?;
@@ -169,5 +178,7 @@ impl VirtioDevice for Net {
     }
 }
 
+#[cfg(test)]
+mod driver_tests;
 #[cfg(test)]
 mod tests;

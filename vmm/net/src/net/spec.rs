@@ -107,22 +107,36 @@ mod tests {
         assert_eq!(err("mac=52:54:00:00:00:01"), NetSpecError::MissingTap);
         assert_eq!(err(""), NetSpecError::UnknownItem(String::new()));
         assert_eq!(err("tap=a,tap=b"), NetSpecError::Duplicate("tap"));
-        assert_eq!(err("tap=averyveryverylongname"), NetSpecError::BadTapName("averyveryverylongname".into()));
+        assert_eq!(
+            err("tap=averyveryverylongname"),
+            NetSpecError::BadTapName("averyveryverylongname".into())
+        );
         assert_eq!(err("tap=a/b"), NetSpecError::BadTapName("a/b".into()));
         assert_eq!(err("tap=.."), NetSpecError::BadTapName("..".into()));
-        assert_eq!(err("tap=x,vhost=on"), NetSpecError::UnknownItem("vhost=on".into()));
-        assert!(matches!(err("tap=x,mac=ff:ff:ff:ff:ff:ff"), NetSpecError::Mac(_)));
+        assert_eq!(
+            err("tap=x,vhost=on"),
+            NetSpecError::UnknownItem("vhost=on".into())
+        );
+        assert!(matches!(
+            err("tap=x,mac=ff:ff:ff:ff:ff:ff"),
+            NetSpecError::Mac(_)
+        ));
         assert!(err("tap=x,mac=1").to_string().contains("example"));
     }
 
     #[test]
     fn fuzz_net_spec() {
-        crate::testutil::fuzz("net_spec", 2048, "(tap|mac|x)=[a-z0-9:./ ]{0,20}(,(tap|mac)=[0-9a-f:]{0,18}){0,2}", |s: String| {
-            if let Ok(spec) = s.parse::<NetSpec>() {
-                proptest::prop_assert!(valid_ifname(&spec.tap));
-                proptest::prop_assert!(!spec.mac_or_derived().is_multicast());
-            }
-            Ok(())
-        });
+        crate::testutil::fuzz(
+            "net_spec",
+            2048,
+            "(tap|mac|x)=[a-z0-9:./ ]{0,20}(,(tap|mac)=[0-9a-f:]{0,18}){0,2}",
+            |s: String| {
+                if let Ok(spec) = s.parse::<NetSpec>() {
+                    proptest::prop_assert!(valid_ifname(&spec.tap));
+                    proptest::prop_assert!(!spec.mac_or_derived().is_multicast());
+                }
+                Ok(())
+            },
+        );
     }
 }

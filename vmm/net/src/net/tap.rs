@@ -61,22 +61,36 @@ impl Tap {
             .map_err(NetError::OpenTun)?;
         let tap_err = |op: &'static str| {
             let source = io::Error::last_os_error();
-            NetError::Tap { tap: name.to_string(), op, source }
+            NetError::Tap {
+                tap: name.to_string(),
+                op,
+                source,
+            }
         };
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         req.flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is laid out as and
         // outlives the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
-            return Err(tap_err("TUNSETIFF (attach; needs CAP_NET_ADMIN or a tap owned by this user)"));
+            return Err(tap_err(
+                "TUNSETIFF (attach; needs CAP_NET_ADMIN or a tap owned by this user)",
+            ));
         }
         let hdr_len = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, which is valid.
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
             return Err(tap_err("TUNSETVNETHDRSZ"));
         }
-        let end = req.name.iter().position(|&b| b == 0).unwrap_or(req.name.len());
+        let end = req
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(req.name.len());
         let name = String::from_utf8_lossy(&req.name[..end]).into_owned();
         Ok(Tap { file, name })
     }
@@ -124,9 +138,13 @@ impl NetBackend for Tap {
 
     fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: `frame` is valid for reads of `frame.len()` bytes.
-        let written = check_len(unsafe { libc::write(self.fd(), frame.as_ptr().cast(), frame.len()) })?;
+        let written =
+            check_len(unsafe { libc::write(self.fd(), frame.as_ptr().cast(), frame.len()) })?;
         if written != frame.len() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write to TAP"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short write to TAP",
+            ));
         }
         Ok(())
     }
@@ -151,7 +169,10 @@ mod tests {
         assert_eq!(tun_offload_flags(0), 0);
         // TSO without checksum offload is not allowed by the tun driver.
         assert_eq!(tun_offload_flags(bit(VIRTIO_NET_F_GUEST_TSO4)), 0);
-        assert_eq!(tun_offload_flags(bit(VIRTIO_NET_F_GUEST_CSUM)), libc::TUN_F_CSUM);
+        assert_eq!(
+            tun_offload_flags(bit(VIRTIO_NET_F_GUEST_CSUM)),
+            libc::TUN_F_CSUM
+        );
         let all = bit(VIRTIO_NET_F_GUEST_CSUM)
             | bit(VIRTIO_NET_F_GUEST_TSO4)
             | bit(VIRTIO_NET_F_GUEST_TSO6)

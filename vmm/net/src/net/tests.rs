@@ -1,35 +1,15 @@
 //! Device-model tests: the test plays the guest driver on queues in test memory, a datagram
 //! socket pair (or a real TAP in a private network namespace) plays the network.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::testutil::{guest_memory, interrupt, peek, poke, Buf, TestInterrupt, TestQueue};
-
-/// The network end of a datagram socket pair; the test holds the other end.
-struct DgramBackend {
-    sock: UnixDatagram,
-    offload: Mutex<Option<u64>>,
-}
-
-impl NetBackend for DgramBackend {
-    fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
-    }
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.recv(buf)
-    }
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        self.sock.send(frame).map(drop)
-    }
-    fn set_offload(&self, guest_features: u64) -> io::Result<()> {
-        *self.offload.lock().unwrap() = Some(guest_features);
-        Ok(())
-    }
-}
+use crate::testutil::{
+    guest_memory, interrupt, peek, poke, Buf, DgramBackend, TestInterrupt, TestQueue,
+};
 
 const RX_RING: u64 = 0x0;
 const TX_RING: u64 = 0x10000;
@@ -46,32 +26,47 @@ struct Rig<'m> {
 }
 
 fn rig(mem: &GuestMemory, extra_features: u64) -> Rig<'_> {
-    let (device_end, wire) = UnixDatagram::pair().unwrap();
-    device_end.set_nonblocking(true).unwrap();
-    wire.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let backend = Arc::new(DgramBackend { sock: device_end, offload: Mutex::new(None) });
+    let (backend, wire) = DgramBackend::pair();
     let mut net = Net::with_backend(backend.clone(), MAC);
     let base = 1u64 << VIRTIO_F_VERSION_1 | 1u64 << VIRTIO_RING_F_EVENT_IDX;
     net.ack_features(base | extra_features);
     let rx = TestQueue::new(mem, RX_RING, 256);
     let tx = TestQueue::new(mem, TX_RING, 256);
     let (irq, dyn_irq) = interrupt();
-    net.activate(mem.clone(), dyn_irq, vec![rx.activated(0), tx.activated(1)]).unwrap();
-    Rig { net, rx, tx, wire, irq, backend }
+    net.activate(mem.clone(), dyn_irq, vec![rx.activated(0), tx.activated(1)])
+        .unwrap();
+    Rig {
+        net,
+        rx,
+        tx,
+        wire,
+        irq,
+        backend,
+    }
 }
 
 fn frame(len: usize, seed: u8) -> Vec<u8> {
-    let mut f: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect();
+    let mut f: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect();
     f[..VNET_HDR_LEN].fill(0);
     f
 }
 
 fn wbuf(addr: u64, len: u32) -> Buf {
-    Buf { addr, len, write: true }
+    Buf {
+        addr,
+        len,
+        write: true,
+    }
 }
 
 fn rbuf(addr: u64, len: u32) -> Buf {
-    Buf { addr, len, write: false }
+    Buf {
+        addr,
+        len,
+        write: false,
+    }
 }
 
 #[test]
@@ -81,12 +76,18 @@ fn config_space_has_mac_and_link_up() {
     let mut config = [0xffu8; 12];
     r.net.read_config(0, &mut config);
     assert_eq!(&config[..6], &MAC.0);
-    assert_eq!(u16::from_le_bytes([config[6], config[7]]), VIRTIO_NET_S_LINK_UP as u16);
+    assert_eq!(
+        u16::from_le_bytes([config[6], config[7]]),
+        VIRTIO_NET_S_LINK_UP as u16
+    );
     assert_eq!(&config[8..], &[0; 4], "past the end reads as zero");
     let mut one = [0u8; 1];
     r.net.read_config(u64::MAX, &mut one);
     assert_eq!(one, [0]);
-    assert_eq!(r.net.features() & (1 << VIRTIO_NET_F_GUEST_UFO | 1 << VIRTIO_NET_F_HOST_UFO), 0);
+    assert_eq!(
+        r.net.features() & (1 << VIRTIO_NET_F_GUEST_UFO | 1 << VIRTIO_NET_F_HOST_UFO),
+        0
+    );
     assert_ne!(r.net.features() & 1 << VIRTIO_F_VERSION_1, 0);
 }
 
@@ -103,7 +104,12 @@ fn tx_frames_reach_the_backend_intact() {
     let n = r.wire.recv(&mut got).unwrap();
     assert_eq!(&got[..n], &f[..]);
     assert_eq!(r.tx.wait_used(1), vec![(head, 0)]);
-    assert!(r.irq.causes.lock().unwrap().contains(&InterruptCause::Queue(1)));
+    assert!(r
+        .irq
+        .causes
+        .lock()
+        .unwrap()
+        .contains(&InterruptCause::Queue(1)));
 }
 
 use cloudphone_virtio::InterruptCause;
@@ -119,7 +125,12 @@ fn rx_frames_reach_the_guest_with_num_buffers_one() {
     let got = peek(&mem, BUFS, 600);
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1);
     assert_eq!(&got[12..], &f[12..]);
-    assert!(r.irq.causes.lock().unwrap().contains(&InterruptCause::Queue(0)));
+    assert!(r
+        .irq
+        .causes
+        .lock()
+        .unwrap()
+        .contains(&InterruptCause::Queue(0)));
 }
 
 #[test]
@@ -131,10 +142,15 @@ fn rx_waits_for_guest_buffers_then_delivers_in_order() {
     }
     std::thread::sleep(Duration::from_millis(50));
     assert!(r.rx.wait_used(0).is_empty());
-    let heads: Vec<u16> = (0..3).map(|i| r.rx.add(&[wbuf(BUFS + i * 0x1000, 2048)])).collect();
+    let heads: Vec<u16> = (0..3)
+        .map(|i| r.rx.add(&[wbuf(BUFS + i * 0x1000, 2048)]))
+        .collect();
     r.rx.notify();
     let used = r.rx.wait_used(3);
-    assert_eq!(used, vec![(heads[0], 100), (heads[1], 101), (heads[2], 102)]);
+    assert_eq!(
+        used,
+        vec![(heads[0], 100), (heads[1], 101), (heads[2], 102)]
+    );
     for seed in 0..3u8 {
         let got = peek(&mem, BUFS + seed as u64 * 0x1000, 100 + seed as usize);
         assert_eq!(&got[12..], &frame(100 + seed as usize, seed)[12..]);
@@ -146,12 +162,22 @@ fn rx_waits_for_guest_buffers_then_delivers_in_order() {
 fn mergeable_rx_buffers_split_a_large_frame() {
     let mem = guest_memory();
     let mut r = rig(&mem, 1 << VIRTIO_NET_F_MRG_RXBUF);
-    let heads: Vec<u16> = (0..5).map(|i| r.rx.add(&[wbuf(BUFS + i * 0x1000, 1500)])).collect();
+    let heads: Vec<u16> = (0..5)
+        .map(|i| r.rx.add(&[wbuf(BUFS + i * 0x1000, 1500)]))
+        .collect();
     r.rx.notify();
     let f = frame(5000, 3);
     r.wire.send(&f).unwrap();
     let used = r.rx.wait_used(4);
-    assert_eq!(used, vec![(heads[0], 1500), (heads[1], 1500), (heads[2], 1500), (heads[3], 500)]);
+    assert_eq!(
+        used,
+        vec![
+            (heads[0], 1500),
+            (heads[1], 1500),
+            (heads[2], 1500),
+            (heads[3], 500)
+        ]
+    );
     let mut got = Vec::new();
     for (i, (_, len)) in used.iter().enumerate() {
         got.extend(peek(&mem, BUFS + i as u64 * 0x1000, *len as usize));
@@ -167,7 +193,10 @@ fn mergeable_rx_holds_a_frame_until_enough_buffers() {
     let first = r.rx.add_notify(&[wbuf(BUFS, 1500)]);
     r.wire.send(&frame(2500, 4)).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    assert!(r.rx.wait_used(0).is_empty(), "a partial frame must not be delivered");
+    assert!(
+        r.rx.wait_used(0).is_empty(),
+        "a partial frame must not be delivered"
+    );
     let second = r.rx.add_notify(&[wbuf(BUFS + 0x1000, 1500)]);
     assert_eq!(r.rx.wait_used(2), vec![(first, 1500), (second, 1000)]);
 }
@@ -194,7 +223,11 @@ fn hostile_tx_lengths_are_dropped_not_sent() {
     r.tx.notify();
     assert_eq!(r.tx.wait_used(3), vec![(short, 0), (huge, 0), (ok, 0)]);
     let mut got = vec![0; MAX_BUFFER_LEN + 10];
-    assert_eq!(r.wire.recv(&mut got).unwrap(), 60, "only the valid frame is sent");
+    assert_eq!(
+        r.wire.recv(&mut got).unwrap(),
+        60,
+        "only the valid frame is sent"
+    );
     assert!(!r.irq.needs_reset());
 }
 
@@ -222,28 +255,44 @@ fn reset_then_reactivate_moves_frames_again() {
     r.net.reset();
     let rx = TestQueue::new(&mem, 0x20000, 64);
     let mut tx = TestQueue::new(&mem, 0x30000, 64);
-    r.net.ack_features(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_GUEST_CSUM);
+    r.net
+        .ack_features(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_GUEST_CSUM);
     let (_irq, dyn_irq) = interrupt();
-    r.net.activate(mem.clone(), dyn_irq, vec![rx.activated(0), tx.activated(1)]).unwrap();
-    assert_eq!(*r.backend.offload.lock().unwrap(), Some(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_GUEST_CSUM));
+    r.net
+        .activate(mem.clone(), dyn_irq, vec![rx.activated(0), tx.activated(1)])
+        .unwrap();
+    assert_eq!(
+        *r.backend.offload.lock().unwrap(),
+        Some(1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_GUEST_CSUM)
+    );
     poke(&mem, BUFS, &frame(80, 9));
     tx.add_notify(&[rbuf(BUFS, 80)]);
     let mut got = vec![0; 200];
     assert_eq!(r.wire.recv(&mut got).unwrap(), 80);
     let (_irq, dyn_irq) = interrupt();
     let err = r.net.activate(mem.clone(), dyn_irq, vec![rx.activated(0)]);
-    assert!(matches!(err, Err(ActivateError::QueueCount { expected: 2, got: 1 })));
+    assert!(matches!(
+        err,
+        Err(ActivateError::QueueCount {
+            expected: 2,
+            got: 1
+        })
+    ));
 }
 
 #[test]
 fn fuzz_net_tx_chains() {
     // Random chains (lengths, directions, addresses near the end of memory): the device either
     // sends/drops the frame or flags needs-reset; it never panics or hangs.
-    let strategy = proptest::collection::vec((0u64..(17 << 20), 0u32..70000, proptest::bool::ANY), 1..4);
+    let strategy =
+        proptest::collection::vec((0u64..(17 << 20), 0u32..70000, proptest::bool::ANY), 1..4);
     crate::testutil::fuzz("net_tx_chain", 256, strategy, |bufs| {
         let mem = guest_memory();
         let mut r = rig(&mem, 0);
-        let bufs: Vec<Buf> = bufs.into_iter().map(|(addr, len, write)| Buf { addr, len, write }).collect();
+        let bufs: Vec<Buf> = bufs
+            .into_iter()
+            .map(|(addr, len, write)| Buf { addr, len, write })
+            .collect();
         r.tx.add_notify(&bufs);
         let irq = r.irq.clone();
         let used = r.tx.wait_used_unless(1, &|| irq.needs_reset());
@@ -257,18 +306,29 @@ struct NetNs(String);
 
 impl NetNs {
     fn create(name: String) -> Option<Self> {
-        let ok = std::process::Command::new("ip").args(["netns", "add", &name]).status().ok()?.success();
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .ok()?
+            .success();
         ok.then_some(NetNs(name))
     }
     fn ip(&self, args: &[&str]) {
-        let status = std::process::Command::new("ip").arg("-n").arg(&self.0).args(args).status().unwrap();
+        let status = std::process::Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args)
+            .status()
+            .unwrap();
         assert!(status.success(), "ip -n {} {args:?} failed", self.0);
     }
 }
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
     }
 }
 
@@ -278,7 +338,10 @@ fn tap_in(ns: &NetNs, name: &'static str) -> Tap {
     std::thread::spawn(move || {
         let ns_file = std::fs::File::open(&path).unwrap();
         // SAFETY: setns on a valid namespace fd only changes this short-lived thread.
-        assert_eq!(unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
         Tap::open(name).unwrap()
     })
     .join()
@@ -320,7 +383,8 @@ fn real_tap_in_a_namespace_answers_arp() {
     let mut rx = TestQueue::new(&mem, RX_RING, 256);
     let mut tx = TestQueue::new(&mem, TX_RING, 256);
     let (_irq, dyn_irq) = interrupt();
-    net.activate(mem.clone(), dyn_irq, vec![rx.activated(0), tx.activated(1)]).unwrap();
+    net.activate(mem.clone(), dyn_irq, vec![rx.activated(0), tx.activated(1)])
+        .unwrap();
     for i in 0..64 {
         rx.add(&[wbuf(BUFS + i * 0x1000, 2048)]);
     }
@@ -339,15 +403,23 @@ fn real_tap_in_a_namespace_answers_arp() {
         let found = all.iter().find_map(|&(head, len)| {
             let f = peek(&mem, BUFS + head as u64 * 0x1000, len as usize);
             let eth = &f[VNET_HDR_LEN..];
-            (eth.len() >= 42 && eth[12..14] == [0x08, 0x06] && eth[20..22] == [0, 2]).then(|| eth.to_vec())
+            (eth.len() >= 42 && eth[12..14] == [0x08, 0x06] && eth[20..22] == [0, 2])
+                .then(|| eth.to_vec())
         });
         if let Some(reply) = found {
             break reply;
         }
-        assert!(std::time::Instant::now() < deadline, "no ARP reply from the TAP; got {all:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ARP reply from the TAP; got {all:?}"
+        );
     };
     assert_eq!(&reply[0..6], &MAC.0, "reply addressed to the guest MAC");
-    assert_eq!(&reply[28..32], &[10, 213, 0, 1], "sender is the namespace's address");
+    assert_eq!(
+        &reply[28..32],
+        &[10, 213, 0, 1],
+        "sender is the namespace's address"
+    );
     assert_eq!(&reply[32..38], &MAC.0);
     net.reset();
 }

@@ -198,15 +198,26 @@ mod tests {
     fn peer_credit_limits_reads_and_wraps() {
         let (mut c, mut host) = conn();
         assert_eq!(c.peer_free(), 0);
-        assert!(!c.wants_host_data(), "no credit before the guest announces buf_alloc");
-        c.update_peer_credit(&Header { buf_alloc: 10, fwd_cnt: 0, ..Header::default() });
+        assert!(
+            !c.wants_host_data(),
+            "no credit before the guest announces buf_alloc"
+        );
+        c.update_peer_credit(&Header {
+            buf_alloc: 10,
+            fwd_cnt: 0,
+            ..Header::default()
+        });
         host.write_all(&[1; 64]).unwrap();
         let mut buf = [0; 64];
         assert_eq!(c.read_host(&mut buf).unwrap(), 10);
         assert_eq!(c.peer_free(), 0);
         // Counters wrap at 2^32 without losing track.
         c.rx_cnt = Wrapping(u32::MAX - 2);
-        c.update_peer_credit(&Header { buf_alloc: 10, fwd_cnt: u32::MAX - 5, ..Header::default() });
+        c.update_peer_credit(&Header {
+            buf_alloc: 10,
+            fwd_cnt: u32::MAX - 5,
+            ..Header::default()
+        });
         assert_eq!(c.peer_free(), 7);
     }
 
@@ -229,7 +240,8 @@ mod tests {
     #[test]
     fn credit_update_due_after_threshold_forwarded() {
         let (mut c, mut host) = conn();
-        c.push_to_host(&vec![1u8; CREDIT_UPDATE_THRESHOLD as usize - 1]).unwrap();
+        c.push_to_host(&vec![1u8; CREDIT_UPDATE_THRESHOLD as usize - 1])
+            .unwrap();
         assert!(!c.credit_update_due());
         c.push_to_host(&[1]).unwrap();
         assert!(c.credit_update_due());

@@ -30,6 +30,7 @@ pub(super) struct VsockHandler {
     reset_event_pending: bool,
     /// Guest tx processing paused because the guest is not taking our replies.
     tx_stalled: bool,
+    warn: crate::warn_limit::WarnLimit,
 }
 
 impl VsockHandler {
@@ -50,6 +51,7 @@ impl VsockHandler {
             buf: vec![0; MAX_PAYLOAD],
             reset_event_pending: send_reset_event,
             tx_stalled: false,
+            warn: Default::default(),
         }
     }
 
@@ -74,14 +76,22 @@ impl VsockHandler {
                 self.tx_stalled = true;
                 break;
             }
-            let Some(chain) = self.tx.pop_chain(mem)? else { break };
+            let Some(chain) = self.tx.pop_chain(mem)? else {
+                break;
+            };
             let head = chain.head_index();
             let mut reader = Reader::new(mem, chain)
                 .map_err(|e| format!("vsock tx buffer {head} is outside guest memory: {e}"))?;
             let available = reader.available_bytes();
             let mut raw = [0u8; HDR_LEN];
             if available < HDR_LEN {
-                tracing::warn!(available, "vsock tx packet shorter than its header; dropped");
+                if self.warn.allow() {
+                    tracing::warn!(
+                        occurrences = self.warn.count(),
+                        available,
+                        "vsock tx packet shorter than its header; dropped"
+                    );
+                }
             } else {
                 reader
                     .read_exact(&mut raw)
@@ -89,7 +99,14 @@ impl VsockHandler {
                 let hdr = Header::decode(&raw);
                 let len = hdr.len as usize;
                 if len > MAX_PAYLOAD || len > available - HDR_LEN {
-                    tracing::warn!(len, available, "vsock tx packet length exceeds its buffer or 64 KiB; RST");
+                    if self.warn.allow() {
+                        tracing::warn!(
+                            occurrences = self.warn.count(),
+                            len,
+                            available,
+                            "vsock tx packet length exceeds its buffer or 64 KiB; RST"
+                        );
+                    }
                     self.muxer.reject(ctx, &hdr);
                 } else {
                     reader
@@ -112,13 +129,21 @@ impl VsockHandler {
         let mem = &self.mem;
         let mut delivered = false;
         while self.muxer.has_rx() {
-            let Some(chain) = self.rx.pop_chain(mem)? else { break };
+            let Some(chain) = self.rx.pop_chain(mem)? else {
+                break;
+            };
             let head = chain.head_index();
             let mut writer = Writer::new(mem, chain)
                 .map_err(|e| format!("vsock rx buffer {head} is outside guest memory: {e}"))?;
             let capacity = writer.available_bytes();
             if capacity < HDR_LEN {
-                tracing::warn!(capacity, "vsock rx buffer smaller than a header; returned unused");
+                if self.warn.allow() {
+                    tracing::warn!(
+                        occurrences = self.warn.count(),
+                        capacity,
+                        "vsock rx buffer smaller than a header; returned unused"
+                    );
+                }
                 self.rx.add_used(mem, head, 0)?;
                 delivered = true;
                 continue;
@@ -147,16 +172,25 @@ impl VsockHandler {
             return Ok(());
         }
         let mem = &self.mem;
-        let Some(chain) = self.event.pop_chain(mem)? else { return Ok(()) };
+        let Some(chain) = self.event.pop_chain(mem)? else {
+            return Ok(());
+        };
         let head = chain.head_index();
         let mut writer = Writer::new(mem, chain)
             .map_err(|e| format!("vsock event buffer {head} is outside guest memory: {e}"))?;
         let event = EVENT_TRANSPORT_RESET.to_le_bytes();
         let len = if writer.available_bytes() >= event.len() {
-            writer.write_all(&event).map_err(|e| format!("writing vsock event: {e}"))?;
+            writer
+                .write_all(&event)
+                .map_err(|e| format!("writing vsock event: {e}"))?;
             event.len() as u32
         } else {
-            tracing::warn!("vsock event buffer too small for an event; reset event dropped");
+            if self.warn.allow() {
+                tracing::warn!(
+                    occurrences = self.warn.count(),
+                    "vsock event buffer too small for an event; reset event dropped"
+                );
+            }
             0
         };
         self.event.add_used(mem, head, len)?;

@@ -36,7 +36,9 @@ pub enum VsockError {
     #[error("vsock uds {0}: exists and is not a Unix socket; pick another path or remove it")]
     NotASocket(PathBuf),
     /// Binding the host socket failed.
-    #[error("vsock uds {path}: cannot listen: {source} (does the directory exist and is it writable?)")]
+    #[error(
+        "vsock uds {path}: cannot listen: {source} (does the directory exist and is it writable?)"
+    )]
     Bind {
         path: PathBuf,
         #[source]
@@ -67,7 +69,10 @@ impl Vsock {
             }
             let _ = std::fs::remove_file(&spec.uds);
         }
-        let bind_err = |source| VsockError::Bind { path: spec.uds.clone(), source };
+        let bind_err = |source| VsockError::Bind {
+            path: spec.uds.clone(),
+            source,
+        };
         let listener = UnixListener::bind(&spec.uds).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         tracing::info!(cid = spec.cid, uds = %spec.uds.display(), "virtio-vsock listening");
@@ -88,7 +93,9 @@ impl Vsock {
 }
 
 fn offered_features() -> u64 {
-    1u64 << VIRTIO_F_VERSION_1 | 1u64 << VIRTIO_RING_F_EVENT_IDX | 1u64 << VIRTIO_RING_F_INDIRECT_DESC
+    1u64 << VIRTIO_F_VERSION_1
+        | 1u64 << VIRTIO_RING_F_EVENT_IDX
+        | 1u64 << VIRTIO_RING_F_INDIRECT_DESC
 }
 
 impl VirtioDevice for Vsock {
@@ -127,7 +134,8 @@ impl VirtioDevice for Vsock {
             .try_into()
             .map_err(|_| ActivateError::QueueCount { expected: 3, got })?;
         let muxer = Muxer::new(self.cid, self.uds.clone(), self.listener.clone());
-        let handler = VsockHandler::new(mem, interrupt.clone(), queues, muxer, self.activated_before);
+        let handler =
+            VsockHandler::new(mem, interrupt.clone(), queues, muxer, self.activated_before);
         let worker = DeviceWorker::spawn("virtio-vsock", handler, interrupt)
             .map_err(|e| ActivateError::Backend(format!("cannot start the vsock worker: {e}")))?;
         self.worker = Some(worker);
@@ -150,5 +158,7 @@ impl Drop for Vsock {
     }
 }
 
+#[cfg(test)]
+mod driver_tests;
 #[cfg(test)]
 mod tests;

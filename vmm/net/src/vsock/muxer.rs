@@ -64,6 +64,7 @@ pub(crate) struct Muxer {
     control: VecDeque<Control>,
     /// Connections whose host stream has (or may have) data for the guest.
     readable: VecDeque<ConnKey>,
+    warn: crate::warn_limit::WarnLimit,
 }
 
 /// Register `conn`'s stream for exactly the events it needs now (none: not registered, so a
@@ -99,7 +100,10 @@ fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     if bytes.len() >= addr.sun_path.len() {
-        return Err(std::io::Error::new(ErrorKind::InvalidInput, "socket path too long"));
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
     }
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
@@ -107,7 +111,11 @@ fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     }
     // SAFETY: plain socket(2) call; the result is checked.
     let fd = unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0)
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -145,6 +153,7 @@ impl Muxer {
             next_host_port: FIRST_HOST_PORT,
             control: VecDeque::new(),
             readable: VecDeque::new(),
+            warn: Default::default(),
         }
     }
 
@@ -172,7 +181,10 @@ impl Muxer {
     fn alloc_host_port(&mut self) -> u32 {
         loop {
             let port = self.next_host_port;
-            self.next_host_port = self.next_host_port.checked_add(1).unwrap_or(FIRST_HOST_PORT);
+            self.next_host_port = self
+                .next_host_port
+                .checked_add(1)
+                .unwrap_or(FIRST_HOST_PORT);
             if !self.conns.keys().any(|&(host, _)| host == port) {
                 return port;
             }
@@ -227,9 +239,21 @@ impl Muxer {
     }
 
     /// Act on one packet from the guest's tx queue.
-    pub fn guest_packet(&mut self, ctx: &WorkerContext, hdr: &Header, payload: &[u8]) -> Result<(), String> {
+    pub fn guest_packet(
+        &mut self,
+        ctx: &WorkerContext,
+        hdr: &Header,
+        payload: &[u8],
+    ) -> Result<(), String> {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
-            tracing::warn!(?hdr, guest_cid = self.guest_cid, "vsock packet with wrong CID or socket type; RST");
+            if self.warn.allow() {
+                tracing::warn!(
+                    occurrences = self.warn.count(),
+                    ?hdr,
+                    guest_cid = self.guest_cid,
+                    "vsock packet with wrong CID or socket type; RST"
+                );
+            }
             self.refuse(hdr);
             return Ok(());
         }
@@ -266,7 +290,11 @@ impl Muxer {
             (OP_CREDIT_REQUEST, _) => {
                 if !conn.credit_update_queued {
                     conn.credit_update_queued = true;
-                    self.control.push_back(Control { key, op: OP_CREDIT_UPDATE, flags: 0 });
+                    self.control.push_back(Control {
+                        key,
+                        op: OP_CREDIT_UPDATE,
+                        flags: 0,
+                    });
                 }
                 Ok(())
             }
@@ -277,8 +305,15 @@ impl Muxer {
 
     /// Common tail after moving guest data: reset on error, close when done, report credit,
     /// re-arm polling.
-    fn after_io(&mut self, ctx: &WorkerContext, key: ConnKey, outcome: Result<(), ConnError>) -> Result<(), String> {
-        let Some(conn) = self.conns.get_mut(&key) else { return Ok(()) };
+    fn after_io(
+        &mut self,
+        ctx: &WorkerContext,
+        key: ConnKey,
+        outcome: Result<(), ConnError>,
+    ) -> Result<(), String> {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return Ok(());
+        };
         if let Err(e) = outcome {
             tracing::debug!(?key, error = %e, "vsock connection reset");
             self.close(ctx, key, true);
@@ -290,20 +325,41 @@ impl Muxer {
         }
         if conn.credit_update_due() && !conn.credit_update_queued {
             conn.credit_update_queued = true;
-            self.control.push_back(Control { key, op: OP_CREDIT_UPDATE, flags: 0 });
+            self.control.push_back(Control {
+                key,
+                op: OP_CREDIT_UPDATE,
+                flags: 0,
+            });
         }
         sync_interest(ctx, conn)
     }
 
     /// The guest connects to host port `key.0`: connect to `<uds>_<port>`.
-    fn guest_connect(&mut self, ctx: &WorkerContext, key: ConnKey, hdr: &Header) -> Result<(), String> {
+    fn guest_connect(
+        &mut self,
+        ctx: &WorkerContext,
+        key: ConnKey,
+        hdr: &Header,
+    ) -> Result<(), String> {
         if self.conns.contains_key(&key) {
-            tracing::warn!(?key, "vsock REQUEST for an open connection; RST");
+            if self.warn.allow() {
+                tracing::warn!(
+                    occurrences = self.warn.count(),
+                    ?key,
+                    "vsock REQUEST for an open connection; RST"
+                );
+            }
             self.close(ctx, key, true);
             return Ok(());
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(max = MAX_CONNECTIONS, "vsock connection limit reached; RST");
+            if self.warn.allow() {
+                tracing::warn!(
+                    occurrences = self.warn.count(),
+                    max = MAX_CONNECTIONS,
+                    "vsock connection limit reached; RST"
+                );
+            }
             self.refuse(hdr);
             return Ok(());
         }
@@ -328,7 +384,12 @@ impl Muxer {
     }
 
     /// An fd the muxer registered is ready.
-    pub fn host_event(&mut self, ctx: &WorkerContext, token: u64, events: EventSet) -> Result<(), String> {
+    pub fn host_event(
+        &mut self,
+        ctx: &WorkerContext,
+        token: u64,
+        events: EventSet,
+    ) -> Result<(), String> {
         if token == LISTENER_TOKEN {
             self.accept_hosts(ctx);
             return Ok(());
@@ -349,17 +410,27 @@ impl Muxer {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "vsock: accept on the host socket failed");
+                    if self.warn.allow() {
+                        tracing::warn!(occurrences = self.warn.count(), error = %e, "vsock: accept on the host socket failed");
+                    }
                     return;
                 }
             };
             if self.pending_hosts >= MAX_PENDING_HOST || stream.set_nonblocking(true).is_err() {
-                tracing::warn!(max = MAX_PENDING_HOST, "vsock: too many host connections without a CONNECT line; closed");
+                if self.warn.allow() {
+                    tracing::warn!(
+                        occurrences = self.warn.count(),
+                        max = MAX_PENDING_HOST,
+                        "vsock: too many host connections without a CONNECT line; closed"
+                    );
+                }
                 continue;
             }
             let token = self.alloc_token();
             if let Err(e) = ctx.add(stream.as_raw_fd(), EventSet::IN, token) {
-                tracing::warn!(error = %e, "vsock: cannot watch a host connection; closed");
+                if self.warn.allow() {
+                    tracing::warn!(occurrences = self.warn.count(), error = %e, "vsock: cannot watch a host connection; closed");
+                }
                 continue;
             }
             self.pending_hosts += 1;
@@ -368,7 +439,9 @@ impl Muxer {
     }
 
     fn drop_pending(&mut self, ctx: &WorkerContext, token: u64) -> Option<UnixStream> {
-        let Some(Endpoint::Pending(stream)) = self.endpoints.remove(&token) else { return None };
+        let Some(Endpoint::Pending(stream)) = self.endpoints.remove(&token) else {
+            return None;
+        };
         self.pending_hosts -= 1;
         let _ = ctx.remove(stream.as_raw_fd());
         Some(stream)
@@ -376,11 +449,20 @@ impl Muxer {
 
     /// A pending host stream is readable: parse `CONNECT <port>\n` and ask the guest.
     fn read_connect_line(&mut self, ctx: &WorkerContext, token: u64) -> Result<(), String> {
-        let Some(Endpoint::Pending(stream)) = self.endpoints.get(&token) else { return Ok(()) };
+        let Some(Endpoint::Pending(stream)) = self.endpoints.get(&token) else {
+            return Ok(());
+        };
         let mut line = [0u8; MAX_CONNECT_LINE];
         // Peek so bytes after the newline (early payload) stay in the stream for the guest.
         // SAFETY: `line` is valid for writes of its length.
-        let n = unsafe { libc::recv(stream.as_raw_fd(), line.as_mut_ptr().cast(), line.len(), libc::MSG_PEEK) };
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                line.as_mut_ptr().cast(),
+                line.len(),
+                libc::MSG_PEEK,
+            )
+        };
         if n < 0 && std::io::Error::last_os_error().kind() == ErrorKind::WouldBlock {
             return Ok(());
         }
@@ -388,20 +470,30 @@ impl Muxer {
         let newline = line[..n].iter().position(|&b| b == b'\n');
         let port = match newline {
             None if n > 0 && n < line.len() => return Ok(()), // wait for the rest of the line
-            None => None,                                      // EOF, error or line too long
+            None => None,                                     // EOF, error or line too long
             Some(end) => parse_connect(&line[..end]),
         };
         let (Some(port), Some(end)) = (port, newline) else {
-            tracing::warn!(line = ?String::from_utf8_lossy(&line[..n]), "vsock: host sent no valid `CONNECT <port>` line; closed");
+            if self.warn.allow() {
+                tracing::warn!(occurrences = self.warn.count(), line = ?String::from_utf8_lossy(&line[..n]), "vsock: host sent no valid `CONNECT <port>` line; closed");
+            }
             self.drop_pending(ctx, token);
             return Ok(());
         };
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(max = MAX_CONNECTIONS, "vsock connection limit reached; host connection closed");
+            if self.warn.allow() {
+                tracing::warn!(
+                    occurrences = self.warn.count(),
+                    max = MAX_CONNECTIONS,
+                    "vsock connection limit reached; host connection closed"
+                );
+            }
             self.drop_pending(ctx, token);
             return Ok(());
         }
-        let Some(mut stream) = self.drop_pending(ctx, token) else { return Ok(()) };
+        let Some(mut stream) = self.drop_pending(ctx, token) else {
+            return Ok(());
+        };
         let mut consumed = [0u8; MAX_CONNECT_LINE];
         if stream.read_exact(&mut consumed[..=end]).is_err() {
             return Ok(());
@@ -414,23 +506,37 @@ impl Muxer {
         Ok(())
     }
 
-    fn conn_event(&mut self, ctx: &WorkerContext, key: ConnKey, events: EventSet) -> Result<(), String> {
-        let Some(conn) = self.conns.get_mut(&key) else { return Ok(()) };
+    fn conn_event(
+        &mut self,
+        ctx: &WorkerContext,
+        key: ConnKey,
+        events: EventSet,
+    ) -> Result<(), String> {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return Ok(());
+        };
         let hangup = events.intersects(EventSet::HANG_UP | EventSet::ERROR);
         conn.host_hup |= hangup;
-        if events.intersects(EventSet::IN) || hangup {
-            if conn.wants_host_data() && !conn.rx_queued {
-                conn.rx_queued = true;
-                self.readable.push_back(key);
-            }
+        if (events.intersects(EventSet::IN) || hangup) && conn.wants_host_data() && !conn.rx_queued
+        {
+            conn.rx_queued = true;
+            self.readable.push_back(key);
         }
-        let outcome = if events.intersects(EventSet::OUT) || hangup { conn.flush_to_host() } else { Ok(()) };
+        let outcome = if events.intersects(EventSet::OUT) || hangup {
+            conn.flush_to_host()
+        } else {
+            Ok(())
+        };
         self.after_io(ctx, key, outcome)
     }
 
     /// The next packet for the guest, with up to `buf.len()` payload bytes written to `buf`
     /// (`buf` may be empty: then only control packets are produced).
-    pub fn next_rx(&mut self, ctx: &WorkerContext, buf: &mut [u8]) -> Result<Option<(Header, usize)>, String> {
+    pub fn next_rx(
+        &mut self,
+        ctx: &WorkerContext,
+        buf: &mut [u8],
+    ) -> Result<Option<(Header, usize)>, String> {
         if let Some(c) = self.control.pop_front() {
             let mut hdr = self.header(c.key, c.op, c.flags);
             if let Some(conn) = self.conns.get_mut(&c.key) {
@@ -445,7 +551,9 @@ impl Muxer {
             return Ok(None);
         }
         while let Some(key) = self.readable.pop_front() {
-            let Some(conn) = self.conns.get_mut(&key) else { continue };
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
             conn.rx_queued = false;
             if !conn.wants_host_data() {
                 sync_interest(ctx, conn)?;
@@ -454,7 +562,11 @@ impl Muxer {
             match conn.read_host(buf) {
                 Ok(0) => {
                     conn.host_eof = true;
-                    let flags = if conn.host_hup { SHUTDOWN_BOTH } else { SHUTDOWN_SEND };
+                    let flags = if conn.host_hup {
+                        SHUTDOWN_BOTH
+                    } else {
+                        SHUTDOWN_SEND
+                    };
                     let mut hdr = self.header(key, OP_SHUTDOWN, flags);
                     let conn = self.conns.get_mut(&key).expect("connection present");
                     conn.stamp(&mut hdr);
@@ -494,19 +606,41 @@ mod tests {
     fn connect_lines() {
         assert_eq!(parse_connect(b"CONNECT 5555"), Some(5555));
         assert_eq!(parse_connect(b"CONNECT 52\r"), Some(52));
-        for bad in [&b"CONNECT"[..], b"CONNECT ", b"CONNECT -1", b"CONNECT +1", b"connect 1", b"CONNECT 4294967296", b"CONNECT 1 2", b"\xff"] {
-            assert_eq!(parse_connect(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"CONNECT"[..],
+            b"CONNECT ",
+            b"CONNECT -1",
+            b"CONNECT +1",
+            b"connect 1",
+            b"CONNECT 4294967296",
+            b"CONNECT 1 2",
+            b"\xff",
+        ] {
+            assert_eq!(
+                parse_connect(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn fuzz_connect_line() {
-        crate::testutil::fuzz("vsock_connect_line", 4096, "(CONNECT )?[0-9a-z +\r-]{0,12}", |s: String| {
-            if let Some(port) = parse_connect(s.as_bytes()) {
-                let digits = s.trim_end_matches('\r').strip_prefix("CONNECT ");
-                proptest::prop_assert_eq!(digits.and_then(|d| d.parse::<u32>().ok()), Some(port));
-            }
-            Ok(())
-        });
+        crate::testutil::fuzz(
+            "vsock_connect_line",
+            4096,
+            "(CONNECT )?[0-9a-z +\r-]{0,12}",
+            |s: String| {
+                if let Some(port) = parse_connect(s.as_bytes()) {
+                    let digits = s.trim_end_matches('\r').strip_prefix("CONNECT ");
+                    proptest::prop_assert_eq!(
+                        digits.and_then(|d| d.parse::<u32>().ok()),
+                        Some(port)
+                    );
+                }
+                Ok(())
+            },
+        );
     }
 }

@@ -82,19 +82,35 @@ mod tests {
 
     #[test]
     fn fuzz_header_round_trip() {
-        crate::testutil::fuzz("vsock_header", 4096, proptest::array::uniform32(proptest::num::u8::ANY), |seed| {
-            let mut raw = [0u8; HDR_LEN];
-            for (i, byte) in raw.iter_mut().enumerate() {
-                *byte = seed[i % 32].wrapping_add(i as u8);
-            }
-            proptest::prop_assert_eq!(Header::decode(&raw).encode(), raw);
-            Ok(())
-        });
+        crate::testutil::fuzz(
+            "vsock_header",
+            4096,
+            proptest::array::uniform32(proptest::num::u8::ANY),
+            |seed| {
+                let mut raw = [0u8; HDR_LEN];
+                for (i, byte) in raw.iter_mut().enumerate() {
+                    *byte = seed[i % 32].wrapping_add(i as u8);
+                }
+                proptest::prop_assert_eq!(Header::decode(&raw).encode(), raw);
+                Ok(())
+            },
+        );
     }
 
     #[test]
     fn field_offsets_match_the_spec() {
-        let h = Header { src_cid: 3, dst_cid: 2, src_port: 0x1234, dst_port: 5555, len: 7, type_: 1, op: OP_RW, flags: 2, buf_alloc: 4096, fwd_cnt: 9 };
+        let h = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 0x1234,
+            dst_port: 5555,
+            len: 7,
+            type_: 1,
+            op: OP_RW,
+            flags: 2,
+            buf_alloc: 4096,
+            fwd_cnt: 9,
+        };
         let b = h.encode();
         assert_eq!(b[0], 3);
         assert_eq!(b[8], 2);

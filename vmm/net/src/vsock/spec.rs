@@ -85,7 +85,13 @@ mod tests {
     #[test]
     fn parses_cid_and_uds() {
         let spec: VsockSpec = "cid=3,uds=/run/p0/v.sock".parse().unwrap();
-        assert_eq!(spec, VsockSpec { cid: 3, uds: "/run/p0/v.sock".into() });
+        assert_eq!(
+            spec,
+            VsockSpec {
+                cid: 3,
+                uds: "/run/p0/v.sock".into()
+            }
+        );
         let spec: VsockSpec = "uds=x,cid=4294967294".parse().unwrap();
         assert_eq!(spec.cid, 4294967294);
     }
@@ -96,22 +102,36 @@ mod tests {
         assert_eq!(err("uds=/x"), VsockSpecError::Missing("cid"));
         assert_eq!(err("cid=3"), VsockSpecError::Missing("uds"));
         for bad in ["2", "0", "-1", "4294967295", "x", ""] {
-            assert_eq!(err(&format!("cid={bad},uds=/x")), VsockSpecError::BadCid(bad.into()));
+            assert_eq!(
+                err(&format!("cid={bad},uds=/x")),
+                VsockSpecError::BadCid(bad.into())
+            );
         }
         assert_eq!(err("cid=3,uds="), VsockSpecError::BadUds(String::new()));
-        assert!(matches!(err(&format!("cid=3,uds=/{}", "a".repeat(100))), VsockSpecError::BadUds(_)));
+        assert!(matches!(
+            err(&format!("cid=3,uds=/{}", "a".repeat(100))),
+            VsockSpecError::BadUds(_)
+        ));
         assert_eq!(err("cid=3,cid=4,uds=/x"), VsockSpecError::Duplicate("cid"));
-        assert_eq!(err("cid=3,uds=/x,port=1"), VsockSpecError::UnknownItem("port=1".into()));
+        assert_eq!(
+            err("cid=3,uds=/x,port=1"),
+            VsockSpecError::UnknownItem("port=1".into())
+        );
     }
 
     #[test]
     fn fuzz_vsock_spec() {
-        crate::testutil::fuzz("vsock_spec", 2048, "((cid|uds|x)=[0-9a-z/]{0,12},?){0,3}", |s: String| {
-            if let Ok(spec) = s.parse::<VsockSpec>() {
-                proptest::prop_assert!(spec.cid >= 3 && spec.cid < u64::from(u32::MAX));
-                proptest::prop_assert!(!spec.uds.as_os_str().is_empty());
-            }
-            Ok(())
-        });
+        crate::testutil::fuzz(
+            "vsock_spec",
+            2048,
+            "((cid|uds|x)=[0-9a-z/]{0,12},?){0,3}",
+            |s: String| {
+                if let Ok(spec) = s.parse::<VsockSpec>() {
+                    proptest::prop_assert!(spec.cid >= 3 && spec.cid < u64::from(u32::MAX));
+                    proptest::prop_assert!(!spec.uds.as_os_str().is_empty());
+                }
+                Ok(())
+            },
+        );
     }
 }

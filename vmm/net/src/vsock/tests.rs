@@ -23,7 +23,11 @@ struct SockDir(PathBuf);
 impl SockDir {
     fn new() -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("cpvs-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let dir = std::env::temp_dir().join(format!(
+            "cpvs-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         SockDir(dir)
     }
@@ -70,18 +74,45 @@ fn hdr(op: u16, src_port: u32, dst_port: u32) -> Header {
 impl<'m> Guest<'m> {
     fn start(mem: &'m GuestMemory) -> Self {
         let dir = SockDir::new();
-        let mut dev = Vsock::new(&VsockSpec { cid: GUEST_CID, uds: dir.uds() }).unwrap();
+        let mut dev = Vsock::new(&VsockSpec {
+            cid: GUEST_CID,
+            uds: dir.uds(),
+        })
+        .unwrap();
         let (irq, rx, tx, event) = Self::activate(mem, &mut dev, 0);
-        Guest { mem, rx, tx, event, irq, dev, dir, received: Default::default() }
+        Guest {
+            mem,
+            rx,
+            tx,
+            event,
+            irq,
+            dev,
+            dir,
+            received: Default::default(),
+        }
     }
 
-    fn activate(mem: &'m GuestMemory, dev: &mut Vsock, base: u64) -> (Arc<TestInterrupt>, TestQueue<'m>, TestQueue<'m>, TestQueue<'m>) {
+    fn activate(
+        mem: &'m GuestMemory,
+        dev: &mut Vsock,
+        base: u64,
+    ) -> (
+        Arc<TestInterrupt>,
+        TestQueue<'m>,
+        TestQueue<'m>,
+        TestQueue<'m>,
+    ) {
         dev.ack_features(dev.features());
         let rx = TestQueue::new(mem, base, 256);
         let tx = TestQueue::new(mem, base + 0x10000, 256);
         let event = TestQueue::new(mem, base + 0x20000, 8);
         let (irq, dyn_irq) = interrupt();
-        dev.activate(mem.clone(), dyn_irq, vec![rx.activated(0), tx.activated(1), event.activated(2)]).unwrap();
+        dev.activate(
+            mem.clone(),
+            dyn_irq,
+            vec![rx.activated(0), tx.activated(1), event.activated(2)],
+        )
+        .unwrap();
         (irq, rx, tx, event)
     }
 
@@ -89,7 +120,11 @@ impl<'m> Guest<'m> {
     fn post_rx(&mut self, n: usize) {
         for _ in 0..n {
             let addr = RX_BUFS + u64::from(self.rx.next_head()) * 0x2000;
-            self.rx.add(&[Buf { addr, len: RX_BUF_LEN, write: true }]);
+            self.rx.add(&[Buf {
+                addr,
+                len: RX_BUF_LEN,
+                write: true,
+            }]);
         }
         self.rx.notify();
     }
@@ -105,9 +140,18 @@ impl<'m> Guest<'m> {
         poke(self.mem, addr, header);
         poke(self.mem, addr + header.len() as u64, payload);
         let len = (header.len() + payload.len()) as u32;
-        let head = self.tx.add_notify(&[Buf { addr, len, write: false }]);
+        let head = self.tx.add_notify(&[Buf {
+            addr,
+            len,
+            write: false,
+        }]);
         let used = self.tx.wait_used(1);
-        assert_eq!(used.len(), 1, "device did not consume the tx packet {head}: {:?}", &used[..used.len().min(4)]);
+        assert_eq!(
+            used.len(),
+            1,
+            "device did not consume the tx packet {head}: {:?}",
+            &used[..used.len().min(4)]
+        );
     }
 
     /// The next packet the device wrote into an rx buffer (waits up to 5 s).
@@ -118,8 +162,15 @@ impl<'m> Guest<'m> {
         let (head, len) = self.received.pop_front().expect("no rx packet within 5 s");
         let addr = RX_BUFS + u64::from(head) * 0x2000;
         let h = Header::decode(&peek(self.mem, addr, HDR_LEN).try_into().unwrap());
-        assert_eq!(len as usize, HDR_LEN + h.len as usize, "used length matches header");
-        assert_eq!((h.src_cid, h.dst_cid, h.type_), (HOST_CID, GUEST_CID, TYPE_STREAM));
+        assert_eq!(
+            len as usize,
+            HDR_LEN + h.len as usize,
+            "used length matches header"
+        );
+        assert_eq!(
+            (h.src_cid, h.dst_cid, h.type_),
+            (HOST_CID, GUEST_CID, TYPE_STREAM)
+        );
         (h, peek(self.mem, addr + HDR_LEN as u64, h.len as usize))
     }
 
@@ -127,24 +178,37 @@ impl<'m> Guest<'m> {
     fn expect_silence(&mut self) {
         std::thread::sleep(Duration::from_millis(50));
         self.received.extend(self.rx.wait_used(0));
-        assert!(self.received.is_empty(), "unexpected rx packets {:?}", self.received);
+        assert!(
+            self.received.is_empty(),
+            "unexpected rx packets {:?}",
+            self.received
+        );
     }
 
     /// Guest connects to host `port` which is listening; returns the host's stream.
     fn connect(&mut self, listener: &UnixListener, src_port: u32, port: u32) -> UnixStream {
         self.send(hdr(OP_REQUEST, src_port, port), &[]);
         let (h, _) = self.recv();
-        assert_eq!((h.op, h.src_port, h.dst_port), (OP_RESPONSE, port, src_port));
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port),
+            (OP_RESPONSE, port, src_port)
+        );
         assert_eq!(h.buf_alloc, super::conn::CONN_BUF_ALLOC);
         let (stream, _) = listener.accept().unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         stream
     }
 
     /// The next packet must be an RST for (host `port`, guest `src_port`).
     fn expect_rst(&mut self, src_port: u32, port: u32) {
         let (h, _) = self.recv();
-        assert_eq!((h.op, h.src_port, h.dst_port), (OP_RST, port, src_port), "{h:?}");
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port),
+            (OP_RST, port, src_port),
+            "{h:?}"
+        );
     }
 }
 
@@ -201,11 +265,17 @@ fn host_connect_line_reaches_guest_port() {
     let mut host = UnixStream::connect(g.dir.uds()).unwrap();
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // Early payload right after the line must not be lost.
-    host.write_all(b"CONNECT 5555
-early").unwrap();
+    host.write_all(
+        b"CONNECT 5555
+early",
+    )
+    .unwrap();
     let (req, _) = g.recv();
     assert_eq!((req.op, req.dst_port), (OP_REQUEST, 5555));
-    assert!(req.src_port >= 1 << 30, "host ports are allocated from 2^30");
+    assert!(
+        req.src_port >= 1 << 30,
+        "host ports are allocated from 2^30"
+    );
 
     let host_port = req.src_port;
     g.send(hdr(OP_RESPONSE, 5555, host_port), &[]);
@@ -266,7 +336,11 @@ fn host_data_respects_guest_credit() {
         assert_eq!(h.op, OP_RW);
         got.extend(chunk);
     }
-    assert_eq!(got.len(), 4096, "never more than the guest's buf_alloc in flight");
+    assert_eq!(
+        got.len(),
+        4096,
+        "never more than the guest's buf_alloc in flight"
+    );
     g.expect_silence();
 
     // The guest consumed it all: a credit update releases the rest.
@@ -297,7 +371,10 @@ fn credit_request_gets_a_credit_update() {
     assert_eq!(read_exactly(&mut host, 100), vec![9; 100]);
     g.send(hdr(OP_CREDIT_REQUEST, 4001, 81), &[]);
     let (h, _) = g.recv();
-    assert_eq!((h.op, h.fwd_cnt, h.buf_alloc), (OP_CREDIT_UPDATE, 100, super::conn::CONN_BUF_ALLOC));
+    assert_eq!(
+        (h.op, h.fwd_cnt, h.buf_alloc),
+        (OP_CREDIT_UPDATE, 100, super::conn::CONN_BUF_ALLOC)
+    );
 }
 
 #[test]
@@ -315,7 +392,11 @@ fn guest_overrunning_its_credit_is_reset() {
         h.len = chunk.len() as u32;
         poke(&mem, addr, &h.encode());
         poke(&mem, addr + HDR_LEN as u64, &chunk);
-        g.tx.add(&[Buf { addr, len: (HDR_LEN + chunk.len()) as u32, write: false }]);
+        g.tx.add(&[Buf {
+            addr,
+            len: (HDR_LEN + chunk.len()) as u32,
+            write: false,
+        }]);
         addr += 0x10000;
     }
     g.tx.notify();
@@ -353,7 +434,16 @@ fn hostile_packets_get_rst_and_never_break_the_device() {
     g.send(h, &[]);
     g.expect_rst(1, 2);
     // Data, shutdown, response, credit for connections that do not exist.
-    for op in [OP_RW, OP_SHUTDOWN, OP_RESPONSE, OP_CREDIT_UPDATE, OP_CREDIT_REQUEST, 0, 8, 0xffff] {
+    for op in [
+        OP_RW,
+        OP_SHUTDOWN,
+        OP_RESPONSE,
+        OP_CREDIT_UPDATE,
+        OP_CREDIT_REQUEST,
+        0,
+        8,
+        0xffff,
+    ] {
         g.send(hdr(op, 10, 20), b"x");
         g.expect_rst(10, 20);
     }
@@ -395,10 +485,15 @@ fn bad_connect_lines_close_the_host_stream() {
     let mem = guest_memory();
     let mut g = Guest::start(&mem);
     g.post_rx(8);
-    for line in [&b"HELLO
-"[..], b"CONNECT x
-", b"CONNECT 99999999999
-", &[b'A'; 40][..]] {
+    for line in [
+        &b"HELLO
+"[..],
+        b"CONNECT x
+",
+        b"CONNECT 99999999999
+",
+        &[b'A'; 40][..],
+    ] {
         let mut host = UnixStream::connect(g.dir.uds()).unwrap();
         host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         host.write_all(line).unwrap();
@@ -407,7 +502,10 @@ fn bad_connect_lines_close_the_host_stream() {
         match host.read(&mut buf) {
             Ok(0) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("stream not closed for {:?}: {other:?}", String::from_utf8_lossy(line)),
+            other => panic!(
+                "stream not closed for {:?}: {other:?}",
+                String::from_utf8_lossy(line)
+            ),
         }
     }
     g.expect_silence();
@@ -420,8 +518,11 @@ fn guest_refusing_a_host_connect_closes_the_host_stream() {
     g.post_rx(8);
     let mut host = UnixStream::connect(g.dir.uds()).unwrap();
     host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    host.write_all(b"CONNECT 9
-").unwrap();
+    host.write_all(
+        b"CONNECT 9
+",
+    )
+    .unwrap();
     let (req, _) = g.recv();
     g.send(hdr(OP_RST, 9, req.src_port), &[]);
     let mut buf = [0u8; 8];
@@ -454,9 +555,17 @@ fn connection_limit_answers_rst() {
 fn reactivation_announces_transport_reset() {
     let mem = guest_memory();
     let mut g = Guest::start(&mem);
-    g.event.add_notify(&[Buf { addr: 0x900000, len: 4, write: true }]);
+    g.event.add_notify(&[Buf {
+        addr: 0x900000,
+        len: 4,
+        write: true,
+    }]);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(g.event.wait_used(0), vec![], "no event on the first activation");
+    assert_eq!(
+        g.event.wait_used(0),
+        vec![],
+        "no event on the first activation"
+    );
 
     let listener = g.dir.listen_port(50);
     g.post_rx(4);
@@ -467,10 +576,22 @@ fn reactivation_announces_transport_reset() {
 
     let (_irq, mut rx, _tx, mut event) = Guest::activate(&mem, &mut g.dev, 0xa00000);
     poke(&mem, 0x900000, &[0xff; 4]);
-    event.add_notify(&[Buf { addr: 0x900000, len: 4, write: true }]);
+    event.add_notify(&[Buf {
+        addr: 0x900000,
+        len: 4,
+        write: true,
+    }]);
     assert_eq!(event.wait_used(1), vec![(0, 4)]);
-    assert_eq!(peek(&mem, 0x900000, 4), vec![0, 0, 0, 0], "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
-    rx.add_notify(&[Buf { addr: RX_BUFS, len: RX_BUF_LEN, write: true }]);
+    assert_eq!(
+        peek(&mem, 0x900000, 4),
+        vec![0, 0, 0, 0],
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
+    rx.add_notify(&[Buf {
+        addr: RX_BUFS,
+        len: RX_BUF_LEN,
+        write: true,
+    }]);
 }
 
 #[test]
@@ -482,20 +603,46 @@ fn fuzz_vsock_tx_packets() {
     let listener = guest.borrow().dir.listen_port(1);
     listener.set_nonblocking(true).unwrap();
     guest.borrow_mut().post_rx(32);
-    let strategy = (0u16..10, 2u64..5, 0u64..4, 0u32..3, 0u32..3, 0u32..5000, 0usize..3000, 0u32..4, proptest::num::u32::ANY);
-    crate::testutil::fuzz("vsock_tx_packet", 1024, strategy, |(op, src_cid, dst_cid, sport, dport, len, payload, flags, credit)| {
-        let mut g = guest.borrow_mut();
-        let h = Header { src_cid, dst_cid, src_port: sport, dst_port: dport, len, type_: TYPE_STREAM, op, flags, buf_alloc: credit, fwd_cnt: credit / 2 };
-        g.send_raw(&h.encode(), &vec![0x5a; payload]);
-        while let Ok((mut s, _)) = listener.accept() {
-            s.set_nonblocking(true).unwrap();
-            let _ = s.read(&mut [0u8; 8192]);
-        }
-        proptest::prop_assert!(!g.irq.needs_reset());
-        // Take whatever the device replied and give the buffers back, so 32 stay posted.
-        let replies = g.rx.wait_used(0).len();
-        g.post_rx(replies);
-        Ok(())
-    });
+    let strategy = (
+        0u16..10,
+        2u64..5,
+        0u64..4,
+        0u32..3,
+        0u32..3,
+        0u32..5000,
+        0usize..3000,
+        0u32..4,
+        proptest::num::u32::ANY,
+    );
+    crate::testutil::fuzz(
+        "vsock_tx_packet",
+        1024,
+        strategy,
+        |(op, src_cid, dst_cid, sport, dport, len, payload, flags, credit)| {
+            let mut g = guest.borrow_mut();
+            let h = Header {
+                src_cid,
+                dst_cid,
+                src_port: sport,
+                dst_port: dport,
+                len,
+                type_: TYPE_STREAM,
+                op,
+                flags,
+                buf_alloc: credit,
+                fwd_cnt: credit / 2,
+            };
+            g.send_raw(&h.encode(), &vec![0x5a; payload]);
+            while let Ok((mut s, _)) = listener.accept() {
+                s.set_nonblocking(true).unwrap();
+                let _ = s.read(&mut [0u8; 8192]);
+            }
+            proptest::prop_assert!(!g.irq.needs_reset());
+            // Take whatever the device replied and give the buffers back, so 32 stay posted.
+            let replies = g.rx.wait_used(0).len();
+            g.post_rx(replies);
+            Ok(())
+        },
+    );
     assert!(!guest.borrow().irq.needs_reset());
 }

@@ -56,6 +56,11 @@ fn role(queue: usize) -> Role {
     }
 }
 
+/// The port table; a poisoned lock still holds usable ports.
+pub(super) fn lock_ports(ports: &Mutex<Vec<Port>>) -> MutexGuard<'_, Vec<Port>> {
+    ports.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) struct QueueSlot {
     pub(crate) queue: Queue,
     pub(crate) notify: EventFd,
@@ -102,7 +107,7 @@ impl ConsoleHandler {
     }
 
     fn ports(&self) -> MutexGuard<'_, Vec<Port>> {
-        self.ports.lock().unwrap_or_else(|p| p.into_inner())
+        lock_ports(&self.ports)
     }
 
     /// Ports this activation serves: all with MULTIPORT, port 0 otherwise.
@@ -120,7 +125,11 @@ impl ConsoleHandler {
 
     fn send_control(&mut self, id: usize, event: u16, value: u16, payload: &[u8]) {
         if self.control_out.len() >= MAX_PENDING_CONTROL {
-            tracing::warn!(id, event, "console control queue full (driver not reading); message dropped");
+            tracing::warn!(
+                id,
+                event,
+                "console control queue full (driver not reading); message dropped"
+            );
             return;
         }
         self.control_out
@@ -139,9 +148,20 @@ impl ConsoleHandler {
             };
             let written = scatter(&mem, &descs, msg)?;
             if (written as usize) < msg.len() {
-                tracing::warn!(written, len = msg.len(), "control buffer too small; message truncated");
+                tracing::warn!(
+                    written,
+                    len = msg.len(),
+                    "control buffer too small; message truncated"
+                );
             }
-            complete_chain(CTRL_RX as u16, &mut slot.queue, &mem, interrupt.as_ref(), head, written)?;
+            complete_chain(
+                CTRL_RX as u16,
+                &mut slot.queue,
+                &mem,
+                interrupt.as_ref(),
+                head,
+                written,
+            )?;
             self.control_out.pop_front();
         }
         Ok(())
@@ -158,7 +178,14 @@ impl ConsoleHandler {
                 let msg = ControlMsg::parse(&bytes).ok_or_else(|| {
                     format!("console control message {head} is {} bytes, shorter than its 8-byte header", bytes.len())
                 })?;
-                complete_chain(CTRL_TX as u16, &mut slot.queue, &mem, interrupt.as_ref(), head, 0)?;
+                complete_chain(
+                    CTRL_TX as u16,
+                    &mut slot.queue,
+                    &mem,
+                    interrupt.as_ref(),
+                    head,
+                    0,
+                )?;
                 msgs.push(msg);
             }
         }
@@ -178,13 +205,21 @@ impl ConsoleHandler {
             }
             DEVICE_READY => tracing::error!("guest console driver failed to initialise"),
             PORT_READY | PORT_OPEN if id >= self.state.len() => {
-                tracing::warn!(id, event = msg.event, "control message for a port that does not exist; ignored");
+                tracing::warn!(
+                    id,
+                    event = msg.event,
+                    "control message for a port that does not exist; ignored"
+                );
             }
             PORT_READY if msg.value == 1 => {
                 self.state[id].guest_ready = true;
                 let (console, name, connected) = {
                     let ports = self.ports();
-                    (ports[id].console, ports[id].name.clone(), ports[id].host_connected())
+                    (
+                        ports[id].console,
+                        ports[id].name.clone(),
+                        ports[id].host_connected(),
+                    )
                 };
                 if console {
                     self.send_control(id, CONSOLE_PORT, 1, &[]);
@@ -245,7 +280,12 @@ impl ConsoleHandler {
         }
     }
 
-    fn client_event(&mut self, ctx: &WorkerContext, port: usize, events: EventSet) -> Result<(), String> {
+    fn client_event(
+        &mut self,
+        ctx: &WorkerContext,
+        port: usize,
+        events: EventSet,
+    ) -> Result<(), String> {
         if events.contains(EventSet::OUT) {
             let flushed = self.ports()[port].flush();
             match flushed {
@@ -264,16 +304,22 @@ impl ConsoleHandler {
             && self.state[port].rx_pending.is_empty()
         {
             let read = {
-                let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+                let mut ports = lock_ports(&self.ports);
                 ports[port].read_input(&mut self.buf)
             };
             match read {
                 Ok(0) => return self.disconnect(ctx, port),
                 Ok(n) => {
-                    self.state[port].rx_pending.extend_from_slice(&self.buf[..n]);
+                    self.state[port]
+                        .rx_pending
+                        .extend_from_slice(&self.buf[..n]);
                     self.deliver_rx(port)?;
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     tracing::info!(port, error = %e, "console client read failed; disconnecting");
                     return self.disconnect(ctx, port);
@@ -285,7 +331,7 @@ impl ConsoleHandler {
     }
 
     fn disconnect(&mut self, ctx: &WorkerContext, port: usize) -> Result<(), String> {
-        let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ports = lock_ports(&self.ports);
         if let Some(fd) = ports[port].client_fd() {
             let _ = ctx.remove(fd);
         }
@@ -317,8 +363,12 @@ impl ConsoleHandler {
         }
         self.state[port].rx_pending.clear();
         if let Some(fd) = self.ports()[port].client_fd() {
-            ctx.add(fd, EventSet::IN | EventSet::READ_HANG_UP, CLIENT_TOKEN | port as u64)
-                .map_err(|e| format!("cannot poll console client on port {port}: {e}"))?;
+            ctx.add(
+                fd,
+                EventSet::IN | EventSet::READ_HANG_UP,
+                CLIENT_TOKEN | port as u64,
+            )
+            .map_err(|e| format!("cannot poll console client on port {port}: {e}"))?;
         }
         tracing::info!(port, "console client connected");
         if self.multiport && self.state[port].guest_ready {
@@ -338,7 +388,7 @@ impl ConsoleHandler {
             if self.ports()[port].tx_blocked() {
                 break;
             }
-            let Some(slot) = self.slot(q) else {
+            let Some(slot) = self.queues.get_mut(q).and_then(Option::as_mut) else {
                 break;
             };
             let Some((head, descs)) = pop_chain(q as u16, &mut slot.queue, &mem)? else {
@@ -347,10 +397,16 @@ impl ConsoleHandler {
             data.clear();
             let offered = gather(&mem, &descs, MAX_CHUNK, &mut data)?;
             if offered > MAX_CHUNK as u64 {
-                tracing::warn!(port, offered, "console output request over 64 KiB; excess dropped");
+                tracing::warn!(
+                    port,
+                    offered,
+                    "console output request over 64 KiB; excess dropped"
+                );
             }
+            // Output first, then return the buffer: once the guest sees it used, its bytes
+            // are out (ordering with emergency writes and with other ports holds).
+            let flushed = lock_ports(&self.ports)[port].write_output(&data);
             complete_chain(q as u16, &mut slot.queue, &mem, interrupt.as_ref(), head, 0)?;
-            let flushed = self.ports()[port].write_output(&data);
             if flushed == Flush::Disconnected {
                 return self.disconnect(ctx, port);
             }
@@ -373,7 +429,11 @@ impl WorkerHandler for ConsoleHandler {
                 ctx.add(fd, EventSet::IN, LISTENER_TOKEN | port as u64)?;
             }
             if let Some(fd) = p.client_fd() {
-                ctx.add(fd, EventSet::IN | EventSet::READ_HANG_UP, CLIENT_TOKEN | port as u64)?;
+                ctx.add(
+                    fd,
+                    EventSet::IN | EventSet::READ_HANG_UP,
+                    CLIENT_TOKEN | port as u64,
+                )?;
             }
         }
         Ok(())

@@ -8,15 +8,17 @@
 mod control;
 mod handler;
 mod port;
+mod spec;
 
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 pub use control::ControlMsg;
-use handler::{ConsoleHandler, QueueSlot};
+use handler::{lock_ports, ConsoleHandler, QueueSlot};
 use port::Port;
 pub use port::{PortBackend, PortConfig, PortError};
+pub use spec::{ports_from_specs, ConsoleSpec, SpecError, MAX_NAME_LEN};
 
 use crate::{
     ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
@@ -111,8 +113,7 @@ impl VirtioDevice for Console {
             && data.len() == 4
             && self.acked & VIRTIO_CONSOLE_F_EMERG_WRITE != 0
         {
-            let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
-            ports[0].emergency_write(data[0]);
+            lock_ports(&self.ports)[0].emergency_write(data[0]);
         } else {
             tracing::warn!(
                 offset,
@@ -146,7 +147,8 @@ impl VirtioDevice for Console {
                 got,
             });
         }
-        let handler = ConsoleHandler::new(mem, interrupt.clone(), slots, self.ports.clone(), multiport);
+        let handler =
+            ConsoleHandler::new(mem, interrupt.clone(), slots, self.ports.clone(), multiport);
         let worker = DeviceWorker::spawn("virtio-console", handler, interrupt)
             .map_err(|e| ActivateError::Backend(format!("cannot start the console worker: {e}")))?;
         self.worker = Some(worker);

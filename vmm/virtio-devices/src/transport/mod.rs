@@ -71,6 +71,7 @@ const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
 const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
 
 /// Features the transport/queue layer implements for every device.
 const TRANSPORT_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_INDIRECT_DESC;
@@ -109,7 +110,7 @@ pub struct VirtioPciDevice {
     device: Box<dyn VirtioDevice>,
     mem: GuestMemory,
     config: PciConfiguration,
-    msix_cap_offset: usize,
+    caps: CapOffsets,
     interrupt: Arc<InterruptState>,
     notify: Vec<EventFd>,
     // Common configuration registers.
@@ -144,15 +145,14 @@ impl VirtioPciDevice {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
         let interrupt = Arc::new(InterruptState::new(max_sizes.len(), msi));
-        let (config, msix_cap_offset) =
-            build_config_space(device.device_type(), max_sizes.len(), &interrupt)?;
+        let (config, caps) = build_config_space(device.device_type(), max_sizes.len(), &interrupt)?;
         let offered_features =
             device.features() & !(TRANSPORT_FEATURE_BITS & !EVENT_IDX) | TRANSPORT_FEATURES;
         Ok(Self {
             device,
             mem,
             config,
-            msix_cap_offset,
+            caps,
             interrupt,
             notify,
             offered_features,
@@ -201,7 +201,7 @@ impl VirtioPciDevice {
         self.queues.get_mut(usize::from(self.queue_select))
     }
 
-    fn common_read(&mut self, offset: u64, data: &mut [u8]) {
+    fn common_read(&self, offset: u64, data: &mut [u8]) {
         let Some(field) = decode(offset, data.len()) else {
             tracing::warn!(
                 offset,
@@ -406,7 +406,7 @@ impl VirtioPciDevice {
         self.status = 0;
     }
 
-    fn virtio_bar_read(&mut self, offset: u64, data: &mut [u8]) {
+    fn virtio_bar_read(&self, offset: u64, data: &mut [u8]) {
         match region(offset) {
             (COMMON_CFG_OFFSET, off) => self.common_read(off, data),
             (ISR_OFFSET, 0) if data.len() == 1 => data[0] = self.interrupt.take_isr(),
@@ -448,16 +448,64 @@ impl VirtioPciDevice {
         }
     }
 
-    fn msix_bar_access(&mut self, offset: u64, read: Option<&mut [u8]>, write: &[u8]) {
-        let interrupt = self.interrupt.clone();
-        let mut msix = interrupt.msix();
-        let table_end = msix.table_bytes();
-        match read {
-            Some(buf) if offset < table_end => msix.table_read(offset, buf),
-            Some(buf) => msix.pba_read(offset - table_end, buf),
-            None if offset < table_end => msix.table_write(offset, write, interrupt.sink()),
-            None => msix.pba_write(offset - table_end, write),
+    /// Guest read of a BAR. Takes `&self`: reads only clear the ISR, which is atomic, so
+    /// the VIRTIO_PCI_CAP_PCI_CFG window can read BARs from a config space read.
+    fn read_bar(&self, bar: usize, offset: u64, data: &mut [u8]) {
+        match bar {
+            VIRTIO_BAR if offset < VIRTIO_BAR_SIZE => self.virtio_bar_read(offset, data),
+            MSIX_BAR => {
+                let msix = self.interrupt.msix();
+                match offset.checked_sub(msix.table_bytes()) {
+                    None => msix.table_read(offset, data),
+                    Some(pba_offset) => msix.pba_read(pba_offset, data),
+                }
+            }
+            _ => {
+                tracing::warn!(bar, offset, "read outside the virtio-pci BARs; returns 0");
+                data.fill(0);
+            }
         }
+    }
+
+    fn write_bar(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        match bar {
+            VIRTIO_BAR if offset < VIRTIO_BAR_SIZE => self.virtio_bar_write(offset, data),
+            MSIX_BAR => {
+                let interrupt = self.interrupt.clone();
+                let mut msix = interrupt.msix();
+                match offset.checked_sub(msix.table_bytes()) {
+                    None => msix.table_write(offset, data, interrupt.sink()),
+                    Some(pba_offset) => msix.pba_write(pba_offset, data),
+                }
+            }
+            _ => tracing::warn!(bar, offset, "write outside the virtio-pci BARs ignored"),
+        }
+    }
+
+    /// The BAR access the VIRTIO_PCI_CAP_PCI_CFG window selects: (bar, offset, length), or
+    /// None when the driver programmed an invalid length or alignment.
+    fn pci_cfg_window(&self) -> Option<(usize, u64, usize)> {
+        let cap = self.caps.pci_cfg;
+        let mut raw = [0u8; 12];
+        self.config.read_bytes(cap + 4, &mut raw);
+        let bar = usize::from(raw[0]);
+        let offset = u64::from(u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]));
+        let len = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]) as usize;
+        if matches!(len, 1 | 2 | 4) && offset % len as u64 == 0 {
+            Some((bar, offset, len))
+        } else {
+            tracing::warn!(
+                bar,
+                offset,
+                len,
+                "invalid VIRTIO_PCI_CAP_PCI_CFG window; access ignored"
+            );
+            None
+        }
+    }
+
+    fn pci_cfg_data_reg(&self) -> usize {
+        (self.caps.pci_cfg + 16) / 4
     }
 }
 
@@ -491,12 +539,20 @@ fn class_code(device_type: u32) -> (u8, u8, u8) {
     }
 }
 
-/// Header, BARs, the four virtio capabilities and MSI-X; returns the MSI-X cap offset.
+/// Where the capabilities the transport intercepts live in config space.
+#[derive(Clone, Copy, Debug)]
+struct CapOffsets {
+    msix: usize,
+    pci_cfg: usize,
+}
+
+/// Header, BARs, the virtio capabilities (common, notify, ISR, device, PCI config access)
+/// and MSI-X.
 fn build_config_space(
     device_type: u32,
     num_queues: usize,
     interrupt: &InterruptState,
-) -> Result<(PciConfiguration, usize), ConfigError> {
+) -> Result<(PciConfiguration, CapOffsets), ConfigError> {
     let mut config = PciConfiguration::new(PciHeader {
         vendor_id: VIRTIO_PCI_VENDOR_ID,
         device_id: VIRTIO_PCI_DEVICE_ID_BASE.wrapping_add(device_type as u16),
@@ -533,18 +589,39 @@ fn build_config_space(
     }
     let table_bytes = u32::try_from(msix.table_bytes()).unwrap_or(u32::MAX);
     let (body, writable) = msix.capability(MSIX_BAR as u8, 0, MSIX_BAR as u8, table_bytes);
-    let msix_cap_offset = config.add_capability(MSIX_CAP_ID, &body, &writable)?;
-    Ok((config, msix_cap_offset))
+    let msix = config.add_capability(MSIX_CAP_ID, &body, &writable)?;
+    // VIRTIO_PCI_CAP_PCI_CFG (virtio spec 4.1.4.9): a window into the BARs through config
+    // space for drivers that cannot map them. bar, offset, length and data are writable.
+    let mut body = vec![20, CAP_PCI_CFG, 0, 0, 0, 0];
+    body.extend_from_slice(&[0; 12]);
+    let writable = [
+        0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ];
+    let pci_cfg = config.add_capability(VENDOR_CAP_ID, &body, &writable)?;
+    Ok((config, CapOffsets { msix, pci_cfg }))
 }
 
 impl PciDevice for VirtioPciDevice {
     fn config_read(&self, reg: usize) -> u32 {
+        if reg == self.pci_cfg_data_reg() {
+            let mut buf = [0u8; 4];
+            if let Some((bar, offset, len)) = self.pci_cfg_window() {
+                self.read_bar(bar, offset, &mut buf[..len]);
+            }
+            return u32::from_le_bytes(buf);
+        }
         self.config.read_reg(reg)
     }
 
     fn config_write(&mut self, reg: usize, offset: u64, data: &[u8]) -> Option<BarMove> {
         let moved = self.config.write_reg(reg, offset, data);
-        if reg == self.msix_cap_offset / 4 {
+        if reg == self.pci_cfg_data_reg() {
+            if let Some((bar, bar_offset, len)) = self.pci_cfg_window() {
+                let value = self.config.read_reg(reg).to_le_bytes();
+                self.write_bar(bar, bar_offset, &value[..len]);
+            }
+        }
+        if reg == self.caps.msix / 4 {
             let control = (self.config.read_reg(reg) >> 16) as u16;
             let interrupt = self.interrupt.clone();
             interrupt.msix().set_control(control, interrupt.sink());
@@ -561,22 +638,11 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        match bar {
-            VIRTIO_BAR if offset < VIRTIO_BAR_SIZE => self.virtio_bar_read(offset, data),
-            MSIX_BAR => self.msix_bar_access(offset, Some(data), &[]),
-            _ => {
-                tracing::warn!(bar, offset, "read outside the virtio-pci BARs; returns 0");
-                data.fill(0);
-            }
-        }
+        self.read_bar(bar, offset, data);
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        match bar {
-            VIRTIO_BAR if offset < VIRTIO_BAR_SIZE => self.virtio_bar_write(offset, data),
-            MSIX_BAR => self.msix_bar_access(offset, None, data),
-            _ => tracing::warn!(bar, offset, "write outside the virtio-pci BARs ignored"),
-        }
+        self.write_bar(bar, offset, data);
     }
 }
 
@@ -588,5 +654,7 @@ impl Drop for VirtioPciDevice {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

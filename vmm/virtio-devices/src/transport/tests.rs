@@ -31,24 +31,24 @@ const QDEVICE: u64 = 0x30;
 
 const ACK_DRIVER: u64 = 0x3;
 
-fn device() -> (VirtioPciDevice, Arc<CountingMsiSink>) {
+pub(super) fn device() -> (VirtioPciDevice, Arc<CountingMsiSink>) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let sink = Arc::new(CountingMsiSink::default());
     let dev = VirtioPciDevice::new(Box::new(Rng::new()), mem, sink.clone()).unwrap();
     (dev, sink)
 }
 
-fn w(d: &mut VirtioPciDevice, off: u64, len: usize, val: u64) {
+pub(super) fn w(d: &mut VirtioPciDevice, off: u64, len: usize, val: u64) {
     d.bar_write(VIRTIO_BAR, off, &val.to_le_bytes()[..len]);
 }
 
-fn r(d: &mut VirtioPciDevice, off: u64, len: usize) -> u64 {
+pub(super) fn r(d: &mut VirtioPciDevice, off: u64, len: usize) -> u64 {
     let mut buf = [0u8; 8];
     d.bar_read(VIRTIO_BAR, off, &mut buf[..len]);
     u64::from_le_bytes(buf)
 }
 
-fn negotiate(d: &mut VirtioPciDevice, features: u64) -> u8 {
+pub(super) fn negotiate(d: &mut VirtioPciDevice, features: u64) -> u8 {
     w(d, STATUS, 1, 0);
     w(d, STATUS, 1, ACK_DRIVER);
     w(d, GFSEL, 4, 0);
@@ -59,7 +59,7 @@ fn negotiate(d: &mut VirtioPciDevice, features: u64) -> u8 {
     r(d, STATUS, 1) as u8
 }
 
-fn setup_queue(d: &mut VirtioPciDevice, size: u64, desc: u64, driver: u64, device: u64) {
+pub(super) fn setup_queue(d: &mut VirtioPciDevice, size: u64, desc: u64, driver: u64, device: u64) {
     w(d, QSEL, 2, 0);
     w(d, QSIZE, 2, size);
     for (off, addr) in [(QDESC, desc), (QDRIVER, driver), (QDEVICE, device)] {
@@ -69,13 +69,13 @@ fn setup_queue(d: &mut VirtioPciDevice, size: u64, desc: u64, driver: u64, devic
     w(d, QENABLE, 2, 1);
 }
 
-fn driver_ok(d: &mut VirtioPciDevice) {
+pub(super) fn driver_ok(d: &mut VirtioPciDevice) {
     w(d, STATUS, 1, ACK_DRIVER | 0x8 | 0x4);
 }
 
 /// Enable MSI-X in config space and program + unmask `vectors` entries.
-fn enable_msix(d: &mut VirtioPciDevice, vectors: u64) {
-    let cap = d.msix_cap_offset;
+pub(super) fn enable_msix(d: &mut VirtioPciDevice, vectors: u64) {
+    let cap = d.caps.msix;
     d.config_write(cap / 4, 2, &0x8000u16.to_le_bytes());
     for v in 0..vectors {
         d.bar_write(MSIX_BAR, v * 16, &0xfee0_0000u32.to_le_bytes());
@@ -127,9 +127,33 @@ fn virtio_capabilities_describe_the_layout() {
             (CAP_COMMON, 0, COMMON_CFG_OFFSET),
             (CAP_NOTIFY, 0, NOTIFY_OFFSET),
             (CAP_ISR, 0, ISR_OFFSET),
-            (CAP_DEVICE, 0, DEVICE_CFG_OFFSET)
+            (CAP_DEVICE, 0, DEVICE_CFG_OFFSET),
+            (CAP_PCI_CFG, 0, 0),
         ]
     );
+}
+
+#[test]
+fn pci_cfg_window_reaches_the_bars() {
+    let (mut d, _) = device();
+    let cap = d.caps.pci_cfg;
+    let data_reg = (cap + 16) / 4;
+    let program = |d: &mut VirtioPciDevice, offset: u32, len: u32| {
+        d.config_write(cap / 4 + 1, 0, &[VIRTIO_BAR as u8]);
+        d.config_write(cap / 4 + 2, 0, &offset.to_le_bytes());
+        d.config_write(cap / 4 + 3, 0, &len.to_le_bytes());
+    };
+    program(&mut d, NUM_QUEUES as u32, 2);
+    assert_eq!(d.config_read(data_reg), 1);
+    program(&mut d, STATUS as u32, 1);
+    d.config_write(data_reg, 0, &[0x1, 0, 0, 0]);
+    assert_eq!(r(&mut d, STATUS, 1), 0x1);
+    assert_eq!(d.config_read(data_reg), 0x1);
+    // An invalid window (length 3, or misaligned) does nothing and reads 0.
+    program(&mut d, STATUS as u32, 3);
+    d.config_write(data_reg, 0, &[0x3, 0, 0, 0]);
+    assert_eq!(d.config_read(data_reg), 0);
+    assert_eq!(r(&mut d, STATUS, 1), 0x1);
 }
 
 #[test]
@@ -138,7 +162,11 @@ fn features_ok_requires_version_1_and_offered_bits() {
     w(&mut d, DFSEL, 4, 1);
     assert_eq!(r(&mut d, DF, 4) & 1, 1, "VERSION_1 offered");
     assert_eq!(negotiate(&mut d, 0) & 0x8, 0, "legacy driver refused");
-    assert_eq!(negotiate(&mut d, 1 << 32 | 1 << 50) & 0x8, 0, "unoffered bit refused");
+    assert_eq!(
+        negotiate(&mut d, 1 << 32 | 1 << 50) & 0x8,
+        0,
+        "unoffered bit refused"
+    );
     assert_eq!(negotiate(&mut d, 1 << 32) & 0x8, 0x8);
     // Features are frozen after FEATURES_OK.
     w(&mut d, GFSEL, 4, 0);
@@ -200,7 +228,10 @@ fn invalid_queues_mark_needs_reset_without_activation() {
         w(&mut d, CONFIG_VEC, 2, 0);
         setup_queue(&mut d, size, desc, avail, used);
         driver_ok(&mut d);
-        assert!(!d.is_activated(), "case {size} {desc:#x} {avail:#x} {used:#x}");
+        assert!(
+            !d.is_activated(),
+            "case {size} {desc:#x} {avail:#x} {used:#x}"
+        );
         assert_eq!(r(&mut d, STATUS, 1) & 0x40, 0x40);
         assert_eq!(sink.count(0), 1, "config interrupt announces NEEDS_RESET");
         w(&mut d, STATUS, 1, 0);
@@ -259,7 +290,10 @@ fn notify_write_signals_the_queue_eventfd() {
     assert_eq!(d.notify_eventfds()[0].1.read().unwrap(), 1);
     // Notifying a queue that does not exist is ignored.
     w(&mut d, NOTIFY_OFFSET + 4, 2, 1);
-    assert!(d.notify_eventfds()[0].1.read().is_err(), "no further notification");
+    assert!(
+        d.notify_eventfds()[0].1.read().is_err(),
+        "no further notification"
+    );
 }
 
 #[test]
@@ -319,7 +353,10 @@ fn construction_rejects_bad_devices() {
         VirtioPciDevice::new(Box::new(Bad(sizes)), mem.clone(), sink.clone()).err()
     };
     assert!(matches!(build(vec![]), Some(TransportError::QueueCount(0))));
-    assert!(matches!(build(vec![100]), Some(TransportError::MaxQueueSize { .. })));
+    assert!(matches!(
+        build(vec![100]),
+        Some(TransportError::MaxQueueSize { .. })
+    ));
     assert!(matches!(
         build(vec![8; MAX_QUEUES + 1]),
         Some(TransportError::QueueCount(_))

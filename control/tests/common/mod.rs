@@ -1,0 +1,317 @@
+//! Shared test harness: real `cloudphone serve` processes on loopback over SQLite or
+//! PostgreSQL, raw HTTP helpers, and a scripted host agent.
+#![allow(dead_code)]
+
+pub mod pg;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs the same async test body against both databases: `both!(name);` expects
+/// `async fn name(kind: Kind)` in scope.
+#[macro_export]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::common::Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::common::Kind::Postgres).await
+            }
+        }
+    };
+}
+
+/// A temp dir removed on drop.
+pub struct TempDir(pub PathBuf);
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!(
+            "/tmp/cloudphone-{tag}-{}",
+            cloudphone::ids::random_hex(6)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `cloudphone serve`.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub admin: String,
+    args: Vec<String>,
+    _data: TempDir,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cloudphone")
+}
+
+impl Server {
+    /// Starts a server over a fresh database; `extra` are more `serve` flags.
+    pub async fn start(kind: Kind, extra: &[&str]) -> Server {
+        let data = TempDir::new("data");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data.0.display().to_string(),
+            "--bootstrap-admin".into(),
+            "admin".into(),
+        ];
+        if kind == Kind::Postgres {
+            args.extend(["--database".into(), pg::fresh_database().await]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Server {
+            child: None,
+            url: String::new(),
+            admin: String::new(),
+            args,
+            _data: data,
+        };
+        s.spawn(None);
+        s
+    }
+
+    fn spawn(&mut self, port: Option<u16>) {
+        let listen = format!("127.0.0.1:{}", port.unwrap_or(0));
+        let mut child = Command::new(bin())
+            .args(&self.args)
+            .args(["--listen", &listen])
+            .env("CLOUDPHONE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start cloudphone serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("serve exited before listening")
+                .unwrap();
+            if let Some(t) = line.split("token: ").nth(1) {
+                self.admin = t.trim().to_owned();
+            }
+            if let Some(u) = line.strip_prefix("listening on ") {
+                self.url = u.trim().to_owned();
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no cleanup: what a crash or power cut of the process looks like.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and database.
+    pub fn restart(&mut self) {
+        let port: u16 = self.url.rsplit(':').next().unwrap().parse().unwrap();
+        self.kill9();
+        for _ in 0..50 {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.spawn(Some(port));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One HTTP exchange with full control over the body (for hostile-input tests).
+pub async fn raw(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value) {
+    let c = reqwest::Client::new();
+    let mut r = c.request(method.parse().unwrap(), format!("{url}{path}"));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.header("content-type", "application/json").body(b);
+    }
+    let res = r.send().await.expect("request sent");
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// JSON request under `/api/v1`.
+pub async fn api(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    raw(
+        &s.url,
+        method,
+        &format!("/api/v1{path}"),
+        Some(token),
+        body.map(|b| b.to_string()),
+    )
+    .await
+}
+
+/// Like [`api`] but asserts the status.
+pub async fn ok(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    want: u16,
+) -> Value {
+    let (st, v) = api(s, method, path, token, body).await;
+    assert_eq!(st, want, "{method} {path}: {v}");
+    v
+}
+
+/// Creates a user; returns (id, token).
+pub async fn user(s: &Server, name: &str, role: &str, max_phones: u32) -> (String, String) {
+    let v = ok(
+        s,
+        "POST",
+        "/users",
+        &s.admin.clone(),
+        Some(json!({"name": name, "role": role, "max_phones": max_phones})),
+        201,
+    )
+    .await;
+    (
+        v["user"]["id"].as_str().unwrap().to_owned(),
+        v["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Creates a profile with a warm pool; returns its id.
+pub async fn profile(s: &Server, name: &str, pool: u32) -> String {
+    let body = json!({"name": name, "width": 720, "height": 1280, "dpi": 320, "vcpus": 1, "memory_mib": 256, "image": "", "pool_size": pool});
+    ok(s, "POST", "/profiles", &s.admin.clone(), Some(body), 201).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A scripted host agent speaking the agent protocol without VMMs.
+pub struct FakeHost {
+    pub id: String,
+    pub token: String,
+}
+
+impl FakeHost {
+    pub async fn register(s: &Server, name: &str, max_phones: u32) -> FakeHost {
+        let (_, token) = user(s, &format!("agent-{name}"), "agent", 0).await;
+        let body =
+            json!({"name": name, "vcpus": 1024, "memory_mib": 1 << 20, "max_phones": max_phones});
+        let id = ok(s, "POST", "/hosts", &token, Some(body), 201).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        FakeHost { id, token }
+    }
+
+    /// Heartbeat claiming `running`; returns the desired phones.
+    pub async fn heartbeat(&self, s: &Server, running: &[String]) -> Vec<Value> {
+        let v = ok(
+            s,
+            "POST",
+            &format!("/hosts/{}/heartbeat", self.id),
+            &self.token,
+            Some(json!({"running": running})),
+            200,
+        )
+        .await;
+        v["phones"].as_array().unwrap().clone()
+    }
+
+    pub async fn report(&self, s: &Server, phone: &Value, state: &str) -> (u16, Value) {
+        let body = json!({"state": state, "generation": phone["phone"]["generation"], "reason": "test agent"});
+        api(
+            s,
+            "PUT",
+            &format!(
+                "/hosts/{}/phones/{}/state",
+                self.id,
+                phone["phone"]["id"].as_str().unwrap()
+            ),
+            &self.token,
+            Some(body),
+        )
+        .await
+    }
+
+    /// Drives every phone the control service wants towards `ready` (creating → booting →
+    /// ready; resetting → ready), like a healthy agent would. Returns how many became ready.
+    pub async fn converge(&self, s: &Server) -> usize {
+        let mut ready = 0;
+        for p in self.heartbeat(s, &[]).await {
+            let st = p["phone"]["state"].as_str().unwrap().to_owned();
+            if st == "creating" {
+                assert_eq!(self.report(s, &p, "booting").await.0, 200);
+            }
+            if matches!(st.as_str(), "creating" | "booting" | "resetting") {
+                let (code, v) = self.report(s, &p, "ready").await;
+                assert_eq!(code, 200, "{v}");
+                ready += 1;
+            }
+        }
+        ready
+    }
+
+    /// Converges until `n` phones are ready or assigned.
+    pub async fn bring_up(&self, s: &Server, n: usize) {
+        for _ in 0..100 {
+            self.converge(s).await;
+            let phones = self.heartbeat(s, &[]).await;
+            if phones
+                .iter()
+                .filter(|p| matches!(p["phone"]["state"].as_str(), Some("ready" | "assigned")))
+                .count()
+                >= n
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("phones never came up");
+    }
+}

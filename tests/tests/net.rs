@@ -1,0 +1,148 @@
+//! Tier 2: virtio-net under real Linux guests. Two phones attach to TAPs on one bridge inside a
+//! network namespace this test creates (nothing touches the host's own network): they ping each
+//! other, then phone A sends 100 MiB of random data to phone B over TCP (busybox nc) and both
+//! sides' sha256 must match.
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use cloudphone_tests::{guest_kernel, scratch_dir, vmm_binary, Initramfs, VmProcess};
+
+const TIMEOUT: Duration = Duration::from_secs(900);
+const MEMORY_MIB: u32 = 256;
+const TRANSFER_BYTES: u64 = 100 << 20;
+
+/// An anonymous network namespace held open by a `sleep` process (no /run/netns entry, so it
+/// works on a read-only root); everything in it dies with the holder.
+struct NetNs {
+    holder: Child,
+}
+
+impl NetNs {
+    fn new() -> Self {
+        let holder = Command::new("unshare").args(["--net", "sleep", "3600"]).spawn().expect("unshare --net");
+        let ns = NetNs { holder };
+        // Wait until the holder is inside its namespace.
+        for _ in 0..100 {
+            let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+            if std::fs::read_link(format!("/proc/{}/ns/net", ns.pid())).is_ok_and(|theirs| theirs != own) {
+                return ns;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("unshare --net did not create a namespace");
+    }
+
+    fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    /// Run `ip ARGS` inside the namespace.
+    fn ip(&self, args: &str) {
+        let status = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-n", "ip"])
+            .args(args.split_whitespace())
+            .status()
+            .expect("run nsenter ip");
+        assert!(status.success(), "ip {args} failed inside the test namespace");
+    }
+
+    /// A wrapper that starts `cloudphone-vmm` inside the namespace (so it finds its TAP).
+    fn vmm_wrapper(&self, dir: &Path) -> std::path::PathBuf {
+        let wrapper = dir.join("vmm-in-netns.sh");
+        let script = format!("#!/bin/sh\nexec nsenter -t {} -n {} \"$@\"\n", self.pid(), vmm_binary().display());
+        std::fs::write(&wrapper, script).unwrap();
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        wrapper
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+fn phone_b_script() -> String {
+    // Listen before the address exists, so phone A cannot connect too early.
+    "ip link set eth0 up\n\
+     nc -l -p 5000 < /dev/null | sha256sum > /sum &\n\
+     ip addr add 10.77.0.2/24 dev eth0\n\
+     echo \"MAC=$(cat /sys/class/net/eth0/address)\"\n\
+     wait\n\
+     echo \"RECV=$(cut -d' ' -f1 /sum)\"\n\
+     sleep 1\npoweroff -f\n"
+        .to_string()
+}
+
+fn phone_a_script() -> String {
+    format!(
+        "ip link set eth0 up\n\
+         ip addr add 10.77.0.1/24 dev eth0\n\
+         echo \"MAC=$(cat /sys/class/net/eth0/address)\"\n\
+         i=0; until ping -c 1 -W 1 10.77.0.2 > /dev/null 2>&1; do i=$((i+1)); [ $i -gt 300 ] && break; done\n\
+         if ping -c 3 -W 2 10.77.0.2; then echo PING_OK; else echo PING_FAILED; fi\n\
+         mkfifo /p\n\
+         sha256sum < /p > /sum &\n\
+         start=$(cut -d' ' -f1 /proc/uptime)\n\
+         head -c {TRANSFER_BYTES} /dev/urandom | tee /p | nc 10.77.0.2 5000 > /dev/null\n\
+         wait\n\
+         echo \"SENT=$(cut -d' ' -f1 /sum) start=$start end=$(cut -d' ' -f1 /proc/uptime)\"\n\
+         sleep 1\npoweroff -f\n"
+    )
+}
+
+fn value(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_string()
+}
+
+#[test]
+#[ignore = "tier 2: needs working KVM and the tun/bridge modules"]
+fn two_phones_on_a_bridge_ping_and_move_100_mib_intact() {
+    let kernel = guest_kernel();
+    let dir = scratch_dir("net");
+    let ns = NetNs::new();
+    ns.ip("link add br0 type bridge");
+    ns.ip("link set br0 up");
+    for tap in ["cpnet-a", "cpnet-b"] {
+        ns.ip(&format!("tuntap add dev {tap} mode tap"));
+        ns.ip(&format!("link set {tap} master br0"));
+        ns.ip(&format!("link set {tap} up"));
+    }
+    // VmProcess starts `cloudphone-vmm` from CLOUDPHONE_VMM when set: run it in the namespace.
+    std::env::set_var("CLOUDPHONE_VMM", ns.vmm_wrapper(&dir));
+
+    let boot = |name: &str, tap: &str, script: String| {
+        let initrd = dir.join(format!("{name}.cpio"));
+        Initramfs::new()
+            .modules(&["virtio_pci", "virtio_net"])
+            .script(&script)
+            .build(&kernel, &initrd)
+            .expect("build initramfs");
+        let mut args = VmProcess::boot_args(&kernel, &initrd, 1, MEMORY_MIB);
+        args.extend(["--net".into(), format!("tap={tap}")]);
+        VmProcess::spawn(&dir.join(name), &args).expect("spawn cloudphone-vmm")
+    };
+    let mut b = boot("phone-b", "cpnet-b", phone_b_script());
+    let mut a = boot("phone-a", "cpnet-a", phone_a_script());
+
+    let mac_a = value(&a.wait_for_line("MAC=", TIMEOUT).unwrap(), "MAC=");
+    let mac_b = value(&b.wait_for_line("MAC=", TIMEOUT).unwrap(), "MAC=");
+    assert_ne!(mac_a, mac_b, "each phone gets its own MAC");
+    a.wait_for_line("PING_OK", TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", b.diagnostics()));
+
+    let sent_line = a.wait_for_line("SENT=", TIMEOUT).unwrap();
+    let recv_line = b.wait_for_line("RECV=", TIMEOUT).unwrap();
+    let sent = value(&sent_line, "SENT=");
+    assert_eq!(sent.len(), 64, "{sent_line}");
+    assert_eq!(value(&recv_line, "RECV="), sent, "phone B received different bytes than A sent");
+    let secs: f64 = value(&sent_line, "end=").parse::<f64>().unwrap() - value(&sent_line, "start=").parse::<f64>().unwrap();
+    eprintln!("net: 100 MiB phone->phone in {secs:.1} s guest time ({:.1} MiB/s)", 100.0 / secs.max(0.001));
+    assert_eq!(a.wait_exit(TIMEOUT).unwrap(), Some(0), "{}", a.diagnostics());
+    assert_eq!(b.wait_exit(TIMEOUT).unwrap(), Some(0), "{}", b.diagnostics());
+}

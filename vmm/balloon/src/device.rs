@@ -1,0 +1,157 @@
+//! [`Balloon`]: the virtio-balloon device model (features, config space, activation).
+
+use std::sync::Arc;
+
+use cloudphone_virtio::{
+    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+};
+
+use crate::handle::{BalloonHandle, Shared};
+use crate::worker::{BalloonWorker, QueueRole, RoleQueue};
+
+/// virtio device ID of a memory balloon.
+const VIRTIO_ID_BALLOON: u32 = 5;
+const VIRTIO_F_VERSION_1: u32 = 32;
+/// The driver reports memory statistics on a third queue.
+pub const VIRTIO_BALLOON_F_STATS_VQ: u32 = 1;
+/// The driver may deflate the balloon when the guest runs out of memory.
+pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u32 = 2;
+/// The driver reports free page ranges on their own queue (free page reporting).
+pub const VIRTIO_BALLOON_F_REPORTING: u32 = 5;
+/// Inflate, deflate, stats, reporting (the last two only when negotiated).
+const QUEUE_SIZES: &[u16] = &[256, 256, 256, 256];
+/// `num_pages`, `actual`, `free_page_hint_cmd_id`, `poison_val`.
+const CONFIG_LEN: u64 = 16;
+/// Offset of the driver-written `actual` field.
+const CONFIG_ACTUAL: u64 = 4;
+
+/// A virtio-balloon device. Create it with [`Balloon::new`], keep the [`BalloonHandle`] for the
+/// API, and hand the device to the virtio-pci transport.
+pub struct Balloon {
+    shared: Arc<Shared>,
+    acked: u64,
+    worker: Option<DeviceWorker>,
+}
+
+impl Balloon {
+    /// A balloon for a guest with `guest_mib` MiB of memory (the largest target accepted).
+    pub fn new(guest_mib: u64) -> std::io::Result<(Self, BalloonHandle)> {
+        let shared = Shared::new(guest_mib)?;
+        let handle = BalloonHandle {
+            shared: shared.clone(),
+        };
+        Ok((
+            Self {
+                shared,
+                acked: 0,
+                worker: None,
+            },
+            handle,
+        ))
+    }
+
+    /// Another handle to this device.
+    pub fn handle(&self) -> BalloonHandle {
+        BalloonHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Queue roles in index order for the negotiated features (absent queues are skipped,
+    /// as Linux does when it numbers them).
+    fn roles(&self) -> Vec<QueueRole> {
+        let mut roles = vec![QueueRole::Inflate, QueueRole::Deflate];
+        if self.acked & (1 << VIRTIO_BALLOON_F_STATS_VQ) != 0 {
+            roles.push(QueueRole::Stats);
+        }
+        if self.acked & (1 << VIRTIO_BALLOON_F_REPORTING) != 0 {
+            roles.push(QueueRole::Reporting);
+        }
+        roles
+    }
+}
+
+impl VirtioDevice for Balloon {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BALLOON
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_BALLOON_F_STATS_VQ)
+            | (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
+            | (1 << VIRTIO_BALLOON_F_REPORTING)
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.features();
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let s = self.shared.lock();
+        let mut config = [0u8; CONFIG_LEN as usize];
+        config[0..4].copy_from_slice(&s.target_pages.to_le_bytes());
+        config[4..8].copy_from_slice(&s.actual_pages.to_le_bytes());
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = offset
+                .checked_add(i as u64)
+                .filter(|&o| o < CONFIG_LEN)
+                .map_or(0, |o| config[o as usize]);
+        }
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        if offset == CONFIG_ACTUAL && data.len() == 4 {
+            let actual = u32::from_le_bytes(data.try_into().expect("4 bytes"));
+            self.shared.lock().actual_pages = actual;
+            return;
+        }
+        tracing::warn!(
+            offset,
+            len = data.len(),
+            "balloon: guest wrote a read-only config field; ignored"
+        );
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError> {
+        let roles = self.roles();
+        if queues.len() != roles.len() {
+            return Err(ActivateError::QueueCount {
+                expected: roles.len(),
+                got: queues.len(),
+            });
+        }
+        self.reset();
+        let queues = roles
+            .into_iter()
+            .zip(queues)
+            .map(|(role, q)| RoleQueue {
+                role,
+                index: q.index,
+                queue: q.queue,
+                notify: q.notify,
+            })
+            .collect();
+        let worker = BalloonWorker::new(mem, queues, self.shared.clone(), interrupt.clone());
+        let worker = DeviceWorker::spawn("virtio-balloon", worker, interrupt.clone())
+            .map_err(|e| ActivateError::Backend(format!("spawning the balloon worker: {e}")))?;
+        self.worker = Some(worker);
+        self.shared.lock().interrupt = Some(interrupt);
+        Ok(())
+    }
+    fn reset(&mut self) {
+        {
+            // A reset (or rebooted) guest starts with an empty balloon; the target stays, so
+            // the next driver inflates to it again.
+            let mut s = self.shared.lock();
+            s.interrupt = None;
+            s.actual_pages = 0;
+        }
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}

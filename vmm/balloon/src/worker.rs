@@ -1,0 +1,246 @@
+//! The balloon's queue worker: inflate (release pages), deflate, stats, free page reporting.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use cloudphone_virtio::queue::{drain_queue, read_chain};
+use cloudphone_virtio::{
+    GuestMemory, InterruptCause, VirtioInterrupt, WorkerContext, WorkerHandler,
+};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::discard::{discard, pfn_runs, PAGE_SIZE};
+use crate::handle::Shared;
+use crate::stats::{BalloonStats, MAX_STATS, STAT_LEN};
+
+/// PFNs accepted per inflate/deflate buffer (Linux sends at most 256).
+pub const MAX_PFNS_PER_BUFFER: usize = 1024;
+/// Epoll token of the stats-request eventfd (queue tokens are their position).
+const STATS_REQUEST_TOKEN: u64 = u64::MAX - 1;
+
+/// What a queue is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueRole {
+    Inflate,
+    Deflate,
+    Stats,
+    Reporting,
+}
+
+/// An activated queue with its role.
+pub struct RoleQueue {
+    pub role: QueueRole,
+    pub index: u16,
+    pub queue: Queue,
+    pub notify: EventFd,
+}
+
+/// Worker state for one activation.
+pub struct BalloonWorker {
+    mem: GuestMemory,
+    queues: Vec<RoleQueue>,
+    shared: Arc<Shared>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    /// The stats buffer the driver gave us, returned when the host wants new stats.
+    held_stats: Option<u16>,
+}
+
+/// Copy the device-readable part of a validated chain, refusing more than `cap` bytes.
+fn readable_bytes(mem: &GuestMemory, descs: &[Descriptor], cap: usize) -> Result<Vec<u8>, String> {
+    let total: usize = descs
+        .iter()
+        .filter(|d| !d.is_write_only())
+        .map(|d| d.len() as usize)
+        .sum();
+    if total > cap {
+        return Err(format!("{total}-byte buffer exceeds the {cap}-byte cap"));
+    }
+    let mut out = vec![0u8; total];
+    let mut pos = 0;
+    for d in descs.iter().filter(|d| !d.is_write_only()) {
+        let n = d.len() as usize;
+        mem.read_slice(&mut out[pos..pos + n], d.addr())
+            .map_err(|e| e.to_string())?;
+        pos += n;
+    }
+    Ok(out)
+}
+
+/// Parse a buffer of little-endian u32 page frame numbers.
+fn parse_pfns(bytes: &[u8]) -> Result<Vec<u32>, String> {
+    if bytes.len() % 4 != 0 {
+        return Err(format!(
+            "PFN buffer of {} bytes is not a multiple of 4",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect())
+}
+
+/// Release guest ranges (page runs or reported ranges); bad ones are logged and skipped
+/// (the guest only hurts itself).
+fn release(
+    mem: &GuestMemory,
+    shared: &Shared,
+    ranges: impl Iterator<Item = (u64, u64)>,
+    what: &str,
+) {
+    let mut released = 0;
+    for (addr, len) in ranges {
+        match discard(mem, GuestAddress(addr), len) {
+            Ok(()) => released += len,
+            Err(e) => tracing::warn!(error = %e, "balloon: {what}: range skipped"),
+        }
+    }
+    shared.lock().released_bytes += released;
+}
+
+/// Handle one chain of an inflate / deflate / reporting queue.
+fn page_chain(mem: &GuestMemory, shared: &Shared, role: QueueRole, descs: &[Descriptor]) {
+    match role {
+        QueueRole::Inflate | QueueRole::Deflate => {
+            let pfns = match readable_bytes(mem, descs, MAX_PFNS_PER_BUFFER * 4)
+                .and_then(|b| parse_pfns(&b))
+            {
+                Ok(p) => p,
+                Err(e) => return tracing::warn!(error = %e, ?role, "balloon: PFN buffer ignored"),
+            };
+            if role == QueueRole::Inflate {
+                let runs = pfn_runs(&pfns)
+                    .into_iter()
+                    .map(|(pfn, n)| (pfn * PAGE_SIZE, n * PAGE_SIZE));
+                release(mem, shared, runs, "inflate");
+            }
+            // Deflated pages need nothing: they fault back in (as zeros) when touched.
+        }
+        QueueRole::Reporting => {
+            release(
+                mem,
+                shared,
+                descs.iter().map(|d| (d.addr().0, u64::from(d.len()))),
+                "free page report",
+            );
+        }
+        QueueRole::Stats => tracing::error!("balloon: stats chain routed to the page handler"),
+    }
+}
+
+impl BalloonWorker {
+    pub fn new(
+        mem: GuestMemory,
+        queues: Vec<RoleQueue>,
+        shared: Arc<Shared>,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Self {
+        Self {
+            mem,
+            queues,
+            shared,
+            interrupt,
+            held_stats: None,
+        }
+    }
+
+    /// New stats buffers: parse and hold them (returning any older one).
+    fn stats_queue(&mut self, pos: usize) -> Result<(), String> {
+        let mem = self.mem.clone();
+        while let Some(chain) = self.queues[pos].queue.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            let descs = read_chain(chain, &mem).map_err(|e| format!("stats queue: {e}"))?;
+            match readable_bytes(&mem, &descs, MAX_STATS * STAT_LEN)
+                .and_then(|b| BalloonStats::parse(&b).map_err(|e| e.to_string()))
+            {
+                Ok(stats) => self.shared.publish_stats(stats),
+                Err(e) => tracing::warn!(error = %e, "balloon: stats buffer ignored"),
+            }
+            if let Some(old) = self.held_stats.replace(head) {
+                self.return_stats(pos, old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Give a held stats buffer back to the driver, which answers with fresh stats.
+    fn return_stats(&mut self, pos: usize, head: u16) -> Result<(), String> {
+        let q = &mut self.queues[pos];
+        q.queue
+            .add_used(&self.mem, head, 0)
+            .map_err(|e| format!("stats queue: {e}"))?;
+        if q.queue
+            .needs_notification(&self.mem)
+            .map_err(|e| format!("stats queue: {e}"))?
+        {
+            self.interrupt
+                .trigger(InterruptCause::Queue(q.index))
+                .map_err(|e| format!("stats interrupt: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn stats_position(&self) -> Option<usize> {
+        self.queues.iter().position(|q| q.role == QueueRole::Stats)
+    }
+
+    fn queue_event(&mut self, pos: usize) -> Result<(), String> {
+        let _ = self.queues[pos].notify.read();
+        let role = self.queues[pos].role;
+        if role == QueueRole::Stats {
+            return self.stats_queue(pos);
+        }
+        let (mem, shared) = (&self.mem, &self.shared);
+        let q = &mut self.queues[pos];
+        drain_queue(
+            q.index,
+            &mut q.queue,
+            mem,
+            self.interrupt.as_ref(),
+            |_head, descs| {
+                page_chain(mem, shared, role, &descs);
+                Ok(0)
+            },
+        )
+    }
+}
+
+impl WorkerHandler for BalloonWorker {
+    fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
+        for (pos, q) in self.queues.iter().enumerate() {
+            ctx.add(q.notify.as_raw_fd(), EventSet::IN, pos as u64)?;
+        }
+        if self.stats_position().is_some() {
+            ctx.add(
+                self.shared.stats_request.as_raw_fd(),
+                EventSet::IN,
+                STATS_REQUEST_TOKEN,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        _ctx: &WorkerContext,
+        token: u64,
+        _events: EventSet,
+    ) -> Result<(), String> {
+        if token == STATS_REQUEST_TOKEN {
+            let _ = self.shared.stats_request.read();
+            return match (self.stats_position(), self.held_stats.take()) {
+                (Some(pos), Some(head)) => self.return_stats(pos, head),
+                _ => Ok(()),
+            };
+        }
+        let pos = usize::try_from(token)
+            .ok()
+            .filter(|&p| p < self.queues.len())
+            .ok_or("unknown epoll token")?;
+        self.queue_event(pos)
+    }
+}
