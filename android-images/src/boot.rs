@@ -25,7 +25,14 @@ pub const V3_PAGE_SIZE: u32 = 4096;
 /// offers 2048..=16384; larger values only waste space but are still accepted).
 const PAGE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 2048..=65536;
 /// Payload names in image order (the v4 boot signature last).
-pub const SECTION_NAMES: [&str; 6] = ["kernel", "ramdisk", "second", "recovery_dtbo", "dtb", "signature"];
+pub const SECTION_NAMES: [&str; 6] = [
+    "kernel",
+    "ramdisk",
+    "second",
+    "recovery_dtbo",
+    "dtb",
+    "signature",
+];
 
 /// Size in bytes of the header of `version` (what the `header_size` field should hold).
 pub fn header_size(version: u32) -> u32 {
@@ -41,7 +48,11 @@ pub fn header_size(version: u32) -> u32 {
 /// Validates a page size field (power of two within [`PAGE_SIZE_RANGE`]).
 pub fn check_page_size(field: &str, page_size: u32) -> Result<()> {
     if !page_size.is_power_of_two() || !PAGE_SIZE_RANGE.contains(&page_size) {
-        return Err(invalid(field, page_size, "must be a power of two within 2048..=65536"));
+        return Err(invalid(
+            field,
+            page_size,
+            "must be a power of two within 2048..=65536",
+        ));
     }
     Ok(())
 }
@@ -80,9 +91,13 @@ impl Default for LoadAddresses {
 impl LoadAddresses {
     /// `base + offset`, failing (with the field named) where mkbootimg's 32-bit pack would.
     pub fn addr(&self, field: &str, offset: u32) -> Result<u32> {
-        self.base
-            .checked_add(offset)
-            .ok_or_else(|| invalid(field, format!("{:#x} + {offset:#x}", self.base), "overflows 32 bits"))
+        self.base.checked_add(offset).ok_or_else(|| {
+            invalid(
+                field,
+                format!("{:#x} + {offset:#x}", self.base),
+                "overflows 32 bits",
+            )
+        })
     }
 }
 
@@ -154,9 +169,13 @@ pub fn lay_out(
     let mut sections = Vec::with_capacity(sizes.len());
     for &(name, size) in sizes {
         sections.push(Section { name, offset, size });
-        let end = offset
-            .checked_add(size)
-            .ok_or_else(|| invalid(format!("{field_prefix}.{name}_size"), size, "overflows the image"))?;
+        let end = offset.checked_add(size).ok_or_else(|| {
+            invalid(
+                format!("{field_prefix}.{name}_size"),
+                size,
+                "overflows the image",
+            )
+        })?;
         offset = align_up(end, page, &format!("{field_prefix}.{name}_size"))?;
     }
     Ok((sections, offset))
@@ -165,7 +184,10 @@ pub fn lay_out(
 impl BootImage {
     /// An empty image of `header_version` with mkbootimg's default page size and addresses.
     pub fn new(header_version: u32) -> Self {
-        let mut img = Self { header_version, ..Self::default() };
+        let mut img = Self {
+            header_version,
+            ..Self::default()
+        };
         if header_version >= 3 {
             img.page_size = V3_PAGE_SIZE;
         } else {
@@ -181,18 +203,34 @@ impl BootImage {
             return Ok(());
         }
         self.kernel_addr = a.addr("kernel_addr", a.kernel_offset)?;
-        self.ramdisk_addr =
-            if self.ramdisk.is_empty() { 0 } else { a.addr("ramdisk_addr", a.ramdisk_offset)? };
-        self.second_addr =
-            if self.second.is_empty() { 0 } else { a.addr("second_addr", a.second_offset)? };
+        self.ramdisk_addr = if self.ramdisk.is_empty() {
+            0
+        } else {
+            a.addr("ramdisk_addr", a.ramdisk_offset)?
+        };
+        self.second_addr = if self.second.is_empty() {
+            0
+        } else {
+            a.addr("second_addr", a.second_offset)?
+        };
         self.tags_addr = a.addr("tags_addr", a.tags_offset)?;
-        self.dtb_addr =
-            if self.header_version == 2 { u64::from(a.addr("dtb_addr", a.dtb_offset)?) } else { 0 };
+        self.dtb_addr = if self.header_version == 2 {
+            u64::from(a.addr("dtb_addr", a.dtb_offset)?)
+        } else {
+            0
+        };
         Ok(())
     }
 
     fn payloads(&self) -> [&Vec<u8>; 6] {
-        [&self.kernel, &self.ramdisk, &self.second, &self.recovery_dtbo, &self.dtb, &self.signature]
+        [
+            &self.kernel,
+            &self.ramdisk,
+            &self.second,
+            &self.recovery_dtbo,
+            &self.dtb,
+            &self.signature,
+        ]
     }
 
     fn payloads_mut(&mut self) -> [&mut Vec<u8>; 6] {
@@ -219,13 +257,22 @@ impl BootImage {
         let (mut img, sizes) = match version {
             0..=2 => Self::parse_header_v0(buf, version)?,
             3 | 4 => Self::parse_header_v3(buf, version)?,
-            v => return Err(invalid("boot.header_version", v, "supported versions are 0..=4")),
+            v => {
+                return Err(invalid(
+                    "boot.header_version",
+                    v,
+                    "supported versions are 0..=4",
+                ))
+            }
         };
         let (sections, _) = sections_for(version, img.page_size, sizes)?;
         for section in sections {
             let what = format!("boot image {} section", section.name);
             let data = slice_at(buf, &what, section.offset, section.size)?.to_vec();
-            let index = SECTION_NAMES.iter().position(|n| *n == section.name).unwrap_or(0);
+            let index = SECTION_NAMES
+                .iter()
+                .position(|n| *n == section.name)
+                .unwrap_or(0);
             *img.payloads_mut()[index] = data;
         }
         Ok(img)
@@ -234,7 +281,10 @@ impl BootImage {
     /// Parses a v0-v2 header; returns the image without payloads and the declared sizes.
     fn parse_header_v0(buf: &[u8], version: u32) -> Result<(Self, [u64; 6])> {
         let mut r = FieldReader::new(buf, 8, "boot image header");
-        let mut img = Self { header_version: version, ..Self::default() };
+        let mut img = Self {
+            header_version: version,
+            ..Self::default()
+        };
         let kernel_size = r.u32()?;
         img.kernel_addr = r.u32()?;
         let ramdisk_size = r.u32()?;
@@ -284,7 +334,11 @@ impl BootImage {
     /// Parses a v3/v4 header; returns the image without payloads and the declared sizes.
     fn parse_header_v3(buf: &[u8], version: u32) -> Result<(Self, [u64; 6])> {
         let mut r = FieldReader::new(buf, 8, "boot image header");
-        let mut img = Self { header_version: version, page_size: V3_PAGE_SIZE, ..Self::default() };
+        let mut img = Self {
+            header_version: version,
+            page_size: V3_PAGE_SIZE,
+            ..Self::default()
+        };
         let kernel_size = r.u32()?;
         let ramdisk_size = r.u32()?;
         img.os_version = OsVersion(r.u32()?);
@@ -300,12 +354,19 @@ impl BootImage {
         img.header_size_override = (hdr_size != canonical).then_some(hdr_size);
         let reserved = r.bytes(16)?;
         if reserved.iter().any(|&b| b != 0) {
-            return Err(invalid("boot.reserved", crate::bytes::escape(reserved), "must be zero"));
+            return Err(invalid(
+                "boot.reserved",
+                crate::bytes::escape(reserved),
+                "must be zero",
+            ));
         }
         r.u32()?; // header_version, read by the caller
         img.cmdline = r.cstr(CMDLINE_MAX as u64, "boot.cmdline")?;
         let signature_size = if version == 4 { r.u32()? } else { 0 };
-        Ok((img, [kernel_size, ramdisk_size, 0, 0, 0, signature_size].map(u64::from)))
+        Ok((
+            img,
+            [kernel_size, ramdisk_size, 0, 0, 0, signature_size].map(u64::from),
+        ))
     }
 
     /// Checks that every field this header version does not store is empty, so writing never
@@ -331,21 +392,41 @@ impl BootImage {
         if v >= 3 {
             for (field, value) in v3_only {
                 if value != 0 {
-                    return Err(invalid(format!("boot.{field}"), value, format!("header version {v} stores no addresses")));
+                    return Err(invalid(
+                        format!("boot.{field}"),
+                        value,
+                        format!("header version {v} stores no addresses"),
+                    ));
                 }
             }
             if !self.board_name.is_empty() {
-                return Err(invalid("boot.name", &self.board_name, format!("header version {v} stores no board name")));
+                return Err(invalid(
+                    "boot.name",
+                    &self.board_name,
+                    format!("header version {v} stores no board name"),
+                ));
             }
             if self.id.is_some() {
-                return Err(invalid("boot.id", "set", format!("header version {v} stores no id")));
+                return Err(invalid(
+                    "boot.id",
+                    "set",
+                    format!("header version {v} stores no id"),
+                ));
             }
         }
         if v != 2 && self.dtb_addr != 0 {
-            return Err(invalid("boot.dtb_addr", self.dtb_addr, format!("header version {v} stores no dtb address")));
+            return Err(invalid(
+                "boot.dtb_addr",
+                self.dtb_addr,
+                format!("header version {v} stores no dtb address"),
+            ));
         }
         if v < 3 && self.header_size_override.is_some() {
-            return Err(invalid("boot.header_size", "override", "only v3/v4 headers allow a non-canonical size"));
+            return Err(invalid(
+                "boot.header_size",
+                "override",
+                "only v3/v4 headers allow a non-canonical size",
+            ));
         }
         Ok(())
     }
@@ -371,15 +452,27 @@ impl BootImage {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let v = self.header_version;
         if v > 4 {
-            return Err(invalid("boot.header_version", v, "supported versions are 0..=4"));
+            return Err(invalid(
+                "boot.header_version",
+                v,
+                "supported versions are 0..=4",
+            ));
         }
         if v >= 3 && self.page_size != V3_PAGE_SIZE {
-            return Err(invalid("boot.page_size", self.page_size, "header versions 3 and 4 use 4096"));
+            return Err(invalid(
+                "boot.page_size",
+                self.page_size,
+                "header versions 3 and 4 use 4096",
+            ));
         }
         check_page_size("boot.page_size", self.page_size)?;
         self.check_unstored()?;
         if self.cmdline.len() > CMDLINE_MAX {
-            return Err(invalid("boot.cmdline", self.cmdline.len(), format!("longer than {CMDLINE_MAX} bytes")));
+            return Err(invalid(
+                "boot.cmdline",
+                self.cmdline.len(),
+                format!("longer than {CMDLINE_MAX} bytes"),
+            ));
         }
         let sizes: Vec<u32> = SECTION_NAMES
             .iter()
@@ -396,14 +489,22 @@ impl BootImage {
         }
         for section in &sections {
             pad_to(&mut out, self.page_size as usize);
-            let index = SECTION_NAMES.iter().position(|n| *n == section.name).unwrap_or(0);
+            let index = SECTION_NAMES
+                .iter()
+                .position(|n| *n == section.name)
+                .unwrap_or(0);
             out.extend_from_slice(self.payloads()[index]);
         }
         pad_to(&mut out, self.page_size as usize);
         Ok(out)
     }
 
-    fn write_header_v0(&self, out: &mut Vec<u8>, sizes: &[u32], sections: &[Section]) -> Result<()> {
+    fn write_header_v0(
+        &self,
+        out: &mut Vec<u8>,
+        sizes: &[u32],
+        sections: &[Section],
+    ) -> Result<()> {
         let v = self.header_version;
         for value in [
             sizes[0],
@@ -539,10 +640,16 @@ mod tests {
         assert_eq!(&b[64..76], b"console=hvc0");
         assert_eq!(word(&b, 1632), 3000);
         // header page + kernel 3 pages + ramdisk 1 + second 1 = 6 pages of 2048.
-        assert_eq!(u64::from_le_bytes(b[1636..1644].try_into().unwrap()), 6 * 2048);
+        assert_eq!(
+            u64::from_le_bytes(b[1636..1644].try_into().unwrap()),
+            6 * 2048
+        );
         assert_eq!(word(&b, 1644), 1660);
         assert_eq!(word(&b, 1648), 7);
-        assert_eq!(u64::from_le_bytes(b[1652..1660].try_into().unwrap()), 0x11f0_0000);
+        assert_eq!(
+            u64::from_le_bytes(b[1652..1660].try_into().unwrap()),
+            0x11f0_0000
+        );
         // dtbo 2 pages then dtb 1 page.
         assert_eq!(b.len(), (6 + 2 + 1) * 2048);
         assert_eq!(&b[8 * 2048..8 * 2048 + 7], &[0x55; 7]);
@@ -588,20 +695,32 @@ mod tests {
         assert_eq!(b[608], b'x');
         assert_eq!(BootImage::parse(&b).unwrap().cmdline.len(), 1536);
         img.cmdline.push('y');
-        assert!(img.to_bytes().unwrap_err().to_string().contains("boot.cmdline = 1537"));
+        assert!(img
+            .to_bytes()
+            .unwrap_err()
+            .to_string()
+            .contains("boot.cmdline = 1537"));
     }
 
     #[test]
     fn writer_refuses_fields_the_version_lacks() {
         let mut img = sample(3);
         img.second = vec![1];
-        assert!(img.to_bytes().unwrap_err().to_string().contains("boot.second = 1 bytes"));
+        assert!(img
+            .to_bytes()
+            .unwrap_err()
+            .to_string()
+            .contains("boot.second = 1 bytes"));
         let mut img = sample(0);
         img.dtb = vec![1];
         assert!(img.to_bytes().is_err());
         let mut img = sample(3);
         img.page_size = 2048;
-        assert!(img.to_bytes().unwrap_err().to_string().contains("boot.page_size = 2048"));
+        assert!(img
+            .to_bytes()
+            .unwrap_err()
+            .to_string()
+            .contains("boot.page_size = 2048"));
     }
 
     #[test]

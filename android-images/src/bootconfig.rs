@@ -23,15 +23,24 @@ pub struct BootConfig {
 
 /// The bootconfig checksum: the 32-bit wrapping sum of all data bytes.
 pub fn checksum(data: &[u8]) -> u32 {
-    data.iter().fold(0u32, |sum, &b| sum.wrapping_add(u32::from(b)))
+    data.iter()
+        .fold(0u32, |sum, &b| sum.wrapping_add(u32::from(b)))
 }
 
 /// Checks a key: dot-separated words of `[A-Za-z0-9_-]`.
 pub fn check_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
-        && key.split('.').all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+        && key.split('.').all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
     if !ok {
-        return Err(invalid("bootconfig key", key.escape_debug(), "expected dot-separated words of letters, digits, '_' or '-'"));
+        return Err(invalid(
+            "bootconfig key",
+            key.escape_debug(),
+            "expected dot-separated words of letters, digits, '_' or '-'",
+        ));
     }
     Ok(())
 }
@@ -40,12 +49,20 @@ pub fn check_key(key: &str) -> Result<()> {
 /// a value with both cannot be expressed (the format has no escapes).
 pub fn quote_value(value: &str) -> Result<String> {
     if value.contains('\0') {
-        return Err(invalid("bootconfig value", value.escape_debug(), "contains a NUL byte"));
+        return Err(invalid(
+            "bootconfig value",
+            value.escape_debug(),
+            "contains a NUL byte",
+        ));
     }
     match (value.contains('"'), value.contains('\'')) {
         (false, _) => Ok(format!("\"{value}\"")),
         (true, false) => Ok(format!("'{value}'")),
-        (true, true) => Err(invalid("bootconfig value", value.escape_debug(), "holds both quote characters; bootconfig has no escapes")),
+        (true, true) => Err(invalid(
+            "bootconfig value",
+            value.escape_debug(),
+            "holds both quote characters; bootconfig has no escapes",
+        )),
     }
 }
 
@@ -61,14 +78,20 @@ impl BootConfig {
         quote_value(value)?;
         match self.entries.iter_mut().find(|(k, _)| k == key) {
             Some((_, values)) => *values = vec![value.to_string()],
-            None => self.entries.push((key.to_string(), vec![value.to_string()])),
+            None => self
+                .entries
+                .push((key.to_string(), vec![value.to_string()])),
         }
         Ok(())
     }
 
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.first()).map(String::as_str)
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.first())
+            .map(String::as_str)
     }
 
     /// All entries in order.
@@ -91,7 +114,10 @@ impl BootConfig {
         let mut out = String::new();
         for (key, values) in &self.entries {
             check_key(key)?;
-            let quoted: Vec<String> = values.iter().map(|v| quote_value(v)).collect::<Result<_>>()?;
+            let quoted: Vec<String> = values
+                .iter()
+                .map(|v| quote_value(v))
+                .collect::<Result<_>>()?;
             if quoted.is_empty() {
                 out.push_str(&format!("{key}\n"));
             } else {
@@ -108,7 +134,11 @@ impl BootConfig {
             .iter()
             .map(|(k, values)| {
                 let v = values.join(",");
-                if v.chars().any(char::is_whitespace) { format!("{k}=\"{v}\"") } else { format!("{k}={v}") }
+                if v.chars().any(char::is_whitespace) {
+                    format!("{k}=\"{v}\"")
+                } else {
+                    format!("{k}={v}")
+                }
             })
             .collect()
     }
@@ -117,9 +147,19 @@ impl BootConfig {
     /// (`a, b`), quoted values, `#` comments, `;`/newline separators and `key { ... }` blocks.
     pub fn parse(text: &str) -> Result<Self> {
         if text.len() > BOOTCONFIG_MAX {
-            return Err(invalid("bootconfig size", text.len(), format!("larger than the kernel's {BOOTCONFIG_MAX} bytes")));
+            return Err(invalid(
+                "bootconfig size",
+                text.len(),
+                format!("larger than the kernel's {BOOTCONFIG_MAX} bytes"),
+            ));
         }
-        Parser { s: text.as_bytes(), pos: 0, prefixes: Vec::new(), out: BootConfig::new() }.run()
+        Parser {
+            s: text.as_bytes(),
+            pos: 0,
+            prefixes: Vec::new(),
+            out: BootConfig::new(),
+        }
+        .run()
     }
 }
 
@@ -133,8 +173,16 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, reason: &str) -> ImageError {
-        let line = self.s[..self.pos.min(self.s.len())].iter().filter(|&&b| b == b'\n').count() + 1;
-        invalid("bootconfig", format!("line {line}, byte {}", self.pos), reason)
+        let line = self.s[..self.pos.min(self.s.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        invalid(
+            "bootconfig",
+            format!("line {line}, byte {}", self.pos),
+            reason,
+        )
     }
 
     fn peek(&self) -> Option<u8> {
@@ -179,7 +227,10 @@ impl Parser<'_> {
 
     fn statement(&mut self) -> Result<()> {
         let start = self.pos;
-        while self.peek().is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')) {
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        {
             self.pos += 1;
         }
         if start == self.pos {
@@ -248,7 +299,21 @@ impl Parser<'_> {
             }
             _ => {
                 start = self.pos;
-                while self.peek().is_some_and(|c| !matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b',' | b';' | b'#' | b'}' | b'=' | b'"' | b'\'')) {
+                while self.peek().is_some_and(|c| {
+                    !matches!(
+                        c,
+                        b' ' | b'\t'
+                            | b'\r'
+                            | b'\n'
+                            | b','
+                            | b';'
+                            | b'#'
+                            | b'}'
+                            | b'='
+                            | b'"'
+                            | b'\''
+                    )
+                }) {
                     self.pos += 1;
                 }
                 end = self.pos;
@@ -259,7 +324,11 @@ impl Parser<'_> {
 
     fn assign_values(&mut self, key: String, values: Vec<String>, op: Op) -> Result<()> {
         match (self.out.entries.iter_mut().find(|(k, _)| *k == key), op) {
-            (Some(_), Op::Set) => Err(invalid("bootconfig key", key, "defined twice (use := to override or += to append)")),
+            (Some(_), Op::Set) => Err(invalid(
+                "bootconfig key",
+                key,
+                "defined twice (use := to override or += to append)",
+            )),
             (Some((_, old)), Op::Append) => {
                 old.extend(values);
                 Ok(())
@@ -291,7 +360,11 @@ pub fn append_trailer(initrd: &mut Vec<u8>, data: &[u8]) -> Result<()> {
     let pad = (BOOTCONFIG_ALIGN - unpadded % BOOTCONFIG_ALIGN) % BOOTCONFIG_ALIGN;
     let size = data.len() + pad;
     if size > BOOTCONFIG_MAX {
-        return Err(invalid("bootconfig size", size, format!("larger than the kernel's {BOOTCONFIG_MAX} bytes")));
+        return Err(invalid(
+            "bootconfig size",
+            size,
+            format!("larger than the kernel's {BOOTCONFIG_MAX} bytes"),
+        ));
     }
     initrd.extend_from_slice(data);
     initrd.resize(initrd.len() + pad, 0);
@@ -312,13 +385,21 @@ pub fn split_trailer(buf: &[u8]) -> Result<Option<(&[u8], &[u8])>> {
     let size = word(tail);
     let stored = word(tail + 4);
     if size as usize > BOOTCONFIG_MAX || size as usize > tail {
-        return Err(invalid("bootconfig size", size, format!("exceeds the {tail} bytes before the trailer or the kernel's {BOOTCONFIG_MAX}")));
+        return Err(invalid(
+            "bootconfig size",
+            size,
+            format!("exceeds the {tail} bytes before the trailer or the kernel's {BOOTCONFIG_MAX}"),
+        ));
     }
     let start = tail - size as usize;
     let data = &buf[start..tail];
     let computed = checksum(data);
     if computed != stored {
-        return Err(ImageError::Checksum { what: "bootconfig".into(), stored, computed });
+        return Err(ImageError::Checksum {
+            what: "bootconfig".into(),
+            stored,
+            computed,
+        });
     }
     Ok(Some((&buf[..start], data)))
 }
@@ -358,7 +439,10 @@ pub fn extract_androidboot(cmdline: &str) -> Result<(String, BootConfig)> {
             continue;
         }
         let (key, value) = word.split_once('=').unwrap_or((word, ""));
-        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
         config.set(key, value)?;
     }
     Ok((rest.join(" "), config))
@@ -406,7 +490,10 @@ mod tests {
         let mut big = initrd.clone();
         let at = big.len() - TRAILER_LEN;
         big[at..at + 4].copy_from_slice(&100_000u32.to_le_bytes());
-        assert!(split_trailer(&big).unwrap_err().to_string().contains("bootconfig size = 100000"));
+        assert!(split_trailer(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("bootconfig size = 100000"));
         assert!(split_trailer(b"no trailer").unwrap().is_none());
         assert!(append_trailer(&mut Vec::new(), &vec![b'a'; BOOTCONFIG_MAX + 1]).is_err());
     }
@@ -416,7 +503,10 @@ mod tests {
         let mut c = BootConfig::new();
         c.set("androidboot.hardware", "cloudphone").unwrap();
         c.set("androidboot.msg", "say \"hi\"").unwrap();
-        assert_eq!(c.render().unwrap(), "androidboot.hardware = \"cloudphone\"\nandroidboot.msg = 'say \"hi\"'\n");
+        assert_eq!(
+            c.render().unwrap(),
+            "androidboot.hardware = \"cloudphone\"\nandroidboot.msg = 'say \"hi\"'\n"
+        );
         assert!(c.set("bad key", "x").is_err());
         assert!(c.set("a..b", "x").is_err());
         assert!(c.set("k", "both \" and '").is_err());
@@ -429,7 +519,12 @@ mod tests {
         let c = BootConfig::parse(text).unwrap();
         assert_eq!(c.get("feature.option.foo"), Some("1"));
         assert_eq!(c.get("feature.option.bar"), Some("two words"));
-        let ev = &c.entries().iter().find(|(k, _)| k == "ftrace.event").unwrap().1;
+        let ev = &c
+            .entries()
+            .iter()
+            .find(|(k, _)| k == "ftrace.event")
+            .unwrap()
+            .1;
         assert_eq!(ev, &["a", "b", "c"]);
         let x = &c.entries().iter().find(|(k, _)| k == "kernel.x").unwrap().1;
         assert_eq!(x, &["1", "2"]);
@@ -441,20 +536,42 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_place() {
-        assert!(BootConfig::parse("a = 1\na = 2\n").unwrap_err().to_string().contains("defined twice"));
-        assert!(BootConfig::parse("a = \"open\n").unwrap_err().to_string().contains("unterminated"));
-        assert!(BootConfig::parse("a {\n b = 1\n").unwrap_err().to_string().contains("not closed"));
+        assert!(BootConfig::parse("a = 1\na = 2\n")
+            .unwrap_err()
+            .to_string()
+            .contains("defined twice"));
+        assert!(BootConfig::parse("a = \"open\n")
+            .unwrap_err()
+            .to_string()
+            .contains("unterminated"));
+        assert!(BootConfig::parse("a {\n b = 1\n")
+            .unwrap_err()
+            .to_string()
+            .contains("not closed"));
         assert!(BootConfig::parse("}").is_err());
-        assert!(BootConfig::parse("a = 1 2").unwrap_err().to_string().contains("line 1"));
+        assert!(BootConfig::parse("a = 1 2")
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
     }
 
     #[test]
     fn androidboot_moves_out_of_cmdline() {
-        let (rest, c) = extract_androidboot("console=hvc0 androidboot.hardware=cutf androidboot.x=\"a b\" quiet androidboot.flag").unwrap();
+        let (rest, c) = extract_androidboot(
+            "console=hvc0 androidboot.hardware=cutf androidboot.x=\"a b\" quiet androidboot.flag",
+        )
+        .unwrap();
         assert_eq!(rest, "console=hvc0 quiet");
         assert_eq!(c.get("androidboot.hardware"), Some("cutf"));
         assert_eq!(c.get("androidboot.x"), Some("a b"));
         assert_eq!(c.get("androidboot.flag"), Some(""));
-        assert_eq!(c.to_cmdline_words(), ["androidboot.hardware=cutf", "androidboot.x=\"a b\"", "androidboot.flag="]);
+        assert_eq!(
+            c.to_cmdline_words(),
+            [
+                "androidboot.hardware=cutf",
+                "androidboot.x=\"a b\"",
+                "androidboot.flag="
+            ]
+        );
     }
 }

@@ -45,7 +45,11 @@ pub fn escape(bytes: &[u8]) -> String {
 pub fn expect_magic(buf: &[u8], magic: &[u8], what: &'static str) -> Result<()> {
     let found = slice_at(buf, what, 0, magic.len() as u64)?;
     if found != magic {
-        return Err(ImageError::BadMagic { what, found: escape(found), expected: escape(magic) });
+        return Err(ImageError::BadMagic {
+            what,
+            found: escape(found),
+            expected: escape(magic),
+        });
     }
     Ok(())
 }
@@ -60,7 +64,11 @@ pub struct FieldReader<'a> {
 impl<'a> FieldReader<'a> {
     /// Reads `buf` from `start`; `what` names the structure in errors.
     pub fn new(buf: &'a [u8], start: u64, what: &'static str) -> Self {
-        Self { buf, pos: start, what }
+        Self {
+            buf,
+            pos: start,
+            what,
+        }
     }
 
     /// Reads the next `len` bytes.
@@ -103,7 +111,11 @@ pub fn decode_cstr(raw: &[u8], field: &str) -> Result<String> {
 /// Appends `text` NUL-padded to `len` bytes; errors when it does not fit or holds a NUL.
 pub fn put_cstr(out: &mut Vec<u8>, text: &str, len: usize, field: &str) -> Result<()> {
     if text.len() > len {
-        return Err(invalid(field, text, format!("{} bytes long, the field holds {len}", text.len())));
+        return Err(invalid(
+            field,
+            text,
+            format!("{} bytes long, the field holds {len}", text.len()),
+        ));
     }
     if text.contains('\0') {
         return Err(invalid(field, text.escape_debug(), "contains a NUL byte"));
@@ -125,7 +137,8 @@ pub fn put_u64(out: &mut Vec<u8>, v: u64) {
 
 /// Converts a payload length to the u32 a header stores, naming the field if it is too big.
 pub fn len_u32(len: usize, field: &str) -> Result<u32> {
-    u32::try_from(len).map_err(|_| invalid(field, len, "larger than 4 GiB, the header field is 32-bit"))
+    u32::try_from(len)
+        .map_err(|_| invalid(field, len, "larger than 4 GiB, the header field is 32-bit"))
 }
 
 #[cfg(test)]
@@ -136,7 +149,10 @@ mod tests {
     fn slice_at_rejects_overflowing_ranges() {
         let buf = [0u8; 8];
         assert!(slice_at(&buf, "x", 4, 4).is_ok());
-        assert!(matches!(slice_at(&buf, "x", 5, 4), Err(ImageError::Truncated { .. })));
+        assert!(matches!(
+            slice_at(&buf, "x", 5, 4),
+            Err(ImageError::Truncated { .. })
+        ));
         assert!(slice_at(&buf, "x", u64::MAX, 2).is_err());
     }
 
@@ -147,7 +163,10 @@ mod tests {
         assert_eq!(out, b"abc\0\0");
         assert_eq!(decode_cstr(&out, "f").unwrap(), "abc");
         assert!(put_cstr(&mut out, "abcdef", 5, "f").is_err());
-        assert!(decode_cstr(&[0xff, 0], "f").unwrap_err().to_string().contains("f = "));
+        assert!(decode_cstr(&[0xff, 0], "f")
+            .unwrap_err()
+            .to_string()
+            .contains("f = "));
     }
 
     #[test]

@@ -83,7 +83,10 @@ impl<'a> Fields<'a> {
     fn varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
-            let b = *self.buf.get(self.pos).ok_or_else(|| invalid(self.what, "varint", "truncated protobuf"))?;
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| invalid(self.what, "varint", "truncated protobuf"))?;
             self.pos += 1;
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
@@ -102,8 +105,16 @@ impl<'a> Fields<'a> {
             0 => Value::Varint(self.varint()?),
             2 => {
                 let len = self.varint()?;
-                let end = (self.pos as u64).checked_add(len).filter(|&e| e <= self.buf.len() as u64)
-                    .ok_or_else(|| invalid(self.what, format!("length {len}"), "runs past the end of the message"))?;
+                let end = (self.pos as u64)
+                    .checked_add(len)
+                    .filter(|&e| e <= self.buf.len() as u64)
+                    .ok_or_else(|| {
+                        invalid(
+                            self.what,
+                            format!("length {len}"),
+                            "runs past the end of the message",
+                        )
+                    })?;
                 let data = &self.buf[self.pos..end as usize];
                 self.pos = end as usize;
                 Value::Bytes(data)
@@ -116,7 +127,13 @@ impl<'a> Fields<'a> {
                 self.skip(4)?;
                 Value::Varint(0)
             }
-            w => return Err(invalid(self.what, format!("wire type {w}"), "unsupported protobuf wire type")),
+            w => {
+                return Err(invalid(
+                    self.what,
+                    format!("wire type {w}"),
+                    "unsupported protobuf wire type",
+                ))
+            }
         };
         Ok(Some((tag >> 3, value)))
     }
@@ -152,38 +169,77 @@ impl CompositeDisk {
     /// non-overlapping and inside `length` (file sizes are checked by [`Self::check_files`]).
     pub fn parse(buf: &[u8]) -> Result<Self> {
         if buf.len() as u64 > MAX_SPEC_LEN {
-            return Err(invalid("composite spec size", buf.len(), format!("larger than {MAX_SPEC_LEN} bytes")));
+            return Err(invalid(
+                "composite spec size",
+                buf.len(),
+                format!("larger than {MAX_SPEC_LEN} bytes"),
+            ));
         }
         if !buf.starts_with(COMPOSITE_MAGIC) {
             let n = buf.len().min(COMPOSITE_MAGIC.len());
-            return Err(ImageError::BadMagic { what: "composite disk", found: escape(&buf[..n]), expected: escape(COMPOSITE_MAGIC) });
+            return Err(ImageError::BadMagic {
+                what: "composite disk",
+                found: escape(&buf[..n]),
+                expected: escape(COMPOSITE_MAGIC),
+            });
         }
-        let mut fields = Fields { buf: &buf[COMPOSITE_MAGIC.len()..], pos: 0, what: "composite.CompositeDisk" };
-        let mut disk = CompositeDisk { version: 0, components: Vec::new(), length: 0 };
+        let mut fields = Fields {
+            buf: &buf[COMPOSITE_MAGIC.len()..],
+            pos: 0,
+            what: "composite.CompositeDisk",
+        };
+        let mut disk = CompositeDisk {
+            version: 0,
+            components: Vec::new(),
+            length: 0,
+        };
         while let Some((field, value)) = fields.next()? {
             match (field, value) {
                 (1, Value::Varint(v)) => disk.version = v,
                 (3, Value::Varint(v)) => disk.length = v,
                 (2, Value::Bytes(b)) => {
                     if disk.components.len() >= MAX_COMPONENTS {
-                        return Err(invalid("composite.component_disks", disk.components.len(), "too many components"));
+                        return Err(invalid(
+                            "composite.component_disks",
+                            disk.components.len(),
+                            "too many components",
+                        ));
                     }
-                    disk.components.push(parse_component(b, disk.components.len())?);
+                    disk.components
+                        .push(parse_component(b, disk.components.len())?);
                 }
-                (1 | 2 | 3, _) => return Err(invalid("composite.CompositeDisk", format!("field {field}"), "wrong wire type")),
+                (1..=3, _) => {
+                    return Err(invalid(
+                        "composite.CompositeDisk",
+                        format!("field {field}"),
+                        "wrong wire type",
+                    ))
+                }
                 _ => {} // unknown fields are skipped, as protobuf requires
             }
         }
         if disk.version == 0 || disk.version > COMPOSITE_VERSION {
-            return Err(invalid("composite.version", disk.version, format!("supported versions are 1..={COMPOSITE_VERSION}")));
+            return Err(invalid(
+                "composite.version",
+                disk.version,
+                format!("supported versions are 1..={COMPOSITE_VERSION}"),
+            ));
         }
         for (i, pair) in disk.components.windows(2).enumerate() {
             if pair[1].offset <= pair[0].offset {
-                return Err(invalid(format!("composite.component_disks[{}].offset", i + 1), pair[1].offset, "components must be sorted by offset without duplicates"));
+                return Err(invalid(
+                    format!("composite.component_disks[{}].offset", i + 1),
+                    pair[1].offset,
+                    "components must be sorted by offset without duplicates",
+                ));
             }
         }
         if let Some(c) = disk.components.iter().find(|c| c.offset >= disk.length) {
-            return Err(invalid("composite.component offset", c.offset, format!("at or past the disk length {}", disk.length)));
+            return Err(invalid(
+                "composite.component offset",
+                c.offset,
+                format!("at or past the disk length {}", disk.length),
+            ));
         }
         Ok(disk)
     }
@@ -194,9 +250,17 @@ impl CompositeDisk {
         for (i, c) in self.components.iter().enumerate() {
             let path = resolve(base_dir, &c.file_path);
             let len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
-            let limit = self.components.get(i + 1).map_or(self.length, |n| n.offset).saturating_sub(c.offset);
+            let limit = self
+                .components
+                .get(i + 1)
+                .map_or(self.length, |n| n.offset)
+                .saturating_sub(c.offset);
             if len > limit {
-                return Err(invalid(format!("composite.component_disks[{i}]"), format!("{} ({len} bytes)", path.display()), format!("overlaps what follows: only {limit} bytes fit")));
+                return Err(invalid(
+                    format!("composite.component_disks[{i}]"),
+                    format!("{} ({len} bytes)", path.display()),
+                    format!("overlaps what follows: only {limit} bytes fit"),
+                ));
             }
         }
         Ok(())
@@ -206,32 +270,65 @@ impl CompositeDisk {
 /// Resolves a component path (absolute, or relative to the spec's directory).
 pub fn resolve(base_dir: &Path, file_path: &str) -> PathBuf {
     let p = Path::new(file_path);
-    if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
 }
 
 fn parse_component(buf: &[u8], index: usize) -> Result<ComponentDisk> {
-    let mut fields = Fields { buf, pos: 0, what: "composite.ComponentDisk" };
-    let mut c = ComponentDisk { file_path: String::new(), offset: 0, writable: false };
+    let mut fields = Fields {
+        buf,
+        pos: 0,
+        what: "composite.ComponentDisk",
+    };
+    let mut c = ComponentDisk {
+        file_path: String::new(),
+        offset: 0,
+        writable: false,
+    };
     while let Some((field, value)) = fields.next()? {
         match (field, value) {
             (1, Value::Bytes(b)) => {
-                c.file_path = String::from_utf8(b.to_vec())
-                    .map_err(|_| invalid(format!("composite.component_disks[{index}].file_path"), escape(b), "not UTF-8"))?;
+                c.file_path = String::from_utf8(b.to_vec()).map_err(|_| {
+                    invalid(
+                        format!("composite.component_disks[{index}].file_path"),
+                        escape(b),
+                        "not UTF-8",
+                    )
+                })?;
             }
             (2, Value::Varint(v)) => c.offset = v,
             (3, Value::Varint(v)) => {
                 c.writable = match v {
                     0 => false,
                     1 => true,
-                    v => return Err(invalid(format!("composite.component_disks[{index}].read_write_capability"), v, "expected 0 (read-only) or 1 (read-write)")),
+                    v => {
+                        return Err(invalid(
+                            format!("composite.component_disks[{index}].read_write_capability"),
+                            v,
+                            "expected 0 (read-only) or 1 (read-write)",
+                        ))
+                    }
                 };
             }
-            (1..=3, _) => return Err(invalid("composite.ComponentDisk", format!("field {field}"), "wrong wire type")),
+            (1..=3, _) => {
+                return Err(invalid(
+                    "composite.ComponentDisk",
+                    format!("field {field}"),
+                    "wrong wire type",
+                ))
+            }
             _ => {}
         }
     }
     if c.file_path.is_empty() {
-        return Err(invalid(format!("composite.component_disks[{index}].file_path"), "\"\"", "empty path"));
+        return Err(invalid(
+            format!("composite.component_disks[{index}].file_path"),
+            "\"\"",
+            "empty path",
+        ));
     }
     Ok(c)
 }
@@ -244,8 +341,16 @@ mod tests {
         CompositeDisk {
             version: 2,
             components: vec![
-                ComponentDisk { file_path: "/d/header.img".into(), offset: 0, writable: false },
-                ComponentDisk { file_path: "/d/userdata.img".into(), offset: 1 << 20, writable: true },
+                ComponentDisk {
+                    file_path: "/d/header.img".into(),
+                    offset: 0,
+                    writable: false,
+                },
+                ComponentDisk {
+                    file_path: "/d/userdata.img".into(),
+                    offset: 1 << 20,
+                    writable: true,
+                },
             ],
             length: 300 << 20,
         }
@@ -255,12 +360,19 @@ mod tests {
     fn hand_encoded_vector() {
         let disk = CompositeDisk {
             version: 2,
-            components: vec![ComponentDisk { file_path: "a".into(), offset: 300, writable: true }],
+            components: vec![ComponentDisk {
+                file_path: "a".into(),
+                offset: 300,
+                writable: true,
+            }],
             length: 1000,
         };
         // 08 02 | 12 len=8 { 0a 01 'a' | 10 ac 02 | 18 01 } (8 bytes) | 18 e8 07
         let mut expected = COMPOSITE_MAGIC.to_vec();
-        expected.extend([0x08, 0x02, 0x12, 0x08, 0x0a, 0x01, b'a', 0x10, 0xac, 0x02, 0x18, 0x01, 0x18, 0xe8, 0x07]);
+        expected.extend([
+            0x08, 0x02, 0x12, 0x08, 0x0a, 0x01, b'a', 0x10, 0xac, 0x02, 0x18, 0x01, 0x18, 0xe8,
+            0x07,
+        ]);
         assert_eq!(disk.to_bytes(), expected);
         assert_eq!(CompositeDisk::parse(&expected).unwrap(), disk);
     }

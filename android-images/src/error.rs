@@ -75,7 +75,11 @@ pub fn invalid(
     value: impl std::fmt::Display,
     reason: impl Into<String>,
 ) -> ImageError {
-    ImageError::InvalidField { field: field.into(), value: value.to_string(), reason: reason.into() }
+    ImageError::InvalidField {
+        field: field.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Builds an [`ImageError::Io`] for `path`.

@@ -134,7 +134,11 @@ impl Gpt {
     /// `disk_name` so builds are reproducible.
     pub fn lay_out(disk_name: &str, parts: &[(&str, u64)], align: u64) -> Result<Self> {
         if !align.is_power_of_two() || align < SECTOR {
-            return Err(invalid("gpt alignment", align, "must be a power of two of at least 512"));
+            return Err(invalid(
+                "gpt alignment",
+                align,
+                "must be a power of two of at least 512",
+            ));
         }
         if parts.len() > ENTRY_COUNT as usize {
             return Err(invalid("gpt partitions", parts.len(), "at most 128"));
@@ -143,7 +147,8 @@ impl Gpt {
         let mut partitions = Vec::new();
         for (name, size) in parts {
             check_name(name)?;
-            let size = crate::bytes::align_up((*size).max(1), align, &format!("partition {name} size"))?;
+            let size =
+                crate::bytes::align_up((*size).max(1), align, &format!("partition {name} size"))?;
             let sectors = size / SECTOR;
             partitions.push(Partition {
                 name: name.to_string(),
@@ -155,7 +160,11 @@ impl Gpt {
             });
             lba += sectors;
         }
-        Ok(Self { disk_guid: Guid::derived(disk_name), disk_sectors: lba + FOOTER_SECTORS, partitions })
+        Ok(Self {
+            disk_guid: Guid::derived(disk_name),
+            disk_sectors: lba + FOOTER_SECTORS,
+            partitions,
+        })
     }
 
     /// Last sector a partition may use.
@@ -174,7 +183,8 @@ impl Gpt {
             put_u64(&mut out, p.attributes);
             let mut name: Vec<u16> = p.name.encode_utf16().collect();
             name.resize(36, 0);
-            name.iter().for_each(|u| out.extend_from_slice(&u.to_le_bytes()));
+            name.iter()
+                .for_each(|u| out.extend_from_slice(&u.to_le_bytes()));
         }
         out.resize((ENTRY_COUNT * ENTRY_SIZE) as usize, 0);
         out
@@ -182,8 +192,11 @@ impl Gpt {
 
     fn header(&self, primary: bool, entries_crc: u32) -> Vec<u8> {
         let last = self.disk_sectors - 1;
-        let (my, alt, entries_lba) =
-            if primary { (1, last, 2) } else { (last, 1, last - ENTRY_SECTORS) };
+        let (my, alt, entries_lba) = if primary {
+            (1, last, 2)
+        } else {
+            (last, 1, last - ENTRY_SECTORS)
+        };
         let mut h = Vec::with_capacity(SECTOR as usize);
         h.extend_from_slice(SIGNATURE);
         put_u32(&mut h, REVISION);
@@ -207,17 +220,35 @@ impl Gpt {
 
     fn check(&self) -> Result<()> {
         if self.disk_sectors < HEADER_SECTORS + FOOTER_SECTORS + 1 {
-            return Err(invalid("gpt disk size", self.disk_sectors, "too small for the tables"));
+            return Err(invalid(
+                "gpt disk size",
+                self.disk_sectors,
+                "too small for the tables",
+            ));
         }
         let mut sorted: Vec<&Partition> = self.partitions.iter().collect();
         sorted.sort_by_key(|p| p.first_lba);
         for (i, p) in sorted.iter().enumerate() {
             check_name(&p.name)?;
-            if p.first_lba < HEADER_SECTORS || p.last_lba > self.last_usable() || p.last_lba < p.first_lba {
-                return Err(invalid(format!("gpt partition {}", p.name), format!("{}..={}", p.first_lba, p.last_lba), format!("outside the usable sectors {HEADER_SECTORS}..={}", self.last_usable())));
+            if p.first_lba < HEADER_SECTORS
+                || p.last_lba > self.last_usable()
+                || p.last_lba < p.first_lba
+            {
+                return Err(invalid(
+                    format!("gpt partition {}", p.name),
+                    format!("{}..={}", p.first_lba, p.last_lba),
+                    format!(
+                        "outside the usable sectors {HEADER_SECTORS}..={}",
+                        self.last_usable()
+                    ),
+                ));
             }
             if i > 0 && sorted[i - 1].last_lba >= p.first_lba {
-                return Err(invalid(format!("gpt partition {}", p.name), p.first_lba, format!("overlaps partition {}", sorted[i - 1].name)));
+                return Err(invalid(
+                    format!("gpt partition {}", p.name),
+                    p.first_lba,
+                    format!("overlaps partition {}", sorted[i - 1].name),
+                ));
             }
         }
         Ok(())
@@ -247,24 +278,51 @@ impl Gpt {
     pub fn read<R: Read + Seek>(disk: &mut R, disk_len: u64) -> Result<Self> {
         let disk_sectors = disk_len / SECTOR;
         if disk_sectors < HEADER_SECTORS + FOOTER_SECTORS + 1 {
-            return Err(invalid("gpt disk size", disk_len, "too small to hold a GPT"));
+            return Err(invalid(
+                "gpt disk size",
+                disk_len,
+                "too small to hold a GPT",
+            ));
         }
         let mbr = read_at(disk, 0, SECTOR as usize, "protective MBR")?;
         if mbr[510..512] != [0x55, 0xaa] || mbr[446 + 4] != 0xee {
-            return Err(invalid("gpt protective MBR", escape(&mbr[446 + 4..446 + 5]), "expected a 0xEE partition and 0x55AA signature"));
+            return Err(invalid(
+                "gpt protective MBR",
+                escape(&mbr[446 + 4..446 + 5]),
+                "expected a 0xEE partition and 0x55AA signature",
+            ));
         }
         let primary = read_header(disk, 1, "gpt primary header")?;
         if primary.alt_lba != disk_sectors - 1 {
-            return Err(invalid("gpt primary header.alternate_lba", primary.alt_lba, format!("the disk's last sector is {}", disk_sectors - 1)));
+            return Err(invalid(
+                "gpt primary header.alternate_lba",
+                primary.alt_lba,
+                format!("the disk's last sector is {}", disk_sectors - 1),
+            ));
         }
         let backup = read_header(disk, primary.alt_lba, "gpt backup header")?;
-        if (backup.disk_guid, backup.entries_crc, backup.count) != (primary.disk_guid, primary.entries_crc, primary.count) {
-            return Err(invalid("gpt backup header", primary.alt_lba, "disagrees with the primary header"));
+        if (backup.disk_guid, backup.entries_crc, backup.count)
+            != (primary.disk_guid, primary.entries_crc, primary.count)
+        {
+            return Err(invalid(
+                "gpt backup header",
+                primary.alt_lba,
+                "disagrees with the primary header",
+            ));
         }
-        let entries = read_at(disk, primary.entries_lba * SECTOR, (primary.count * ENTRY_SIZE) as usize, "gpt entries")?;
+        let entries = read_at(
+            disk,
+            primary.entries_lba * SECTOR,
+            (primary.count * ENTRY_SIZE) as usize,
+            "gpt entries",
+        )?;
         let computed = crc32fast::hash(&entries);
         if computed != primary.entries_crc {
-            return Err(ImageError::Checksum { what: "gpt partition entries".into(), stored: primary.entries_crc, computed });
+            return Err(ImageError::Checksum {
+                what: "gpt partition entries".into(),
+                stored: primary.entries_crc,
+                computed,
+            });
         }
         let mut partitions = Vec::new();
         for (i, e) in entries.chunks_exact(ENTRY_SIZE as usize).enumerate() {
@@ -275,11 +333,28 @@ impl Gpt {
             }
             let unique_guid = Guid(r.array()?);
             let (first_lba, last_lba, attributes) = (r.u64()?, r.u64()?, r.u64()?);
-            let units: Vec<u16> = e[56..128].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
-            let name = String::from_utf16(&units).map_err(|_| invalid(format!("gpt entry[{i}].name"), "UTF-16", "not valid UTF-16"))?;
-            partitions.push(Partition { name, type_guid, unique_guid, first_lba, last_lba, attributes });
+            let units: Vec<u16> = e[56..128]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .take_while(|&u| u != 0)
+                .collect();
+            let name = String::from_utf16(&units).map_err(|_| {
+                invalid(format!("gpt entry[{i}].name"), "UTF-16", "not valid UTF-16")
+            })?;
+            partitions.push(Partition {
+                name,
+                type_guid,
+                unique_guid,
+                first_lba,
+                last_lba,
+                attributes,
+            });
         }
-        let gpt = Self { disk_guid: primary.disk_guid, disk_sectors, partitions };
+        let gpt = Self {
+            disk_guid: primary.disk_guid,
+            disk_sectors,
+            partitions,
+        };
         gpt.check()?;
         Ok(gpt)
     }
@@ -294,7 +369,8 @@ struct HeaderFields {
 }
 
 fn read_at<R: Read + Seek>(disk: &mut R, offset: u64, len: usize, what: &str) -> Result<Vec<u8>> {
-    disk.seek(SeekFrom::Start(offset)).map_err(stream_err(what))?;
+    disk.seek(SeekFrom::Start(offset))
+        .map_err(stream_err(what))?;
     let mut buf = vec![0u8; len];
     disk.read_exact(&mut buf).map_err(stream_err(what))?;
     Ok(buf)
@@ -303,25 +379,41 @@ fn read_at<R: Read + Seek>(disk: &mut R, offset: u64, len: usize, what: &str) ->
 fn read_header<R: Read + Seek>(disk: &mut R, lba: u64, what: &'static str) -> Result<HeaderFields> {
     let h = read_at(disk, lba * SECTOR, SECTOR as usize, what)?;
     if &h[..8] != SIGNATURE {
-        return Err(ImageError::BadMagic { what, found: escape(&h[..8]), expected: escape(SIGNATURE) });
+        return Err(ImageError::BadMagic {
+            what,
+            found: escape(&h[..8]),
+            expected: escape(SIGNATURE),
+        });
     }
     let mut r = FieldReader::new(&h, 8, what);
     let _revision = r.u32()?;
     let size = r.u32()?;
     if !(HEADER_SIZE..=SECTOR as u32).contains(&size) {
-        return Err(invalid(format!("{what}.header_size"), size, "must be within 92..=512"));
+        return Err(invalid(
+            format!("{what}.header_size"),
+            size,
+            "must be within 92..=512",
+        ));
     }
     let stored = r.u32()?;
     let mut copy = h[..size as usize].to_vec();
     copy[16..20].fill(0);
     let computed = crc32fast::hash(&copy);
     if computed != stored {
-        return Err(ImageError::Checksum { what: what.into(), stored, computed });
+        return Err(ImageError::Checksum {
+            what: what.into(),
+            stored,
+            computed,
+        });
     }
     r.u32()?;
     let my_lba = r.u64()?;
     if my_lba != lba {
-        return Err(invalid(format!("{what}.my_lba"), my_lba, format!("header found at sector {lba}")));
+        return Err(invalid(
+            format!("{what}.my_lba"),
+            my_lba,
+            format!("header found at sector {lba}"),
+        ));
     }
     let alt_lba = r.u64()?;
     r.u64()?;
@@ -332,17 +424,35 @@ fn read_header<R: Read + Seek>(disk: &mut R, lba: u64, what: &'static str) -> Re
     let entry_size = r.u32()?;
     let entries_crc = r.u32()?;
     if entry_size != ENTRY_SIZE {
-        return Err(invalid(format!("{what}.partition_entry_size"), entry_size, "only 128 is supported"));
+        return Err(invalid(
+            format!("{what}.partition_entry_size"),
+            entry_size,
+            "only 128 is supported",
+        ));
     }
     if count > MAX_READ_ENTRIES {
-        return Err(invalid(format!("{what}.num_partition_entries"), count, format!("more than {MAX_READ_ENTRIES}")));
+        return Err(invalid(
+            format!("{what}.num_partition_entries"),
+            count,
+            format!("more than {MAX_READ_ENTRIES}"),
+        ));
     }
-    Ok(HeaderFields { alt_lba, entries_lba, count, entries_crc, disk_guid })
+    Ok(HeaderFields {
+        alt_lba,
+        entries_lba,
+        count,
+        entries_crc,
+        disk_guid,
+    })
 }
 
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.encode_utf16().count() > 36 {
-        return Err(invalid("gpt partition name", name, "must be 1..=36 UTF-16 code units"));
+        return Err(invalid(
+            "gpt partition name",
+            name,
+            "must be 1..=36 UTF-16 code units",
+        ));
     }
     Ok(())
 }
@@ -392,7 +502,10 @@ mod tests {
 
     #[test]
     fn guid_text_form_round_trips() {
-        assert_eq!(LINUX_FS_TYPE.to_string(), "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
+        assert_eq!(
+            LINUX_FS_TYPE.to_string(),
+            "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+        );
         assert_eq!(LINUX_FS_TYPE.0[..4], [0xaf, 0x3d, 0xc6, 0x0f]);
         let g = Guid::derived("x");
         assert_eq!(g.to_string().as_bytes()[14], b'4');
@@ -400,7 +513,12 @@ mod tests {
 
     #[test]
     fn layout_write_read() {
-        let gpt = Gpt::lay_out("phone", &[("misc", 1), ("boot_a", 5 << 20), ("userdata", 3 << 20)], 4096).unwrap();
+        let gpt = Gpt::lay_out(
+            "phone",
+            &[("misc", 1), ("boot_a", 5 << 20), ("userdata", 3 << 20)],
+            4096,
+        )
+        .unwrap();
         assert_eq!(gpt.partitions[0].first_lba, 2048);
         assert_eq!(gpt.partitions[1].first_lba, 2048 + 8);
         let d = disk(&gpt);
@@ -413,7 +531,11 @@ mod tests {
     fn corruption_is_detected() {
         let gpt = Gpt::lay_out("phone", &[("misc", 4096)], 4096).unwrap();
         let d = disk(&gpt);
-        let read = |d: &[u8]| Gpt::read(&mut Cursor::new(d), d.len() as u64).unwrap_err().to_string();
+        let read = |d: &[u8]| {
+            Gpt::read(&mut Cursor::new(d), d.len() as u64)
+                .unwrap_err()
+                .to_string()
+        };
         let mut b = d.clone();
         b[512 + 40] ^= 1;
         assert!(read(&b).contains("gpt primary header: checksum mismatch"));
@@ -428,7 +550,14 @@ mod tests {
         assert!(read(&b).contains("alternate_lba"));
         assert!(Gpt::lay_out("p", &[("", 1)], 4096).is_err());
         let mut bad = gpt.clone();
-        bad.partitions.push(Partition { name: "x".into(), ..gpt.partitions[0].clone() });
-        assert!(bad.primary_bytes().unwrap_err().to_string().contains("overlaps"));
+        bad.partitions.push(Partition {
+            name: "x".into(),
+            ..gpt.partitions[0].clone()
+        });
+        assert!(bad
+            .primary_bytes()
+            .unwrap_err()
+            .to_string()
+            .contains("overlaps"));
     }
 }

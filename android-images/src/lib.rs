@@ -16,11 +16,13 @@ pub mod vendor_boot;
 pub use boot::{BootImage, LoadAddresses};
 pub use bootconfig::BootConfig;
 pub use error::{ImageError, Result};
-pub use loader::{assemble_android_boot, load_android_boot, AndroidBootOptions, AndroidBootPayload};
+pub use loader::{
+    assemble_android_boot, load_android_boot, AndroidBootOptions, AndroidBootPayload,
+};
 pub use os_version::OsVersion;
 pub use vendor_boot::{VendorBootImage, VendorRamdisk, VendorRamdiskType};
 pub mod composite;
+pub mod disk;
 pub mod gpt;
 pub mod qcow2;
 pub mod sparse;
-pub mod disk;

@@ -31,7 +31,11 @@ pub struct AndroidBootOptions {
 
 impl Default for AndroidBootOptions {
     fn default() -> Self {
-        Self { androidboot_on_cmdline: false, extra_bootconfig: Vec::new(), max_image_size: DEFAULT_MAX_IMAGE_SIZE }
+        Self {
+            androidboot_on_cmdline: false,
+            extra_bootconfig: Vec::new(),
+            max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+        }
     }
 }
 
@@ -60,8 +64,12 @@ pub fn load_android_boot(
     opts: &AndroidBootOptions,
 ) -> Result<AndroidBootPayload> {
     let boot_img = parse_file(boot, opts.max_image_size, BootImage::parse)?;
-    let vendor = vendor_boot.map(|p| parse_file(p, opts.max_image_size, VendorBootImage::parse)).transpose()?;
-    let init = init_boot.map(|p| parse_file(p, opts.max_image_size, BootImage::parse)).transpose()?;
+    let vendor = vendor_boot
+        .map(|p| parse_file(p, opts.max_image_size, VendorBootImage::parse))
+        .transpose()?;
+    let init = init_boot
+        .map(|p| parse_file(p, opts.max_image_size, BootImage::parse))
+        .transpose()?;
     assemble_android_boot(&boot_img, vendor.as_ref(), init.as_ref(), opts)
 }
 
@@ -77,19 +85,34 @@ pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     if len > max {
-        return Err(invalid(path.display().to_string(), format!("{len} bytes"), format!("larger than the {max}-byte limit")));
+        return Err(invalid(
+            path.display().to_string(),
+            format!("{len} bytes"),
+            format!("larger than the {max}-byte limit"),
+        ));
     }
     let mut buf = Vec::with_capacity(len as usize);
-    file.take(max + 1).read_to_end(&mut buf).map_err(io_err(path))?;
+    file.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err(path))?;
     if buf.len() as u64 > max {
-        return Err(invalid(path.display().to_string(), "growing file", format!("larger than the {max}-byte limit")));
+        return Err(invalid(
+            path.display().to_string(),
+            "growing file",
+            format!("larger than the {max}-byte limit"),
+        ));
     }
     Ok(buf)
 }
 
 /// Joins cmdline fragments with single spaces, skipping empty ones.
 fn join_words<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect::<Vec<_>>().join(" ")
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Assembles the boot payload exactly as an Android bootloader does:
@@ -113,14 +136,26 @@ pub fn assemble_android_boot(
     }
     if let Some(v) = vendor {
         if boot.header_version < 3 {
-            return Err(invalid("boot.header_version", boot.header_version, "vendor_boot needs a boot image of version 3 or 4"));
+            return Err(invalid(
+                "boot.header_version",
+                boot.header_version,
+                "vendor_boot needs a boot image of version 3 or 4",
+            ));
         }
-        debug!(vendor_version = v.header_version, ramdisks = v.ramdisks.len(), "vendor boot image");
+        debug!(
+            vendor_version = v.header_version,
+            ramdisks = v.ramdisks.len(),
+            "vendor boot image"
+        );
     }
     let generic = match init_boot {
         Some(init) => {
             if init.header_version < 3 {
-                return Err(invalid("init_boot.header_version", init.header_version, "init_boot must be version 3 or 4"));
+                return Err(invalid(
+                    "init_boot.header_version",
+                    init.header_version,
+                    "init_boot must be version 3 or 4",
+                ));
             }
             if !boot.ramdisk.is_empty() {
                 warn!("boot.img has a ramdisk but init_boot is given: using init_boot's");
@@ -129,9 +164,14 @@ pub fn assemble_android_boot(
         }
         None => &boot.ramdisk,
     };
-    let mut initrd = vendor.map(VendorBootImage::concatenated_ramdisks).unwrap_or_default();
+    let mut initrd = vendor
+        .map(VendorBootImage::concatenated_ramdisks)
+        .unwrap_or_default();
     initrd.extend_from_slice(generic);
-    let mut cmdline = join_words([vendor.map_or("", |v| v.cmdline.as_str()), boot.cmdline.as_str()]);
+    let mut cmdline = join_words([
+        vendor.map_or("", |v| v.cmdline.as_str()),
+        boot.cmdline.as_str(),
+    ]);
 
     let mut extra = BootConfig::new();
     for (k, v) in &opts.extra_bootconfig {
@@ -150,11 +190,15 @@ pub fn assemble_android_boot(
         bootconfig.merge(&extra);
         append_trailer(&mut initrd, bootconfig.render()?.as_bytes())?;
         if opts.androidboot_on_cmdline {
-            cmdline = join_words(std::iter::once(cmdline.as_str()).chain(bootconfig.to_cmdline_words().iter().map(String::as_str)));
+            cmdline = join_words(
+                std::iter::once(cmdline.as_str())
+                    .chain(bootconfig.to_cmdline_words().iter().map(String::as_str)),
+            );
         }
     } else {
         let words = extra.to_cmdline_words();
-        cmdline = join_words(std::iter::once(cmdline.as_str()).chain(words.iter().map(String::as_str)));
+        cmdline =
+            join_words(std::iter::once(cmdline.as_str()).chain(words.iter().map(String::as_str)));
     }
     Ok(AndroidBootPayload {
         kernel: boot.kernel.clone(),
@@ -182,11 +226,18 @@ mod tests {
     fn vendor(version: u32) -> VendorBootImage {
         let mut v = VendorBootImage::new(version);
         v.cmdline = "vendor_opt=1".into();
-        let kind = if version == 4 { VendorRamdiskType::Dlkm } else { VendorRamdiskType::None };
+        let kind = if version == 4 {
+            VendorRamdiskType::Dlkm
+        } else {
+            VendorRamdiskType::None
+        };
         let name = if version == 4 { "modules" } else { "" };
         v.ramdisks = vec![VendorRamdisk::new(kind, name, b"VENDOR".to_vec())];
         if version == 4 {
-            v.ramdisks.insert(0, VendorRamdisk::new(VendorRamdiskType::Platform, "plat", b"PLAT".to_vec()));
+            v.ramdisks.insert(
+                0,
+                VendorRamdisk::new(VendorRamdiskType::Platform, "plat", b"PLAT".to_vec()),
+            );
             v.bootconfig = b"androidboot.hardware = \"cloudphone\"\n".to_vec();
         }
         v
@@ -198,7 +249,13 @@ mod tests {
             extra_bootconfig: vec![("androidboot.slot_suffix".into(), "_a".into())],
             ..Default::default()
         };
-        let p = assemble_android_boot(&boot(4, "console=hvc0 androidboot.x=1"), Some(&vendor(4)), None, &opts).unwrap();
+        let p = assemble_android_boot(
+            &boot(4, "console=hvc0 androidboot.x=1"),
+            Some(&vendor(4)),
+            None,
+            &opts,
+        )
+        .unwrap();
         assert_eq!(p.kernel, b"KERNEL");
         assert_eq!(p.cmdline, "vendor_opt=1 console=hvc0");
         let (rd, data) = split_trailer(&p.initrd).unwrap().unwrap();
@@ -212,9 +269,16 @@ mod tests {
 
     #[test]
     fn androidboot_on_cmdline_for_kernels_without_bootconfig() {
-        let opts = AndroidBootOptions { androidboot_on_cmdline: true, ..Default::default() };
-        let p = assemble_android_boot(&boot(4, "console=hvc0"), Some(&vendor(4)), None, &opts).unwrap();
-        assert_eq!(p.cmdline, "vendor_opt=1 console=hvc0 androidboot.hardware=cloudphone");
+        let opts = AndroidBootOptions {
+            androidboot_on_cmdline: true,
+            ..Default::default()
+        };
+        let p =
+            assemble_android_boot(&boot(4, "console=hvc0"), Some(&vendor(4)), None, &opts).unwrap();
+        assert_eq!(
+            p.cmdline,
+            "vendor_opt=1 console=hvc0 androidboot.hardware=cloudphone"
+        );
         assert!(split_trailer(&p.initrd).unwrap().is_some());
     }
 
@@ -224,40 +288,72 @@ mod tests {
         init.ramdisk = b"INIT".to_vec();
         let mut b = boot(4, "");
         b.ramdisk.clear();
-        let p = assemble_android_boot(&b, Some(&vendor(4)), Some(&init), &Default::default()).unwrap();
-        assert_eq!(split_trailer(&p.initrd).unwrap().unwrap().0, b"PLATVENDORINIT");
+        let p =
+            assemble_android_boot(&b, Some(&vendor(4)), Some(&init), &Default::default()).unwrap();
+        assert_eq!(
+            split_trailer(&p.initrd).unwrap().unwrap().0,
+            b"PLATVENDORINIT"
+        );
     }
 
     #[test]
     fn older_versions_keep_parameters_on_the_cmdline() {
-        let opts = AndroidBootOptions { extra_bootconfig: vec![("androidboot.serialno".into(), "X1".into())], ..Default::default() };
-        let p = assemble_android_boot(&boot(3, "console=ttyS0 androidboot.a=b"), Some(&vendor(3)), None, &opts).unwrap();
+        let opts = AndroidBootOptions {
+            extra_bootconfig: vec![("androidboot.serialno".into(), "X1".into())],
+            ..Default::default()
+        };
+        let p = assemble_android_boot(
+            &boot(3, "console=ttyS0 androidboot.a=b"),
+            Some(&vendor(3)),
+            None,
+            &opts,
+        )
+        .unwrap();
         assert_eq!(p.initrd, b"VENDORGENERIC");
-        assert_eq!(p.cmdline, "vendor_opt=1 console=ttyS0 androidboot.a=b androidboot.serialno=X1");
-        let p = assemble_android_boot(&boot(0, "console=ttyS0"), None, None, &Default::default()).unwrap();
-        assert_eq!((p.initrd.as_slice(), p.cmdline.as_str()), (&b"GENERIC"[..], "console=ttyS0"));
+        assert_eq!(
+            p.cmdline,
+            "vendor_opt=1 console=ttyS0 androidboot.a=b androidboot.serialno=X1"
+        );
+        let p = assemble_android_boot(&boot(0, "console=ttyS0"), None, None, &Default::default())
+            .unwrap();
+        assert_eq!(
+            (p.initrd.as_slice(), p.cmdline.as_str()),
+            (&b"GENERIC"[..], "console=ttyS0")
+        );
     }
 
     #[test]
     fn inconsistent_inputs_are_errors() {
-        let e = assemble_android_boot(&boot(2, ""), Some(&vendor(3)), None, &Default::default()).unwrap_err();
+        let e = assemble_android_boot(&boot(2, ""), Some(&vendor(3)), None, &Default::default())
+            .unwrap_err();
         assert!(e.to_string().contains("boot.header_version = 2"));
         let mut b = boot(4, "");
         b.kernel.clear();
-        assert!(assemble_android_boot(&b, None, None, &Default::default()).unwrap_err().to_string().contains("kernel_size = 0"));
+        assert!(assemble_android_boot(&b, None, None, &Default::default())
+            .unwrap_err()
+            .to_string()
+            .contains("kernel_size = 0"));
     }
 
     #[test]
     fn files_are_capped_and_named() {
-        let dir = std::env::temp_dir().join(format!("android-images-loader-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("android-images-loader-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("boot.img");
         std::fs::write(&path, boot(4, "c").to_bytes().unwrap()).unwrap();
-        let opts = AndroidBootOptions { max_image_size: 100, ..Default::default() };
-        assert!(load_android_boot(&path, None, None, &opts).unwrap_err().to_string().contains("limit"));
+        let opts = AndroidBootOptions {
+            max_image_size: 100,
+            ..Default::default()
+        };
+        assert!(load_android_boot(&path, None, None, &opts)
+            .unwrap_err()
+            .to_string()
+            .contains("limit"));
         let p = load_android_boot(&path, None, None, &Default::default()).unwrap();
         assert_eq!(p.cmdline, "c");
-        let missing = load_android_boot(&dir.join("nope.img"), None, None, &Default::default()).unwrap_err();
+        let missing =
+            load_android_boot(&dir.join("nope.img"), None, None, &Default::default()).unwrap_err();
         assert!(missing.to_string().contains("nope.img"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -13,17 +13,29 @@ impl OsVersion {
     pub fn new(a: u32, b: u32, c: u32, year: u32, month: u32) -> Result<Self> {
         for (name, v) in [("major", a), ("minor", b), ("patch", c)] {
             if v >= 128 {
-                return Err(invalid(format!("os_version.{name}"), v, "must be below 128"));
+                return Err(invalid(
+                    format!("os_version.{name}"),
+                    v,
+                    "must be below 128",
+                ));
             }
         }
         let level = if year == 0 && month == 0 {
             0
         } else {
             if !(2000..2128).contains(&year) {
-                return Err(invalid("os_patch_level.year", year, "must be within 2000..=2127"));
+                return Err(invalid(
+                    "os_patch_level.year",
+                    year,
+                    "must be within 2000..=2127",
+                ));
             }
             if !(1..=12).contains(&month) {
-                return Err(invalid("os_patch_level.month", month, "must be within 1..=12"));
+                return Err(invalid(
+                    "os_patch_level.month",
+                    month,
+                    "must be within 1..=12",
+                ));
             }
             (year - 2000) << 4 | month
         };
@@ -34,7 +46,8 @@ impl OsVersion {
     /// (or `"2023-05-05"`); an empty string leaves that half unset.
     pub fn parse(version: &str, patch_level: &str) -> Result<Self> {
         let num = |field: &str, s: &str| {
-            s.parse::<u32>().map_err(|_| invalid(field, s, "not a decimal number"))
+            s.parse::<u32>()
+                .map_err(|_| invalid(field, s, "not a decimal number"))
         };
         let mut parts = [0u32; 3];
         if !version.is_empty() {
@@ -50,7 +63,11 @@ impl OsVersion {
         if !patch_level.is_empty() {
             let split: Vec<&str> = patch_level.split('-').collect();
             if !(2..=3).contains(&split.len()) {
-                return Err(invalid("os_patch_level", patch_level, "expected YYYY-MM[-DD]"));
+                return Err(invalid(
+                    "os_patch_level",
+                    patch_level,
+                    "expected YYYY-MM[-DD]",
+                ));
             }
             year = num("os_patch_level", split[0])?;
             month = num("os_patch_level", split[1])?;
@@ -96,7 +113,10 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range() {
-        assert!(OsVersion::new(128, 0, 0, 0, 0).unwrap_err().to_string().contains("major = 128"));
+        assert!(OsVersion::new(128, 0, 0, 0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("major = 128"));
         assert!(OsVersion::new(1, 0, 0, 2021, 13).is_err());
         assert!(OsVersion::new(1, 0, 0, 1999, 1).is_err());
         assert!(OsVersion::parse("1.2.3.4", "").is_err());

@@ -40,10 +40,21 @@ pub fn create_overlay(size: u64, backing_file: &str, backing_format: &str) -> Re
         return Err(invalid("qcow2 size", size, "must be within 1..=64 TiB"));
     }
     if backing_file.is_empty() || backing_file.len() > MAX_BACKING_NAME {
-        return Err(invalid("qcow2 backing file", backing_file, "must be 1..=1023 bytes"));
+        return Err(invalid(
+            "qcow2 backing file",
+            backing_file,
+            "must be 1..=1023 bytes",
+        ));
     }
-    if backing_format.is_empty() || backing_format.len() > 16 || !backing_format.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(invalid("qcow2 backing format", backing_format, "expected a format name such as raw or qcow2"));
+    if backing_format.is_empty()
+        || backing_format.len() > 16
+        || !backing_format.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(invalid(
+            "qcow2 backing format",
+            backing_format,
+            "expected a format name such as raw or qcow2",
+        ));
     }
     let l2_entries = CLUSTER / 8;
     let l1_size = size.div_ceil(CLUSTER * l2_entries);
@@ -93,7 +104,11 @@ pub fn create_overlay(size: u64, backing_file: &str, backing_format: &str) -> Re
 pub fn parse_header(buf: &[u8]) -> Result<Qcow2Info> {
     let head = slice_at(buf, "qcow2 header", 0, 72)?;
     if &head[..4] != QCOW2_MAGIC {
-        return Err(ImageError::BadMagic { what: "qcow2", found: escape(&head[..4]), expected: escape(QCOW2_MAGIC) });
+        return Err(ImageError::BadMagic {
+            what: "qcow2",
+            found: escape(&head[..4]),
+            expected: escape(QCOW2_MAGIC),
+        });
     }
     let be32 = |i: usize| u32::from_be_bytes(head[i..i + 4].try_into().unwrap_or_default());
     let be64 = |i: usize| u64::from_be_bytes(head[i..i + 8].try_into().unwrap_or_default());
@@ -103,19 +118,40 @@ pub fn parse_header(buf: &[u8]) -> Result<Qcow2Info> {
     }
     let cluster_bits = be32(20);
     if !(9..=21).contains(&cluster_bits) {
-        return Err(invalid("qcow2.cluster_bits", cluster_bits, "must be within 9..=21"));
+        return Err(invalid(
+            "qcow2.cluster_bits",
+            cluster_bits,
+            "must be within 9..=21",
+        ));
     }
     let (name_off, name_len) = (be64(8), be32(16));
     let backing_file = if name_off == 0 {
         None
     } else {
         if name_len as usize > MAX_BACKING_NAME {
-            return Err(invalid("qcow2.backing_file_size", name_len, "longer than 1023 bytes"));
+            return Err(invalid(
+                "qcow2.backing_file_size",
+                name_len,
+                "longer than 1023 bytes",
+            ));
         }
-        let raw = slice_at(buf, "qcow2 backing file name", name_off, u64::from(name_len))?;
-        Some(String::from_utf8(raw.to_vec()).map_err(|_| invalid("qcow2.backing_file", escape(raw), "not UTF-8"))?)
+        let raw = slice_at(
+            buf,
+            "qcow2 backing file name",
+            name_off,
+            u64::from(name_len),
+        )?;
+        Some(
+            String::from_utf8(raw.to_vec())
+                .map_err(|_| invalid("qcow2.backing_file", escape(raw), "not UTF-8"))?,
+        )
     };
-    Ok(Qcow2Info { version, size: be64(24), cluster_size: 1 << cluster_bits, backing_file })
+    Ok(Qcow2Info {
+        version,
+        size: be64(24),
+        cluster_size: 1 << cluster_bits,
+        backing_file,
+    })
 }
 
 #[cfg(test)]
@@ -129,7 +165,15 @@ mod tests {
         assert_eq!(img.len() as u64, 4 * CLUSTER);
         assert_eq!(u32::from_be_bytes(img[36..40].try_into().unwrap()), 6);
         let info = parse_header(&img).unwrap();
-        assert_eq!(info, Qcow2Info { version: 3, size: 3 << 30, cluster_size: CLUSTER, backing_file: Some("base.img".into()) });
+        assert_eq!(
+            info,
+            Qcow2Info {
+                version: 3,
+                size: 3 << 30,
+                cluster_size: CLUSTER,
+                backing_file: Some("base.img".into())
+            }
+        );
         assert_eq!(&img[2 * CLUSTER as usize..][..8], &[0, 1, 0, 1, 0, 1, 0, 1]);
     }
 
@@ -140,7 +184,10 @@ mod tests {
         assert!(create_overlay(1, "b", "r w").is_err());
         let mut img = create_overlay(1 << 20, "b", "raw").unwrap();
         img[16..20].copy_from_slice(&5000u32.to_be_bytes());
-        assert!(parse_header(&img).unwrap_err().to_string().contains("qcow2.backing_file_size = 5000"));
+        assert!(parse_header(&img)
+            .unwrap_err()
+            .to_string()
+            .contains("qcow2.backing_file_size = 5000"));
         assert!(parse_header(b"QFI").is_err());
     }
 }

@@ -86,8 +86,24 @@ pub struct SparseOptions {
 
 impl Default for SparseOptions {
     fn default() -> Self {
-        Self { block_size: 4096, zeros_as_dont_care: false, crc: false }
+        Self {
+            block_size: 4096,
+            zeros_as_dont_care: false,
+            crc: false,
+        }
     }
+}
+
+/// Block sizes libsparse accepts (multiples of 4), capped so a block fits a small buffer.
+fn check_block_size(bs: u32) -> Result<()> {
+    if bs == 0 || bs & 3 != 0 || bs > MAX_BLOCK_SIZE {
+        return Err(invalid(
+            "sparse.blk_sz",
+            bs,
+            "must be a non-zero multiple of 4 up to 1 MiB",
+        ));
+    }
+    Ok(())
 }
 
 /// True when `buf` starts with the sparse magic.
@@ -100,7 +116,10 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8], what: &str) -> Result<()> {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             invalid(what, "end of input", "sparse image truncated")
         } else {
-            ImageError::Stream { what: what.to_string(), source: e }
+            ImageError::Stream {
+                what: what.to_string(),
+                source: e,
+            }
         }
     })
 }
@@ -129,15 +148,27 @@ pub fn read_header(r: &mut impl Read) -> Result<(SparseHeader, u16)> {
         });
     }
     if u16_at(4) != 1 {
-        return Err(invalid("sparse.major_version", u16_at(4), "only version 1 exists"));
+        return Err(invalid(
+            "sparse.major_version",
+            u16_at(4),
+            "only version 1 exists",
+        ));
     }
     let file_hdr = u16_at(8);
     let chunk_hdr = u16_at(10);
     if file_hdr < FILE_HEADER_LEN {
-        return Err(invalid("sparse.file_hdr_sz", file_hdr, "must be at least 28"));
+        return Err(invalid(
+            "sparse.file_hdr_sz",
+            file_hdr,
+            "must be at least 28",
+        ));
     }
     if chunk_hdr < CHUNK_HEADER_LEN {
-        return Err(invalid("sparse.chunk_hdr_sz", chunk_hdr, "must be at least 12"));
+        return Err(invalid(
+            "sparse.chunk_hdr_sz",
+            chunk_hdr,
+            "must be at least 12",
+        ));
     }
     let header = SparseHeader {
         block_size: u32_at(12),
@@ -145,10 +176,7 @@ pub fn read_header(r: &mut impl Read) -> Result<(SparseHeader, u16)> {
         total_chunks: u32_at(20),
         image_checksum: u32_at(24),
     };
-    let bs = header.block_size;
-    if bs == 0 || bs % 4 != 0 || bs > MAX_BLOCK_SIZE {
-        return Err(invalid("sparse.blk_sz", bs, "must be a non-zero multiple of 4 up to 1 MiB"));
-    }
+    check_block_size(header.block_size)?;
     skip(r, u64::from(file_hdr - FILE_HEADER_LEN), "sparse header")?;
     Ok((header, chunk_hdr))
 }
@@ -164,10 +192,14 @@ struct Expander<'w, W> {
 impl<W: Write + Seek> Expander<'_, W> {
     fn emit(&mut self, data: &[u8]) -> Result<()> {
         if self.pending_skip > 0 {
-            self.out.seek(SeekFrom::Current(self.pending_skip as i64)).map_err(stream_err("sparse output"))?;
+            self.out
+                .seek(SeekFrom::Current(self.pending_skip as i64))
+                .map_err(stream_err("sparse output"))?;
             self.pending_skip = 0;
         }
-        self.out.write_all(data).map_err(stream_err("sparse output"))?;
+        self.out
+            .write_all(data)
+            .map_err(stream_err("sparse output"))?;
         self.crc.update(data);
         self.written += data.len() as u64;
         Ok(())
@@ -188,8 +220,12 @@ impl<W: Write + Seek> Expander<'_, W> {
     fn finish(&mut self) -> Result<()> {
         if self.pending_skip > 0 {
             // Extend the output to its full length by writing the final (zero) byte.
-            self.out.seek(SeekFrom::Current(self.pending_skip as i64 - 1)).map_err(stream_err("sparse output"))?;
-            self.out.write_all(&[0]).map_err(stream_err("sparse output"))?;
+            self.out
+                .seek(SeekFrom::Current(self.pending_skip as i64 - 1))
+                .map_err(stream_err("sparse output"))?;
+            self.out
+                .write_all(&[0])
+                .map_err(stream_err("sparse output"))?;
             self.pending_skip = 0;
         }
         self.out.flush().map_err(stream_err("sparse output"))
@@ -199,13 +235,29 @@ impl<W: Write + Seek> Expander<'_, W> {
 /// Expands a sparse image from `input` into `out` (positioned at the start of a fresh, empty
 /// output; gaps are seeked over). Refuses images that expand beyond `max_len` bytes. Checks
 /// every chunk size against the header, the block total, the chunk count and CRCs.
-pub fn unsparse<R: Read, W: Write + Seek>(input: &mut R, out: &mut W, max_len: u64) -> Result<(SparseHeader, Vec<ChunkInfo>)> {
+pub fn unsparse<R: Read, W: Write + Seek>(
+    input: &mut R,
+    out: &mut W,
+    max_len: u64,
+) -> Result<(SparseHeader, Vec<ChunkInfo>)> {
     let (header, chunk_hdr) = read_header(input)?;
     if header.expanded_len() > max_len {
-        return Err(invalid("sparse.total_blks", header.total_blocks, format!("expands to {} bytes, over the {max_len}-byte limit", header.expanded_len())));
+        return Err(invalid(
+            "sparse.total_blks",
+            header.total_blocks,
+            format!(
+                "expands to {} bytes, over the {max_len}-byte limit",
+                header.expanded_len()
+            ),
+        ));
     }
     let bs = u64::from(header.block_size);
-    let mut exp = Expander { out, crc: crc32fast::Hasher::new(), written: 0, pending_skip: 0 };
+    let mut exp = Expander {
+        out,
+        crc: crc32fast::Hasher::new(),
+        written: 0,
+        pending_skip: 0,
+    };
     let mut chunks = Vec::new();
     let mut block = 0u64;
     let mut buf = vec![0u8; BUF_LEN];
@@ -213,7 +265,11 @@ pub fn unsparse<R: Read, W: Write + Seek>(input: &mut R, out: &mut W, max_len: u
         let field = |f: &str| format!("sparse.chunk[{index}].{f}");
         let mut ch = [0u8; CHUNK_HEADER_LEN as usize];
         read_exact(input, &mut ch, &field("header"))?;
-        skip(input, u64::from(chunk_hdr - CHUNK_HEADER_LEN), &field("header"))?;
+        skip(
+            input,
+            u64::from(chunk_hdr - CHUNK_HEADER_LEN),
+            &field("header"),
+        )?;
         let kind_raw = u16::from_le_bytes([ch[0], ch[1]]);
         let blocks = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]);
         let total = u64::from(u32::from_le_bytes([ch[8], ch[9], ch[10], ch[11]]));
@@ -222,14 +278,28 @@ pub fn unsparse<R: Read, W: Write + Seek>(input: &mut R, out: &mut W, max_len: u
             CHUNK_RAW => (data_len, data_len),
             CHUNK_FILL | CHUNK_CRC32 => (4, 4),
             CHUNK_DONT_CARE => (0, 0),
-            other => return Err(invalid(field("chunk_type"), format!("{other:#06x}"), "expected 0xcac1..=0xcac4")),
+            other => {
+                return Err(invalid(
+                    field("chunk_type"),
+                    format!("{other:#06x}"),
+                    "expected 0xcac1..=0xcac4",
+                ))
+            }
         };
         let expected_total = expected_total + u64::from(chunk_hdr);
         if total != expected_total {
-            return Err(invalid(field("total_sz"), total, format!("a chunk of this type and {blocks} blocks needs {expected_total}")));
+            return Err(invalid(
+                field("total_sz"),
+                total,
+                format!("a chunk of this type and {blocks} blocks needs {expected_total}"),
+            ));
         }
         if kind_raw != CHUNK_CRC32 && block + u64::from(blocks) > u64::from(header.total_blocks) {
-            return Err(invalid(field("chunk_sz"), blocks, format!("runs past total_blks {}", header.total_blocks)));
+            return Err(invalid(
+                field("chunk_sz"),
+                blocks,
+                format!("runs past total_blks {}", header.total_blocks),
+            ));
         }
         let kind = match kind_raw {
             CHUNK_RAW => {
@@ -266,20 +336,36 @@ pub fn unsparse<R: Read, W: Write + Seek>(input: &mut R, out: &mut W, max_len: u
                 let stored = u32::from_le_bytes(v);
                 let computed = exp.crc.clone().finalize();
                 if stored != computed {
-                    return Err(ImageError::Checksum { what: field("crc32"), stored, computed });
+                    return Err(ImageError::Checksum {
+                        what: field("crc32"),
+                        stored,
+                        computed,
+                    });
                 }
                 ChunkKind::Crc32(stored)
             }
         };
-        chunks.push(ChunkInfo { kind, start_block: block, blocks });
+        chunks.push(ChunkInfo {
+            kind,
+            start_block: block,
+            blocks,
+        });
         block += u64::from(blocks) * u64::from(kind_raw != CHUNK_CRC32);
     }
     if block != u64::from(header.total_blocks) {
-        return Err(invalid("sparse.total_blks", header.total_blocks, format!("chunks cover {block} blocks")));
+        return Err(invalid(
+            "sparse.total_blks",
+            header.total_blocks,
+            format!("chunks cover {block} blocks"),
+        ));
     }
     let computed = exp.crc.clone().finalize();
     if header.image_checksum != 0 && header.image_checksum != computed {
-        return Err(ImageError::Checksum { what: "sparse.image_checksum".into(), stored: header.image_checksum, computed });
+        return Err(ImageError::Checksum {
+            what: "sparse.image_checksum".into(),
+            stored: header.image_checksum,
+            computed,
+        });
     }
     exp.finish()?;
     Ok((header, chunks))
@@ -298,19 +384,29 @@ fn classify(block: &[u8]) -> ChunkKind {
 /// Writes the raw image read from `input` (`len` bytes) as a sparse image to `out`. The last
 /// partial block, if any, is zero-padded (the expanded image is a whole number of blocks,
 /// as with libsparse). Two passes: classify blocks, then write.
-pub fn sparsify<R: Read + Seek, W: Write>(input: &mut R, len: u64, out: &mut W, opts: &SparseOptions) -> Result<SparseHeader> {
+pub fn sparsify<R: Read + Seek, W: Write>(
+    input: &mut R,
+    len: u64,
+    out: &mut W,
+    opts: &SparseOptions,
+) -> Result<SparseHeader> {
     let bs = opts.block_size;
-    if bs == 0 || bs % 4 != 0 || bs > MAX_BLOCK_SIZE {
-        return Err(invalid("sparse.blk_sz", bs, "must be a non-zero multiple of 4 up to 1 MiB"));
-    }
+    check_block_size(bs)?;
     let bsz = u64::from(bs);
-    let total_blocks = u32::try_from(len.div_ceil(bsz))
-        .map_err(|_| invalid("sparse.total_blks", len.div_ceil(bsz), "more than 2^32 blocks; use a larger block size"))?;
+    let total_blocks = u32::try_from(len.div_ceil(bsz)).map_err(|_| {
+        invalid(
+            "sparse.total_blks",
+            len.div_ceil(bsz),
+            "more than 2^32 blocks; use a larger block size",
+        )
+    })?;
     let mut block = vec![0u8; bs as usize];
     let max_raw_blocks = (MAX_RAW_CHUNK / bsz).max(1) as u32;
     // Pass 1: runs of (kind, blocks).
     let mut runs: Vec<(ChunkKind, u32)> = Vec::new();
-    input.seek(SeekFrom::Start(0)).map_err(stream_err("sparse input"))?;
+    input
+        .seek(SeekFrom::Start(0))
+        .map_err(stream_err("sparse input"))?;
     for i in 0..u64::from(total_blocks) {
         read_block(input, &mut block, len - i * bsz)?;
         let mut kind = classify(&block);
@@ -318,7 +414,9 @@ pub fn sparsify<R: Read + Seek, W: Write>(input: &mut R, len: u64, out: &mut W, 
             kind = ChunkKind::DontCare;
         }
         match runs.last_mut() {
-            Some((k, n)) if *k == kind && !(kind == ChunkKind::Raw && *n >= max_raw_blocks) => *n += 1,
+            Some((k, n)) if *k == kind && !(kind == ChunkKind::Raw && *n >= max_raw_blocks) => {
+                *n += 1
+            }
             _ => runs.push((kind, 1)),
         }
     }
@@ -340,7 +438,9 @@ pub fn sparsify<R: Read + Seek, W: Write>(input: &mut R, len: u64, out: &mut W, 
     }
     w(out, &h)?;
     // Pass 2: chunks.
-    input.seek(SeekFrom::Start(0)).map_err(stream_err("sparse input"))?;
+    input
+        .seek(SeekFrom::Start(0))
+        .map_err(stream_err("sparse input"))?;
     let mut crc = crc32fast::Hasher::new();
     let mut done = 0u64;
     for (kind, blocks) in runs {
@@ -414,7 +514,11 @@ mod tests {
 
     #[test]
     fn round_trips_with_every_chunk_type() {
-        let (_, chunks) = round_trip(SparseOptions { zeros_as_dont_care: true, crc: true, ..Default::default() });
+        let (_, chunks) = round_trip(SparseOptions {
+            zeros_as_dont_care: true,
+            crc: true,
+            ..Default::default()
+        });
         let kinds: Vec<ChunkKind> = chunks.iter().map(|c| c.kind).collect();
         assert_eq!(kinds[0], ChunkKind::DontCare);
         assert_eq!(kinds[1], ChunkKind::Fill(0xabab_abab));
@@ -428,8 +532,21 @@ mod tests {
     fn hostile_sparse_images_are_rejected() {
         let raw = image();
         let mut good = Vec::new();
-        sparsify(&mut Cursor::new(&raw), raw.len() as u64, &mut good, &SparseOptions { crc: true, ..Default::default() }).unwrap();
-        let err = |b: &[u8]| unsparse(&mut Cursor::new(b), &mut Cursor::new(Vec::new()), 1 << 30).unwrap_err().to_string();
+        sparsify(
+            &mut Cursor::new(&raw),
+            raw.len() as u64,
+            &mut good,
+            &SparseOptions {
+                crc: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let err = |b: &[u8]| {
+            unsparse(&mut Cursor::new(b), &mut Cursor::new(Vec::new()), 1 << 30)
+                .unwrap_err()
+                .to_string()
+        };
         let mut b = good.clone();
         b[0] = 0;
         assert!(err(&b).contains("bad magic"));

@@ -3,7 +3,9 @@
 //! section, each padded to the page size.
 
 use crate::boot::{check_page_size, lay_out, LoadAddresses, Section};
-use crate::bytes::{expect_magic, len_u32, pad_to, put_cstr, put_u32, put_u64, slice_at, FieldReader};
+use crate::bytes::{
+    expect_magic, len_u32, pad_to, put_cstr, put_u32, put_u64, slice_at, FieldReader,
+};
 use crate::error::{invalid, Result};
 
 /// Magic at offset 0 of every vendor boot image.
@@ -24,7 +26,11 @@ const AOSP10_V3_HEADER_SIZE: u32 = 2108;
 
 /// Size of the vendor header of `version`.
 pub fn vendor_header_size(version: u32) -> u32 {
-    if version == 3 { 2112 } else { 2128 }
+    if version == 3 {
+        2112
+    } else {
+        2128
+    }
 }
 
 /// `ramdisk_type` of a vendor ramdisk table entry.
@@ -72,7 +78,13 @@ impl VendorRamdiskType {
             "platform" => Self::Platform,
             "recovery" => Self::Recovery,
             "dlkm" => Self::Dlkm,
-            other => return Err(invalid("ramdisk type", other, "expected none, platform, recovery or dlkm")),
+            other => {
+                return Err(invalid(
+                    "ramdisk type",
+                    other,
+                    "expected none, platform, recovery or dlkm",
+                ))
+            }
         })
     }
 }
@@ -93,7 +105,12 @@ pub struct VendorRamdisk {
 impl VendorRamdisk {
     /// A fragment with a zero board id.
     pub fn new(kind: VendorRamdiskType, name: &str, data: Vec<u8>) -> Self {
-        Self { kind, name: name.to_string(), board_id: [0; BOARD_ID_WORDS], data }
+        Self {
+            kind,
+            name: name.to_string(),
+            board_id: [0; BOARD_ID_WORDS],
+            data,
+        }
     }
 }
 
@@ -160,7 +177,10 @@ impl VendorBootImage {
 
     /// All vendor ramdisks concatenated, in table order (what a bootloader loads).
     pub fn concatenated_ramdisks(&self) -> Vec<u8> {
-        self.ramdisks.iter().flat_map(|r| r.data.iter().copied()).collect()
+        self.ramdisks
+            .iter()
+            .flat_map(|r| r.data.iter().copied())
+            .collect()
     }
 
     fn ramdisk_total(&self) -> u64 {
@@ -185,7 +205,11 @@ impl VendorBootImage {
         let mut r = FieldReader::new(buf, 8, "vendor boot image header");
         let version = r.u32()?;
         if !(3..=4).contains(&version) {
-            return Err(invalid("vendor_boot.header_version", version, "supported versions are 3 and 4"));
+            return Err(invalid(
+                "vendor_boot.header_version",
+                version,
+                "supported versions are 3 and 4",
+            ));
         }
         let page_size = r.u32()?;
         check_page_size("vendor_boot.page_size", page_size)?;
@@ -199,11 +223,16 @@ impl VendorBootImage {
         let canonical = vendor_header_size(version);
         let legacy = version == 3 && hdr_size == AOSP10_V3_HEADER_SIZE;
         if hdr_size != canonical && !legacy {
-            return Err(invalid("vendor_boot.header_size", hdr_size, format!("header version {version} requires {canonical}")));
+            return Err(invalid(
+                "vendor_boot.header_size",
+                hdr_size,
+                format!("header version {version} requires {canonical}"),
+            ));
         }
         let dtb_size = r.u32()?;
         let dtb_addr = r.u64()?;
-        let (mut table_size, mut entry_num, mut entry_size, mut bootconfig_size) = (0, 0, TABLE_ENTRY_SIZE, 0);
+        let (mut table_size, mut entry_num, mut entry_size, mut bootconfig_size) =
+            (0, 0, TABLE_ENTRY_SIZE, 0);
         if version == 4 {
             table_size = r.u32()?;
             entry_num = r.u32()?;
@@ -215,7 +244,12 @@ impl VendorBootImage {
         let (sections, _) = sections_for(version, page_size, sizes)?;
         let section = |i: usize| {
             let s = sections[i];
-            slice_at(buf, &format!("vendor boot image {} section", s.name), s.offset, s.size)
+            slice_at(
+                buf,
+                &format!("vendor boot image {} section", s.name),
+                s.offset,
+                s.size,
+            )
         };
         let ramdisk_blob = section(0)?;
         let ramdisks = if version == 4 {
@@ -223,7 +257,11 @@ impl VendorBootImage {
         } else if ramdisk_blob.is_empty() {
             Vec::new()
         } else {
-            vec![VendorRamdisk::new(VendorRamdiskType::None, "", ramdisk_blob.to_vec())]
+            vec![VendorRamdisk::new(
+                VendorRamdiskType::None,
+                "",
+                ramdisk_blob.to_vec(),
+            )]
         };
         Ok(Self {
             header_version: version,
@@ -237,31 +275,55 @@ impl VendorBootImage {
             header_size_override: (hdr_size != canonical).then_some(hdr_size),
             ramdisks,
             dtb: section(1)?.to_vec(),
-            bootconfig: if version == 4 { section(3)?.to_vec() } else { Vec::new() },
+            bootconfig: if version == 4 {
+                section(3)?.to_vec()
+            } else {
+                Vec::new()
+            },
         })
     }
 
     fn check_writable(&self) -> Result<()> {
         let v = self.header_version;
         if !(3..=4).contains(&v) {
-            return Err(invalid("vendor_boot.header_version", v, "supported versions are 3 and 4"));
+            return Err(invalid(
+                "vendor_boot.header_version",
+                v,
+                "supported versions are 3 and 4",
+            ));
         }
         check_page_size("vendor_boot.page_size", self.page_size)?;
         if self.cmdline.len() > VENDOR_CMDLINE_MAX {
-            return Err(invalid("vendor_boot.cmdline", self.cmdline.len(), "longer than 2048 bytes"));
+            return Err(invalid(
+                "vendor_boot.cmdline",
+                self.cmdline.len(),
+                "longer than 2048 bytes",
+            ));
         }
         if v == 3 {
             if !self.bootconfig.is_empty() {
-                return Err(invalid("vendor_boot.bootconfig", format!("{} bytes", self.bootconfig.len()), "header version 3 has no bootconfig section"));
+                return Err(invalid(
+                    "vendor_boot.bootconfig",
+                    format!("{} bytes", self.bootconfig.len()),
+                    "header version 3 has no bootconfig section",
+                ));
             }
-            let plain = |r: &VendorRamdisk| r.kind == VendorRamdiskType::None && r.name.is_empty() && r.board_id == [0; BOARD_ID_WORDS];
+            let plain = |r: &VendorRamdisk| {
+                r.kind == VendorRamdiskType::None
+                    && r.name.is_empty()
+                    && r.board_id == [0; BOARD_ID_WORDS]
+            };
             if self.ramdisks.len() > 1 || !self.ramdisks.iter().all(plain) {
                 return Err(invalid("vendor_boot.ramdisks", self.ramdisks.len(), "header version 3 holds one untyped, unnamed ramdisk; use version 4 for a ramdisk table"));
             }
         }
         if let Some(size) = self.header_size_override {
             if !(v == 3 && size == AOSP10_V3_HEADER_SIZE) {
-                return Err(invalid("vendor_boot.header_size", size, "only AOSP 10's 2108 may override a v3 header size"));
+                return Err(invalid(
+                    "vendor_boot.header_size",
+                    size,
+                    "only AOSP 10's 2108 may override a v3 header size",
+                ));
             }
         }
         Ok(())
@@ -271,25 +333,54 @@ impl VendorBootImage {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         self.check_writable()?;
         let v = self.header_version;
-        let ramdisk_size = len_u32(usize::try_from(self.ramdisk_total()).unwrap_or(usize::MAX), "vendor_boot.vendor_ramdisk_size")?;
+        let ramdisk_size = len_u32(
+            usize::try_from(self.ramdisk_total()).unwrap_or(usize::MAX),
+            "vendor_boot.vendor_ramdisk_size",
+        )?;
         let (sections, total) = self.sections()?;
         let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
         out.extend_from_slice(VENDOR_BOOT_MAGIC);
-        for value in [v, self.page_size, self.kernel_addr, self.ramdisk_addr, ramdisk_size] {
+        for value in [
+            v,
+            self.page_size,
+            self.kernel_addr,
+            self.ramdisk_addr,
+            ramdisk_size,
+        ] {
             put_u32(&mut out, value);
         }
-        put_cstr(&mut out, &self.cmdline, VENDOR_CMDLINE_MAX, "vendor_boot.cmdline")?;
+        put_cstr(
+            &mut out,
+            &self.cmdline,
+            VENDOR_CMDLINE_MAX,
+            "vendor_boot.cmdline",
+        )?;
         put_u32(&mut out, self.tags_addr);
         put_cstr(&mut out, &self.board_name, 16, "vendor_boot.name")?;
-        put_u32(&mut out, self.header_size_override.unwrap_or(vendor_header_size(v)));
+        put_u32(
+            &mut out,
+            self.header_size_override.unwrap_or(vendor_header_size(v)),
+        );
         put_u32(&mut out, len_u32(self.dtb.len(), "vendor_boot.dtb_size")?);
         put_u64(&mut out, self.dtb_addr);
         let table = self.table_bytes()?;
         if v == 4 {
-            put_u32(&mut out, len_u32(table.len(), "vendor_boot.vendor_ramdisk_table_size")?);
-            put_u32(&mut out, len_u32(self.ramdisks.len(), "vendor_boot.vendor_ramdisk_table_entry_num")?);
+            put_u32(
+                &mut out,
+                len_u32(table.len(), "vendor_boot.vendor_ramdisk_table_size")?,
+            );
+            put_u32(
+                &mut out,
+                len_u32(
+                    self.ramdisks.len(),
+                    "vendor_boot.vendor_ramdisk_table_entry_num",
+                )?,
+            );
             put_u32(&mut out, TABLE_ENTRY_SIZE);
-            put_u32(&mut out, len_u32(self.bootconfig.len(), "vendor_boot.vendor_bootconfig_size")?);
+            put_u32(
+                &mut out,
+                len_u32(self.bootconfig.len(), "vendor_boot.vendor_bootconfig_size")?,
+            );
         }
         let page = self.page_size as usize;
         pad_to(&mut out, page);
@@ -317,13 +408,22 @@ impl VendorBootImage {
             put_u32(&mut table, size);
             put_u32(&mut table, offset);
             put_u32(&mut table, r.kind.to_u32());
-            put_cstr(&mut table, &r.name, RAMDISK_NAME_SIZE, &format!("vendor_boot.ramdisk[{i}].name"))?;
+            put_cstr(
+                &mut table,
+                &r.name,
+                RAMDISK_NAME_SIZE,
+                &format!("vendor_boot.ramdisk[{i}].name"),
+            )?;
             for word in r.board_id {
                 put_u32(&mut table, word);
             }
-            offset = offset
-                .checked_add(size)
-                .ok_or_else(|| invalid("vendor_boot.vendor_ramdisk_size", "> 4 GiB", "ramdisks too large"))?;
+            offset = offset.checked_add(size).ok_or_else(|| {
+                invalid(
+                    "vendor_boot.vendor_ramdisk_size",
+                    "> 4 GiB",
+                    "ramdisks too large",
+                )
+            })?;
         }
         Ok(table)
     }
@@ -331,18 +431,36 @@ impl VendorBootImage {
 
 /// Lays out the four vendor sections (the last two only in v4).
 fn sections_for(version: u32, page_size: u32, sizes: [u64; 4]) -> Result<(Vec<Section>, u64)> {
-    let names = ["vendor_ramdisk", "dtb", "vendor_ramdisk_table", "bootconfig"];
+    let names = [
+        "vendor_ramdisk",
+        "dtb",
+        "vendor_ramdisk_table",
+        "bootconfig",
+    ];
     let count = if version == 4 { 4 } else { 2 };
     let list: Vec<(&'static str, u64)> = names.into_iter().zip(sizes).take(count).collect();
-    lay_out(u64::from(vendor_header_size(version)), page_size, &list, "vendor_boot")
+    lay_out(
+        u64::from(vendor_header_size(version)),
+        page_size,
+        &list,
+        "vendor_boot",
+    )
 }
 
 fn check_table_shape(table_size: u32, entry_num: u32, entry_size: u32) -> Result<()> {
     if entry_size < TABLE_ENTRY_SIZE {
-        return Err(invalid("vendor_boot.vendor_ramdisk_table_entry_size", entry_size, format!("must be at least {TABLE_ENTRY_SIZE}")));
+        return Err(invalid(
+            "vendor_boot.vendor_ramdisk_table_entry_size",
+            entry_size,
+            format!("must be at least {TABLE_ENTRY_SIZE}"),
+        ));
     }
     if entry_num > MAX_TABLE_ENTRIES {
-        return Err(invalid("vendor_boot.vendor_ramdisk_table_entry_num", entry_num, format!("more than {MAX_TABLE_ENTRIES} entries")));
+        return Err(invalid(
+            "vendor_boot.vendor_ramdisk_table_entry_num",
+            entry_num,
+            format!("more than {MAX_TABLE_ENTRIES} entries"),
+        ));
     }
     if u64::from(entry_num) * u64::from(entry_size) != u64::from(table_size) {
         return Err(invalid(
@@ -356,12 +474,21 @@ fn check_table_shape(table_size: u32, entry_num: u32, entry_size: u32) -> Result
 
 /// Reads the table entries and cuts each fragment out of the ramdisk section; fragments must
 /// lie inside it and must not overlap.
-fn parse_table(table: &[u8], entry_num: u32, entry_size: u32, blob: &[u8]) -> Result<Vec<VendorRamdisk>> {
+fn parse_table(
+    table: &[u8],
+    entry_num: u32,
+    entry_size: u32,
+    blob: &[u8],
+) -> Result<Vec<VendorRamdisk>> {
     let mut out = Vec::new();
     let mut ranges: Vec<(u64, u64, usize)> = Vec::new();
     for i in 0..entry_num as usize {
         let field = |f: &str| format!("vendor_boot.ramdisk[{i}].{f}");
-        let mut r = FieldReader::new(table, i as u64 * u64::from(entry_size), "vendor ramdisk table");
+        let mut r = FieldReader::new(
+            table,
+            i as u64 * u64::from(entry_size),
+            "vendor ramdisk table",
+        );
         let size = u64::from(r.u32()?);
         let offset = u64::from(r.u32()?);
         let kind = VendorRamdiskType::from_u32(r.u32()?);
@@ -374,15 +501,30 @@ fn parse_table(table: &[u8], entry_num: u32, entry_size: u32, blob: &[u8]) -> Re
             return Err(invalid(
                 field("ramdisk_offset"),
                 format!("{offset} (size {size})"),
-                format!("past the end of the {}-byte vendor ramdisk section", blob.len()),
+                format!(
+                    "past the end of the {}-byte vendor ramdisk section",
+                    blob.len()
+                ),
             ));
         }
-        if let Some((_, _, j)) = ranges.iter().find(|(s, e, _)| size > 0 && offset < *e && *s < offset + size) {
-            return Err(invalid(field("ramdisk_offset"), offset, format!("overlaps vendor ramdisk {j}")));
+        if let Some((_, _, j)) = ranges
+            .iter()
+            .find(|(s, e, _)| size > 0 && offset < *e && *s < offset + size)
+        {
+            return Err(invalid(
+                field("ramdisk_offset"),
+                offset,
+                format!("overlaps vendor ramdisk {j}"),
+            ));
         }
         ranges.push((offset, offset + size, i));
         let data = blob[offset as usize..(offset + size) as usize].to_vec();
-        out.push(VendorRamdisk { kind, name, board_id, data });
+        out.push(VendorRamdisk {
+            kind,
+            name,
+            board_id,
+            data,
+        });
     }
     Ok(out)
 }
@@ -401,7 +543,10 @@ mod tests {
         img.board_name = "cloudphone".into();
         img.ramdisks = vec![
             VendorRamdisk::new(VendorRamdiskType::Platform, "platform", vec![1; 5000]),
-            VendorRamdisk { board_id: [7; 16], ..VendorRamdisk::new(VendorRamdiskType::Dlkm, "dlkm", vec![2; 10]) },
+            VendorRamdisk {
+                board_id: [7; 16],
+                ..VendorRamdisk::new(VendorRamdiskType::Dlkm, "dlkm", vec![2; 10])
+            },
         ];
         img.dtb = vec![3; 20];
         img.bootconfig = b"androidboot.hardware = \"cloudphone\"\n".to_vec();
@@ -431,9 +576,15 @@ mod tests {
         assert_eq!(word(&b, 2124), 36);
         // header 1 page, ramdisks 2 pages, dtb 1, table at page 4, bootconfig at page 5.
         let t = 4 * 4096;
-        assert_eq!((word(&b, t), word(&b, t + 4), word(&b, t + 8)), (5000, 0, 1));
+        assert_eq!(
+            (word(&b, t), word(&b, t + 4), word(&b, t + 8)),
+            (5000, 0, 1)
+        );
         assert_eq!(&b[t + 12..t + 20], b"platform");
-        assert_eq!((word(&b, t + 108), word(&b, t + 112), word(&b, t + 116)), (10, 5000, 3));
+        assert_eq!(
+            (word(&b, t + 108), word(&b, t + 112), word(&b, t + 116)),
+            (10, 5000, 3)
+        );
         assert_eq!(word(&b, t + 108 + 44), 7);
         assert_eq!(&b[5 * 4096..5 * 4096 + 11], b"androidboot");
         assert_eq!(b.len(), 6 * 4096);
@@ -447,8 +598,13 @@ mod tests {
         v3.ramdisks = vec![VendorRamdisk::new(VendorRamdiskType::None, "", vec![9; 3])];
         v3.dtb = vec![1];
         assert_eq!(VendorBootImage::parse(&v3.to_bytes().unwrap()).unwrap(), v3);
-        v3.ramdisks.push(VendorRamdisk::new(VendorRamdiskType::None, "", vec![1]));
-        assert!(v3.to_bytes().unwrap_err().to_string().contains("use version 4"));
+        v3.ramdisks
+            .push(VendorRamdisk::new(VendorRamdiskType::None, "", vec![1]));
+        assert!(v3
+            .to_bytes()
+            .unwrap_err()
+            .to_string()
+            .contains("use version 4"));
     }
 
     #[test]
@@ -458,7 +614,11 @@ mod tests {
         let t = 4 * 4096;
         let mut b = good.clone();
         b[t + 4..t + 8].copy_from_slice(&4000u32.to_le_bytes());
-        assert!(err(&b).contains("ramdisk[0].ramdisk_offset = 4000"), "{}", err(&b));
+        assert!(
+            err(&b).contains("ramdisk[0].ramdisk_offset = 4000"),
+            "{}",
+            err(&b)
+        );
         let mut b = good.clone();
         b[t + 112..t + 116].copy_from_slice(&100u32.to_le_bytes());
         assert!(err(&b).contains("overlaps vendor ramdisk 0"));

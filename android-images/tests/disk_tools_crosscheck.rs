@@ -32,8 +32,15 @@ fn our_sparse_images_expand_with_simg2img() {
     let raw = raw_image();
     for (i, opts) in [
         SparseOptions::default(),
-        SparseOptions { zeros_as_dont_care: true, crc: true, ..Default::default() },
-        SparseOptions { block_size: 1024, ..Default::default() },
+        SparseOptions {
+            zeros_as_dont_care: true,
+            crc: true,
+            ..Default::default()
+        },
+        SparseOptions {
+            block_size: 1024,
+            ..Default::default()
+        },
     ]
     .iter()
     .enumerate()
@@ -45,7 +52,11 @@ fn our_sparse_images_expand_with_simg2img() {
         let out = dir.join(format!("expanded{i}.img"));
         run(Command::new("simg2img").arg(&sparse_path).arg(&out));
         let expanded = std::fs::read(&out).unwrap();
-        assert_eq!(&expanded[..raw.len()], &raw[..], "simg2img of our sparse image ({opts:?})");
+        assert_eq!(
+            &expanded[..raw.len()],
+            &raw[..],
+            "simg2img of our sparse image ({opts:?})"
+        );
         assert!(expanded.len() >= raw.len() && expanded[raw.len()..].iter().all(|&b| b == 0));
         assert_eq!(expanded.len() % opts.block_size as usize, 0);
         eprintln!("cross-check simg2img expands our sparse image {opts:?}: PASS");
@@ -65,13 +76,30 @@ fn img2simg_images_expand_with_our_reader() {
     std::fs::write(&raw_path, &aligned).unwrap();
     for block in ["4096", "1024"] {
         let sparse_path = dir.join(format!("theirs-{block}.simg"));
-        run(Command::new("img2simg").arg(&raw_path).arg(&sparse_path).arg(block));
+        run(Command::new("img2simg")
+            .arg(&raw_path)
+            .arg(&sparse_path)
+            .arg(block));
         let mut out = Cursor::new(Vec::new());
-        let (header, chunks) = unsparse(&mut File::open(&sparse_path).unwrap(), &mut out, 1 << 30).unwrap();
-        assert_eq!(out.into_inner(), aligned, "our expansion of img2simg's image (block {block})");
+        let (header, chunks) =
+            unsparse(&mut File::open(&sparse_path).unwrap(), &mut out, 1 << 30).unwrap();
+        assert_eq!(
+            out.into_inner(),
+            aligned,
+            "our expansion of img2simg's image (block {block})"
+        );
         assert!(chunks.iter().any(|c| c.kind == ChunkKind::Raw));
-        assert!(chunks.iter().any(|c| matches!(c.kind, ChunkKind::Fill(_) | ChunkKind::DontCare)), "{chunks:?}");
-        eprintln!("cross-check img2simg -> our unsparse (block {block}, {} chunks, {} blocks): PASS", chunks.len(), header.total_blocks);
+        assert!(
+            chunks
+                .iter()
+                .any(|c| matches!(c.kind, ChunkKind::Fill(_) | ChunkKind::DontCare)),
+            "{chunks:?}"
+        );
+        eprintln!(
+            "cross-check img2simg -> our unsparse (block {block}, {} chunks, {} blocks): PASS",
+            chunks.len(),
+            header.total_blocks
+        );
     }
 }
 
@@ -87,13 +115,26 @@ fn qemu_img_accepts_our_qcow2_overlays() {
     let overlay = dir.join("overlay.qcow2");
     std::fs::write(&overlay, create_overlay(size, "base.img", "raw").unwrap()).unwrap();
     run(Command::new("qemu-img").arg("check").arg(&overlay));
-    let info = run(Command::new("qemu-img").args(["info", "--output=json"]).arg(&overlay));
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&overlay));
     assert!(info.contains("\"virtual-size\": 3221225472"), "{info}");
-    assert!(info.contains("\"backing-filename\": \"base.img\""), "{info}");
-    assert!(info.contains("\"backing-filename-format\": \"raw\""), "{info}");
-    run(Command::new("qemu-img").args(["compare", "-f", "qcow2", "-F", "raw"]).arg(&overlay).arg(&base));
+    assert!(
+        info.contains("\"backing-filename\": \"base.img\""),
+        "{info}"
+    );
+    assert!(
+        info.contains("\"backing-filename-format\": \"raw\""),
+        "{info}"
+    );
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw"])
+        .arg(&overlay)
+        .arg(&base));
     // An unsafe rebase rewrites the header through qemu; the result must still check clean.
-    run(Command::new("qemu-img").args(["rebase", "-u", "-b", "base.img", "-F", "raw"]).arg(&overlay));
+    run(Command::new("qemu-img")
+        .args(["rebase", "-u", "-b", "base.img", "-F", "raw"])
+        .arg(&overlay));
     run(Command::new("qemu-img").arg("check").arg(&overlay));
     eprintln!("cross-check qemu-img check/info/compare on our qcow2 overlay: PASS");
 }
@@ -110,7 +151,11 @@ fn sgdisk_verifies_our_gpt_and_reads_partition_names() {
         .map(|(i, name)| {
             let path = dir.join(format!("{name}.img"));
             std::fs::write(&path, data(4096 * (i + 1), i as u64)).unwrap();
-            PartitionFile { name: name.to_string(), path, writable: *name == "userdata" }
+            PartitionFile {
+                name: name.to_string(),
+                path,
+                writable: *name == "userdata",
+            }
         })
         .collect();
     let flat = dir.join("flat.img");
@@ -119,14 +164,30 @@ fn sgdisk_verifies_our_gpt_and_reads_partition_names() {
     assert!(verify.contains("No problems found"), "{verify}");
     let listing = run(Command::new("sgdisk").arg("-p").arg(&flat));
     for (n, p) in gpt.partitions.iter().enumerate() {
-        let line = listing.lines().find(|l| l.split_whitespace().next() == Some(&(n + 1).to_string())).unwrap_or_else(|| panic!("{listing}"));
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&(n + 1).to_string()))
+            .unwrap_or_else(|| panic!("{listing}"));
         let cols: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!((cols[1], cols[2]), (p.first_lba.to_string().as_str(), p.last_lba.to_string().as_str()), "{line}");
+        assert_eq!(
+            (cols[1], cols[2]),
+            (
+                p.first_lba.to_string().as_str(),
+                p.last_lba.to_string().as_str()
+            ),
+            "{line}"
+        );
         assert_eq!(*cols.last().unwrap(), p.name, "{line}");
     }
     let info = run(Command::new("sgdisk").args(["-i", "2"]).arg(&flat));
-    assert!(info.contains(&gpt.partitions[1].unique_guid.to_string()), "{info}");
-    assert!(info.contains("0FC63DAF-8483-4772-8E79-3D69D8477DE4"), "{info}");
+    assert!(
+        info.contains(&gpt.partitions[1].unique_guid.to_string()),
+        "{info}"
+    );
+    assert!(
+        info.contains("0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+        "{info}"
+    );
     // The composite disk, assembled, is the same table.
     let spec = write_composite(&parts, &dir, "phone").unwrap();
     let mut assembled = vec![0u8; spec.length as usize];

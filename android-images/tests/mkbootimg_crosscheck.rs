@@ -28,7 +28,11 @@ struct Inputs {
 }
 
 fn inputs(dir: &Path) -> Inputs {
-    let i = Inputs { kernel: data(10_001, 1), ramdisk: data(3_333, 2), second: data(77, 3) };
+    let i = Inputs {
+        kernel: data(10_001, 1),
+        ramdisk: data(3_333, 2),
+        second: data(77, 3),
+    };
     std::fs::write(dir.join("kernel"), &i.kernel).unwrap();
     std::fs::write(dir.join("ramdisk"), &i.ramdisk).unwrap();
     std::fs::write(dir.join("second"), &i.second).unwrap();
@@ -52,11 +56,26 @@ fn ours(version: u32, page_size: u32, i: &Inputs, cmdline: &str) -> BootImage {
 
 fn mkbootimg(dir: &Path, version: u32, page_size: u32, cmdline: &str, out: &str) -> Vec<u8> {
     let mut cmd = Command::new("mkbootimg");
-    cmd.current_dir(dir).args(["--kernel", "kernel", "--ramdisk", "ramdisk", "--cmdline", cmdline])
+    cmd.current_dir(dir)
+        .args([
+            "--kernel",
+            "kernel",
+            "--ramdisk",
+            "ramdisk",
+            "--cmdline",
+            cmdline,
+        ])
         .args(["--os_version", "11.0.3", "--os_patch_level", "2021-06"])
         .args(["--header_version", &version.to_string(), "-o", out]);
     if version < 3 {
-        cmd.args(["--second", "second", "--board", "cloudphone", "--pagesize", &page_size.to_string()]);
+        cmd.args([
+            "--second",
+            "second",
+            "--board",
+            "cloudphone",
+            "--pagesize",
+            &page_size.to_string(),
+        ]);
     }
     run(&mut cmd);
     std::fs::read(dir.join(out)).unwrap()
@@ -72,11 +91,18 @@ fn boot_v0_byte_identical_to_mkbootimg() {
     for page in [2048u32, 4096, 16384] {
         let theirs = mkbootimg(&dir, 0, page, &long_cmdline(), "theirs.img");
         let mine = ours(0, page, &i, &long_cmdline());
-        assert_eq!(mine.to_bytes().unwrap(), theirs, "boot v0, page size {page}: bytes differ from mkbootimg");
+        assert_eq!(
+            mine.to_bytes().unwrap(),
+            theirs,
+            "boot v0, page size {page}: bytes differ from mkbootimg"
+        );
         let mut parsed = BootImage::parse(&theirs).unwrap();
         assert_eq!(parsed.id, Some(mine.mkbootimg_id()));
         parsed.id = None;
-        assert_eq!(parsed, mine, "boot v0 page {page}: fields parsed from mkbootimg's image");
+        assert_eq!(
+            parsed, mine,
+            "boot v0 page {page}: fields parsed from mkbootimg's image"
+        );
         eprintln!("cross-check boot v0 page {page}: byte-identical to mkbootimg, parsed field for field: PASS");
     }
 }
@@ -95,12 +121,26 @@ fn boot_v3_matches_mkbootimg_except_its_header_size_bug() {
     assert_eq!(u32::from_le_bytes(mine[20..24].try_into().unwrap()), 1580);
     assert_eq!(theirs.len(), mine.len());
     let diff: Vec<usize> = (0..mine.len()).filter(|&k| mine[k] != theirs[k]).collect();
-    assert!(diff.iter().all(|k| (20..24).contains(k)), "bytes differ outside header_size: {:?}", &diff[..diff.len().min(10)]);
+    assert!(
+        diff.iter().all(|k| (20..24).contains(k)),
+        "bytes differ outside header_size: {:?}",
+        &diff[..diff.len().min(10)]
+    );
     let parsed = BootImage::parse(&theirs).unwrap();
     assert_eq!(parsed.header_size_override, Some(1596));
-    assert_eq!((parsed.kernel, parsed.ramdisk, parsed.cmdline.as_str()), (i.kernel.clone(), i.ramdisk.clone(), long_cmdline().as_str()));
-    assert_eq!(parsed.os_version, OsVersion::parse("11.0.3", "2021-06").unwrap());
-    assert_eq!(BootImage::parse(&theirs).unwrap().to_bytes().unwrap(), theirs, "parse + rewrite of mkbootimg's v3");
+    assert_eq!(
+        (parsed.kernel, parsed.ramdisk, parsed.cmdline.as_str()),
+        (i.kernel.clone(), i.ramdisk.clone(), long_cmdline().as_str())
+    );
+    assert_eq!(
+        parsed.os_version,
+        OsVersion::parse("11.0.3", "2021-06").unwrap()
+    );
+    assert_eq!(
+        BootImage::parse(&theirs).unwrap().to_bytes().unwrap(),
+        theirs,
+        "parse + rewrite of mkbootimg's v3"
+    );
     eprintln!("cross-check boot v3: identical to mkbootimg except header_size (1596 vs 1580), parsed field for field: PASS");
 }
 
@@ -114,9 +154,20 @@ fn vendor_boot_v3_matches_mkbootimg_except_its_header_size_bug() {
     std::fs::write(dir.join("vendor_ramdisk"), &vr).unwrap();
     std::fs::write(dir.join("dtb"), &dtb).unwrap();
     run(Command::new("mkbootimg").current_dir(&dir).args([
-        "--header_version", "3", "--vendor_boot", "vendor.img", "--vendor_ramdisk", "vendor_ramdisk",
-        "--dtb", "dtb", "--vendor_cmdline", "androidboot.console=hvc1 quiet", "--board", "cloudphone",
-        "--pagesize", "4096",
+        "--header_version",
+        "3",
+        "--vendor_boot",
+        "vendor.img",
+        "--vendor_ramdisk",
+        "vendor_ramdisk",
+        "--dtb",
+        "dtb",
+        "--vendor_cmdline",
+        "androidboot.console=hvc1 quiet",
+        "--board",
+        "cloudphone",
+        "--pagesize",
+        "4096",
     ]));
     let theirs = std::fs::read(dir.join("vendor.img")).unwrap();
     let mut mine = VendorBootImage::new(3);
@@ -126,12 +177,30 @@ fn vendor_boot_v3_matches_mkbootimg_except_its_header_size_bug() {
     mine.dtb = dtb.clone();
     let bytes = mine.to_bytes().unwrap();
     // AOSP 10 writes 2108; bootimg.h's vendor_boot_img_hdr_v3 is 2112 bytes.
-    assert_eq!(u32::from_le_bytes(theirs[2096..2100].try_into().unwrap()), 2108);
-    assert_eq!(u32::from_le_bytes(bytes[2096..2100].try_into().unwrap()), 2112);
-    let diff: Vec<usize> = (0..bytes.len().max(theirs.len())).filter(|&k| bytes.get(k) != theirs.get(k)).collect();
-    assert!(diff.iter().all(|k| (2096..2100).contains(k)), "differ outside header_size: {:?}", &diff[..diff.len().min(10)]);
+    assert_eq!(
+        u32::from_le_bytes(theirs[2096..2100].try_into().unwrap()),
+        2108
+    );
+    assert_eq!(
+        u32::from_le_bytes(bytes[2096..2100].try_into().unwrap()),
+        2112
+    );
+    let diff: Vec<usize> = (0..bytes.len().max(theirs.len()))
+        .filter(|&k| bytes.get(k) != theirs.get(k))
+        .collect();
+    assert!(
+        diff.iter().all(|k| (2096..2100).contains(k)),
+        "differ outside header_size: {:?}",
+        &diff[..diff.len().min(10)]
+    );
     let parsed = VendorBootImage::parse(&theirs).unwrap();
-    assert_eq!(VendorBootImage { header_size_override: None, ..parsed.clone() }, mine);
+    assert_eq!(
+        VendorBootImage {
+            header_size_override: None,
+            ..parsed.clone()
+        },
+        mine
+    );
     assert_eq!(parsed.to_bytes().unwrap(), theirs);
     eprintln!("cross-check vendor_boot v3: identical to mkbootimg except header_size (2108 vs 2112), parsed field for field: PASS");
 }
@@ -157,8 +226,15 @@ fn unpack_bootimg_extracts_our_payloads_v0_to_v4() {
         let path = dir.join(format!("boot-v{version}.img"));
         std::fs::write(&path, img.to_bytes().unwrap()).unwrap();
         let out = dir.join(format!("out-v{version}"));
-        let printed = run(Command::new("unpack_bootimg").arg("--boot_img").arg(&path).arg("--out").arg(&out));
-        assert!(printed.contains("command line args: console=hvc0"), "{printed}");
+        let printed = run(Command::new("unpack_bootimg")
+            .arg("--boot_img")
+            .arg(&path)
+            .arg("--out")
+            .arg(&out));
+        assert!(
+            printed.contains("command line args: console=hvc0"),
+            "{printed}"
+        );
         let read = |n: &str| std::fs::read(out.join(n)).unwrap();
         assert_eq!(read("kernel"), img.kernel, "v{version} kernel");
         assert_eq!(read("ramdisk"), img.ramdisk, "v{version} ramdisk");
@@ -166,7 +242,11 @@ fn unpack_bootimg_extracts_our_payloads_v0_to_v4() {
             assert_eq!(read("second"), img.second, "v{version} second");
         }
         if (1..3).contains(&version) {
-            assert_eq!(read("recovery_dtbo"), img.recovery_dtbo, "v{version} recovery_dtbo");
+            assert_eq!(
+                read("recovery_dtbo"),
+                img.recovery_dtbo,
+                "v{version} recovery_dtbo"
+            );
         }
         if version == 2 {
             assert_eq!(read("dtb"), img.dtb, "v{version} dtb");
@@ -184,8 +264,15 @@ fn unpack_bootimg_extracts_our_payloads_v0_to_v4() {
     let path = dir.join("vendor-v4.img");
     std::fs::write(&path, v.to_bytes().unwrap()).unwrap();
     let out = dir.join("out-vendor-v4");
-    run(Command::new("unpack_bootimg").arg("--boot_img").arg(&path).arg("--out").arg(&out));
-    assert_eq!(std::fs::read(out.join("vendor_ramdisk")).unwrap(), v.concatenated_ramdisks());
+    run(Command::new("unpack_bootimg")
+        .arg("--boot_img")
+        .arg(&path)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(
+        std::fs::read(out.join("vendor_ramdisk")).unwrap(),
+        v.concatenated_ramdisks()
+    );
     assert_eq!(std::fs::read(out.join("dtb")).unwrap(), v.dtb);
     eprintln!("cross-check unpack_bootimg on our vendor_boot v4 (read as v3): same payloads: PASS");
 }

@@ -287,7 +287,11 @@ both!(crash_during_traffic);
 /// A host that stops heartbeating: its phones go lost, leases end, users are told; when it
 /// comes back, a surviving VMM is reset and a gone one stopped; the pool is refilled.
 async fn host_lost_and_back(kind: Kind) {
-    let s = Server::start(kind, &["--heartbeat-timeout-ms", "800", "--tick-ms", "100"]).await;
+    let s = Server::start(
+        kind,
+        &["--heartbeat-timeout-ms", "1500", "--tick-ms", "100"],
+    )
+    .await;
     let (_, alice) = user(&s, "alice", "user", 1).await;
     profile(&s, "pixel", 2).await;
     let host = FakeHost::register(&s, "h1", 4).await;
@@ -302,7 +306,7 @@ async fn host_lost_and_back(kind: Kind) {
     )
     .await;
     let lease_id = lease["lease"]["id"].as_str().unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     let l = ok(&s, "GET", &format!("/leases/{lease_id}"), &alice, None, 200).await;
     assert_eq!(l["state"], "lost", "{l}");
     let phones = ok(&s, "GET", "/phones", &s.admin.clone(), None, 200).await;

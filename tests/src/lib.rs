@@ -395,19 +395,31 @@ impl VmProcess {
     /// Wait until a serial line contains `marker`; returns that line. Fails on timeout or when
     /// the VMM exits first, with both logs in the error.
     pub fn wait_for_line(&mut self, marker: &str, timeout: Duration) -> Result<String> {
+        let serial = self.serial_log.clone();
+        self.wait_for_line_in(&serial, marker, timeout)
+    }
+
+    /// Like [`Self::wait_for_line`], for another file the guest writes to (a console port).
+    pub fn wait_for_line_in(&mut self, file: &Path, marker: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self.serial().lines().find(|l| l.contains(marker)) {
+            let text = std::fs::read(file).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
                 return Ok(line.trim_end_matches('\r').to_string());
             }
             if let Some(status) = self.try_exit()? {
                 bail!(
-                    "VMM exited ({status}) before serial printed {marker:?}\n{}",
+                    "VMM exited ({status}) before {} showed {marker:?}\n{}",
+                    file.display(),
                     self.diagnostics()
                 );
             }
             if Instant::now() > deadline {
-                bail!("no {marker:?} on serial within {timeout:?}\n{}", self.diagnostics());
+                bail!(
+                    "no {marker:?} in {} within {timeout:?}\n{}",
+                    file.display(),
+                    self.diagnostics()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

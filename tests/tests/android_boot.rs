@@ -3,11 +3,16 @@
 //! ramdisks and bootconfig like a bootloader; inside the guest, /proc/cmdline holds the boot
 //! header's cmdline and our androidboot.* values, the vendor ramdisk's modules are loaded, and
 //! the GPT partitions of the attached disk appear by name. Needs `scripts/build-test-image`.
+//!
+//! `host_only_qemu_boots_the_assembled_test_image` checks the same facts with QEMU (TCG) as
+//! the machine, fed by `cloudphone-image assemble` (our bootloader logic): it runs on any host
+//! and tells an image problem apart from a VMM problem.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use cloudphone_tests::{cache_dir, VmProcess};
+use cloudphone_tests::{cache_dir, scratch_dir, workspace_binary, VmProcess};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 /// The cmdline `scripts/build-test-image` writes into boot.img's header.
@@ -73,33 +78,97 @@ fn boot_test_image(run: &str, extra: &[String]) -> String {
     serial
 }
 
-#[test]
-#[ignore = "tier 2: boots the test phone image from boot.img + vendor_boot.img under cloudphone-vmm"]
-fn boot_img_cmdline_bootconfig_and_vendor_modules_reach_the_guest() {
-    let serial = boot_test_image("cmdline", &[]);
-    let cmdline = field(&serial, "CLOUDPHONE_CMDLINE");
+/// Checks the guest's report: header cmdline + androidboot values in /proc/cmdline, every
+/// vendor module loaded, and (when `with_disk`) every GPT partition seen by name.
+fn check_report(serial: &str, with_disk: bool) {
+    let cmdline = field(serial, "CLOUDPHONE_CMDLINE");
     assert!(cmdline.contains(HEADER_CMDLINE), "header cmdline missing from /proc/cmdline: {cmdline}");
     for value in ANDROIDBOOT {
         assert!(cmdline.split_whitespace().any(|w| w == value), "{value} missing from /proc/cmdline: {cmdline}");
     }
-    let loaded = field(&serial, "CLOUDPHONE_MODULES");
+    let loaded = field(serial, "CLOUDPHONE_MODULES");
     for m in MODULES {
         assert!(loaded.split_whitespace().any(|l| l == m), "module {m} not loaded from the vendor ramdisk: {loaded}");
     }
     assert!(!serial.contains("CLOUDPHONE_MODULE_FAILED"), "a vendor module failed to load:\n{serial}");
+    if with_disk {
+        let parts: Vec<&str> = serial
+            .lines()
+            .filter_map(|l| l.trim_end_matches('\r').split_once("CLOUDPHONE_PART ").map(|(_, v)| v))
+            .filter_map(|v| v.split_whitespace().nth(1))
+            .collect();
+        for p in PARTITIONS {
+            assert!(parts.contains(&p), "GPT partition {p} not seen by the guest (saw {parts:?})");
+        }
+    }
+}
+
+#[test]
+#[ignore = "host only: QEMU TCG boots the test image assembled by cloudphone-image (~60 s)"]
+fn host_only_qemu_boots_the_assembled_test_image() {
+    let img = test_image();
+    let dir = scratch_dir("android-qemu");
+    let assembled = Command::new(workspace_binary("cloudphone-image"))
+        .args(["assemble", "--androidboot-on-cmdline", "--boot"])
+        .arg(img.join("boot.img"))
+        .arg("--vendor-boot")
+        .arg(img.join("vendor_boot.img"))
+        .arg("--kernel-out")
+        .arg(dir.join("kernel"))
+        .arg("--initrd-out")
+        .arg(dir.join("initrd"))
+        .output()
+        .expect("run cloudphone-image assemble");
+    assert!(assembled.status.success(), "assemble failed: {}", String::from_utf8_lossy(&assembled.stderr));
+    let report = String::from_utf8_lossy(&assembled.stdout).into_owned();
+    let cmdline = field(&report, "cmdline:");
+    let serial_path = dir.join("serial.log");
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-M", "q35", "-m", "1024", "-smp", "1", "-nographic", "-no-reboot", "-kernel"])
+        .arg(dir.join("kernel"))
+        .arg("-initrd")
+        .arg(dir.join("initrd"))
+        .arg("-append")
+        .arg(format!("{cmdline} console=ttyS0"))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw,readonly=on", img.join("disk.img").display()))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&serial_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    let serial = wait_for_marker(&serial_path, "CLOUDPHONE_INIT_OK", BOOT_TIMEOUT);
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let serial = serial.unwrap_or_else(|e| panic!("{e}"));
+    check_report(&serial, true);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Polls a log file until it holds `marker`; returns its contents.
+fn wait_for_marker(path: &Path, marker: &str, timeout: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+        if text.contains(marker) {
+            return Ok(text);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no {marker} within {timeout:?}; serial:\n{text}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "tier 2: boots the test phone image from boot.img + vendor_boot.img under cloudphone-vmm"]
+fn boot_img_cmdline_bootconfig_and_vendor_modules_reach_the_guest() {
+    check_report(&boot_test_image("cmdline", &[]), false);
 }
 
 #[test]
 #[ignore = "tier 2: boots the test phone image with its GPT disk attached (needs virtio-blk in cloudphone-vmm)"]
 fn gpt_partitions_of_the_phone_disk_appear_by_name() {
     let disk = format!("{},ro", test_image().join("disk.img").display());
-    let serial = boot_test_image("gpt", &["--disk".into(), disk]);
-    let parts: Vec<&str> = serial
-        .lines()
-        .filter_map(|l| l.trim_end_matches('\r').split_once("CLOUDPHONE_PART ").map(|(_, v)| v))
-        .filter_map(|v| v.split_whitespace().nth(1))
-        .collect();
-    for p in PARTITIONS {
-        assert!(parts.contains(&p), "GPT partition {p} not seen by the guest (saw {parts:?})");
-    }
+    check_report(&boot_test_image("gpt", &["--disk".into(), disk]), true);
 }

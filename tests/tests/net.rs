@@ -126,7 +126,9 @@ fn two_phones_on_a_bridge_ping_and_move_100_mib_intact() {
             .expect("build initramfs");
         let mut args = VmProcess::boot_args(&kernel, &initrd, 1, MEMORY_MIB);
         args.extend(["--net".into(), format!("tap={tap}")]);
-        VmProcess::spawn(&dir.join(name), &args).expect("spawn cloudphone-vmm")
+        // The VMM's API socket must be on a local filesystem (not the 9p scratch share).
+        let run_dir = std::env::temp_dir().join(format!("cloudphone-net-{name}-{}", std::process::id()));
+        VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm")
     };
     let mut b = boot("phone-b", "cpnet-b", phone_b_script());
     let mut a = boot("phone-a", "cpnet-a", phone_a_script());

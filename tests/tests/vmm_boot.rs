@@ -43,10 +43,18 @@ fn field(line: &str, key: &str) -> u64 {
 #[test]
 #[ignore = "tier 2: needs working KVM"]
 fn boots_to_init_sees_configured_hardware_and_powers_off() {
-    let mut vm = boot("vmm_poweroff", Initramfs::new().script(&report_then("poweroff -f")));
+    let mut vm = boot(
+        "vmm_poweroff",
+        Initramfs::new().script(&report_then("poweroff -f")),
+    );
     vm.wait_for_line("INIT_READY", BOOT_TIMEOUT).unwrap();
     let cpus = vm.wait_for_line("CPUS=", BOOT_TIMEOUT).unwrap();
-    assert_eq!(field(&cpus, "CPUS="), u64::from(CPUS), "{}", vm.diagnostics());
+    assert_eq!(
+        field(&cpus, "CPUS="),
+        u64::from(CPUS),
+        "{}",
+        vm.diagnostics()
+    );
     let mem = vm.wait_for_line("MEMTOTAL_KB=", BOOT_TIMEOUT).unwrap();
     let kb = field(&mem, "MEMTOTAL_KB=");
     // MemTotal excludes the kernel image and reserved areas: expect 75-100% of the RAM given.
@@ -56,15 +64,28 @@ fn boots_to_init_sees_configured_hardware_and_powers_off() {
         "MemTotal {kb} kB for {MEMORY_MIB} MiB\n{}",
         vm.diagnostics()
     );
-    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).unwrap(), Some(0), "{}", vm.diagnostics());
+    assert_eq!(
+        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
+        Some(0),
+        "{}",
+        vm.diagnostics()
+    );
 }
 
 #[test]
 #[ignore = "tier 2: needs working KVM"]
 fn guest_reboot_exits_32() {
-    let mut vm = boot("vmm_reboot", Initramfs::new().script(&report_then("reboot -f")));
+    let mut vm = boot(
+        "vmm_reboot",
+        Initramfs::new().script(&report_then("reboot -f")),
+    );
     vm.wait_for_line("REPORT_DONE", BOOT_TIMEOUT).unwrap();
-    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).unwrap(), Some(32), "{}", vm.diagnostics());
+    assert_eq!(
+        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
+        Some(32),
+        "{}",
+        vm.diagnostics()
+    );
 }
 
 #[test]
@@ -77,10 +98,13 @@ fn api_status_pause_resume_and_power_button_shutdown() {
                   sleep 1\npoweroff -f\n";
     let mut vm = boot(
         "vmm_api",
-        Initramfs::new().modules(&["button", "evdev"]).script(script),
+        Initramfs::new()
+            .modules(&["button", "evdev"])
+            .script(script),
     );
     vm.wait_for_api(BOOT_TIMEOUT).unwrap();
-    vm.wait_for_line("WAITING_FOR_POWER_BUTTON", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_line("WAITING_FOR_POWER_BUTTON", BOOT_TIMEOUT)
+        .unwrap();
 
     let (code, body) = vm.api("GET", "/status", None).unwrap();
     assert_eq!(code, 200, "{body}");
@@ -103,21 +127,36 @@ fn api_status_pause_resume_and_power_button_shutdown() {
         .unwrap();
     assert_eq!(code, 200, "{body}");
     vm.wait_for_line("POWER_BUTTON_SEEN", BOOT_TIMEOUT).unwrap();
-    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).unwrap(), Some(0), "{}", vm.diagnostics());
+    assert_eq!(
+        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
+        Some(0),
+        "{}",
+        vm.diagnostics()
+    );
 }
 
 #[test]
 #[ignore = "tier 2: needs working KVM"]
 fn ignored_shutdown_request_is_forced_with_34() {
     // No button driver: the power button goes unanswered, so the VMM forces the stop.
-    let mut vm = boot("vmm_hung", Initramfs::new().script("echo IDLE\nsleep 100000\n"));
+    let mut vm = boot(
+        "vmm_hung",
+        Initramfs::new().script("echo IDLE\nsleep 100000\n"),
+    );
     vm.wait_for_api(BOOT_TIMEOUT).unwrap();
     vm.wait_for_line("IDLE", BOOT_TIMEOUT).unwrap();
-    let (code, body) = vm.api("PUT", "/shutdown", Some(r#"{"timeout_ms": 2000}"#)).unwrap();
+    let (code, body) = vm
+        .api("PUT", "/shutdown", Some(r#"{"timeout_ms": 2000}"#))
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     let (_, body) = vm.api("GET", "/status", None).unwrap();
     assert!(body.contains("shutting_down"), "{body}");
-    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).unwrap(), Some(34), "{}", vm.diagnostics());
+    assert_eq!(
+        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
+        Some(34),
+        "{}",
+        vm.diagnostics()
+    );
 }
 
 #[test]
@@ -142,10 +181,23 @@ fn virtio_rng_over_pci_with_msix_feeds_the_guest() {
     let run_dir = std::env::temp_dir().join(format!("cloudphone-vmm_rng-{}", std::process::id()));
     let mut vm = VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm");
     let current = vm.wait_for_line("RNG_CURRENT=", BOOT_TIMEOUT).unwrap();
-    assert!(current.contains("virtio_rng"), "{current}\n{}", vm.diagnostics());
+    assert!(
+        current.contains("virtio_rng"),
+        "{current}\n{}",
+        vm.diagnostics()
+    );
     let bytes = vm.wait_for_line("RNG_BYTES=", BOOT_TIMEOUT).unwrap();
     assert_eq!(field(&bytes, "RNG_BYTES="), 4096, "{}", vm.diagnostics());
     let msix = vm.wait_for_line("MSIX_IRQS=", BOOT_TIMEOUT).unwrap();
-    assert!(field(&msix, "MSIX_IRQS=") >= 1, "no MSI-X interrupts: {msix}\n{}", vm.diagnostics());
-    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).unwrap(), Some(0), "{}", vm.diagnostics());
+    assert!(
+        field(&msix, "MSIX_IRQS=") >= 1,
+        "no MSI-X interrupts: {msix}\n{}",
+        vm.diagnostics()
+    );
+    assert_eq!(
+        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
+        Some(0),
+        "{}",
+        vm.diagnostics()
+    );
 }

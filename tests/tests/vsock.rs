@@ -76,7 +76,8 @@ fn host_and_guest_talk_over_vsock_both_ways() {
 
     let mut args = VmProcess::boot_args(&kernel, &initrd, 1, 256);
     args.extend(["--vsock".into(), format!("cid={GUEST_CID},uds={}", uds.display())]);
-    let mut vm = VmProcess::spawn(&dir.join("vm"), &args).expect("spawn cloudphone-vmm");
+    // The VMM's API socket must be on a local filesystem too (not the 9p scratch share).
+    let mut vm = VmProcess::spawn(&sock_dir.join("vm"), &args).expect("spawn cloudphone-vmm");
 
     let reply = vm.wait_for_line("VSOCK_REPLY=", BOOT_TIMEOUT).unwrap();
     assert!(reply.ends_with("VSOCK_REPLY=pong:hello-from-guest"), "{reply}\n{}", vm.diagnostics());

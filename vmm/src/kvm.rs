@@ -23,7 +23,9 @@ pub enum KvmError {
     #[error("/dev/kvm lacks the {0} capability that cloudphone-vmm needs: run under scripts/kvm-sandbox")]
     MissingCap(&'static str),
     /// A VM-level ioctl failed.
-    #[error("KVM {what} failed: {source}; if this host's KVM is unusual, run under scripts/kvm-sandbox")]
+    #[error(
+        "KVM {what} failed: {source}; if this host's KVM is unusual, run under scripts/kvm-sandbox"
+    )]
     Ioctl {
         /// The operation that failed.
         what: &'static str,

@@ -192,7 +192,10 @@ mod tests {
         use vm_memory::Bytes;
         let mem = create_guest_memory(64 << 20).unwrap();
         mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert!(mem.write_obj(1u8, GuestAddress(64 << 20)).is_err());
         assert_eq!(low_ram_end(&mem), GuestAddress(64 << 20));
     }

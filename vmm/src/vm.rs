@@ -77,7 +77,12 @@ pub struct VmControl {
 
 impl VmControl {
     fn kick_all(&self) {
-        for t in self.threads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             kick::kick(*t);
         }
     }
@@ -89,7 +94,11 @@ impl VmControl {
 
     /// Current state.
     pub fn state(&self) -> VmState {
-        if *self.shutdown_requested.lock().unwrap_or_else(|p| p.into_inner()) {
+        if *self
+            .shutdown_requested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
             VmState::ShuttingDown
         } else if self.ctx.control.request() == Request::Pause {
             VmState::Paused
@@ -124,7 +133,10 @@ impl VmControl {
     /// Press the ACPI power button; if the guest has not powered off after `timeout`, stop it
     /// (exit code 34).
     pub fn request_shutdown(self: &Arc<Self>, timeout: Duration) -> anyhow::Result<()> {
-        *self.shutdown_requested.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *self
+            .shutdown_requested
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = true;
         self.resume();
         self.pm
             .lock()
@@ -222,7 +234,13 @@ fn attach_virtio(
     let notify = dev
         .notify_eventfds()
         .into_iter()
-        .map(|(off, fd)| Ok((cloudphone_virtio::transport::VIRTIO_BAR, off, fd.try_clone()?)))
+        .map(|(off, fd)| {
+            Ok((
+                cloudphone_virtio::transport::VIRTIO_BAR,
+                off,
+                fd.try_clone()?,
+            ))
+        })
         .collect::<std::io::Result<Vec<_>>>()
         .context("duplicating queue notify eventfds")?;
     pci.attach(slot, Arc::new(Mutex::new(dev)), notify)
@@ -238,8 +256,17 @@ fn build_pci(
     config: &VmConfig,
 ) -> anyhow::Result<PciRoot> {
     let mut pci = PciRoot::new(vm.clone(), ctx.clone());
-    pci.attach(0, Arc::new(Mutex::new(crate::pci::host_bridge::HostBridge)), Vec::new())?;
+    pci.attach(
+        0,
+        Arc::new(Mutex::new(crate::pci::host_bridge::HostBridge)),
+        Vec::new(),
+    )?;
     let routes = Arc::new(GsiRoutes::new(vm.clone()));
+    if !config.console_ports.is_empty() {
+        let console = cloudphone_virtio::console::Console::new(&config.console_ports)
+            .context("opening the --console ports")?;
+        attach_virtio(&mut pci, &routes, mem, slots::CONSOLE, Box::new(console))?;
+    }
     if config.rng {
         let rng = Box::new(cloudphone_virtio::rng::Rng::new());
         attach_virtio(&mut pci, &routes, mem, slots::RNG, rng)?;
@@ -267,13 +294,23 @@ impl Vm {
         let serial = SerialDevice::new(&config.serial, irqfd(&vm, COM1_IRQ)?)
             .context("opening the --serial output")?;
         add_pio(&ctx, Arc::new(Mutex::new(serial)), COM1_PORT, 8)?;
-        add_pio(&ctx, Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_PORT, I8042_LEN)?;
+        add_pio(
+            &ctx,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            I8042_PORT,
+            I8042_LEN,
+        )?;
         add_pio(&ctx, Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, CMOS_LEN)?;
         let pm = Arc::new(Mutex::new(PowerManagement::new(exit, irqfd(&vm, GED_GSI)?)));
         add_pio(&ctx, pm.clone(), PM_PORTS.0, PM_PORTS.1)?;
         let vm = Arc::new(vm);
         let pci = build_pci(&vm, &ctx, &mem, config)?;
-        add_pio(&ctx, Arc::new(Mutex::new(pci)), PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN)?;
+        add_pio(
+            &ctx,
+            Arc::new(Mutex::new(pci)),
+            PCI_CONFIG_PORT,
+            PCI_CONFIG_PORT_LEN,
+        )?;
 
         let pending = create_vcpus(kvm, &vm, &ctx, config.cpus, boot)?;
         let control = Arc::new(VmControl {

@@ -304,10 +304,13 @@ impl Agent {
             self.stop_local(&phone.id).await;
             self.phones.remove(&phone.id);
         }
+        // A phone unknown to this run keeps its disk if the overlay on disk belongs to the
+        // phone's current generation (persistent phones survive agent restarts).
+        let on_disk = dir.generation().unwrap_or(-1);
         let local = self
             .phones
             .entry(phone.id.clone())
-            .or_insert_with(|| Local::new(None, -1));
+            .or_insert_with(|| Local::new(None, on_disk));
         if local.failed {
             let reason = format!(
                 "VMM crashed {} times (last exit code {})",

@@ -9,17 +9,34 @@
 //!   keyframe on join/PLI.
 //! - [`bwe`]: a bitrate controller fed by the transport's loss/REMB feedback.
 //! - [`webrtc`]: one viewer's WebRTC session (str0m): SDP answer, SRTP video, input channel.
+//! - [`hub`]: one stream per phone shared by all its viewers (damage → encode once → fan out),
+//!   input from the lease holder forwarded to the VMM.
+//! - [`signalling`]: the `GET /api/v1/phones/{id}/stream` WebSocket (SDP offer/answer, ICE
+//!   server config), authorised by the control service through [`signalling::StreamAuthorizer`].
+//! - [`web`]: serves the static web UI directory (`control/web`).
 
 pub mod bwe;
 pub mod frame;
 pub mod h264;
+pub mod hub;
+pub mod input;
 pub mod pacer;
+pub mod signalling;
+pub mod vmm_api;
+pub mod web;
 pub mod webrtc;
+
+#[cfg(test)]
+mod fake_vmm;
+#[cfg(test)]
+mod browser_tests;
 
 pub use bwe::BitrateController;
 pub use frame::{I420Frame, PixelLayout};
 pub use h264::{EncodedFrame, H264Encoder, H264Settings};
+pub use hub::{StreamHub, StreamStats, ViewerOptions};
 pub use pacer::EncodePacer;
+pub use signalling::{IceServer, SignallingConfig, StreamAuthorizer, StreamDenied, StreamGrant};
 
 /// Why a frame could not be converted or encoded.
 #[derive(Debug, thiserror::Error)]
@@ -36,4 +53,7 @@ pub enum StreamError {
     /// The WebRTC session could not be set up or failed (bad offer, socket, DTLS).
     #[error("WebRTC session: {0}")]
     Signalling(String),
+    /// The phone's VMM API could not be reached or answered nonsense.
+    #[error("VMM API {0}")]
+    Vmm(String),
 }

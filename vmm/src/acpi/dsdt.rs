@@ -103,7 +103,12 @@ fn ged_and_power_button() -> Vec<u8> {
                     true, true, false, false, GED_GSI,
                 )]),
             ),
-            &aml::OpRegion::new("GDST".into(), OpRegionSpace::SystemIO, &GED_EVENT_PORT, &1u8),
+            &aml::OpRegion::new(
+                "GDST".into(),
+                OpRegionSpace::SystemIO,
+                &GED_EVENT_PORT,
+                &1u8,
+            ),
             &aml::Field::new(
                 "GDST".into(),
                 FieldAccessType::Byte,
@@ -154,10 +159,26 @@ mod tests {
         let dsdt = build_dsdt();
         let bytes = dsdt.as_slice();
         assert_eq!(&bytes[0..4], b"DSDT");
-        assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize, bytes.len());
+        assert_eq!(
+            u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize,
+            bytes.len()
+        );
         assert_eq!(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
-        for name in [&b"_S5_"[..], b"PCI0", b"COM1", b"GED_", b"PWRB", b"_EVT", b"ACPI0013", b"GDAT"] {
-            assert!(contains(bytes, name), "{} missing", String::from_utf8_lossy(name));
+        for name in [
+            &b"_S5_"[..],
+            b"PCI0",
+            b"COM1",
+            b"GED_",
+            b"PWRB",
+            b"_EVT",
+            b"ACPI0013",
+            b"GDAT",
+        ] {
+            assert!(
+                contains(bytes, name),
+                "{} missing",
+                String::from_utf8_lossy(name)
+            );
         }
     }
 }

@@ -51,7 +51,10 @@ fn build_fadt(dsdt_addr: u64) -> Sdt {
     fadt.write_u16(109, IAPC_BOOT_ARCH_NO_VGA);
     fadt.write_u32(
         112,
-        FADT_FLAG_PWR_BUTTON | FADT_FLAG_SLP_BUTTON | FADT_FLAG_RESET_REG_SUP | FADT_FLAG_HW_REDUCED,
+        FADT_FLAG_PWR_BUTTON
+            | FADT_FLAG_SLP_BUTTON
+            | FADT_FLAG_RESET_REG_SUP
+            | FADT_FLAG_HW_REDUCED,
     );
     fadt.write_bytes(116, &gas_io8(RESET_PORT));
     fadt.write_u8(128, RESET_VALUE);
@@ -136,7 +139,12 @@ mod tests {
         let len: u32 = mem.read_obj(GuestAddress(addr + 4)).unwrap();
         let mut t = vec![0u8; len as usize];
         mem.read_slice(&mut t, GuestAddress(addr)).unwrap();
-        assert_eq!(sum(&t), 0, "bad checksum in {}", String::from_utf8_lossy(&t[..4]));
+        assert_eq!(
+            sum(&t),
+            0,
+            "bad checksum in {}",
+            String::from_utf8_lossy(&t[..4])
+        );
         t
     }
 
@@ -168,7 +176,10 @@ mod tests {
         let fadt = &tables[0];
         assert_eq!(&fadt[..4], b"FACP");
         assert_ne!(u32_at(fadt, 112) & FADT_FLAG_HW_REDUCED, 0);
-        assert_eq!(u16::from_le_bytes([fadt[248], fadt[249]]), SLEEP_CONTROL_PORT);
+        assert_eq!(
+            u16::from_le_bytes([fadt[248], fadt[249]]),
+            SLEEP_CONTROL_PORT
+        );
         assert_eq!(u16::from_le_bytes([fadt[120], fadt[121]]), RESET_PORT);
         let dsdt = read_table(&mem, u64_at(fadt, 140));
         assert_eq!(&dsdt[..4], b"DSDT");
@@ -181,7 +192,10 @@ mod tests {
         let mut o = 44;
         while o < madt.len() {
             let (kind, len) = (madt[o], madt[o + 1] as usize);
-            assert!(len >= 2 && o + len <= madt.len(), "malformed MADT entry at {o}");
+            assert!(
+                len >= 2 && o + len <= madt.len(),
+                "malformed MADT entry at {o}"
+            );
             match kind {
                 0 => lapics.push(madt[o + 3]),
                 1 => {

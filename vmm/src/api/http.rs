@@ -106,7 +106,9 @@ pub fn read_request<R: Read>(stream: R) -> Result<Request, HttpError> {
         }
         headers += 1;
         if headers > MAX_HEADERS {
-            return Err(HttpError::TooLarge(format!("more than {MAX_HEADERS} headers")));
+            return Err(HttpError::TooLarge(format!(
+                "more than {MAX_HEADERS} headers"
+            )));
         }
         let (name, value) = h
             .split_once(':')
@@ -121,7 +123,9 @@ pub fn read_request<R: Read>(stream: R) -> Result<Request, HttpError> {
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(bad("Transfer-Encoding is not supported; send Content-Length"));
+            return Err(bad(
+                "Transfer-Encoding is not supported; send Content-Length",
+            ));
         }
     }
     let len = content_length.unwrap_or(0);
@@ -209,7 +213,10 @@ mod tests {
         let r = parse(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/status"));
         let r = parse(b"PUT /shutdown?x=1 HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}").unwrap();
-        assert_eq!((r.path.as_str(), r.body.as_slice()), ("/shutdown", &b"{}"[..]));
+        assert_eq!(
+            (r.path.as_str(), r.body.as_slice()),
+            ("/shutdown", &b"{}"[..])
+        );
         let r = parse(b"PUT /pause HTTP/1.0\n\n").unwrap();
         assert_eq!(r.path, "/pause");
     }
@@ -217,10 +224,22 @@ mod tests {
     #[test]
     fn hostile_requests() {
         assert_eq!(parse(b""), Err(HttpError::Closed));
-        assert!(matches!(parse(b"GET /status\r\n\r\n"), Err(HttpError::BadRequest(_))));
-        assert!(matches!(parse(b"get / HTTP/1.1\r\n\r\n"), Err(HttpError::BadRequest(_))));
-        assert!(matches!(parse(b"GET status HTTP/1.1\r\n\r\n"), Err(HttpError::BadRequest(_))));
-        assert!(matches!(parse(b"GET / HTTP/2\r\n\r\n"), Err(HttpError::BadRequest(_))));
+        assert!(matches!(
+            parse(b"GET /status\r\n\r\n"),
+            Err(HttpError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"get / HTTP/1.1\r\n\r\n"),
+            Err(HttpError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"GET status HTTP/1.1\r\n\r\n"),
+            Err(HttpError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/2\r\n\r\n"),
+            Err(HttpError::BadRequest(_))
+        ));
         assert!(matches!(
             parse(b"PUT / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
             Err(HttpError::BadRequest(_))
@@ -241,7 +260,10 @@ mod tests {
             parse(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
             Err(HttpError::BadRequest(_))
         ));
-        assert_eq!(parse(b"PUT / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"), Err(HttpError::Closed));
+        assert_eq!(
+            parse(b"PUT / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"),
+            Err(HttpError::Closed)
+        );
         let mut huge = b"GET / HTTP/1.1\r\nX: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_HEAD));
         huge.extend_from_slice(b"\r\n\r\n");
@@ -253,7 +275,10 @@ mod tests {
             .copied()
             .collect();
         assert!(matches!(parse(&many), Err(HttpError::TooLarge(_))));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\n\xff\xfe\r\n\r\n"), Err(HttpError::BadRequest(_))));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\n\xff\xfe\r\n\r\n"),
+            Err(HttpError::BadRequest(_))
+        ));
     }
 
     #[test]

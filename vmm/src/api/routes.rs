@@ -50,7 +50,10 @@ fn parse_shutdown(body: &[u8]) -> Result<Duration, Response> {
         ShutdownBody::default()
     } else {
         serde_json::from_slice(body).map_err(|e| {
-            Response::error(400, format!("bad JSON body for /shutdown: {e}; expected {{\"timeout_ms\": N}}"))
+            Response::error(
+                400,
+                format!("bad JSON body for /shutdown: {e}; expected {{\"timeout_ms\": N}}"),
+            )
         })?
     };
     let ms = parsed.timeout_ms.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_MS);
@@ -118,7 +121,9 @@ pub fn route(req: &Request, vm: &dyn VmApi) -> Response {
             Some((_, want)) => Response::error(405, format!("{p} takes {want}, not {m}")),
             None => Response::error(
                 404,
-                format!("unknown path {p}; see API.md for /status, /shutdown, /reboot, /pause, /resume"),
+                format!(
+                    "unknown path {p}; see API.md for /status, /shutdown, /reboot, /pause, /resume"
+                ),
             ),
         },
     }
@@ -136,10 +141,18 @@ mod tests {
 
     impl VmApi for Fake {
         fn status(&self) -> anyhow::Result<Status> {
-            Ok(Status { state: "running", vcpus: 2, memory_mib: 256, uptime_ms: 5 })
+            Ok(Status {
+                state: "running",
+                vcpus: 2,
+                memory_mib: 256,
+                uptime_ms: 5,
+            })
         }
         fn shutdown(&self, t: Duration) -> anyhow::Result<()> {
-            self.calls.lock().unwrap().push(format!("shutdown {}", t.as_millis()));
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("shutdown {}", t.as_millis()));
             Ok(())
         }
         fn reboot(&self) -> anyhow::Result<()> {
@@ -156,7 +169,11 @@ mod tests {
     }
 
     fn req(method: &str, path: &str, body: &str) -> Request {
-        Request { method: method.into(), path: path.into(), body: body.as_bytes().to_vec() }
+        Request {
+            method: method.into(),
+            path: path.into(),
+            body: body.as_bytes().to_vec(),
+        }
     }
 
     fn body(r: &Response) -> serde_json::Value {
@@ -174,12 +191,18 @@ mod tests {
         assert_eq!(b["memory_mib"], 256);
         assert_eq!(b["pid"], std::process::id());
         assert_eq!(route(&req("PUT", "/shutdown", ""), &vm).status, 200);
-        assert_eq!(route(&req("PUT", "/shutdown", r#"{"timeout_ms":50}"#), &vm).status, 200);
+        assert_eq!(
+            route(&req("PUT", "/shutdown", r#"{"timeout_ms":50}"#), &vm).status,
+            200
+        );
         assert_eq!(route(&req("PUT", "/reboot", ""), &vm).status, 200);
         assert_eq!(route(&req("PUT", "/resume", ""), &vm).status, 200);
         let r = route(&req("PUT", "/pause", ""), &vm);
         assert_eq!(r.status, 409);
-        assert!(body(&r)["error"].as_str().unwrap().contains("already paused"));
+        assert!(body(&r)["error"]
+            .as_str()
+            .unwrap()
+            .contains("already paused"));
         assert_eq!(
             *vm.calls.lock().unwrap(),
             vec!["shutdown 10000", "shutdown 50", "reboot", "resume"]

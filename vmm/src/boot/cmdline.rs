@@ -59,11 +59,17 @@ mod tests {
         assert_eq!(prepare(&"a".repeat(2047), 2048).unwrap().len(), 2048);
         assert_eq!(
             prepare(&"a".repeat(2048), 2048),
-            Err(CmdlineError::TooLong { len: 2048, max: 2047 })
+            Err(CmdlineError::TooLong {
+                len: 2048,
+                max: 2047
+            })
         );
         assert_eq!(
             prepare("a\nb", 2048),
-            Err(CmdlineError::BadByte { byte: b'\n', offset: 1 })
+            Err(CmdlineError::BadByte {
+                byte: b'\n',
+                offset: 1
+            })
         );
         assert!(prepare("é", 2048).is_err());
         assert_eq!(prepare("", 1).unwrap(), b"\0");

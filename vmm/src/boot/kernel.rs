@@ -31,7 +31,9 @@ pub enum KernelError {
     #[error("this bzImage has no 64-bit entry point (xloadflags lacks XLF_KERNEL_64): use an x86_64 kernel")]
     Not64Bit,
     /// linux-loader rejected the image (truncated, corrupt, does not fit in memory).
-    #[error("the {format} kernel image is truncated, corrupt or too large for guest memory ({source})")]
+    #[error(
+        "the {format} kernel image is truncated, corrupt or too large for guest memory ({source})"
+    )]
     Load {
         /// bzImage or ELF.
         format: &'static str,
@@ -69,8 +71,12 @@ fn read_at<const N: usize>(file: &mut File, offset: u64) -> std::io::Result<Opti
 pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKernel, KernelError> {
     if read_at::<4>(file, 0)? == Some(ELF_MAGIC) {
         file.seek(SeekFrom::Start(0))?;
-        let r = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START)))
-            .map_err(|source| KernelError::Load { format: "ELF", source })?;
+        let r = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+            KernelError::Load {
+                format: "ELF",
+                source,
+            }
+        })?;
         return Ok(LoadedKernel {
             entry: r.kernel_load,
             end: GuestAddress(r.kernel_end),
@@ -83,8 +89,12 @@ pub fn load_kernel(mem: &GuestMemoryMmap, file: &mut File) -> Result<LoadedKerne
         return Err(KernelError::NotAKernel);
     }
     file.seek(SeekFrom::Start(0))?;
-    let r = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START)))
-        .map_err(|source| KernelError::Load { format: "bzImage", source })?;
+    let r = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+        KernelError::Load {
+            format: "bzImage",
+            source,
+        }
+    })?;
     let hdr = r.setup_header.ok_or(KernelError::NotAKernel)?;
     if hdr.xloadflags & XLF_KERNEL_64 == 0 {
         return Err(KernelError::Not64Bit);
@@ -142,7 +152,8 @@ mod tests {
 
     #[test]
     fn real_debian_kernel_when_cached() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/kernel/vmlinuz");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/kernel/vmlinuz");
         let Ok(mut f) = File::open(&path) else {
             eprintln!("{} missing: skipping", path.display());
             return;

@@ -56,7 +56,10 @@ impl BusDevice for PowerManagement {
             if sleep_type == S5_SLEEP_TYPE {
                 self.exit.request(GuestExit::PowerOff);
             } else {
-                tracing::warn!(sleep_type, "guest asked for an unsupported sleep state; ignored");
+                tracing::warn!(
+                    sleep_type,
+                    "guest asked for an unsupported sleep state; ignored"
+                );
             }
         } else if offset == offset_of(RESET_PORT) && value == RESET_VALUE {
             self.exit.request(GuestExit::Reboot);

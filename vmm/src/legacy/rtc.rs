@@ -144,7 +144,15 @@ mod tests {
     fn unix_to_date() {
         assert_eq!(
             datetime_from_unix(0),
-            DateTime { year: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0, weekday: 5 }
+            DateTime {
+                year: 1970,
+                month: 1,
+                day: 1,
+                hour: 0,
+                minute: 0,
+                second: 0,
+                weekday: 5
+            }
         );
         // 2026-11-25 13:26:56 UTC, a Wednesday.
         let t = datetime_from_unix(1_795_613_216);

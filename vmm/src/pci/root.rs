@@ -104,7 +104,10 @@ impl PciRoot {
 
     fn allocate(&mut self, size: u64) -> Result<u64, PciError> {
         let size = size.max(0x1000);
-        let base = self.next_mmio.checked_next_multiple_of(size).ok_or(PciError::NoSpace { size })?;
+        let base = self
+            .next_mmio
+            .checked_next_multiple_of(size)
+            .ok_or(PciError::NoSpace { size })?;
         if base + size > PCI_MMIO_START + PCI_MMIO_SIZE {
             return Err(PciError::NoSpace { size });
         }
@@ -138,7 +141,10 @@ impl PciRoot {
             let addr = self.allocate(bar.size)?;
             lock(&device)
                 .set_bar_address(bar.index, addr)
-                .map_err(|e| PciError::Bar { bar: bar.index, reason: e.to_string() })?;
+                .map_err(|e| PciError::Bar {
+                    bar: bar.index,
+                    reason: e.to_string(),
+                })?;
             self.map_bar(&device, &notify, bar.index, addr, bar.size)?;
         }
         self.slots[usize::from(slot)] = Some(Slot { device, notify });
@@ -153,7 +159,10 @@ impl PciRoot {
         addr: u64,
         size: u64,
     ) -> Result<(), PciError> {
-        let region = Arc::new(Mutex::new(BarRegion { device: device.clone(), bar }));
+        let region = Arc::new(Mutex::new(BarRegion {
+            device: device.clone(),
+            bar,
+        }));
         self.ctx
             .mmio
             .write()
@@ -239,7 +248,9 @@ impl BusDevice for PciRoot {
         match offset {
             0..=3 => self.address = splice(self.address, offset, data) & !0x3,
             _ => {
-                let Some((slot, reg)) = self.target() else { return };
+                let Some((slot, reg)) = self.target() else {
+                    return;
+                };
                 let at = offset - 4;
                 let mv = {
                     let s = self.slots[slot].as_ref().expect("target checked the slot");
@@ -281,7 +292,12 @@ mod tests {
         fn config_write(&mut self, reg: usize, _offset: u64, data: &[u8]) -> Option<BarMove> {
             (reg == 4 && data.len() == 4).then(|| {
                 let new = u64::from(u32::from_le_bytes(data.try_into().unwrap()));
-                let mv = BarMove { bar: 0, old: self.bar.addr, new, size: self.bar.size };
+                let mv = BarMove {
+                    bar: 0,
+                    old: self.bar.addr,
+                    new,
+                    size: self.bar.size,
+                };
                 self.bar.addr = new;
                 mv
             })
@@ -314,14 +330,40 @@ mod tests {
         let vm = Arc::new(kvm.create_vm().unwrap());
         let ctx = Arc::new(VcpuContext::new(Arc::new(ExitSignal::default())));
         let mut root = PciRoot::new(vm, ctx.clone());
-        root.attach(0, Arc::new(Mutex::new(super::super::host_bridge::HostBridge)), Vec::new())
-            .unwrap();
+        root.attach(
+            0,
+            Arc::new(Mutex::new(super::super::host_bridge::HostBridge)),
+            Vec::new(),
+        )
+        .unwrap();
         let accesses = Arc::new(Mutex::new(Vec::new()));
-        let bar = PciBar { index: 0, kind: BarKind::Memory32, size: 0x4000, prefetchable: false, addr: 0 };
-        let fake = Fake { bar, accesses: accesses.clone() };
-        root.attach(5, Arc::new(Mutex::new(fake)), Vec::new()).unwrap();
-        assert!(root.attach(5, Arc::new(Mutex::new(super::super::host_bridge::HostBridge)), Vec::new()).is_err());
-        assert!(root.attach(32, Arc::new(Mutex::new(super::super::host_bridge::HostBridge)), Vec::new()).is_err());
+        let bar = PciBar {
+            index: 0,
+            kind: BarKind::Memory32,
+            size: 0x4000,
+            prefetchable: false,
+            addr: 0,
+        };
+        let fake = Fake {
+            bar,
+            accesses: accesses.clone(),
+        };
+        root.attach(5, Arc::new(Mutex::new(fake)), Vec::new())
+            .unwrap();
+        assert!(root
+            .attach(
+                5,
+                Arc::new(Mutex::new(super::super::host_bridge::HostBridge)),
+                Vec::new()
+            )
+            .is_err());
+        assert!(root
+            .attach(
+                32,
+                Arc::new(Mutex::new(super::super::host_bridge::HostBridge)),
+                Vec::new()
+            )
+            .is_err());
 
         // Type-1 probe: the address register reads back.
         root.write(0, &ENABLE.to_le_bytes());
@@ -358,5 +400,43 @@ mod tests {
         assert!(!ctx.mmio.read().unwrap().write(base, &[1]));
         assert!(ctx.mmio.read().unwrap().write(new + 3, &[9]));
         assert_eq!(*accesses.lock().unwrap(), vec![(3, vec![9])]);
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::exit::ExitSignal;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fuzz_pci_config_ports() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("no /dev/kvm: skipped");
+            return;
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let ctx = Arc::new(VcpuContext::new(Arc::new(ExitSignal::default())));
+        let mut root = PciRoot::new(vm, ctx);
+        root.attach(
+            0,
+            Arc::new(Mutex::new(super::super::host_bridge::HostBridge)),
+            Vec::new(),
+        )
+        .unwrap();
+        let root = Mutex::new(root);
+        let cases = 2048;
+        eprintln!("fuzz pci_config_ports: {cases} cases");
+        proptest!(ProptestConfig::with_cases(cases), |(ops in proptest::collection::vec((any::<bool>(), 0u64..8, proptest::collection::vec(any::<u8>(), 1..=4)), 1..32))| {
+            let mut root = root.lock().unwrap();
+            for (write, offset, data) in ops {
+                if write {
+                    root.write(offset, &data);
+                } else {
+                    let mut buf = data.clone();
+                    root.read(offset, &mut buf);
+                }
+            }
+        });
     }
 }

@@ -106,7 +106,9 @@ fn serial_output_from_port_io() {
     let code = [
         0xba, 0xf8, 0x03, 0xb0, b'O', 0xee, 0xb0, b'K', 0xee, 0xb0, 10, 0xee, 0xf4,
     ];
-    let Some(t) = test_vm(&code, true) else { return };
+    let Some(t) = test_vm(&code, true) else {
+        return;
+    };
     let cap = Capture::default();
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let serial = SerialDevice::with_writer(Box::new(cap.clone()), irq);
@@ -121,7 +123,9 @@ fn mmio_read_and_write_exits() {
     let code = [
         0xb8, 0x00, 0x18, 0x8e, 0xd8, 0xa0, 0x00, 0x00, 0x04, 0x01, 0xa2, 0x01, 0x00, 0xf4,
     ];
-    let Some(t) = test_vm(&code, true) else { return };
+    let Some(t) = test_vm(&code, true) else {
+        return;
+    };
     let probe = Arc::new(Mutex::new(Probe::default()));
     t.add(false, probe.clone(), 0x18000, 0x10);
     assert_eq!(t.vcpu(0, 0).run_loop(), VcpuOutcome::Halted);
@@ -132,7 +136,9 @@ fn mmio_read_and_write_exits() {
 fn two_vcpus_start_and_run() {
     // mov dx,0x500; out dx,al; hlt   (al = 0x40 + vCPU id, set by the test)
     let code = [0xba, 0x00, 0x05, 0xee, 0xf4];
-    let Some(t) = test_vm(&code, true) else { return };
+    let Some(t) = test_vm(&code, true) else {
+        return;
+    };
     let probe = Arc::new(Mutex::new(Probe::default()));
     t.add(true, probe.clone(), 0x500, 1);
     let threads: Vec<_> = (0..2u8)
@@ -152,7 +158,9 @@ fn two_vcpus_start_and_run() {
 #[ignore = "tier 2: needs a standard KVM (PVM reports triple faults only after ~95 s)"]
 fn triple_fault_is_a_crash() {
     // int3 with a zero-limit IDT: #GP, #DF, triple fault -> KVM_EXIT_SHUTDOWN.
-    let Some(t) = test_vm(&[0xcc], false) else { return };
+    let Some(t) = test_vm(&[0xcc], false) else {
+        return;
+    };
     let v = t.vcpu(0, 0);
     let mut sregs = v.fd.get_sregs().unwrap();
     sregs.idt.limit = 0;
@@ -163,7 +171,9 @@ fn triple_fault_is_a_crash() {
 
 #[test]
 fn spinning_vcpu_pauses_and_stops_on_kick() {
-    let Some(t) = test_vm(&[0xeb, 0xfe], true) else { return }; // jmp $
+    let Some(t) = test_vm(&[0xeb, 0xfe], true) else {
+        return;
+    }; // jmp $
     kick::install_handler().unwrap();
     let v = t.vcpu(0, 0);
     let th = std::thread::spawn(move || v.run_loop());
@@ -174,7 +184,10 @@ fn spinning_vcpu_pauses_and_stops_on_kick() {
     std::thread::sleep(Duration::from_millis(50));
     t.ctx.control.set(Request::Pause);
     kick::kick(pthread);
-    assert!(t.ctx.control.wait_parked(1, Duration::from_secs(10)), "vCPU did not park");
+    assert!(
+        t.ctx.control.wait_parked(1, Duration::from_secs(10)),
+        "vCPU did not park"
+    );
     t.ctx.control.set(Request::Stop);
     assert_eq!(th.join().unwrap(), VcpuOutcome::Stopped);
 }

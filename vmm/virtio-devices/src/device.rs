@@ -62,7 +62,12 @@ pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
-    /// Feature bits offered to the driver (must include `VIRTIO_F_VERSION_1`).
+    /// Feature bits offered to the driver. The transport always adds `VIRTIO_F_VERSION_1`
+    /// and `VIRTIO_RING_F_INDIRECT_DESC` (virtio-queue follows indirect tables). Offer
+    /// `VIRTIO_RING_F_EVENT_IDX` only if the device re-arms `avail_event` and asks
+    /// `needs_notification` before interrupting, as [`crate::queue::drain_queue`] /
+    /// [`crate::queue::pop_chain`] + [`crate::queue::complete_chain`] do; other ring/transport
+    /// bits (24..=40) are masked off.
     fn features(&self) -> u64;
     /// The subset of [`features`](Self::features) the driver accepted.
     fn ack_features(&mut self, features: u64);

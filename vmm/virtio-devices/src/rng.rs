@@ -25,8 +25,6 @@ pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 
 /// The entropy device.
 pub struct Rng {
-    features: u64,
-    acked: u64,
     worker: Option<DeviceWorker>,
 }
 
@@ -39,11 +37,7 @@ impl Default for Rng {
 impl Rng {
     /// A new entropy device (one request queue).
     pub fn new() -> Self {
-        Self {
-            features: 1 << VIRTIO_RING_F_EVENT_IDX,
-            acked: 0,
-            worker: None,
-        }
+        Self { worker: None }
     }
 }
 
@@ -57,12 +51,11 @@ impl VirtioDevice for Rng {
     }
 
     fn features(&self) -> u64 {
-        self.features
+        // No device features; EVENT_IDX because the queue drain honours it.
+        1 << VIRTIO_RING_F_EVENT_IDX
     }
 
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features;
-    }
+    fn ack_features(&mut self, _features: u64) {}
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // The entropy device has no configuration space.
@@ -99,7 +92,6 @@ impl VirtioDevice for Rng {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
-        self.acked = 0;
     }
 }
 

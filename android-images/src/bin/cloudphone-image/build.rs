@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 use android_images::loader::{read_capped, DEFAULT_MAX_IMAGE_SIZE};
 use android_images::vendor_boot::{VendorRamdisk, VendorRamdiskType};
-use android_images::{load_android_boot, AndroidBootOptions, BootConfig, BootImage, LoadAddresses, OsVersion, VendorBootImage};
+use android_images::{
+    load_android_boot, AndroidBootOptions, BootConfig, BootImage, LoadAddresses, OsVersion,
+    VendorBootImage,
+};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
@@ -126,21 +129,29 @@ pub fn build_vendor_boot(a: &VendorArgs) -> Result<()> {
     img.dtb = read_opt(&a.dtb)?;
     for spec in &a.ramdisks {
         let mut parts = spec.splitn(3, ':');
-        let (Some(kind), Some(name), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(kind), Some(name), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
             bail!("--ramdisk {spec}: expected TYPE:NAME:PATH");
         };
         let data = read_capped(Path::new(path), DEFAULT_MAX_IMAGE_SIZE)?;
-        img.ramdisks.push(VendorRamdisk::new(VendorRamdiskType::parse(kind)?, name, data));
+        img.ramdisks.push(VendorRamdisk::new(
+            VendorRamdiskType::parse(kind)?,
+            name,
+            data,
+        ));
     }
     let mut config = match &a.bootconfig {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             BootConfig::parse(&text).with_context(|| format!("parsing {}", p.display()))?
         }
         None => BootConfig::new(),
     };
     for kv in &a.bootconfig_params {
-        let Some((k, v)) = kv.split_once('=') else { bail!("--bootconfig-param {kv}: expected KEY=VALUE") };
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--bootconfig-param {kv}: expected KEY=VALUE")
+        };
         config.set(k, v)?;
     }
     img.bootconfig = config.render()?.into_bytes();
@@ -172,8 +183,16 @@ pub struct AssembleArgs {
 
 /// Runs the bootloader logic and reports its result.
 pub fn assemble(a: &AssembleArgs) -> Result<()> {
-    let opts = AndroidBootOptions { androidboot_on_cmdline: a.androidboot_on_cmdline, ..Default::default() };
-    let p = load_android_boot(&a.boot, a.vendor_boot.as_deref(), a.init_boot.as_deref(), &opts)?;
+    let opts = AndroidBootOptions {
+        androidboot_on_cmdline: a.androidboot_on_cmdline,
+        ..Default::default()
+    };
+    let p = load_android_boot(
+        &a.boot,
+        a.vendor_boot.as_deref(),
+        a.init_boot.as_deref(),
+        &opts,
+    )?;
     if let Some(path) = &a.kernel_out {
         write_out(path, &p.kernel)?;
     }
@@ -181,7 +200,11 @@ pub fn assemble(a: &AssembleArgs) -> Result<()> {
         write_out(path, &p.initrd)?;
     }
     println!("boot header version: {}", p.boot_header_version);
-    println!("kernel: {} bytes, initrd: {} bytes", p.kernel.len(), p.initrd.len());
+    println!(
+        "kernel: {} bytes, initrd: {} bytes",
+        p.kernel.len(),
+        p.initrd.len()
+    );
     println!("cmdline: {}", p.cmdline);
     print!("bootconfig:\n{}", p.bootconfig.render()?);
     Ok(())

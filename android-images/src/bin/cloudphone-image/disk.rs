@@ -29,12 +29,25 @@ pub struct SparseArgs {
 
 /// Raw to sparse.
 pub fn sparse(a: &SparseArgs) -> Result<()> {
-    let mut input = File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
+    let mut input =
+        File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?;
     let len = input.metadata()?.len();
-    let mut out = std::io::BufWriter::new(File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?);
-    let opts = SparseOptions { block_size: a.block_size, zeros_as_dont_care: a.dont_care, crc: a.crc };
+    let mut out = std::io::BufWriter::new(
+        File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?,
+    );
+    let opts = SparseOptions {
+        block_size: a.block_size,
+        zeros_as_dont_care: a.dont_care,
+        crc: a.crc,
+    };
     let h = sparsify(&mut input, len, &mut out, &opts)?;
-    println!("wrote {}: {} chunks, {} blocks of {}", a.output.display(), h.total_chunks, h.total_blocks, h.block_size);
+    println!(
+        "wrote {}: {} chunks, {} blocks of {}",
+        a.output.display(),
+        h.total_chunks,
+        h.total_blocks,
+        h.block_size
+    );
     Ok(())
 }
 
@@ -52,21 +65,35 @@ pub struct UnsparseArgs {
 
 /// Sparse to raw.
 pub fn unsparse(a: &UnsparseArgs) -> Result<()> {
-    let mut input = std::io::BufReader::new(File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?);
-    let mut out = File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    let mut input = std::io::BufReader::new(
+        File::open(&a.input).with_context(|| format!("opening {}", a.input.display()))?,
+    );
+    let mut out =
+        File::create(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
     let (h, chunks) = expand(&mut input, &mut out, a.max_gib << 30)?;
-    println!("wrote {}: {} bytes from {} chunks", a.output.display(), h.expanded_len(), chunks.len());
+    println!(
+        "wrote {}: {} bytes from {} chunks",
+        a.output.display(),
+        h.expanded_len(),
+        chunks.len()
+    );
     Ok(())
 }
 
 /// Parses NAME=PATH[:rw].
 fn partition(spec: &str) -> Result<PartitionFile> {
-    let Some((name, rest)) = spec.split_once('=') else { bail!("--part {spec}: expected NAME=PATH[:rw]") };
+    let Some((name, rest)) = spec.split_once('=') else {
+        bail!("--part {spec}: expected NAME=PATH[:rw]")
+    };
     let (path, writable) = match rest.strip_suffix(":rw") {
         Some(p) => (p, true),
         None => (rest, false),
     };
-    Ok(PartitionFile { name: name.to_string(), path: PathBuf::from(path), writable })
+    Ok(PartitionFile {
+        name: name.to_string(),
+        path: PathBuf::from(path),
+        writable,
+    })
 }
 
 /// Options of `gpt`.
@@ -82,9 +109,18 @@ pub struct GptArgs {
 
 /// Flat GPT disk.
 pub fn gpt(a: &GptArgs) -> Result<()> {
-    let parts: Vec<PartitionFile> = a.parts.iter().map(|s| partition(s)).collect::<Result<_>>()?;
+    let parts: Vec<PartitionFile> = a
+        .parts
+        .iter()
+        .map(|s| partition(s))
+        .collect::<Result<_>>()?;
     let gpt = write_flat(&parts, &a.out)?;
-    println!("wrote {}: {} partitions, {} sectors", a.out.display(), gpt.partitions.len(), gpt.disk_sectors);
+    println!(
+        "wrote {}: {} partitions, {} sectors",
+        a.out.display(),
+        gpt.partitions.len(),
+        gpt.disk_sectors
+    );
     Ok(())
 }
 
@@ -104,9 +140,18 @@ pub struct CompositeArgs {
 
 /// Composite disk.
 pub fn composite(a: &CompositeArgs) -> Result<()> {
-    let parts: Vec<PartitionFile> = a.parts.iter().map(|s| partition(s)).collect::<Result<_>>()?;
+    let parts: Vec<PartitionFile> = a
+        .parts
+        .iter()
+        .map(|s| partition(s))
+        .collect::<Result<_>>()?;
     let spec = write_composite(&parts, &a.out_dir, &a.name)?;
-    println!("wrote {}: {} components, {} bytes", a.out_dir.join(format!("{}.img", a.name)).display(), spec.components.len(), spec.length);
+    println!(
+        "wrote {}: {} components, {} bytes",
+        a.out_dir.join(format!("{}.img", a.name)).display(),
+        spec.components.len(),
+        spec.length
+    );
     Ok(())
 }
 
@@ -126,10 +171,16 @@ pub struct OverlayArgs {
 
 /// qcow2 overlay.
 pub fn overlay(a: &OverlayArgs) -> Result<()> {
-    let size = std::fs::metadata(&a.backing).with_context(|| format!("reading {}", a.backing.display()))?.len();
+    let size = std::fs::metadata(&a.backing)
+        .with_context(|| format!("reading {}", a.backing.display()))?
+        .len();
     let name = a.backing.to_str().context("backing path is not UTF-8")?;
     let bytes = create_overlay(size, name, &a.backing_format)?;
     std::fs::write(&a.out, bytes).with_context(|| format!("writing {}", a.out.display()))?;
-    println!("wrote {} over {} ({size} bytes)", a.out.display(), a.backing.display());
+    println!(
+        "wrote {} over {} ({size} bytes)",
+        a.out.display(),
+        a.backing.display()
+    );
     Ok(())
 }

@@ -93,22 +93,45 @@ impl Seek for NullSeek {
 /// Prints every field of a detected image.
 pub fn inspect(path: &Path) -> Result<()> {
     match detect(path)? {
-        Format::Boot => print_boot(&BootImage::parse(&read_capped(path, DEFAULT_MAX_IMAGE_SIZE)?)?)?,
-        Format::VendorBoot => print_vendor(&VendorBootImage::parse(&read_capped(path, DEFAULT_MAX_IMAGE_SIZE)?)?)?,
+        Format::Boot => print_boot(&BootImage::parse(&read_capped(
+            path,
+            DEFAULT_MAX_IMAGE_SIZE,
+        )?)?)?,
+        Format::VendorBoot => print_vendor(&VendorBootImage::parse(&read_capped(
+            path,
+            DEFAULT_MAX_IMAGE_SIZE,
+        )?)?)?,
         Format::Sparse => {
             let mut f = File::open(path)?;
             let (h, chunks) = unsparse(&mut f, &mut NullSeek(0), u64::MAX)?;
             println!("format: android sparse image");
-            println!("block size: {}\ntotal blocks: {} ({} bytes expanded)\nchunks: {}", h.block_size, h.total_blocks, h.expanded_len(), h.total_chunks);
+            println!(
+                "block size: {}\ntotal blocks: {} ({} bytes expanded)\nchunks: {}",
+                h.block_size,
+                h.total_blocks,
+                h.expanded_len(),
+                h.total_chunks
+            );
             for c in chunks {
-                println!("  block {:>10} +{:<8} {:?}", c.start_block, c.blocks, c.kind);
+                println!(
+                    "  block {:>10} +{:<8} {:?}",
+                    c.start_block, c.blocks, c.kind
+                );
             }
         }
         Format::Composite => {
             let spec = CompositeDisk::parse(&read_capped(path, MAX_SPEC_LEN)?)?;
-            println!("format: crosvm composite disk\nversion: {}\nlength: {}", spec.version, spec.length);
+            println!(
+                "format: crosvm composite disk\nversion: {}\nlength: {}",
+                spec.version, spec.length
+            );
             for c in &spec.components {
-                println!("  {:>12} {} {}", c.offset, if c.writable { "rw" } else { "ro" }, c.file_path);
+                println!(
+                    "  {:>12} {} {}",
+                    c.offset,
+                    if c.writable { "rw" } else { "ro" },
+                    c.file_path
+                );
             }
             spec.check_files(path.parent().unwrap_or(Path::new(".")))?;
             println!("all component files present and non-overlapping");
@@ -117,15 +140,32 @@ pub fn inspect(path: &Path) -> Result<()> {
             let mut head = vec![0u8; 4096];
             let n = read_up_to(&mut File::open(path)?, &mut head)?;
             let info = parse_header(&head[..n])?;
-            println!("format: qcow2 v{}\nsize: {}\ncluster size: {}\nbacking file: {}", info.version, info.size, info.cluster_size, info.backing_file.as_deref().unwrap_or("-"));
+            println!(
+                "format: qcow2 v{}\nsize: {}\ncluster size: {}\nbacking file: {}",
+                info.version,
+                info.size,
+                info.cluster_size,
+                info.backing_file.as_deref().unwrap_or("-")
+            );
         }
         Format::Gpt => {
             let mut f = File::open(path)?;
             let len = f.metadata()?.len();
             let gpt = Gpt::read(&mut f, len)?;
-            println!("format: GPT disk\ndisk guid: {}\nsectors: {}", gpt.disk_guid, gpt.disk_sectors);
+            println!(
+                "format: GPT disk\ndisk guid: {}\nsectors: {}",
+                gpt.disk_guid, gpt.disk_sectors
+            );
             for (i, p) in gpt.partitions.iter().enumerate() {
-                println!("  {:>3} {:<16} lba {:>10}..={:<10} {:>12} bytes  {}", i + 1, p.name, p.first_lba, p.last_lba, p.size(), p.unique_guid);
+                println!(
+                    "  {:>3} {:<16} lba {:>10}..={:<10} {:>12} bytes  {}",
+                    i + 1,
+                    p.name,
+                    p.first_lba,
+                    p.last_lba,
+                    p.size(),
+                    p.unique_guid
+                );
             }
         }
         Format::Bootconfig => {
@@ -144,11 +184,21 @@ fn print_boot(img: &BootImage) -> Result<()> {
     println!("os version: {}", img.os_version);
     if img.header_version < 3 {
         println!("board: {}", img.board_name);
-        println!("kernel addr: {:#x}, ramdisk addr: {:#x}, second addr: {:#x}, tags addr: {:#x}", img.kernel_addr, img.ramdisk_addr, img.second_addr, img.tags_addr);
+        println!(
+            "kernel addr: {:#x}, ramdisk addr: {:#x}, second addr: {:#x}, tags addr: {:#x}",
+            img.kernel_addr, img.ramdisk_addr, img.second_addr, img.tags_addr
+        );
         if img.header_version == 2 {
             println!("dtb addr: {:#x}", img.dtb_addr);
         }
-        println!("id: {}", img.id.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect::<String>());
+        println!(
+            "id: {}",
+            img.id
+                .unwrap_or_default()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
     }
     if let Some(size) = img.header_size_override {
         println!("header size field: {size} (non-canonical)");
@@ -156,7 +206,10 @@ fn print_boot(img: &BootImage) -> Result<()> {
     println!("cmdline: {}", img.cmdline);
     let (sections, total) = img.sections()?;
     for s in sections {
-        println!("  {:<14} offset {:>10} size {:>10}", s.name, s.offset, s.size);
+        println!(
+            "  {:<14} offset {:>10} size {:>10}",
+            s.name, s.offset, s.size
+        );
     }
     println!("image size: {total}");
     Ok(())
@@ -165,10 +218,19 @@ fn print_boot(img: &BootImage) -> Result<()> {
 fn print_vendor(img: &VendorBootImage) -> Result<()> {
     println!("format: vendor boot image v{}", img.header_version);
     println!("page size: {}\nboard: {}", img.page_size, img.board_name);
-    println!("kernel addr: {:#x}, ramdisk addr: {:#x}, tags addr: {:#x}, dtb addr: {:#x}", img.kernel_addr, img.ramdisk_addr, img.tags_addr, img.dtb_addr);
+    println!(
+        "kernel addr: {:#x}, ramdisk addr: {:#x}, tags addr: {:#x}, dtb addr: {:#x}",
+        img.kernel_addr, img.ramdisk_addr, img.tags_addr, img.dtb_addr
+    );
     println!("cmdline: {}", img.cmdline);
     for (i, r) in img.ramdisks.iter().enumerate() {
-        println!("  ramdisk[{i}] {:?} name {:?} {} bytes board id {:x?}", r.kind, r.name, r.data.len(), &r.board_id[..4]);
+        println!(
+            "  ramdisk[{i}] {:?} name {:?} {} bytes board id {:x?}",
+            r.kind,
+            r.name,
+            r.data.len(),
+            &r.board_id[..4]
+        );
     }
     println!("dtb: {} bytes", img.dtb.len());
     if !img.bootconfig.is_empty() {
@@ -193,7 +255,14 @@ pub fn unpack(path: &Path, out: &Path) -> Result<()> {
     match detect(path)? {
         Format::Boot => {
             let img = BootImage::parse(&read_capped(path, DEFAULT_MAX_IMAGE_SIZE)?)?;
-            for (name, data) in [("kernel", &img.kernel), ("ramdisk", &img.ramdisk), ("second", &img.second), ("recovery_dtbo", &img.recovery_dtbo), ("dtb", &img.dtb), ("signature", &img.signature)] {
+            for (name, data) in [
+                ("kernel", &img.kernel),
+                ("ramdisk", &img.ramdisk),
+                ("second", &img.second),
+                ("recovery_dtbo", &img.recovery_dtbo),
+                ("dtb", &img.dtb),
+                ("signature", &img.signature),
+            ] {
                 put(out, name, data)?;
             }
             put(out, "cmdline", img.cmdline.as_bytes())
@@ -201,13 +270,20 @@ pub fn unpack(path: &Path, out: &Path) -> Result<()> {
         Format::VendorBoot => {
             let img = VendorBootImage::parse(&read_capped(path, DEFAULT_MAX_IMAGE_SIZE)?)?;
             for (i, r) in img.ramdisks.iter().enumerate() {
-                let name = if r.name.is_empty() { format!("vendor_ramdisk{i:02}") } else { format!("vendor_ramdisk{i:02}_{}", r.name) };
+                let name = if r.name.is_empty() {
+                    format!("vendor_ramdisk{i:02}")
+                } else {
+                    format!("vendor_ramdisk{i:02}_{}", r.name)
+                };
                 put(out, &name, &r.data)?;
             }
             put(out, "dtb", &img.dtb)?;
             put(out, "bootconfig", &img.bootconfig)?;
             put(out, "vendor_cmdline", img.cmdline.as_bytes())
         }
-        _ => bail!("{}: unpack handles boot and vendor_boot images only", path.display()),
+        _ => bail!(
+            "{}: unpack handles boot and vendor_boot images only",
+            path.display()
+        ),
     }
 }

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cloudphone-image", about = "Inspect, unpack and build Android images")]
+#[command(
+    name = "cloudphone-image",
+    about = "Inspect, unpack and build Android images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,9 +54,12 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { file } => inspect::inspect(&file),

@@ -130,10 +130,17 @@ mod tests {
                     end <= MMIO_HOLE_START || a.addr >= FOUR_GIB,
                     "RAM {a:?} intrudes into the MMIO hole"
                 );
-                assert!(end <= EBDA_START || a.addr >= HIMEM_START, "RAM {a:?} covers the BIOS area");
+                assert!(
+                    end <= EBDA_START || a.addr >= HIMEM_START,
+                    "RAM {a:?} covers the BIOS area"
+                );
             }
         }
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, total_ram - (HIMEM_START - EBDA_START));
     }
 
@@ -153,7 +160,10 @@ mod tests {
         let map = e820_map(&mem);
         check_map(&map, MMIO_HOLE_START + (512 << 20));
         let high = map.last().unwrap();
-        assert_eq!((high.addr, high.size, high.kind), (FOUR_GIB, 512 << 20, E820_RAM));
+        assert_eq!(
+            (high.addr, high.size, high.kind),
+            (FOUR_GIB, 512 << 20, E820_RAM)
+        );
     }
 
     #[test]
@@ -179,7 +189,11 @@ mod tests {
 
     #[test]
     fn too_many_e820_entries_rejected() {
-        let e = E820Entry { addr: 0, size: 1, kind: E820_RAM };
+        let e = E820Entry {
+            addr: 0,
+            size: 1,
+            kind: E820_RAM,
+        };
         let input = BootParamsInput {
             setup_header: None,
             cmdline: (GuestAddress(0), 0),

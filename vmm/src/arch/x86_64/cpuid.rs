@@ -87,7 +87,10 @@ mod tests {
     }
 
     fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
-        *c.as_slice().iter().find(|e| e.function == f && e.index == i).unwrap()
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .unwrap()
     }
 
     #[test]
@@ -129,7 +132,9 @@ mod tests {
             eprintln!("no /dev/kvm: skipping the KVM-backed CPUID check");
             return;
         };
-        let sup = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).unwrap();
+        let sup = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap();
         let c = vcpu_cpuid(&sup, 1, 2);
         assert_eq!(find(&c, 1, 0).ebx >> 24, 1);
     }

@@ -1,6 +1,6 @@
 //! Initial vCPU register state for the Linux 64-bit boot protocol and real-mode test payloads.
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs, Msrs, kvm_msr_entry};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 

@@ -13,7 +13,11 @@ pub const MAX_VCPUS: u8 = 64;
 
 /// Raw options, as typed or as read from `--config` (every field optional so the two merge).
 #[derive(Parser, Deserialize, Debug, Default, Clone, PartialEq)]
-#[command(name = "cloudphone-vmm", about = "Runs one cloudphone guest under KVM", version)]
+#[command(
+    name = "cloudphone-vmm",
+    about = "Runs one cloudphone guest under KVM",
+    version
+)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawConfig {
     /// Kernel image (bzImage or ELF vmlinux).
@@ -133,6 +137,8 @@ pub struct VmConfig {
     pub on_reboot: OnReboot,
     /// Add virtio-rng at 00:05.0.
     pub rng: bool,
+    /// virtio-console ports at 00:01.0 (port N is the guest's hvcN); empty: no console.
+    pub console_ports: Vec<cloudphone_virtio::console::PortConfig>,
 }
 
 /// A configuration problem (exit code 2).
@@ -225,7 +231,9 @@ impl RawConfig {
         };
         let cpus = self.cpus.unwrap_or(1);
         if !(1..=u64::from(MAX_VCPUS)).contains(&cpus) {
-            return err(format!("--cpus {cpus} is out of range: use 1..={MAX_VCPUS}"));
+            return err(format!(
+                "--cpus {cpus} is out of range: use 1..={MAX_VCPUS}"
+            ));
         }
         let memory_mib = self.memory.unwrap_or(512);
         crate::memory::validate_size(memory_mib).map_err(|e| ConfigError(e.to_string()))?;
@@ -248,7 +256,6 @@ impl RawConfig {
             ("--vsock", self.vsock.is_some()),
             ("--gpu", self.gpu.is_some()),
             ("--input", self.input.is_some()),
-            ("--console", !self.console.is_empty()),
             ("--balloon", self.balloon),
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, on)| *on) {
@@ -256,6 +263,16 @@ impl RawConfig {
                 "{name} is not supported yet: this build has no virtio-pci devices; remove the option"
             ));
         }
+        let specs = self
+            .console
+            .iter()
+            .map(|spec| {
+                spec.parse::<cloudphone_virtio::console::ConsoleSpec>()
+                    .map_err(|e| ConfigError(format!("--console {spec:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let console_ports = cloudphone_virtio::console::ports_from_specs(&specs)
+            .map_err(|e| ConfigError(format!("--console: {e}")))?;
         Ok(VmConfig {
             boot,
             cmdline: self.cmdline.unwrap_or_else(|| "console=ttyS0".into()),
@@ -265,6 +282,7 @@ impl RawConfig {
             api_socket: self.api_socket,
             on_reboot,
             rng: self.rng,
+            console_ports,
         })
     }
 }
@@ -301,10 +319,15 @@ mod tests {
         assert_eq!(c.memory_mib, 512);
         assert_eq!(c.serial, SerialOutput::Stdout);
         assert_eq!(c.on_reboot, OnReboot::Exit);
-        let c = parse(&["--kernel", "/k", "--serial", "file:/x", "--cpus", "4", "--memory", "128"])
-            .unwrap();
+        let c = parse(&[
+            "--kernel", "/k", "--serial", "file:/x", "--cpus", "4", "--memory", "128",
+        ])
+        .unwrap();
         assert_eq!(c.serial, SerialOutput::File("/x".into()));
         assert_eq!((c.cpus, c.memory_mib), (4, 128));
+        let c = parse(&["--kernel", "/k", "--rng", "--console", "port=0,stdout"]).unwrap();
+        assert!(c.rng);
+        assert_eq!(c.console_ports.len(), 1);
     }
 
     #[test]
@@ -320,6 +343,8 @@ mod tests {
             (&["--serial", "file:"], "--serial"),
             (&["--on-reboot", "maybe"], "--on-reboot"),
             (&["--disk", "/d"], "--disk"),
+            (&["--console", "port=0"], "--console"),
+            (&["--console", "port=0,bogus"], "--console"),
         ] {
             let mut full = vec!["--kernel", "/k"];
             full.extend_from_slice(args);
@@ -350,7 +375,10 @@ mod tests {
         let c = parse(&["--config", p, "--cpus", "3"]).unwrap();
         assert_eq!(c.cpus, 3);
         std::fs::write(&path, r#"{"kernel":"/k","cpu":2}"#).unwrap();
-        assert!(parse(&["--config", p]).unwrap_err().to_string().contains("cpu"));
+        assert!(parse(&["--config", p])
+            .unwrap_err()
+            .to_string()
+            .contains("cpu"));
         std::fs::write(&path, "{not json").unwrap();
         assert!(parse(&["--config", p]).is_err());
         assert!(parse(&["--config", "/nonexistent/c.json"]).is_err());

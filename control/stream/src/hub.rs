@@ -1,0 +1,545 @@
+//! One stream per phone, shared by all its viewers (the lease holder plus operators watching):
+//! damage events from the VMM drive the pacer, each frame is converted and encoded once and the
+//! same `Arc<EncodedFrame>` goes to every viewer. Nothing is encoded while no viewer is
+//! connected or the screen is idle. Only viewers granted input may touch the phone.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cloudphone_display::{FramebufferInfo, MappedFramebuffer, PixelFormat};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::input::translate;
+use crate::pacer::PacerAction;
+use crate::vmm_api::{DamageEvent, VmmApi};
+use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
+use crate::{BitrateController, EncodePacer, EncodedFrame, H264Encoder, H264Settings, I420Frame, PixelLayout, StreamError};
+
+/// Bitrate a new stream starts at (bits/s).
+const INITIAL_BITRATE: u32 = 2_500_000;
+/// Re-encode the screen once after this much idleness, so a frame lost at the end of a burst
+/// does not leave viewers on a stale picture.
+const REFRESH_AFTER: Duration = Duration::from_millis(700);
+/// Apply a new bitrate only when it differs this much (each change restarts the encoder).
+const BITRATE_HYSTERESIS: f64 = 0.25;
+/// ... and at most this often.
+const BITRATE_MIN_INTERVAL: Duration = Duration::from_secs(2);
+/// Input messages waiting for the VMM beyond this are dropped (the VMM is stuck).
+const INPUT_QUEUE: usize = 256;
+/// Wait between reconnects of a broken damage stream.
+const DAMAGE_RETRY: Duration = Duration::from_secs(1);
+
+/// How a viewer may use the phone (from the lease check in signalling).
+#[derive(Debug, Clone)]
+pub struct ViewerOptions {
+    /// Who is watching, for log lines (user name).
+    pub label: String,
+    /// Lease holder: its touches and keys go to the phone; everybody else only watches.
+    pub can_send_input: bool,
+}
+
+/// Counters of one phone's stream (what tests and metrics look at).
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Frames converted + encoded (damage-driven and refreshes).
+    pub encoded: AtomicU64,
+    /// Of those, keyframes.
+    pub keyframes: AtomicU64,
+    /// Encoders created (one per stream, again after a geometry or bitrate change).
+    pub encoders: AtomicU64,
+    /// Input messages sent to the VMM.
+    pub input_forwarded: AtomicU64,
+    /// Input messages refused (watch-only viewer, malformed, VMM backlog).
+    pub input_dropped: AtomicU64,
+    /// Current target bitrate (bits/s).
+    pub bitrate: AtomicU64,
+}
+
+impl StreamStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+enum Control {
+    Join(Box<Join>),
+    CloseAll(String),
+}
+
+struct Join {
+    viewer: Viewer,
+    options: ViewerOptions,
+    ended: oneshot::Sender<String>,
+}
+
+struct PhoneHandle {
+    control: mpsc::UnboundedSender<Control>,
+    stats: Arc<StreamStats>,
+}
+
+type Registry = Arc<Mutex<HashMap<String, PhoneHandle>>>;
+
+/// All phone streams of this service; cheap to clone. Viewers of the same phone id share one
+/// stream (one damage subscription, one encoder).
+#[derive(Clone, Default)]
+pub struct StreamHub {
+    phones: Registry,
+}
+
+impl StreamHub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add `viewer` (a started WebRTC session) to phone `phone_id`'s stream, starting the stream
+    /// (VMM at `api_socket`, at most `fps_cap` frames/s) if it is the first viewer. The returned
+    /// receiver yields why the viewer's session ended.
+    pub fn attach(
+        &self,
+        phone_id: &str,
+        api_socket: PathBuf,
+        fps_cap: u32,
+        viewer: Viewer,
+        options: ViewerOptions,
+    ) -> oneshot::Receiver<String> {
+        let (ended, ended_rx) = oneshot::channel();
+        let mut join = Control::Join(Box::new(Join { viewer, options, ended }));
+        let mut phones = lock(&self.phones);
+        if let Some(handle) = phones.get(phone_id) {
+            match handle.control.send(join) {
+                Ok(()) => return ended_rx,
+                Err(mpsc::error::SendError(j)) => join = j,
+            }
+        }
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(StreamStats::default());
+        let _ = control.send(join);
+        phones.insert(phone_id.to_owned(), PhoneHandle { control: control.clone(), stats: stats.clone() });
+        let stream = PhoneStream::new(phone_id.to_owned(), VmmApi::new(api_socket), fps_cap, stats, self.phones.clone(), control);
+        tokio::spawn(stream.run(control_rx));
+        ended_rx
+    }
+
+    /// End every viewer of `phone_id` (lease released or expired, phone stopped).
+    pub fn disconnect(&self, phone_id: &str, reason: &str) {
+        if let Some(handle) = lock(&self.phones).get(phone_id) {
+            let _ = handle.control.send(Control::CloseAll(reason.to_owned()));
+        }
+    }
+
+    /// The running stream's counters, `None` when nobody watches `phone_id`.
+    pub fn stats(&self, phone_id: &str) -> Option<Arc<StreamStats>> {
+        lock(&self.phones).get(phone_id).map(|h| h.stats.clone())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct ViewerSlot {
+    options: ViewerOptions,
+    commands: mpsc::Sender<ViewerCommand>,
+    ended: Option<oneshot::Sender<String>>,
+    connected: bool,
+    /// Skip delta frames until a keyframe reaches this viewer (new, or it missed a frame).
+    needs_key: bool,
+    estimate: Option<u32>,
+    warned_input: bool,
+}
+
+/// The framebuffer mapping and encoder of a stream with viewers.
+struct Encoding {
+    info: FramebufferInfo,
+    map: MappedFramebuffer,
+    layout: PixelLayout,
+    frame: I420Frame,
+    encoder: H264Encoder,
+}
+
+impl Encoding {
+    fn open(info: FramebufferInfo, fps: u32, bitrate: u32) -> Result<Self, StreamError> {
+        let layout = match info.format {
+            PixelFormat::B8G8R8X8 | PixelFormat::B8G8R8A8 => PixelLayout::Bgrx,
+            PixelFormat::R8G8B8X8 | PixelFormat::R8G8B8A8 => PixelLayout::Rgbx,
+            other => {
+                return Err(StreamError::Geometry(format!(
+                    "framebuffer format {other:?} is not supported (B8G8R8X8, B8G8R8A8, R8G8B8X8, R8G8B8A8 are)"
+                )))
+            }
+        };
+        // H.264 needs even sizes: drop an odd last row/column.
+        let (width, height) = (info.width & !1, info.height & !1);
+        let map = MappedFramebuffer::open(&info).map_err(|e| StreamError::Vmm(e.to_string()))?;
+        let frame = I420Frame::new(width, height)?;
+        let encoder = H264Encoder::new(H264Settings { width, height, bitrate, max_fps: fps as f32 })?;
+        Ok(Self { info, map, layout, frame, encoder })
+    }
+
+    fn encode(&mut self, keyframe: bool, bitrate: Option<u32>) -> Result<EncodedFrame, StreamError> {
+        if let Some(bps) = bitrate {
+            self.encoder.set_bitrate(bps)?;
+        }
+        if keyframe {
+            self.encoder.request_keyframe();
+        }
+        let pixels = self
+            .map
+            .frame(&self.info)
+            .ok_or_else(|| StreamError::Geometry("framebuffer file is smaller than its geometry".into()))?;
+        self.frame.fill_from(&pixels, self.info.stride, self.layout)?;
+        self.encoder.encode(&self.frame)
+    }
+}
+
+struct PhoneStream {
+    id: String,
+    api: VmmApi,
+    fps: u32,
+    stats: Arc<StreamStats>,
+    registry: Registry,
+    control: mpsc::UnboundedSender<Control>,
+    viewers: HashMap<u64, ViewerSlot>,
+    next_viewer: u64,
+    events_tx: mpsc::Sender<(u64, ViewerEvent)>,
+    events_rx: mpsc::Receiver<(u64, ViewerEvent)>,
+    pacer: EncodePacer,
+    want_key: bool,
+    bitrate: BitrateController,
+    applied_bitrate: u32,
+    bitrate_changed: Instant,
+    encoding: Option<Box<Encoding>>,
+    screen: Option<(u32, u32)>,
+    input: mpsc::Sender<String>,
+}
+
+impl PhoneStream {
+    fn new(
+        id: String,
+        api: VmmApi,
+        fps: u32,
+        stats: Arc<StreamStats>,
+        registry: Registry,
+        control: mpsc::UnboundedSender<Control>,
+    ) -> Self {
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let (input, input_rx) = mpsc::channel(INPUT_QUEUE);
+        tokio::spawn(forward_input(api.clone(), input_rx, stats.clone(), id.clone()));
+        let bitrate = BitrateController::new(INITIAL_BITRATE);
+        stats.bitrate.store(bitrate.bitrate() as u64, Ordering::Relaxed);
+        Self {
+            pacer: EncodePacer::new(fps as f32, REFRESH_AFTER),
+            applied_bitrate: bitrate.bitrate(),
+            bitrate,
+            bitrate_changed: Instant::now(),
+            id,
+            api,
+            fps,
+            stats,
+            registry,
+            control,
+            viewers: HashMap::new(),
+            next_viewer: 0,
+            events_tx,
+            events_rx,
+            want_key: true,
+            encoding: None,
+            screen: None,
+            input,
+        }
+    }
+
+    async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
+        let (damage_tx, mut damage) = mpsc::channel(64);
+        let watcher = tokio::spawn(watch_damage(self.api.clone(), damage_tx));
+        tracing::info!(phone = %self.id, socket = %self.api.socket().display(), "stream started");
+        loop {
+            let wait = match self.pacer.poll(Instant::now()) {
+                PacerAction::Encode | PacerAction::Resend => {
+                    self.encode_and_send().await;
+                    continue;
+                }
+                PacerAction::WaitFor(d) => d,
+                PacerAction::Idle => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                Some(msg) = control.recv() => self.on_control(msg),
+                Some((id, event)) = self.events_rx.recv() => self.on_viewer_event(id, event).await,
+                Some(event) = damage.recv() => self.on_damage(event),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if self.viewers.is_empty() && self.finish(&mut control) {
+                break;
+            }
+        }
+        watcher.abort();
+        tracing::info!(phone = %self.id, "stream stopped: no viewers left");
+    }
+
+    /// With no viewers left: unregister, unless a join raced in (then keep going).
+    fn finish(&mut self, control: &mut mpsc::UnboundedReceiver<Control>) -> bool {
+        let mut phones = lock(&self.registry);
+        match control.try_recv() {
+            Ok(msg) => {
+                drop(phones);
+                self.on_control(msg);
+                false
+            }
+            Err(_) => {
+                if phones.get(&self.id).is_some_and(|h| h.control.same_channel(&self.control)) {
+                    phones.remove(&self.id);
+                }
+                true
+            }
+        }
+    }
+
+    fn on_control(&mut self, msg: Control) {
+        match msg {
+            Control::Join(join) => {
+                let Join { viewer, options, ended } = *join;
+                let id = self.next_viewer;
+                self.next_viewer += 1;
+                tracing::info!(phone = %self.id, viewer = %options.label, input = options.can_send_input, "viewer joined");
+                let events_tx = self.events_tx.clone();
+                let mut events = viewer.events;
+                tokio::spawn(async move {
+                    while let Some(event) = events.recv().await {
+                        if events_tx.send((id, event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = events_tx.send((id, ViewerEvent::Closed("session ended".into()))).await;
+                });
+                self.viewers.insert(id, ViewerSlot {
+                    options,
+                    commands: viewer.commands,
+                    ended: Some(ended),
+                    connected: false,
+                    needs_key: true,
+                    estimate: None,
+                    warned_input: false,
+                });
+            }
+            Control::CloseAll(reason) => {
+                tracing::info!(phone = %self.id, %reason, "closing all viewers");
+                for (_, mut slot) in self.viewers.drain() {
+                    let _ = slot.commands.try_send(ViewerCommand::Close);
+                    if let Some(ended) = slot.ended.take() {
+                        let _ = ended.send(reason.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_viewer_event(&mut self, id: u64, event: ViewerEvent) {
+        let Some(slot) = self.viewers.get_mut(&id) else { return };
+        match event {
+            ViewerEvent::Connected => {
+                slot.connected = true;
+                self.want_key = true;
+                self.pacer.damage();
+            }
+            ViewerEvent::KeyframeRequest => {
+                slot.needs_key = true;
+                self.want_key = true;
+                self.pacer.damage();
+            }
+            ViewerEvent::Bitrate(bps) => {
+                slot.estimate = Some(bps);
+                self.update_bitrate();
+            }
+            ViewerEvent::Input(message) => self.on_input(id, message).await,
+            ViewerEvent::Closed(reason) => {
+                if let Some(mut slot) = self.viewers.remove(&id) {
+                    tracing::info!(phone = %self.id, viewer = %slot.options.label, %reason, "viewer left");
+                    if let Some(ended) = slot.ended.take() {
+                        let _ = ended.send(reason);
+                    }
+                }
+                if !self.viewers.values().any(|v| v.connected) {
+                    // Nobody watches: free the encoder and the mapping.
+                    self.encoding = None;
+                }
+                self.update_bitrate();
+            }
+        }
+    }
+
+    async fn on_input(&mut self, id: u64, message: String) {
+        let Some(slot) = self.viewers.get_mut(&id) else { return };
+        if !slot.options.can_send_input {
+            StreamStats::bump(&self.stats.input_dropped);
+            if !std::mem::replace(&mut slot.warned_input, true) {
+                tracing::warn!(phone = %self.id, viewer = %slot.options.label, "dropping input from a watch-only viewer (not the lease holder)");
+            }
+            return;
+        }
+        let (width, height) = match self.screen {
+            Some(size) => size,
+            None => match self.api.framebuffer().await {
+                Ok(info) => *self.screen.insert((info.width, info.height)),
+                Err(e) => {
+                    StreamStats::bump(&self.stats.input_dropped);
+                    tracing::warn!(phone = %self.id, error = %e, "dropping input: screen size unknown");
+                    return;
+                }
+            },
+        };
+        match translate(&message, width, height) {
+            Ok(body) => {
+                if self.input.try_send(body).is_err() {
+                    StreamStats::bump(&self.stats.input_dropped);
+                    tracing::warn!(phone = %self.id, "dropping input: the VMM is not keeping up");
+                }
+            }
+            Err(why) => {
+                StreamStats::bump(&self.stats.input_dropped);
+                tracing::debug!(phone = %self.id, %why, "dropping malformed input message");
+            }
+        }
+    }
+
+    fn on_damage(&mut self, event: DamageEvent) {
+        if let Some(enc) = &self.encoding {
+            let right = u64::from(event.x) + u64::from(event.width);
+            let bottom = u64::from(event.y) + u64::from(event.height);
+            if right > u64::from(enc.info.width) || bottom > u64::from(enc.info.height) {
+                tracing::info!(phone = %self.id, "damage outside the known screen: re-reading the geometry");
+                self.encoding = None;
+                self.screen = None;
+            }
+        }
+        if self.viewers.values().any(|v| v.connected) {
+            self.pacer.damage();
+        }
+    }
+
+    /// Target = the controller's rate capped by the slowest viewer's estimate.
+    fn update_bitrate(&mut self) {
+        let Some(slowest) = self.viewers.values().filter_map(|v| v.estimate).min() else { return };
+        let target = self.bitrate.on_feedback(0.0, Some(slowest));
+        self.stats.bitrate.store(target as u64, Ordering::Relaxed);
+    }
+
+    /// The bitrate to switch the encoder to now, if any (hysteresis + rate limit).
+    fn bitrate_change(&mut self) -> Option<u32> {
+        let target = self.bitrate.bitrate();
+        let delta = (target as f64 - self.applied_bitrate as f64).abs() / self.applied_bitrate as f64;
+        if delta < BITRATE_HYSTERESIS || self.bitrate_changed.elapsed() < BITRATE_MIN_INTERVAL {
+            return None;
+        }
+        self.applied_bitrate = target;
+        self.bitrate_changed = Instant::now();
+        Some(target)
+    }
+
+    async fn encode_and_send(&mut self) {
+        if !self.viewers.values().any(|v| v.connected) {
+            return;
+        }
+        let encoding = match self.encoding.take() {
+            Some(enc) => enc,
+            None => match self.open_encoding().await {
+                Ok(enc) => enc,
+                Err(e) => {
+                    tracing::warn!(phone = %self.id, error = %e, "cannot encode the screen");
+                    return;
+                }
+            },
+        };
+        let keyframe = std::mem::take(&mut self.want_key);
+        let bitrate = self.bitrate_change();
+        let mut encoding = encoding;
+        let job = tokio::task::spawn_blocking(move || {
+            let result = encoding.encode(keyframe, bitrate);
+            (encoding, result)
+        });
+        let (encoding, result) = match job.await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(phone = %self.id, error = %e, "encoder task panicked; restarting the encoder");
+                self.want_key = true;
+                return;
+            }
+        };
+        self.encoding = Some(encoding);
+        let frame = match result {
+            Ok(frame) => Arc::new(frame),
+            Err(e) => {
+                tracing::warn!(phone = %self.id, error = %e, "encoding failed; re-reading the screen");
+                self.encoding = None;
+                self.want_key = true;
+                return;
+            }
+        };
+        StreamStats::bump(&self.stats.encoded);
+        if frame.keyframe {
+            StreamStats::bump(&self.stats.keyframes);
+        }
+        self.fan_out(frame);
+    }
+
+    async fn open_encoding(&mut self) -> Result<Box<Encoding>, StreamError> {
+        let info = self.api.framebuffer().await?;
+        self.screen = Some((info.width, info.height));
+        let (fps, bitrate) = (self.fps, self.applied_bitrate);
+        let enc = tokio::task::spawn_blocking(move || Encoding::open(info, fps, bitrate))
+            .await
+            .map_err(|e| StreamError::Encoder(format!("encoder setup panicked: {e}")))??;
+        StreamStats::bump(&self.stats.encoders);
+        self.want_key = true;
+        Ok(Box::new(enc))
+    }
+
+    fn fan_out(&mut self, frame: Arc<EncodedFrame>) {
+        for slot in self.viewers.values_mut().filter(|v| v.connected) {
+            if slot.needs_key && !frame.keyframe {
+                continue;
+            }
+            match slot.commands.try_send(ViewerCommand::Frame(frame.clone())) {
+                Ok(()) => slot.needs_key = false,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // It missed a frame: its decoder needs a fresh start.
+                    slot.needs_key = true;
+                    self.want_key = true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        if self.viewers.values().any(|v| v.connected && v.needs_key) {
+            self.want_key = true;
+            self.pacer.damage();
+        }
+    }
+}
+
+/// Keep a damage subscription open for as long as the stream runs, reconnecting after errors.
+async fn watch_damage(api: VmmApi, sink: mpsc::Sender<DamageEvent>) {
+    loop {
+        match api.damage_events(sink.clone()).await {
+            Ok(()) if sink.is_closed() => return,
+            Ok(()) => tracing::info!(socket = %api.socket().display(), "damage stream ended; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "damage stream failed; retrying in 1 s"),
+        }
+        tokio::time::sleep(DAMAGE_RETRY).await;
+    }
+}
+
+/// Send input bodies to the VMM one at a time, in order.
+async fn forward_input(api: VmmApi, mut queue: mpsc::Receiver<String>, stats: Arc<StreamStats>, phone: String) {
+    while let Some(body) = queue.recv().await {
+        match api.put_input(body).await {
+            Ok(()) => StreamStats::bump(&stats.input_forwarded),
+            Err(e) => {
+                StreamStats::bump(&stats.input_dropped);
+                tracing::warn!(%phone, error = %e, "input not delivered");
+            }
+        }
+    }
+}

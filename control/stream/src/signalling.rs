@@ -1,0 +1,234 @@
+//! WebRTC signalling for the browser: `GET /phones/{id}/stream` (mounted under `/api/v1`)
+//! upgrades to a WebSocket after the control service has authorised the caller for that phone.
+//!
+//! Protocol (JSON text messages):
+//! 1. server → `{"type":"config","iceServers":[{"urls":[..],"username":..,"credential":..}],"input":bool}`
+//! 2. browser → `{"type":"offer","sdp":".."}` (recvonly video + an ordered reliable data channel
+//!    named "input"; ICE gathering finished, no trickle)
+//! 3. server → `{"type":"answer","sdp":".."}` or `{"type":"error","message":".."}`
+//! 4. later, server → `{"type":"ended","reason":".."}` when the stream ends (lease over, phone
+//!    stopped); closing the WebSocket ends the viewer's session.
+//!
+//! ICE: the server offers one host candidate on [`SignallingConfig::bind_ip`] (loopback by
+//! default: set it to an address browsers can reach). Behind NAT, run coturn
+//! (`turnserver --listening-port 3478 --realm cloudphone --user demo:secret --lt-cred-mech
+//! --external-ip PUBLIC/PRIVATE`), set `bind_ip` to the private address coturn can reach and put
+//! `{"urls":["turn:PUBLIC:3478"],"username":"demo","credential":"secret"}` in
+//! [`SignallingConfig::ice_servers`]: browsers then relay through coturn to the host candidate.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::hub::{StreamHub, ViewerOptions};
+use crate::webrtc::{start_viewer, ViewerCommand};
+
+/// Largest signalling message accepted (an SDP offer is a few KiB).
+const MAX_MESSAGE: usize = 64 * 1024;
+/// How long the browser has to send its offer.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the control service allows a caller to do with one phone's stream.
+#[derive(Debug, Clone)]
+pub struct StreamGrant {
+    /// The phone's VMM API socket (framebuffer, damage events, input).
+    pub api_socket: PathBuf,
+    /// True for the lease holder; operators watching get false (their input is dropped).
+    pub can_send_input: bool,
+    /// The device profile's frame-rate cap.
+    pub fps_cap: u32,
+    /// Who is watching (user name), for logs.
+    pub viewer: String,
+}
+
+/// Why a caller may not open a stream: sent as the HTTP status + JSON error before any upgrade.
+#[derive(Debug, Clone)]
+pub struct StreamDenied {
+    /// 401 (not logged in), 404 (no such phone, or not yours: do not reveal which), ...
+    pub status: StatusCode,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// Boxed future returned by [`StreamAuthorizer::authorize`].
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<StreamGrant, StreamDenied>> + Send + 'a>>;
+
+/// Implemented by the control service: checks the caller (session cookie or bearer token in
+/// `request.headers`) against the phone's lease. Lease holder → input allowed; operator → watch
+/// only; anyone else → 404.
+pub trait StreamAuthorizer: Send + Sync + 'static {
+    /// Decide for the upgrade request `request` on phone `phone_id` (the raw path segment;
+    /// validate it).
+    fn authorize<'a>(&'a self, request: &'a Parts, phone_id: &'a str) -> AuthFuture<'a>;
+}
+
+/// A STUN/TURN server as `RTCPeerConnection` takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IceServer {
+    /// `stun:host:port` / `turn:host:port?transport=udp` URLs.
+    pub urls: Vec<String>,
+    /// TURN user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Signalling settings.
+#[derive(Debug, Clone)]
+pub struct SignallingConfig {
+    /// Address of the host ICE candidate (UDP sockets are bound here): one browsers can reach.
+    pub bind_ip: IpAddr,
+    /// STUN/TURN servers handed to browsers.
+    pub ice_servers: Vec<IceServer>,
+}
+
+impl Default for SignallingConfig {
+    fn default() -> Self {
+        Self { bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), ice_servers: Vec::new() }
+    }
+}
+
+#[derive(Clone)]
+struct Signalling {
+    hub: StreamHub,
+    auth: Arc<dyn StreamAuthorizer>,
+    config: Arc<SignallingConfig>,
+}
+
+/// The signalling route `GET /phones/{id}/stream`, to be nested under `/api/v1` (it fits the
+/// `extra` router of the control service's `router_with`). Works with any outer state.
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    hub: StreamHub,
+    auth: Arc<dyn StreamAuthorizer>,
+    config: SignallingConfig,
+) -> Router<S> {
+    Router::new()
+        .route("/phones/{id}/stream", get(upgrade))
+        .with_state(Signalling { hub, auth, config: Arc::new(config) })
+}
+
+async fn upgrade(
+    State(st): State<Signalling>,
+    Path(phone): Path<String>,
+    parts: Parts,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !same_origin(&parts) {
+        return deny(StatusCode::FORBIDDEN, "cross-origin WebSocket refused: open the UI from this server".into());
+    }
+    let grant = match st.auth.authorize(&parts, &phone).await {
+        Ok(grant) => grant,
+        Err(denied) => return deny(denied.status, denied.message),
+    };
+    ws.max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| session(socket, st, phone, grant))
+}
+
+fn deny(status: StatusCode, message: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": message }).to_string()).into_response()
+}
+
+/// Browsers always send `Origin` on WebSocket handshakes: it must name this host, so another
+/// site cannot open a stream with the user's cookie. Non-browser clients send none.
+fn same_origin(parts: &Parts) -> bool {
+    let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+    !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ClientMessage {
+    Offer { sdp: String },
+}
+
+async fn send(socket: &mut WebSocket, value: serde_json::Value) -> bool {
+    socket.send(Message::Text(value.to_string().into())).await.is_ok()
+}
+
+async fn session(mut socket: WebSocket, st: Signalling, phone: String, grant: StreamGrant) {
+    let config = json!({"type": "config", "iceServers": st.config.ice_servers, "input": grant.can_send_input});
+    if !send(&mut socket, config).await {
+        return;
+    }
+    let offer = match tokio::time::timeout(OFFER_TIMEOUT, next_offer(&mut socket)).await {
+        Ok(Ok(offer)) => offer,
+        Ok(Err(why)) => {
+            let _ = send(&mut socket, json!({"type": "error", "message": why})).await;
+            return;
+        }
+        Err(_) => {
+            let _ = send(&mut socket, json!({"type": "error", "message": "no offer within 30 s"})).await;
+            return;
+        }
+    };
+    let viewer = match start_viewer(&offer, st.config.bind_ip).await {
+        Ok(viewer) => viewer,
+        Err(e) => {
+            tracing::info!(%phone, error = %e, "refusing a viewer's offer");
+            let _ = send(&mut socket, json!({"type": "error", "message": e.to_string()})).await;
+            return;
+        }
+    };
+    let answer = viewer.answer_sdp.clone();
+    let commands = viewer.commands.clone();
+    let options = ViewerOptions { label: grant.viewer.clone(), can_send_input: grant.can_send_input };
+    let mut ended = st.hub.attach(&phone, grant.api_socket, grant.fps_cap, viewer, options);
+    if !send(&mut socket, json!({"type": "answer", "sdp": answer})).await {
+        let _ = commands.send(ViewerCommand::Close).await;
+        return;
+    }
+    loop {
+        tokio::select! {
+            reason = &mut ended => {
+                let reason = reason.unwrap_or_else(|_| "stream stopped".into());
+                let _ = send(&mut socket, json!({"type": "ended", "reason": reason})).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    let _ = commands.send(ViewerCommand::Close).await;
+                    return;
+                }
+                Some(Ok(_)) => {} // keep-alives; nothing else is expected after the answer
+            },
+        }
+    }
+}
+
+async fn next_offer(socket: &mut WebSocket) -> Result<String, String> {
+    loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(text))) => {
+                return match serde_json::from_str::<ClientMessage>(&text) {
+                    Ok(ClientMessage::Offer { sdp }) => Ok(sdp),
+                    Err(e) => Err(format!("expected {{\"type\":\"offer\",\"sdp\":..}}: {e}")),
+                };
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(_)) => return Err("send the offer as a JSON text message".into()),
+            Some(Err(e)) => return Err(format!("WebSocket error: {e}")),
+            None => return Err("closed before the offer".into()),
+        }
+    }
+}

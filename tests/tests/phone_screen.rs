@@ -1,0 +1,215 @@
+//! Tier 2: the test phone image (boot.img + vendor_boot.img) boots under cloudphone-vmm, the
+//! phone agent draws its home screen through virtio-gpu, and touches/keys injected through the
+//! VMM API change what is on screen. Goldens come from the agent's own drawing code on the host
+//! (`phone-agent render`), so guest and host must agree pixel for pixel outside the clock.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cloudphone_tests::{cache_dir, scratch_dir, VmProcess};
+
+const WIDTH: u32 = 720;
+const HEIGHT: u32 = 1280;
+const CPUS: u32 = 2;
+/// Rows 0..STATUS_BAR hold the real time: not compared with goldens.
+const STATUS_BAR: u32 = 48;
+
+struct Rgba {
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+}
+
+fn decode_png(bytes: &[u8]) -> Rgba {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("PNG header");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).expect("PNG frame");
+    assert_eq!(info.color_type, png::ColorType::Rgba, "screenshots are RGBA");
+    pixels.truncate(info.buffer_size());
+    Rgba { width: info.width, height: info.height, pixels }
+}
+
+/// Fraction of pixels below the status bar that differ (any channel off by more than 8).
+fn difference(a: &Rgba, b: &Rgba) -> f64 {
+    assert_eq!((a.width, a.height), (b.width, b.height), "screen sizes differ");
+    let start = (STATUS_BAR * a.width * 4) as usize;
+    let differing = a.pixels[start..]
+        .chunks_exact(4)
+        .zip(b.pixels[start..].chunks_exact(4))
+        .filter(|(p, q)| p[..3].iter().zip(&q[..3]).any(|(x, y)| x.abs_diff(*y) > 8))
+        .count();
+    differing as f64 / ((a.height - STATUS_BAR) * a.width) as f64
+}
+
+fn count_colour(img: &Rgba, rgb: [u8; 3]) -> usize {
+    img.pixels
+        .chunks_exact(4)
+        .filter(|p| p[..3].iter().zip(&rgb).all(|(x, y)| x.abs_diff(*y) <= 6))
+        .count()
+}
+
+fn phone_agent() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
+    let agent = target.join("x86_64-unknown-linux-gnu/release/phone-agent");
+    assert!(agent.exists(), "{} missing: run scripts/build-test-image", agent.display());
+    agent
+}
+
+fn golden(dir: &Path, screen: &str, extra: &[&str]) -> Rgba {
+    let out = dir.join(format!("golden-{screen}-{}.png", extra.join("_").replace(['=', '/'], "-")));
+    let status = Command::new(phone_agent())
+        .args(["render", "--screen", screen, "--width", &WIDTH.to_string(), "--height", &HEIGHT.to_string()])
+        .args(["--time", "12:00", "--out"])
+        .arg(&out)
+        .args(extra.iter().flat_map(|e| ["--info", e]))
+        .status()
+        .expect("run phone-agent render");
+    assert!(status.success(), "phone-agent render {screen} failed");
+    decode_png(&std::fs::read(&out).unwrap())
+}
+
+/// Centre of a named icon from `phone-agent layout`.
+fn icon_centre(name: &str) -> (u32, u32) {
+    let out = Command::new(phone_agent())
+        .args(["layout", "--width", &WIDTH.to_string(), "--height", &HEIGHT.to_string()])
+        .output()
+        .expect("phone-agent layout");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("icon name={name} ")))
+        .unwrap_or_else(|| panic!("no icon {name} in layout:\n{text}"));
+    let field = |k: &str| -> u32 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("x") + field("w") / 2, field("y") + field("h") / 2)
+}
+
+fn save_png(img: &Rgba, path: &Path) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), img.width, img.height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header().unwrap().write_image_data(&img.pixels).unwrap();
+}
+
+/// The guest's screen, read from the exported framebuffer (shared memory) the API points at.
+fn screenshot(vm: &VmProcess) -> Rgba {
+    let (status, body) = vm.api("GET", "/framebuffer", None).unwrap();
+    assert_eq!(status, 200, "GET /framebuffer: {body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let path = info["path"].as_str().unwrap();
+    let stride = info["stride"].as_u64().unwrap() as usize;
+    let (w, h) = (info["width"].as_u64().unwrap() as u32, info["height"].as_u64().unwrap() as u32);
+    assert_eq!(info["format"], "B8G8R8X8", "phone agent uses XRGB8888");
+    let raw = std::fs::read(path).unwrap();
+    let mut pixels = Vec::with_capacity((w * h * 4) as usize);
+    for row in 0..h as usize {
+        for px in raw[row * stride..row * stride + w as usize * 4].chunks_exact(4) {
+            pixels.extend_from_slice(&[px[2], px[1], px[0], 255]);
+        }
+    }
+    Rgba { width: w, height: h, pixels }
+}
+
+fn touch(vm: &VmProcess, fingers: &[(u32, u32, u32, bool)]) {
+    let list: Vec<String> = fingers
+        .iter()
+        .map(|(id, x, y, down)| format!(r#"{{"id":{id},"x":{x},"y":{y},"down":{down}}}"#))
+        .collect();
+    let body = format!(r#"{{"touch":[{}]}}"#, list.join(","));
+    let (status, reply) = vm.api("PUT", "/input", Some(&body)).unwrap();
+    assert!(status < 300, "PUT /input {body}: {status} {reply}");
+}
+
+fn key(vm: &VmProcess, name: &str) {
+    for down in [true, false] {
+        let body = format!(r#"{{"key":"{name}","down":{down}}}"#);
+        let (status, reply) = vm.api("PUT", "/input", Some(&body)).unwrap();
+        assert!(status < 300, "PUT /input {body}: {status} {reply}");
+    }
+}
+
+#[test]
+#[ignore = "tier 2: needs working KVM and scripts/build-test-image"]
+fn phone_boots_draws_home_and_reacts_to_touch_and_keys() {
+    let image = cache_dir().join("test-image");
+    let dir = scratch_dir("phone-screen");
+    let report = dir.join("hvc1.log");
+    let args: Vec<String> = [
+        "--boot-img".to_string(),
+        image.join("boot.img").display().to_string(),
+        "--vendor-boot".into(),
+        image.join("vendor_boot.img").display().to_string(),
+        "--cpus".into(),
+        CPUS.to_string(),
+        "--memory".into(),
+        "1024".into(),
+        "--gpu".into(),
+        format!("width={WIDTH},height={HEIGHT},dpi=320"),
+        "--input".into(),
+        "touch,keyboard".into(),
+        "--console".into(),
+        format!("port=0,path={}", dir.join("hvc0.log").display()),
+        "--console".into(),
+        format!("port=1,path={}", report.display()),
+    ]
+    .into();
+    let mut vm = VmProcess::spawn(&dir, &args).unwrap();
+    let ready = vm.wait_for_line_in(&report, "PHONE_READY", Duration::from_secs(240)).unwrap();
+    assert!(ready.contains(&format!("width={WIDTH} height={HEIGHT}")), "{ready}");
+    vm.wait_for_line_in(&report, "SCREEN app=home", Duration::from_secs(10)).unwrap();
+
+    let home = screenshot(&vm);
+    let home_golden = golden(&dir, "home", &[]);
+    let diff = difference(&home, &home_golden);
+    assert!(diff < 0.01, "home screen differs from the golden in {:.2}% of pixels", diff * 100.0);
+    // Kept for the docs (the repo is read-only inside the sandbox; scripts/test copies it).
+    save_png(&home, &dir.join("home.png"));
+    eprintln!("home screenshot: {}", dir.join("home.png").display());
+
+    // Tap Info: the Info page shows this VM's vCPU count.
+    let (x, y) = icon_centre("Info");
+    touch(&vm, &[(0, x, y, true)]);
+    touch(&vm, &[(0, x, y, false)]);
+    vm.wait_for_line_in(&report, "SCREEN app=info", Duration::from_secs(20)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let info = screenshot(&vm);
+    let right = difference(&info, &golden(&dir, "info", &[&format!("vcpus={CPUS}")]));
+    let wrong = difference(&info, &golden(&dir, "info", &[&format!("vcpus={}", CPUS + 5)]));
+    assert!(right < wrong, "Info page does not show {CPUS} vCPUs (diff {right:.4} vs {wrong:.4})");
+    assert!(difference(&info, &home) > 0.05, "Info page looks like the home screen");
+
+    // BACK returns home.
+    key(&vm, "BACK");
+    let line = vm.wait_for_line_in(&report, "key=BACK", Duration::from_secs(20)).unwrap();
+    assert!(line.contains("t_us="), "{line}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(difference(&screenshot(&vm), &home_golden) < 0.01, "BACK did not return home");
+
+    // Paint: a two-finger gesture leaves two strokes in the per-finger colours.
+    let (x, y) = icon_centre("Paint");
+    touch(&vm, &[(0, x, y, true)]);
+    touch(&vm, &[(0, x, y, false)]);
+    vm.wait_for_line_in(&report, "SCREEN app=paint", Duration::from_secs(20)).unwrap();
+    for step in 0..10 {
+        touch(&vm, &[(0, 150 + step * 20, 400, true), (1, 150 + step * 20, 900, true)]);
+    }
+    touch(&vm, &[(0, 350, 400, false), (1, 350, 900, false)]);
+    vm.wait_for_line_in(&report, "slot=1 action=up", Duration::from_secs(20)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let painted = screenshot(&vm);
+    let red = count_colour(&painted, [0xe5, 0x39, 0x35]);
+    let blue = count_colour(&painted, [0x1e, 0x88, 0xe5]);
+    assert!(red > 500 && blue > 500, "two strokes expected: red {red} px, blue {blue} px");
+
+    let (status, _) = vm.api("PUT", "/shutdown", None).unwrap();
+    assert!(status < 300);
+    assert_eq!(vm.wait_exit(Duration::from_secs(60)).unwrap(), Some(0));
+}
