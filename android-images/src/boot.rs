@@ -164,6 +164,13 @@ pub fn lay_out(
     sizes: &[(&'static str, u64)],
     field_prefix: &str,
 ) -> Result<(Vec<Section>, u64)> {
+    if !page_size.is_power_of_two() {
+        return Err(invalid(
+            format!("{field_prefix}.page_size"),
+            page_size,
+            "must be a power of two",
+        ));
+    }
     let page = u64::from(page_size);
     let mut offset = align_up(header_len, page, field_prefix)?;
     let mut sections = Vec::with_capacity(sizes.len());

@@ -56,6 +56,14 @@ pub enum ImageError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A file's contents were rejected (the inner error names the field).
+    #[error("{}: {source}", path.display())]
+    InFile {
+        /// The file that was parsed.
+        path: PathBuf,
+        /// What was wrong with it.
+        source: Box<ImageError>,
+    },
     /// A stream (not a named file) failed while reading or writing.
     #[error("{what}: I/O error: {source}")]
     Stream {

@@ -310,9 +310,20 @@ impl Gpt {
                 "disagrees with the primary header",
             ));
         }
+        let entries_at = primary
+            .entries_lba
+            .checked_mul(SECTOR)
+            .filter(|&at| at < disk_len)
+            .ok_or_else(|| {
+                invalid(
+                    "gpt primary header.partition_entry_lba",
+                    primary.entries_lba,
+                    "past the end of the disk",
+                )
+            })?;
         let entries = read_at(
             disk,
-            primary.entries_lba * SECTOR,
+            entries_at,
             (primary.count * ENTRY_SIZE) as usize,
             "gpt entries",
         )?;

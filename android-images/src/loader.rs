@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use crate::boot::BootImage;
 use crate::bootconfig::{append_trailer, extract_androidboot, BootConfig};
-use crate::error::{invalid, io_err, Result};
+use crate::error::{invalid, io_err, ImageError, Result};
 use crate::vendor_boot::VendorBootImage;
 
 /// Largest image file [`load_android_boot`] reads by default: real boot images are tens of
@@ -77,7 +77,10 @@ pub fn load_android_boot(
 /// are prefixed with the path.
 pub fn parse_file<T>(path: &Path, max: u64, parse: impl Fn(&[u8]) -> Result<T>) -> Result<T> {
     let buf = read_capped(path, max)?;
-    parse(&buf).map_err(|e| invalid(path.display().to_string(), "image", e.to_string()))
+    parse(&buf).map_err(|e| ImageError::InFile {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 /// Reads a whole file, refusing files larger than `max` bytes.

@@ -304,6 +304,7 @@ fn fuzz_gpt_reader() {
     disk.extend(gpt.backup_bytes().unwrap());
     // Mutations confined to the tables (the partition data is irrelevant to the reader).
     let tables: Vec<u8> = disk.clone();
+    let disk_for_crc = disk.clone();
     fuzz(
         "gpt mutations",
         (
@@ -318,6 +319,22 @@ fn fuzz_gpt_reader() {
                     d[base + i] = v;
                 }
             }
+            let _ = Gpt::read(&mut Cursor::new(&d), d.len() as u64);
+            Ok(())
+        },
+    );
+    // Header fields changed behind a recomputed CRC, so the reader's field checks are reached.
+    fuzz(
+        "gpt header fields with valid crc",
+        proptest::collection::vec((24usize..92, any::<u8>()), 1..6),
+        move |edits| {
+            let mut d = disk_for_crc.clone();
+            for (i, v) in edits {
+                d[512 + i] = v;
+            }
+            d[512 + 16..512 + 20].fill(0);
+            let crc = crc32fast::hash(&d[512..512 + 92]);
+            d[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
             let _ = Gpt::read(&mut Cursor::new(&d), d.len() as u64);
             Ok(())
         },

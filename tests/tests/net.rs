@@ -65,14 +65,21 @@ impl Drop for NetNs {
     }
 }
 
+// Lines the test parses end with a *_END marker: the serial log is read while the guest is
+// still writing, so a line is only complete once its marker is there.
+
 fn phone_b_script() -> String {
-    // Listen before the address exists, so phone A cannot connect too early.
+    // Listen before the address exists, so phone A cannot connect too early. nc's stdin is a
+    // FIFO this shell holds open: stdin EOF would make nc shut its sending side, and the
+    // sender's nc quits when it sees that.
     "ip link set eth0 up\n\
-     nc -l -p 5000 < /dev/null | sha256sum > /sum &\n\
+     mkfifo /hold\n\
+     exec 3<>/hold\n\
+     nc -l -p 5000 <&3 | sha256sum > /sum &\n\
      ip addr add 10.77.0.2/24 dev eth0\n\
-     echo \"MAC=$(cat /sys/class/net/eth0/address)\"\n\
+     echo \"MAC=$(cat /sys/class/net/eth0/address) MAC_END\"\n\
      wait\n\
-     echo \"RECV=$(cut -d' ' -f1 /sum)\"\n\
+     echo \"RECV=$(cut -d' ' -f1 /sum) RECV_END\"\n\
      sleep 1\npoweroff -f\n"
         .to_string()
 }
@@ -81,7 +88,7 @@ fn phone_a_script() -> String {
     format!(
         "ip link set eth0 up\n\
          ip addr add 10.77.0.1/24 dev eth0\n\
-         echo \"MAC=$(cat /sys/class/net/eth0/address)\"\n\
+         echo \"MAC=$(cat /sys/class/net/eth0/address) MAC_END\"\n\
          i=0; until ping -c 1 -W 1 10.77.0.2 > /dev/null 2>&1; do i=$((i+1)); [ $i -gt 300 ] && break; done\n\
          if ping -c 3 -W 2 10.77.0.2; then echo PING_OK; else echo PING_FAILED; fi\n\
          mkfifo /p\n\
@@ -89,7 +96,7 @@ fn phone_a_script() -> String {
          start=$(cut -d' ' -f1 /proc/uptime)\n\
          head -c {TRANSFER_BYTES} /dev/urandom | tee /p | nc 10.77.0.2 5000 > /dev/null\n\
          wait\n\
-         echo \"SENT=$(cut -d' ' -f1 /sum) start=$start end=$(cut -d' ' -f1 /proc/uptime)\"\n\
+         echo \"SENT=$(cut -d' ' -f1 /sum) start=$start end=$(cut -d' ' -f1 /proc/uptime) SENT_END\"\n\
          sleep 1\npoweroff -f\n"
     )
 }
@@ -133,13 +140,13 @@ fn two_phones_on_a_bridge_ping_and_move_100_mib_intact() {
     let mut b = boot("phone-b", "cpnet-b", phone_b_script());
     let mut a = boot("phone-a", "cpnet-a", phone_a_script());
 
-    let mac_a = value(&a.wait_for_line("MAC=", TIMEOUT).unwrap(), "MAC=");
-    let mac_b = value(&b.wait_for_line("MAC=", TIMEOUT).unwrap(), "MAC=");
+    let mac_a = value(&a.wait_for_line("MAC_END", TIMEOUT).unwrap(), "MAC=");
+    let mac_b = value(&b.wait_for_line("MAC_END", TIMEOUT).unwrap(), "MAC=");
     assert_ne!(mac_a, mac_b, "each phone gets its own MAC");
     a.wait_for_line("PING_OK", TIMEOUT).unwrap_or_else(|e| panic!("{e}\n{}", b.diagnostics()));
 
-    let sent_line = a.wait_for_line("SENT=", TIMEOUT).unwrap();
-    let recv_line = b.wait_for_line("RECV=", TIMEOUT).unwrap();
+    let sent_line = a.wait_for_line("SENT_END", TIMEOUT).unwrap();
+    let recv_line = b.wait_for_line("RECV_END", TIMEOUT).unwrap();
     let sent = value(&sent_line, "SENT=");
     assert_eq!(sent.len(), 64, "{sent_line}");
     assert_eq!(value(&recv_line, "RECV="), sent, "phone B received different bytes than A sent");

@@ -543,3 +543,142 @@ async fn forward_input(api: VmmApi, mut queue: mpsc::Receiver<String>, stats: Ar
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_vmm::FakeVmm;
+
+    struct FakeViewer {
+        frames: mpsc::Receiver<ViewerCommand>,
+        events: mpsc::Sender<ViewerEvent>,
+    }
+
+    impl FakeViewer {
+        fn join(hub: &StreamHub, vmm: &FakeVmm, label: &str, can_send_input: bool) -> Self {
+            let (commands, frames) = mpsc::channel(8);
+            let (events, events_rx) = mpsc::channel(8);
+            let viewer = Viewer {
+                answer_sdp: String::new(),
+                commands,
+                events: events_rx,
+                local_addr: "127.0.0.1:9".parse().unwrap(),
+            };
+            let options = ViewerOptions { label: label.into(), can_send_input };
+            drop(hub.attach("phone-1", vmm.socket.clone(), 30, viewer, options));
+            Self { frames, events }
+        }
+
+        async fn send(&self, event: ViewerEvent) {
+            self.events.send(event).await.unwrap();
+        }
+
+        async fn next_frame(&mut self) -> Arc<EncodedFrame> {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), self.frames.recv()).await {
+                    Ok(Some(ViewerCommand::Frame(f))) => return f,
+                    Ok(Some(ViewerCommand::Close)) | Ok(None) => panic!("viewer closed"),
+                    Err(_) => panic!("no frame within 10 s"),
+                }
+            }
+        }
+
+        fn pending_frames(&mut self) -> usize {
+            std::iter::from_fn(|| self.frames.try_recv().ok()).count()
+        }
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn count(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_encoder_for_two_viewers_encodes_only_after_damage() {
+        let vmm = FakeVmm::start(64, 48);
+        let hub = StreamHub::new();
+        let mut holder = FakeViewer::join(&hub, &vmm, "alice", true);
+        let mut watcher = FakeViewer::join(&hub, &vmm, "operator", false);
+        until("one damage subscription", || vmm.subscribers() == 1).await;
+        let stats = hub.stats("phone-1").unwrap();
+
+        // Damage before anybody is connected encodes nothing.
+        vmm.damage();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(count(&stats.encoded), 0);
+
+        // Joining: both viewers start on a keyframe.
+        holder.send(ViewerEvent::Connected).await;
+        watcher.send(ViewerEvent::Connected).await;
+        assert!(holder.next_frame().await.keyframe);
+        assert!(watcher.next_frame().await.keyframe);
+
+        // Let the join frames and the idle refresh pass, then nothing more while idle.
+        tokio::time::sleep(REFRESH_AFTER * 2).await;
+        holder.pending_frames();
+        watcher.pending_frames();
+        let settled = count(&stats.encoded);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(count(&stats.encoded), settled, "encoded while idle");
+        assert_eq!((holder.pending_frames(), watcher.pending_frames()), (0, 0));
+
+        // One damage event: one encode, the same access unit to both viewers.
+        vmm.damage();
+        let a = holder.next_frame().await;
+        let b = watcher.next_frame().await;
+        assert!(Arc::ptr_eq(&a, &b), "both viewers get the one encoded frame");
+        assert_eq!(count(&stats.encoded), settled + 1);
+        assert_eq!(count(&stats.encoders), 1, "one encoder for the phone");
+
+        // A PLI makes the next frame a keyframe.
+        watcher.send(ViewerEvent::KeyframeRequest).await;
+        assert!(watcher.next_frame().await.keyframe);
+
+        // Input: the watcher's is dropped, the holder's reaches the VMM in screen pixels.
+        let touch = r#"{"type":"touch","pointers":[{"id":0,"x":0.5,"y":1.0,"down":true}]}"#;
+        watcher.send(ViewerEvent::Input(touch.into())).await;
+        holder.send(ViewerEvent::Input(touch.into())).await;
+        holder.send(ViewerEvent::Input(r#"{"type":"key","key":"BACK","down":true}"#.into())).await;
+        until("two inputs at the VMM", || vmm.inputs().len() == 2).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let inputs: Vec<serde_json::Value> =
+            vmm.inputs().iter().map(|s| serde_json::from_str(s).unwrap()).collect();
+        assert_eq!(inputs[0], serde_json::json!({"touch":[{"id":0,"x":32,"y":47,"down":true}]}));
+        assert_eq!(inputs[1], serde_json::json!({"key":"BACK","down":true}));
+        assert_eq!(count(&stats.input_dropped), 1);
+        assert_eq!(count(&stats.input_forwarded), 2);
+
+        // Everybody leaves: the stream stops and unsubscribes.
+        holder.send(ViewerEvent::Closed("bye".into())).await;
+        watcher.send(ViewerEvent::Closed("bye".into())).await;
+        until("stream gone", || hub.stats("phone-1").is_none()).await;
+        until("damage unsubscribed", || vmm.subscribers() == 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn disconnect_ends_every_viewer_and_a_new_viewer_restarts_the_stream() {
+        let vmm = FakeVmm::start(32, 32);
+        let hub = StreamHub::new();
+        let (commands, mut frames) = mpsc::channel(8);
+        let (_events, events_rx) = mpsc::channel(8);
+        let viewer = Viewer { answer_sdp: String::new(), commands, events: events_rx, local_addr: "127.0.0.1:9".parse().unwrap() };
+        let ended = hub.attach("phone-1", vmm.socket.clone(), 30, viewer, ViewerOptions { label: "bob".into(), can_send_input: true });
+        hub.disconnect("phone-1", "lease expired");
+        assert_eq!(ended.await.unwrap(), "lease expired");
+        assert!(matches!(frames.recv().await, Some(ViewerCommand::Close)));
+        until("stream gone", || hub.stats("phone-1").is_none()).await;
+
+        let mut again = FakeViewer::join(&hub, &vmm, "bob", true);
+        again.send(ViewerEvent::Connected).await;
+        assert!(again.next_frame().await.keyframe);
+    }
+}

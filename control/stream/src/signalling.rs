@@ -232,3 +232,163 @@ async fn next_offer(socket: &mut WebSocket) -> Result<String, String> {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::fake_vmm::FakeVmm;
+    use crate::webrtc::tests::Browser;
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::Instant;
+    use str0m::change::SdpAnswer;
+    use str0m::Event;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    /// Bearer `holder` → input, `operator` → watch only, anything else → 404.
+    pub(crate) struct TokenAuth {
+        pub socket: PathBuf,
+    }
+
+    impl StreamAuthorizer for TokenAuth {
+        fn authorize<'a>(&'a self, request: &'a Parts, phone_id: &'a str) -> AuthFuture<'a> {
+            Box::pin(async move {
+                let token = request.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                let cookie = request.headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+                let who = match (token, cookie) {
+                    (Some("Bearer holder"), _) | (_, Some("session=holder")) => Some(("alice", true)),
+                    (Some("Bearer operator"), _) => Some(("operator", false)),
+                    _ => None,
+                };
+                match who {
+                    Some((viewer, can_send_input)) if phone_id == "ph-1" => Ok(StreamGrant {
+                        api_socket: self.socket.clone(),
+                        can_send_input,
+                        fps_cap: 30,
+                        viewer: viewer.into(),
+                    }),
+                    _ => Err(StreamDenied { status: StatusCode::NOT_FOUND, message: "no such phone".into() }),
+                }
+            })
+        }
+    }
+
+    /// Serve `app` on a loopback port; returns its address.
+    pub(crate) async fn serve(app: Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+
+    pub(crate) fn app(hub: StreamHub, socket: PathBuf, ice_servers: Vec<IceServer>) -> Router {
+        let config = SignallingConfig { ice_servers, ..SignallingConfig::default() };
+        Router::new().nest("/api/v1", routes(hub, Arc::new(TokenAuth { socket }), config))
+    }
+
+    async fn connect(
+        addr: std::net::SocketAddr,
+        token: &str,
+    ) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String> {
+        let mut req = format!("ws://{addr}/api/v1/phones/ph-1/stream").into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws).map_err(|e| e.to_string())
+    }
+
+    async fn next_json<S: StreamExt<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin>(ws: &mut S) -> serde_json::Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+            if let WsMessage::Text(t) = msg {
+                return serde_json::from_str(&t).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn websocket_offer_answer_streams_video_and_carries_input() {
+        let vmm = FakeVmm::start(64, 48);
+        let hub = StreamHub::new();
+        let stun = IceServer { urls: vec!["stun:stun.example.org:3478".into()], username: None, credential: None };
+        let addr = serve(app(hub.clone(), vmm.socket.clone(), vec![stun.clone()])).await;
+
+        let err = connect(addr, "stranger").await.err().unwrap();
+        assert!(err.contains("404"), "a stranger gets 404: {err}");
+
+        let mut ws = connect(addr, "holder").await.unwrap();
+        let config = next_json(&mut ws).await;
+        assert_eq!(config["type"], "config");
+        assert_eq!(config["iceServers"][0]["urls"][0], "stun:stun.example.org:3478");
+        assert_eq!(config["input"], true);
+
+        let (mut browser, offer, pending) = Browser::new().await;
+        let msg = json!({"type": "offer", "sdp": offer}).to_string();
+        ws.send(WsMessage::Text(msg.into())).await.unwrap();
+        let answer = next_json(&mut ws).await;
+        assert_eq!(answer["type"], "answer", "{answer}");
+        let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
+        browser.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+
+        let mut decoder = openh264::decoder::Decoder::new().unwrap();
+        let mut size = None;
+        let mut sent_input = false;
+        let started = Instant::now();
+        let ok = browser
+            .pump(Duration::from_secs(20), |rtc, event| {
+                match event {
+                    Event::ChannelOpen(id, _) => {
+                        let msg = br#"{"type":"key","key":"HOME","down":true}"#;
+                        sent_input = rtc.channel(id).unwrap().write(false, msg).unwrap();
+                    }
+                    Event::MediaData(data) => {
+                        if let Ok(Some(yuv)) = decoder.decode(&data.data) {
+                            use openh264::formats::YUVSource;
+                            size = Some(yuv.dimensions());
+                        }
+                    }
+                    _ => {}
+                }
+                size.is_some() && sent_input
+            })
+            .await;
+        assert!(ok, "decoded={size:?} sent_input={sent_input}");
+        assert_eq!(size, Some((64, 48)), "the phone's resolution");
+        eprintln!("first decoded frame after {:?}", started.elapsed());
+        for _ in 0..100 {
+            if !vmm.inputs().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(vmm.inputs().len(), 1, "the holder's key reached the VMM");
+        let forwarded: serde_json::Value = serde_json::from_str(&vmm.inputs()[0]).unwrap();
+        assert_eq!(forwarded, json!({"key": "HOME", "down": true}));
+
+        // Closing the WebSocket ends the viewer and, with it, the phone's stream.
+        ws.close(None).await.unwrap();
+        for _ in 0..200 {
+            if hub.stats("ph-1").is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the stream outlived its only viewer's WebSocket");
+    }
+
+    #[tokio::test]
+    async fn garbage_offer_and_cross_origin_are_refused() {
+        let vmm = FakeVmm::start(16, 16);
+        let addr = serve(app(StreamHub::new(), vmm.socket.clone(), Vec::new())).await;
+        let mut ws = connect(addr, "operator").await.unwrap();
+        assert_eq!(next_json(&mut ws).await["input"], false);
+        ws.send(WsMessage::Text(r#"{"type":"offer","sdp":"nonsense"}"#.into())).await.unwrap();
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["type"], "error");
+        assert!(reply["message"].as_str().unwrap().contains("SDP"), "{reply}");
+
+        let mut req = format!("ws://{addr}/api/v1/phones/ph-1/stream").into_client_request().unwrap();
+        req.headers_mut().insert("authorization", "Bearer holder".parse().unwrap());
+        req.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
+        let err = tokio_tungstenite::connect_async(req).await.err().unwrap().to_string();
+        assert!(err.contains("403"), "{err}");
+    }
+}

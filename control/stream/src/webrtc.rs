@@ -208,21 +208,21 @@ fn rtc_error(e: str0m::RtcError) -> StreamError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{H264Encoder, H264Settings, I420Frame, PixelLayout};
     use std::time::Duration;
     use str0m::media::Direction;
 
     /// A browser stand-in: a str0m client that offers recvonly video + an "input" channel.
-    struct Browser {
-        rtc: Rtc,
+    pub(crate) struct Browser {
+        pub(crate) rtc: Rtc,
         socket: UdpSocket,
         addr: SocketAddr,
     }
 
     impl Browser {
-        async fn new() -> (Self, String, str0m::change::SdpPendingOffer) {
+        pub(crate) async fn new() -> (Self, String, str0m::change::SdpPendingOffer) {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let addr = socket.local_addr().unwrap();
             let mut rtc = RtcConfig::new().clear_codecs().enable_h264(true).build(Instant::now());
@@ -235,7 +235,7 @@ mod tests {
         }
 
         /// Run until `done` says so with the events seen; gives up after `limit`.
-        async fn pump(&mut self, limit: Duration, mut on_event: impl FnMut(&mut Rtc, Event) -> bool) -> bool {
+        pub(crate) async fn pump(&mut self, limit: Duration, mut on_event: impl FnMut(&mut Rtc, Event) -> bool) -> bool {
             let end = Instant::now() + limit;
             let mut buf = vec![0u8; 2048];
             while Instant::now() < end {

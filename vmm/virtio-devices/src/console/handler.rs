@@ -69,7 +69,6 @@ pub(crate) struct QueueSlot {
 #[derive(Default)]
 struct PortState {
     guest_ready: bool,
-    guest_open: bool,
     /// Client input read but not yet delivered (no guest buffer was available).
     rx_pending: Vec<u8>,
 }
@@ -230,7 +229,11 @@ impl ConsoleHandler {
                 self.send_control(id, PORT_OPEN, u16::from(connected), &[]);
             }
             PORT_READY => tracing::warn!(id, "guest failed to set up console port"),
-            PORT_OPEN => self.state[id].guest_open = msg.value == 1,
+            // Host input is delivered whether or not a guest program has the port open (the
+            // guest driver buffers it), so the guest's open/close is informational.
+            PORT_OPEN => {
+                tracing::debug!(id, open = msg.value, "guest opened/closed a console port")
+            }
             event => tracing::debug!(id, event, "console control event ignored"),
         }
     }

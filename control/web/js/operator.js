@@ -1,0 +1,73 @@
+// Operator view: hosts, phones and fleet utilisation (assigned phones / host capacity) over
+// time, sampled every 5 s while the page is open and drawn on a canvas.
+
+import { get, h } from "./api.js";
+
+const SAMPLE_MS = 5000;
+const KEEP = 360; // 30 minutes of samples
+const history = [];
+
+function table(columns, rows) {
+  return h("table", {},
+    h("tr", {}, columns.map((c) => h("th", {}, c))),
+    rows.map((r) => h("tr", {}, r.map((v) => h("td", {}, v)))),
+  );
+}
+
+function drawChart(canvas) {
+  const ctx = canvas.getContext("2d");
+  const { width: w, height: ht } = canvas;
+  ctx.clearRect(0, 0, w, ht);
+  ctx.strokeStyle = "#ccd";
+  ctx.fillStyle = "#667";
+  ctx.font = "12px sans-serif";
+  for (const pct of [0, 50, 100]) {
+    const y = ht - 20 - (ht - 30) * (pct / 100);
+    ctx.beginPath(); ctx.moveTo(40, y); ctx.lineTo(w, y); ctx.stroke();
+    ctx.fillText(`${pct}%`, 4, y + 4);
+  }
+  if (history.length < 2) return;
+  const t0 = history[0].t;
+  const span = Math.max(1, history[history.length - 1].t - t0);
+  ctx.strokeStyle = "#2a6df4";
+  ctx.lineWidth = 2;
+  ctx.beginPath();
+  history.forEach((p, i) => {
+    const x = 40 + ((p.t - t0) / span) * (w - 45);
+    const y = ht - 20 - (ht - 30) * p.u;
+    if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+  ctx.fillText(`${Math.round(span / 60000)} min`, w - 50, ht - 4);
+}
+
+export async function operatorPage(main) {
+  const hostsBox = h("div");
+  const phonesBox = h("div");
+  const canvas = h("canvas", { width: 720, height: 200, class: "chart" });
+  const now = h("p", { class: "muted" });
+  main.append(h("h2", {}, "Utilisation"), canvas, now, h("h2", {}, "Hosts"), hostsBox, h("h2", {}, "Phones"), phonesBox);
+
+  const refresh = async () => {
+    try {
+      const [hosts, phones] = await Promise.all([get("/hosts"), get("/phones")]);
+      const capacity = hosts.filter((x) => x.state === "online").reduce((a, x) => a + x.max_phones, 0);
+      const assigned = phones.filter((p) => p.state === "assigned").length;
+      history.push({ t: Date.now(), u: capacity ? Math.min(1, assigned / capacity) : 0 });
+      if (history.length > KEEP) history.shift();
+      now.textContent = `${assigned} of ${capacity} phone slots in use`;
+      hostsBox.replaceChildren(table(["Host", "State", "vCPUs", "Memory", "Max phones", "Last heartbeat"],
+        hosts.map((x) => [x.name, x.state, x.vcpus, `${x.memory_mib} MiB`, x.max_phones,
+          `${Math.round((Date.now() - x.last_heartbeat_ms) / 1000)} s ago`])));
+      phonesBox.replaceChildren(table(["Phone", "Profile", "Host", "State", ""],
+        phones.map((p) => [p.id, p.profile_id, p.host_id, p.state,
+          p.state === "assigned" ? h("a", { href: `#/watch/${p.id}` }, "watch") : ""])));
+      drawChart(canvas);
+    } catch (e) {
+      now.textContent = e.message;
+    }
+  };
+  await refresh();
+  const timer = setInterval(refresh, SAMPLE_MS);
+  return () => clearInterval(timer);
+}

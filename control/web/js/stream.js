@@ -1,0 +1,130 @@
+// WebRTC client for one phone screen: signalling over the stream WebSocket, video into a
+// <video> element, input out over an ordered reliable data channel, stats for the overlay.
+
+/** Wait until ICE gathering completes (the server takes one offer, no trickle), at most `ms`. */
+function gatheringDone(pc, ms) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", done);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, ms);
+  });
+}
+
+/** A live phone stream. `onEnded(reason)` is called once when it stops for any reason. */
+export class PhoneStream {
+  constructor(phoneId, video, { onEnded = () => {} } = {}) {
+    this.phoneId = phoneId;
+    this.video = video;
+    this.onEnded = onEnded;
+    this.canSendInput = false;
+    this.channel = null;
+    this.pc = null;
+    this.ws = null;
+    this.ended = false;
+    this.lastStats = null;
+  }
+
+  /** Open the WebSocket, negotiate, and resolve once the answer is applied. */
+  connect() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${proto}//${location.host}/api/v1/phones/${encodeURIComponent(this.phoneId)}/stream`;
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      this.ws = ws;
+      ws.onerror = () => reject(new Error("stream connection refused (no access to this phone?)"));
+      ws.onclose = () => this.end("connection closed");
+      ws.onmessage = async (ev) => {
+        let msg;
+        try {
+          msg = JSON.parse(ev.data);
+        } catch {
+          return;
+        }
+        try {
+          if (msg.type === "config") {
+            this.canSendInput = !!msg.input;
+            await this.offer(msg.iceServers || []);
+          } else if (msg.type === "answer") {
+            await this.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+            resolve();
+          } else if (msg.type === "error") {
+            reject(new Error(msg.message));
+            this.end(msg.message);
+          } else if (msg.type === "ended") {
+            this.end(msg.reason);
+          }
+        } catch (e) {
+          reject(e);
+        }
+      };
+    });
+  }
+
+  async offer(iceServers) {
+    const pc = new RTCPeerConnection({ iceServers });
+    this.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    this.channel = pc.createDataChannel("input", { ordered: true });
+    pc.ontrack = (ev) => {
+      this.video.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+      this.video.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") this.end(`WebRTC ${pc.connectionState}`);
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringDone(pc, 2000);
+    this.ws.send(JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }));
+  }
+
+  /** Send one input message (see the server's input format); false if it cannot go now. */
+  send(message) {
+    if (!this.canSendInput || !this.channel || this.channel.readyState !== "open") return false;
+    this.channel.send(JSON.stringify(message));
+    return true;
+  }
+
+  /** fps, bitrate (bit/s), round-trip and jitter-buffer delay (ms) since the previous call. */
+  async stats() {
+    if (!this.pc) return null;
+    const report = await this.pc.getStats();
+    let inbound = null;
+    let rtt = null;
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") inbound = s;
+      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) rtt = s.currentRoundTripTime * 1000;
+    });
+    if (!inbound) return null;
+    const prev = this.lastStats;
+    this.lastStats = { t: inbound.timestamp, bytes: inbound.bytesReceived };
+    const seconds = prev ? (inbound.timestamp - prev.t) / 1000 : 0;
+    const bitrate = seconds > 0 ? ((inbound.bytesReceived - prev.bytes) * 8) / seconds : 0;
+    const jitter = inbound.jitterBufferEmittedCount
+      ? (inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount) * 1000
+      : null;
+    return {
+      fps: inbound.framesPerSecond || 0,
+      bitrate,
+      rtt,
+      jitterBufferMs: jitter,
+      width: inbound.frameWidth || this.video.videoWidth,
+      height: inbound.frameHeight || this.video.videoHeight,
+      decoded: inbound.framesDecoded || 0,
+    };
+  }
+
+  /** Stop everything (idempotent). */
+  end(reason) {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.ws && this.ws.readyState <= 1) this.ws.close();
+    if (this.pc) this.pc.close();
+    this.onEnded(reason);
+  }
+}
