@@ -336,7 +336,14 @@ impl VmProcess {
         std::fs::create_dir_all(dir)?;
         let serial_log = dir.join("serial.log");
         let vmm_log = dir.join("vmm.log");
-        let api_socket = dir.join("api.sock");
+        // Unix sockets cannot be bound on the sandbox's 9p share (ENXIO): keep them on /tmp.
+        let sock_dir = std::env::temp_dir().join(format!(
+            "cloudphone-{}-{}",
+            std::process::id(),
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("vm")
+        ));
+        std::fs::create_dir_all(&sock_dir)?;
+        let api_socket = sock_dir.join("api.sock");
         let _ = std::fs::remove_file(&serial_log);
         let _ = std::fs::remove_file(&api_socket);
         std::fs::write(&serial_log, b"")?;

@@ -68,9 +68,21 @@ fn boot(dir: &Path, run: &str, script: &str, disk: &str) -> VmProcess {
     VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm")
 }
 
+/// The value the guest printed as `KEY=value`, once its whole line reached the serial log
+/// (the marker can show up while the rest of the line is still in flight).
 fn value(vm: &mut VmProcess, key: &str) -> String {
-    let line = vm.wait_for_line(&format!("{key}="), BOOT_TIMEOUT).unwrap();
-    line.split_once(&format!("{key}=")).unwrap().1.trim().to_string()
+    let marker = format!("{key}=");
+    vm.wait_for_line(&marker, BOOT_TIMEOUT).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let serial = vm.serial();
+        let rest = &serial[serial.find(&marker).expect("marker seen") + marker.len()..];
+        if let Some((v, _)) = rest.split_once('\n') {
+            return v.trim().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "line {marker} never completed\n{}", vm.diagnostics());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Writes 1 MiB of fresh random data, prints its sha256, flushes, powers off.

@@ -2,7 +2,7 @@
 //! a chunked `GET /framebuffer/events` stream fed by [`FakeVmm::damage`], and a `PUT /input`
 //! that records the bodies it receives.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -99,16 +99,6 @@ impl FakeVmm {
     pub fn inputs(&self) -> Vec<String> {
         self.state.lock().unwrap().inputs.clone()
     }
-
-    /// The framebuffer file.
-    pub fn framebuffer_path(&self) -> PathBuf {
-        self.dir.join("fb")
-    }
-
-    /// Directory of the fake (socket + framebuffer file).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 impl Drop for FakeVmm {
@@ -154,13 +144,20 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<State>>, info: String) {
         if stream.write_all(start.as_bytes()).await.is_err() {
             return;
         }
-        while let Some(line) = rx.recv().await {
-            let chunk = format!("{:x}\r\n{line}\r\n", line.len());
-            if stream.write_all(chunk.as_bytes()).await.is_err() {
-                return;
+        loop {
+            let mut probe = [0u8; 1];
+            tokio::select! {
+                line = rx.recv() => {
+                    let Some(line) = line else { return };
+                    let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+                    if stream.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                // The client hung up (read returns 0 or fails): end the subscription.
+                _ = stream.read(&mut probe) => return,
             }
         }
-        return;
     } else if request_line.starts_with("GET /framebuffer ") {
         reply("200 OK", &info)
     } else if request_line.starts_with("PUT /input ") {

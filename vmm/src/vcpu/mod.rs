@@ -81,6 +81,7 @@ fn handle(id: u8, ctx: &VcpuContext, exit: VcpuExit<'_>) -> Step {
             }
         }
         VcpuExit::IoOut(port, data) => {
+            tracing::trace!(port = format_args!("{port:#x}"), ?data, "port write");
             if !read_lock(&ctx.pio).write(u64::from(port), data) {
                 tracing::trace!(port, len = data.len(), "unclaimed port write");
             }
@@ -91,6 +92,7 @@ fn handle(id: u8, ctx: &VcpuContext, exit: VcpuExit<'_>) -> Step {
             }
         }
         VcpuExit::MmioWrite(addr, data) => {
+            tracing::trace!(addr = format_args!("{addr:#x}"), ?data, "MMIO write");
             if !read_lock(&ctx.mmio).write(addr, data) {
                 tracing::debug!(addr = format_args!("{addr:#x}"), "unclaimed MMIO write");
             }
