@@ -12,7 +12,7 @@ use cloudphone_vmm::boot::{memfd_with, BootError};
 use cloudphone_vmm::config::{self, BootSource, OnReboot, RawConfig, VmConfig};
 use cloudphone_vmm::exit::GuestExit;
 use cloudphone_vmm::kvm::{self, KvmError};
-use cloudphone_vmm::vm::{BootPayload, Vm};
+use cloudphone_vmm::vm::{BootPayload, DeviceSetupError, Vm};
 
 /// Exit code for bad configuration or input files.
 const EXIT_CONFIG: i32 = 2;
@@ -69,7 +69,10 @@ fn load_payload(cfg: &VmConfig) -> anyhow::Result<BootPayload> {
 fn failure_code(e: &anyhow::Error) -> i32 {
     if e.chain().any(|c| c.is::<KvmError>()) {
         EXIT_KVM
-    } else if e.chain().any(|c| c.is::<BootError>()) {
+    } else if e
+        .chain()
+        .any(|c| c.is::<BootError>() || c.is::<DeviceSetupError>())
+    {
         EXIT_CONFIG
     } else {
         GuestExit::VmmError.code()

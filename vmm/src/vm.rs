@@ -27,6 +27,9 @@ use crate::memory::{self, GuestMemoryMmap};
 use crate::pci::{slots, GsiRoutes, KvmMsiSink, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::vcpu::{kick, Request, Vcpu, VcpuContext, VcpuOutcome};
 
+mod devices;
+pub use devices::{DeviceHandles, DeviceSetupError};
+
 /// How long a pause may take to park every vCPU.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,6 +76,8 @@ pub struct VmControl {
     pub vcpus: u8,
     /// Memory size.
     pub memory_mib: u64,
+    /// Handles of the GPU, input and balloon devices (for the API).
+    pub devices: DeviceHandles,
 }
 
 impl VmControl {
@@ -254,7 +259,7 @@ fn build_pci(
     ctx: &Arc<VcpuContext>,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
-) -> anyhow::Result<PciRoot> {
+) -> anyhow::Result<(PciRoot, DeviceHandles)> {
     let mut pci = PciRoot::new(vm.clone(), ctx.clone());
     pci.attach(
         0,
@@ -271,7 +276,9 @@ fn build_pci(
         let rng = Box::new(cloudphone_virtio::rng::Rng::new());
         attach_virtio(&mut pci, &routes, mem, slots::RNG, rng)?;
     }
-    Ok(pci)
+    let handles =
+        devices::attach_devices(&mut pci, &routes, mem, &config.devices, config.memory_mib)?;
+    Ok((pci, handles))
 }
 
 impl Vm {
@@ -304,7 +311,7 @@ impl Vm {
         let pm = Arc::new(Mutex::new(PowerManagement::new(exit, irqfd(&vm, GED_GSI)?)));
         add_pio(&ctx, pm.clone(), PM_PORTS.0, PM_PORTS.1)?;
         let vm = Arc::new(vm);
-        let pci = build_pci(&vm, &ctx, &mem, config)?;
+        let (pci, devices) = build_pci(&vm, &ctx, &mem, config)?;
         add_pio(
             &ctx,
             Arc::new(Mutex::new(pci)),
@@ -321,6 +328,7 @@ impl Vm {
             started: Instant::now(),
             vcpus: config.cpus,
             memory_mib: config.memory_mib,
+            devices,
         });
         Ok(Self {
             _vm: vm,

@@ -15,6 +15,7 @@ use crate::arch::x86_64::boot_params::{build_boot_params, e820_map, BootParamsIn
 use crate::arch::x86_64::layout::{CMDLINE_ADDR, ZERO_PAGE_ADDR};
 use crate::arch::x86_64::paging::write_identity_tables;
 use crate::arch::x86_64::regs::write_gdt;
+use crate::arch::x86_64::reset_vector::write_reset_vector;
 use crate::memory::{low_ram_end, GuestMemoryMmap};
 pub use kernel::{load_kernel, LoadedKernel};
 
@@ -127,6 +128,7 @@ pub fn prepare_guest(
         .map(|f| load_initrd(mem, f, &kernel))
         .transpose()?;
     let acpi = create_acpi_tables(mem, ncpus)?;
+    write_reset_vector(mem)?;
     let params = build_boot_params(&BootParamsInput {
         setup_header: kernel.setup_header,
         cmdline: (GuestAddress(CMDLINE_ADDR), cmdline_bytes.len() - 1),

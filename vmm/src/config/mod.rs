@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 use crate::legacy::SerialOutput;
 
+mod devices;
+pub use devices::{DeviceArgs, DeviceConfig, MAX_DISKS};
+
 /// Most vCPUs a phone may have.
 pub const MAX_VCPUS: u8 = 64;
 
@@ -139,6 +142,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-console ports at 00:01.0 (port N is the guest's hvcN); empty: no console.
     pub console_ports: Vec<cloudphone_virtio::console::PortConfig>,
+    /// GPU, input, disks, net, vsock, balloon.
+    pub devices: DeviceConfig,
 }
 
 /// A configuration problem (exit code 2).
@@ -250,19 +255,14 @@ impl RawConfig {
             "restart" => OnReboot::Restart,
             s => return err(format!("--on-reboot {s:?}: use exit or restart")),
         };
-        let unsupported = [
-            ("--disk", !self.disk.is_empty()),
-            ("--net", !self.net.is_empty()),
-            ("--vsock", self.vsock.is_some()),
-            ("--gpu", self.gpu.is_some()),
-            ("--input", self.input.is_some()),
-            ("--balloon", self.balloon),
-        ];
-        if let Some((name, _)) = unsupported.iter().find(|(_, on)| *on) {
-            return err(format!(
-                "{name} is not supported yet: this build has no virtio-pci devices; remove the option"
-            ));
-        }
+        let devices = DeviceConfig::parse(DeviceArgs {
+            gpu: self.gpu.as_deref(),
+            input: self.input.as_deref(),
+            disk: &self.disk,
+            net: &self.net,
+            vsock: self.vsock.as_deref(),
+            balloon: self.balloon,
+        })?;
         let specs = self
             .console
             .iter()
@@ -283,6 +283,7 @@ impl RawConfig {
             on_reboot,
             rng: self.rng,
             console_ports,
+            devices,
         })
     }
 }
@@ -342,7 +343,9 @@ mod tests {
             (&["--serial", "tcp:1"], "--serial"),
             (&["--serial", "file:"], "--serial"),
             (&["--on-reboot", "maybe"], "--on-reboot"),
-            (&["--disk", "/d"], "--disk"),
+            (&["--disk", ",ro"], "--disk"),
+            (&["--gpu", "width=720"], "--gpu"),
+            (&["--input", "touch"], "--gpu"),
             (&["--console", "port=0"], "--console"),
             (&["--console", "port=0,bogus"], "--console"),
         ] {

@@ -14,19 +14,20 @@ use vmm_sys_util::eventfd::EventFd;
 use super::{kick, Request, Vcpu, VcpuContext, VcpuOutcome};
 use crate::bus::BusDevice;
 use crate::exit::{ExitSignal, GuestExit};
-use crate::legacy::SerialDevice;
+use crate::legacy::{PowerManagement, SerialDevice};
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap};
 
 const CODE: u64 = 0x1000;
-const RAM: u64 = 0x10000;
+/// 1 MiB: the payload area plus the BIOS area holding the reset vector.
+const RAM: u64 = 0x10_0000;
 
 struct TestVm {
     vm: VmFd,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
     ctx: Arc<VcpuContext>,
 }
 
-/// A VM without in-kernel irqchip (so HLT exits to us) and 64 KiB of RAM holding `code`;
+/// A VM without in-kernel irqchip (so HLT exits to us) and 1 MiB of RAM holding `code`;
 /// None when there is no KVM, or the host is PVM and `pvm_ok` is false.
 fn test_vm(code: &[u8], pvm_ok: bool) -> Option<TestVm> {
     let Ok(kvm) = Kvm::new() else {
@@ -42,7 +43,7 @@ fn test_vm(code: &[u8], pvm_ok: bool) -> Option<TestVm> {
     register_with_kvm(&vm, &mem).unwrap();
     mem.write_slice(code, GuestAddress(CODE)).unwrap();
     let ctx = Arc::new(VcpuContext::new(Arc::new(ExitSignal::default())));
-    Some(TestVm { vm, _mem: mem, ctx })
+    Some(TestVm { vm, mem, ctx })
 }
 
 impl TestVm {
@@ -152,6 +153,21 @@ fn two_vcpus_start_and_run() {
     }
     let seen: BTreeSet<u8> = probe.lock().unwrap().writes.iter().map(|w| w.1).collect();
     assert_eq!(seen, BTreeSet::from([0x40, 0x41]));
+}
+
+#[test]
+fn jump_to_reset_vector_reboots_through_acpi_reset_register() {
+    // ljmp 0xf000:0xfff0, as Linux's `reboot=bios` path does after leaving long mode.
+    let Some(t) = test_vm(&[0xea, 0xf0, 0xff, 0x00, 0xf0], true) else {
+        return;
+    };
+    crate::arch::x86_64::reset_vector::write_reset_vector(&t.mem).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let pm = PowerManagement::new(t.ctx.exit.clone(), irq);
+    let (base, len) = crate::acpi::PM_PORTS;
+    t.add(true, Arc::new(Mutex::new(pm)), base.into(), len.into());
+    let outcome = t.vcpu(0, 0).run_loop();
+    assert_eq!(t.ctx.exit.get(), Some(GuestExit::Reboot), "{outcome:?}");
 }
 
 #[test]

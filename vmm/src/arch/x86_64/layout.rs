@@ -20,8 +20,10 @@ pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables (RSDP first, where Linux also scans for it).
 pub const ACPI_START: u64 = 0xe0000;
-/// End of the ACPI/BIOS area.
-pub const ACPI_END: u64 = 0x10_0000;
+/// End of the ACPI table area: the reset vector follows.
+pub const ACPI_END: u64 = RESET_VECTOR_ADDR;
+/// Physical address of the real-mode reset vector F000:FFF0 (see `reset_vector`).
+pub const RESET_VECTOR_ADDR: u64 = 0xf_fff0;
 /// Where the kernel's protected-mode part is loaded and high memory starts.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// IOAPIC, LAPIC, KVM TSS and the reset vector live here; reported as reserved in e820.
