@@ -411,7 +411,9 @@ impl VmProcess {
         let deadline = Instant::now() + timeout;
         loop {
             let text = std::fs::read(file).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+            // Only complete lines: the guest may be in the middle of writing the last one.
+            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            if let Some(line) = complete.lines().find(|l| l.contains(marker)) {
                 return Ok(line.trim_end_matches('\r').to_string());
             }
             if let Some(status) = self.try_exit()? {

@@ -37,7 +37,11 @@ fn wait_actual(vm: &VmProcess, mib: u64) -> serde_json::Value {
         if v["actual_mib"].as_u64() == Some(mib) {
             return v;
         }
-        assert!(Instant::now() < deadline, "balloon never reached {mib} MiB: {v}\n{}", vm.diagnostics());
+        assert!(
+            Instant::now() < deadline,
+            "balloon never reached {mib} MiB: {v}\n{}",
+            vm.diagnostics()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -48,9 +52,13 @@ fn inflating_the_balloon_lowers_vmm_rss_by_the_target() {
     let kernel = guest_kernel();
     let dir: PathBuf = scratch_dir("balloon");
     let disk = dir.join("fill.raw");
-    std::fs::File::create(&disk).unwrap().set_len(FILL_DISK_BYTES).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(FILL_DISK_BYTES)
+        .unwrap();
     let initrd = dir.join("initrd.cpio");
-    let script = "cat /dev/vda > /dev/null\n\
+    // Keep /dev/vda open: the last close of a block device drops its page cache.
+    let script = "exec 3< /dev/vda\ncat /dev/vda > /dev/null\n\
                   echo \"FILLED $(grep -E 'MemFree|^Cached' /proc/meminfo | tr -s ' ' | tr '\\n' ' ')\"\n\
                   sleep 100000\n";
     Initramfs::new()
@@ -59,7 +67,11 @@ fn inflating_the_balloon_lowers_vmm_rss_by_the_target() {
         .build(&kernel, &initrd)
         .expect("build initramfs");
     let mut args = VmProcess::boot_args(&kernel, &initrd, 1, MEMORY_MIB);
-    args.extend(["--disk".into(), disk.display().to_string(), "--balloon".into()]);
+    args.extend([
+        "--disk".into(),
+        disk.display().to_string(),
+        "--balloon".into(),
+    ]);
     let run_dir = std::env::temp_dir().join(format!("cloudphone-balloon-{}", std::process::id()));
     let mut vm = VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm");
     vm.wait_for_api(BOOT_TIMEOUT).unwrap();
@@ -67,7 +79,13 @@ fn inflating_the_balloon_lowers_vmm_rss_by_the_target() {
     std::thread::sleep(Duration::from_secs(3));
 
     let before = vm_rss_kib(vm.pid());
-    let (code, body) = vm.api("PUT", "/balloon", Some(&format!("{{\"target_mib\":{TARGET_MIB}}}"))).unwrap();
+    let (code, body) = vm
+        .api(
+            "PUT",
+            "/balloon",
+            Some(&format!("{{\"target_mib\":{TARGET_MIB}}}")),
+        )
+        .unwrap();
     assert_eq!(code, 200, "PUT /balloon: {body}");
     let status = wait_actual(&vm, TARGET_MIB);
     std::thread::sleep(Duration::from_secs(1));
@@ -81,13 +99,22 @@ fn inflating_the_balloon_lowers_vmm_rss_by_the_target() {
     );
     assert_eq!(status["target_mib"].as_u64(), Some(TARGET_MIB), "{status}");
     // The stats queue works: the guest reports its memory.
-    let total = balloon_json(&vm)["stats"]["total_memory"].as_u64().unwrap_or(0);
-    assert!(total > u64::from(MEMORY_MIB / 2) << 20 && total <= u64::from(MEMORY_MIB) << 20, "total_memory {total}");
+    let total = balloon_json(&vm)["stats"]["total_memory"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        total > u64::from(MEMORY_MIB / 2) << 20 && total <= u64::from(MEMORY_MIB) << 20,
+        "total_memory {total}"
+    );
 
     // Too large a target is refused; deflating returns the pages to the guest.
-    let (code, body) = vm.api("PUT", "/balloon", Some(r#"{"target_mib":100000}"#)).unwrap();
+    let (code, body) = vm
+        .api("PUT", "/balloon", Some(r#"{"target_mib":100000}"#))
+        .unwrap();
     assert_eq!(code, 400, "{body}");
-    let (code, body) = vm.api("PUT", "/balloon", Some(r#"{"target_mib":0}"#)).unwrap();
+    let (code, body) = vm
+        .api("PUT", "/balloon", Some(r#"{"target_mib":0}"#))
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     wait_actual(&vm, 0);
 }

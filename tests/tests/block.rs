@@ -23,7 +23,10 @@ const DISCARD_OFFSET: u64 = 16 << 20;
 const DISCARD_LEN: u64 = 4 << 20;
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn file_range_sha(path: &Path, offset: u64, len: u64) -> String {
@@ -64,7 +67,8 @@ fn boot(dir: &Path, run: &str, script: &str, disk: &str) -> VmProcess {
         .expect("build initramfs");
     let mut args = VmProcess::boot_args(&kernel, &initrd, 1, MEMORY_MIB);
     args.extend(["--disk".to_string(), disk.to_string()]);
-    let run_dir: PathBuf = std::env::temp_dir().join(format!("cloudphone-blk-{run}-{}", std::process::id()));
+    let run_dir: PathBuf =
+        std::env::temp_dir().join(format!("cloudphone-blk-{run}-{}", std::process::id()));
     VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm")
 }
 
@@ -80,7 +84,11 @@ fn value(vm: &mut VmProcess, key: &str) -> String {
         if let Some((v, _)) = rest.split_once('\n') {
             return v.trim().to_string();
         }
-        assert!(std::time::Instant::now() < deadline, "line {marker} never completed\n{}", vm.diagnostics());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "line {marker} never completed\n{}",
+            vm.diagnostics()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -99,12 +107,20 @@ fn writer_script(extra: &str) -> String {
 }
 
 fn reader_script(extra: &str) -> String {
-    format!("{}{extra}echo READER_DONE\nsleep 1\npoweroff -f\n", guest_sha("READ", WRITE_OFFSET, WRITE_LEN))
+    format!(
+        "{}{extra}echo READER_DONE\nsleep 1\npoweroff -f\n",
+        guest_sha("READ", WRITE_OFFSET, WRITE_LEN)
+    )
 }
 
 fn run_to_poweroff(mut vm: VmProcess, done: &str) -> VmProcess {
     vm.wait_for_line(done, BOOT_TIMEOUT).unwrap();
-    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).unwrap(), Some(0), "{}", vm.diagnostics());
+    assert_eq!(
+        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
+        Some(0),
+        "{}",
+        vm.diagnostics()
+    );
     vm
 }
 
@@ -113,18 +129,35 @@ fn run_to_poweroff(mut vm: VmProcess, done: &str) -> VmProcess {
 fn raw_disk_data_survives_a_vmm_restart() {
     let dir = scratch_dir("blk_raw");
     let disk = dir.join("data.raw");
-    std::fs::File::create(&disk).unwrap().set_len(DISK_BYTES).unwrap();
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(DISK_BYTES)
+        .unwrap();
     let spec = format!("{},id=phone-data", disk.display());
 
     let mut vm = boot(&dir, "raw-1", &writer_script(""), &spec);
-    assert_eq!(value(&mut vm, "SERIAL"), "phone-data", "GET_ID\n{}", vm.diagnostics());
+    assert_eq!(
+        value(&mut vm, "SERIAL"),
+        "phone-data",
+        "GET_ID\n{}",
+        vm.diagnostics()
+    );
     assert_eq!(value(&mut vm, "SECTORS"), (DISK_BYTES / 512).to_string());
     let wrote = value(&mut vm, "WROTE");
     run_to_poweroff(vm, "WRITER_DONE");
-    assert_eq!(file_range_sha(&disk, WRITE_OFFSET, WRITE_LEN), wrote, "host file lacks the guest's data");
+    assert_eq!(
+        file_range_sha(&disk, WRITE_OFFSET, WRITE_LEN),
+        wrote,
+        "host file lacks the guest's data"
+    );
 
     let mut vm = boot(&dir, "raw-2", &reader_script(""), &spec);
-    assert_eq!(value(&mut vm, "READ"), wrote, "data lost across the VMM restart\n{}", vm.diagnostics());
+    assert_eq!(
+        value(&mut vm, "READ"),
+        wrote,
+        "data lost across the VMM restart\n{}",
+        vm.diagnostics()
+    );
     run_to_poweroff(vm, "READER_DONE");
 }
 
@@ -143,26 +176,75 @@ fn qcow2_overlay_takes_guest_writes_and_the_base_never_changes() {
         "blkdiscard -o {DISCARD_OFFSET} -l {DISCARD_LEN} /dev/vda && echo DISCARDED\n{}",
         guest_sha("AFTER_DISCARD", DISCARD_OFFSET, DISCARD_LEN)
     );
-    let extra = format!("{}{discard}", guest_sha("BASE_READ", READ_OFFSET, WRITE_LEN));
+    let extra = format!(
+        "{}{discard}",
+        guest_sha("BASE_READ", READ_OFFSET, WRITE_LEN)
+    );
     let mut vm = boot(&dir, "qcow2-1", &writer_script(&extra), &spec);
     let wrote = value(&mut vm, "WROTE");
-    assert_eq!(value(&mut vm, "BASE_READ"), file_range_sha(&base, READ_OFFSET, WRITE_LEN), "overlay does not read through to the base");
-    assert_eq!(value(&mut vm, "AFTER_DISCARD"), zeros_sha, "discarded clusters must read as zeros");
+    assert_eq!(
+        value(&mut vm, "BASE_READ"),
+        file_range_sha(&base, READ_OFFSET, WRITE_LEN),
+        "overlay does not read through to the base"
+    );
+    assert_eq!(
+        value(&mut vm, "AFTER_DISCARD"),
+        zeros_sha,
+        "discarded clusters must read as zeros"
+    );
     run_to_poweroff(vm, "WRITER_DONE");
 
-    assert_eq!(file_range_sha(&base, 0, DISK_BYTES), base_sha, "the base image changed");
-    let check = Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&overlay).output().unwrap();
+    assert_eq!(
+        file_range_sha(&base, 0, DISK_BYTES),
+        base_sha,
+        "the base image changed"
+    );
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&overlay)
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success() && report.contains("No errors"), "qemu-img check:\n{report}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success() && report.contains("No errors"),
+        "qemu-img check:\n{report}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     // QEMU reads the guest's data out of our overlay.
     let flat = dir.join("flat.raw");
-    let convert = Command::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&overlay).arg(&flat).output().unwrap();
-    assert!(convert.status.success(), "{}", String::from_utf8_lossy(&convert.stderr));
+    let convert = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&overlay)
+        .arg(&flat)
+        .output()
+        .unwrap();
+    assert!(
+        convert.status.success(),
+        "{}",
+        String::from_utf8_lossy(&convert.stderr)
+    );
     assert_eq!(file_range_sha(&flat, WRITE_OFFSET, WRITE_LEN), wrote);
 
-    let mut vm = boot(&dir, "qcow2-2", &reader_script(&guest_sha("BASE_READ", READ_OFFSET, WRITE_LEN)), &spec);
-    assert_eq!(value(&mut vm, "READ"), wrote, "overlay data lost across the VMM restart\n{}", vm.diagnostics());
-    assert_eq!(value(&mut vm, "BASE_READ"), file_range_sha(&base, READ_OFFSET, WRITE_LEN));
+    let mut vm = boot(
+        &dir,
+        "qcow2-2",
+        &reader_script(&guest_sha("BASE_READ", READ_OFFSET, WRITE_LEN)),
+        &spec,
+    );
+    assert_eq!(
+        value(&mut vm, "READ"),
+        wrote,
+        "overlay data lost across the VMM restart\n{}",
+        vm.diagnostics()
+    );
+    assert_eq!(
+        value(&mut vm, "BASE_READ"),
+        file_range_sha(&base, READ_OFFSET, WRITE_LEN)
+    );
     run_to_poweroff(vm, "READER_DONE");
-    assert_eq!(file_range_sha(&base, 0, DISK_BYTES), base_sha, "the base image changed");
+    assert_eq!(
+        file_range_sha(&base, 0, DISK_BYTES),
+        base_sha,
+        "the base image changed"
+    );
 }

@@ -28,7 +28,10 @@ fn vsock_echo_binary() -> PathBuf {
     }
     // <target>/<profile>/deps/<test binary> -> <target>
     let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).expect("test binary lives in <target>/<profile>/deps");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("test binary lives in <target>/<profile>/deps");
     let path = target.join("x86_64-unknown-linux-gnu/release/examples/vsock-echo");
     assert!(
         path.exists(),
@@ -75,25 +78,38 @@ fn host_and_guest_talk_over_vsock_both_ways() {
     });
 
     let mut args = VmProcess::boot_args(&kernel, &initrd, 1, 256);
-    args.extend(["--vsock".into(), format!("cid={GUEST_CID},uds={}", uds.display())]);
+    args.extend([
+        "--vsock".into(),
+        format!("cid={GUEST_CID},uds={}", uds.display()),
+    ]);
     // The VMM's API socket must be on a local filesystem too (not the 9p scratch share).
     let mut vm = VmProcess::spawn(&sock_dir.join("vm"), &args).expect("spawn cloudphone-vmm");
 
     // Wait for the whole expected line (the serial log is read while it is being written).
-    vm.wait_for_line("VSOCK_REPLY=pong:hello-from-guest", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_line("VSOCK_REPLY=pong:hello-from-guest", BOOT_TIMEOUT)
+        .unwrap();
     answer.join().unwrap();
 
-    vm.wait_for_line("VSOCK_LISTENING 5555", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_line("VSOCK_LISTENING 5555", BOOT_TIMEOUT)
+        .unwrap();
     let stream = UnixStream::connect(&uds).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     writer.write_all(b"CONNECT 5555\n").unwrap();
     let mut ok = String::new();
     reader.read_line(&mut ok).unwrap();
-    assert!(ok.starts_with("OK ") && ok.ends_with('\n'), "handshake answer {ok:?}\n{}", vm.diagnostics());
+    assert!(
+        ok.starts_with("OK ") && ok.ends_with('\n'),
+        "handshake answer {ok:?}\n{}",
+        vm.diagnostics()
+    );
 
-    let data: Vec<u8> = (0..ECHO_BYTES as u64).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..ECHO_BYTES as u64)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let sent = sha256(&data);
     let sender = std::thread::spawn(move || {
         writer.write_all(&data).unwrap();
@@ -103,11 +119,25 @@ fn host_and_guest_talk_over_vsock_both_ways() {
     let mut echoed = Vec::new();
     reader.read_to_end(&mut echoed).unwrap();
     let _writer = sender.join().unwrap();
-    assert_eq!(echoed.len(), ECHO_BYTES, "echo length\n{}", vm.diagnostics());
-    assert!(sha256(&echoed) == sent, "echoed bytes differ from what was sent");
+    assert_eq!(
+        echoed.len(),
+        ECHO_BYTES,
+        "echo length\n{}",
+        vm.diagnostics()
+    );
+    assert!(
+        sha256(&echoed) == sent,
+        "echoed bytes differ from what was sent"
+    );
 
-    vm.wait_for_line(&format!("VSOCK_ECHOED {ECHO_BYTES}"), BOOT_TIMEOUT).unwrap();
+    vm.wait_for_line(&format!("VSOCK_ECHOED {ECHO_BYTES}"), BOOT_TIMEOUT)
+        .unwrap();
     vm.wait_for_line("VSOCK_DONE", BOOT_TIMEOUT).unwrap();
-    assert_eq!(vm.wait_exit(BOOT_TIMEOUT).unwrap(), Some(0), "{}", vm.diagnostics());
+    assert_eq!(
+        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
+        Some(0),
+        "{}",
+        vm.diagnostics()
+    );
     let _ = std::fs::remove_dir_all(&sock_dir);
 }

@@ -42,9 +42,15 @@ pub struct AgentOptions {
     /// The VMM binary.
     #[arg(long, default_value = "cloudphone-vmm")]
     pub vmm: PathBuf,
-    /// Guest kernel.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    /// Guest kernel (or boot the Android images given with --boot-img).
+    #[arg(long, required_unless_present = "boot_img")]
+    pub kernel: Option<PathBuf>,
+    /// Android boot.img to boot phones from (the test phone image, or a real one).
+    #[arg(long, conflicts_with = "kernel")]
+    pub boot_img: Option<PathBuf>,
+    /// Android vendor_boot.img that goes with --boot-img.
+    #[arg(long, requires = "boot_img")]
+    pub vendor_boot: Option<PathBuf>,
     /// Guest initrd.
     #[arg(long)]
     pub initrd: Option<PathBuf>,
@@ -158,8 +164,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     println!("registered host {} ({})", host.id, host.name);
     let cfg = VmmConfig {
         vmm: opts.vmm.clone(),
-        kernel: opts.kernel.clone(),
-        initrd: opts.initrd.clone(),
+        boot: match &opts.boot_img {
+            Some(boot_img) => vmm::GuestBoot::Android {
+                boot_img: boot_img.clone(),
+                vendor_boot: opts.vendor_boot.clone(),
+            },
+            None => vmm::GuestBoot::Kernel {
+                kernel: opts.kernel.clone().context("--kernel or --boot-img is required")?,
+                initrd: opts.initrd.clone(),
+            },
+        },
         cmdline: opts.cmdline.clone(),
         image_dir: opts.image_dir.clone(),
         qemu_img: opts.qemu_img.clone(),

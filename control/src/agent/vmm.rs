@@ -14,13 +14,20 @@ use crate::model::Profile;
 #[derive(Debug, Clone)]
 pub struct VmmConfig {
     pub vmm: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub boot: GuestBoot,
     pub cmdline: String,
     pub image_dir: PathBuf,
     pub qemu_img: PathBuf,
     pub state_dir: PathBuf,
     pub devices: Devices,
+}
+
+/// What phones boot: a plain kernel (+ initrd), or Android boot images the way a bootloader
+/// would (the VMM assembles kernel, ramdisks, bootconfig and cmdline from them).
+#[derive(Debug, Clone)]
+pub enum GuestBoot {
+    Kernel { kernel: PathBuf, initrd: Option<PathBuf> },
+    Android { boot_img: PathBuf, vendor_boot: Option<PathBuf> },
 }
 
 /// Which optional VMM devices phones get (all by default; fewer for VMM builds or tests
@@ -137,13 +144,30 @@ pub fn alive(pid: i32) -> bool {
 
 /// The VMM command line for a phone of `profile`.
 pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<String> {
-    let mut args = vec!["--kernel".to_owned(), cfg.kernel.display().to_string()];
-    if let Some(i) = &cfg.initrd {
-        args.extend(["--initrd".to_owned(), i.display().to_string()]);
+    let mut args = Vec::new();
+    match &cfg.boot {
+        GuestBoot::Kernel { kernel, initrd } => {
+            args.extend(["--kernel".to_owned(), kernel.display().to_string()]);
+            if let Some(i) = initrd {
+                args.extend(["--initrd".to_owned(), i.display().to_string()]);
+            }
+            args.extend(["--cmdline".to_owned(), cfg.cmdline.clone()]);
+        }
+        GuestBoot::Android { boot_img, vendor_boot } => {
+            args.extend(["--boot-img".to_owned(), boot_img.display().to_string()]);
+            if let Some(v) = vendor_boot {
+                args.extend(["--vendor-boot".to_owned(), v.display().to_string()]);
+            }
+            // hvc0: kernel console; hvc1: the phone agent's report port (PHONE_READY, inputs).
+            for (port, name) in [(0, "console.log"), (1, "report.log")] {
+                args.extend([
+                    "--console".to_owned(),
+                    format!("port={port},path={}", dir.dir.join(name).display()),
+                ]);
+            }
+        }
     }
     args.extend([
-        "--cmdline".to_owned(),
-        cfg.cmdline.clone(),
         "--cpus".to_owned(),
         profile.vcpus.to_string(),
         "--memory".to_owned(),
@@ -333,7 +357,7 @@ mod tests {
     fn command_line_follows_the_vmm_contract() {
         let cfg = VmmConfig {
             vmm: "/bin/vmm".into(),
-            kernel: "/k".into(),
+            boot: GuestBoot::Kernel { kernel: "/k".into(), initrd: None },
             initrd: Some("/i".into()),
             cmdline: "console=hvc0".into(),
             image_dir: "/img".into(),

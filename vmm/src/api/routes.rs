@@ -5,7 +5,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::device_routes::{route_device, DEVICE_ROUTES};
 use super::http::{Request, Response};
+use super::stream::StreamSlot;
+use crate::vm::DeviceHandles;
 
 /// Default and maximum `timeout_ms` for `PUT /shutdown`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
@@ -37,6 +40,22 @@ pub trait VmApi: Send + Sync {
     fn pause(&self) -> anyhow::Result<()>;
     /// Resume the vCPUs.
     fn resume(&self) -> anyhow::Result<()>;
+    /// Handles of the GPU, input and balloon devices.
+    fn devices(&self) -> anyhow::Result<DeviceHandles>;
+}
+
+/// What the server sends back: a whole response, or a stream of damage events.
+pub enum Reply {
+    /// A complete response.
+    Full(Response),
+    /// `GET /framebuffer/events`: stream this subscription (holding one stream slot).
+    DamageStream(cloudphone_display::DamageReceiver, StreamSlot),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Self {
+        Reply::Full(r)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -81,16 +100,16 @@ const KNOWN: &[(&str, &str)] = &[
     ("/resume", "PUT"),
 ];
 
-const DEVICE_PATHS: &[&str] = &[
-    "/input",
-    "/framebuffer",
-    "/framebuffer/events",
-    "/screenshot",
-    "/balloon",
-];
-
 /// Answer `req` using `vm`.
-pub fn route(req: &Request, vm: &dyn VmApi) -> Response {
+pub fn route(req: &Request, vm: &dyn VmApi) -> Reply {
+    let m = req.method.as_str();
+    if let Some(reply) = route_device(m, &req.path, &req.body, || vm.devices()) {
+        return reply;
+    }
+    route_vm(req, vm).into()
+}
+
+fn route_vm(req: &Request, vm: &dyn VmApi) -> Response {
     let m = req.method.as_str();
     match (m, req.path.as_str()) {
         ("GET", "/status") => match vm.status() {
@@ -113,16 +132,12 @@ pub fn route(req: &Request, vm: &dyn VmApi) -> Response {
         ("PUT", "/reboot") => done(vm.reboot()),
         ("PUT", "/pause") => done(vm.pause()),
         ("PUT", "/resume") => done(vm.resume()),
-        (_, p) if DEVICE_PATHS.contains(&p) => Response::error(
-            501,
-            format!("{p} needs a device this VM does not have (virtio devices are not wired yet)"),
-        ),
-        (_, p) => match KNOWN.iter().find(|(path, _)| *path == p) {
+        (_, p) => match KNOWN.iter().chain(DEVICE_ROUTES).find(|(path, _)| *path == p) {
             Some((_, want)) => Response::error(405, format!("{p} takes {want}, not {m}")),
             None => Response::error(
                 404,
                 format!(
-                    "unknown path {p}; see API.md for /status, /shutdown, /reboot, /pause, /resume"
+                    "unknown path {p}; see API.md for /status, /shutdown, /reboot, /pause, /resume, /input, /framebuffer, /framebuffer/events, /screenshot, /balloon"
                 ),
             ),
         },
@@ -165,6 +180,16 @@ mod tests {
         fn resume(&self) -> anyhow::Result<()> {
             self.calls.lock().unwrap().push("resume".into());
             Ok(())
+        }
+        fn devices(&self) -> anyhow::Result<DeviceHandles> {
+            Ok(DeviceHandles::default())
+        }
+    }
+
+    fn route(r: &Request, vm: &dyn VmApi) -> Response {
+        match super::route(r, vm) {
+            Reply::Full(r) => r,
+            Reply::DamageStream(..) => panic!("unexpected stream"),
         }
     }
 
@@ -221,7 +246,11 @@ mod tests {
             ("GET", "/shutdown", "", 405),
             ("PUT", "/status", "", 405),
             ("GET", "/nope", "", 404),
-            ("GET", "/framebuffer", "", 501),
+            ("GET", "/framebuffer", "", 409),
+            ("PUT", "/balloon", r#"{"target_mib":1}"#, 409),
+            ("GET", "/input", "", 405),
+            ("DELETE", "/balloon", "", 405),
+            ("PUT", "/screenshot", "", 405),
         ] {
             let r = route(&req(m, p, b), &vm);
             assert_eq!(r.status, status, "{m} {p} {b}");

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::http::{read_request, write_response, Response};
-use super::routes::{route, Status, VmApi};
-use crate::vm::VmControl;
+use super::routes::{route, Reply, Status, VmApi};
+use super::stream::serve_damage;
+use crate::vm::{DeviceHandles, VmControl};
 
 /// Per-connection read/write timeout so a stalled client cannot pin a thread forever.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +60,9 @@ impl VmApi for ApiTarget {
         self.get()?.resume();
         Ok(())
     }
+    fn devices(&self) -> anyhow::Result<DeviceHandles> {
+        Ok(self.get()?.devices.clone())
+    }
 }
 
 /// A bound API socket; removed from the filesystem when dropped.
@@ -72,7 +76,10 @@ fn serve(mut stream: UnixStream, vm: &dyn VmApi) {
     let resp = match read_request(&mut stream) {
         Ok(req) => {
             tracing::debug!(method = %req.method, path = %req.path, "API request");
-            route(&req, vm)
+            match route(&req, vm) {
+                Reply::Full(resp) => resp,
+                Reply::DamageStream(rx, slot) => return serve_damage(&mut stream, rx, slot),
+            }
         }
         Err(e) => Response::error(e.status(), e.to_string()),
     };
@@ -152,6 +159,65 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 404"), "{r}");
         drop(server);
         assert!(!sock.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    struct DisplayOnly {
+        handles: std::sync::Mutex<DeviceHandles>,
+    }
+
+    impl VmApi for DisplayOnly {
+        fn status(&self) -> anyhow::Result<Status> {
+            anyhow::bail!("not used")
+        }
+        fn shutdown(&self, _: Duration) -> anyhow::Result<()> {
+            anyhow::bail!("not used")
+        }
+        fn reboot(&self) -> anyhow::Result<()> {
+            anyhow::bail!("not used")
+        }
+        fn pause(&self) -> anyhow::Result<()> {
+            anyhow::bail!("not used")
+        }
+        fn resume(&self) -> anyhow::Result<()> {
+            anyhow::bail!("not used")
+        }
+        fn devices(&self) -> anyhow::Result<DeviceHandles> {
+            Ok(self.handles.lock().unwrap().clone())
+        }
+    }
+
+    #[test]
+    fn damage_stream_is_chunked_and_ends_with_the_display() {
+        let dir = std::env::temp_dir().join(format!("vmm-api-stream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let fb = cloudphone_display::FramebufferExport::create(&dir, 64, 64).unwrap();
+        let vm = Arc::new(DisplayOnly {
+            handles: std::sync::Mutex::new(DeviceHandles {
+                framebuffer: Some(fb),
+                ..Default::default()
+            }),
+        });
+        let server = ApiServer::start(&sock, vm.clone()).unwrap();
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /framebuffer/events HTTP/1.1\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).unwrap(), 1, "stream closed early");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+        // The display goes away (VM stopped): the stream ends with the last chunk.
+        vm.handles.lock().unwrap().framebuffer = None;
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "0\r\n\r\n");
+        drop(server);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

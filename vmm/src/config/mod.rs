@@ -329,6 +329,17 @@ mod tests {
         let c = parse(&["--kernel", "/k", "--rng", "--console", "port=0,stdout"]).unwrap();
         assert!(c.rng);
         assert_eq!(c.console_ports.len(), 1);
+        assert_eq!(c.devices, DeviceConfig::default());
+        let c = parse(&[
+            "--kernel", "/k", "--gpu", "width=720,height=1280", "--input", "touch,keyboard",
+            "--disk", "/a.img", "--disk", "/b.img,ro", "--net", "tap=p0", "--vsock",
+            "cid=3,uds=/tmp/v", "--balloon",
+        ])
+        .unwrap();
+        assert_eq!(c.devices.gpu.map(|g| (g.width, g.height)), Some((720, 1280)));
+        assert_eq!(c.devices.disks.len(), 2);
+        assert!(c.devices.disks[1].read_only);
+        assert!(c.devices.net.is_some() && c.devices.vsock.is_some() && c.devices.balloon);
     }
 
     #[test]
@@ -367,7 +378,7 @@ mod tests {
         let path = dir.join("c.json");
         std::fs::write(
             &path,
-            r#"{"kernel":"/k","cpus":2,"memory":256,"cmdline":"console=ttyS0 quiet","api-socket":"/s"}"#,
+            r#"{"kernel":"/k","cpus":2,"memory":256,"cmdline":"console=ttyS0 quiet","api-socket":"/s","gpu":"width=100,height=200","disk":["/d.img"],"balloon":true}"#,
         )
         .unwrap();
         let p = path.to_str().unwrap();
@@ -375,6 +386,9 @@ mod tests {
         assert_eq!((c.cpus, c.memory_mib), (2, 256));
         assert_eq!(c.cmdline, "console=ttyS0 quiet");
         assert_eq!(c.api_socket, Some(PathBuf::from("/s")));
+        assert_eq!(c.devices.gpu.map(|g| g.height), Some(200));
+        assert_eq!(c.devices.disks[0].path, PathBuf::from("/d.img"));
+        assert!(c.devices.balloon);
         let c = parse(&["--config", p, "--cpus", "3"]).unwrap();
         assert_eq!(c.cpus, 3);
         std::fs::write(&path, r#"{"kernel":"/k","cpu":2}"#).unwrap();
