@@ -357,8 +357,10 @@ mod tests {
     fn command_line_follows_the_vmm_contract() {
         let cfg = VmmConfig {
             vmm: "/bin/vmm".into(),
-            boot: GuestBoot::Kernel { kernel: "/k".into(), initrd: None },
-            initrd: Some("/i".into()),
+            boot: GuestBoot::Kernel {
+                kernel: "/k".into(),
+                initrd: Some("/i".into()),
+            },
             cmdline: "console=hvc0".into(),
             image_dir: "/img".into(),
             qemu_img: "qemu-img".into(),
@@ -397,5 +399,16 @@ mod tests {
             "{args}"
         );
         assert!(Devices::parse("gpu,cdrom").is_err());
+        let android = VmmConfig {
+            boot: GuestBoot::Android {
+                boot_img: "/img/boot.img".into(),
+                vendor_boot: Some("/img/vendor_boot.img".into()),
+            },
+            ..bare
+        };
+        let args = command_line(&android, &p, &dir).join(" ");
+        assert!(args.starts_with("--boot-img /img/boot.img --vendor-boot /img/vendor_boot.img"), "{args}");
+        assert!(!args.contains("--kernel") && !args.contains("--cmdline"), "{args}");
+        assert!(args.contains("--console port=1,path=/s/phones/ph_1/report.log"), "{args}");
     }
 }
