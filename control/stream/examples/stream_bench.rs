@@ -39,7 +39,9 @@ fn ms(d: Duration, n: usize) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let frames: usize = match std::env::args().nth(1) {
-        Some(a) => a.parse().map_err(|_| format!("FRAMES must be a positive number, got {a:?}"))?,
+        Some(a) => a
+            .parse()
+            .map_err(|_| format!("FRAMES must be a positive number, got {a:?}"))?,
         None => 240,
     };
     let frames = frames.max(10);
@@ -52,9 +54,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let convert_ms = ms(start.elapsed(), frames);
 
-    let settings = H264Settings { width: WIDTH, height: HEIGHT, bitrate: 4_000_000, max_fps: 60.0 };
+    let settings = H264Settings {
+        width: WIDTH,
+        height: HEIGHT,
+        bitrate: 4_000_000,
+        max_fps: 60.0,
+    };
     let mut encoder = H264Encoder::new(settings)?;
-    let (mut encode_time, mut key_time, mut bytes, mut keys) = (Duration::ZERO, Duration::ZERO, 0usize, 0usize);
+    let (mut encode_time, mut key_time, mut bytes, mut keys) =
+        (Duration::ZERO, Duration::ZERO, 0usize, 0usize);
     for n in 0..frames {
         i420.fill_from(&screens[n % screens.len()], WIDTH * 4, PixelLayout::Bgrx)?;
         if n % 60 == 0 {
@@ -76,8 +84,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let per_core_fps = 1000.0 / (all_ms + convert_ms);
     println!("frames: {frames} at {WIDTH}x{HEIGHT} (scrolling phone screen), 1 thread");
     println!("bgrx-to-i420-ms: {convert_ms:.3}");
-    println!("h264-encode-ms: {all_ms:.3} (delta {delta_ms:.3}, keyframe {:.3}, {keys} keyframes)", ms(key_time, keys.max(1)));
-    println!("h264-kbit-per-frame: {:.1}", bytes as f64 * 8.0 / 1000.0 / frames as f64);
+    println!(
+        "h264-encode-ms: {all_ms:.3} (delta {delta_ms:.3}, keyframe {:.3}, {keys} keyframes)",
+        ms(key_time, keys.max(1))
+    );
+    println!(
+        "h264-kbit-per-frame: {:.1}",
+        bytes as f64 * 8.0 / 1000.0 / frames as f64
+    );
     println!("frames-per-second-per-core: {per_core_fps:.1} (convert + encode)");
     println!("ratio: encode-720p-ms {:.3} (target <= 1)", all_ms / 5.0);
     Ok(())

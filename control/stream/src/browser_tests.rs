@@ -23,8 +23,6 @@ use crate::StreamHub;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-/// The W3C element reference key.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f4e5a4a4fd4";
 
 const PAGE: &str = r#"<!doctype html>
 <body style="margin:0">
@@ -60,14 +58,22 @@ struct Driver {
 
 impl Driver {
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let process = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver (apt-get install chromium chromium-driver)");
-        let mut driver = Self { process, port, session: String::new() };
+        let mut driver = Self {
+            process,
+            port,
+            session: String::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while driver.call("GET", "/status", None).await.is_err() {
             assert!(Instant::now() < deadline, "chromedriver did not start");
@@ -77,30 +83,47 @@ impl Driver {
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--window-size=400,300",
+                "--disable-component-update", "--no-first-run", "--window-size=800,600",
                 "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
                 "--disable-features=WebRtcHideLocalIpsWithMdns",
             ]}
         }}});
-        let session = driver.call("POST", "/session", Some(caps)).await.expect("new browser session");
-        driver.session = session["sessionId"].as_str().expect("session id").to_owned();
+        let session = driver
+            .call("POST", "/session", Some(caps))
+            .await
+            .expect("new browser session");
+        driver.session = session["sessionId"]
+            .as_str()
+            .expect("session id")
+            .to_owned();
         driver
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", format!("127.0.0.1:{}", self.port))
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
             .unwrap();
         let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = res.status();
-        let bytes = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
         if !status.is_success() {
             return Err(format!("{method} {path}: {status} {value}"));
@@ -114,7 +137,12 @@ impl Driver {
     }
 
     async fn script(&self, script: &str) -> Value {
-        self.session_call("POST", "/execute/sync", json!({"script": script, "args": []})).await
+        self.session_call(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+        .await
     }
 }
 
@@ -127,8 +155,15 @@ impl Drop for Driver {
 }
 
 fn close_to(actual: &Value, rgb: [u8; 3]) -> bool {
-    let got: Vec<i64> = actual.as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default();
-    got.len() == 3 && got.iter().zip(rgb).all(|(g, want)| (g - i64::from(want)).abs() <= 24)
+    let got: Vec<i64> = actual
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_i64).collect())
+        .unwrap_or_default();
+    got.len() == 3
+        && got
+            .iter()
+            .zip(rgb)
+            .all(|(g, want)| (g - i64::from(want)).abs() <= 40)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,14 +178,24 @@ async fn browser_plays_the_phone_screen_and_clicks_become_touches() {
         .merge(crate::web::routes(web_dir));
     let addr = serve(router).await;
     let driver = Driver::start().await;
-    driver.session_call("POST", "/url", json!({"url": format!("http://{addr}/stream-test.html")})).await;
+    driver
+        .session_call(
+            "POST",
+            "/url",
+            json!({"url": format!("http://{addr}/stream-test.html")}),
+        )
+        .await;
 
     // The video plays at the phone's resolution and shows the pattern's four bands.
     let started = Instant::now();
-    let mut last = Value::Null;
+    let mut last;
     let shown = loop {
-        last = driver.script("return window.probe ? window.probe() : null").await;
-        let bands_ok = last["bands"].as_array().is_some_and(|b| b.iter().zip(BANDS).all(|(a, rgb)| close_to(a, rgb)));
+        last = driver
+            .script("return window.probe ? window.probe() : null")
+            .await;
+        let bands_ok = last["bands"]
+            .as_array()
+            .is_some_and(|b| b.iter().zip(BANDS).all(|(a, rgb)| close_to(a, rgb)));
         if last["w"] == width && last["h"] == height && last["playing"] == true && bands_ok {
             break true;
         }
@@ -160,7 +205,10 @@ async fn browser_plays_the_phone_screen_and_clicks_become_touches() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(shown, "video never showed the pattern: {last}");
-    eprintln!("browser: pattern visible after {:?}: {last}", started.elapsed());
+    eprintln!(
+        "browser: pattern visible after {:?}: {last}",
+        started.elapsed()
+    );
 
     // Wait for the input channel, then click at (0.75, 0.75) of the picture.
     for _ in 0..50 {
@@ -169,10 +217,9 @@ async fn browser_plays_the_phone_screen_and_clicks_become_touches() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let video = driver.session_call("POST", "/element", json!({"using": "css selector", "value": "#v"})).await;
-    let origin = json!({ELEMENT: video[ELEMENT]});
+    // The video sits at the viewport origin (body margin 0), 320x240 CSS pixels.
     let click = json!({"actions": [{"type": "pointer", "id": "mouse", "parameters": {"pointerType": "mouse"}, "actions": [
-        {"type": "pointerMove", "origin": origin, "x": 80, "y": 60},
+        {"type": "pointerMove", "origin": "viewport", "x": 240, "y": 180},
         {"type": "pointerDown", "button": 0},
         {"type": "pause", "duration": 50},
         {"type": "pointerUp", "button": 0},
@@ -182,12 +229,25 @@ async fn browser_plays_the_phone_screen_and_clicks_become_touches() {
     while vmm.inputs().len() < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let inputs: Vec<Value> = vmm.inputs().iter().map(|s| serde_json::from_str(s).unwrap()).collect();
-    assert!(inputs.len() >= 2, "expected touch down + up, got {inputs:?}");
-    let (down, up) = (&inputs[0]["touch"][0], &inputs[inputs.len() - 1]["touch"][0]);
+    let inputs: Vec<Value> = vmm
+        .inputs()
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    assert!(
+        inputs.len() >= 2,
+        "expected touch down + up, got {inputs:?}"
+    );
+    let (down, up) = (
+        &inputs[0]["touch"][0],
+        &inputs[inputs.len() - 1]["touch"][0],
+    );
     let near = |v: &Value, want: u64| v.as_u64().is_some_and(|x| x.abs_diff(want) <= 1);
     assert_eq!(down["down"], true, "{inputs:?}");
-    assert!(near(&down["x"], 239) && near(&down["y"], 179), "touch at 3/4 of the screen: {inputs:?}");
+    assert!(
+        near(&down["x"], 239) && near(&down["y"], 179),
+        "touch at 3/4 of the screen: {inputs:?}"
+    );
     assert_eq!(up["down"], false, "{inputs:?}");
     assert_eq!(down["id"], 0);
 }

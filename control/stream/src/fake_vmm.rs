@@ -74,7 +74,14 @@ impl FakeVmm {
                 tokio::spawn(serve(stream, shared.clone(), info.clone()));
             }
         });
-        Self { dir, socket, width, height, state, server }
+        Self {
+            dir,
+            socket,
+            width,
+            height,
+            state,
+            server,
+        }
     }
 
     /// Publish one damage event (the whole screen) to every events subscriber.
@@ -161,7 +168,11 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<State>>, info: String) {
     } else if request_line.starts_with("GET /framebuffer ") {
         reply("200 OK", &info)
     } else if request_line.starts_with("PUT /input ") {
-        state.lock().unwrap().inputs.push(String::from_utf8_lossy(&body).into_owned());
+        state
+            .lock()
+            .unwrap()
+            .inputs
+            .push(String::from_utf8_lossy(&body).into_owned());
         reply("200 OK", "{}")
     } else {
         reply("404 Not Found", r#"{"error":"unknown path"}"#)

@@ -16,7 +16,10 @@ use crate::input::translate;
 use crate::pacer::PacerAction;
 use crate::vmm_api::{DamageEvent, VmmApi};
 use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
-use crate::{BitrateController, EncodePacer, EncodedFrame, H264Encoder, H264Settings, I420Frame, PixelLayout, StreamError};
+use crate::{
+    BitrateController, EncodePacer, EncodedFrame, H264Encoder, H264Settings, I420Frame,
+    PixelLayout, StreamError,
+};
 
 /// Bitrate a new stream starts at (bits/s).
 const INITIAL_BITRATE: u32 = 2_500_000;
@@ -107,7 +110,11 @@ impl StreamHub {
         options: ViewerOptions,
     ) -> oneshot::Receiver<String> {
         let (ended, ended_rx) = oneshot::channel();
-        let mut join = Control::Join(Box::new(Join { viewer, options, ended }));
+        let mut join = Control::Join(Box::new(Join {
+            viewer,
+            options,
+            ended,
+        }));
         let mut phones = lock(&self.phones);
         if let Some(handle) = phones.get(phone_id) {
             match handle.control.send(join) {
@@ -118,8 +125,21 @@ impl StreamHub {
         let (control, control_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(StreamStats::default());
         let _ = control.send(join);
-        phones.insert(phone_id.to_owned(), PhoneHandle { control: control.clone(), stats: stats.clone() });
-        let stream = PhoneStream::new(phone_id.to_owned(), VmmApi::new(api_socket), fps_cap, stats, self.phones.clone(), control);
+        phones.insert(
+            phone_id.to_owned(),
+            PhoneHandle {
+                control: control.clone(),
+                stats: stats.clone(),
+            },
+        );
+        let stream = PhoneStream::new(
+            phone_id.to_owned(),
+            VmmApi::new(api_socket),
+            fps_cap,
+            stats,
+            self.phones.clone(),
+            control,
+        );
         tokio::spawn(stream.run(control_rx));
         ended_rx
     }
@@ -176,22 +196,37 @@ impl Encoding {
         let (width, height) = (info.width & !1, info.height & !1);
         let map = MappedFramebuffer::open(&info).map_err(|e| StreamError::Vmm(e.to_string()))?;
         let frame = I420Frame::new(width, height)?;
-        let encoder = H264Encoder::new(H264Settings { width, height, bitrate, max_fps: fps as f32 })?;
-        Ok(Self { info, map, layout, frame, encoder })
+        let encoder = H264Encoder::new(H264Settings {
+            width,
+            height,
+            bitrate,
+            max_fps: fps as f32,
+        })?;
+        Ok(Self {
+            info,
+            map,
+            layout,
+            frame,
+            encoder,
+        })
     }
 
-    fn encode(&mut self, keyframe: bool, bitrate: Option<u32>) -> Result<EncodedFrame, StreamError> {
+    fn encode(
+        &mut self,
+        keyframe: bool,
+        bitrate: Option<u32>,
+    ) -> Result<EncodedFrame, StreamError> {
         if let Some(bps) = bitrate {
             self.encoder.set_bitrate(bps)?;
         }
         if keyframe {
             self.encoder.request_keyframe();
         }
-        let pixels = self
-            .map
-            .frame(&self.info)
-            .ok_or_else(|| StreamError::Geometry("framebuffer file is smaller than its geometry".into()))?;
-        self.frame.fill_from(&pixels, self.info.stride, self.layout)?;
+        let pixels = self.map.frame(&self.info).ok_or_else(|| {
+            StreamError::Geometry("framebuffer file is smaller than its geometry".into())
+        })?;
+        self.frame
+            .fill_from(&pixels, self.info.stride, self.layout)?;
         self.encoder.encode(&self.frame)
     }
 }
@@ -228,9 +263,16 @@ impl PhoneStream {
     ) -> Self {
         let (events_tx, events_rx) = mpsc::channel(256);
         let (input, input_rx) = mpsc::channel(INPUT_QUEUE);
-        tokio::spawn(forward_input(api.clone(), input_rx, stats.clone(), id.clone()));
+        tokio::spawn(forward_input(
+            api.clone(),
+            input_rx,
+            stats.clone(),
+            id.clone(),
+        ));
         let bitrate = BitrateController::new(INITIAL_BITRATE);
-        stats.bitrate.store(bitrate.bitrate() as u64, Ordering::Relaxed);
+        stats
+            .bitrate
+            .store(bitrate.bitrate() as u64, Ordering::Relaxed);
         Self {
             pacer: EncodePacer::new(fps as f32, REFRESH_AFTER),
             applied_bitrate: bitrate.bitrate(),
@@ -290,7 +332,10 @@ impl PhoneStream {
                 false
             }
             Err(_) => {
-                if phones.get(&self.id).is_some_and(|h| h.control.same_channel(&self.control)) {
+                if phones
+                    .get(&self.id)
+                    .is_some_and(|h| h.control.same_channel(&self.control))
+                {
                     phones.remove(&self.id);
                 }
                 true
@@ -301,7 +346,11 @@ impl PhoneStream {
     fn on_control(&mut self, msg: Control) {
         match msg {
             Control::Join(join) => {
-                let Join { viewer, options, ended } = *join;
+                let Join {
+                    viewer,
+                    options,
+                    ended,
+                } = *join;
                 let id = self.next_viewer;
                 self.next_viewer += 1;
                 tracing::info!(phone = %self.id, viewer = %options.label, input = options.can_send_input, "viewer joined");
@@ -313,17 +362,22 @@ impl PhoneStream {
                             return;
                         }
                     }
-                    let _ = events_tx.send((id, ViewerEvent::Closed("session ended".into()))).await;
+                    let _ = events_tx
+                        .send((id, ViewerEvent::Closed("session ended".into())))
+                        .await;
                 });
-                self.viewers.insert(id, ViewerSlot {
-                    options,
-                    commands: viewer.commands,
-                    ended: Some(ended),
-                    connected: false,
-                    needs_key: true,
-                    estimate: None,
-                    warned_input: false,
-                });
+                self.viewers.insert(
+                    id,
+                    ViewerSlot {
+                        options,
+                        commands: viewer.commands,
+                        ended: Some(ended),
+                        connected: false,
+                        needs_key: true,
+                        estimate: None,
+                        warned_input: false,
+                    },
+                );
             }
             Control::CloseAll(reason) => {
                 tracing::info!(phone = %self.id, %reason, "closing all viewers");
@@ -338,7 +392,9 @@ impl PhoneStream {
     }
 
     async fn on_viewer_event(&mut self, id: u64, event: ViewerEvent) {
-        let Some(slot) = self.viewers.get_mut(&id) else { return };
+        let Some(slot) = self.viewers.get_mut(&id) else {
+            return;
+        };
         match event {
             ViewerEvent::Connected => {
                 slot.connected = true;
@@ -372,7 +428,9 @@ impl PhoneStream {
     }
 
     async fn on_input(&mut self, id: u64, message: String) {
-        let Some(slot) = self.viewers.get_mut(&id) else { return };
+        let Some(slot) = self.viewers.get_mut(&id) else {
+            return;
+        };
         if !slot.options.can_send_input {
             StreamStats::bump(&self.stats.input_dropped);
             if !std::mem::replace(&mut slot.warned_input, true) {
@@ -422,7 +480,9 @@ impl PhoneStream {
 
     /// Target = the controller's rate capped by the slowest viewer's estimate.
     fn update_bitrate(&mut self) {
-        let Some(slowest) = self.viewers.values().filter_map(|v| v.estimate).min() else { return };
+        let Some(slowest) = self.viewers.values().filter_map(|v| v.estimate).min() else {
+            return;
+        };
         let target = self.bitrate.on_feedback(0.0, Some(slowest));
         self.stats.bitrate.store(target as u64, Ordering::Relaxed);
     }
@@ -430,7 +490,8 @@ impl PhoneStream {
     /// The bitrate to switch the encoder to now, if any (hysteresis + rate limit).
     fn bitrate_change(&mut self) -> Option<u32> {
         let target = self.bitrate.bitrate();
-        let delta = (target as f64 - self.applied_bitrate as f64).abs() / self.applied_bitrate as f64;
+        let delta =
+            (target as f64 - self.applied_bitrate as f64).abs() / self.applied_bitrate as f64;
         if delta < BITRATE_HYSTERESIS || self.bitrate_changed.elapsed() < BITRATE_MIN_INTERVAL {
             return None;
         }
@@ -524,7 +585,9 @@ async fn watch_damage(api: VmmApi, sink: mpsc::Sender<DamageEvent>) {
     loop {
         match api.damage_events(sink.clone()).await {
             Ok(()) if sink.is_closed() => return,
-            Ok(()) => tracing::info!(socket = %api.socket().display(), "damage stream ended; reconnecting"),
+            Ok(()) => {
+                tracing::info!(socket = %api.socket().display(), "damage stream ended; reconnecting")
+            }
             Err(e) => tracing::warn!(error = %e, "damage stream failed; retrying in 1 s"),
         }
         tokio::time::sleep(DAMAGE_RETRY).await;
@@ -532,7 +595,12 @@ async fn watch_damage(api: VmmApi, sink: mpsc::Sender<DamageEvent>) {
 }
 
 /// Send input bodies to the VMM one at a time, in order.
-async fn forward_input(api: VmmApi, mut queue: mpsc::Receiver<String>, stats: Arc<StreamStats>, phone: String) {
+async fn forward_input(
+    api: VmmApi,
+    mut queue: mpsc::Receiver<String>,
+    stats: Arc<StreamStats>,
+    phone: String,
+) {
     while let Some(body) = queue.recv().await {
         match api.put_input(body).await {
             Ok(()) => StreamStats::bump(&stats.input_forwarded),
@@ -564,7 +632,10 @@ mod tests {
                 events: events_rx,
                 local_addr: "127.0.0.1:9".parse().unwrap(),
             };
-            let options = ViewerOptions { label: label.into(), can_send_input };
+            let options = ViewerOptions {
+                label: label.into(),
+                can_send_input,
+            };
             drop(hub.attach("phone-1", vmm.socket.clone(), 30, viewer, options));
             Self { frames, events }
         }
@@ -574,12 +645,10 @@ mod tests {
         }
 
         async fn next_frame(&mut self) -> Arc<EncodedFrame> {
-            loop {
-                match tokio::time::timeout(Duration::from_secs(10), self.frames.recv()).await {
-                    Ok(Some(ViewerCommand::Frame(f))) => return f,
-                    Ok(Some(ViewerCommand::Close)) | Ok(None) => panic!("viewer closed"),
-                    Err(_) => panic!("no frame within 10 s"),
-                }
+            match tokio::time::timeout(Duration::from_secs(10), self.frames.recv()).await {
+                Ok(Some(ViewerCommand::Frame(f))) => f,
+                Ok(Some(ViewerCommand::Close)) | Ok(None) => panic!("viewer closed"),
+                Err(_) => panic!("no frame within 10 s"),
             }
         }
 
@@ -635,7 +704,10 @@ mod tests {
         vmm.damage();
         let a = holder.next_frame().await;
         let b = watcher.next_frame().await;
-        assert!(Arc::ptr_eq(&a, &b), "both viewers get the one encoded frame");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "both viewers get the one encoded frame"
+        );
         assert_eq!(count(&stats.encoded), settled + 1);
         assert_eq!(count(&stats.encoders), 1, "one encoder for the phone");
 
@@ -647,12 +719,22 @@ mod tests {
         let touch = r#"{"type":"touch","pointers":[{"id":0,"x":0.5,"y":1.0,"down":true}]}"#;
         watcher.send(ViewerEvent::Input(touch.into())).await;
         holder.send(ViewerEvent::Input(touch.into())).await;
-        holder.send(ViewerEvent::Input(r#"{"type":"key","key":"BACK","down":true}"#.into())).await;
+        holder
+            .send(ViewerEvent::Input(
+                r#"{"type":"key","key":"BACK","down":true}"#.into(),
+            ))
+            .await;
         until("two inputs at the VMM", || vmm.inputs().len() == 2).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let inputs: Vec<serde_json::Value> =
-            vmm.inputs().iter().map(|s| serde_json::from_str(s).unwrap()).collect();
-        assert_eq!(inputs[0], serde_json::json!({"touch":[{"id":0,"x":32,"y":47,"down":true}]}));
+        let inputs: Vec<serde_json::Value> = vmm
+            .inputs()
+            .iter()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .collect();
+        assert_eq!(
+            inputs[0],
+            serde_json::json!({"touch":[{"id":0,"x":32,"y":47,"down":true}]})
+        );
         assert_eq!(inputs[1], serde_json::json!({"key":"BACK","down":true}));
         assert_eq!(count(&stats.input_dropped), 1);
         assert_eq!(count(&stats.input_forwarded), 2);
@@ -670,8 +752,22 @@ mod tests {
         let hub = StreamHub::new();
         let (commands, mut frames) = mpsc::channel(8);
         let (_events, events_rx) = mpsc::channel(8);
-        let viewer = Viewer { answer_sdp: String::new(), commands, events: events_rx, local_addr: "127.0.0.1:9".parse().unwrap() };
-        let ended = hub.attach("phone-1", vmm.socket.clone(), 30, viewer, ViewerOptions { label: "bob".into(), can_send_input: true });
+        let viewer = Viewer {
+            answer_sdp: String::new(),
+            commands,
+            events: events_rx,
+            local_addr: "127.0.0.1:9".parse().unwrap(),
+        };
+        let ended = hub.attach(
+            "phone-1",
+            vmm.socket.clone(),
+            30,
+            viewer,
+            ViewerOptions {
+                label: "bob".into(),
+                can_send_input: true,
+            },
+        );
         hub.disconnect("phone-1", "lease expired");
         assert_eq!(ended.await.unwrap(), "lease expired");
         assert!(matches!(frames.recv().await, Some(ViewerCommand::Close)));

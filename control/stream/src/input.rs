@@ -41,7 +41,10 @@ pub fn translate(message: &str, width: u32, height: u32) -> Result<String, Strin
     match input {
         BrowserInput::Touch { pointers } => {
             if pointers.is_empty() || pointers.len() > MAX_CONTACTS {
-                return Err(format!("{} contacts; send 1..={MAX_CONTACTS}", pointers.len()));
+                return Err(format!(
+                    "{} contacts; send 1..={MAX_CONTACTS}",
+                    pointers.len()
+                ));
             }
             let touch = pointers
                 .iter()
@@ -145,6 +148,9 @@ mod tests {
 
     #[test]
     fn fuzz_case_count() {
-        eprintln!("fuzz input-translate: {} cases x2", ProptestConfig::default().cases);
+        eprintln!(
+            "fuzz input-translate: {} cases x2",
+            ProptestConfig::default().cases
+        );
     }
 }

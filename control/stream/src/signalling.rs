@@ -64,7 +64,8 @@ pub struct StreamDenied {
 }
 
 /// Boxed future returned by [`StreamAuthorizer::authorize`].
-pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<StreamGrant, StreamDenied>> + Send + 'a>>;
+pub type AuthFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<StreamGrant, StreamDenied>> + Send + 'a>>;
 
 /// Implemented by the control service: checks the caller (session cookie or bearer token in
 /// `request.headers`) against the phone's lease. Lease holder → input allowed; operator → watch
@@ -99,7 +100,10 @@ pub struct SignallingConfig {
 
 impl Default for SignallingConfig {
     fn default() -> Self {
-        Self { bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), ice_servers: Vec::new() }
+        Self {
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ice_servers: Vec::new(),
+        }
     }
 }
 
@@ -119,7 +123,11 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
 ) -> Router<S> {
     Router::new()
         .route("/phones/{id}/stream", get(upgrade))
-        .with_state(Signalling { hub, auth, config: Arc::new(config) })
+        .with_state(Signalling {
+            hub,
+            auth,
+            config: Arc::new(config),
+        })
 }
 
 async fn upgrade(
@@ -129,7 +137,10 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     if !same_origin(&parts) {
-        return deny(StatusCode::FORBIDDEN, "cross-origin WebSocket refused: open the UI from this server".into());
+        return deny(
+            StatusCode::FORBIDDEN,
+            "cross-origin WebSocket refused: open the UI from this server".into(),
+        );
     }
     let grant = match st.auth.authorize(&parts, &phone).await {
         Ok(grant) => grant,
@@ -141,16 +152,29 @@ async fn upgrade(
 }
 
 fn deny(status: StatusCode, message: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": message }).to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "error": message }).to_string(),
+    )
+        .into_response()
 }
 
 /// Browsers always send `Origin` on WebSocket handshakes: it must name this host, so another
 /// site cannot open a stream with the user's cookie. Non-browser clients send none.
 fn same_origin(parts: &Parts) -> bool {
-    let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
         return true;
     };
-    let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
     !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }
@@ -162,7 +186,10 @@ enum ClientMessage {
 }
 
 async fn send(socket: &mut WebSocket, value: serde_json::Value) -> bool {
-    socket.send(Message::Text(value.to_string().into())).await.is_ok()
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .is_ok()
 }
 
 async fn session(mut socket: WebSocket, st: Signalling, phone: String, grant: StreamGrant) {
@@ -177,7 +204,11 @@ async fn session(mut socket: WebSocket, st: Signalling, phone: String, grant: St
             return;
         }
         Err(_) => {
-            let _ = send(&mut socket, json!({"type": "error", "message": "no offer within 30 s"})).await;
+            let _ = send(
+                &mut socket,
+                json!({"type": "error", "message": "no offer within 30 s"}),
+            )
+            .await;
             return;
         }
     };
@@ -185,14 +216,23 @@ async fn session(mut socket: WebSocket, st: Signalling, phone: String, grant: St
         Ok(viewer) => viewer,
         Err(e) => {
             tracing::info!(%phone, error = %e, "refusing a viewer's offer");
-            let _ = send(&mut socket, json!({"type": "error", "message": e.to_string()})).await;
+            let _ = send(
+                &mut socket,
+                json!({"type": "error", "message": e.to_string()}),
+            )
+            .await;
             return;
         }
     };
     let answer = viewer.answer_sdp.clone();
     let commands = viewer.commands.clone();
-    let options = ViewerOptions { label: grant.viewer.clone(), can_send_input: grant.can_send_input };
-    let mut ended = st.hub.attach(&phone, grant.api_socket, grant.fps_cap, viewer, options);
+    let options = ViewerOptions {
+        label: grant.viewer.clone(),
+        can_send_input: grant.can_send_input,
+    };
+    let mut ended = st
+        .hub
+        .attach(&phone, grant.api_socket, grant.fps_cap, viewer, options);
     if !send(&mut socket, json!({"type": "answer", "sdp": answer})).await {
         let _ = commands.send(ViewerCommand::Close).await;
         return;
@@ -253,10 +293,18 @@ pub(crate) mod tests {
     impl StreamAuthorizer for TokenAuth {
         fn authorize<'a>(&'a self, request: &'a Parts, phone_id: &'a str) -> AuthFuture<'a> {
             Box::pin(async move {
-                let token = request.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-                let cookie = request.headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+                let token = request
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok());
+                let cookie = request
+                    .headers
+                    .get(header::COOKIE)
+                    .and_then(|v| v.to_str().ok());
                 let who = match (token, cookie) {
-                    (Some("Bearer holder"), _) | (_, Some("session=holder")) => Some(("alice", true)),
+                    (Some("Bearer holder"), _) | (_, Some("session=holder")) => {
+                        Some(("alice", true))
+                    }
                     (Some("Bearer operator"), _) => Some(("operator", false)),
                     _ => None,
                 };
@@ -267,7 +315,10 @@ pub(crate) mod tests {
                         fps_cap: 30,
                         viewer: viewer.into(),
                     }),
-                    _ => Err(StreamDenied { status: StatusCode::NOT_FOUND, message: "no such phone".into() }),
+                    _ => Err(StreamDenied {
+                        status: StatusCode::NOT_FOUND,
+                        message: "no such phone".into(),
+                    }),
                 }
             })
         }
@@ -282,22 +333,47 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn app(hub: StreamHub, socket: PathBuf, ice_servers: Vec<IceServer>) -> Router {
-        let config = SignallingConfig { ice_servers, ..SignallingConfig::default() };
-        Router::new().nest("/api/v1", routes(hub, Arc::new(TokenAuth { socket }), config))
+        let config = SignallingConfig {
+            ice_servers,
+            ..SignallingConfig::default()
+        };
+        Router::new().nest(
+            "/api/v1",
+            routes(hub, Arc::new(TokenAuth { socket }), config),
+        )
     }
 
     async fn connect(
         addr: std::net::SocketAddr,
         token: &str,
-    ) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String> {
-        let mut req = format!("ws://{addr}/api/v1/phones/ph-1/stream").into_client_request().unwrap();
-        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws).map_err(|e| e.to_string())
+    ) -> Result<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        String,
+    > {
+        let mut req = format!("ws://{addr}/api/v1/phones/ph-1/stream")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| e.to_string())
     }
 
-    async fn next_json<S: StreamExt<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin>(ws: &mut S) -> serde_json::Value {
+    async fn next_json<
+        S: StreamExt<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    >(
+        ws: &mut S,
+    ) -> serde_json::Value {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             if let WsMessage::Text(t) = msg {
                 return serde_json::from_str(&t).unwrap();
             }
@@ -308,7 +384,11 @@ pub(crate) mod tests {
     async fn websocket_offer_answer_streams_video_and_carries_input() {
         let vmm = FakeVmm::start(64, 48);
         let hub = StreamHub::new();
-        let stun = IceServer { urls: vec!["stun:stun.example.org:3478".into()], username: None, credential: None };
+        let stun = IceServer {
+            urls: vec!["stun:stun.example.org:3478".into()],
+            username: None,
+            credential: None,
+        };
         let addr = serve(app(hub.clone(), vmm.socket.clone(), vec![stun.clone()])).await;
 
         let err = connect(addr, "stranger").await.err().unwrap();
@@ -317,7 +397,10 @@ pub(crate) mod tests {
         let mut ws = connect(addr, "holder").await.unwrap();
         let config = next_json(&mut ws).await;
         assert_eq!(config["type"], "config");
-        assert_eq!(config["iceServers"][0]["urls"][0], "stun:stun.example.org:3478");
+        assert_eq!(
+            config["iceServers"][0]["urls"][0],
+            "stun:stun.example.org:3478"
+        );
         assert_eq!(config["input"], true);
 
         let (mut browser, offer, pending) = Browser::new().await;
@@ -326,7 +409,11 @@ pub(crate) mod tests {
         let answer = next_json(&mut ws).await;
         assert_eq!(answer["type"], "answer", "{answer}");
         let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
-        browser.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        browser
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .unwrap();
 
         let mut decoder = openh264::decoder::Decoder::new().unwrap();
         let mut size = None;
@@ -380,15 +467,30 @@ pub(crate) mod tests {
         let addr = serve(app(StreamHub::new(), vmm.socket.clone(), Vec::new())).await;
         let mut ws = connect(addr, "operator").await.unwrap();
         assert_eq!(next_json(&mut ws).await["input"], false);
-        ws.send(WsMessage::Text(r#"{"type":"offer","sdp":"nonsense"}"#.into())).await.unwrap();
+        ws.send(WsMessage::Text(
+            r#"{"type":"offer","sdp":"nonsense"}"#.into(),
+        ))
+        .await
+        .unwrap();
         let reply = next_json(&mut ws).await;
         assert_eq!(reply["type"], "error");
-        assert!(reply["message"].as_str().unwrap().contains("SDP"), "{reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("SDP"),
+            "{reply}"
+        );
 
-        let mut req = format!("ws://{addr}/api/v1/phones/ph-1/stream").into_client_request().unwrap();
-        req.headers_mut().insert("authorization", "Bearer holder".parse().unwrap());
-        req.headers_mut().insert("origin", "https://evil.example".parse().unwrap());
-        let err = tokio_tungstenite::connect_async(req).await.err().unwrap().to_string();
+        let mut req = format!("ws://{addr}/api/v1/phones/ph-1/stream")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", "Bearer holder".parse().unwrap());
+        req.headers_mut()
+            .insert("origin", "https://evil.example".parse().unwrap());
+        let err = tokio_tungstenite::connect_async(req)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("403"), "{err}");
     }
 }

@@ -45,7 +45,9 @@ pub struct VmmApi {
 impl VmmApi {
     /// A client for the API socket at `socket` (nothing is connected yet).
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     /// The socket path (for log lines).
@@ -57,7 +59,9 @@ impl VmmApi {
     pub async fn framebuffer(&self) -> Result<FramebufferInfo, StreamError> {
         let body = self.call("GET", "/framebuffer", None).await?;
         serde_json::from_slice(&body).map_err(|e| {
-            self.error(format!("GET /framebuffer reply is not a framebuffer description: {e}"))
+            self.error(format!(
+                "GET /framebuffer reply is not a framebuffer description: {e}"
+            ))
         })
     }
 
@@ -80,7 +84,9 @@ impl VmmApi {
         let mut line = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| self.error(format!("damage stream broke: {e}")))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             for &b in data.iter() {
                 if b != b'\n' {
                     line.push(b);
@@ -94,7 +100,10 @@ impl VmmApi {
                     continue;
                 }
                 let event: DamageEvent = serde_json::from_slice(&text).map_err(|e| {
-                    self.error(format!("bad damage line {:?}: {e}", String::from_utf8_lossy(&text)))
+                    self.error(format!(
+                        "bad damage line {:?}: {e}",
+                        String::from_utf8_lossy(&text)
+                    ))
                 })?;
                 if sink.send(event).await.is_err() {
                     return Ok(());
@@ -104,7 +113,12 @@ impl VmmApi {
         Ok(())
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<Bytes, StreamError> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Bytes, StreamError> {
         let exchange = async {
             let res = self.send(method, path, body).await?;
             let status = res.status();
@@ -124,7 +138,12 @@ impl VmmApi {
             .map_err(|_| self.error(format!("{method} {path}: no reply within 5 s")))?
     }
 
-    async fn send(&self, method: &str, path: &str, body: Option<String>) -> Result<hyper::Response<Incoming>, StreamError> {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<hyper::Response<Incoming>, StreamError> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| self.error(format!("connect: {e} (is the phone's VMM running?)")))?;

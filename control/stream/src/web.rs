@@ -34,7 +34,9 @@ async fn file(State(dir): State<PathBuf>, UrlPath(path): UrlPath<String>) -> Res
 
 /// The file at `path` (URL form, relative) under `dir`, or a 404.
 pub async fn serve(dir: &Path, path: &str) -> Response {
-    let Some(rel) = safe_relative(path) else { return not_found() };
+    let Some(rel) = safe_relative(path) else {
+        return not_found();
+    };
     let full = dir.join(rel);
     match tokio::fs::metadata(&full).await {
         Ok(meta) if meta.is_file() && meta.len() <= MAX_FILE => {}
@@ -42,7 +44,10 @@ pub async fn serve(dir: &Path, path: &str) -> Response {
     }
     match tokio::fs::read(&full).await {
         Ok(body) => (
-            [(header::CONTENT_TYPE, content_type(&full)), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, content_type(&full)),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
             body,
         )
             .into_response(),
@@ -54,7 +59,12 @@ pub async fn serve(dir: &Path, path: &str) -> Response {
 }
 
 fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "not found").into_response()
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain")],
+        "not found",
+    )
+        .into_response()
 }
 
 /// `a/b.js` → `a/b.js`; anything with empty, dot-leading or odd segments, or under `api/` → None.
@@ -67,7 +77,9 @@ fn safe_relative(path: &str) -> Option<PathBuf> {
     for seg in path.split('/') {
         let ok = !seg.is_empty()
             && !seg.starts_with('.')
-            && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !ok {
             return None;
         }
@@ -96,8 +108,22 @@ mod tests {
     #[test]
     fn only_plain_relative_paths_are_served() {
         assert_eq!(safe_relative("app.js"), Some(PathBuf::from("app.js")));
-        assert_eq!(safe_relative("/js/phone.js"), Some(PathBuf::from("js/phone.js")));
-        for bad in ["", "../etc/passwd", "a/../../b", ".env", "a//b", "a/.git/x", "api/v1/x", "a\\b", "%2e%2e/x", "a b"] {
+        assert_eq!(
+            safe_relative("/js/phone.js"),
+            Some(PathBuf::from("js/phone.js"))
+        );
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a/../../b",
+            ".env",
+            "a//b",
+            "a/.git/x",
+            "api/v1/x",
+            "a\\b",
+            "%2e%2e/x",
+            "a b",
+        ] {
             assert_eq!(safe_relative(bad), None, "{bad:?}");
         }
     }
@@ -109,10 +135,22 @@ mod tests {
         std::fs::write(dir.join("app.js"), "export {}").unwrap();
         let index = serve(&dir, "index.html").await;
         assert_eq!(index.status(), StatusCode::OK);
-        assert_eq!(index.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
-        assert_eq!(serve(&dir, "app.js").await.headers()[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
-        assert_eq!(serve(&dir, "missing.js").await.status(), StatusCode::NOT_FOUND);
-        assert_eq!(serve(&dir, "../web/index.html").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            index.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            serve(&dir, "app.js").await.headers()[header::CONTENT_TYPE],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(
+            serve(&dir, "missing.js").await.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            serve(&dir, "../web/index.html").await.status(),
+            StatusCode::NOT_FOUND
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

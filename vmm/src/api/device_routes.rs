@@ -197,7 +197,10 @@ mod tests {
         let r = call(&d.handles, "GET", "/framebuffer", "");
         assert_eq!(r.status, 200);
         let info = json_body(&r);
-        assert_eq!((info["width"].as_u64(), info["height"].as_u64()), (Some(64), Some(96)));
+        assert_eq!(
+            (info["width"].as_u64(), info["height"].as_u64()),
+            (Some(64), Some(96))
+        );
         assert_eq!(info["stride"], 64 * 4);
         assert!(std::path::Path::new(info["path"].as_str().unwrap()).exists());
         let r = call(&d.handles, "GET", "/screenshot", "");
@@ -300,7 +303,10 @@ mod tests {
                 Some(Reply::Full(r)) => break r,
                 None => panic!("not routed"),
             }
-            assert!(streams.len() <= MAX_STREAMS, "more than {MAX_STREAMS} streams open");
+            assert!(
+                streams.len() <= MAX_STREAMS,
+                "more than {MAX_STREAMS} streams open"
+            );
         };
         assert_eq!(refused.status, 503);
         drop(streams);

@@ -202,7 +202,8 @@ mod tests {
         let server = ApiServer::start(&sock, vm.clone()).unwrap();
         let mut s = UnixStream::connect(&sock).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /framebuffer/events HTTP/1.1\r\n\r\n").unwrap();
+        s.write_all(b"GET /framebuffer/events HTTP/1.1\r\n\r\n")
+            .unwrap();
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {

@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn parses_every_device() {
-        let disk = vec!["/a.img,ro".to_string(), "/b.img,overlay=/b.qcow2,id=data".into()];
+        let disk = vec![
+            "/a.img,ro".to_string(),
+            "/b.img,overlay=/b.qcow2,id=data".into(),
+        ];
         let net = vec!["tap=phone0,mac=52:54:00:12:34:56".to_string()];
         let c = DeviceConfig::parse(DeviceArgs {
             gpu: Some("width=720,height=1280"),
@@ -162,7 +165,10 @@ mod tests {
         assert_eq!(c.net.unwrap().tap, "phone0");
         assert_eq!(c.vsock.unwrap().cid, 3);
         assert!(c.balloon);
-        assert_eq!(DeviceConfig::parse(args(&[], &[])).unwrap(), DeviceConfig::default());
+        assert_eq!(
+            DeviceConfig::parse(args(&[], &[])).unwrap(),
+            DeviceConfig::default()
+        );
     }
 
     #[test]
@@ -196,7 +202,9 @@ mod tests {
         assert!(one(None, None, Some("cid=1,uds=/x")).contains("--vsock"));
         assert!(one(None, None, Some("uds=/x")).contains("--vsock"));
         let e = |disk: &[String], net: &[String]| {
-            DeviceConfig::parse(args(disk, net)).unwrap_err().to_string()
+            DeviceConfig::parse(args(disk, net))
+                .unwrap_err()
+                .to_string()
         };
         assert!(e(&[",ro".into()], &[]).contains("--disk"));
         assert!(e(&["/a,bogus".into()], &[]).contains("--disk"));

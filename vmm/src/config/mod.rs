@@ -331,12 +331,27 @@ mod tests {
         assert_eq!(c.console_ports.len(), 1);
         assert_eq!(c.devices, DeviceConfig::default());
         let c = parse(&[
-            "--kernel", "/k", "--gpu", "width=720,height=1280", "--input", "touch,keyboard",
-            "--disk", "/a.img", "--disk", "/b.img,ro", "--net", "tap=p0", "--vsock",
-            "cid=3,uds=/tmp/v", "--balloon",
+            "--kernel",
+            "/k",
+            "--gpu",
+            "width=720,height=1280",
+            "--input",
+            "touch,keyboard",
+            "--disk",
+            "/a.img",
+            "--disk",
+            "/b.img,ro",
+            "--net",
+            "tap=p0",
+            "--vsock",
+            "cid=3,uds=/tmp/v",
+            "--balloon",
         ])
         .unwrap();
-        assert_eq!(c.devices.gpu.map(|g| (g.width, g.height)), Some((720, 1280)));
+        assert_eq!(
+            c.devices.gpu.map(|g| (g.width, g.height)),
+            Some((720, 1280))
+        );
         assert_eq!(c.devices.disks.len(), 2);
         assert!(c.devices.disks[1].read_only);
         assert!(c.devices.net.is_some() && c.devices.vsock.is_some() && c.devices.balloon);

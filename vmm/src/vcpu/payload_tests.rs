@@ -18,8 +18,7 @@ use crate::legacy::{PowerManagement, SerialDevice};
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemoryMmap};
 
 const CODE: u64 = 0x1000;
-/// 1 MiB: the payload area plus the BIOS area holding the reset vector.
-const RAM: u64 = 0x10_0000;
+const RAM: u64 = 0x10000;
 
 struct TestVm {
     vm: VmFd,
@@ -27,9 +26,14 @@ struct TestVm {
     ctx: Arc<VcpuContext>,
 }
 
-/// A VM without in-kernel irqchip (so HLT exits to us) and 1 MiB of RAM holding `code`;
+/// A VM without in-kernel irqchip (so HLT exits to us) and 64 KiB of RAM holding `code`;
 /// None when there is no KVM, or the host is PVM and `pvm_ok` is false.
 fn test_vm(code: &[u8], pvm_ok: bool) -> Option<TestVm> {
+    test_vm_with_ram(code, pvm_ok, RAM)
+}
+
+/// [`test_vm`] with `ram` bytes of RAM from address 0.
+fn test_vm_with_ram(code: &[u8], pvm_ok: bool, ram: u64) -> Option<TestVm> {
     let Ok(kvm) = Kvm::new() else {
         eprintln!("no /dev/kvm: payload test skipped (tier 1 needs KVM)");
         return None;
@@ -39,7 +43,7 @@ fn test_vm(code: &[u8], pvm_ok: bool) -> Option<TestVm> {
         return None;
     }
     let vm = kvm.create_vm().unwrap();
-    let mem = create_guest_memory(RAM).unwrap();
+    let mem = create_guest_memory(ram).unwrap();
     register_with_kvm(&vm, &mem).unwrap();
     mem.write_slice(code, GuestAddress(CODE)).unwrap();
     let ctx = Arc::new(VcpuContext::new(Arc::new(ExitSignal::default())));
@@ -158,7 +162,8 @@ fn two_vcpus_start_and_run() {
 #[test]
 fn jump_to_reset_vector_reboots_through_acpi_reset_register() {
     // ljmp 0xf000:0xfff0, as Linux's `reboot=bios` path does after leaving long mode.
-    let Some(t) = test_vm(&[0xea, 0xf0, 0xff, 0x00, 0xf0], true) else {
+    // 1 MiB of RAM so that the BIOS area holding the reset vector is backed.
+    let Some(t) = test_vm_with_ram(&[0xea, 0xf0, 0xff, 0x00, 0xf0], true, 0x10_0000) else {
         return;
     };
     crate::arch::x86_64::reset_vector::write_reset_vector(&t.mem).unwrap();

@@ -57,13 +57,18 @@ pub(super) fn attach_devices(
     config: &DeviceConfig,
     memory_mib: u64,
 ) -> anyhow::Result<DeviceHandles> {
-    let mut attach = |slot: u8, dev: Box<dyn VirtioDevice>| attach_virtio(pci, routes, mem, slot, dev);
+    let mut attach =
+        |slot: u8, dev: Box<dyn VirtioDevice>| attach_virtio(pci, routes, mem, slot, dev);
     let mut handles = DeviceHandles::default();
     let mut screen = None;
     if let Some(spec) = config.gpu {
         let (gpu, fb) = setup(
             || "--gpu".into(),
-            VirtioGpu::new_2d(spec, GpuLimits::default(), Path::new(framebuffer::DEFAULT_DIR)),
+            VirtioGpu::new_2d(
+                spec,
+                GpuLimits::default(),
+                Path::new(framebuffer::DEFAULT_DIR),
+            ),
         )?;
         attach(slots::GPU, Box::new(gpu))?;
         handles.framebuffer = Some(fb);

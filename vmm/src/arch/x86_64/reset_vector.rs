@@ -13,8 +13,11 @@ use super::layout::RESET_VECTOR_ADDR;
 use crate::acpi::{RESET_PORT, RESET_VALUE};
 use crate::memory::GuestMemoryMmap;
 
+const STUB_LEN: usize = 9;
+
 /// Real-mode code: write the reset value to the reset port, then halt for good.
-fn reset_stub() -> [u8; 9] {
+#[rustfmt::skip] // one instruction per line
+fn reset_stub() -> [u8; STUB_LEN] {
     let [port_lo, port_hi] = RESET_PORT.to_le_bytes();
     [
         0xb0, RESET_VALUE, // mov al, RESET_VALUE
@@ -40,7 +43,7 @@ mod tests {
     fn stub_writes_the_fadt_reset_register_and_fits_below_1mib() {
         let mem = crate::memory::create_guest_memory(2 << 20).unwrap();
         write_reset_vector(&mem).unwrap();
-        let mut code = [0u8; 9];
+        let mut code = [0u8; STUB_LEN];
         mem.read_slice(&mut code, GuestAddress(RESET_VECTOR_ADDR))
             .unwrap();
         assert_eq!(&code[..2], &[0xb0, RESET_VALUE]);
@@ -48,8 +51,13 @@ mod tests {
         assert_eq!(code[5], 0xee);
         // The short jump lands on the hlt (offset 6).
         assert_eq!(code[6], 0xf4);
-        assert_eq!(9 + i64::from(code[8] as i8), 6);
-        assert!(RESET_VECTOR_ADDR + code.len() as u64 <= HIMEM_START);
-        assert!(ACPI_END <= RESET_VECTOR_ADDR, "ACPI tables would overwrite the stub");
+        assert_eq!(STUB_LEN as i64 + i64::from(code[8] as i8), 6);
+        const {
+            assert!(RESET_VECTOR_ADDR + STUB_LEN as u64 <= HIMEM_START);
+            assert!(
+                ACPI_END <= RESET_VECTOR_ADDR,
+                "ACPI tables would overwrite the stub"
+            );
+        }
     }
 }
