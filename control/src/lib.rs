@@ -12,6 +12,7 @@ pub mod model;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod stream;
 
 /// Milliseconds since the Unix epoch: the one time unit stored and sent everywhere.
 pub fn now_ms() -> i64 {

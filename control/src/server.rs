@@ -36,6 +36,12 @@ pub struct ServeOptions {
     /// Period of the scheduler loop (expiry, heartbeat timeouts, warm pools).
     #[arg(long, default_value_t = 1_000)]
     pub tick_ms: u64,
+    /// Directory of the web UI's static files.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
+    pub web_dir: PathBuf,
+    /// Address for WebRTC host candidates (UDP): one the browsers can reach.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub webrtc_ip: std::net::IpAddr,
     /// Mark the session cookie Secure (when behind TLS).
     #[arg(long)]
     pub secure_cookies: bool,
@@ -86,7 +92,17 @@ pub async fn run_with(opts: ServeOptions, extra: axum::Router<AppState>) -> anyh
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "cloudphone control service listening");
     println!("listening on http://{addr}");
-    axum::serve(listener, api::router_with(state, extra))
+    let stream = crate::stream::api_routes(
+        state.clone(),
+        cloudphone_stream::StreamHub::new(),
+        cloudphone_stream::signalling::SignallingConfig {
+            bind_ip: opts.webrtc_ip,
+            ..Default::default()
+        },
+    );
+    let app = api::router_with(state, extra.merge(stream))
+        .merge(crate::stream::web_routes(opts.web_dir.clone()));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;

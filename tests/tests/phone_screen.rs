@@ -26,8 +26,12 @@ fn decode_png(bytes: &[u8]) -> Rgba {
     let mut reader = decoder.read_info().expect("PNG header");
     let mut pixels = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut pixels).expect("PNG frame");
-    assert_eq!(info.color_type, png::ColorType::Rgba, "screenshots are RGBA");
     pixels.truncate(info.buffer_size());
+    let pixels = match info.color_type {
+        png::ColorType::Rgba => pixels,
+        png::ColorType::Rgb => pixels.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
     Rgba { width: info.width, height: info.height, pixels }
 }
 
