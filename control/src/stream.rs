@@ -29,13 +29,21 @@ impl StreamAuthorizer for LeaseAuthorizer {
     fn authorize<'a>(&'a self, request: &'a Parts, phone_id: &'a str) -> AuthFuture<'a> {
         Box::pin(async move {
             let st = &self.0;
-            let user = crate::api::auth::authenticate(request, st).await.map_err(denied)?;
+            let user = crate::api::auth::authenticate(request, st)
+                .await
+                .map_err(denied)?;
             let mut tx = st.db.begin().await.map_err(|e| denied(e.into()))?;
-            let phone = phones::get_visible(&mut tx, &user, phone_id).await.map_err(denied)?;
-            let lease = leases::active_for_phone(&mut tx, &phone.id).await.map_err(denied)?;
+            let phone = phones::get_visible(&mut tx, &user, phone_id)
+                .await
+                .map_err(denied)?;
+            let lease = leases::active_for_phone(&mut tx, &phone.id)
+                .await
+                .map_err(denied)?;
             let holder = lease.is_some_and(|l| l.user_id == user.id);
             if !holder && user.role != Role::Operator {
-                return Err(denied(crate::error::Error::NotFound(format!("phone {phone_id}"))));
+                return Err(denied(crate::error::Error::NotFound(format!(
+                    "phone {phone_id}"
+                ))));
             }
             let api_socket = phone.api_socket.ok_or_else(|| StreamDenied {
                 status: axum::http::StatusCode::CONFLICT,
@@ -53,7 +61,10 @@ impl StreamAuthorizer for LeaseAuthorizer {
 
 fn denied(e: crate::error::Error) -> StreamDenied {
     let api: ApiError = e.into();
-    StreamDenied { status: api.status, message: api.error }
+    StreamDenied {
+        status: api.status,
+        message: api.error,
+    }
 }
 
 /// Routes to mount under `/api/v1` (`/phones/{id}/stream`).

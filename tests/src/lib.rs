@@ -93,8 +93,12 @@ pub struct GuestKernel {
 /// The cached guest kernel; panics with the command to run when it is missing.
 pub fn guest_kernel() -> GuestKernel {
     let dir = cache_dir().join("kernel");
-    let version = std::fs::read_to_string(dir.join("version"))
-        .unwrap_or_else(|_| panic!("no guest kernel in {}: run scripts/fetch-guest-kernel", dir.display()));
+    let version = std::fs::read_to_string(dir.join("version")).unwrap_or_else(|_| {
+        panic!(
+            "no guest kernel in {}: run scripts/fetch-guest-kernel",
+            dir.display()
+        )
+    });
     let version = version.trim().to_string();
     GuestKernel {
         vmlinuz: dir.join("vmlinuz"),
@@ -126,7 +130,10 @@ impl GuestKernel {
         for name in names {
             let key = name.replace('-', "_");
             let module = by_name.get(&key).ok_or_else(|| {
-                anyhow!("kernel module {name} not found in {}", self.modules.display())
+                anyhow!(
+                    "kernel module {name} not found in {}",
+                    self.modules.display()
+                )
             })?;
             visit_module(module, &deps, &mut seen, &mut order);
         }
@@ -136,10 +143,7 @@ impl GuestKernel {
 
 fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
-    file.split(".ko")
-        .next()
-        .unwrap_or(file)
-        .replace('-', "_")
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
 fn visit_module(
@@ -219,20 +223,23 @@ impl Initramfs {
             .find(|p| p.exists())
             .ok_or_else(|| anyhow!("busybox not installed: apt-get install busybox-static"))?;
         let mut cpio = CpioWriter::default();
-        for dir in ["bin", "sbin", "dev", "proc", "sys", "tmp", "mnt", "etc", "lib"] {
+        for dir in [
+            "bin", "sbin", "dev", "proc", "sys", "tmp", "mnt", "etc", "lib",
+        ] {
             cpio.dir(dir);
         }
         cpio.file("bin/busybox", &std::fs::read(busybox)?, 0o755);
-        let modules = kernel.resolve_modules(
-            &self.modules.iter().map(String::as_str).collect::<Vec<_>>(),
-        )?;
+        let modules =
+            kernel.resolve_modules(&self.modules.iter().map(String::as_str).collect::<Vec<_>>())?;
         let mut load = String::new();
         for module in &modules {
             let data = std::fs::read(kernel.modules.join(module))
                 .with_context(|| format!("read module {module}"))?;
             let name = format!("lib/modules/{}.ko", module_name(module));
             cpio.file(&name, &data, 0o644);
-            load.push_str(&format!("insmod /{name} || echo \"INIT: insmod {name} failed\"\n"));
+            load.push_str(&format!(
+                "insmod /{name} || echo \"INIT: insmod {name} failed\"\n"
+            ));
         }
         for (dest, data, mode) in &self.files {
             cpio.file(dest.trim_start_matches('/'), data, *mode);
@@ -353,7 +360,10 @@ impl VmProcess {
             .arg(format!("file:{}", serial_log.display()))
             .arg("--api-socket")
             .arg(&api_socket)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&vmm_log)?)
@@ -370,7 +380,12 @@ impl VmProcess {
 
     /// The arguments that boot `kernel` with `initrd` on `cpus` vCPUs and `memory_mib` of RAM,
     /// console on ttyS0 (add device options after these).
-    pub fn boot_args(kernel: &GuestKernel, initrd: &Path, cpus: u32, memory_mib: u32) -> Vec<String> {
+    pub fn boot_args(
+        kernel: &GuestKernel,
+        initrd: &Path,
+        cpus: u32,
+        memory_mib: u32,
+    ) -> Vec<String> {
         vec![
             "--kernel".into(),
             kernel.vmlinuz.display().to_string(),
@@ -407,10 +422,17 @@ impl VmProcess {
     }
 
     /// Like [`Self::wait_for_line`], for another file the guest writes to (a console port).
-    pub fn wait_for_line_in(&mut self, file: &Path, marker: &str, timeout: Duration) -> Result<String> {
+    pub fn wait_for_line_in(
+        &mut self,
+        file: &Path,
+        marker: &str,
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            let text = std::fs::read(file).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            let text = std::fs::read(file)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             // Only complete lines: the guest may be in the middle of writing the last one.
             let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
             if let Some(line) = complete.lines().find(|l| l.contains(marker)) {
@@ -442,7 +464,10 @@ impl VmProcess {
                 return Ok(status.code());
             }
             if Instant::now() > deadline {
-                bail!("VMM still running after {timeout:?}\n{}", self.diagnostics());
+                bail!(
+                    "VMM still running after {timeout:?}\n{}",
+                    self.diagnostics()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -481,7 +506,11 @@ impl VmProcess {
         let deadline = Instant::now() + timeout;
         while UnixStream::connect(&self.api_socket).is_err() {
             if self.try_exit()?.is_some() || Instant::now() > deadline {
-                bail!("API socket {} never came up\n{}", self.api_socket.display(), self.diagnostics());
+                bail!(
+                    "API socket {} never came up\n{}",
+                    self.api_socket.display(),
+                    self.diagnostics()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -574,7 +603,10 @@ mod tests {
 
     #[test]
     fn module_names_normalise_dashes_and_suffixes() {
-        assert_eq!(module_name("kernel/drivers/virtio/virtio_pci.ko"), "virtio_pci");
+        assert_eq!(
+            module_name("kernel/drivers/virtio/virtio_pci.ko"),
+            "virtio_pci"
+        );
         assert_eq!(module_name("kernel/x/kvm-amd.ko.xz"), "kvm_amd");
     }
 }

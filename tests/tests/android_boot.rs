@@ -18,8 +18,11 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 /// The cmdline `scripts/build-test-image` writes into boot.img's header.
 const HEADER_CMDLINE: &str = "console=hvc0 panic=-1 loglevel=4";
 /// Bootconfig values of vendor_boot.img that must reach the guest.
-const ANDROIDBOOT: [&str; 3] =
-    ["androidboot.hardware=cloudphone", "androidboot.cloudphone.profile=phone-720p", "androidboot.slot_suffix=_a"];
+const ANDROIDBOOT: [&str; 3] = [
+    "androidboot.hardware=cloudphone",
+    "androidboot.cloudphone.profile=phone-720p",
+    "androidboot.slot_suffix=_a",
+];
 /// Modules of the vendor ramdisk (names as /proc/modules prints them).
 const MODULES: [&str; 9] = [
     "virtio_pci",
@@ -33,13 +36,27 @@ const MODULES: [&str; 9] = [
     "virtio_balloon",
 ];
 const PARTITIONS: [&str; 12] = [
-    "misc", "boot_a", "boot_b", "init_boot_a", "init_boot_b", "vendor_boot_a", "vendor_boot_b",
-    "vbmeta_a", "vbmeta_b", "super", "userdata", "metadata",
+    "misc",
+    "boot_a",
+    "boot_b",
+    "init_boot_a",
+    "init_boot_b",
+    "vendor_boot_a",
+    "vendor_boot_b",
+    "vbmeta_a",
+    "vbmeta_b",
+    "super",
+    "userdata",
+    "metadata",
 ];
 
 fn test_image() -> PathBuf {
     let dir = cache_dir().join("test-image");
-    assert!(dir.join("boot.img").exists(), "no test image in {}: run scripts/build-test-image", dir.display());
+    assert!(
+        dir.join("boot.img").exists(),
+        "no test image in {}: run scripts/build-test-image",
+        dir.display()
+    );
     dir
 }
 
@@ -47,7 +64,11 @@ fn test_image() -> PathBuf {
 fn field(serial: &str, key: &str) -> String {
     serial
         .lines()
-        .find_map(|l| l.trim_end_matches('\r').split_once(&format!("{key} ")).map(|(_, v)| v.to_string()))
+        .find_map(|l| {
+            l.trim_end_matches('\r')
+                .split_once(&format!("{key} "))
+                .map(|(_, v)| v.to_string())
+        })
         .unwrap_or_else(|| panic!("guest printed no {key} line:\n{serial}"))
 }
 
@@ -69,9 +90,11 @@ fn boot_test_image(run: &str, extra: &[String]) -> String {
         "512".into(),
     ];
     args.extend_from_slice(extra);
-    let run_dir = std::env::temp_dir().join(format!("cloudphone-android-{run}-{}", std::process::id()));
+    let run_dir =
+        std::env::temp_dir().join(format!("cloudphone-android-{run}-{}", std::process::id()));
     let mut vm = VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm");
-    vm.wait_for_line("CLOUDPHONE_INIT_OK", BOOT_TIMEOUT).unwrap();
+    vm.wait_for_line("CLOUDPHONE_INIT_OK", BOOT_TIMEOUT)
+        .unwrap();
     let serial = vm.serial();
     drop(vm);
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -82,23 +105,42 @@ fn boot_test_image(run: &str, extra: &[String]) -> String {
 /// vendor module loaded, and (when `with_disk`) every GPT partition seen by name.
 fn check_report(serial: &str, with_disk: bool) {
     let cmdline = field(serial, "CLOUDPHONE_CMDLINE");
-    assert!(cmdline.contains(HEADER_CMDLINE), "header cmdline missing from /proc/cmdline: {cmdline}");
+    assert!(
+        cmdline.contains(HEADER_CMDLINE),
+        "header cmdline missing from /proc/cmdline: {cmdline}"
+    );
     for value in ANDROIDBOOT {
-        assert!(cmdline.split_whitespace().any(|w| w == value), "{value} missing from /proc/cmdline: {cmdline}");
+        assert!(
+            cmdline.split_whitespace().any(|w| w == value),
+            "{value} missing from /proc/cmdline: {cmdline}"
+        );
     }
     let loaded = field(serial, "CLOUDPHONE_MODULES");
     for m in MODULES {
-        assert!(loaded.split_whitespace().any(|l| l == m), "module {m} not loaded from the vendor ramdisk: {loaded}");
+        assert!(
+            loaded.split_whitespace().any(|l| l == m),
+            "module {m} not loaded from the vendor ramdisk: {loaded}"
+        );
     }
-    assert!(!serial.contains("CLOUDPHONE_MODULE_FAILED"), "a vendor module failed to load:\n{serial}");
+    assert!(
+        !serial.contains("CLOUDPHONE_MODULE_FAILED"),
+        "a vendor module failed to load:\n{serial}"
+    );
     if with_disk {
         let parts: Vec<&str> = serial
             .lines()
-            .filter_map(|l| l.trim_end_matches('\r').split_once("CLOUDPHONE_PART ").map(|(_, v)| v))
+            .filter_map(|l| {
+                l.trim_end_matches('\r')
+                    .split_once("CLOUDPHONE_PART ")
+                    .map(|(_, v)| v)
+            })
             .filter_map(|v| v.split_whitespace().nth(1))
             .collect();
         for p in PARTITIONS {
-            assert!(parts.contains(&p), "GPT partition {p} not seen by the guest (saw {parts:?})");
+            assert!(
+                parts.contains(&p),
+                "GPT partition {p} not seen by the guest (saw {parts:?})"
+            );
         }
     }
 }
@@ -119,19 +161,36 @@ fn host_only_qemu_boots_the_assembled_test_image() {
         .arg(dir.join("initrd"))
         .output()
         .expect("run cloudphone-image assemble");
-    assert!(assembled.status.success(), "assemble failed: {}", String::from_utf8_lossy(&assembled.stderr));
+    assert!(
+        assembled.status.success(),
+        "assemble failed: {}",
+        String::from_utf8_lossy(&assembled.stderr)
+    );
     let report = String::from_utf8_lossy(&assembled.stdout).into_owned();
     let cmdline = field(&report, "cmdline:");
     let serial_path = dir.join("serial.log");
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-M", "q35", "-m", "1024", "-smp", "1", "-nographic", "-no-reboot", "-kernel"])
+        .args([
+            "-M",
+            "q35",
+            "-m",
+            "1024",
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+        ])
         .arg(dir.join("kernel"))
         .arg("-initrd")
         .arg(dir.join("initrd"))
         .arg("-append")
         .arg(format!("{cmdline} console=ttyS0"))
         .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw,readonly=on", img.join("disk.img").display()))
+        .arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            img.join("disk.img").display()
+        ))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&serial_path).unwrap())
         .stderr(Stdio::null())

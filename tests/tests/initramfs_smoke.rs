@@ -19,7 +19,17 @@ fn qemu_boots_our_initramfs_and_loads_modules() {
     let out = Command::new("timeout")
         .arg("120")
         .arg("qemu-system-x86_64")
-        .args(["-M", "q35", "-accel", "tcg", "-smp", "2", "-m", "512", "-nodefaults"])
+        .args([
+            "-M",
+            "q35",
+            "-accel",
+            "tcg",
+            "-smp",
+            "2",
+            "-m",
+            "512",
+            "-nodefaults",
+        ])
         .args(["-display", "none", "-no-reboot", "-serial", "stdio"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
@@ -30,6 +40,12 @@ fn qemu_boots_our_initramfs_and_loads_modules() {
         .expect("run qemu-system-x86_64 (apt-get install qemu-system-x86)");
     let serial = String::from_utf8_lossy(&out.stdout);
     assert!(serial.contains("INIT_READY"), "no INIT_READY:\n{serial}");
-    assert!(serial.contains("CPUS=2"), "guest did not see 2 CPUs:\n{serial}");
-    assert!(serial.contains("MODULES_OK"), "modules not loaded:\n{serial}");
+    assert!(
+        serial.contains("CPUS=2"),
+        "guest did not see 2 CPUs:\n{serial}"
+    );
+    assert!(
+        serial.contains("MODULES_OK"),
+        "modules not loaded:\n{serial}"
+    );
 }

@@ -29,15 +29,26 @@ fn decode_png(bytes: &[u8]) -> Rgba {
     pixels.truncate(info.buffer_size());
     let pixels = match info.color_type {
         png::ColorType::Rgba => pixels,
-        png::ColorType::Rgb => pixels.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+        png::ColorType::Rgb => pixels
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
         other => panic!("unexpected PNG colour type {other:?}"),
     };
-    Rgba { width: info.width, height: info.height, pixels }
+    Rgba {
+        width: info.width,
+        height: info.height,
+        pixels,
+    }
 }
 
 /// Fraction of pixels below the status bar that differ (any channel off by more than 8).
 fn difference(a: &Rgba, b: &Rgba) -> f64 {
-    assert_eq!((a.width, a.height), (b.width, b.height), "screen sizes differ");
+    assert_eq!(
+        (a.width, a.height),
+        (b.width, b.height),
+        "screen sizes differ"
+    );
     let start = (STATUS_BAR * a.width * 4) as usize;
     let differing = a.pixels[start..]
         .chunks_exact(4)
@@ -58,14 +69,29 @@ fn phone_agent() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target = exe.ancestors().nth(3).unwrap().to_path_buf();
     let agent = target.join("x86_64-unknown-linux-gnu/release/phone-agent");
-    assert!(agent.exists(), "{} missing: run scripts/build-test-image", agent.display());
+    assert!(
+        agent.exists(),
+        "{} missing: run scripts/build-test-image",
+        agent.display()
+    );
     agent
 }
 
 fn golden(dir: &Path, screen: &str, extra: &[&str]) -> Rgba {
-    let out = dir.join(format!("golden-{screen}-{}.png", extra.join("_").replace(['=', '/'], "-")));
+    let out = dir.join(format!(
+        "golden-{screen}-{}.png",
+        extra.join("_").replace(['=', '/'], "-")
+    ));
     let status = Command::new(phone_agent())
-        .args(["render", "--screen", screen, "--width", &WIDTH.to_string(), "--height", &HEIGHT.to_string()])
+        .args([
+            "render",
+            "--screen",
+            screen,
+            "--width",
+            &WIDTH.to_string(),
+            "--height",
+            &HEIGHT.to_string(),
+        ])
         .args(["--time", "12:00", "--out"])
         .arg(&out)
         .args(extra.iter().flat_map(|e| ["--info", e]))
@@ -78,7 +104,13 @@ fn golden(dir: &Path, screen: &str, extra: &[&str]) -> Rgba {
 /// Centre of a named icon from `phone-agent layout`.
 fn icon_centre(name: &str) -> (u32, u32) {
     let out = Command::new(phone_agent())
-        .args(["layout", "--width", &WIDTH.to_string(), "--height", &HEIGHT.to_string()])
+        .args([
+            "layout",
+            "--width",
+            &WIDTH.to_string(),
+            "--height",
+            &HEIGHT.to_string(),
+        ])
         .output()
         .expect("phone-agent layout");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -100,7 +132,11 @@ fn save_png(img: &Rgba, path: &Path) {
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), img.width, img.height);
     encoder.set_color(png::ColorType::Rgba);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder.write_header().unwrap().write_image_data(&img.pixels).unwrap();
+    encoder
+        .write_header()
+        .unwrap()
+        .write_image_data(&img.pixels)
+        .unwrap();
 }
 
 /// The guest's screen, read from the exported framebuffer (shared memory) the API points at.
@@ -110,7 +146,10 @@ fn screenshot(vm: &VmProcess) -> Rgba {
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
     let path = info["path"].as_str().unwrap();
     let stride = info["stride"].as_u64().unwrap() as usize;
-    let (w, h) = (info["width"].as_u64().unwrap() as u32, info["height"].as_u64().unwrap() as u32);
+    let (w, h) = (
+        info["width"].as_u64().unwrap() as u32,
+        info["height"].as_u64().unwrap() as u32,
+    );
     assert_eq!(info["format"], "B8G8R8X8", "phone agent uses XRGB8888");
     let raw = std::fs::read(path).unwrap();
     let mut pixels = Vec::with_capacity((w * h * 4) as usize);
@@ -119,7 +158,11 @@ fn screenshot(vm: &VmProcess) -> Rgba {
             pixels.extend_from_slice(&[px[2], px[1], px[0], 255]);
         }
     }
-    Rgba { width: w, height: h, pixels }
+    Rgba {
+        width: w,
+        height: h,
+        pixels,
+    }
 }
 
 fn touch(vm: &VmProcess, fingers: &[(u32, u32, u32, bool)]) {
@@ -166,14 +209,24 @@ fn phone_boots_draws_home_and_reacts_to_touch_and_keys() {
     ]
     .into();
     let mut vm = VmProcess::spawn(&dir, &args).unwrap();
-    let ready = vm.wait_for_line_in(&report, "PHONE_READY", Duration::from_secs(240)).unwrap();
-    assert!(ready.contains(&format!("width={WIDTH} height={HEIGHT}")), "{ready}");
-    vm.wait_for_line_in(&report, "SCREEN app=home", Duration::from_secs(10)).unwrap();
+    let ready = vm
+        .wait_for_line_in(&report, "PHONE_READY", Duration::from_secs(240))
+        .unwrap();
+    assert!(
+        ready.contains(&format!("width={WIDTH} height={HEIGHT}")),
+        "{ready}"
+    );
+    vm.wait_for_line_in(&report, "SCREEN app=home", Duration::from_secs(10))
+        .unwrap();
 
     let home = screenshot(&vm);
     let home_golden = golden(&dir, "home", &[]);
     let diff = difference(&home, &home_golden);
-    assert!(diff < 0.01, "home screen differs from the golden in {:.2}% of pixels", diff * 100.0);
+    assert!(
+        diff < 0.01,
+        "home screen differs from the golden in {:.2}% of pixels",
+        diff * 100.0
+    );
     // Kept for the docs (the repo is read-only inside the sandbox; scripts/test copies it).
     save_png(&home, &dir.join("home.png"));
     eprintln!("home screenshot: {}", dir.join("home.png").display());
@@ -182,36 +235,62 @@ fn phone_boots_draws_home_and_reacts_to_touch_and_keys() {
     let (x, y) = icon_centre("Info");
     touch(&vm, &[(0, x, y, true)]);
     touch(&vm, &[(0, x, y, false)]);
-    vm.wait_for_line_in(&report, "SCREEN app=info", Duration::from_secs(20)).unwrap();
+    vm.wait_for_line_in(&report, "SCREEN app=info", Duration::from_secs(20))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let info = screenshot(&vm);
     let right = difference(&info, &golden(&dir, "info", &[&format!("vcpus={CPUS}")]));
-    let wrong = difference(&info, &golden(&dir, "info", &[&format!("vcpus={}", CPUS + 5)]));
-    assert!(right < wrong, "Info page does not show {CPUS} vCPUs (diff {right:.4} vs {wrong:.4})");
-    assert!(difference(&info, &home) > 0.05, "Info page looks like the home screen");
+    let wrong = difference(
+        &info,
+        &golden(&dir, "info", &[&format!("vcpus={}", CPUS + 5)]),
+    );
+    assert!(
+        right < wrong,
+        "Info page does not show {CPUS} vCPUs (diff {right:.4} vs {wrong:.4})"
+    );
+    assert!(
+        difference(&info, &home) > 0.05,
+        "Info page looks like the home screen"
+    );
 
     // BACK returns home.
     key(&vm, "BACK");
-    let line = vm.wait_for_line_in(&report, "key=BACK", Duration::from_secs(20)).unwrap();
+    let line = vm
+        .wait_for_line_in(&report, "key=BACK", Duration::from_secs(20))
+        .unwrap();
     assert!(line.contains("t_us="), "{line}");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(difference(&screenshot(&vm), &home_golden) < 0.01, "BACK did not return home");
+    assert!(
+        difference(&screenshot(&vm), &home_golden) < 0.01,
+        "BACK did not return home"
+    );
 
     // Paint: a two-finger gesture leaves two strokes in the per-finger colours.
     let (x, y) = icon_centre("Paint");
     touch(&vm, &[(0, x, y, true)]);
     touch(&vm, &[(0, x, y, false)]);
-    vm.wait_for_line_in(&report, "SCREEN app=paint", Duration::from_secs(20)).unwrap();
+    vm.wait_for_line_in(&report, "SCREEN app=paint", Duration::from_secs(20))
+        .unwrap();
     for step in 0..10 {
-        touch(&vm, &[(0, 150 + step * 20, 400, true), (1, 150 + step * 20, 900, true)]);
+        touch(
+            &vm,
+            &[
+                (0, 150 + step * 20, 400, true),
+                (1, 150 + step * 20, 900, true),
+            ],
+        );
     }
     touch(&vm, &[(0, 350, 400, false), (1, 350, 900, false)]);
-    vm.wait_for_line_in(&report, "slot=1 action=up", Duration::from_secs(20)).unwrap();
+    vm.wait_for_line_in(&report, "slot=1 action=up", Duration::from_secs(20))
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let painted = screenshot(&vm);
     let red = count_colour(&painted, [0xe5, 0x39, 0x35]);
     let blue = count_colour(&painted, [0x1e, 0x88, 0xe5]);
-    assert!(red > 500 && blue > 500, "two strokes expected: red {red} px, blue {blue} px");
+    assert!(
+        red > 500 && blue > 500,
+        "two strokes expected: red {red} px, blue {blue} px"
+    );
 
     let (status, _) = vm.api("PUT", "/shutdown", None).unwrap();
     assert!(status < 300);

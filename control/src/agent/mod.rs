@@ -170,7 +170,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 vendor_boot: opts.vendor_boot.clone(),
             },
             None => vmm::GuestBoot::Kernel {
-                kernel: opts.kernel.clone().context("--kernel or --boot-img is required")?,
+                kernel: opts
+                    .kernel
+                    .clone()
+                    .context("--kernel or --boot-img is required")?,
                 initrd: opts.initrd.clone(),
             },
         },

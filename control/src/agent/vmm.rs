@@ -26,8 +26,14 @@ pub struct VmmConfig {
 /// would (the VMM assembles kernel, ramdisks, bootconfig and cmdline from them).
 #[derive(Debug, Clone)]
 pub enum GuestBoot {
-    Kernel { kernel: PathBuf, initrd: Option<PathBuf> },
-    Android { boot_img: PathBuf, vendor_boot: Option<PathBuf> },
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+    },
+    Android {
+        boot_img: PathBuf,
+        vendor_boot: Option<PathBuf>,
+    },
 }
 
 /// Which optional VMM devices phones get (all by default; fewer for VMM builds or tests
@@ -153,7 +159,10 @@ pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<S
             }
             args.extend(["--cmdline".to_owned(), cfg.cmdline.clone()]);
         }
-        GuestBoot::Android { boot_img, vendor_boot } => {
+        GuestBoot::Android {
+            boot_img,
+            vendor_boot,
+        } => {
             args.extend(["--boot-img".to_owned(), boot_img.display().to_string()]);
             if let Some(v) = vendor_boot {
                 args.extend(["--vendor-boot".to_owned(), v.display().to_string()]);
@@ -407,8 +416,17 @@ mod tests {
             ..bare
         };
         let args = command_line(&android, &p, &dir).join(" ");
-        assert!(args.starts_with("--boot-img /img/boot.img --vendor-boot /img/vendor_boot.img"), "{args}");
-        assert!(!args.contains("--kernel") && !args.contains("--cmdline"), "{args}");
-        assert!(args.contains("--console port=1,path=/s/phones/ph_1/report.log"), "{args}");
+        assert!(
+            args.starts_with("--boot-img /img/boot.img --vendor-boot /img/vendor_boot.img"),
+            "{args}"
+        );
+        assert!(
+            !args.contains("--kernel") && !args.contains("--cmdline"),
+            "{args}"
+        );
+        assert!(
+            args.contains("--console port=1,path=/s/phones/ph_1/report.log"),
+            "{args}"
+        );
     }
 }

@@ -18,7 +18,9 @@ pub struct BitrateController {
 impl BitrateController {
     /// Start at `initial` bits/s (clamped to the encoder's range).
     pub fn new(initial: u32) -> Self {
-        Self { bitrate: initial.clamp(MIN_BITRATE, MAX_BITRATE) }
+        Self {
+            bitrate: initial.clamp(MIN_BITRATE, MAX_BITRATE),
+        }
     }
 
     /// The current target bitrate in bits/s.
@@ -68,9 +70,15 @@ mod tests {
         let rates = simulate(1_000_000, 6_000_000, 60);
         let tail = &rates[40..];
         let avg = tail.iter().map(|&r| r as f64).sum::<f64>() / tail.len() as f64;
-        eprintln!("bwe: 6 Mb/s start on a 1 Mb/s link settles around {:.0} kb/s", avg / 1000.0);
+        eprintln!(
+            "bwe: 6 Mb/s start on a 1 Mb/s link settles around {:.0} kb/s",
+            avg / 1000.0
+        );
         assert!(rates[5] < 3_000_000, "backs off quickly: {:?}", &rates[..6]);
-        assert!((800_000.0..=1_300_000.0).contains(&avg), "settles near capacity, got {avg}");
+        assert!(
+            (800_000.0..=1_300_000.0).contains(&avg),
+            "settles near capacity, got {avg}"
+        );
     }
 
     #[test]

@@ -156,13 +156,26 @@ mod tests {
     fn white_black_and_red_map_to_bt601_limited_values() {
         let mut f = I420Frame::new(2, 2).unwrap();
         f.fill_from(&[255; 16], 8, PixelLayout::Bgrx).unwrap();
-        assert!(f.y.iter().all(|&y| (234..=236).contains(&y)), "white Y {:?}", f.y);
+        assert!(
+            f.y.iter().all(|&y| (234..=236).contains(&y)),
+            "white Y {:?}",
+            f.y
+        );
         f.fill_from(&[0; 16], 8, PixelLayout::Bgrx).unwrap();
-        assert!(f.y.iter().all(|&y| (15..=17).contains(&y)), "black Y {:?}", f.y);
+        assert!(
+            f.y.iter().all(|&y| (15..=17).contains(&y)),
+            "black Y {:?}",
+            f.y
+        );
         // pure red in BGRX order: V high, U below neutral
         let red = [0u8, 0, 255, 255].repeat(4);
         f.fill_from(&red, 8, PixelLayout::Bgrx).unwrap();
-        assert!(f.v[0] > 200 && f.u[0] < 128, "red U={} V={}", f.u[0], f.v[0]);
+        assert!(
+            f.v[0] > 200 && f.u[0] < 128,
+            "red U={} V={}",
+            f.u[0],
+            f.v[0]
+        );
         let red_rgbx = [255u8, 0, 0, 255].repeat(4);
         f.fill_from(&red_rgbx, 8, PixelLayout::Rgbx).unwrap();
         assert!(f.v[0] > 200 && f.u[0] < 128);

@@ -46,7 +46,11 @@ pub struct H264Encoder {
 impl H264Encoder {
     /// Create an encoder for `settings`.
     pub fn new(settings: H264Settings) -> Result<Self, StreamError> {
-        if settings.width % 2 != 0 || settings.height % 2 != 0 || settings.width == 0 || settings.height == 0 {
+        if settings.width % 2 != 0
+            || settings.height % 2 != 0
+            || settings.width == 0
+            || settings.height == 0
+        {
             return Err(StreamError::Geometry(format!(
                 "{}x{}: H.264 needs even, non-zero dimensions",
                 settings.width, settings.height
@@ -68,7 +72,10 @@ impl H264Encoder {
             .map_err(|e| StreamError::Encoder(e.to_string()))?;
         Ok(Self {
             encoder,
-            settings: H264Settings { bitrate, ..settings },
+            settings: H264Settings {
+                bitrate,
+                ..settings
+            },
             force_key: true,
         })
     }
@@ -92,7 +99,10 @@ impl H264Encoder {
         }
         // OpenH264's runtime option API is not exposed safely by the crate: rebuild the
         // encoder (cheap next to a frame) and start the new stream with a keyframe.
-        let settings = H264Settings { bitrate: bps, ..self.settings };
+        let settings = H264Settings {
+            bitrate: bps,
+            ..self.settings
+        };
         *self = Self::new(settings)?;
         Ok(())
     }
@@ -167,19 +177,32 @@ mod tests {
     #[test]
     fn encodes_decodable_h264_with_psnr_above_35_db() {
         let (w, h) = (720, 1280);
-        let mut enc = H264Encoder::new(H264Settings { width: w, height: h, bitrate: 4_000_000, max_fps: 30.0 }).unwrap();
+        let mut enc = H264Encoder::new(H264Settings {
+            width: w,
+            height: h,
+            bitrate: 4_000_000,
+            max_fps: 30.0,
+        })
+        .unwrap();
         let mut dec = Decoder::new().unwrap();
         let mut frame = I420Frame::new(w, h).unwrap();
         for (n, shift) in [0u32, 7, 7].into_iter().enumerate() {
-            frame.fill_from(&phone_frame(w, h, shift), w * 4, PixelLayout::Bgrx).unwrap();
+            frame
+                .fill_from(&phone_frame(w, h, shift), w * 4, PixelLayout::Bgrx)
+                .unwrap();
             let out = enc.encode(&frame).unwrap();
             assert_eq!(out.keyframe, n == 0, "only the first frame is a keyframe");
             assert!(out.data.starts_with(&[0, 0, 0, 1]), "Annex-B start code");
-            let yuv = dec.decode(&out.data).unwrap().expect("a decoded picture per access unit");
+            let yuv = dec
+                .decode(&out.data)
+                .unwrap()
+                .expect("a decoded picture per access unit");
             let (dw, dh) = yuv.dimensions();
             assert_eq!((dw, dh), (w as usize, h as usize));
             let (ys, _, _) = yuv.strides();
-            let decoded_y: Vec<u8> = (0..h as usize).flat_map(|r| yuv.y()[r * ys..r * ys + w as usize].to_vec()).collect();
+            let decoded_y: Vec<u8> = (0..h as usize)
+                .flat_map(|r| yuv.y()[r * ys..r * ys + w as usize].to_vec())
+                .collect();
             let p = psnr(frame.y_plane(), &decoded_y);
             eprintln!("frame {n}: {} bytes, luma PSNR {p:.1} dB", out.data.len());
             assert!(p > 35.0, "PSNR {p:.1} dB too low");
@@ -188,9 +211,17 @@ mod tests {
 
     #[test]
     fn keyframe_on_request_and_after_bitrate_change() {
-        let mut enc = H264Encoder::new(H264Settings { width: 64, height: 64, bitrate: 500_000, max_fps: 30.0 }).unwrap();
+        let mut enc = H264Encoder::new(H264Settings {
+            width: 64,
+            height: 64,
+            bitrate: 500_000,
+            max_fps: 30.0,
+        })
+        .unwrap();
         let mut frame = I420Frame::new(64, 64).unwrap();
-        frame.fill_from(&phone_frame(64, 64, 0), 256, PixelLayout::Bgrx).unwrap();
+        frame
+            .fill_from(&phone_frame(64, 64, 0), 256, PixelLayout::Bgrx)
+            .unwrap();
         assert!(enc.encode(&frame).unwrap().keyframe);
         assert!(!enc.encode(&frame).unwrap().keyframe);
         enc.request_keyframe();
@@ -204,8 +235,20 @@ mod tests {
 
     #[test]
     fn rejects_mismatched_and_odd_frames() {
-        assert!(H264Encoder::new(H264Settings { width: 63, height: 64, bitrate: 1_000_000, max_fps: 30.0 }).is_err());
-        let mut enc = H264Encoder::new(H264Settings { width: 64, height: 64, bitrate: 1_000_000, max_fps: 30.0 }).unwrap();
+        assert!(H264Encoder::new(H264Settings {
+            width: 63,
+            height: 64,
+            bitrate: 1_000_000,
+            max_fps: 30.0
+        })
+        .is_err());
+        let mut enc = H264Encoder::new(H264Settings {
+            width: 64,
+            height: 64,
+            bitrate: 1_000_000,
+            max_fps: 30.0,
+        })
+        .unwrap();
         let frame = I420Frame::new(32, 32).unwrap();
         assert!(enc.encode(&frame).is_err());
     }

@@ -27,9 +27,9 @@ pub mod web;
 pub mod webrtc;
 
 #[cfg(test)]
-mod fake_vmm;
-#[cfg(test)]
 mod browser_tests;
+#[cfg(test)]
+mod fake_vmm;
 
 pub use bwe::BitrateController;
 pub use frame::{I420Frame, PixelLayout};

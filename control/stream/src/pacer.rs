@@ -29,7 +29,11 @@ pub struct EncodePacer {
 impl EncodePacer {
     /// Pace to at most `max_fps` frames/s; resend the last frame once after `resend_after` idle.
     pub fn new(max_fps: f32, resend_after: Duration) -> Self {
-        let fps = if max_fps.is_finite() { max_fps.clamp(1.0, 120.0) } else { 30.0 };
+        let fps = if max_fps.is_finite() {
+            max_fps.clamp(1.0, 120.0)
+        } else {
+            30.0
+        };
         Self {
             min_interval: Duration::from_micros((1e6 / fps as f64).round() as u64),
             resend_after,
@@ -49,7 +53,9 @@ impl EncodePacer {
         let since = self.last_sent.map(|t| now.saturating_duration_since(t));
         if self.dirty {
             match since {
-                Some(s) if s < self.min_interval => return PacerAction::WaitFor(self.min_interval - s),
+                Some(s) if s < self.min_interval => {
+                    return PacerAction::WaitFor(self.min_interval - s)
+                }
                 _ => {
                     self.dirty = false;
                     self.resent = false;
@@ -79,7 +85,10 @@ mod tests {
         let mut p = EncodePacer::new(30.0, Duration::from_secs(1));
         let t0 = Instant::now();
         for i in 0..100 {
-            assert_eq!(p.poll(t0 + Duration::from_millis(i * 50)), PacerAction::Idle);
+            assert_eq!(
+                p.poll(t0 + Duration::from_millis(i * 50)),
+                PacerAction::Idle
+            );
         }
     }
 
@@ -104,9 +113,15 @@ mod tests {
         p.damage();
         assert_eq!(p.poll(t0), PacerAction::Encode);
         p.damage();
-        assert_eq!(p.poll(t0 + Duration::from_millis(10)), PacerAction::WaitFor(Duration::from_millis(40)));
+        assert_eq!(
+            p.poll(t0 + Duration::from_millis(10)),
+            PacerAction::WaitFor(Duration::from_millis(40))
+        );
         assert_eq!(p.poll(t0 + Duration::from_millis(50)), PacerAction::Encode);
-        assert!(matches!(p.poll(t0 + Duration::from_millis(60)), PacerAction::WaitFor(_)));
+        assert!(matches!(
+            p.poll(t0 + Duration::from_millis(60)),
+            PacerAction::WaitFor(_)
+        ));
         assert_eq!(p.poll(t0 + Duration::from_millis(600)), PacerAction::Resend);
         assert_eq!(p.poll(t0 + Duration::from_millis(5000)), PacerAction::Idle);
     }

@@ -84,7 +84,15 @@ pub async fn start_viewer(offer: &str, bind_ip: IpAddr) -> Result<Viewer, Stream
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (ev_tx, ev_rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let mut session = Session { rtc, socket, local_addr, events: ev_tx, video: None, channel: None, start: Instant::now() };
+        let mut session = Session {
+            rtc,
+            socket,
+            local_addr,
+            events: ev_tx,
+            video: None,
+            channel: None,
+            start: Instant::now(),
+        };
         let reason = match session.run(cmd_rx).await {
             Ok(reason) => reason,
             Err(e) => e.to_string(),
@@ -92,7 +100,12 @@ pub async fn start_viewer(offer: &str, bind_ip: IpAddr) -> Result<Viewer, Stream
         tracing::info!(%local_addr, %reason, "viewer session ended");
         let _ = session.events.send(ViewerEvent::Closed(reason)).await;
     });
-    Ok(Viewer { answer_sdp: answer.to_sdp_string(), commands: cmd_tx, events: ev_rx, local_addr })
+    Ok(Viewer {
+        answer_sdp: answer.to_sdp_string(),
+        commands: cmd_tx,
+        events: ev_rx,
+        local_addr,
+    })
 }
 
 struct Session {
@@ -106,7 +119,10 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, mut commands: mpsc::Receiver<ViewerCommand>) -> Result<String, StreamError> {
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<ViewerCommand>,
+    ) -> Result<String, StreamError> {
         let mut buf = vec![0u8; 2048];
         loop {
             let deadline = match self.drain_output().await? {
@@ -165,9 +181,11 @@ impl Session {
             }
             Event::Connected => Some(ViewerEvent::Connected),
             Event::KeyframeRequest(_) => Some(ViewerEvent::KeyframeRequest),
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. }) => {
-                Some(ViewerEvent::Bitrate(estimate.as_u64().min(u32::MAX as u64) as u32))
-            }
+            Event::EgressBitrateEstimate(
+                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+            ) => Some(ViewerEvent::Bitrate(
+                estimate.as_u64().min(u32::MAX as u64) as u32
+            )),
             Event::ChannelOpen(id, _label) => {
                 self.channel = Some(id);
                 None
@@ -186,20 +204,35 @@ impl Session {
 
     fn pick_h264(&mut self, mid: Mid) -> Option<Pt> {
         let writer = self.rtc.writer(mid)?;
-        let params: Vec<_> = writer.payload_params().filter(|p| p.spec().codec == Codec::H264).cloned().collect();
+        let params: Vec<_> = writer
+            .payload_params()
+            .filter(|p| p.spec().codec == Codec::H264)
+            .cloned()
+            .collect();
         let baseline = |p: &&str0m::format::PayloadParams| {
             let f = p.spec().format;
-            f.packetization_mode == Some(1) && f.profile_level_id.is_some_and(|id| (id >> 16) == 0x42)
+            f.packetization_mode == Some(1)
+                && f.profile_level_id.is_some_and(|id| (id >> 16) == 0x42)
         };
-        params.iter().find(baseline).or(params.first()).map(|p| p.pt())
+        params
+            .iter()
+            .find(baseline)
+            .or(params.first())
+            .map(|p| p.pt())
     }
 
     fn write_frame(&mut self, frame: &EncodedFrame) -> Result<(), StreamError> {
-        let Some((mid, pt)) = self.video else { return Ok(()) };
-        let Some(writer) = self.rtc.writer(mid) else { return Ok(()) };
+        let Some((mid, pt)) = self.video else {
+            return Ok(());
+        };
+        let Some(writer) = self.rtc.writer(mid) else {
+            return Ok(());
+        };
         let now = Instant::now();
         let rtp_time = MediaTime::from_micros(now.duration_since(self.start).as_micros() as u64);
-        writer.write(pt, now, rtp_time, frame.data.clone()).map_err(rtc_error)
+        writer
+            .write(pt, now, rtp_time, frame.data.clone())
+            .map_err(rtc_error)
     }
 }
 
@@ -225,7 +258,10 @@ pub(crate) mod tests {
         pub(crate) async fn new() -> (Self, String, str0m::change::SdpPendingOffer) {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let addr = socket.local_addr().unwrap();
-            let mut rtc = RtcConfig::new().clear_codecs().enable_h264(true).build(Instant::now());
+            let mut rtc = RtcConfig::new()
+                .clear_codecs()
+                .enable_h264(true)
+                .build(Instant::now());
             rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
             let mut change = rtc.sdp_api();
             change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
@@ -235,7 +271,11 @@ pub(crate) mod tests {
         }
 
         /// Run until `done` says so with the events seen; gives up after `limit`.
-        pub(crate) async fn pump(&mut self, limit: Duration, mut on_event: impl FnMut(&mut Rtc, Event) -> bool) -> bool {
+        pub(crate) async fn pump(
+            &mut self,
+            limit: Duration,
+            mut on_event: impl FnMut(&mut Rtc, Event) -> bool,
+        ) -> bool {
             let end = Instant::now() + limit;
             let mut buf = vec![0u8; 2048];
             while Instant::now() < end {
@@ -243,7 +283,10 @@ pub(crate) mod tests {
                     match self.rtc.poll_output().unwrap() {
                         Output::Timeout(t) => break t,
                         Output::Transmit(t) => {
-                            self.socket.send_to(&t.contents, t.destination).await.unwrap();
+                            self.socket
+                                .send_to(&t.contents, t.destination)
+                                .await
+                                .unwrap();
                         }
                         Output::Event(e) => {
                             if on_event(&mut self.rtc, e) {
@@ -274,14 +317,28 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn browser_receives_decodable_h264_and_sends_input() {
         let (mut browser, offer, pending) = Browser::new().await;
-        let mut viewer = start_viewer(&offer, "127.0.0.1".parse().unwrap()).await.unwrap();
+        let mut viewer = start_viewer(&offer, "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
         let answer = SdpAnswer::from_sdp_string(&viewer.answer_sdp).unwrap();
-        browser.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        browser
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .unwrap();
 
         // Encode one phone-like frame and keep offering it until the browser decodes it.
-        let mut enc = H264Encoder::new(H264Settings { width: 320, height: 240, bitrate: 1_000_000, max_fps: 30.0 }).unwrap();
+        let mut enc = H264Encoder::new(H264Settings {
+            width: 320,
+            height: 240,
+            bitrate: 1_000_000,
+            max_fps: 30.0,
+        })
+        .unwrap();
         let mut frame = I420Frame::new(320, 240).unwrap();
-        let px: Vec<u8> = (0..320 * 240).flat_map(|i| [(i % 256) as u8, 90, 200, 255]).collect();
+        let px: Vec<u8> = (0..320 * 240)
+            .flat_map(|i| [(i % 256) as u8, 90, 200, 255])
+            .collect();
         frame.fill_from(&px, 320 * 4, PixelLayout::Bgrx).unwrap();
         let key = Arc::new(enc.encode(&frame).unwrap());
         assert!(key.keyframe);
@@ -289,7 +346,11 @@ pub(crate) mod tests {
         let commands = viewer.commands.clone();
         let feeder = tokio::spawn(async move {
             for _ in 0..200 {
-                if commands.send(ViewerCommand::Frame(key.clone())).await.is_err() {
+                if commands
+                    .send(ViewerCommand::Frame(key.clone()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -317,7 +378,9 @@ pub(crate) mod tests {
             .await;
         assert!(got_everything, "decoded={decoded} sent_input={sent_input}");
         let mut events = Vec::new();
-        while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(2), viewer.events.recv()).await {
+        while let Ok(Some(e)) =
+            tokio::time::timeout(Duration::from_secs(2), viewer.events.recv()).await
+        {
             let is_input = matches!(e, ViewerEvent::Input(_));
             events.push(e);
             if is_input {
@@ -325,14 +388,20 @@ pub(crate) mod tests {
             }
         }
         assert!(events.contains(&ViewerEvent::Connected), "{events:?}");
-        assert!(events.contains(&ViewerEvent::Input(r#"{"key":"HOME","down":true}"#.into())), "{events:?}");
+        assert!(
+            events.contains(&ViewerEvent::Input(r#"{"key":"HOME","down":true}"#.into())),
+            "{events:?}"
+        );
         viewer.commands.send(ViewerCommand::Close).await.unwrap();
         feeder.abort();
     }
 
     #[tokio::test]
     async fn garbage_offer_is_a_clear_error() {
-        let err = start_viewer("not sdp", "127.0.0.1".parse().unwrap()).await.err().unwrap();
+        let err = start_viewer("not sdp", "127.0.0.1".parse().unwrap())
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("SDP offer"), "{err}");
     }
 }
