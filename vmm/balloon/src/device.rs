@@ -118,12 +118,7 @@ impl VirtioDevice for Balloon {
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
         let roles = self.roles();
-        if queues.len() != roles.len() {
-            return Err(ActivateError::QueueCount {
-                expected: roles.len(),
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(roles.len(), &queues)?;
         self.reset();
         let queues = roles
             .into_iter()

@@ -123,12 +123,7 @@ impl VirtioDevice for Block {
         interrupt: Arc<dyn VirtioInterrupt>,
         mut queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
         self.reset();
         let q = queues.remove(0);
         let mut queue = q.queue;

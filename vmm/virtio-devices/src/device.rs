@@ -49,6 +49,21 @@ pub enum ActivateError {
     Backend(String),
 }
 
+impl ActivateError {
+    /// Check that the driver enabled exactly `expected` queues (what most devices need before
+    /// they start their worker).
+    pub fn check_queue_count(expected: usize, queues: &[ActivatedQueue]) -> Result<(), Self> {
+        if queues.len() == expected {
+            Ok(())
+        } else {
+            Err(Self::QueueCount {
+                expected,
+                got: queues.len(),
+            })
+        }
+    }
+}
+
 /// One virtio device model (block, console, rng, net, vsock, balloon, gpu, input, ...).
 ///
 /// Lifecycle: the transport negotiates features ([`features`](Self::features) /

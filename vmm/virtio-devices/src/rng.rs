@@ -68,12 +68,7 @@ impl VirtioDevice for Rng {
         interrupt: Arc<dyn VirtioInterrupt>,
         mut queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(1, &queues)?;
         let q = queues.remove(0);
         let handler = RngHandler {
             mem,

@@ -121,12 +121,7 @@ impl VirtioDevice for VirtioGpu {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
         let worker = GpuWorker {
             mem,
             queues: queues.into_iter().map(DeviceQueue::new).collect(),

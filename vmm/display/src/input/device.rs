@@ -79,12 +79,7 @@ impl VirtioDevice for VirtioInput {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                got: queues.len(),
-            });
-        }
+        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
         let worker = InputWorker {
             mem,
             queues: queues.into_iter().map(DeviceQueue::new).collect(),
