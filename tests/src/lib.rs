@@ -13,7 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod control;
+pub mod http;
+pub mod phone;
+pub mod webdriver;
+
 use anyhow::{anyhow, bail, Context, Result};
+
+/// How often the waiters below look at logs, sockets and the child process.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The repository root (this crate lives in `<root>/tests`).
 pub fn repo_root() -> PathBuf {
@@ -88,6 +96,30 @@ pub struct GuestKernel {
     pub version: String,
     /// `lib/modules/<version>` with a depmod-generated `modules.dep`.
     pub modules: PathBuf,
+}
+
+/// A static guest helper built from a workspace example (`RUSTFLAGS="-C
+/// target-feature=+crt-static" cargo build -p PACKAGE --release --example NAME --target
+/// x86_64-unknown-linux-gnu`, which `scripts/test` does), to copy into an initramfs; override
+/// with `CLOUDPHONE_<NAME>` (e.g. `CLOUDPHONE_NET_PUMP`). Panics with the build command when
+/// it is missing.
+pub fn guest_example(package: &str, name: &str) -> PathBuf {
+    let var = format!("CLOUDPHONE_{}", name.to_uppercase().replace('-', "_"));
+    if let Some(path) = std::env::var_os(&var) {
+        return PathBuf::from(path);
+    }
+    let target = target_profile_dir()
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("target/<profile> has a parent");
+    let path = target.join("x86_64-unknown-linux-gnu/release/examples").join(name);
+    assert!(
+        path.exists(),
+        "{} missing: build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p \
+         {package} --release --example {name} --target x86_64-unknown-linux-gnu (or set {var})",
+        path.display()
+    );
+    path
 }
 
 /// The cached guest kernel; panics with the command to run when it is missing.
@@ -293,7 +325,7 @@ impl CpioWriter {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -428,32 +460,21 @@ impl VmProcess {
         marker: &str,
         timeout: Duration,
     ) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = std::fs::read(file)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            // Only complete lines: the guest may be in the middle of writing the last one.
-            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-            if let Some(line) = complete.lines().find(|l| l.contains(marker)) {
-                return Ok(line.trim_end_matches('\r').to_string());
-            }
-            if let Some(status) = self.try_exit()? {
-                bail!(
-                    "VMM exited ({status}) before {} showed {marker:?}\n{}",
-                    file.display(),
-                    self.diagnostics()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no {marker:?} in {} within {timeout:?}\n{}",
-                    file.display(),
-                    self.diagnostics()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.poll_until(
+            timeout,
+            &format!("{marker:?} in {}", file.display()),
+            || {
+                let text = std::fs::read(file)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                // Only complete lines: the guest may be in the middle of writing the last one.
+                let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+                complete
+                    .lines()
+                    .find(|l| l.contains(marker))
+                    .map(|line| line.trim_end_matches('\r').to_string())
+            },
+        )
     }
 
     /// Wait for the VMM to exit; returns its exit code (None if killed by a signal).
@@ -469,7 +490,38 @@ impl VmProcess {
                     self.diagnostics()
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Wait for the VMM to exit and panic, with the logs, unless it exits with `code`.
+    pub fn assert_exit(&mut self, code: i32, timeout: Duration) {
+        let got = self.wait_exit(timeout).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(got, Some(code), "VMM exit status\n{}", self.diagnostics());
+    }
+
+    /// Poll `probe` until it yields a value; fails when the VMM exits first or on `timeout`.
+    fn poll_until<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = probe() {
+                return Ok(value);
+            }
+            if let Some(status) = self.try_exit()? {
+                bail!(
+                    "VMM exited ({status}) before {what}\n{}",
+                    self.diagnostics()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("no {what} within {timeout:?}\n{}", self.diagnostics());
+            }
+            std::thread::sleep(POLL_INTERVAL);
         }
     }
 
@@ -503,18 +555,11 @@ impl VmProcess {
 
     /// Wait (up to `timeout`) until the API socket accepts connections.
     pub fn wait_for_api(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while UnixStream::connect(&self.api_socket).is_err() {
-            if self.try_exit()?.is_some() || Instant::now() > deadline {
-                bail!(
-                    "API socket {} never came up\n{}",
-                    self.api_socket.display(),
-                    self.diagnostics()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        let socket = self.api_socket.clone();
+        let what = format!("API socket {}", socket.display());
+        self.poll_until(timeout, &what, || {
+            UnixStream::connect(&socket).ok().map(drop)
+        })
     }
 }
 

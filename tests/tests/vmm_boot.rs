@@ -64,12 +64,7 @@ fn boots_to_init_sees_configured_hardware_and_powers_off() {
         "MemTotal {kb} kB for {MEMORY_MIB} MiB\n{}",
         vm.diagnostics()
     );
-    assert_eq!(
-        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
-        Some(0),
-        "{}",
-        vm.diagnostics()
-    );
+    vm.assert_exit(0, BOOT_TIMEOUT);
 }
 
 #[test]
@@ -80,12 +75,7 @@ fn guest_reboot_exits_32() {
         Initramfs::new().script(&report_then("reboot -f")),
     );
     vm.wait_for_line("REPORT_DONE", BOOT_TIMEOUT).unwrap();
-    assert_eq!(
-        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
-        Some(32),
-        "{}",
-        vm.diagnostics()
-    );
+    vm.assert_exit(32, BOOT_TIMEOUT);
 }
 
 #[test]
@@ -127,12 +117,7 @@ fn api_status_pause_resume_and_power_button_shutdown() {
         .unwrap();
     assert_eq!(code, 200, "{body}");
     vm.wait_for_line("POWER_BUTTON_SEEN", BOOT_TIMEOUT).unwrap();
-    assert_eq!(
-        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
-        Some(0),
-        "{}",
-        vm.diagnostics()
-    );
+    vm.assert_exit(0, BOOT_TIMEOUT);
 }
 
 #[test]
@@ -151,12 +136,7 @@ fn ignored_shutdown_request_is_forced_with_34() {
     assert_eq!(code, 200, "{body}");
     let (_, body) = vm.api("GET", "/status", None).unwrap();
     assert!(body.contains("shutting_down"), "{body}");
-    assert_eq!(
-        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
-        Some(34),
-        "{}",
-        vm.diagnostics()
-    );
+    vm.assert_exit(34, BOOT_TIMEOUT);
 }
 
 #[test]
@@ -194,10 +174,5 @@ fn virtio_rng_over_pci_with_msix_feeds_the_guest() {
         "no MSI-X interrupts: {msix}\n{}",
         vm.diagnostics()
     );
-    assert_eq!(
-        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
-        Some(0),
-        "{}",
-        vm.diagnostics()
-    );
+    vm.assert_exit(0, BOOT_TIMEOUT);
 }

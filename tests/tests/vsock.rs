@@ -133,11 +133,6 @@ fn host_and_guest_talk_over_vsock_both_ways() {
     vm.wait_for_line(&format!("VSOCK_ECHOED {ECHO_BYTES}"), BOOT_TIMEOUT)
         .unwrap();
     vm.wait_for_line("VSOCK_DONE", BOOT_TIMEOUT).unwrap();
-    assert_eq!(
-        vm.wait_exit(BOOT_TIMEOUT).unwrap(),
-        Some(0),
-        "{}",
-        vm.diagnostics()
-    );
+    vm.assert_exit(0, BOOT_TIMEOUT);
     let _ = std::fs::remove_dir_all(&sock_dir);
 }

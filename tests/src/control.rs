@@ -1,0 +1,123 @@
+//! A `cloudphone serve` process for the end-to-end tests, and its JSON API over loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::http::{self, Reply};
+use crate::workspace_binary;
+
+/// A child process killed (and reaped) on drop: servers and agents must not outlive a test.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running control service with its bootstrap operator token.
+pub struct ControlService {
+    /// `host:port` it listens on.
+    pub addr: String,
+    /// The bootstrap operator's API token.
+    pub admin: String,
+    _process: ChildGuard,
+}
+
+impl ControlService {
+    /// Start `cloudphone serve` on a free loopback port with its data in `data_dir` (a local
+    /// filesystem: SQLite's WAL does not work on the sandbox's 9p share) plus `extra` flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Result<Self> {
+        let mut child = Command::new(workspace_binary("cloudphone"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--bootstrap-admin",
+                "admin",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting cloudphone serve")?;
+        let stdout = child.stdout.take().context("serve's stdout")?;
+        let process = ChildGuard(child);
+        let (mut addr, mut admin) = (String::new(), String::new());
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(t) = line.split("token: ").nth(1) {
+                admin = t.trim().to_owned();
+            }
+            if let Some(u) = line.strip_prefix("listening on ") {
+                addr = u.trim().trim_start_matches("http://").to_owned();
+                break;
+            }
+        }
+        if addr.is_empty() || admin.is_empty() {
+            bail!("cloudphone serve exited before listening (see its stderr above)");
+        }
+        Ok(Self {
+            addr,
+            admin,
+            _process: process,
+        })
+    }
+
+    /// The service's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `method /api/v1<path>` as the holder of `token`.
+    pub fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
+        http::request(
+            &self.addr,
+            method,
+            &format!("/api/v1{path}"),
+            Some(token),
+            body.as_ref(),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
+    }
+
+    /// Create a user (as the operator) and return the new user's API token.
+    pub fn add_user(&self, name: &str, role: &str, password: Option<&str>) -> String {
+        let mut body = json!({ "name": name, "role": role });
+        if let Some(p) = password {
+            body["password"] = json!(p);
+        }
+        let (code, user) = self.call("POST", "/users", &self.admin.clone(), Some(body));
+        assert_eq!(code, 201, "creating user {name}: {user}");
+        user["token"].as_str().expect("new user's token").to_owned()
+    }
+
+    /// Poll `probe` every 500 ms until it yields a value; panics with `diag()` after `timeout`.
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        diag: impl Fn() -> String,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = probe() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                diag()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
