@@ -37,9 +37,11 @@ pub struct ClientOptions {
 pub enum ClientCommand {
     /// Check a token against a server and save both for later commands.
     Login,
-    /// Device profiles.
-    #[command(subcommand)]
-    Profiles(ProfilesCmd),
+    /// Device profiles (lists them without a subcommand).
+    Profiles {
+        #[command(subcommand)]
+        cmd: Option<ProfilesCmd>,
+    },
     /// Your phones (operators: all).
     Phones {
         /// Show one phone.
@@ -62,9 +64,11 @@ pub enum ClientCommand {
     Queue,
     /// Hosts (operators).
     Hosts,
-    /// Users (operators) and tokens.
-    #[command(subcommand)]
-    Users(UsersCmd),
+    /// Users (operators) and tokens (lists them without a subcommand).
+    Users {
+        #[command(subcommand)]
+        cmd: Option<UsersCmd>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -216,7 +220,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 token,
             })?;
         }
-        ClientCommand::Profiles(ProfilesCmd::List) => {
+        ClientCommand::Profiles { cmd: None | Some(ProfilesCmd::List) } => {
             let v: Vec<Profile> = c.get("/profiles").await?;
             show(
                 j,
@@ -235,7 +239,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 },
             )?;
         }
-        ClientCommand::Profiles(ProfilesCmd::Create {
+        ClientCommand::Profiles { cmd: Some(ProfilesCmd::Create {
             name,
             width,
             height,
@@ -244,7 +248,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
             memory_mib,
             image,
             pool_size,
-        }) => {
+        }) } => {
             let body = json!({"name": name, "width": width, "height": height, "dpi": dpi, "vcpus": vcpus,
                 "memory_mib": memory_mib, "image": image, "pool_size": pool_size});
             let p: Profile = c.post("/profiles", &body).await?;
@@ -252,7 +256,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 vec![p.id.clone(), p.name.clone()]
             })?;
         }
-        ClientCommand::Profiles(ProfilesCmd::Pool { profile, size }) => {
+        ClientCommand::Profiles { cmd: Some(ProfilesCmd::Pool { profile, size }) } => {
             let p: Profile = c
                 .patch(&format!("/profiles/{profile}"), &json!({"pool_size": size}))
                 .await?;
@@ -332,7 +336,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 },
             )?;
         }
-        ClientCommand::Users(UsersCmd::List) => {
+        ClientCommand::Users { cmd: None | Some(UsersCmd::List) } => {
             let v: Vec<User> = c.get("/users").await?;
             show(
                 j,
@@ -349,13 +353,13 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 },
             )?;
         }
-        ClientCommand::Users(UsersCmd::Add {
+        ClientCommand::Users { cmd: Some(UsersCmd::Add {
             name,
             role,
             password,
             max_phones,
             max_minutes_per_day,
-        }) => {
+        }) } => {
             let body = json!({"name": name, "role": role, "password": password, "max_phones": max_phones,
                 "max_minutes_per_day": max_minutes_per_day});
             let u: UserWithToken = c.post("/users", &body).await?;
@@ -371,7 +375,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 );
             }
         }
-        ClientCommand::Users(UsersCmd::Token { user_id }) => {
+        ClientCommand::Users { cmd: Some(UsersCmd::Token { user_id }) } => {
             let id = if user_id == "me" {
                 c.get::<User>("/users/me").await?.id
             } else {
