@@ -220,7 +220,9 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 token,
             })?;
         }
-        ClientCommand::Profiles { cmd: None | Some(ProfilesCmd::List) } => {
+        ClientCommand::Profiles {
+            cmd: None | Some(ProfilesCmd::List),
+        } => {
             let v: Vec<Profile> = c.get("/profiles").await?;
             show(
                 j,
@@ -239,16 +241,19 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 },
             )?;
         }
-        ClientCommand::Profiles { cmd: Some(ProfilesCmd::Create {
-            name,
-            width,
-            height,
-            dpi,
-            vcpus,
-            memory_mib,
-            image,
-            pool_size,
-        }) } => {
+        ClientCommand::Profiles {
+            cmd:
+                Some(ProfilesCmd::Create {
+                    name,
+                    width,
+                    height,
+                    dpi,
+                    vcpus,
+                    memory_mib,
+                    image,
+                    pool_size,
+                }),
+        } => {
             let body = json!({"name": name, "width": width, "height": height, "dpi": dpi, "vcpus": vcpus,
                 "memory_mib": memory_mib, "image": image, "pool_size": pool_size});
             let p: Profile = c.post("/profiles", &body).await?;
@@ -256,7 +261,9 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 vec![p.id.clone(), p.name.clone()]
             })?;
         }
-        ClientCommand::Profiles { cmd: Some(ProfilesCmd::Pool { profile, size }) } => {
+        ClientCommand::Profiles {
+            cmd: Some(ProfilesCmd::Pool { profile, size }),
+        } => {
             let p: Profile = c
                 .patch(&format!("/profiles/{profile}"), &json!({"pool_size": size}))
                 .await?;
@@ -336,7 +343,9 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 },
             )?;
         }
-        ClientCommand::Users { cmd: None | Some(UsersCmd::List) } => {
+        ClientCommand::Users {
+            cmd: None | Some(UsersCmd::List),
+        } => {
             let v: Vec<User> = c.get("/users").await?;
             show(
                 j,
@@ -353,13 +362,16 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 },
             )?;
         }
-        ClientCommand::Users { cmd: Some(UsersCmd::Add {
-            name,
-            role,
-            password,
-            max_phones,
-            max_minutes_per_day,
-        }) } => {
+        ClientCommand::Users {
+            cmd:
+                Some(UsersCmd::Add {
+                    name,
+                    role,
+                    password,
+                    max_phones,
+                    max_minutes_per_day,
+                }),
+        } => {
             let body = json!({"name": name, "role": role, "password": password, "max_phones": max_phones,
                 "max_minutes_per_day": max_minutes_per_day});
             let u: UserWithToken = c.post("/users", &body).await?;
@@ -375,7 +387,9 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 );
             }
         }
-        ClientCommand::Users { cmd: Some(UsersCmd::Token { user_id }) } => {
+        ClientCommand::Users {
+            cmd: Some(UsersCmd::Token { user_id }),
+        } => {
             let id = if user_id == "me" {
                 c.get::<User>("/users/me").await?.id
             } else {
