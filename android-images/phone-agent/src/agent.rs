@@ -1,6 +1,7 @@
 //! The guest main loop: bring up display, input, report port and shell, draw the first frame,
 //! then sleep in poll() until an input arrives or the minute turns. Nothing is drawn while
-//! idle; each input batch is drawn and flushed once, then reported with its cost.
+//! idle; each input batch is drawn and flushed once, then reported with its cost. A press of
+//! the ACPI power button powers the phone off.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use crate::clock::{self, WallTime};
 use crate::display::{self, Display};
 use crate::input::device::{self, Device, Kind};
 use crate::input::evdev::Input;
+use crate::power;
 use crate::report::{self, Reporter};
 use crate::sysinfo::{self, DeviceInfo, Sources};
 use crate::ui::{Effect, Layout, Ui};
@@ -34,6 +36,11 @@ pub fn run() -> anyhow::Result<()> {
     };
     let mut scanout = display::open(backend, DEVICE_WAIT)?;
     tracing::info!("display: {}", scanout.describe());
+    if let Err(e) = display::stop_text_console() {
+        tracing::warn!(
+            "text console left running under the phone UI (its cursor keeps blinking): {e}"
+        );
+    }
     let (w, h) = scanout.size();
     let layout = Layout::new(w, h).context("display mode unusable for the phone UI")?;
     let info = DeviceInfo::from_sources(&sources, w, h);
@@ -63,6 +70,14 @@ pub fn run() -> anyhow::Result<()> {
         }
         for i in ready.into_iter().rev() {
             match devices[i].read_inputs() {
+                Ok(inputs) if devices[i].kind == Kind::PowerButton => {
+                    if power::pressed(&inputs) {
+                        tracing::info!("ACPI power button pressed: powering off");
+                        reporter.line(report::POWER_OFF_LINE);
+                        let e = power::power_off();
+                        tracing::error!("power off failed ({e}); the host will force the stop");
+                    }
+                }
                 Ok(inputs) if !inputs.is_empty() => handle_batch(
                     &mut ui,
                     &mut canvas,

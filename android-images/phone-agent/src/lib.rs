@@ -24,7 +24,12 @@
 //!   `cloudphone.profile=NAME`, `androidboot.*` (also from /proc/bootconfig).
 //! * Shell: vsock port 5555, one command per line, answered by its output then `EXIT <code>`.
 //! * Report lines (see [`report`]): `PHONE_READY width=W height=H`,
-//!   `SCREEN app=home|paint|info|clock`, `INPUT t_us=.. kind=touch|key .. frame_us=..`.
+//!   `SCREEN app=home|paint|info|clock`, `INPUT t_us=.. kind=touch|key .. frame_us=..`,
+//!   `POWER_OFF reason=power-button`.
+//! * The ACPI power button (input device "Power Button", needs the kernel's `button` module)
+//!   powers the phone off (sync + reboot(RB_POWER_OFF)): the VMM's `PUT /shutdown` exits 0.
+//! * Idle means idle: the agent sleeps in poll() until input or the next minute, and puts the
+//!   active VT (/dev/tty0) into graphics mode so fbcon stops blinking its cursor underneath.
 //! * `phone-agent render --screen home|info|paint|clock --width W --height H --out F.png`
 //!   renders goldens on the host with the same drawing code (`--time HH:MM`, `--info k=v`);
 //!   `phone-agent layout --width W --height H` prints icon and region rectangles (tap targets).
@@ -44,6 +49,8 @@ pub mod ui;
 pub mod agent;
 #[cfg(target_os = "linux")]
 pub mod display;
+#[cfg(target_os = "linux")]
+pub mod power;
 #[cfg(target_os = "linux")]
 pub mod shell;
 #[cfg(target_os = "linux")]

@@ -4,6 +4,7 @@
 //! * `SCREEN app=<home|paint|info|clock>` on each page change;
 //! * `INPUT t_us=<T> kind=touch slot=<S> action=<down|move|up> x=<X> y=<Y> frame_us=<F>`
 //! * `INPUT t_us=<T> kind=key key=<HOME|BACK|APPSWITCH|POWER|VOLUMEUP|VOLUMEDOWN> down=<0|1> frame_us=<F>`
+//! * `POWER_OFF reason=power-button` just before the agent powers the phone off.
 //!
 //! `T` is the kernel's CLOCK_MONOTONIC timestamp of the input frame in µs (evdev clock set to
 //! monotonic), `F` the µs spent drawing and flushing the frame that input produced.
@@ -25,6 +26,9 @@ pub fn ready_line(width: u32, height: u32) -> String {
 pub fn screen_line(screen: Screen) -> String {
     format!("SCREEN app={}", screen.name())
 }
+
+/// `POWER_OFF` line: the ACPI power button was pressed and the phone is going down.
+pub const POWER_OFF_LINE: &str = "POWER_OFF reason=power-button";
 
 /// `INPUT` line for one handled input.
 pub fn input_line(t_us: u64, input: &Input, frame_us: u64) -> String {

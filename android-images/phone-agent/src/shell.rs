@@ -3,8 +3,8 @@
 //! connections at once, lines up to 4 KiB, output up to 1 MiB, 30 s per command.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,7 +67,7 @@ pub fn spawn(listener: OwnedFd) -> std::io::Result<()> {
                 // SAFETY: accepting on our listening socket; the peer address is not needed.
                 let fd = unsafe {
                     libc::accept4(
-                        std::os::fd::AsRawFd::as_raw_fd(&listener),
+                        listener.as_raw_fd(),
                         std::ptr::null_mut(),
                         std::ptr::null_mut(),
                         libc::SOCK_CLOEXEC,
@@ -163,22 +163,59 @@ pub fn run(cmd: &str) -> (Vec<u8>, i32) {
         }
         kept
     });
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
-    let code = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status.code().unwrap_or(128),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break 124;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => break 127,
+    let code = match wait_timeout(&mut child, COMMAND_TIMEOUT) {
+        Ok(Some(status)) => status.code().unwrap_or(128),
+        Ok(None) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            124
+        }
+        Err(e) => {
+            tracing::warn!("shell: cannot wait for {cmd:?} ({e}); killed it");
+            let _ = child.kill();
+            let _ = child.wait();
+            127
         }
     };
     // A background grandchild may hold the pipe open; the reader ends when it exits.
     let output = reader.join().unwrap_or_default();
     (output, code)
+}
+
+/// Waits up to `timeout` for `child` to exit (Ok(None) on timeout), asleep in poll() on a
+/// pidfd: no periodic wakeups while a command runs (an idle phone must not tick for it).
+fn wait_timeout(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    let pid = libc::pid_t::try_from(child.id()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pidfd_open returned a fresh fd that we now own (fds fit in c_int).
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let mut p = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut p, 1, ms) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +227,26 @@ mod tests {
         let (out, code) = run("echo hi; echo err >&2; exit 3");
         assert_eq!(String::from_utf8_lossy(&out), "hi\nerr\n");
         assert_eq!(code, 3);
+    }
+
+    #[test]
+    fn waits_without_polling_and_times_out() {
+        let spawn = |args: &[&str]| Command::new(args[0]).args(&args[1..]).spawn().unwrap();
+        let mut quick = spawn(&["sh", "-c", "exit 4"]);
+        let status = wait_timeout(&mut quick, Duration::from_secs(10)).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(4));
+        let mut slow = spawn(&["sleep", "10"]);
+        let t0 = Instant::now();
+        assert!(wait_timeout(&mut slow, Duration::from_millis(200))
+            .unwrap()
+            .is_none());
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        slow.kill().unwrap();
+        slow.wait().unwrap();
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (preferred; virtio_gpu turns each clip into TRANSFER_TO_HOST_2D + RESOURCE_FLUSH of that
 //! rectangle), or the fbdev emulation at /dev/fb0 when there is no DRM device.
 
+mod console;
 mod drm;
 mod fbdev;
 mod mapping;
@@ -11,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use crate::canvas::{Canvas, Rect};
+
+pub use console::stop_text_console;
 
 /// A scanout the agent can draw on.
 pub trait Display {

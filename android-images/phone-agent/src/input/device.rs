@@ -1,6 +1,6 @@
 //! Finding and reading the guest's evdev devices (/dev/input/event*): each is classified with
-//! EVIOCGNAME/EVIOCGBIT as a touchscreen or a key device, switched to CLOCK_MONOTONIC
-//! timestamps, and read non-blocking from the agent's poll loop.
+//! EVIOCGNAME/EVIOCGBIT as a touchscreen, a key device or the ACPI power button, switched to
+//! CLOCK_MONOTONIC timestamps, and read non-blocking from the agent's poll loop.
 
 use std::fs::File;
 use std::io::Read;
@@ -48,11 +48,33 @@ struct InputAbsinfo {
     resolution: i32,
 }
 
+/// Name the kernel's ACPI `button` driver gives the power button's input device (both the
+/// PNP0C0C device our VMM's GED notifies and the fixed-feature LNXPWRBN one).
+pub const ACPI_POWER_BUTTON_NAME: &str = "Power Button";
+
 /// What a device is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Touchscreen,
+    /// The phone keys (virtio keyboard): POWER there toggles the screen, like a phone's side key.
     Keys,
+    /// The ACPI power button: the host asks the phone to shut down (VMM `PUT /shutdown`).
+    PowerButton,
+}
+
+/// Classifies a device from its name and its EV_ABS / EV_KEY capability bitmaps; None for
+/// devices the phone does not use.
+pub fn classify(name: &str, abs: &[u8], keys: &[u8]) -> Option<Kind> {
+    if test_bit(abs, ABS_MT_POSITION_X) || test_bit(abs, ABS_X) {
+        Some(Kind::Touchscreen)
+    } else if name == ACPI_POWER_BUTTON_NAME && test_bit(keys, evdev::KEY_POWER) {
+        Some(Kind::PowerButton)
+    } else if (0..768u16).any(|code| test_bit(keys, code) && evdev::Key::from_code(code).is_some())
+    {
+        Some(Kind::Keys)
+    } else {
+        None
+    }
 }
 
 /// One opened event device with its decoder.
@@ -83,13 +105,7 @@ impl Device {
             .into_owned();
         let abs = bits(fd, evdev::EV_ABS, 8);
         let keys = bits(fd, evdev::EV_KEY, 96);
-        let kind = if test_bit(&abs, ABS_MT_POSITION_X) || test_bit(&abs, ABS_X) {
-            Kind::Touchscreen
-        } else if (0..768u16)
-            .any(|code| test_bit(&keys, code) && evdev::Key::from_code(code).is_some())
-        {
-            Kind::Keys
-        } else {
+        let Some(kind) = classify(&name, &abs, &keys) else {
             return Ok(None);
         };
         let monotonic: libc::c_int = libc::CLOCK_MONOTONIC;
@@ -116,6 +132,7 @@ impl Device {
                 tracing::info!("input {path}: {name:?} touchscreen, {protocol:?}, x {x:?}, y {y:?}")
             }
             Kind::Keys => tracing::info!("input {path}: {name:?} keys"),
+            Kind::PowerButton => tracing::info!("input {path}: {name:?} ACPI power button"),
         }
         Ok(Some(Device {
             file,
@@ -207,4 +224,49 @@ pub fn open_all(screen: (i32, i32)) -> Vec<Device> {
         })
         .take(MAX_DEVICES)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bitmap(bits: &[u16]) -> Vec<u8> {
+        let mut v = vec![0u8; 96];
+        for &b in bits {
+            v[b as usize / 8] |= 1 << (b % 8);
+        }
+        v
+    }
+
+    #[test]
+    fn classifies_touchscreens_keys_and_the_acpi_power_button() {
+        let none = bitmap(&[]);
+        let touch = bitmap(&[ABS_MT_POSITION_X, ABS_MT_POSITION_Y]);
+        let power = bitmap(&[evdev::KEY_POWER]);
+        let phone_keys = bitmap(&[evdev::KEY_BACK, evdev::KEY_POWER]);
+        assert_eq!(
+            classify("virtio-touchscreen-0", &touch, &none),
+            Some(Kind::Touchscreen)
+        );
+        assert_eq!(
+            classify("Power Button", &none, &power),
+            Some(Kind::PowerButton)
+        );
+        // POWER on the phone's own keyboard toggles the screen; it is not a shutdown request.
+        assert_eq!(
+            classify("virtio-keyboard-0", &none, &phone_keys),
+            Some(Kind::Keys)
+        );
+        assert_eq!(
+            classify("virtio-keyboard-0", &none, &power),
+            Some(Kind::Keys)
+        );
+        // A device named like the button but without KEY_POWER is not trusted as one.
+        assert_eq!(
+            classify("Power Button", &none, &bitmap(&[evdev::KEY_BACK])),
+            Some(Kind::Keys)
+        );
+        assert_eq!(classify("Sleep Button", &none, &bitmap(&[142])), None);
+        assert_eq!(classify("Power Button", &none, &none), None);
+    }
 }
