@@ -1,5 +1,6 @@
 //! The storage behind a virtio-blk device: a raw file or a qcow2 overlay.
 
+use crate::guest_io::GuestIo;
 use crate::qcow2::{Qcow2Disk, Qcow2Error};
 
 /// Why a disk operation failed. The device turns any of these into `VIRTIO_BLK_S_IOERR` for
@@ -23,6 +24,9 @@ pub enum DiskError {
     /// The disk was opened read-only (`--disk ...,ro`).
     #[error("disk is read-only")]
     ReadOnly,
+    /// A request buffer could not be accessed in guest memory.
+    #[error("{0}")]
+    GuestMemory(String),
     /// The qcow2 layer failed (corrupt image, allocation cap, ...).
     #[error(transparent)]
     Qcow2(#[from] Qcow2Error),
@@ -45,6 +49,29 @@ pub trait DiskBackend: Send {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError>;
     /// Write `buf` at byte `offset`.
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError>;
+    /// Fill the guest buffers `data` from byte `offset`. The default reads into `bounce` and
+    /// copies; a backend that is one plain file reads straight into guest memory.
+    fn read_to_guest(
+        &mut self,
+        data: &GuestIo<'_>,
+        offset: u64,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), DiskError> {
+        bounce.resize(data.len(), 0);
+        self.read_at(bounce, offset)?;
+        data.copy_from(bounce)
+    }
+    /// Write the guest buffers `data` at byte `offset` (default: through `bounce`).
+    fn write_from_guest(
+        &mut self,
+        data: &GuestIo<'_>,
+        offset: u64,
+        bounce: &mut Vec<u8>,
+    ) -> Result<(), DiskError> {
+        bounce.resize(data.len(), 0);
+        data.copy_to(bounce)?;
+        self.write_at(bounce, offset)
+    }
     /// Make every completed write durable (fsync/fdatasync).
     fn flush(&mut self) -> Result<(), DiskError>;
     /// Make the range read as zeros (space may be deallocated).

@@ -22,6 +22,7 @@
 
 mod backend;
 mod device;
+mod guest_io;
 pub mod qcow2;
 mod raw;
 mod request;
@@ -29,6 +30,7 @@ mod spec;
 
 pub use backend::{DiskBackend, DiskError};
 pub use device::Block;
+pub use guest_io::GuestIo;
 pub use raw::RawDisk;
 pub use request::RequestError;
 pub use spec::{DiskSpec, DiskSpecError, MAX_ID_LEN};

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::backend::{DiskBackend, DiskError};
+use crate::guest_io::GuestIo;
 
 /// Chunk used when a filesystem cannot zero ranges natively.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -86,6 +87,26 @@ impl DiskBackend for RawDisk {
         self.check(offset, buf.len() as u64, true)?;
         self.file
             .write_all_at(buf, offset)
+            .map_err(DiskError::io("writing the raw disk"))
+    }
+    fn read_to_guest(
+        &mut self,
+        data: &GuestIo<'_>,
+        offset: u64,
+        _bounce: &mut Vec<u8>,
+    ) -> Result<(), DiskError> {
+        self.check(offset, data.len() as u64, false)?;
+        data.read_from(&self.file, offset)
+            .map_err(DiskError::io("reading the raw disk"))
+    }
+    fn write_from_guest(
+        &mut self,
+        data: &GuestIo<'_>,
+        offset: u64,
+        _bounce: &mut Vec<u8>,
+    ) -> Result<(), DiskError> {
+        self.check(offset, data.len() as u64, true)?;
+        data.write_to(&self.file, offset)
             .map_err(DiskError::io("writing the raw disk"))
     }
     fn flush(&mut self) -> Result<(), DiskError> {

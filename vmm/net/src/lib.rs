@@ -16,7 +16,7 @@ mod vsock;
 mod warn_limit;
 
 pub use mac::{MacAddr, MacParseError};
-pub use net::{Net, NetBackend, NetError, NetSpec, NetSpecError, Tap};
+pub use net::{GuestFrame, Net, NetBackend, NetError, NetSpec, NetSpecError, RxTarget, Tap};
 pub use vsock::{Vsock, VsockError, VsockSpec, VsockSpecError};
 
 #[cfg(test)]

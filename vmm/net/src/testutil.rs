@@ -257,11 +257,11 @@ impl crate::NetBackend for DgramBackend {
     fn fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&self.sock)
     }
-    fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.sock.recv(buf)
+    fn recv(&self, target: &crate::net::RxTarget<'_>) -> std::io::Result<usize> {
+        target.read_from(std::os::fd::AsRawFd::as_raw_fd(&self.sock))
     }
-    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        self.sock.send(frame).map(drop)
+    fn send(&self, frame: &crate::net::GuestFrame<'_>) -> std::io::Result<()> {
+        frame.write_to(std::os::fd::AsRawFd::as_raw_fd(&self.sock))
     }
     fn set_offload(&self, guest_features: u64) -> std::io::Result<()> {
         *self.offload.lock().unwrap() = Some(guest_features);

@@ -2,13 +2,14 @@
 //! backend. When the guest has no rx buffers the backend is not polled (the frame waits in the
 //! kernel's TAP queue, which applies backpressure) until the guest posts more.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::sync::Arc;
 
 use cloudphone_virtio::{GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
-use virtio_queue::{Reader, Writer};
 use vmm_sys_util::epoll::EventSet;
 
+use super::iov::{Gathered, GuestFrame, IovScratch};
+use super::rx::{RxBuffers, RxTarget};
 use super::{NetBackend, MAX_BUFFER_LEN, VNET_HDR_LEN};
 use crate::queue::DeviceQueue;
 
@@ -17,8 +18,6 @@ const TX_TOKEN: u64 = 1;
 const BACKEND_TOKEN: u64 = 2;
 /// Frames moved per wakeup before yielding to other events (fairness between directions).
 const BATCH: usize = 256;
-/// Offset of `num_buffers` in `virtio_net_hdr_v1`.
-const NUM_BUFFERS_OFFSET: usize = 10;
 
 /// What happened to a received frame.
 enum Delivery {
@@ -40,7 +39,9 @@ pub(super) struct NetHandler {
     /// A frame read from the backend (its length in `rx_frame`) waiting for guest buffers.
     rx_pending: Option<usize>,
     rx_frame: Vec<u8>,
-    tx_frame: Vec<u8>,
+    rx_iov: IovScratch,
+    rx_bufs: RxBuffers,
+    tx_iov: IovScratch,
     backend_polled: bool,
     warn: crate::warn_limit::WarnLimit,
 }
@@ -63,7 +64,9 @@ impl NetHandler {
             mrg_rxbuf,
             rx_pending: None,
             rx_frame: vec![0; MAX_BUFFER_LEN],
-            tx_frame: vec![0; MAX_BUFFER_LEN],
+            rx_iov: IovScratch::default(),
+            rx_bufs: RxBuffers::default(),
+            tx_iov: IovScratch::default(),
             backend_polled: false,
             warn: Default::default(),
         }
@@ -88,33 +91,18 @@ impl NetHandler {
     fn process_rx(&mut self, ctx: &WorkerContext) -> Result<(), String> {
         let mut delivered = false;
         for _ in 0..BATCH {
-            let len = match self.rx_pending {
-                Some(len) => len,
-                None => match self.backend.recv(&mut self.rx_frame) {
-                    Ok(len) => len,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(format!("reading a frame from the net backend: {e}")),
+            let delivery = match self.rx_pending {
+                Some(len) => self.deliver_bounced(len)?,
+                None => match self.receive()? {
+                    Some(delivery) => delivery,
+                    None => break,
                 },
             };
-            self.rx_pending = Some(len);
-            if len < VNET_HDR_LEN {
-                if self.warn.allow() {
-                    tracing::warn!(
-                        occurrences = self.warn.count(),
-                        len,
-                        "net backend gave a frame shorter than the vnet header; dropped"
-                    );
-                }
-                self.rx_pending = None;
-                continue;
-            }
-            match self.deliver(len)? {
+            match delivery {
                 Delivery::Delivered => delivered = true,
                 Delivery::Dropped => {}
                 Delivery::NoBuffers => break,
             }
-            self.rx_pending = None;
         }
         self.set_backend_polling(ctx, self.rx_pending.is_none())?;
         if delivered {
@@ -123,73 +111,110 @@ impl NetHandler {
         Ok(())
     }
 
-    /// Write the frame in `rx_frame[..len]` into guest rx buffers.
-    fn deliver(&mut self, len: usize) -> Result<Delivery, String> {
+    /// Read the next frame from the backend: straight into the held guest buffers when they can
+    /// take any frame, else into the bounce buffer. `None` when no frame is waiting.
+    fn receive(&mut self) -> Result<Option<Delivery>, String> {
         let mem = &self.mem;
-        let mut chains = Vec::new();
-        let mut capacity = 0usize;
-        while capacity < len {
-            let Some(chain) = self.rx.pop_chain(mem)? else {
-                // Not enough buffers yet: give back what was taken and wait for the guest.
-                self.rx.undo_pop(chains.len());
-                return Ok(Delivery::NoBuffers);
-            };
-            let head = chain.head_index();
-            let writer = Writer::new(mem, chain)
-                .map_err(|e| format!("rx buffer {head} is outside guest memory: {e}"))?;
-            capacity = capacity.saturating_add(writer.available_bytes());
-            chains.push((head, writer));
-            if !self.mrg_rxbuf {
-                break;
+        // With mergeable buffers a frame may spread over all held chains; without, it must fit
+        // the first (a driver without them posts big chains when it accepts TSO).
+        let want = if self.mrg_rxbuf { MAX_BUFFER_LEN } else { 1 };
+        self.rx_bufs.top_up(mem, &mut self.rx, want)?;
+        let direct = if self.mrg_rxbuf {
+            self.rx_bufs.capacity() >= MAX_BUFFER_LEN
+        } else {
+            self.rx_bufs.first_capacity() >= MAX_BUFFER_LEN
+        };
+        let target = match direct {
+            true => self.rx_bufs.target(mem, self.mrg_rxbuf)?,
+            false => None,
+        };
+        let bounced = target.is_none();
+        let target = match target {
+            Some(target) => target,
+            None => RxTarget::host(&mut self.rx_frame, &mut self.rx_iov),
+        };
+        let len = match self.backend.recv(&target) {
+            Ok(len) => len,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                return Ok(None)
             }
-        }
-        if capacity < len {
-            // Without mergeable buffers one chain must hold the frame; leave it for a smaller one.
-            self.rx.undo_pop(1);
+            Err(e) => return Err(format!("reading a frame from the net backend: {e}")),
+        };
+        // A TAP reports a frame's full length even when it did not fit (it is then cut).
+        if !(VNET_HDR_LEN..=target.len()).contains(&len) {
             if self.warn.allow() {
                 tracing::warn!(
                     occurrences = self.warn.count(),
                     len,
-                    capacity,
-                    "guest rx buffer too small for frame; frame dropped"
+                    room = target.len(),
+                    "net backend gave a frame shorter than the vnet header or longer than \
+                     any guest frame; dropped"
                 );
             }
-            return Ok(Delivery::Dropped);
+            return Ok(Some(Delivery::Dropped));
         }
-        let num_buffers = u16::try_from(chains.len()).map_err(|_| "too many rx buffers")?;
-        self.rx_frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&num_buffers.to_le_bytes());
-        let mut offset = 0;
-        for (head, mut writer) in chains {
-            let n = writer.available_bytes().min(len - offset);
-            writer
-                .write_all(&self.rx_frame[offset..offset + n])
-                .map_err(|e| format!("writing rx buffer {head}: {e}"))?;
-            offset += n;
-            self.rx.add_used(mem, head, n as u32)?;
+        if bounced {
+            self.rx_pending = Some(len);
+            return self.deliver_bounced(len).map(Some);
         }
+        self.rx_bufs.commit(mem, &mut self.rx, len)?;
+        Ok(Some(Delivery::Delivered))
+    }
+
+    /// Copy the frame waiting in the bounce buffer (`len` bytes) into guest rx buffers.
+    fn deliver_bounced(&mut self, len: usize) -> Result<Delivery, String> {
+        let mem = &self.mem;
+        let fits = if self.mrg_rxbuf {
+            self.rx_bufs.top_up(mem, &mut self.rx, len)?;
+            self.rx_bufs.capacity() >= len
+        } else {
+            self.rx_bufs.top_up(mem, &mut self.rx, 1)?;
+            let first = self.rx_bufs.first_capacity();
+            if first > 0 && first < len {
+                // Without mergeable buffers one chain must hold the frame: drop it, keep the
+                // chain for a smaller one.
+                self.rx_pending = None;
+                if self.warn.allow() {
+                    tracing::warn!(
+                        occurrences = self.warn.count(),
+                        len,
+                        capacity = first,
+                        "guest rx buffer too small for frame; frame dropped"
+                    );
+                }
+                return Ok(Delivery::Dropped);
+            }
+            first >= len
+        };
+        if !fits {
+            // Keep the frame until the guest posts more buffers.
+            return Ok(Delivery::NoBuffers);
+        }
+        self.rx_pending = None;
+        self.rx_bufs.copy_in(mem, &self.rx_frame[..len])?;
+        self.rx_bufs.commit(mem, &mut self.rx, len)?;
         Ok(Delivery::Delivered)
     }
 
-    /// Send every frame the guest queued for transmission.
+    /// Send every frame the guest queued for transmission, each straight from guest memory.
     fn process_tx(&mut self) -> Result<(), String> {
         let mem = &self.mem;
         let mut used = false;
         while let Some(chain) = self.tx.pop_chain(mem)? {
             let head = chain.head_index();
-            let mut reader = Reader::new(mem, chain)
-                .map_err(|e| format!("tx buffer {head} is outside guest memory: {e}"))?;
-            let len = reader.available_bytes();
-            if !(VNET_HDR_LEN..=MAX_BUFFER_LEN).contains(&len) {
-                if self.warn.allow() {
-                    tracing::warn!(occurrences = self.warn.count(), len, "guest sent a frame of invalid length (limits {VNET_HDR_LEN}..={MAX_BUFFER_LEN}); dropped");
+            let gathered =
+                GuestFrame::gather(mem, chain, &mut self.tx_iov, VNET_HDR_LEN, MAX_BUFFER_LEN)?;
+            match gathered {
+                Gathered::Frame(frame) => {
+                    if let Err(e) = self.backend.send(&frame) {
+                        // Like a NIC whose wire is busy: the frame is lost, TCP retransmits.
+                        tracing::debug!(error = %e, "net backend refused a frame; dropped");
+                    }
                 }
-            } else {
-                reader
-                    .read_exact(&mut self.tx_frame[..len])
-                    .map_err(|e| format!("reading tx buffer {head}: {e}"))?;
-                if let Err(e) = self.backend.send(&self.tx_frame[..len]) {
-                    // Like a NIC whose wire is busy: the frame is lost, TCP retransmits.
-                    tracing::debug!(error = %e, "net backend refused a frame; dropped");
+                Gathered::BadLength(len) => {
+                    if self.warn.allow() {
+                        tracing::warn!(occurrences = self.warn.count(), len, "guest sent a frame of invalid length (limits {VNET_HDR_LEN}..={MAX_BUFFER_LEN}); dropped");
+                    }
                 }
             }
             self.tx.add_used(mem, head, 0)?;

@@ -1,6 +1,8 @@
 //! virtio-net: a phone's Ethernet interface, backed by a host TAP device.
 
 mod handler;
+mod iov;
+mod rx;
 mod spec;
 mod tap;
 
@@ -14,6 +16,8 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
+pub use iov::GuestFrame;
+pub use rx::RxTarget;
 pub use spec::{NetSpec, NetSpecError};
 pub use tap::{NetBackend, Tap};
 

@@ -11,18 +11,18 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_GUEST_TSO6,
 };
 
-use super::{NetError, VNET_HDR_LEN};
+use super::{GuestFrame, NetError, RxTarget, VNET_HDR_LEN};
 
 /// Where a virtio-net device sends and receives frames. Every frame crossing this trait starts
 /// with the 12-byte `virtio_net_hdr_v1` (the guest's own format, so no translation is needed).
 pub trait NetBackend: Send + Sync {
     /// The fd the device worker polls for readability (a frame is waiting).
     fn fd(&self) -> RawFd;
-    /// Read one frame (header included) into `buf` without blocking; returns its length.
+    /// Read one frame (header included) into `target` without blocking; returns its length.
     /// `WouldBlock` when no frame is waiting.
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Send one frame (header included).
-    fn send(&self, frame: &[u8]) -> io::Result<()>;
+    fn recv(&self, target: &RxTarget<'_>) -> io::Result<usize>;
+    /// Send one frame (header included), gathered from guest memory.
+    fn send(&self, frame: &GuestFrame<'_>) -> io::Result<()>;
     /// Tell the backend which offloads the guest accepted on receive (its negotiated
     /// virtio-net feature bits), so it never hands the guest a frame it cannot parse.
     fn set_offload(&self, guest_features: u64) -> io::Result<()>;
@@ -121,32 +121,17 @@ fn tun_offload_flags(guest_features: u64) -> libc::c_uint {
     flags
 }
 
-/// Map the result of read(2)/write(2) to a length or the errno.
-fn check_len(ret: isize) -> io::Result<usize> {
-    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
-}
-
 impl NetBackend for Tap {
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-        check_len(unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) })
+    fn recv(&self, target: &RxTarget<'_>) -> io::Result<usize> {
+        target.read_from(self.fd())
     }
 
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        // SAFETY: `frame` is valid for reads of `frame.len()` bytes.
-        let written =
-            check_len(unsafe { libc::write(self.fd(), frame.as_ptr().cast(), frame.len()) })?;
-        if written != frame.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "short write to TAP",
-            ));
-        }
-        Ok(())
+    fn send(&self, frame: &GuestFrame<'_>) -> io::Result<()> {
+        frame.write_to(self.fd())
     }
 
     fn set_offload(&self, guest_features: u64) -> io::Result<()> {
