@@ -2,7 +2,8 @@
 //! `cloudphone-stream`, authorised by leases, and the static web UI.
 //!
 //! The lease holder watches and touches; operators watch only; anyone else gets 404 (the same
-//! answer as for a phone that does not exist).
+//! answer as for a phone that does not exist). The screen is read from the VMM's socket when
+//! the phone's host agent runs here, through the agent's relay when it registered one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,12 +13,12 @@ use axum::Router;
 use cloudphone_stream::signalling::{
     self, AuthFuture, SignallingConfig, StreamAuthorizer, StreamDenied, StreamGrant,
 };
-use cloudphone_stream::StreamHub;
+use cloudphone_stream::{ScreenSource, StreamHub};
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::model::Role;
-use crate::store::{leases, phones};
+use crate::store::{hosts, leases, phones};
 
 /// Frame-rate cap until device profiles carry one.
 const DEFAULT_FPS_CAP: u32 = 30;
@@ -49,8 +50,23 @@ impl StreamAuthorizer for LeaseAuthorizer {
                 status: axum::http::StatusCode::CONFLICT,
                 message: format!("phone {phone_id} has no running VMM yet; retry when it is ready"),
             })?;
+            let source = match hosts::relay(&mut tx, &phone.host_id)
+                .await
+                .map_err(denied)?
+            {
+                // The agent's VMMs are elsewhere (another machine, a VM): use its relay.
+                Some(relay) => {
+                    ScreenSource::relay(&relay.url, &relay.key, &phone.id).map_err(|e| {
+                        StreamDenied {
+                            status: axum::http::StatusCode::BAD_GATEWAY,
+                            message: format!("host {} has an unusable relay: {e}", phone.host_id),
+                        }
+                    })?
+                }
+                None => ScreenSource::local(api_socket),
+            };
             Ok(StreamGrant {
-                api_socket: PathBuf::from(api_socket),
+                source,
                 can_send_input: holder,
                 fps_cap: DEFAULT_FPS_CAP,
                 viewer: user.name,

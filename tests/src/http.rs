@@ -50,8 +50,7 @@ pub fn request_with(
         head.push_str("Connection: close\r\n");
     }
     write!(s, "{head}\r\n{body}")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
+    let raw = read_reply(&mut s)
         .with_context(|| format!("reading the reply to {method} {path} from {addr}"))?;
     let text = String::from_utf8_lossy(&raw);
     let status = text
@@ -60,18 +59,45 @@ pub fn request_with(
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("{method} {path}: no HTTP status line in {text:.200}"))?;
     let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let payload = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    let payload = if is_chunked(head) {
         dechunk(payload)
     } else {
         payload.to_owned()
     };
-    Ok((
-        status,
-        serde_json::from_str(&payload).unwrap_or(Value::Null),
-    ))
+    Ok((status, serde_json::from_str(&payload).unwrap_or(Value::Null)))
+}
+
+fn is_chunked(head: &str) -> bool {
+    head.to_ascii_lowercase().contains("transfer-encoding: chunked")
+}
+
+/// Read one reply: up to Content-Length, the last chunk, or EOF. Some servers (chromedriver)
+/// keep the connection open despite `Connection: close`, so EOF alone is not enough.
+fn read_reply(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body = &raw[end + 4..];
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let complete = match length {
+                Some(n) => body.len() >= n,
+                None => is_chunked(&head) && body.ends_with(b"0\r\n\r\n"),
+            };
+            if complete {
+                return Ok(raw);
+            }
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// Join the chunks of a chunked body (chromedriver replies this way).

@@ -94,7 +94,7 @@ fn start_stack(dir: &std::path::Path) -> Stack {
     let control = ControlService::start(&local.join("data"), &["--tick-ms", "300"]).unwrap();
     let agent_token = control.add_user("live-agent", "agent", None);
     let profile = json!({"name": "phone-720p", "width": SIZE.0, "height": SIZE.1, "dpi": 320,
-        "vcpus": CPUS, "memory_mib": 1024, "image": "test-image", "pool_size": 1});
+        "vcpus": CPUS, "memory_mib": 1024, "image": "", "pool_size": 1});
     let (code, body) = control.call("POST", "/profiles", &control.admin, Some(profile));
     assert_eq!(code, 201, "{body}");
 

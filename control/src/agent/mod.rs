@@ -11,11 +11,16 @@
 //! `--max-crashes` within `--crash-window-ms` report the phone `failed`.
 //! VMMs run in their own process group and survive an agent restart; a new agent adopts
 //! them from their pid files.
+//! With `--relay-listen ADDR --relay-url URL` the agent also serves its running phones'
+//! screens and input ([`relay`]) and registers URL + a fresh random key, so a control service
+//! that cannot reach the VMM sockets (agent in a VM or on another machine) can stream them.
 
+mod relay;
 mod vmm;
 pub mod vmm_api;
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -86,6 +91,14 @@ pub struct AgentOptions {
     pub max_crashes: usize,
     #[arg(long, default_value_t = 60_000)]
     pub crash_window_ms: u64,
+    /// Serve the phones' screens and input on this address (e.g. 0.0.0.0:7070) for a control
+    /// service that cannot reach this host's VMM sockets and /dev/shm.
+    #[arg(long, requires = "relay_url")]
+    pub relay_listen: Option<SocketAddr>,
+    /// URL at which the control service reaches --relay-listen (through any port forward),
+    /// e.g. http://10.0.0.5:7070; registered with a random key generated at start.
+    #[arg(long, requires = "relay_listen")]
+    pub relay_url: Option<String>,
 }
 
 /// What the agent tracks per local phone.
@@ -119,6 +132,7 @@ struct Agent {
     client: Client,
     host: Host,
     phones: HashMap<String, Local>,
+    relay: Option<relay::Relay>,
 }
 
 fn default_capacity() -> (u32, u32) {
@@ -150,11 +164,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             .to_owned(),
     };
     let client = Client::new(&opts.control, Some(opts.token.clone()));
+    let relay = match opts.relay_listen {
+        Some(addr) => Some(relay::Relay::start(addr).await?),
+        None => None,
+    };
     let reg = RegisterHost {
         name,
         vcpus: opts.vcpus.unwrap_or(cpus),
         memory_mib: opts.memory_mib.unwrap_or(mem),
         max_phones: opts.max_phones,
+        relay_url: relay.as_ref().and(opts.relay_url.clone()),
+        relay_key: relay.as_ref().map(|r| r.key().to_owned()),
     };
     let host: Host = client
         .post("/hosts", &reg)
@@ -195,6 +215,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         client,
         host,
         phones,
+        relay,
     };
     let mut interval = tokio::time::interval(Duration::from_millis(agent.opts.interval_ms.max(50)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -240,7 +261,20 @@ impl Agent {
             vmm::remove(&PhoneDir::new(&self.cfg, &id));
             self.phones.remove(&id);
         }
+        self.publish_to_relay();
         Ok(())
+    }
+
+    /// Let the relay serve exactly the phones whose VMM runs now.
+    fn publish_to_relay(&self) {
+        if let Some(relay) = &self.relay {
+            relay.publish(
+                self.phones
+                    .iter()
+                    .filter(|(_, l)| l.running.is_some())
+                    .map(|(id, _)| (id.clone(), PhoneDir::new(&self.cfg, id).api_socket())),
+            );
+        }
     }
 
     /// Notices VMM exits and schedules restarts (or gives up after repeated crashes).

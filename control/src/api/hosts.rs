@@ -5,7 +5,8 @@
 //! interval with the phones whose VMM runs; the reply lists every phone the host should
 //! act on with its state (`creating`: create + boot; `resetting`: fresh overlay + boot;
 //! `stopping`: stop + clean up; others: keep running) and profile. The agent reports
-//! progress with `PUT /hosts/{id}/phones/{phone_id}/state`.
+//! progress with `PUT /hosts/{id}/phones/{phone_id}/state`. An agent whose VMMs the control
+//! service cannot reach directly registers a `relay_url` + `relay_key` (its stream relay).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -30,7 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/hosts/{id}/phones/{phone_id}/state", put(report))
 }
 
-/// `POST /hosts` body: the host's name and capacity.
+/// `POST /hosts` body: the host's name and capacity, and its stream relay if it has one.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterHost {
@@ -38,6 +39,42 @@ pub struct RegisterHost {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub max_phones: u32,
+    /// Where the control service reaches this agent's stream relay (`http://host:port`);
+    /// absent when the agent's VMM sockets are on the control service's machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_url: Option<String>,
+    /// Bearer key the relay accepts (with `relay_url`; stored, never returned by any API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_key: Option<String>,
+}
+
+/// Longest relay URL accepted.
+const MAX_RELAY_URL: usize = 512;
+/// Relay keys are random tokens of this many characters at least (and at most 256).
+const MIN_RELAY_KEY: usize = 16;
+
+/// The relay of a registration, checked: both fields or neither, a usable URL and key.
+fn relay_of(r: &RegisterHost) -> Result<Option<hosts::HostRelay>, Error> {
+    let (url, key) = match (&r.relay_url, &r.relay_key) {
+        (None, None) => return Ok(None),
+        (Some(url), Some(key)) => (url, key),
+        _ => {
+            return Err(Error::Invalid(
+                "relay_url and relay_key go together: send both or neither".into(),
+            ))
+        }
+    };
+    if url.len() > MAX_RELAY_URL || !(MIN_RELAY_KEY..=256).contains(&key.len()) {
+        return Err(Error::Invalid(format!(
+            "relay_url is at most {MAX_RELAY_URL} bytes, relay_key {MIN_RELAY_KEY} to 256"
+        )));
+    }
+    cloudphone_stream::ScreenSource::relay(url, key, "probe")
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(Some(hosts::HostRelay {
+        url: url.clone(),
+        key: key.clone(),
+    }))
 }
 
 async fn register(
@@ -49,8 +86,9 @@ async fn register(
     let vcpus = extract::range("vcpus", r.vcpus.into(), 1, 4096)?;
     let mem = extract::range("memory_mib", r.memory_mib.into(), 64, 64 << 20)?;
     let max = extract::range("max_phones", r.max_phones.into(), 0, 10_000)?;
+    let relay = relay_of(&r)?;
     let mut tx = st.db.begin().await?;
-    let host = hosts::register(&mut tx, &r.name, vcpus, mem, max).await?;
+    let host = hosts::register(&mut tx, &r.name, vcpus, mem, max, relay.as_ref()).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(host)))
 }

@@ -420,7 +420,7 @@ fn schemas() -> Value {
             "id": s(), "name": s(), "state": {"type":"string","enum":["online","offline"]}, "vcpus": int(), "memory_mib": int(),
             "max_phones": int(), "last_heartbeat_ms": int(), "created_ms": int()})),
         "HostList": list("Host"),
-        "RegisterHost": obj(&["name","vcpus","memory_mib","max_phones"], json!({"name": s(), "vcpus": uint(4096), "memory_mib": uint(64 << 20), "max_phones": uint(10_000)})),
+        "RegisterHost": obj(&["name","vcpus","memory_mib","max_phones"], json!({"name": s(), "vcpus": uint(4096), "memory_mib": uint(64 << 20), "max_phones": uint(10_000), "relay_url": {"type": "string", "maxLength": 512}, "relay_key": {"type": "string", "minLength": 16, "maxLength": 256}})),
         "Heartbeat": obj(&["running"], json!({"running": {"type":"array","items": s(), "maxItems": 10_000}})),
         "HeartbeatReply": obj(&["host","phones","heartbeat_timeout_ms"], json!({"host": refr("Host"),
             "phones": {"type":"array","items": obj(&["phone","profile"], json!({"phone": refr("Phone"), "profile": refr("Profile")}))},

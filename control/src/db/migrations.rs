@@ -1,4 +1,8 @@
 //! Versioned schema migrations, embedded in the binary and shared by both backends.
 
 /// `(version, sql)` in order; a version, once released, is never edited (add a new one).
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_host_relay.sql")),
+    (3, include_str!("../../migrations/0003_lease_indexes.sql")),
+];

@@ -23,15 +23,29 @@ fn decode(r: &Row) -> Result<Host> {
     })
 }
 
-/// Registers a host by name, or updates the capacity of an existing one (agent restart).
+/// Where the control service reaches a host agent's stream relay (see
+/// `cloudphone_stream::relay`), with the bearer key the agent generated. Kept out of [`Host`]
+/// so that no listing can return the key. No `Debug`, for the same reason.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostRelay {
+    /// `http://host:port` as reachable from the control service.
+    pub url: String,
+    /// Bearer key the relay accepts.
+    pub key: String,
+}
+
+/// Registers a host by name, or updates the capacity and relay of an existing one (agent
+/// restart: a new relay key, or none when the agent now runs beside the control service).
 pub async fn register(
     tx: &mut Tx,
     name: &str,
     vcpus: i64,
     memory_mib: i64,
     max_phones: i64,
+    relay: Option<&HostRelay>,
 ) -> Result<Host> {
     let now = crate::now_ms();
+    let (relay_url, relay_key) = (relay.map(|r| &r.url), relay.map(|r| &r.key));
     let existing = tx
         .query_opt(
             &format!("{COLS} WHERE name = ?{}", tx.lock_suffix()),
@@ -42,8 +56,8 @@ pub async fn register(
         Some(r) => {
             let id = r.text(0)?;
             tx.execute(
-                "UPDATE hosts SET vcpus = ?, memory_mib = ?, max_phones = ?, last_heartbeat_ms = ? WHERE id = ?",
-                &[vcpus.into(), memory_mib.into(), max_phones.into(), now.into(), (&id).into()],
+                "UPDATE hosts SET vcpus = ?, memory_mib = ?, max_phones = ?, last_heartbeat_ms = ?, relay_url = ?, relay_key = ? WHERE id = ?",
+                &[vcpus.into(), memory_mib.into(), max_phones.into(), now.into(), relay_url.into(), relay_key.into(), (&id).into()],
             )
             .await?;
             id
@@ -51,8 +65,8 @@ pub async fn register(
         None => {
             let id = new_id("h");
             tx.execute(
-                "INSERT INTO hosts (id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms) VALUES (?, ?, 'online', ?, ?, ?, ?, ?)",
-                &[(&id).into(), name.into(), vcpus.into(), memory_mib.into(), max_phones.into(), now.into(), now.into()],
+                "INSERT INTO hosts (id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms, relay_url, relay_key) VALUES (?, ?, 'online', ?, ?, ?, ?, ?, ?, ?)",
+                &[(&id).into(), name.into(), vcpus.into(), memory_mib.into(), max_phones.into(), now.into(), now.into(), relay_url.into(), relay_key.into()],
             )
             .await?;
             id
@@ -60,6 +74,21 @@ pub async fn register(
     };
     super::audit::record(tx, "agent", "host.register", &id, name, None).await?;
     get(tx, &id).await
+}
+
+/// The relay of host `id`, `None` when its VMM sockets are local to the control service.
+pub async fn relay(tx: &mut Tx, id: &str) -> Result<Option<HostRelay>> {
+    let row = super::one(
+        tx,
+        "host",
+        "SELECT relay_url, relay_key FROM hosts WHERE id = ?",
+        &[id.into()],
+    )
+    .await?;
+    Ok(match (row.opt_text(0)?, row.opt_text(1)?) {
+        (Some(url), Some(key)) => Some(HostRelay { url, key }),
+        _ => None,
+    })
 }
 
 /// A host by id.

@@ -1,6 +1,6 @@
 //! Test double of a phone's VMM API socket: a real shared framebuffer file with a test pattern,
 //! a chunked `GET /framebuffer/events` stream fed by [`FakeVmm::damage`], and a `PUT /input`
-//! that records the bodies it receives.
+//! that records the JSON bodies it receives (anything else: 400).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,6 +167,10 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<State>>, info: String) {
         }
     } else if request_line.starts_with("GET /framebuffer ") {
         reply("200 OK", &info)
+    } else if request_line.starts_with("PUT /input ")
+        && serde_json::from_slice::<serde_json::Value>(&body).is_err()
+    {
+        reply("400 Bad Request", r#"{"error":"input body is not JSON"}"#)
     } else if request_line.starts_with("PUT /input ") {
         state
             .lock()

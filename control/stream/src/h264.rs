@@ -133,6 +133,24 @@ impl H264Encoder {
     }
 }
 
+impl crate::codec::VideoEncoder for H264Encoder {
+    fn codec(&self) -> crate::codec::Codec {
+        crate::codec::Codec::H264
+    }
+
+    fn encode(&mut self, frame: &I420Frame) -> Result<EncodedFrame, StreamError> {
+        H264Encoder::encode(self, frame)
+    }
+
+    fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError> {
+        H264Encoder::set_bitrate(self, bps)
+    }
+
+    fn request_keyframe(&mut self) {
+        H264Encoder::request_keyframe(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,17 +4,17 @@
 //! connected or the screen is idle. Only viewers granted input may touch the phone.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cloudphone_display::{FramebufferInfo, MappedFramebuffer, PixelFormat};
+use cloudphone_display::{FramebufferInfo, PixelFormat};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::input::translate;
 use crate::pacer::PacerAction;
-use crate::vmm_api::{DamageEvent, VmmApi};
+use crate::source::{Pixels, Screen, ScreenSource};
+use crate::vmm_api::DamageEvent;
 use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use crate::{
     BitrateController, EncodePacer, EncodedFrame, H264Encoder, H264Settings, I420Frame,
@@ -99,12 +99,12 @@ impl StreamHub {
     }
 
     /// Add `viewer` (a started WebRTC session) to phone `phone_id`'s stream, starting the stream
-    /// (VMM at `api_socket`, at most `fps_cap` frames/s) if it is the first viewer. The returned
-    /// receiver yields why the viewer's session ended.
+    /// (screen from `source`, at most `fps_cap` frames/s) if it is the first viewer. The
+    /// returned receiver yields why the viewer's session ended.
     pub fn attach(
         &self,
         phone_id: &str,
-        api_socket: PathBuf,
+        source: ScreenSource,
         fps_cap: u32,
         viewer: Viewer,
         options: ViewerOptions,
@@ -134,7 +134,7 @@ impl StreamHub {
         );
         let stream = PhoneStream::new(
             phone_id.to_owned(),
-            VmmApi::new(api_socket),
+            Screen::new(source),
             fps_cap,
             stats,
             self.phones.clone(),
@@ -172,17 +172,22 @@ struct ViewerSlot {
     warned_input: bool,
 }
 
-/// The framebuffer mapping and encoder of a stream with viewers.
+/// The pixel source and encoder of a stream with viewers.
 struct Encoding {
     info: FramebufferInfo,
-    map: MappedFramebuffer,
+    pixels: Pixels,
     layout: PixelLayout,
     frame: I420Frame,
     encoder: H264Encoder,
 }
 
 impl Encoding {
-    fn open(info: FramebufferInfo, fps: u32, bitrate: u32) -> Result<Self, StreamError> {
+    fn open(
+        info: FramebufferInfo,
+        pixels: Pixels,
+        fps: u32,
+        bitrate: u32,
+    ) -> Result<Self, StreamError> {
         let layout = match info.format {
             PixelFormat::B8G8R8X8 | PixelFormat::B8G8R8A8 => PixelLayout::Bgrx,
             PixelFormat::R8G8B8X8 | PixelFormat::R8G8B8A8 => PixelLayout::Rgbx,
@@ -194,7 +199,6 @@ impl Encoding {
         };
         // H.264 needs even sizes: drop an odd last row/column.
         let (width, height) = (info.width & !1, info.height & !1);
-        let map = MappedFramebuffer::open(&info).map_err(|e| StreamError::Vmm(e.to_string()))?;
         let frame = I420Frame::new(width, height)?;
         let encoder = H264Encoder::new(H264Settings {
             width,
@@ -204,7 +208,7 @@ impl Encoding {
         })?;
         Ok(Self {
             info,
-            map,
+            pixels,
             layout,
             frame,
             encoder,
@@ -222,18 +226,16 @@ impl Encoding {
         if keyframe {
             self.encoder.request_keyframe();
         }
-        let pixels = self.map.frame(&self.info).ok_or_else(|| {
-            StreamError::Geometry("framebuffer file is smaller than its geometry".into())
-        })?;
-        self.frame
-            .fill_from(&pixels, self.info.stride, self.layout)?;
+        let (frame, stride, layout) = (&mut self.frame, self.info.stride, self.layout);
+        self.pixels
+            .with_frame(&self.info, |pixels| frame.fill_from(pixels, stride, layout))?;
         self.encoder.encode(&self.frame)
     }
 }
 
 struct PhoneStream {
     id: String,
-    api: VmmApi,
+    screen: Screen,
     fps: u32,
     stats: Arc<StreamStats>,
     registry: Registry,
@@ -248,14 +250,14 @@ struct PhoneStream {
     applied_bitrate: u32,
     bitrate_changed: Instant,
     encoding: Option<Box<Encoding>>,
-    screen: Option<(u32, u32)>,
+    screen_size: Option<(u32, u32)>,
     input: mpsc::Sender<String>,
 }
 
 impl PhoneStream {
     fn new(
         id: String,
-        api: VmmApi,
+        screen: Screen,
         fps: u32,
         stats: Arc<StreamStats>,
         registry: Registry,
@@ -264,7 +266,7 @@ impl PhoneStream {
         let (events_tx, events_rx) = mpsc::channel(256);
         let (input, input_rx) = mpsc::channel(INPUT_QUEUE);
         tokio::spawn(forward_input(
-            api.clone(),
+            screen.clone(),
             input_rx,
             stats.clone(),
             id.clone(),
@@ -279,7 +281,7 @@ impl PhoneStream {
             bitrate,
             bitrate_changed: Instant::now(),
             id,
-            api,
+            screen,
             fps,
             stats,
             registry,
@@ -290,15 +292,15 @@ impl PhoneStream {
             events_rx,
             want_key: true,
             encoding: None,
-            screen: None,
+            screen_size: None,
             input,
         }
     }
 
     async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
         let (damage_tx, mut damage) = mpsc::channel(64);
-        let watcher = tokio::spawn(watch_damage(self.api.clone(), damage_tx));
-        tracing::info!(phone = %self.id, socket = %self.api.socket().display(), "stream started");
+        let watcher = tokio::spawn(watch_damage(self.screen.clone(), damage_tx));
+        tracing::info!(phone = %self.id, source = %self.screen, "stream started");
         loop {
             let wait = match self.pacer.poll(Instant::now()) {
                 PacerAction::Encode | PacerAction::Resend => {
@@ -438,10 +440,10 @@ impl PhoneStream {
             }
             return;
         }
-        let (width, height) = match self.screen {
+        let (width, height) = match self.screen_size {
             Some(size) => size,
-            None => match self.api.framebuffer().await {
-                Ok(info) => *self.screen.insert((info.width, info.height)),
+            None => match self.screen.info().await {
+                Ok(info) => *self.screen_size.insert((info.width, info.height)),
                 Err(e) => {
                     StreamStats::bump(&self.stats.input_dropped);
                     tracing::warn!(phone = %self.id, error = %e, "dropping input: screen size unknown");
@@ -470,7 +472,7 @@ impl PhoneStream {
             if right > u64::from(enc.info.width) || bottom > u64::from(enc.info.height) {
                 tracing::info!(phone = %self.id, "damage outside the known screen: re-reading the geometry");
                 self.encoding = None;
-                self.screen = None;
+                self.screen_size = None;
             }
         }
         if self.viewers.values().any(|v| v.connected) {
@@ -547,10 +549,11 @@ impl PhoneStream {
     }
 
     async fn open_encoding(&mut self) -> Result<Box<Encoding>, StreamError> {
-        let info = self.api.framebuffer().await?;
-        self.screen = Some((info.width, info.height));
+        let info = self.screen.info().await?;
+        let pixels = self.screen.pixels(&info)?;
+        self.screen_size = Some((info.width, info.height));
         let (fps, bitrate) = (self.fps, self.applied_bitrate);
-        let enc = tokio::task::spawn_blocking(move || Encoding::open(info, fps, bitrate))
+        let enc = tokio::task::spawn_blocking(move || Encoding::open(info, pixels, fps, bitrate))
             .await
             .map_err(|e| StreamError::Encoder(format!("encoder setup panicked: {e}")))??;
         StreamStats::bump(&self.stats.encoders);
@@ -581,12 +584,12 @@ impl PhoneStream {
 }
 
 /// Keep a damage subscription open for as long as the stream runs, reconnecting after errors.
-async fn watch_damage(api: VmmApi, sink: mpsc::Sender<DamageEvent>) {
+async fn watch_damage(screen: Screen, sink: mpsc::Sender<DamageEvent>) {
     loop {
-        match api.damage_events(sink.clone()).await {
+        match screen.follow(&sink).await {
             Ok(()) if sink.is_closed() => return,
             Ok(()) => {
-                tracing::info!(socket = %api.socket().display(), "damage stream ended; reconnecting")
+                tracing::info!(source = %screen, "damage stream ended; reconnecting")
             }
             Err(e) => tracing::warn!(error = %e, "damage stream failed; retrying in 1 s"),
         }
@@ -596,13 +599,13 @@ async fn watch_damage(api: VmmApi, sink: mpsc::Sender<DamageEvent>) {
 
 /// Send input bodies to the VMM one at a time, in order.
 async fn forward_input(
-    api: VmmApi,
+    screen: Screen,
     mut queue: mpsc::Receiver<String>,
     stats: Arc<StreamStats>,
     phone: String,
 ) {
     while let Some(body) = queue.recv().await {
-        match api.put_input(body).await {
+        match screen.put_input(body).await {
             Ok(()) => StreamStats::bump(&stats.input_forwarded),
             Err(e) => {
                 StreamStats::bump(&stats.input_dropped);
@@ -624,6 +627,15 @@ mod tests {
 
     impl FakeViewer {
         fn join(hub: &StreamHub, vmm: &FakeVmm, label: &str, can_send_input: bool) -> Self {
+            Self::join_source(hub, ScreenSource::local(&vmm.socket), label, can_send_input)
+        }
+
+        fn join_source(
+            hub: &StreamHub,
+            source: ScreenSource,
+            label: &str,
+            can_send_input: bool,
+        ) -> Self {
             let (commands, frames) = mpsc::channel(8);
             let (events, events_rx) = mpsc::channel(8);
             let viewer = Viewer {
@@ -636,7 +648,7 @@ mod tests {
                 label: label.into(),
                 can_send_input,
             };
-            drop(hub.attach("phone-1", vmm.socket.clone(), 30, viewer, options));
+            drop(hub.attach("phone-1", source, 30, viewer, options));
             Self { frames, events }
         }
 
@@ -760,7 +772,7 @@ mod tests {
         };
         let ended = hub.attach(
             "phone-1",
-            vmm.socket.clone(),
+            ScreenSource::local(&vmm.socket),
             30,
             viewer,
             ViewerOptions {
@@ -776,5 +788,60 @@ mod tests {
         let mut again = FakeViewer::join(&hub, &vmm, "bob", true);
         again.send(ViewerEvent::Connected).await;
         assert!(again.next_frame().await.keyframe);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relayed_phone_streams_on_damage_and_takes_input_through_the_relay() {
+        let vmm = FakeVmm::start(64, 48);
+        let url = crate::relay::tests::relay_for(&vmm).await;
+        let source = ScreenSource::relay(&url, crate::relay::tests::KEY, "p-1").unwrap();
+        let hub = StreamHub::new();
+        let mut holder = FakeViewer::join_source(&hub, source, "alice", true);
+        until("the relay's damage subscription", || vmm.subscribers() == 1).await;
+        let stats = hub.stats("phone-1").unwrap();
+
+        holder.send(ViewerEvent::Connected).await;
+        assert!(holder.next_frame().await.keyframe);
+        tokio::time::sleep(REFRESH_AFTER * 2).await;
+        holder.pending_frames();
+        let settled = count(&stats.encoded);
+        vmm.damage();
+        let frame = holder.next_frame().await;
+        assert!(!frame.data.is_empty());
+        assert_eq!(
+            count(&stats.encoded),
+            settled + 1,
+            "one encode per relayed update"
+        );
+
+        let touch = r#"{"type":"touch","pointers":[{"id":0,"x":0.5,"y":1.0,"down":true}]}"#;
+        holder.send(ViewerEvent::Input(touch.into())).await;
+        until("input at the VMM", || vmm.inputs().len() == 1).await;
+        let input: serde_json::Value = serde_json::from_str(&vmm.inputs()[0]).unwrap();
+        assert_eq!(
+            input,
+            serde_json::json!({"touch":[{"id":0,"x":32,"y":47,"down":true}]})
+        );
+
+        holder.send(ViewerEvent::Closed("bye".into())).await;
+        until("stream gone", || hub.stats("phone-1").is_none()).await;
+        until("relay unsubscribed from the VMM", || vmm.subscribers() == 0).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_garbled_relay_stream_is_dropped_and_reconnected() {
+        use crate::relay::tests::{good_stream, scripted};
+        let (url, connections) =
+            scripted(vec![b"garbage".to_vec(), good_stream(32, 16, 0x80)]).await;
+        let hub = StreamHub::new();
+        let source = ScreenSource::relay(&url, "k", "p-1").unwrap();
+        let mut viewer = FakeViewer::join_source(&hub, source, "alice", false);
+        viewer.send(ViewerEvent::Connected).await;
+        assert!(viewer.next_frame().await.keyframe);
+        assert!(
+            connections.load(Ordering::SeqCst) >= 2,
+            "reconnected after the garbage"
+        );
+        viewer.send(ViewerEvent::Closed("bye".into())).await;
     }
 }

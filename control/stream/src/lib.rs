@@ -13,16 +13,22 @@
 //!   input from the lease holder forwarded to the VMM.
 //! - [`signalling`]: the `GET /api/v1/phones/{id}/stream` WebSocket (SDP offer/answer, ICE
 //!   server config), authorised by the control service through [`signalling::StreamAuthorizer`].
+//! - [`source`]: where a phone's screen comes from: its VMM's socket here, or a host agent's
+//!   [`relay`] when the VMM runs elsewhere.
 //! - [`web`]: serves the static web UI directory (`control/web`).
 
 pub mod bwe;
+pub mod codec;
 pub mod frame;
 pub mod h264;
 pub mod hub;
 pub mod input;
 pub mod pacer;
+pub mod relay;
 pub mod signalling;
+pub mod source;
 pub mod vmm_api;
+pub mod vp8;
 pub mod web;
 pub mod webrtc;
 
@@ -37,6 +43,7 @@ pub use h264::{EncodedFrame, H264Encoder, H264Settings};
 pub use hub::{StreamHub, StreamStats, ViewerOptions};
 pub use pacer::EncodePacer;
 pub use signalling::{IceServer, SignallingConfig, StreamAuthorizer, StreamDenied, StreamGrant};
+pub use source::ScreenSource;
 
 /// Why a frame could not be converted or encoded.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +55,7 @@ pub enum StreamError {
     #[error("BGRX to I420 conversion failed: {0}")]
     Convert(String),
     /// OpenH264 refused to create the encoder or to encode.
-    #[error("H.264 encoder error: {0}")]
+    #[error("video encoder error: {0}")]
     Encoder(String),
     /// The WebRTC session could not be set up or failed (bad offer, socket, DTLS).
     #[error("WebRTC session: {0}")]

@@ -18,7 +18,6 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +34,7 @@ use serde_json::json;
 
 use crate::hub::{StreamHub, ViewerOptions};
 use crate::webrtc::{start_viewer, ViewerCommand};
+use crate::ScreenSource;
 
 /// Largest signalling message accepted (an SDP offer is a few KiB).
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -44,8 +44,8 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the control service allows a caller to do with one phone's stream.
 #[derive(Debug, Clone)]
 pub struct StreamGrant {
-    /// The phone's VMM API socket (framebuffer, damage events, input).
-    pub api_socket: PathBuf,
+    /// Where the phone's screen comes from and its input goes.
+    pub source: ScreenSource,
     /// True for the lease holder; operators watching get false (their input is dropped).
     pub can_send_input: bool,
     /// The device profile's frame-rate cap.
@@ -232,7 +232,7 @@ async fn session(mut socket: WebSocket, st: Signalling, phone: String, grant: St
     };
     let mut ended = st
         .hub
-        .attach(&phone, grant.api_socket, grant.fps_cap, viewer, options);
+        .attach(&phone, grant.source, grant.fps_cap, viewer, options);
     if !send(&mut socket, json!({"type": "answer", "sdp": answer})).await {
         let _ = commands.send(ViewerCommand::Close).await;
         return;
@@ -279,6 +279,7 @@ pub(crate) mod tests {
     use crate::fake_vmm::FakeVmm;
     use crate::webrtc::tests::Browser;
     use futures_util::{SinkExt, StreamExt};
+    use std::path::PathBuf;
     use std::time::Instant;
     use str0m::change::SdpAnswer;
     use str0m::Event;
@@ -310,7 +311,7 @@ pub(crate) mod tests {
                 };
                 match who {
                     Some((viewer, can_send_input)) if phone_id == "ph-1" => Ok(StreamGrant {
-                        api_socket: self.socket.clone(),
+                        source: ScreenSource::local(&self.socket),
                         can_send_input,
                         fps_cap: 30,
                         viewer: viewer.into(),

@@ -120,6 +120,11 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// The server's `--data-dir` (its SQLite database is `cloudphone.db` there).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self._data.0
+    }
+
     /// SIGKILL, no cleanup: what a crash or power cut of the process looks like.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

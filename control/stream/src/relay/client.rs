@@ -1,0 +1,73 @@
+//! The relay's client side: keep a [`Mirror`] of a relayed phone's screen current from its
+//! `GET /phones/{id}/frames` stream, announcing each applied rectangle like a damage event.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use super::wire::{Decoder, Mirror, SILENCE_LIMIT};
+use crate::vmm_api::{DamageEvent, VmmApi};
+use crate::StreamError;
+
+/// Follow one frames stream until the relay ends it cleanly (`Ok`, as when `sink` is dropped)
+/// or it breaks, is cut inside a record, or sends something invalid (`Err`); the caller
+/// reconnects.
+pub(crate) async fn mirror(
+    api: &VmmApi,
+    mirror: &Mutex<Mirror>,
+    sink: &mpsc::Sender<DamageEvent>,
+) -> Result<(), StreamError> {
+    mirror_with_limit(api, mirror, sink, SILENCE_LIMIT).await
+}
+
+/// [`mirror`], giving up on a relay that sends nothing (not even keep-alives) for `silence`.
+pub(crate) async fn mirror_with_limit(
+    api: &VmmApi,
+    mirror: &Mutex<Mirror>,
+    sink: &mpsc::Sender<DamageEvent>,
+    silence: Duration,
+) -> Result<(), StreamError> {
+    let mut body = api.open_stream("/frames").await?;
+    let mut decoder = Decoder::new();
+    loop {
+        let Ok(frame) = tokio::time::timeout(silence, body.frame()).await else {
+            return Err(api.error(format!(
+                "GET /frames: nothing for {} s (link or relay dead?)",
+                silence.as_secs_f32()
+            )));
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| api.error(format!("frames stream broke: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        decoder.feed(&data);
+        loop {
+            let applied = decoder
+                .apply_next(&mut lock(mirror))
+                .map_err(|e| api.error(format!("GET /frames: {e}")))?;
+            let Some(rect) = applied else { break };
+            if rect.width == 0 || rect.height == 0 {
+                continue; // a keep-alive: nothing to draw
+            }
+            if sink.send(rect).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    match decoder.pending() {
+        0 => Ok(()),
+        n => Err(api.error(format!(
+            "GET /frames ended inside a record ({n} bytes left over)"
+        ))),
+    }
+}
+
+/// The mirror's lock (a panic while holding it leaves pixels that are still pixels).
+pub(crate) fn lock(mirror: &Mutex<Mirror>) -> std::sync::MutexGuard<'_, Mirror> {
+    mirror
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

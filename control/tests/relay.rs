@@ -1,0 +1,285 @@
+//! The host agent's stream relay end to end (tier 1, no KVM): a real `cloudphone serve`, a
+//! real agent started with `--relay-listen/--relay-url` and the fake VMM script. The agent
+//! registers the relay with a random key the API never shows; with that key (read from the
+//! database, as the stream authoriser does) the relay serves only this host's phones: the
+//! geometry, a frames stream whose pixels follow the VMM's screen, and input that reaches the
+//! VMM (whose redraw then comes back as a frame record). A StreamHub fed through the relay
+//! encodes the screen, as `cloudphone serve` does for a phone whose host has a relay.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cloudphone_stream::relay::wire::{Decoder, Mirror};
+use cloudphone_stream::webrtc::{Viewer, ViewerCommand, ViewerEvent};
+use cloudphone_stream::{ScreenSource, StreamHub, ViewerOptions};
+use common::{api, ok, profile, user, Kind, Server, TempDir};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+fn fake_vmm() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-vmm.py")
+}
+
+/// The agent and, on drop, its fake VMMs (which outlive agents by design).
+struct Agent {
+    child: Child,
+    state: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for dir in std::fs::read_dir(self.state.join("phones"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let pid = std::fs::read_to_string(dir.path().join("vmm.pid")).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: plain kill(2) of a fake VMM this test's agent started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn ready_phone(s: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let phones = ok(s, "GET", "/phones", &s.admin.clone(), None, 200).await;
+        if let Some(p) = phones
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["state"] == "ready")
+        {
+            return p["id"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no phone became ready: {phones}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads frame records from a `/frames` response into `mirror` until `done` holds.
+async fn read_until(
+    res: &mut reqwest::Response,
+    decoder: &mut Decoder,
+    mirror: &mut Mirror,
+    done: impl Fn(&Mirror) -> bool,
+) {
+    while !done(mirror) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), res.chunk())
+            .await
+            .expect("a frame record within 10 s")
+            .unwrap()
+            .expect("the frames stream stays open");
+        decoder.feed(&chunk);
+        while decoder.apply_next(mirror).unwrap().is_some() {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_relay_streams_frames_and_forwards_input() {
+    let s = Server::start(Kind::Sqlite, &[]).await;
+    let (_, token) = user(&s, "agent", "agent", 0).await;
+    profile(&s, "relayed", 1).await;
+    let state = TempDir::new("relay-agent");
+    let relay_url = format!("http://127.0.0.1:{}", free_port());
+    let listen = relay_url.trim_start_matches("http://");
+    let child = Command::new(common::bin())
+        .args([
+            "agent",
+            "--control",
+            &s.url,
+            "--token",
+            &token,
+            "--kernel",
+            "/dev/null",
+        ])
+        .args(["--state-dir", &state.0.display().to_string()])
+        .args([
+            "--vmm",
+            &fake_vmm().display().to_string(),
+            "--interval-ms",
+            "100",
+        ])
+        .args(["--name", "h1", "--vcpus", "8", "--memory-mib", "8192"])
+        .args(["--relay-listen", listen, "--relay-url", &relay_url])
+        .env("CLOUDPHONE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    let _agent = Agent {
+        child,
+        state: state.0.clone(),
+    };
+    let phone = ready_phone(&s).await;
+
+    // The relay is registered, but no API answer shows it.
+    let hosts = ok(&s, "GET", "/hosts", &s.admin.clone(), None, 200).await;
+    assert!(!hosts.to_string().contains("relay"), "{hosts}");
+    let db = rusqlite::Connection::open(s.data_dir().join("cloudphone.db")).unwrap();
+    let (url, key): (String, String) = db
+        .query_row("SELECT relay_url, relay_key FROM hosts", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(url, relay_url);
+    assert_eq!(key.len(), 64, "a 256-bit random key");
+
+    let http = reqwest::Client::new();
+    let get =
+        |path: String, key: &str| http.get(format!("{url}{path}")).bearer_auth(key.to_owned());
+    let fb = format!("/phones/{phone}/framebuffer");
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(get(fb.clone(), "wrong").send().await.unwrap()), 401);
+    assert_eq!(
+        status(http.get(format!("{url}{fb}")).send().await.unwrap()),
+        401
+    );
+    assert_eq!(
+        status(
+            get("/phones/ph-other/framebuffer".into(), &key)
+                .send()
+                .await
+                .unwrap()
+        ),
+        404
+    );
+    let info: Value = get(fb, &key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(32), Some(16))
+    );
+
+    // Frames: the whole (black) screen first.
+    let mut frames = get(format!("/phones/{phone}/frames"), &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(frames.status().as_u16(), 200);
+    let (mut decoder, mut mirror) = (Decoder::new(), Mirror::default());
+    read_until(&mut frames, &mut decoder, &mut mirror, |m| {
+        !m.pixels.is_empty()
+    })
+    .await;
+    assert!(mirror.pixels.iter().all(|&b| b == 0));
+
+    // Input goes through to the VMM, which redraws grey level 1: that comes back as a record.
+    let input = |body: &'static str| {
+        http.put(format!("{url}/phones/{phone}/input"))
+            .bearer_auth(&key)
+            .body(body)
+            .send()
+    };
+    let touch = r#"{"touch":[{"id":0,"x":3,"y":4,"down":true}]}"#;
+    assert_eq!(status(input(touch).await.unwrap()), 200);
+    let inputs = state.0.join("phones").join(&phone).join("inputs.jsonl");
+    assert_eq!(std::fs::read_to_string(&inputs).unwrap().trim(), touch);
+    read_until(&mut frames, &mut decoder, &mut mirror, |m| m.pixels[0] == 1).await;
+    assert_eq!(&mirror.pixels[..8], &[1, 1, 1, 0, 1, 1, 1, 0]);
+    // The VMM's refusal comes back as is.
+    let refused = input("not json").await.unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    assert!(refused.text().await.unwrap().contains("not JSON"));
+    drop(frames);
+
+    // A stream hub reading the phone through the relay encodes its screen.
+    let hub = StreamHub::new();
+    let (commands, mut encoded) = mpsc::channel(8);
+    let (events, events_rx) = mpsc::channel(8);
+    let viewer = Viewer {
+        answer_sdp: String::new(),
+        commands,
+        events: events_rx,
+        local_addr: "127.0.0.1:9".parse().unwrap(),
+    };
+    let source = ScreenSource::relay(&url, &key, &phone).unwrap();
+    let options = ViewerOptions {
+        label: "alice".into(),
+        can_send_input: true,
+    };
+    let _ended = hub.attach(&phone, source, 30, viewer, options);
+    events.send(ViewerEvent::Connected).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), encoded.recv()).await {
+        Ok(Some(ViewerCommand::Frame(f))) => assert!(f.keyframe && !f.data.is_empty()),
+        other => panic!(
+            "expected an encoded keyframe through the relay, got {:?}",
+            other.is_ok()
+        ),
+    }
+    events
+        .send(ViewerEvent::Input(
+            r#"{"type":"key","key":"BACK","down":true}"#.into(),
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&inputs).unwrap().contains("BACK") {
+        assert!(
+            Instant::now() < deadline,
+            "the hub's input did not reach the VMM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `POST /hosts` takes a relay URL and key together or not at all, checks them, and no answer
+/// (register, list, get) ever contains the key.
+async fn register_checks_the_relay_and_never_returns_its_key(kind: Kind) {
+    let s = Server::start(kind, &[]).await;
+    let (_, token) = user(&s, "agent", "agent", 0).await;
+    let key = "k".repeat(32);
+    let body = |extra: Value| {
+        let mut b = json!({"name": "h1", "vcpus": 4, "memory_mib": 4096, "max_phones": 2});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let long = format!("http://h:1/{}", "a".repeat(600));
+    for (extra, why) in [
+        (json!({"relay_url": "http://127.0.0.1:1"}), "together"),
+        (json!({"relay_key": key}), "together"),
+        (
+            json!({"relay_url": "https://h:1", "relay_key": key}),
+            "http://",
+        ),
+        (
+            json!({"relay_url": "http://h:1", "relay_key": "short"}),
+            "relay_key",
+        ),
+        (
+            json!({"relay_url": "http://h:1", "relay_key": "k e y".repeat(8)}),
+            "printable",
+        ),
+        (json!({"relay_url": long, "relay_key": key}), "512"),
+    ] {
+        let (status, v) = api(&s, "POST", "/hosts", &token, Some(body(extra.clone()))).await;
+        assert_eq!(status, 400, "{extra}: {v}");
+        assert!(v.to_string().contains(why), "{extra}: {v} should say {why}");
+    }
+    let relay = json!({"relay_url": "http://10.0.0.5:7070", "relay_key": key});
+    let host = ok(&s, "POST", "/hosts", &token, Some(body(relay)), 201).await;
+    let id = host["id"].as_str().unwrap();
+    let one = ok(&s, "GET", &format!("/hosts/{id}"), &token, None, 200).await;
+    let all = ok(&s, "GET", "/hosts", &s.admin.clone(), None, 200).await;
+    for answer in [&host, &one, &all] {
+        assert!(!answer.to_string().contains(&key), "{answer}");
+    }
+    // Re-registering without a relay (agent moved beside the control service) is accepted.
+    ok(&s, "POST", "/hosts", &token, Some(body(json!({}))), 201).await;
+}
+both!(register_checks_the_relay_and_never_returns_its_key);
