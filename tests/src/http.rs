@@ -64,11 +64,15 @@ pub fn request_with(
     } else {
         payload.to_owned()
     };
-    Ok((status, serde_json::from_str(&payload).unwrap_or(Value::Null)))
+    Ok((
+        status,
+        serde_json::from_str(&payload).unwrap_or(Value::Null),
+    ))
 }
 
 fn is_chunked(head: &str) -> bool {
-    head.to_ascii_lowercase().contains("transfer-encoding: chunked")
+    head.to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
 }
 
 /// Read one reply: up to Content-Length, the last chunk, or EOF. Some servers (chromedriver)

@@ -112,7 +112,9 @@ pub fn guest_example(package: &str, name: &str) -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .expect("target/<profile> has a parent");
-    let path = target.join("x86_64-unknown-linux-gnu/release/examples").join(name);
+    let path = target
+        .join("x86_64-unknown-linux-gnu/release/examples")
+        .join(name);
     assert!(
         path.exists(),
         "{} missing: build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p \
@@ -325,7 +327,7 @@ impl CpioWriter {
     }
 
     fn pad(&mut self) {
-        while !self.out.len().is_multiple_of(4) {
+        while self.out.len() % 4 != 0 {
             self.out.push(0);
         }
     }

@@ -128,6 +128,24 @@ impl Browser {
     }
 }
 
+impl Browser {
+    /// A PNG of the browser window as the user sees it (docs screenshots, failure evidence).
+    pub fn screenshot_png(&self) -> Result<Vec<u8>> {
+        use base64::Engine as _;
+        let value = self.call(
+            "GET",
+            &format!("/session/{}/screenshot", self.session),
+            None,
+        )?;
+        let text = value
+            .as_str()
+            .context("screenshot reply is not a base64 string")?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| anyhow::anyhow!("screenshot is not valid base64: {e}"))
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.call("DELETE", &format!("/session/{}", self.session), None);

@@ -334,6 +334,13 @@ fn user_gets_a_live_phone_in_the_browser_and_taps_info() {
         tapped.elapsed()
     );
 
+    let shot = dir.join("live-info.png");
+    std::fs::write(&shot, browser.screenshot_png().unwrap()).unwrap();
+    eprintln!(
+        "live: browser screenshot of the live view: {}",
+        shot.display()
+    );
+
     if let Some(taps) = std::env::var("CLOUDPHONE_TOUCH_TAPS")
         .ok()
         .and_then(|n| n.parse::<usize>().ok())
