@@ -59,13 +59,68 @@ pub struct StreamStats {
     pub input_dropped: AtomicU64,
     /// Current target bitrate (bits/s).
     pub bitrate: AtomicU64,
+    /// Input accepted from the lease holder → the next screen damage from the phone: the
+    /// phone's side of touch-to-photon (delivery to the VMM, guest input handling, drawing).
+    pub input_to_damage: LatencyWindow,
+    /// Time to convert and encode one frame: the host's main cost per frame.
+    pub encode: LatencyWindow,
 }
 
 impl StreamStats {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counters and latency percentiles as JSON (the stream stats route, tests).
+    pub fn snapshot(&self) -> serde_json::Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "encoded": n(&self.encoded),
+            "keyframes": n(&self.keyframes),
+            "encoders": n(&self.encoders),
+            "input_forwarded": n(&self.input_forwarded),
+            "input_dropped": n(&self.input_dropped),
+            "bitrate": n(&self.bitrate),
+            "input_to_damage_ms": self.input_to_damage.summary(),
+            "encode_ms": self.encode.summary(),
+        })
+    }
 }
+
+/// The last [`LatencyWindow::CAPACITY`] samples of one latency, for percentiles.
+#[derive(Debug, Default)]
+pub struct LatencyWindow(Mutex<std::collections::VecDeque<Duration>>);
+
+impl LatencyWindow {
+    /// Samples kept (older ones fall out).
+    pub const CAPACITY: usize = 512;
+
+    /// Add one sample.
+    pub fn record(&self, sample: Duration) {
+        let mut w = lock(&self.0);
+        if w.len() == Self::CAPACITY {
+            w.pop_front();
+        }
+        w.push_back(sample);
+    }
+
+    /// `{count, p50, p95, max}` in milliseconds (`null` percentiles before any sample).
+    pub fn summary(&self) -> serde_json::Value {
+        let mut v: Vec<f64> = lock(&self.0)
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let pct = |q: f64| {
+            v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+        };
+        serde_json::json!({ "count": v.len(), "p50": pct(0.5), "p95": pct(0.95), "max": v.last() })
+    }
+}
+
+/// Screen damage later than this after an input is not counted as that input's redraw.
+const INPUT_DAMAGE_WINDOW: Duration = Duration::from_secs(2);
 
 enum Control {
     Join(Box<Join>),
@@ -245,6 +300,8 @@ struct PhoneStream {
     events_tx: mpsc::Sender<(u64, ViewerEvent)>,
     events_rx: mpsc::Receiver<(u64, ViewerEvent)>,
     pacer: EncodePacer,
+    /// When the oldest input not yet followed by screen damage was accepted.
+    pending_input: Option<Instant>,
     want_key: bool,
     bitrate: BitrateController,
     applied_bitrate: u32,
@@ -276,6 +333,7 @@ impl PhoneStream {
             .bitrate
             .store(bitrate.bitrate() as u64, Ordering::Relaxed);
         Self {
+            pending_input: None,
             pacer: EncodePacer::new(fps as f32, REFRESH_AFTER),
             applied_bitrate: bitrate.bitrate(),
             bitrate,
@@ -453,6 +511,10 @@ impl PhoneStream {
         };
         match translate(&message, width, height) {
             Ok(body) => {
+                // Presses and moves make the phone redraw; releases usually do not.
+                if body.contains("\"down\":true") {
+                    self.pending_input.get_or_insert_with(Instant::now);
+                }
                 if self.input.try_send(body).is_err() {
                     StreamStats::bump(&self.stats.input_dropped);
                     tracing::warn!(phone = %self.id, "dropping input: the VMM is not keeping up");
@@ -466,6 +528,12 @@ impl PhoneStream {
     }
 
     fn on_damage(&mut self, event: DamageEvent) {
+        if let Some(since) = self.pending_input.take() {
+            // Damage long after an input was not caused by it (the app ignored the touch).
+            if since.elapsed() < INPUT_DAMAGE_WINDOW {
+                self.stats.input_to_damage.record(since.elapsed());
+            }
+        }
         if let Some(enc) = &self.encoding {
             let right = u64::from(event.x) + u64::from(event.width);
             let bottom = u64::from(event.y) + u64::from(event.height);
@@ -519,6 +587,7 @@ impl PhoneStream {
         let keyframe = std::mem::take(&mut self.want_key);
         let bitrate = self.bitrate_change();
         let mut encoding = encoding;
+        let started = Instant::now();
         let job = tokio::task::spawn_blocking(move || {
             let result = encoding.encode(keyframe, bitrate);
             (encoding, result)
@@ -541,6 +610,7 @@ impl PhoneStream {
                 return;
             }
         };
+        self.stats.encode.record(started.elapsed());
         StreamStats::bump(&self.stats.encoded);
         if frame.keyframe {
             StreamStats::bump(&self.stats.keyframes);
@@ -750,6 +820,22 @@ mod tests {
         assert_eq!(inputs[1], serde_json::json!({"key":"BACK","down":true}));
         assert_eq!(count(&stats.input_dropped), 1);
         assert_eq!(count(&stats.input_forwarded), 2);
+
+        // The phone redraws after the input: that wait is timed, as is every encode.
+        vmm.damage();
+        until("input -> damage timed", || {
+            stats.snapshot()["input_to_damage_ms"]["count"] == 1
+        })
+        .await;
+        let snapshot = stats.snapshot();
+        assert!(
+            snapshot["encode_ms"]["count"].as_u64().unwrap() >= 1,
+            "{snapshot}"
+        );
+        assert!(
+            snapshot["input_to_damage_ms"]["p50"].as_f64().unwrap() > 0.0,
+            "{snapshot}"
+        );
 
         // Everybody leaves: the stream stops and unsubscribes.
         holder.send(ViewerEvent::Closed("bye".into())).await;

@@ -123,6 +123,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(
 ) -> Router<S> {
     Router::new()
         .route("/phones/{id}/stream", get(upgrade))
+        .route("/phones/{id}/stream/stats", get(stats))
         .with_state(Signalling {
             hub,
             auth,
@@ -149,6 +150,25 @@ async fn upgrade(
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| session(socket, st, phone, grant))
+}
+
+/// `GET /phones/{id}/stream/stats`: the live stream's counters and latencies (encode time,
+/// input → screen damage), for whoever may watch the phone.
+async fn stats(State(st): State<Signalling>, Path(phone): Path<String>, parts: Parts) -> Response {
+    if let Err(denied) = st.auth.authorize(&parts, &phone).await {
+        return deny(denied.status, denied.message);
+    }
+    match st.hub.stats(&phone) {
+        Some(stats) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            stats.snapshot().to_string(),
+        )
+            .into_response(),
+        None => deny(
+            StatusCode::NOT_FOUND,
+            format!("phone {phone} has no live stream: open it in the web UI first"),
+        ),
+    }
 }
 
 fn deny(status: StatusCode, message: String) -> Response {
