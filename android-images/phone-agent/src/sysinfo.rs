@@ -66,7 +66,12 @@ impl DeviceInfo {
     pub fn from_sources(src: &Sources, width: u32, height: u32) -> Self {
         let mut info = DeviceInfo::skeleton();
         let params = boot_params(&src.cmdline, &src.bootconfig);
-        if let Some(v) = lookup(&params, PROFILE_KEY) {
+        // The profile comes as a plain cmdline key or, from vendor_boot, as a bootconfig
+        // `androidboot.` key (one row either way).
+        let bootconfig_profile = format!("{ANDROIDBOOT_PREFIX}{PROFILE_KEY}");
+        if let Some(v) =
+            lookup(&params, PROFILE_KEY).or_else(|| lookup(&params, &bootconfig_profile))
+        {
             info.set("profile", v);
         }
         if let Some(v) = lookup(&params, "androidboot.hardware") {
@@ -83,7 +88,7 @@ impl DeviceInfo {
         info.set("screen", &format!("{width}x{height}"));
         for (k, v) in &params {
             if let Some(short) = k.strip_prefix(ANDROIDBOOT_PREFIX) {
-                if short != "hardware" {
+                if short != "hardware" && short != PROFILE_KEY {
                     info.set(short, v);
                 }
             }
@@ -232,6 +237,19 @@ mod tests {
             kernel: "6.1.0-28-amd64".into(),
             online_cpus: 7,
         };
+        // vendor_boot's bootconfig spelling of the profile gives the same single row.
+        let from_bootconfig = DeviceInfo::from_sources(
+            &Sources {
+                cmdline: src.cmdline.replace("cloudphone.profile=pixel-small ", ""),
+                bootconfig: format!(
+                    "{}androidboot.cloudphone.profile = \"pixel-small\"\n",
+                    src.bootconfig
+                ),
+                ..src.clone()
+            },
+            720,
+            1280,
+        );
         let info = DeviceInfo::from_sources(&src, 720, 1280);
         let rows: Vec<(&str, &str)> = info
             .rows()
@@ -251,6 +269,7 @@ mod tests {
                 ("slot_suffix", "_a"),
             ]
         );
+        assert_eq!(from_bootconfig, info);
     }
 
     #[test]
