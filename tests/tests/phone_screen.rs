@@ -3,10 +3,10 @@
 //! VMM API change what is on screen. Goldens come from the agent's own drawing code on the host
 //! (`phone-agent render`), so guest and host must agree pixel for pixel outside the clock.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
+use cloudphone_tests::phone::{golden, icon_centre, Rgba};
 use cloudphone_tests::{cache_dir, scratch_dir, VmProcess};
 
 const WIDTH: u32 = 720;
@@ -14,33 +14,6 @@ const HEIGHT: u32 = 1280;
 const CPUS: u32 = 2;
 /// Rows 0..STATUS_BAR hold the real time: not compared with goldens.
 const STATUS_BAR: u32 = 48;
-
-struct Rgba {
-    width: u32,
-    height: u32,
-    pixels: Vec<u8>,
-}
-
-fn decode_png(bytes: &[u8]) -> Rgba {
-    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
-    let mut reader = decoder.read_info().expect("PNG header");
-    let mut pixels = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut pixels).expect("PNG frame");
-    pixels.truncate(info.buffer_size());
-    let pixels = match info.color_type {
-        png::ColorType::Rgba => pixels,
-        png::ColorType::Rgb => pixels
-            .chunks_exact(3)
-            .flat_map(|p| [p[0], p[1], p[2], 255])
-            .collect(),
-        other => panic!("unexpected PNG colour type {other:?}"),
-    };
-    Rgba {
-        width: info.width,
-        height: info.height,
-        pixels,
-    }
-}
 
 /// Fraction of pixels below the status bar that differ (any channel off by more than 8).
 fn difference(a: &Rgba, b: &Rgba) -> f64 {
@@ -63,68 +36,6 @@ fn count_colour(img: &Rgba, rgb: [u8; 3]) -> usize {
         .chunks_exact(4)
         .filter(|p| p[..3].iter().zip(&rgb).all(|(x, y)| x.abs_diff(*y) <= 6))
         .count()
-}
-
-fn phone_agent() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).unwrap().to_path_buf();
-    let agent = target.join("x86_64-unknown-linux-gnu/release/phone-agent");
-    assert!(
-        agent.exists(),
-        "{} missing: run scripts/build-test-image",
-        agent.display()
-    );
-    agent
-}
-
-fn golden(dir: &Path, screen: &str, extra: &[&str]) -> Rgba {
-    let out = dir.join(format!(
-        "golden-{screen}-{}.png",
-        extra.join("_").replace(['=', '/'], "-")
-    ));
-    let status = Command::new(phone_agent())
-        .args([
-            "render",
-            "--screen",
-            screen,
-            "--width",
-            &WIDTH.to_string(),
-            "--height",
-            &HEIGHT.to_string(),
-        ])
-        .args(["--time", "12:00", "--out"])
-        .arg(&out)
-        .args(extra.iter().flat_map(|e| ["--info", e]))
-        .status()
-        .expect("run phone-agent render");
-    assert!(status.success(), "phone-agent render {screen} failed");
-    decode_png(&std::fs::read(&out).unwrap())
-}
-
-/// Centre of a named icon from `phone-agent layout`.
-fn icon_centre(name: &str) -> (u32, u32) {
-    let out = Command::new(phone_agent())
-        .args([
-            "layout",
-            "--width",
-            &WIDTH.to_string(),
-            "--height",
-            &HEIGHT.to_string(),
-        ])
-        .output()
-        .expect("phone-agent layout");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&format!("icon name={name} ")))
-        .unwrap_or_else(|| panic!("no icon {name} in layout:\n{text}"));
-    let field = |k: &str| -> u32 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    (field("x") + field("w") / 2, field("y") + field("h") / 2)
 }
 
 fn save_png(img: &Rgba, path: &Path) {
@@ -220,7 +131,7 @@ fn phone_boots_draws_home_and_reacts_to_touch_and_keys() {
         .unwrap();
 
     let home = screenshot(&vm);
-    let home_golden = golden(&dir, "home", &[]);
+    let home_golden = golden(&dir, "home", (WIDTH, HEIGHT), &[]);
     let diff = difference(&home, &home_golden);
     assert!(
         diff < 0.01,
@@ -232,17 +143,25 @@ fn phone_boots_draws_home_and_reacts_to_touch_and_keys() {
     eprintln!("home screenshot: {}", dir.join("home.png").display());
 
     // Tap Info: the Info page shows this VM's vCPU count.
-    let (x, y) = icon_centre("Info");
+    let (x, y) = icon_centre("Info", (WIDTH, HEIGHT));
     touch(&vm, &[(0, x, y, true)]);
     touch(&vm, &[(0, x, y, false)]);
     vm.wait_for_line_in(&report, "SCREEN app=info", Duration::from_secs(20))
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let info = screenshot(&vm);
-    let right = difference(&info, &golden(&dir, "info", &[&format!("vcpus={CPUS}")]));
+    let right = difference(
+        &info,
+        &golden(&dir, "info", (WIDTH, HEIGHT), &[&format!("vcpus={CPUS}")]),
+    );
     let wrong = difference(
         &info,
-        &golden(&dir, "info", &[&format!("vcpus={}", CPUS + 5)]),
+        &golden(
+            &dir,
+            "info",
+            (WIDTH, HEIGHT),
+            &[&format!("vcpus={}", CPUS + 5)],
+        ),
     );
     assert!(
         right < wrong,
@@ -266,7 +185,7 @@ fn phone_boots_draws_home_and_reacts_to_touch_and_keys() {
     );
 
     // Paint: a two-finger gesture leaves two strokes in the per-finger colours.
-    let (x, y) = icon_centre("Paint");
+    let (x, y) = icon_centre("Paint", (WIDTH, HEIGHT));
     touch(&vm, &[(0, x, y, true)]);
     touch(&vm, &[(0, x, y, false)]);
     vm.wait_for_line_in(&report, "SCREEN app=paint", Duration::from_secs(20))
