@@ -482,3 +482,80 @@ async fn expiry_persistence_quota(kind: Kind) {
     }
 }
 both!(expiry_persistence_quota);
+
+/// Owners re-leasing their parked persistent phones (a path that skips the profile lock)
+/// while other users compete for the free phones: every owner always gets back their own
+/// phone, no phone is ever in two active leases, parked phones are never handed to the
+/// queue, and the others get exactly the free phones and queue in order for the rest.
+async fn parked_phones_under_churn(kind: Kind) {
+    const OWNERS: usize = 6;
+    const POOL: u32 = 8;
+    let s = Server::start(kind, LONG_HEARTBEAT).await;
+    profile(&s, "pixel", POOL).await;
+    let host = FakeHost::register(&s, "h1", POOL).await;
+    host.bring_up(&s, POOL as usize).await;
+    let owners = users(&s, OWNERS, "owner").await;
+    let others = users(&s, OWNERS, "other").await;
+    let persistent = json!({"profile": "pixel", "persistent": true, "wait": false});
+    let mut parked = Vec::new();
+    for t in &owners {
+        let l = ok(&s, "POST", "/leases", t, Some(persistent.clone()), 201).await;
+        let id = l["lease"]["id"].as_str().unwrap();
+        ok(&s, "DELETE", &format!("/leases/{id}"), t, None, 200).await;
+        parked.push(l["lease"]["phone_id"].as_str().unwrap().to_owned());
+    }
+    let churn = owners.iter().zip(parked.clone()).map(|(t, phone)| {
+        let (url, t, body) = (s.url.clone(), t.clone(), persistent.to_string());
+        async move {
+            for _ in 0..15 {
+                let (code, l) =
+                    common::raw(&url, "POST", "/api/v1/leases", Some(&t), Some(body.clone())).await;
+                assert_eq!(code, 201, "an owner's parked phone is always theirs: {l}");
+                assert_eq!(
+                    l["lease"]["phone_id"],
+                    json!(phone),
+                    "the owner's own phone"
+                );
+                let path = format!("/api/v1/leases/{}", l["lease"]["id"].as_str().unwrap());
+                let (code, v) = common::raw(&url, "DELETE", &path, Some(&t), None).await;
+                assert_eq!(code, 200, "{v}");
+            }
+        }
+    });
+    let competing = others.iter().map(|t| {
+        let (url, t) = (s.url.clone(), t.clone());
+        async move {
+            let body = json!({"profile": "pixel"}).to_string();
+            let (code, v) = common::raw(&url, "POST", "/api/v1/leases", Some(&t), Some(body)).await;
+            assert!(matches!(code, 201 | 202), "{code} {v}");
+            v
+        }
+    });
+    let churn: Vec<_> = churn.map(tokio::spawn).collect();
+    let answers = futures_join(competing).await;
+    for _ in 0..5 {
+        assert_no_double_assignment(&s).await;
+    }
+    for h in churn {
+        h.await.unwrap();
+    }
+    let granted: Vec<&Value> = answers
+        .iter()
+        .filter(|v| v["status"] == "granted")
+        .collect();
+    assert_eq!(
+        granted.len(),
+        POOL as usize - OWNERS,
+        "only the unparked phones are free: {answers:?}"
+    );
+    for g in &granted {
+        let phone = g["lease"]["phone_id"].as_str().unwrap();
+        assert!(
+            !parked.iter().any(|p| p == phone),
+            "a parked phone went to someone else"
+        );
+    }
+    assert_eq!(queue(&s).await.len(), OWNERS - granted.len());
+    assert_eq!(assert_no_double_assignment(&s).await.len(), granted.len());
+}
+both!(parked_phones_under_churn);

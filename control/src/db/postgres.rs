@@ -2,6 +2,8 @@
 //!
 //! Transactions are plain `BEGIN`/`COMMIT` on a pooled connection; lease decisions take row
 //! locks (`FOR UPDATE`, `FOR UPDATE SKIP LOCKED`) so concurrent servers never double-assign.
+//! `BEGIN` is pipelined with a transaction's first statement (one round trip instead of
+//! two), and a transaction that ran no statement sends neither `BEGIN` nor `COMMIT`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,7 +70,7 @@ impl PgDb {
         })
     }
 
-    /// Checks out a connection and sends `BEGIN`.
+    /// Checks out a connection; `BEGIN` goes out with the first statement.
     pub async fn begin(&self) -> Result<PgTx, DbError> {
         let permit = self
             .permits
@@ -86,12 +88,11 @@ impl PgDb {
             Some(c) => c,
             None => self.open_conn().await?,
         };
-        conn.client.batch_execute("BEGIN").await.map_err(backend)?;
         Ok(PgTx {
             conn: Some(conn),
             pool: self.idle.clone(),
             permit: Some(permit),
-            open: true,
+            open: false,
         })
     }
 }
@@ -102,6 +103,7 @@ pub struct PgTx {
     pool: Arc<Mutex<Vec<Conn>>>,
     /// Held until the connection is back in the pool, so the pool never exceeds its size.
     permit: Option<OwnedSemaphorePermit>,
+    /// `BEGIN` was sent and neither `COMMIT` nor `ROLLBACK` yet.
     open: bool,
 }
 
@@ -173,6 +175,21 @@ fn decode(row: &tokio_postgres::Row) -> Result<Row, DbError> {
     Ok(Row(vals))
 }
 
+/// Awaits `op`; when `first`, sends `BEGIN` ahead of it in the same write (tokio-postgres
+/// sends a request when its future is first polled, and `try_join` polls in order).
+async fn with_begin<T>(
+    first: bool,
+    client: &Client,
+    op: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, DbError> {
+    let r = if first {
+        tokio::try_join!(client.batch_execute("BEGIN"), op).map(|(_, r)| r)
+    } else {
+        op.await
+    };
+    r.map_err(backend)
+}
+
 impl PgTx {
     fn conn(&mut self) -> &mut Conn {
         self.conn.as_mut().expect("connection present until drop")
@@ -192,16 +209,20 @@ impl PgTx {
         Ok(stmt)
     }
 
+    /// The client, and whether this is the transaction's first statement (from here on
+    /// the connection is in, or failing, a transaction: drop rolls back whatever happens).
+    fn client_for_statement(&mut self) -> (bool, &Client) {
+        let first = !self.open;
+        self.open = true;
+        (first, &self.conn().client)
+    }
+
     pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
         let stmt = self.statement(sql).await?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let rows = self
-            .conn()
-            .client
-            .query(&stmt, &refs)
-            .await
-            .map_err(backend)?;
+        let (first, client) = self.client_for_statement();
+        let rows = with_begin(first, client, client.query(&stmt, &refs)).await?;
         rows.iter().map(decode).collect()
     }
 
@@ -209,18 +230,19 @@ impl PgTx {
         let stmt = self.statement(sql).await?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        self.conn()
-            .client
-            .execute(&stmt, &refs)
-            .await
-            .map_err(backend)
+        let (first, client) = self.client_for_statement();
+        with_begin(first, client, client.execute(&stmt, &refs)).await
     }
 
     pub async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        self.conn().client.batch_execute(sql).await.map_err(backend)
+        let (first, client) = self.client_for_statement();
+        with_begin(first, client, client.batch_execute(sql)).await
     }
 
     pub async fn commit(mut self) -> Result<(), DbError> {
+        if !self.open {
+            return Ok(());
+        }
         let r = self
             .conn()
             .client

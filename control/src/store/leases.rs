@@ -3,13 +3,23 @@
 use crate::db::{Row, Tx, Value};
 use crate::error::{Error, Result};
 use crate::ids::new_id;
-use crate::model::{Lease, LeaseState, PhoneState, QueueEntry, Role, User};
+use crate::model::{Lease, LeaseState, Phone, PhoneState, QueueEntry, Role, User};
 use crate::scheduler::{self, QuotaRefusal};
 
 use super::{audit, phones, profiles, queue};
 
 const COLS: &str =
     "SELECT id, user_id, phone_id, profile_id, state, persistent, started_ms, expires_ms, ended_ms FROM leases";
+
+/// Phones a user holds (active leases plus waiting queue entries), read from the user row
+/// so that PostgreSQL can lock it (`FOR UPDATE` is appended). Params: user id three times.
+const HELD_SQL: &str =
+    "SELECT (SELECT COUNT(*) FROM leases WHERE user_id = ? AND state = 'active') + \
+     (SELECT COUNT(*) FROM queue WHERE user_id = ? AND state = 'waiting') FROM users WHERE id = ?";
+
+/// Lease spans that may overlap today (UTC). Params: user id, start of today.
+const TODAY_SQL: &str =
+    "SELECT started_ms, ended_ms FROM leases WHERE user_id = ? AND (ended_ms IS NULL OR ended_ms >= ?)";
 
 fn decode(r: &Row) -> Result<Lease> {
     let state = r.text(4)?;
@@ -46,23 +56,20 @@ pub enum Acquired {
     Queued(QueueEntry),
 }
 
-/// Grants a lease or queues the request, atomically: the profile row lock (PostgreSQL) or
-/// the database write lock (SQLite) makes concurrent requests see each other's effects,
-/// so a phone is never assigned twice and queue order is arrival order.
+/// Grants a lease or queues the request, atomically. The user row lock serialises one
+/// user's requests (quota); the user's own parked phone is theirs alone, so it is granted
+/// without touching the profile. Anything else takes the profile row lock (PostgreSQL) or
+/// runs under the database write lock (SQLite), so concurrent requests see each other's
+/// effects: a phone is never assigned twice and queue order is arrival order.
 pub async fn acquire(tx: &mut Tx, user: &User, req: &LeaseRequest) -> Result<Acquired> {
-    let profile = profiles::get_locked(tx, &req.profile).await?;
-    tx.query(
-        &format!("SELECT id FROM users WHERE id = ?{}", tx.lock_suffix()),
-        &[(&user.id).into()],
-    )
-    .await?;
-    let held = super::count(
+    let held = super::one(
         tx,
-        "SELECT (SELECT COUNT(*) FROM leases WHERE user_id = ? AND state = 'active') + \
-         (SELECT COUNT(*) FROM queue WHERE user_id = ? AND state = 'waiting')",
-        &[(&user.id).into(), (&user.id).into()],
+        "user",
+        &format!("{HELD_SQL}{}", tx.lock_suffix()),
+        &[(&user.id).into(), (&user.id).into(), (&user.id).into()],
     )
-    .await?;
+    .await?
+    .int(0)?;
     let minutes = minutes_used_today(tx, &user.id).await?;
     scheduler::check_quota(held, user.max_phones, minutes, user.max_minutes_per_day).map_err(|r| {
         Error::Quota(match r {
@@ -77,18 +84,34 @@ pub async fn acquire(tx: &mut Tx, user: &User, req: &LeaseRequest) -> Result<Acq
     let own = tx
         .query_opt(
             &format!(
-                "SELECT id FROM phones WHERE profile_id = ? AND reserved_for = ? AND state = 'ready' LIMIT 1{}",
+                "SELECT id, profile_id FROM phones WHERE profile_id = \
+                 (SELECT id FROM profiles WHERE id = ? OR name = ?) \
+                 AND reserved_for = ? AND state = 'ready' LIMIT 1{}",
                 tx.skip_locked_suffix()
             ),
-            &[(&profile.id).into(), (&user.id).into()],
+            &[
+                (&req.profile).into(),
+                (&req.profile).into(),
+                (&user.id).into(),
+            ],
         )
         .await?;
-    let phone = match own {
-        Some(r) => Some(r.text(0)?),
-        None if queue::waiting_count(tx, &profile.id).await? == 0 => {
-            free_phone(tx, &profile.id).await?
-        }
-        None => None,
+    if let Some(r) = own {
+        let lease = grant(
+            tx,
+            &user.id,
+            &r.text(0)?,
+            &r.text(1)?,
+            req.duration_s,
+            req.persistent,
+        )
+        .await?;
+        return Ok(Acquired::Granted(lease));
+    }
+    let profile = profiles::get_locked(tx, &req.profile).await?;
+    let phone = match queue::waiting_count(tx, &profile.id).await? {
+        0 => free_phone(tx, &profile.id).await?,
+        _ => None,
     };
     if let Some(phone_id) = phone {
         let lease = grant(
@@ -241,71 +264,62 @@ pub async fn active_for_phone(tx: &mut Tx, phone_id: &str) -> Result<Option<Leas
     row.as_ref().map(decode).transpose()
 }
 
-/// Marks a lease ended (only the lease row; the phone is the caller's business).
-pub async fn end(tx: &mut Tx, lease: &Lease, state: LeaseState, actor: &str) -> Result<()> {
+/// Marks a lease ended (only the lease row; the phone is the caller's business) and
+/// returns it as stored.
+pub async fn end(tx: &mut Tx, lease: &Lease, state: LeaseState, actor: &str) -> Result<Lease> {
+    let now = crate::now_ms();
     let n = tx
         .execute(
             "UPDATE leases SET state = ?, ended_ms = ? WHERE id = ? AND state = 'active'",
-            &[
-                state.as_str().into(),
-                crate::now_ms().into(),
-                (&lease.id).into(),
-            ],
+            &[state.as_str().into(), now.into(), (&lease.id).into()],
         )
         .await?;
     if n != 1 {
         return Err(Error::Conflict(format!("lease {} already ended", lease.id)));
     }
     tracing::debug!(lease = %lease.id, state = state.as_str(), actor, "lease ended");
-    Ok(())
+    Ok(Lease {
+        state,
+        ended_ms: Some(now),
+        ..lease.clone()
+    })
 }
 
 /// Ends a lease by release or expiry and returns its phone: a persistent phone is parked
 /// for its user with its disk; any other is reset from its clean base before reuse.
+/// Neither makes a phone free for the queue, so only the phone and lease rows are locked
+/// (in that order, as everywhere).
 pub async fn release(
     tx: &mut Tx,
     actor: &User,
     lease_id: &str,
     state: LeaseState,
 ) -> Result<Lease> {
-    let lease = get_visible(tx, actor, lease_id).await?;
-    profiles::get_locked(tx, &lease.profile_id).await?;
-    let lease = decode(
-        &super::one(
-            tx,
-            "lease",
-            &format!("{COLS} WHERE id = ?{}", tx.lock_suffix()),
-            &[lease_id.into()],
-        )
-        .await?,
-    )?;
-    end(tx, &lease, state, &actor.name).await?;
-    let phone = phones::get(tx, &lease.phone_id).await?;
+    let phone = phones::get_locked_by_lease(tx, lease_id).await?;
+    let sql = format!("{COLS} WHERE id = ?{}", tx.lock_suffix());
+    let lease = decode(&super::one(tx, "lease", &sql, &[lease_id.into()]).await?)?;
+    if actor.role != Role::Operator && lease.user_id != actor.id {
+        return Err(Error::NotFound("lease".into()));
+    }
+    let lease = end(tx, &lease, state, &actor.name).await?;
     if phone.state == PhoneState::Assigned {
-        if lease.persistent {
-            tx.execute(
-                "UPDATE phones SET reserved_for = ? WHERE id = ?",
-                &[(&lease.user_id).into(), (&phone.id).into()],
-            )
-            .await?;
-            phones::transition(
-                tx,
-                &phone.id,
-                PhoneState::Ready,
-                &actor.name,
-                "persistent lease ended; parked",
-            )
-            .await?;
+        let (to, why) = if lease.persistent {
+            (PhoneState::Ready, "persistent lease ended; parked")
         } else {
-            phones::transition(
-                tx,
-                &phone.id,
-                PhoneState::Resetting,
-                &actor.name,
-                "lease ended; reset to clean base",
-            )
-            .await?;
-        }
+            (PhoneState::Resetting, "lease ended; reset to clean base")
+        };
+        let reserved_for = lease.persistent.then(|| lease.user_id.clone());
+        phones::apply(
+            tx,
+            Phone {
+                reserved_for,
+                ..phone
+            },
+            to,
+            &actor.name,
+            why,
+        )
+        .await?;
     }
     let notify = (actor.id != lease.user_id).then_some(lease.user_id.as_str());
     audit::record(
@@ -317,7 +331,7 @@ pub async fn release(
         notify,
     )
     .await?;
-    get_visible(tx, actor, lease_id).await
+    Ok(lease)
 }
 
 /// Extends an active lease to `duration_s` from now.
@@ -378,7 +392,7 @@ async fn minutes_used_today(tx: &mut Tx, user_id: &str) -> Result<i64> {
     let now = crate::now_ms();
     let rows = tx
         .query(
-            "SELECT started_ms, ended_ms FROM leases WHERE user_id = ? AND (ended_ms IS NULL OR ended_ms >= ?)",
+            TODAY_SQL,
             &[user_id.into(), scheduler::day_start_ms(now).into()],
         )
         .await?;
@@ -397,4 +411,49 @@ pub async fn active_count(tx: &mut Tx) -> Result<i64> {
         &[],
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Database;
+
+    /// The quota checks of every lease request read only (partial) indexes: their cost must
+    /// not grow with the user's lease history by visiting table rows.
+    #[tokio::test]
+    async fn quota_queries_read_only_indexes() {
+        let dir = std::env::temp_dir().join(format!("cp-plan-{}", crate::ids::random_hex(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Database::open_sqlite(&dir).await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let plan = |rows: Vec<Row>| -> String {
+            rows.iter()
+                .map(|r| r.text(3).unwrap())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let today = plan(
+            tx.query(
+                &format!("EXPLAIN QUERY PLAN {TODAY_SQL}"),
+                &["u".into(), Value::Int(0)],
+            )
+            .await
+            .unwrap(),
+        );
+        assert!(today.contains("COVERING INDEX leases_user_span"), "{today}");
+        let held = plan(
+            tx.query(
+                &format!("EXPLAIN QUERY PLAN {HELD_SQL}"),
+                &["u".into(), "u".into(), "u".into()],
+            )
+            .await
+            .unwrap(),
+        );
+        assert!(held.contains("INDEX leases_active_user"), "{held}");
+        assert!(held.contains("INDEX queue_waiting_user"), "{held}");
+        assert!(!held.contains("SCAN"), "no table scan: {held}");
+        drop(tx);
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

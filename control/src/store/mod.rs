@@ -1,9 +1,11 @@
 //! Business operations over a [`Tx`], written once for both databases.
 //!
-//! Lock order (PostgreSQL row locks; SQLite holds one lock for everything): profile row,
-//! then user row, then phone rows, then queue rows, then counters. Every path that can hand
-//! out or take back a phone locks its profile first, which serialises the decisions for one
-//! profile and keeps the queue strictly FIFO.
+//! Lock order (PostgreSQL row locks; SQLite holds one lock for everything): user row, then
+//! profile row, then phone rows, then lease rows, then queue rows, then counters. Every path
+//! that can hand a free phone out or make one free for the queue locks its profile first,
+//! which serialises those decisions for one profile and keeps the queue strictly FIFO.
+//! Paths that cannot (a user taking back their own parked phone, a release, which parks or
+//! resets the phone) lock only the rows they change, so they run in parallel.
 
 pub mod audit;
 pub mod hosts;

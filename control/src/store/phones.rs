@@ -118,46 +118,81 @@ pub async fn transition(
 ) -> Result<Phone> {
     let profile_id = get(tx, phone_id).await?.profile_id;
     profiles::get_locked(tx, &profile_id).await?;
+    let phone = get_locked(tx, phone_id).await?;
+    apply(tx, phone, to, actor, reason).await
+}
+
+/// A phone by id, row-locked for the rest of the transaction.
+pub async fn get_locked(tx: &mut Tx, id: &str) -> Result<Phone> {
     let sql = format!("{COLS} WHERE id = ?{}", tx.lock_suffix());
-    let phone = decode(&super::one(tx, "phone", &sql, &[phone_id.into()]).await?)?;
+    decode(&super::one(tx, "phone", &sql, &[id.into()]).await?)
+}
+
+/// The phone holding lease `lease_id`, row-locked (the lease row itself is not locked, so
+/// this keeps the phone-then-lease order of `store`). `NotFound("lease")` if no such lease.
+pub async fn get_locked_by_lease(tx: &mut Tx, lease_id: &str) -> Result<Phone> {
+    let sql = format!(
+        "{COLS} WHERE id = (SELECT phone_id FROM leases WHERE id = ?){}",
+        tx.lock_suffix()
+    );
+    decode(&super::one(tx, "lease", &sql, &[lease_id.into()]).await?)
+}
+
+/// [`transition`] for a caller that holds the phone row lock (and the profile lock when
+/// the phone may become ready for the queue) and passes the phone's current row.
+/// `phone.reserved_for` is stored as the new owner reservation (cleared when the phone
+/// fails, is lost or stops). Returns the phone as stored.
+pub async fn apply(
+    tx: &mut Tx,
+    mut phone: Phone,
+    to: PhoneState,
+    actor: &str,
+    reason: &str,
+) -> Result<Phone> {
     if !phone.state.can_become(to) {
         return Err(Error::Conflict(format!(
-            "phone {phone_id} cannot go from {} to {}",
+            "phone {} cannot go from {} to {}",
+            phone.id,
             phone.state.as_str(),
             to.as_str()
         )));
     }
+    let dies = matches!(
+        to,
+        PhoneState::Failed | PhoneState::Lost | PhoneState::Stopping
+    );
+    if dies {
+        // A parked persistent phone that dies loses its owner reservation too.
+        phone.reserved_for = None;
+    }
     let bump = i64::from(to == PhoneState::Resetting);
     let keep_reason = matches!(to, PhoneState::Failed | PhoneState::Lost);
+    let now = crate::now_ms();
     tx.execute(
-        "UPDATE phones SET state = ?, generation = generation + ?, reason = ?, updated_ms = ? WHERE id = ?",
+        "UPDATE phones SET state = ?, generation = generation + ?, reserved_for = ?, reason = ?, updated_ms = ? WHERE id = ?",
         &[
             to.as_str().into(),
             bump.into(),
+            phone.reserved_for.as_deref().into(),
             keep_reason.then_some(reason).into(),
-            crate::now_ms().into(),
-            phone_id.into(),
+            now.into(),
+            (&phone.id).into(),
         ],
     )
     .await?;
-    if matches!(
-        to,
-        PhoneState::Failed | PhoneState::Lost | PhoneState::Stopping
-    ) {
-        // A parked persistent phone that dies loses its owner reservation too.
-        tx.execute(
-            "UPDATE phones SET reserved_for = NULL WHERE id = ?",
-            &[phone_id.into()],
-        )
-        .await?;
-        if let Some(lease) = leases::active_for_phone(tx, phone_id).await? {
+    phone.state = to;
+    phone.generation += bump;
+    phone.reason = keep_reason.then(|| reason.to_owned());
+    phone.updated_ms = now;
+    if dies {
+        if let Some(lease) = leases::active_for_phone(tx, &phone.id).await? {
             leases::end(tx, &lease, LeaseState::Lost, actor).await?;
             audit::record(
                 tx,
                 actor,
                 "lease.lost",
                 &lease.id,
-                &format!("phone {phone_id} went {}: {reason}", to.as_str()),
+                &format!("phone {} went {}: {reason}", phone.id, to.as_str()),
                 Some(&lease.user_id),
             )
             .await?;
@@ -167,15 +202,19 @@ pub async fn transition(
         tx,
         actor,
         &format!("phone.{}", to.as_str()),
-        phone_id,
+        &phone.id,
         reason,
         None,
     )
     .await?;
-    if to == PhoneState::Ready {
-        leases::dispatch(tx, &profile_id).await?;
+    // A phone parked for its owner cannot serve the queue; a free one goes to its head.
+    if to == PhoneState::Ready
+        && phone.reserved_for.is_none()
+        && leases::dispatch(tx, &phone.profile_id).await? > 0
+    {
+        return get(tx, &phone.id).await;
     }
-    get(tx, phone_id).await
+    Ok(phone)
 }
 
 /// Records the VMM API socket the agent reported (used by streaming to reach the phone).
