@@ -397,6 +397,15 @@ impl Agent {
             PhoneState::Creating => self.report(phone, PhoneState::Booting, "VMM started").await,
             PhoneState::Booting | PhoneState::Resetting => {
                 match vmm_api::status(&dir.api_socket()).await {
+                    // A phone image speaks the guest contract: it is ready for a user once its
+                    // agent says PHONE_READY, not when the VMM merely runs.
+                    Ok(s) if s == "running" && self.opts.boot_img.is_some() => {
+                        if !vmm::guest_reported_ready(&dir) {
+                            return Ok(());
+                        }
+                        self.report(phone, PhoneState::Ready, "guest reported PHONE_READY")
+                            .await
+                    }
                     Ok(s) if s == "running" => {
                         self.report(phone, PhoneState::Ready, "VMM API reports running")
                             .await

@@ -351,8 +351,47 @@ pub fn backoff(n: u32) -> Duration {
     Duration::from_millis((500u64 << n.min(6)).min(30_000))
 }
 
+/// How much of the report port's log is read looking for the ready line (the line comes
+/// first thing after boot; the log grows with every input afterwards).
+const REPORT_SCAN_LIMIT: u64 = 64 * 1024;
+
+/// Whether the phone's guest agent has written `PHONE_READY` on its report port (hvc1) in this
+/// boot (the log is fresh per boot).
+pub fn guest_reported_ready(dir: &PhoneDir) -> bool {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(dir.dir.join("report.log")) else {
+        return false;
+    };
+    let mut text = Vec::new();
+    if file.take(REPORT_SCAN_LIMIT).read_to_end(&mut text).is_err() {
+        return false;
+    }
+    text.split(|b| *b == b'\n')
+        .any(|line| line.starts_with(b"PHONE_READY"))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ready_only_after_the_guest_says_so() {
+        let root = std::env::temp_dir().join(format!("cp-ready-{}", std::process::id()));
+        let dir = PhoneDir { dir: root.clone() };
+        std::fs::create_dir_all(&root).unwrap();
+        assert!(!guest_reported_ready(&dir), "no report log yet");
+        std::fs::write(root.join("report.log"), "booting\nPHONE_READ").unwrap();
+        assert!(
+            !guest_reported_ready(&dir),
+            "a partial line is not the marker"
+        );
+        std::fs::write(
+            root.join("report.log"),
+            "x PHONE_READY\nPHONE_READY width=720 height=1280\n",
+        )
+        .unwrap();
+        assert!(guest_reported_ready(&dir));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
     use super::*;
 
     #[test]
