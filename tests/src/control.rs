@@ -15,7 +15,19 @@ use crate::workspace_binary;
 pub struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {
+    /// SIGTERM first, so a wrapper (e.g. `scripts/kvm-sandbox`) can stop what it started; SIGKILL
+    /// after a grace period.
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
