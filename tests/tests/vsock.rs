@@ -11,36 +11,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use cloudphone_tests::{guest_kernel, scratch_dir, Initramfs, VmProcess};
+use cloudphone_tests::{guest_example, guest_kernel, scratch_dir, Initramfs, VmProcess};
 use sha2::{Digest, Sha256};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 const GUEST_CID: u32 = 42;
 const ECHO_BYTES: usize = 1 << 20;
-
-/// The static guest helper (override with `CLOUDPHONE_VSOCK_ECHO`).
-fn vsock_echo_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CLOUDPHONE_VSOCK_ECHO") {
-        return PathBuf::from(path);
-    }
-    // <target>/<profile>/deps/<test binary> -> <target>
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("test binary lives in <target>/<profile>/deps");
-    let path = target.join("x86_64-unknown-linux-gnu/release/examples/vsock-echo");
-    assert!(
-        path.exists(),
-        "{} missing: build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p \
-         cloudphone-net --release --example vsock-echo --target x86_64-unknown-linux-gnu",
-        path.display()
-    );
-    path
-}
 
 fn sha256(data: &[u8]) -> Vec<u8> {
     Sha256::digest(data).to_vec()
@@ -57,7 +35,10 @@ fn host_and_guest_talk_over_vsock_both_ways() {
                   echo VSOCK_DONE\nsleep 1\npoweroff -f\n";
     Initramfs::new()
         .modules(&["virtio_pci", "vmw_vsock_virtio_transport"])
-        .file("/bin/vsock-echo", &vsock_echo_binary())
+        .file(
+            "/bin/vsock-echo",
+            &guest_example("cloudphone-net", "vsock-echo"),
+        )
         .unwrap()
         .script(script)
         .build(&kernel, &initrd)
