@@ -184,3 +184,15 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<State>>, info: String) {
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
+
+/// Poll `check` every 25 ms until it holds; panics naming `what` once `within` has passed.
+pub async fn until(what: &str, within: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -17,7 +17,7 @@ use crate::source::{Pixels, Screen, ScreenSource};
 use crate::vmm_api::DamageEvent;
 use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use crate::{
-    BitrateController, EncodePacer, EncodedFrame, H264Encoder, H264Settings, I420Frame,
+    lock, BitrateController, EncodePacer, EncodedFrame, H264Encoder, H264Settings, I420Frame,
     PixelLayout, StreamError,
 };
 
@@ -210,10 +210,6 @@ impl StreamHub {
     pub fn stats(&self, phone_id: &str) -> Option<Arc<StreamStats>> {
         lock(&self.phones).get(phone_id).map(|h| h.stats.clone())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 struct ViewerSlot {
@@ -688,11 +684,13 @@ async fn forward_input(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_vmm::FakeVmm;
+    use crate::fake_vmm::{until, FakeVmm};
 
     struct FakeViewer {
         frames: mpsc::Receiver<ViewerCommand>,
         events: mpsc::Sender<ViewerEvent>,
+        /// Why the hub ended this viewer's session.
+        ended: oneshot::Receiver<String>,
     }
 
     impl FakeViewer {
@@ -718,8 +716,12 @@ mod tests {
                 label: label.into(),
                 can_send_input,
             };
-            drop(hub.attach("phone-1", source, 30, viewer, options));
-            Self { frames, events }
+            let ended = hub.attach("phone-1", source, 30, viewer, options);
+            Self {
+                frames,
+                events,
+                ended,
+            }
         }
 
         async fn send(&self, event: ViewerEvent) {
@@ -739,15 +741,8 @@ mod tests {
         }
     }
 
-    async fn until(what: &str, mut check: impl FnMut() -> bool) {
-        for _ in 0..200 {
-            if check() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("timed out waiting for {what}");
-    }
+    /// How long the hub tests wait for a stream to reach a state.
+    const WAIT: Duration = Duration::from_secs(5);
 
     fn count(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
@@ -759,7 +754,7 @@ mod tests {
         let hub = StreamHub::new();
         let mut holder = FakeViewer::join(&hub, &vmm, "alice", true);
         let mut watcher = FakeViewer::join(&hub, &vmm, "operator", false);
-        until("one damage subscription", || vmm.subscribers() == 1).await;
+        until("one damage subscription", WAIT, || vmm.subscribers() == 1).await;
         let stats = hub.stats("phone-1").unwrap();
 
         // Damage before anybody is connected encodes nothing.
@@ -806,7 +801,7 @@ mod tests {
                 r#"{"type":"key","key":"BACK","down":true}"#.into(),
             ))
             .await;
-        until("two inputs at the VMM", || vmm.inputs().len() == 2).await;
+        until("two inputs at the VMM", WAIT, || vmm.inputs().len() == 2).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         let inputs: Vec<serde_json::Value> = vmm
             .inputs()
@@ -823,7 +818,7 @@ mod tests {
 
         // The phone redraws after the input: that wait is timed, as is every encode.
         vmm.damage();
-        until("input -> damage timed", || {
+        until("input -> damage timed", WAIT, || {
             stats.snapshot()["input_to_damage_ms"]["count"] == 1
         })
         .await;
@@ -840,36 +835,22 @@ mod tests {
         // Everybody leaves: the stream stops and unsubscribes.
         holder.send(ViewerEvent::Closed("bye".into())).await;
         watcher.send(ViewerEvent::Closed("bye".into())).await;
-        until("stream gone", || hub.stats("phone-1").is_none()).await;
-        until("damage unsubscribed", || vmm.subscribers() == 0).await;
+        until("stream gone", WAIT, || hub.stats("phone-1").is_none()).await;
+        until("damage unsubscribed", WAIT, || vmm.subscribers() == 0).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn disconnect_ends_every_viewer_and_a_new_viewer_restarts_the_stream() {
         let vmm = FakeVmm::start(32, 32);
         let hub = StreamHub::new();
-        let (commands, mut frames) = mpsc::channel(8);
-        let (_events, events_rx) = mpsc::channel(8);
-        let viewer = Viewer {
-            answer_sdp: String::new(),
-            commands,
-            events: events_rx,
-            local_addr: "127.0.0.1:9".parse().unwrap(),
-        };
-        let ended = hub.attach(
-            "phone-1",
-            ScreenSource::local(&vmm.socket),
-            30,
-            viewer,
-            ViewerOptions {
-                label: "bob".into(),
-                can_send_input: true,
-            },
-        );
+        let mut bob = FakeViewer::join(&hub, &vmm, "bob", true);
         hub.disconnect("phone-1", "lease expired");
-        assert_eq!(ended.await.unwrap(), "lease expired");
-        assert!(matches!(frames.recv().await, Some(ViewerCommand::Close)));
-        until("stream gone", || hub.stats("phone-1").is_none()).await;
+        assert_eq!((&mut bob.ended).await.unwrap(), "lease expired");
+        assert!(matches!(
+            bob.frames.recv().await,
+            Some(ViewerCommand::Close)
+        ));
+        until("stream gone", WAIT, || hub.stats("phone-1").is_none()).await;
 
         let mut again = FakeViewer::join(&hub, &vmm, "bob", true);
         again.send(ViewerEvent::Connected).await;
@@ -883,7 +864,10 @@ mod tests {
         let source = ScreenSource::relay(&url, crate::relay::tests::KEY, "p-1").unwrap();
         let hub = StreamHub::new();
         let mut holder = FakeViewer::join_source(&hub, source, "alice", true);
-        until("the relay's damage subscription", || vmm.subscribers() == 1).await;
+        until("the relay's damage subscription", WAIT, || {
+            vmm.subscribers() == 1
+        })
+        .await;
         let stats = hub.stats("phone-1").unwrap();
 
         holder.send(ViewerEvent::Connected).await;
@@ -902,7 +886,7 @@ mod tests {
 
         let touch = r#"{"type":"touch","pointers":[{"id":0,"x":0.5,"y":1.0,"down":true}]}"#;
         holder.send(ViewerEvent::Input(touch.into())).await;
-        until("input at the VMM", || vmm.inputs().len() == 1).await;
+        until("input at the VMM", WAIT, || vmm.inputs().len() == 1).await;
         let input: serde_json::Value = serde_json::from_str(&vmm.inputs()[0]).unwrap();
         assert_eq!(
             input,
@@ -910,8 +894,11 @@ mod tests {
         );
 
         holder.send(ViewerEvent::Closed("bye".into())).await;
-        until("stream gone", || hub.stats("phone-1").is_none()).await;
-        until("relay unsubscribed from the VMM", || vmm.subscribers() == 0).await;
+        until("stream gone", WAIT, || hub.stats("phone-1").is_none()).await;
+        until("relay unsubscribed from the VMM", WAIT, || {
+            vmm.subscribers() == 0
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,12 @@ pub use pacer::EncodePacer;
 pub use signalling::{IceServer, SignallingConfig, StreamAuthorizer, StreamDenied, StreamGrant};
 pub use source::ScreenSource;
 
+/// Lock `m`, recovering from poisoning: the data behind this crate's mutexes (stream registry,
+/// latency samples, a mirrored screen) stays usable after a panic elsewhere.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Why a frame could not be converted or encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use cloudphone_display::{FramebufferInfo, MappedFramebuffer};
 use tokio::sync::mpsc;
 
-use crate::relay::client::{self, lock};
+use crate::relay::client;
 use crate::relay::wire::Mirror;
 use crate::vmm_api::{DamageEvent, VmmApi};
-use crate::StreamError;
+use crate::{lock, StreamError};
 
 /// How to reach one phone's screen, chosen by the control service per phone.
 #[derive(Clone)]

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::wire::{Decoder, Mirror, SILENCE_LIMIT};
 use crate::vmm_api::{DamageEvent, VmmApi};
-use crate::StreamError;
+use crate::{lock, StreamError};
 
 /// Follow one frames stream until the relay ends it cleanly (`Ok`, as when `sink` is dropped)
 /// or it breaks, is cut inside a record, or sends something invalid (`Err`); the caller
@@ -63,11 +63,4 @@ pub(crate) async fn mirror_with_limit(
             "GET /frames ended inside a record ({n} bytes left over)"
         ))),
     }
-}
-
-/// The mirror's lock (a panic while holding it leaves pixels that are still pixels).
-pub(crate) fn lock(mirror: &Mutex<Mirror>) -> std::sync::MutexGuard<'_, Mirror> {
-    mirror
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

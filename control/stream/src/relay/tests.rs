@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::client;
 use super::routes;
 use super::wire::{self, Decoder, Geometry, Mirror};
-use crate::fake_vmm::{pattern, FakeVmm};
+use crate::fake_vmm::{pattern, until, FakeVmm};
 use crate::signalling::tests::serve;
 use crate::vmm_api::{DamageEvent, VmmApi};
 use cloudphone_display::PixelFormat;
@@ -73,15 +73,8 @@ pub(crate) fn good_stream(width: u32, height: u32, fill: u8) -> Vec<u8> {
     out
 }
 
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
+/// How long the relay tests wait for the relay to reach a state.
+const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_bad_keys_and_unknown_phones_and_passes_input_through() {
@@ -167,8 +160,11 @@ async fn the_mirror_gets_the_full_frame_then_each_damaged_update() {
 
     let first = rx.recv().await.unwrap();
     assert_eq!((first.x, first.y, first.width, first.height), (0, 0, 16, 8));
-    assert_eq!(client::lock(&mirror).pixels, pattern(16, 8));
-    until("the relay subscribed to damage", || vmm.subscribers() == 1).await;
+    assert_eq!(crate::lock(&mirror).pixels, pattern(16, 8));
+    until("the relay subscribed to damage", WAIT, || {
+        vmm.subscribers() == 1
+    })
+    .await;
 
     // The guest draws: new pixels in the shared file, then a flush.
     let file = std::fs::OpenOptions::new()
@@ -179,13 +175,13 @@ async fn the_mirror_gets_the_full_frame_then_each_damaged_update() {
     vmm.damage();
     let update = rx.recv().await.unwrap();
     assert_eq!(update.seq, 1);
-    assert!(client::lock(&mirror).pixels.iter().all(|&b| b == 0xab));
+    assert!(crate::lock(&mirror).pixels.iter().all(|&b| b == 0xab));
 
     // The viewer leaving ends the VMM subscription too.
     drop(rx);
     vmm.damage();
     assert!(follower.await.unwrap().is_ok());
-    until("the relay unsubscribed", || vmm.subscribers() == 0).await;
+    until("the relay unsubscribed", WAIT, || vmm.subscribers() == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +191,10 @@ async fn a_slow_viewer_gets_merged_damage_not_a_queue() {
     let url = relay_for(&vmm).await;
     let api = VmmApi::relay(&url, KEY, "p-1").unwrap();
     let mut body = api.open_stream("/frames").await.unwrap();
-    until("the relay subscribed to damage", || vmm.subscribers() == 1).await;
+    until("the relay subscribed to damage", WAIT, || {
+        vmm.subscribers() == 1
+    })
+    .await;
     // Nobody reads while the screen changes 40 times.
     for _ in 0..DAMAGES {
         vmm.damage();
@@ -281,7 +280,7 @@ async fn hostile_relays_get_an_error_not_a_panic_or_a_huge_buffer() {
             .unwrap_err()
             .to_string();
         assert!(err.contains(why), "{err:?} should say {why:?}");
-        let m = client::lock(&mirror);
+        let m = crate::lock(&mirror);
         assert!(
             m.pixels.len() <= g.frame_len(),
             "no allocation from a refused header"
