@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -21,12 +21,11 @@ impl Drop for ChildGuard {
         let _ = std::process::Command::new("kill")
             .arg(self.0.id().to_string())
             .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        while std::time::Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let exited = crate::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+            Ok(self.0.try_wait()?.map(drop))
+        });
+        if matches!(exited, Ok(Some(()))) {
+            return;
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -106,7 +105,7 @@ impl ControlService {
         if let Some(p) = password {
             body["password"] = json!(p);
         }
-        let (code, user) = self.call("POST", "/users", &self.admin.clone(), Some(body));
+        let (code, user) = self.call("POST", "/users", &self.admin, Some(body));
         assert_eq!(code, 201, "creating user {name}: {user}");
         user["token"].as_str().expect("new user's token").to_owned()
     }
@@ -119,17 +118,8 @@ impl ControlService {
         diag: impl Fn() -> String,
         mut probe: impl FnMut() -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = probe() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                diag()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        crate::poll(timeout, Duration::from_millis(500), || Ok(probe()))
+            .expect("a probe that cannot fail")
+            .unwrap_or_else(|| panic!("timed out waiting for {what}\n{}", diag()))
     }
 }

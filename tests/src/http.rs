@@ -1,11 +1,11 @@
-//! A tiny blocking HTTP/1.1 JSON client for the tests: the control API and chromedriver's
-//! WebDriver port both speak JSON over plain HTTP on loopback.
+//! A tiny blocking HTTP/1.1 client for the tests: the VMM's API socket (Unix), the control API
+//! and chromedriver's WebDriver port (JSON over plain TCP on loopback) all speak it.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
 /// A reply: status code and the body parsed as JSON (`Null` when it is not JSON).
@@ -35,8 +35,27 @@ pub fn request_with(
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let body = body.map(Value::to_string).unwrap_or_default();
+    let (status, payload) = exchange(&mut s, addr, method, path, headers, body.as_bytes())
+        .with_context(|| format!("{method} {path} on {addr}"))?;
+    Ok((
+        status,
+        serde_json::from_slice(&payload).unwrap_or(Value::Null),
+    ))
+}
+
+/// Send one request on `stream` and read its reply: the status and the body, delimited by
+/// Content-Length, chunked encoding, or EOF. Some servers (chromedriver) keep the connection
+/// open despite `Connection: close`, so EOF is only the last resort.
+pub fn exchange<S: Read + Write>(
+    stream: &mut S,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>)> {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n",
         body.len()
     );
@@ -49,73 +68,53 @@ pub fn request_with(
     {
         head.push_str("Connection: close\r\n");
     }
-    write!(s, "{head}\r\n{body}")?;
-    let raw = read_reply(&mut s)
-        .with_context(|| format!("reading the reply to {method} {path} from {addr}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let status = text
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status: u16 = status_line
         .split_whitespace()
         .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("{method} {path}: no HTTP status line in {text:.200}"))?;
-    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let payload = if is_chunked(head) {
-        dechunk(payload)
-    } else {
-        payload.to_owned()
-    };
-    Ok((
-        status,
-        serde_json::from_str(&payload).unwrap_or(Value::Null),
-    ))
-}
-
-fn is_chunked(head: &str) -> bool {
-    head.to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-}
-
-/// Read one reply: up to Content-Length, the last chunk, or EOF. Some servers (chromedriver)
-/// keep the connection open despite `Connection: close`, so EOF alone is not enough.
-fn read_reply(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad HTTP status line {status_line:?}"))?;
+    let (mut content_length, mut chunked) = (None, false);
     loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let body = &raw[end + 4..];
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            let complete = match length {
-                Some(n) => body.len() >= n,
-                None => is_chunked(&head) && body.ends_with(b"0\r\n\r\n"),
-            };
-            if complete {
-                return Ok(raw);
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse::<usize>().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = v.trim().eq_ignore_ascii_case("chunked");
             }
         }
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            return Ok(raw);
-        }
-        raw.extend_from_slice(&buf[..n]);
     }
-}
-
-/// Join the chunks of a chunked body (chromedriver replies this way).
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
+    let mut reply = Vec::new();
+    match (content_length, chunked) {
+        (Some(n), _) => {
+            reply.resize(n, 0);
+            reader.read_exact(&mut reply)?;
         }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
+        (None, true) => loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16)
+                .map_err(|_| anyhow!("bad chunk size line {size:?}"))?;
+            let mut chunk = vec![0; n + 2]; // the chunk and its CRLF
+            reader.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&chunk[..n]);
+        },
+        (None, false) => {
+            reader.read_to_end(&mut reply)?;
+        }
     }
-    out
+    Ok((status, reply))
 }

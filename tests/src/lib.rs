@@ -6,7 +6,7 @@
 //! host's `/dev/kvm` cannot boot a normal guest.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,26 @@ use anyhow::{anyhow, bail, Context, Result};
 
 /// How often the waiters below look at logs, sockets and the child process.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Call `probe` every `every` until it yields a value or fails; `Ok(None)` once `timeout` has
+/// passed. The one polling loop behind the waiters of these tests (VM logs, sockets, the
+/// control API, the browser).
+pub fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(Some(value));
+        }
+        if Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(every);
+    }
+}
 
 /// The repository root (this crate lives in `<root>/tests`).
 pub fn repo_root() -> PathBuf {
@@ -481,18 +501,15 @@ impl VmProcess {
 
     /// Wait for the VMM to exit; returns its exit code (None if killed by a signal).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_exit()? {
-                return Ok(status.code());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "VMM still running after {timeout:?}\n{}",
-                    self.diagnostics()
-                );
-            }
-            std::thread::sleep(POLL_INTERVAL);
+        let exited = poll(timeout, POLL_INTERVAL, || {
+            Ok(self.try_exit()?.map(|status| status.code()))
+        })?;
+        match exited {
+            Some(code) => Ok(code),
+            None => bail!(
+                "VMM still running after {timeout:?}\n{}",
+                self.diagnostics()
+            ),
         }
     }
 
@@ -509,22 +526,19 @@ impl VmProcess {
         what: &str,
         mut probe: impl FnMut() -> Option<T>,
     ) -> Result<T> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let found = poll(timeout, POLL_INTERVAL, || {
             if let Some(value) = probe() {
-                return Ok(value);
+                return Ok(Some(value));
             }
-            if let Some(status) = self.try_exit()? {
-                bail!(
+            match self.try_exit()? {
+                Some(status) => bail!(
                     "VMM exited ({status}) before {what}\n{}",
                     self.diagnostics()
-                );
+                ),
+                None => Ok(None),
             }
-            if Instant::now() > deadline {
-                bail!("no {what} within {timeout:?}\n{}", self.diagnostics());
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        })?;
+        found.ok_or_else(|| anyhow!("no {what} within {timeout:?}\n{}", self.diagnostics()))
     }
 
     fn try_exit(&mut self) -> Result<Option<ExitStatus>> {
@@ -589,44 +603,9 @@ pub fn api_request(
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("connect to API socket {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut reader = BufReader::new(stream);
-    let mut status_line = String::new();
-    reader.read_line(&mut status_line)?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP status line {status_line:?}"))?;
-    let mut content_length = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse::<usize>().ok();
-            }
-        }
-    }
-    let mut body = Vec::new();
-    match content_length {
-        Some(n) => {
-            body.resize(n, 0);
-            reader.read_exact(&mut body)?;
-        }
-        None => {
-            reader.read_to_end(&mut body)?;
-        }
-    }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let body = body.unwrap_or("").as_bytes();
+    let (status, reply) = http::exchange(&mut stream, "localhost", method, path, &[], body)?;
+    Ok((status, String::from_utf8_lossy(&reply).into_owned()))
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! `chromium-driver`): the browser tests' only way to act like a user.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::http;
@@ -36,15 +36,16 @@ impl Browser {
             addr: format!("127.0.0.1:{port}"),
             session: String::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http::request(&browser.addr, "GET", "/status", None, None).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "chromedriver did not answer on {} within 30 s",
-                    browser.addr
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let up = crate::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+            Ok(http::request(&browser.addr, "GET", "/status", None, None)
+                .ok()
+                .map(drop))
+        })?;
+        if up.is_none() {
+            bail!(
+                "chromedriver did not answer on {} within 30 s",
+                browser.addr
+            );
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
@@ -103,17 +104,16 @@ impl Browser {
         (script, args): (&str, &[Value]),
         done: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let mut last = Value::Null;
+        let found = crate::poll(timeout, Duration::from_millis(200), || {
             let value = self.script(script, args)?;
             if done(&value) {
-                return Ok(value);
+                return Ok(Some(value));
             }
-            if Instant::now() > deadline {
-                bail!("browser: no {what} within {timeout:?}; last: {value}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            last = value;
+            Ok(None)
+        })?;
+        found.ok_or_else(|| anyhow!("browser: no {what} within {timeout:?}; last: {last}"))
     }
 
     /// A real (trusted) pointer tap at viewport CSS pixel `(x, y)`.

@@ -10,9 +10,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cloudphone_tests::{cache_dir, scratch_dir, workspace_binary, VmProcess};
+use android_images::gpt::PHONE_PARTITIONS;
+use cloudphone_tests::{cache_dir, poll, scratch_dir, workspace_binary, VmProcess};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
 /// The cmdline `scripts/build-test-image` writes into boot.img's header.
@@ -34,20 +35,6 @@ const MODULES: [&str; 9] = [
     "virtio_rng",
     "virtio_net",
     "virtio_balloon",
-];
-const PARTITIONS: [&str; 12] = [
-    "misc",
-    "boot_a",
-    "boot_b",
-    "init_boot_a",
-    "init_boot_b",
-    "vendor_boot_a",
-    "vendor_boot_b",
-    "vbmeta_a",
-    "vbmeta_b",
-    "super",
-    "userdata",
-    "metadata",
 ];
 
 fn test_image() -> PathBuf {
@@ -136,7 +123,7 @@ fn check_report(serial: &str, with_disk: bool) {
             })
             .filter_map(|v| v.split_whitespace().nth(1))
             .collect();
-        for p in PARTITIONS {
+        for p in PHONE_PARTITIONS {
             assert!(
                 parts.contains(&p),
                 "GPT partition {p} not seen by the guest (saw {parts:?})"
@@ -206,17 +193,13 @@ fn host_only_qemu_boots_the_assembled_test_image() {
 
 /// Polls a log file until it holds `marker`; returns its contents.
 fn wait_for_marker(path: &Path, marker: &str, timeout: Duration) -> Result<String, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
-        if text.contains(marker) {
-            return Ok(text);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no {marker} within {timeout:?}; serial:\n{text}"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let read = || String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    let found = poll(timeout, Duration::from_millis(200), || {
+        let text = read();
+        Ok(text.contains(marker).then_some(text))
+    })
+    .map_err(|e| e.to_string())?;
+    found.ok_or_else(|| format!("no {marker} within {timeout:?}; serial:\n{}", read()))
 }
 
 #[test]

@@ -72,25 +72,13 @@ fn boot(dir: &Path, run: &str, script: &str, disk: &str) -> VmProcess {
     VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm")
 }
 
-/// The value the guest printed as `KEY=value`, once its whole line reached the serial log
-/// (the marker can show up while the rest of the line is still in flight).
+/// The value the guest printed as `KEY=value` (`wait_for_line` returns only complete lines).
 fn value(vm: &mut VmProcess, key: &str) -> String {
     let marker = format!("{key}=");
-    vm.wait_for_line(&marker, BOOT_TIMEOUT).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let serial = vm.serial();
-        let rest = &serial[serial.find(&marker).expect("marker seen") + marker.len()..];
-        if let Some((v, _)) = rest.split_once('\n') {
-            return v.trim().to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "line {marker} never completed\n{}",
-            vm.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let line = vm.wait_for_line(&marker, BOOT_TIMEOUT).unwrap();
+    line[line.find(&marker).expect("marker in its line") + marker.len()..]
+        .trim()
+        .to_string()
 }
 
 /// Writes 1 MiB of fresh random data, prints its sha256, flushes, powers off.
