@@ -212,7 +212,10 @@ async fn agent_relay_streams_frames_and_forwards_input() {
         can_send_input: true,
     };
     let _ended = hub.attach(&phone, source, 30, viewer, options);
-    events.send(ViewerEvent::Connected).await.unwrap();
+    events
+        .send(ViewerEvent::Connected(cloudphone_stream::Codec::H264))
+        .await
+        .unwrap();
     match tokio::time::timeout(Duration::from_secs(10), encoded.recv()).await {
         Ok(Some(ViewerCommand::Frame(f))) => assert!(f.keyframe && !f.data.is_empty()),
         other => panic!(

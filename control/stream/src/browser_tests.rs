@@ -26,7 +26,9 @@ import { PhoneStream } from "/js/stream.js";
 import { attachPointer } from "/js/touch.js";
 document.cookie = "session=holder; path=/";
 const v = document.getElementById("v");
-const s = new PhoneStream("ph-1", v, { onEnded: (r) => { window.ended = r; } });
+const codec = new URLSearchParams(location.search).get("codec");
+const s = new PhoneStream("ph-1", v, { codec, onEnded: (r) => { window.ended = r; } });
+setInterval(async () => { const st = await s.stats(); if (st) window.codec = st.codec; }, 250);
 attachPointer(v, (m) => s.send(m));
 window.state = "connecting";
 s.connect().then(() => { window.state = "negotiated"; }, (e) => { window.state = "error: " + e.message; });
@@ -38,7 +40,7 @@ window.probe = () => {
   ctx.drawImage(v, 0, 0);
   const px = (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data.slice(0, 3));
   return { state: window.state, w: v.videoWidth, h: v.videoHeight, playing: !v.paused && v.readyState >= 2,
-           channel: s.channel && s.channel.readyState,
+           channel: s.channel && s.channel.readyState, codec: window.codec,
            bands: [0, 1, 2, 3].map((i) => px(c.width >> 1, Math.floor((i + 0.5) * c.height / 4))) };
 };
 </script>"#;
@@ -63,6 +65,19 @@ fn close_to(actual: &Value, rgb: [u8; 3]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "browser: needs chromium"]
 async fn browser_plays_the_phone_screen_and_clicks_become_touches() {
+    plays_and_clicks("", "H264").await;
+}
+
+/// The fallback path: a browser that offers only VP8 gets VP8 from the server's libvpx encoder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "browser: needs chromium"]
+async fn browser_that_offers_only_vp8_plays_vp8() {
+    plays_and_clicks("?codec=vp8", "VP8").await;
+}
+
+/// Open the test page with `query`, expect the video in `codec` showing the test pattern, and
+/// a click on the video arriving at the VMM as a touch.
+async fn plays_and_clicks(query: &str, codec: &str) {
     let (width, height) = (320, 240);
     let vmm = FakeVmm::start(width, height);
     let web_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web");
@@ -72,7 +87,7 @@ async fn browser_plays_the_phone_screen_and_clicks_become_touches() {
         .merge(crate::web::routes(web_dir));
     let addr = serve(router).await;
     let browser = blocking(|| Browser::start((800, 600))).expect("start chromium");
-    blocking(|| browser.open(&format!("http://{addr}/stream-test.html"))).unwrap();
+    blocking(|| browser.open(&format!("http://{addr}/stream-test.html{query}"))).unwrap();
 
     // The video plays at the phone's resolution and shows the pattern's four bands.
     let started = Instant::now();
@@ -85,7 +100,14 @@ async fn browser_plays_the_phone_screen_and_clicks_become_touches() {
                 let bands_ok = last["bands"]
                     .as_array()
                     .is_some_and(|b| b.iter().zip(BANDS).all(|(a, rgb)| close_to(a, rgb)));
-                last["w"] == width && last["h"] == height && last["playing"] == true && bands_ok
+                let codec_ok = last["codec"]
+                    .as_str()
+                    .is_some_and(|c| c.eq_ignore_ascii_case(codec));
+                last["w"] == width
+                    && last["h"] == height
+                    && last["playing"] == true
+                    && bands_ok
+                    && codec_ok
             },
         )
     })

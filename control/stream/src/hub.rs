@@ -1,6 +1,7 @@
 //! One stream per phone, shared by all its viewers (the lease holder plus operators watching):
-//! damage events from the VMM drive the pacer, each frame is converted and encoded once and the
-//! same `Arc<EncodedFrame>` goes to every viewer. Nothing is encoded while no viewer is
+//! damage events from the VMM drive the pacer, each frame is converted once and encoded once per
+//! codec in use (H.264, plus VP8 only while a viewer negotiated VP8), and the same
+//! `Arc<EncodedFrame>` goes to every viewer of that codec. Nothing is encoded while no viewer is
 //! connected or the screen is idle. Only viewers granted input may touch the phone.
 
 use std::collections::HashMap;
@@ -17,8 +18,8 @@ use crate::source::{Pixels, Screen, ScreenSource};
 use crate::vmm_api::DamageEvent;
 use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use crate::{
-    lock, BitrateController, EncodePacer, EncodedFrame, H264Encoder, H264Settings, I420Frame,
-    PixelLayout, StreamError,
+    lock, new_encoder, BitrateController, Codec, EncodePacer, EncodedFrame, EncoderSettings,
+    I420Frame, PixelLayout, StreamError, VideoEncoder,
 };
 
 /// Bitrate a new stream starts at (bits/s).
@@ -47,11 +48,11 @@ pub struct ViewerOptions {
 /// Counters of one phone's stream (what tests and metrics look at).
 #[derive(Debug, Default)]
 pub struct StreamStats {
-    /// Frames converted + encoded (damage-driven and refreshes).
+    /// Frames encoded (damage-driven and refreshes; one per codec in use).
     pub encoded: AtomicU64,
     /// Of those, keyframes.
     pub keyframes: AtomicU64,
-    /// Encoders created (one per stream, again after a geometry or bitrate change).
+    /// Encoders created (one per codec in use, again after a geometry change or a failure).
     pub encoders: AtomicU64,
     /// Input messages sent to the VMM.
     pub input_forwarded: AtomicU64,
@@ -216,29 +217,35 @@ struct ViewerSlot {
     options: ViewerOptions,
     commands: mpsc::Sender<ViewerCommand>,
     ended: Option<oneshot::Sender<String>>,
-    connected: bool,
+    /// The codec negotiated with it, once its transport is up (frames go only to those).
+    codec: Option<Codec>,
     /// Skip delta frames until a keyframe reaches this viewer (new, or it missed a frame).
     needs_key: bool,
     estimate: Option<u32>,
     warned_input: bool,
 }
 
-/// The pixel source and encoder of a stream with viewers.
+/// One encode of the screen for the codec viewers receive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct EncodeJob {
+    codec: Codec,
+    /// A viewer of this codec joined, asked for a keyframe or missed a frame.
+    keyframe: bool,
+}
+
+/// The pixel source and encoders of a stream with viewers.
 struct Encoding {
     info: FramebufferInfo,
     pixels: Pixels,
     layout: PixelLayout,
     frame: I420Frame,
-    encoder: H264Encoder,
+    fps: u32,
+    /// One encoder per codec some connected viewer receives (created on first use).
+    encoders: Vec<Box<dyn VideoEncoder>>,
 }
 
 impl Encoding {
-    fn open(
-        info: FramebufferInfo,
-        pixels: Pixels,
-        fps: u32,
-        bitrate: u32,
-    ) -> Result<Self, StreamError> {
+    fn open(info: FramebufferInfo, pixels: Pixels, fps: u32) -> Result<Self, StreamError> {
         let layout = match info.format {
             PixelFormat::B8G8R8X8 | PixelFormat::B8G8R8A8 => PixelLayout::Bgrx,
             PixelFormat::R8G8B8X8 | PixelFormat::R8G8B8A8 => PixelLayout::Rgbx,
@@ -248,39 +255,61 @@ impl Encoding {
                 )))
             }
         };
-        // H.264 needs even sizes: drop an odd last row/column.
-        let (width, height) = (info.width & !1, info.height & !1);
-        let frame = I420Frame::new(width, height)?;
-        let encoder = H264Encoder::new(H264Settings {
-            width,
-            height,
-            bitrate,
-            max_fps: fps as f32,
-        })?;
+        // I420 (and H.264) need even sizes: drop an odd last row/column.
+        let frame = I420Frame::new(info.width & !1, info.height & !1)?;
         Ok(Self {
             info,
             pixels,
             layout,
             frame,
-            encoder,
+            fps,
+            encoders: Vec::new(),
         })
     }
 
+    /// Convert the screen once and encode it for each job; encoders of codecs no job names are
+    /// dropped, missing ones created at `bitrate`. Returns the frames and how many encoders
+    /// were created.
     fn encode(
         &mut self,
-        keyframe: bool,
-        bitrate: Option<u32>,
-    ) -> Result<EncodedFrame, StreamError> {
-        if let Some(bps) = bitrate {
-            self.encoder.set_bitrate(bps)?;
-        }
-        if keyframe {
-            self.encoder.request_keyframe();
-        }
+        jobs: &[EncodeJob],
+        bitrate: u32,
+        bitrate_changed: bool,
+    ) -> Result<(Vec<(Codec, Arc<EncodedFrame>)>, u64), StreamError> {
+        self.encoders
+            .retain(|e| jobs.iter().any(|j| j.codec == e.codec()));
         let (frame, stride, layout) = (&mut self.frame, self.info.stride, self.layout);
         self.pixels
             .with_frame(&self.info, |pixels| frame.fill_from(pixels, stride, layout))?;
-        self.encoder.encode(&self.frame)
+        let mut created = 0;
+        let mut frames = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let encoder = match self.encoders.iter().position(|e| e.codec() == job.codec) {
+                Some(i) => {
+                    let encoder = &mut self.encoders[i];
+                    if bitrate_changed {
+                        encoder.set_bitrate(bitrate)?;
+                    }
+                    encoder
+                }
+                None => {
+                    let settings = EncoderSettings {
+                        width: self.frame.width(),
+                        height: self.frame.height(),
+                        bitrate,
+                        max_fps: self.fps as f32,
+                    };
+                    created += 1;
+                    self.encoders.push(new_encoder(job.codec, settings)?);
+                    self.encoders.last_mut().expect("just pushed")
+                }
+            };
+            if job.keyframe {
+                encoder.request_keyframe();
+            }
+            frames.push((job.codec, Arc::new(encoder.encode(&self.frame)?)));
+        }
+        Ok((frames, created))
     }
 }
 
@@ -298,7 +327,6 @@ struct PhoneStream {
     pacer: EncodePacer,
     /// When the oldest input not yet followed by screen damage was accepted.
     pending_input: Option<Instant>,
-    want_key: bool,
     bitrate: BitrateController,
     applied_bitrate: u32,
     bitrate_changed: Instant,
@@ -344,7 +372,6 @@ impl PhoneStream {
             next_viewer: 0,
             events_tx,
             events_rx,
-            want_key: true,
             encoding: None,
             screen_size: None,
             input,
@@ -428,7 +455,7 @@ impl PhoneStream {
                         options,
                         commands: viewer.commands,
                         ended: Some(ended),
-                        connected: false,
+                        codec: None,
                         needs_key: true,
                         estimate: None,
                         warned_input: false,
@@ -452,14 +479,13 @@ impl PhoneStream {
             return;
         };
         match event {
-            ViewerEvent::Connected => {
-                slot.connected = true;
-                self.want_key = true;
+            ViewerEvent::Connected(codec) => {
+                slot.codec = Some(codec);
+                slot.needs_key = true;
                 self.pacer.damage();
             }
             ViewerEvent::KeyframeRequest => {
                 slot.needs_key = true;
-                self.want_key = true;
                 self.pacer.damage();
             }
             ViewerEvent::Bitrate(bps) => {
@@ -474,7 +500,7 @@ impl PhoneStream {
                         let _ = ended.send(reason);
                     }
                 }
-                if !self.viewers.values().any(|v| v.connected) {
+                if self.encode_jobs().is_empty() {
                     // Nobody watches: free the encoder and the mapping.
                     self.encoding = None;
                 }
@@ -539,7 +565,7 @@ impl PhoneStream {
                 self.screen_size = None;
             }
         }
-        if self.viewers.values().any(|v| v.connected) {
+        if !self.encode_jobs().is_empty() {
             self.pacer.damage();
         }
     }
@@ -566,11 +592,29 @@ impl PhoneStream {
         Some(target)
     }
 
+    /// What to encode now: each codec a connected viewer receives, as a keyframe when one of
+    /// them needs one.
+    fn encode_jobs(&self) -> Vec<EncodeJob> {
+        let mut jobs: Vec<EncodeJob> = Vec::new();
+        for slot in self.viewers.values() {
+            let Some(codec) = slot.codec else { continue };
+            match jobs.iter_mut().find(|j| j.codec == codec) {
+                Some(job) => job.keyframe |= slot.needs_key,
+                None => jobs.push(EncodeJob {
+                    codec,
+                    keyframe: slot.needs_key,
+                }),
+            }
+        }
+        jobs
+    }
+
     async fn encode_and_send(&mut self) {
-        if !self.viewers.values().any(|v| v.connected) {
+        let jobs = self.encode_jobs();
+        if jobs.is_empty() {
             return;
         }
-        let encoding = match self.encoding.take() {
+        let mut encoding = match self.encoding.take() {
             Some(enc) => enc,
             None => match self.open_encoding().await {
                 Ok(enc) => enc,
@@ -580,70 +624,70 @@ impl PhoneStream {
                 }
             },
         };
-        let keyframe = std::mem::take(&mut self.want_key);
-        let bitrate = self.bitrate_change();
-        let mut encoding = encoding;
+        let bitrate_changed = self.bitrate_change().is_some();
+        let bitrate = self.applied_bitrate;
         let started = Instant::now();
         let job = tokio::task::spawn_blocking(move || {
-            let result = encoding.encode(keyframe, bitrate);
+            let result = encoding.encode(&jobs, bitrate, bitrate_changed);
             (encoding, result)
         });
         let (encoding, result) = match job.await {
             Ok(done) => done,
             Err(e) => {
+                // The encoders went down with the task: the next ones start on a keyframe.
                 tracing::error!(phone = %self.id, error = %e, "encoder task panicked; restarting the encoder");
-                self.want_key = true;
                 return;
             }
         };
         self.encoding = Some(encoding);
-        let frame = match result {
-            Ok(frame) => Arc::new(frame),
+        let (frames, created) = match result {
+            Ok(done) => done,
             Err(e) => {
                 tracing::warn!(phone = %self.id, error = %e, "encoding failed; re-reading the screen");
                 self.encoding = None;
-                self.want_key = true;
                 return;
             }
         };
         self.stats.encode.record(started.elapsed());
-        StreamStats::bump(&self.stats.encoded);
-        if frame.keyframe {
-            StreamStats::bump(&self.stats.keyframes);
+        self.stats.encoders.fetch_add(created, Ordering::Relaxed);
+        for (_, frame) in &frames {
+            StreamStats::bump(&self.stats.encoded);
+            if frame.keyframe {
+                StreamStats::bump(&self.stats.keyframes);
+            }
         }
-        self.fan_out(frame);
+        self.fan_out(&frames);
     }
 
     async fn open_encoding(&mut self) -> Result<Box<Encoding>, StreamError> {
         let info = self.screen.info().await?;
         let pixels = self.screen.pixels(&info)?;
         self.screen_size = Some((info.width, info.height));
-        let (fps, bitrate) = (self.fps, self.applied_bitrate);
-        let enc = tokio::task::spawn_blocking(move || Encoding::open(info, pixels, fps, bitrate))
-            .await
-            .map_err(|e| StreamError::Encoder(format!("encoder setup panicked: {e}")))??;
-        StreamStats::bump(&self.stats.encoders);
-        self.want_key = true;
-        Ok(Box::new(enc))
+        Ok(Box::new(Encoding::open(info, pixels, self.fps)?))
     }
 
-    fn fan_out(&mut self, frame: Arc<EncodedFrame>) {
-        for slot in self.viewers.values_mut().filter(|v| v.connected) {
+    /// Give each connected viewer the frame of its codec; one that cannot take it (full queue)
+    /// or still waits for a keyframe gets a keyframe next.
+    fn fan_out(&mut self, frames: &[(Codec, Arc<EncodedFrame>)]) {
+        for slot in self.viewers.values_mut() {
+            let Some(frame) = frames
+                .iter()
+                .find(|(codec, _)| Some(*codec) == slot.codec)
+                .map(|(_, frame)| frame)
+            else {
+                continue;
+            };
             if slot.needs_key && !frame.keyframe {
                 continue;
             }
             match slot.commands.try_send(ViewerCommand::Frame(frame.clone())) {
                 Ok(()) => slot.needs_key = false,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // It missed a frame: its decoder needs a fresh start.
-                    slot.needs_key = true;
-                    self.want_key = true;
-                }
+                // It missed a frame: its decoder needs a fresh start.
+                Err(mpsc::error::TrySendError::Full(_)) => slot.needs_key = true,
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        if self.viewers.values().any(|v| v.connected && v.needs_key) {
-            self.want_key = true;
+        if self.encode_jobs().iter().any(|j| j.keyframe) {
             self.pacer.damage();
         }
     }
@@ -763,8 +807,8 @@ mod tests {
         assert_eq!(count(&stats.encoded), 0);
 
         // Joining: both viewers start on a keyframe.
-        holder.send(ViewerEvent::Connected).await;
-        watcher.send(ViewerEvent::Connected).await;
+        holder.send(ViewerEvent::Connected(Codec::H264)).await;
+        watcher.send(ViewerEvent::Connected(Codec::H264)).await;
         assert!(holder.next_frame().await.keyframe);
         assert!(watcher.next_frame().await.keyframe);
 
@@ -839,6 +883,67 @@ mod tests {
         until("damage unsubscribed", WAIT, || vmm.subscribers() == 0).await;
     }
 
+    /// An H.264 access unit in Annex-B form starts with a start code.
+    fn is_h264(frame: &EncodedFrame) -> bool {
+        frame.data.starts_with(&[0, 0, 0, 1]) || frame.data.starts_with(&[0, 0, 1])
+    }
+
+    /// A VP8 keyframe: frame-type bit clear, then the 0x9d012a start code and the size.
+    fn vp8_keyframe_size(frame: &EncodedFrame) -> Option<(u16, u16)> {
+        let d = &frame.data;
+        (d.len() > 10 && d[0] & 1 == 0 && d[3..6] == [0x9d, 0x01, 0x2a]).then(|| {
+            (
+                u16::from_le_bytes([d[6], d[7]]) & 0x3fff,
+                u16::from_le_bytes([d[8], d[9]]) & 0x3fff,
+            )
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn viewers_of_different_codecs_each_get_their_codec_and_vp8_stops_with_its_viewer() {
+        let vmm = FakeVmm::start(64, 48);
+        let hub = StreamHub::new();
+        let mut h264 = FakeViewer::join(&hub, &vmm, "alice", true);
+        let mut vp8 = FakeViewer::join(&hub, &vmm, "operator", false);
+        until("one damage subscription", WAIT, || vmm.subscribers() == 1).await;
+        let stats = hub.stats("phone-1").unwrap();
+
+        h264.send(ViewerEvent::Connected(Codec::H264)).await;
+        vp8.send(ViewerEvent::Connected(Codec::Vp8)).await;
+        let first = h264.next_frame().await;
+        assert!(first.keyframe && is_h264(&first));
+        let first = vp8.next_frame().await;
+        assert_eq!(vp8_keyframe_size(&first), Some((64, 48)));
+
+        // Settle, then one damage: one frame per codec, each to its own viewer.
+        tokio::time::sleep(REFRESH_AFTER * 2).await;
+        h264.pending_frames();
+        vp8.pending_frames();
+        let settled = count(&stats.encoded);
+        vmm.damage();
+        assert!(is_h264(&*h264.next_frame().await));
+        let delta = vp8.next_frame().await;
+        assert!(!delta.keyframe && !is_h264(&delta) && !delta.data.is_empty());
+        assert_eq!(count(&stats.encoded), settled + 2);
+        assert_eq!(count(&stats.encoders), 2, "one encoder per codec");
+
+        // The VP8 viewer leaves: damage encodes H.264 only.
+        vp8.send(ViewerEvent::Closed("bye".into())).await;
+        tokio::time::sleep(REFRESH_AFTER * 2).await;
+        h264.pending_frames();
+        let settled = count(&stats.encoded);
+        vmm.damage();
+        assert!(is_h264(&*h264.next_frame().await));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            count(&stats.encoded),
+            settled + 1,
+            "no VP8 encode without a VP8 viewer"
+        );
+        h264.send(ViewerEvent::Closed("bye".into())).await;
+        until("stream gone", WAIT, || hub.stats("phone-1").is_none()).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn disconnect_ends_every_viewer_and_a_new_viewer_restarts_the_stream() {
         let vmm = FakeVmm::start(32, 32);
@@ -853,7 +958,7 @@ mod tests {
         until("stream gone", WAIT, || hub.stats("phone-1").is_none()).await;
 
         let mut again = FakeViewer::join(&hub, &vmm, "bob", true);
-        again.send(ViewerEvent::Connected).await;
+        again.send(ViewerEvent::Connected(Codec::H264)).await;
         assert!(again.next_frame().await.keyframe);
     }
 
@@ -870,7 +975,7 @@ mod tests {
         .await;
         let stats = hub.stats("phone-1").unwrap();
 
-        holder.send(ViewerEvent::Connected).await;
+        holder.send(ViewerEvent::Connected(Codec::H264)).await;
         assert!(holder.next_frame().await.keyframe);
         tokio::time::sleep(REFRESH_AFTER * 2).await;
         holder.pending_frames();
@@ -909,7 +1014,7 @@ mod tests {
         let hub = StreamHub::new();
         let source = ScreenSource::relay(&url, "k", "p-1").unwrap();
         let mut viewer = FakeViewer::join_source(&hub, source, "alice", false);
-        viewer.send(ViewerEvent::Connected).await;
+        viewer.send(ViewerEvent::Connected(Codec::H264)).await;
         assert!(viewer.next_frame().await.keyframe);
         assert!(
             connections.load(Ordering::SeqCst) >= 2,

@@ -38,6 +38,7 @@ mod browser_tests;
 mod fake_vmm;
 
 pub use bwe::BitrateController;
+pub use codec::{new_encoder, Codec, EncoderSettings, VideoEncoder};
 pub use frame::{I420Frame, PixelLayout};
 pub use h264::{EncodedFrame, H264Encoder, H264Settings};
 pub use hub::{StreamHub, StreamStats, ViewerOptions};

@@ -1,5 +1,6 @@
-//! One WebRTC viewer of a phone screen: the browser's SDP offer in, our answer out, then H.264
-//! access units pushed to the browser over SRTP and input messages coming back on a data channel.
+//! One WebRTC viewer of a phone screen: the browser's SDP offer in, our answer out, then encoded
+//! frames (H.264, or VP8 when the browser offers no usable H.264) pushed to the browser over SRTP
+//! and input messages coming back on a data channel.
 //!
 //! We use `str0m` (sans-IO): the session is a plain tokio task owning one UDP socket, so a host
 //! serves many viewers without a thread each, and tests drive it with a str0m client in-process.
@@ -10,14 +11,14 @@ use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::ChannelId;
-use str0m::format::Codec;
+use str0m::format::{Codec as RtpCodec, PayloadParams};
 use str0m::media::{MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{bwe::BweKind, Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::{EncodedFrame, StreamError};
+use crate::{Codec, EncodedFrame, StreamError};
 
 /// Cap on a data-channel input message: anything larger is not an input event.
 const MAX_INPUT_MESSAGE: usize = 4096;
@@ -33,8 +34,8 @@ pub enum ViewerCommand {
 /// What a viewer session reports back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ViewerEvent {
-    /// ICE + DTLS are up and the video track is negotiated: send a keyframe.
-    Connected,
+    /// ICE + DTLS are up and the video track is negotiated with this codec: send it a keyframe.
+    Connected(Codec),
     /// The browser asked for a keyframe (PLI/FIR).
     KeyframeRequest,
     /// A new send-bandwidth estimate from the transport (bits/s).
@@ -58,11 +59,13 @@ pub struct Viewer {
 }
 
 /// Accept the browser's SDP `offer` and start a session bound to `bind_ip` (the address the
-/// browser can reach; loopback for local tests). The offer must contain a video m-line that can
-/// receive H.264 (constrained baseline, packetization-mode 1).
+/// browser can reach; loopback for local tests). The offer's video m-line must accept H.264
+/// (preferred: constrained baseline, packetization-mode 1) or VP8; a browser can force VP8 by
+/// offering only VP8 (`setCodecPreferences`).
 pub async fn start_viewer(offer: &str, bind_ip: IpAddr) -> Result<Viewer, StreamError> {
-    let offer = SdpOffer::from_sdp_string(offer)
+    let parsed = SdpOffer::from_sdp_string(offer)
         .map_err(|e| StreamError::Signalling(format!("unparseable SDP offer: {e}")))?;
+    check_video_codecs(offer)?;
     let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
         .await
         .map_err(|e| StreamError::Signalling(format!("bind UDP on {bind_ip}: {e}")))?;
@@ -72,6 +75,7 @@ pub async fn start_viewer(offer: &str, bind_ip: IpAddr) -> Result<Viewer, Stream
     let mut rtc = RtcConfig::new()
         .clear_codecs()
         .enable_h264(true)
+        .enable_vp8(true)
         .enable_bwe(Some(str0m::bwe::Bitrate::kbps(2000)))
         .build(Instant::now());
     let candidate = Candidate::host(local_addr, "udp")
@@ -79,7 +83,7 @@ pub async fn start_viewer(offer: &str, bind_ip: IpAddr) -> Result<Viewer, Stream
     rtc.add_local_candidate(candidate);
     let answer: SdpAnswer = rtc
         .sdp_api()
-        .accept_offer(offer)
+        .accept_offer(parsed)
         .map_err(|e| StreamError::Signalling(format!("offer rejected: {e}")))?;
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (ev_tx, ev_rx) = mpsc::channel(64);
@@ -113,7 +117,7 @@ struct Session {
     socket: UdpSocket,
     local_addr: SocketAddr,
     events: mpsc::Sender<ViewerEvent>,
-    video: Option<(Mid, Pt)>,
+    video: Option<(Mid, Pt, Codec)>,
     channel: Option<ChannelId>,
     start: Instant,
 }
@@ -161,7 +165,7 @@ impl Session {
                     }
                 }
                 Output::Event(event) => {
-                    if !self.on_event(event).await {
+                    if !self.on_event(event).await? {
                         return Ok(None);
                     }
                 }
@@ -169,17 +173,26 @@ impl Session {
         }
     }
 
-    async fn on_event(&mut self, event: Event) -> bool {
+    /// Handle one session event; `Ok(false)` when the browser went away.
+    async fn on_event(&mut self, event: Event) -> Result<bool, StreamError> {
         let report = match event {
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => return false,
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => return Ok(false),
+            // str0m announces the media once SRTP is up, i.e. after `Event::Connected`: that
+            // is when frames can flow.
             Event::MediaAdded(media) if media.kind == MediaKind::Video => {
-                self.video = self.pick_h264(media.mid).map(|pt| (media.mid, pt));
-                if self.video.is_none() {
-                    tracing::warn!("browser offered no usable H.264 (constrained baseline, packetization-mode 1)");
-                }
-                None
+                let Some((pt, codec)) = self
+                    .rtc
+                    .writer(media.mid)
+                    .and_then(|w| pick_codec(w.payload_params()))
+                else {
+                    return Err(StreamError::Signalling(format!(
+                        "the browser offered no video codec we send ({SENDABLE})"
+                    )));
+                };
+                tracing::info!(?codec, %pt, "video negotiated");
+                self.video = Some((media.mid, pt, codec));
+                Some(ViewerEvent::Connected(codec))
             }
-            Event::Connected => Some(ViewerEvent::Connected),
             Event::KeyframeRequest(_) => Some(ViewerEvent::KeyframeRequest),
             Event::EgressBitrateEstimate(
                 BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
@@ -199,30 +212,11 @@ impl Session {
             // A full event queue means nobody is reading: drop rather than stall the media path.
             let _ = self.events.try_send(report);
         }
-        true
-    }
-
-    fn pick_h264(&mut self, mid: Mid) -> Option<Pt> {
-        let writer = self.rtc.writer(mid)?;
-        let params: Vec<_> = writer
-            .payload_params()
-            .filter(|p| p.spec().codec == Codec::H264)
-            .cloned()
-            .collect();
-        let baseline = |p: &&str0m::format::PayloadParams| {
-            let f = p.spec().format;
-            f.packetization_mode == Some(1)
-                && f.profile_level_id.is_some_and(|id| (id >> 16) == 0x42)
-        };
-        params
-            .iter()
-            .find(baseline)
-            .or(params.first())
-            .map(|p| p.pt())
+        Ok(true)
     }
 
     fn write_frame(&mut self, frame: &EncodedFrame) -> Result<(), StreamError> {
-        let Some((mid, pt)) = self.video else {
+        let Some((mid, pt, _)) = self.video else {
             return Ok(());
         };
         let Some(writer) = self.rtc.writer(mid) else {
@@ -236,6 +230,62 @@ impl Session {
     }
 }
 
+/// What [`pick_codec`] accepts, for error messages.
+const SENDABLE: &str = "H.264 with packetization-mode 1, or VP8";
+
+/// Refuse an offer whose video section lists no codec we can send, before answering it (a
+/// browser would otherwise connect and wait for video forever).
+fn check_video_codecs(sdp: &str) -> Result<(), StreamError> {
+    let mut in_video = false;
+    let mut saw_video = false;
+    for line in sdp.lines() {
+        if let Some(media) = line.strip_prefix("m=") {
+            in_video = media.starts_with("video ");
+            saw_video |= in_video;
+        } else if let Some(map) = line.strip_prefix("a=rtpmap:").filter(|_| in_video) {
+            let name = map.split([' ', '/']).nth(1).unwrap_or("");
+            if name.eq_ignore_ascii_case("H264") || name.eq_ignore_ascii_case("VP8") {
+                return Ok(());
+            }
+        }
+    }
+    Err(StreamError::Signalling(if saw_video {
+        format!("the browser offered no video codec we send ({SENDABLE})")
+    } else {
+        "the offer has no video m-line: add a recvonly video transceiver".into()
+    }))
+}
+
+/// The payload type to send on, from what both sides agreed: H.264 constrained baseline with
+/// packetization-mode 1 (what OpenH264 produces and every browser decodes in hardware), else any
+/// H.264 with packetization-mode 1, else VP8.
+fn pick_codec<'a>(params: impl Iterator<Item = &'a PayloadParams>) -> Option<(Pt, Codec)> {
+    let mut best: Option<(u8, Pt, Codec)> = None;
+    for p in params {
+        let spec = p.spec();
+        let rank = match spec.codec {
+            RtpCodec::H264 if spec.format.packetization_mode == Some(1) => {
+                if spec
+                    .format
+                    .profile_level_id
+                    .is_some_and(|id| id >> 16 == 0x42)
+                {
+                    0
+                } else {
+                    1
+                }
+            }
+            RtpCodec::Vp8 => 2,
+            _ => continue,
+        };
+        let codec = if rank == 2 { Codec::Vp8 } else { Codec::H264 };
+        if best.is_none_or(|(r, _, _)| rank < r) {
+            best = Some((rank, p.pt(), codec));
+        }
+    }
+    best.map(|(_, pt, codec)| (pt, codec))
+}
+
 fn rtc_error(e: str0m::RtcError) -> StreamError {
     StreamError::Signalling(format!("WebRTC: {e}"))
 }
@@ -243,7 +293,8 @@ fn rtc_error(e: str0m::RtcError) -> StreamError {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{H264Encoder, H264Settings, I420Frame, PixelLayout};
+    use crate::codec::testing::phone_frame;
+    use crate::codec::{new_encoder, EncoderSettings};
     use std::time::Duration;
     use str0m::media::Direction;
 
@@ -255,12 +306,23 @@ pub(crate) mod tests {
     }
 
     impl Browser {
+        /// A browser that decodes H.264 (what every browser offers).
         pub(crate) async fn new() -> (Self, String, str0m::change::SdpPendingOffer) {
+            Self::offering(&[Codec::H264]).await
+        }
+
+        /// A browser whose video m-line lists only `codecs` (none: only VP9, which we never
+        /// send).
+        pub(crate) async fn offering(
+            codecs: &[Codec],
+        ) -> (Self, String, str0m::change::SdpPendingOffer) {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let addr = socket.local_addr().unwrap();
             let mut rtc = RtcConfig::new()
                 .clear_codecs()
-                .enable_h264(true)
+                .enable_h264(codecs.contains(&Codec::H264))
+                .enable_vp8(codecs.contains(&Codec::Vp8))
+                .enable_vp9(codecs.is_empty())
                 .build(Instant::now());
             rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
             let mut change = rtc.sdp_api();
@@ -314,10 +376,12 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn browser_receives_decodable_h264_and_sends_input() {
-        let (mut browser, offer, pending) = Browser::new().await;
-        let mut viewer = start_viewer(&offer, "127.0.0.1".parse().unwrap())
+    /// Offer `codecs`; once the session reports its codec, keep sending it one phone-like
+    /// keyframe of that codec until the browser has it whole, and send one input message back.
+    /// Checks the session reported the codec that arrived and the input; returns that codec.
+    async fn exchange_one_frame(codecs: &[Codec]) -> Codec {
+        let (mut browser, offer, pending) = Browser::offering(codecs).await;
+        let viewer = start_viewer(&offer, "127.0.0.1".parse().unwrap())
             .await
             .unwrap();
         let answer = SdpAnswer::from_sdp_string(&viewer.answer_sdp).unwrap();
@@ -327,38 +391,46 @@ pub(crate) mod tests {
             .accept_answer(pending, answer)
             .unwrap();
 
-        // Encode one phone-like frame and keep offering it until the browser decodes it.
-        let mut enc = H264Encoder::new(H264Settings {
-            width: 320,
-            height: 240,
-            bitrate: 1_000_000,
-            max_fps: 30.0,
-        })
-        .unwrap();
-        let mut frame = I420Frame::new(320, 240).unwrap();
-        let px: Vec<u8> = (0..320 * 240)
-            .flat_map(|i| [(i % 256) as u8, 90, 200, 255])
-            .collect();
-        frame.fill_from(&px, 320 * 4, PixelLayout::Bgrx).unwrap();
-        let key = Arc::new(enc.encode(&frame).unwrap());
-        assert!(key.keyframe);
-
-        let commands = viewer.commands.clone();
-        let feeder = tokio::spawn(async move {
-            for _ in 0..200 {
-                if commands
-                    .send(ViewerCommand::Frame(key.clone()))
-                    .await
-                    .is_err()
-                {
-                    break;
+        let keyframe = |codec| {
+            let settings = EncoderSettings {
+                width: 320,
+                height: 240,
+                bitrate: 1_000_000,
+                max_fps: 30.0,
+            };
+            let mut encoder = new_encoder(codec, settings).unwrap();
+            Arc::new(encoder.encode(&phone_frame(320, 240, 0)).unwrap())
+        };
+        let vp8_key = keyframe(Codec::Vp8);
+        let h264_key = keyframe(Codec::H264);
+        let (commands, mut events) = (viewer.commands.clone(), viewer.events);
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let session = tokio::spawn({
+            let (vp8_key, h264_key) = (vp8_key.clone(), h264_key.clone());
+            async move {
+                let mut frame = None;
+                let mut resend = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    tokio::select! {
+                        Some(event) = events.recv() => {
+                            if let ViewerEvent::Connected(codec) = event {
+                                frame = Some(if codec == Codec::Vp8 { vp8_key.clone() } else { h264_key.clone() });
+                            }
+                            let _ = seen_tx.send(event);
+                        }
+                        _ = resend.tick() => {
+                            if let Some(frame) = &frame {
+                                let _ = commands.send(ViewerCommand::Frame(frame.clone())).await;
+                            }
+                        }
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
+        // H.264 is re-framed by the depacketizer, so decode it; a VP8 frame comes out of RTP
+        // byte for byte.
         let mut decoder = openh264::decoder::Decoder::new().unwrap();
-        let mut decoded = false;
-        let mut sent_input = false;
+        let (mut received, mut sent_input) = (None, false);
         let got_everything = browser
             .pump(Duration::from_secs(20), |rtc, event| {
                 match event {
@@ -366,34 +438,67 @@ pub(crate) mod tests {
                         let mut ch = rtc.channel(id).unwrap();
                         sent_input = ch.write(false, br#"{"key":"HOME","down":true}"#).unwrap();
                     }
+                    Event::MediaData(data) if *data.data == *vp8_key.data => {
+                        received = Some(Codec::Vp8)
+                    }
                     Event::MediaData(data) => {
                         if let Ok(Some(_)) = decoder.decode(&data.data) {
-                            decoded = true;
+                            received = Some(Codec::H264);
                         }
                     }
                     _ => {}
                 }
-                decoded && sent_input
+                received.is_some() && sent_input
             })
             .await;
-        assert!(got_everything, "decoded={decoded} sent_input={sent_input}");
+        assert!(
+            got_everything,
+            "received={received:?} sent_input={sent_input}"
+        );
         let mut events = Vec::new();
-        while let Ok(Some(e)) =
-            tokio::time::timeout(Duration::from_secs(2), viewer.events.recv()).await
+        while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await
         {
-            let is_input = matches!(e, ViewerEvent::Input(_));
-            events.push(e);
+            let is_input = matches!(event, ViewerEvent::Input(_));
+            events.push(event);
             if is_input {
                 break;
             }
         }
-        assert!(events.contains(&ViewerEvent::Connected), "{events:?}");
+        session.abort();
+        let received = received.unwrap();
+        assert!(
+            events.contains(&ViewerEvent::Connected(received)),
+            "the codec received is the one the session reported: {events:?}"
+        );
         assert!(
             events.contains(&ViewerEvent::Input(r#"{"key":"HOME","down":true}"#.into())),
             "{events:?}"
         );
         viewer.commands.send(ViewerCommand::Close).await.unwrap();
-        feeder.abort();
+        received
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn browser_offering_both_gets_h264_and_sends_input() {
+        assert_eq!(
+            exchange_one_frame(&[Codec::Vp8, Codec::H264]).await,
+            Codec::H264
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn browser_offering_only_vp8_gets_vp8() {
+        assert_eq!(exchange_one_frame(&[Codec::Vp8]).await, Codec::Vp8);
+    }
+
+    #[tokio::test]
+    async fn offer_without_a_codec_we_send_is_refused_with_the_reason() {
+        let (_browser, offer, _pending) = Browser::offering(&[]).await;
+        let err = start_viewer(&offer, "127.0.0.1".parse().unwrap())
+            .await
+            .err()
+            .expect("a VP9-only offer is refused");
+        assert!(err.to_string().contains("no video codec we send"), "{err}");
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ const RENEW_S = 3600;
 
 function overlayText(s) {
   if (!s) return "connecting…";
-  const parts = [`${s.width}×${s.height}`, `${Math.round(s.fps)} fps`, `${(s.bitrate / 1e6).toFixed(2)} Mb/s`];
+  const parts = [`${s.width}×${s.height}`, s.codec || "video", `${Math.round(s.fps)} fps`, `${(s.bitrate / 1e6).toFixed(2)} Mb/s`];
   if (s.rtt != null) parts.push(`rtt ${s.rtt.toFixed(0)} ms`);
   if (s.jitterBufferMs != null) parts.push(`buffer ${s.jitterBufferMs.toFixed(0)} ms`);
   return parts.join(" · ");
@@ -39,7 +39,9 @@ export async function phonePage(main, { leaseId, phoneId }) {
     phoneId = lease.phone_id;
   }
 
+  // `?codec=vp8` (or h264) in the page address forces that codec, e.g. where H.264 fails.
   const stream = new PhoneStream(phoneId, video, {
+    codec: new URLSearchParams(location.search).get("codec"),
     onEnded: (reason) => { message.textContent = `Stream ended: ${reason}`; },
   });
   const send = (m) => stream.send(m);

@@ -16,12 +16,25 @@ function gatheringDone(pc, ms) {
   });
 }
 
-/** A live phone stream. `onEnded(reason)` is called once when it stops for any reason. */
+/** Offer only `codec` (plus retransmission) on `transceiver`; throws if the browser lacks it. */
+function preferCodec(transceiver, codec) {
+  const all = RTCRtpReceiver.getCapabilities("video").codecs;
+  const wanted = all.filter((c) => c.mimeType.toLowerCase() === `video/${codec.toLowerCase()}`);
+  if (!wanted.length) throw new Error(`this browser cannot receive ${codec}`);
+  transceiver.setCodecPreferences([...wanted, ...all.filter((c) => c.mimeType.toLowerCase() === "video/rtx")]);
+}
+
+/**
+ * A live phone stream. `onEnded(reason)` is called once when it stops for any reason. `codec`
+ * ("h264" or "vp8") makes the browser offer only that codec; by default it offers all it has and
+ * the server picks H.264, falling back to VP8.
+ */
 export class PhoneStream {
-  constructor(phoneId, video, { onEnded = () => {} } = {}) {
+  constructor(phoneId, video, { onEnded = () => {}, codec = null } = {}) {
     this.phoneId = phoneId;
     this.video = video;
     this.onEnded = onEnded;
+    this.codec = codec;
     this.canSendInput = false;
     this.channel = null;
     this.pc = null;
@@ -69,7 +82,8 @@ export class PhoneStream {
   async offer(iceServers) {
     const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
-    pc.addTransceiver("video", { direction: "recvonly" });
+    const transceiver = pc.addTransceiver("video", { direction: "recvonly" });
+    if (this.codec) preferCodec(transceiver, this.codec);
     this.channel = pc.createDataChannel("input", { ordered: true });
     pc.ontrack = (ev) => {
       this.video.srcObject = ev.streams[0] || new MediaStream([ev.track]);
@@ -96,7 +110,9 @@ export class PhoneStream {
     const report = await this.pc.getStats();
     let inbound = null;
     let rtt = null;
+    const codecs = new Map();
     report.forEach((s) => {
+      if (s.type === "codec") codecs.set(s.id, s.mimeType);
       if (s.type === "inbound-rtp" && s.kind === "video") inbound = s;
       if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) rtt = s.currentRoundTripTime * 1000;
     });
@@ -116,6 +132,7 @@ export class PhoneStream {
       width: inbound.frameWidth || this.video.videoWidth,
       height: inbound.frameHeight || this.video.videoHeight,
       decoded: inbound.framesDecoded || 0,
+      codec: (codecs.get(inbound.codecId) || "").replace(/^video\//, "") || null,
     };
   }
 
