@@ -62,6 +62,42 @@ struct EncodeCost {
     key_ms: f64,
     keys: usize,
     kbit_per_frame: f64,
+    /// Mean luma PSNR of the decoded frames against the source (H.264 only; OpenH264 decodes).
+    psnr_db: Option<f64>,
+}
+
+/// Peak signal-to-noise ratio of `b` against `a` in dB (99 when identical).
+fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let sq: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let mse = sq / a.len() as f64;
+    if mse == 0.0 {
+        99.0
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+/// Decode one H.264 access unit and return its luma PSNR against `source`'s.
+fn h264_psnr(
+    decoder: &mut openh264::decoder::Decoder,
+    data: &[u8],
+    source: &I420Frame,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    use openh264::formats::YUVSource;
+    let picture = decoder
+        .decode(data)?
+        .ok_or("the decoder returned no picture")?;
+    let (w, h) = picture.dimensions();
+    let (stride, _, _) = picture.strides();
+    let luma: Vec<u8> = (0..h)
+        .flat_map(|row| &picture.y()[row * stride..row * stride + w])
+        .copied()
+        .collect();
+    Ok(psnr(source.y(), &luma))
 }
 
 /// Encode `frames` screens (a keyframe every 60, as joins/PLIs would ask), timing only the
@@ -79,6 +115,10 @@ fn encode_cost(
     };
     let mut encoder = new_encoder(codec, settings)?;
     let mut i420 = I420Frame::new(WIDTH, HEIGHT)?;
+    let mut decoder = (codec == Codec::H264)
+        .then(openh264::decoder::Decoder::new)
+        .transpose()?;
+    let mut psnr_sum = 0.0;
     let (mut delta_time, mut key_time, mut cpu_time, mut bytes, mut keys) = (
         Duration::ZERO,
         Duration::ZERO,
@@ -96,6 +136,9 @@ fn encode_cost(
         let took = t.elapsed();
         cpu_time += thread_cpu_time() - cpu;
         bytes += out.data.len();
+        if let Some(decoder) = decoder.as_mut() {
+            psnr_sum += h264_psnr(decoder, &out.data, &i420)?;
+        }
         if out.keyframe {
             keys += 1;
             key_time += took;
@@ -110,6 +153,7 @@ fn encode_cost(
         key_ms: ms(key_time, keys.max(1)),
         keys,
         kbit_per_frame: bytes as f64 * 8.0 / 1000.0 / frames as f64,
+        psnr_db: decoder.map(|_| psnr_sum / frames as f64),
     })
 }
 
@@ -142,6 +186,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cost.all_ms, cost.cpu_ms, cost.delta_ms, cost.key_ms, cost.keys
         );
         println!("{name}-kbit-per-frame: {:.1}", cost.kbit_per_frame);
+        if let Some(db) = cost.psnr_db {
+            println!("{name}-luma-psnr-db: {db:.1}");
+        }
     }
     for (name, cost) in [("vp8-", &vp8), ("", &h264)] {
         println!(

@@ -124,4 +124,36 @@ mod tests {
             assert!(enc.encode(&frame).unwrap().keyframe, "{codec:?}");
         }
     }
+
+    /// Bits of the second second at 30 fps (frames 31..61) of a phone screen scrolling 8 rows a
+    /// frame at 720x1280, encoded at `bitrate`: rate control has settled after the keyframe.
+    fn delta_bits(codec: Codec, bitrate: u32) -> usize {
+        let settings = EncoderSettings {
+            width: 720,
+            height: 1280,
+            bitrate,
+            max_fps: 30.0,
+        };
+        let mut enc = new_encoder(codec, settings).unwrap();
+        (0..61)
+            .map(|n| enc.encode(&testing::phone_frame(720, 1280, n * 8)).unwrap())
+            .skip(31)
+            .map(|f| f.data.len() * 8)
+            .sum()
+    }
+
+    /// Screen content at 720x1280 needs far more than these budgets unconstrained (the test
+    /// screen scrolls every frame); VP8's lowest quality still needs more than H.264's, so its
+    /// budget is higher.
+    #[test]
+    fn rate_control_holds_the_bitrate_it_is_given() {
+        for (codec, budget) in [(Codec::H264, 200_000), (Codec::Vp8, 600_000)] {
+            let bits = delta_bits(codec, budget);
+            eprintln!("{codec:?}: {bits} bits/s at a {budget} b/s target");
+            assert!(
+                bits * 2 <= budget as usize * 3,
+                "{codec:?}: {bits} bits in 1 s at a {budget} b/s target"
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@ use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
     RateControlMode, SpsPpsStrategy, UsageType,
 };
-use openh264::OpenH264API;
+use openh264::{OpenH264API, Timestamp};
 
 use crate::{I420Frame, StreamError};
 
@@ -41,6 +41,10 @@ pub struct H264Encoder {
     encoder: Encoder,
     settings: H264Settings,
     force_key: bool,
+    /// Frames encoded: each is stamped `frames / fps` s, as libvpx counts VP8 frames. OpenH264's
+    /// rate control budgets bits over these timestamps; with all of them zero it cannot hold
+    /// the bitrate at all.
+    frames: u64,
 }
 
 impl H264Encoder {
@@ -77,6 +81,7 @@ impl H264Encoder {
                 ..settings
             },
             force_key: true,
+            frames: 0,
         })
     }
 
@@ -121,9 +126,12 @@ impl H264Encoder {
         if std::mem::take(&mut self.force_key) {
             self.encoder.force_intra_frame();
         }
+        let fps = f64::from(self.settings.max_fps.clamp(1.0, 120.0));
+        let at = Timestamp::from_millis((self.frames as f64 * 1000.0 / fps) as u64);
+        self.frames += 1;
         let stream = self
             .encoder
-            .encode(frame)
+            .encode_at(frame, at)
             .map_err(|e| StreamError::Encoder(e.to_string()))?;
         let keyframe = matches!(stream.frame_type(), FrameType::IDR | FrameType::I);
         Ok(EncodedFrame {
@@ -154,43 +162,9 @@ impl crate::codec::VideoEncoder for H264Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PixelLayout;
+    use crate::codec::testing::{phone_frame, psnr};
     use openh264::decoder::Decoder;
     use openh264::formats::YUVSource;
-
-    /// A phone-like test screen: status bar, coloured icon grid, text-like stripes.
-    pub(crate) fn phone_frame(w: u32, h: u32, shift: u32) -> Vec<u8> {
-        let mut px = vec![0u8; (w * h * 4) as usize];
-        for y in 0..h {
-            for x in 0..w {
-                let i = ((y * w + x) * 4) as usize;
-                let (b, g, r) = if y < 48 {
-                    (30, 30, 30)
-                } else if (x / 120 + y / 160) % 2 == 0 && (x % 120) > 20 && (y % 160) > 30 {
-                    (((x + shift) * 3 % 256) as u8, 120, (y % 256) as u8)
-                } else if y % 24 < 2 {
-                    (200, 200, 200)
-                } else {
-                    (250, 245, 240)
-                };
-                px[i..i + 4].copy_from_slice(&[b, g, r, 255]);
-            }
-        }
-        px
-    }
-
-    fn psnr(a: &[u8], b: &[u8]) -> f64 {
-        let mse: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-            .sum::<f64>()
-            / a.len() as f64;
-        if mse == 0.0 {
-            return 99.0;
-        }
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
 
     #[test]
     fn encodes_decodable_h264_with_psnr_above_35_db() {
@@ -203,11 +177,8 @@ mod tests {
         })
         .unwrap();
         let mut dec = Decoder::new().unwrap();
-        let mut frame = I420Frame::new(w, h).unwrap();
         for (n, shift) in [0u32, 7, 7].into_iter().enumerate() {
-            frame
-                .fill_from(&phone_frame(w, h, shift), w * 4, PixelLayout::Bgrx)
-                .unwrap();
+            let frame = phone_frame(w, h, shift);
             let out = enc.encode(&frame).unwrap();
             assert_eq!(out.keyframe, n == 0, "only the first frame is a keyframe");
             assert!(out.data.starts_with(&[0, 0, 0, 1]), "Annex-B start code");
@@ -236,10 +207,7 @@ mod tests {
             max_fps: 30.0,
         })
         .unwrap();
-        let mut frame = I420Frame::new(64, 64).unwrap();
-        frame
-            .fill_from(&phone_frame(64, 64, 0), 256, PixelLayout::Bgrx)
-            .unwrap();
+        let frame = phone_frame(64, 64, 0);
         assert!(enc.encode(&frame).unwrap().keyframe);
         assert!(!enc.encode(&frame).unwrap().keyframe);
         enc.request_keyframe();
