@@ -251,6 +251,21 @@ pub struct AuditEvent {
     pub notify_user: Option<String>,
 }
 
+/// The fleet at one instant, as the scheduler samples it for the utilisation history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UtilisationSample {
+    pub at_ms: i64,
+    pub hosts_online: i64,
+    /// Phone slots on online hosts.
+    pub capacity: i64,
+    /// Phones that exist (not stopped, failed or lost).
+    pub phones: i64,
+    /// Phones leased to a user.
+    pub assigned: i64,
+    /// Lease requests waiting in the queue.
+    pub queued: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

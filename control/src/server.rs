@@ -11,7 +11,7 @@ use crate::api::users::{create_user, CreateUser};
 use crate::api::{self, AppState, ServerConfig};
 use crate::db::Database;
 use crate::model::{LeaseState, Role, User};
-use crate::store::{hosts, leases, phones, profiles};
+use crate::store::{hosts, leases, phones, profiles, utilisation};
 
 /// Options of `cloudphone serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +36,9 @@ pub struct ServeOptions {
     /// Period of the scheduler loop (expiry, heartbeat timeouts, warm pools).
     #[arg(long, default_value_t = 1_000)]
     pub tick_ms: u64,
+    /// Period of the fleet utilisation samples (the operator chart's resolution).
+    #[arg(long, default_value_t = 60_000)]
+    pub utilisation_sample_ms: u64,
     /// Directory of the web UI's static files.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
     pub web_dir: PathBuf,
@@ -85,6 +88,10 @@ pub async fn run_with(opts: ServeOptions, extra: axum::Router<AppState>) -> anyh
     tokio::spawn(scheduler_loop(
         state.clone(),
         Duration::from_millis(opts.tick_ms.max(10)),
+    ));
+    tokio::spawn(utilisation_loop(
+        state.clone(),
+        Duration::from_millis(opts.utilisation_sample_ms.max(100)),
     ));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -173,12 +180,37 @@ pub async fn tick(state: &AppState) -> crate::error::Result<()> {
 }
 
 async fn scheduler_loop(state: AppState, period: Duration) {
+    every(period, || tick(&state), "scheduler tick").await
+}
+
+/// Sample the fleet's utilisation every `period` (and prune old samples).
+async fn utilisation_loop(state: AppState, period: Duration) {
+    every(
+        period,
+        || async {
+            let mut tx = state.db.begin().await?;
+            let sample = utilisation::sample(&mut tx, crate::now_ms()).await?;
+            utilisation::record(&mut tx, &sample).await?;
+            tx.commit().await?;
+            Ok(())
+        },
+        "utilisation sample",
+    )
+    .await
+}
+
+/// Run `job` every `period` forever, logging (not stopping on) failures.
+async fn every<F, Fut>(period: Duration, mut job: F, what: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<()>>,
+{
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if let Err(e) = tick(&state).await {
-            tracing::error!("scheduler tick failed: {e}");
+        if let Err(e) = job().await {
+            tracing::error!("{what} failed: {e}");
         }
     }
 }

@@ -460,3 +460,62 @@ async fn metrics_and_health(kind: Kind) {
     }
 }
 both!(metrics_and_health);
+
+/// The scheduler samples the fleet; operators read the history, users may not, bad windows
+/// are refused.
+async fn utilisation_history(kind: Kind) {
+    let s = Server::start(kind, &["--utilisation-sample-ms", "200"]).await;
+    let admin = s.admin.clone();
+    let (_, alice) = user(&s, "alice", "user", 2).await;
+    profile(&s, "pixel", 2).await;
+    let host = FakeHost::register(&s, "h1", 4).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    host.bring_up(&s, 2).await;
+    ok(
+        &s,
+        "POST",
+        "/leases",
+        &alice,
+        Some(json!({"profile": "pixel"})),
+        201,
+    )
+    .await;
+
+    let mut latest = Value::Null;
+    for _ in 0..50 {
+        let samples = ok(&s, "GET", "/utilisation?minutes=5", &admin, None, 200).await;
+        latest = samples
+            .as_array()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or(Value::Null);
+        if latest["assigned"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(latest["hosts_online"], 1, "{latest}");
+    assert_eq!(latest["capacity"], 4, "{latest}");
+    assert_eq!(latest["assigned"], 1, "{latest}");
+    assert!(latest["phones"].as_i64().unwrap() >= 2, "{latest}");
+    assert_eq!(latest["queued"], 0, "{latest}");
+    let samples = ok(&s, "GET", "/utilisation", &admin, None, 200).await;
+    let times: Vec<i64> = samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["at_ms"].as_i64().unwrap())
+        .collect();
+    assert!(
+        times.len() >= 2 && times.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {times:?}"
+    );
+
+    assert_eq!(api(&s, "GET", "/utilisation", &alice, None).await.0, 403);
+    for bad in ["minutes=0", "minutes=10081", "minutes=abc", "hours=1"] {
+        let (code, body) = api(&s, "GET", &format!("/utilisation?{bad}"), &admin, None).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+}
+both!(utilisation_history);

@@ -116,6 +116,25 @@ impl Browser {
         found.ok_or_else(|| anyhow!("browser: no {what} within {timeout:?}; last: {last}"))
     }
 
+    /// Open the web UI at `base_url` and log in through its form as `name`.
+    pub fn log_in(&self, base_url: &str, name: &str, password: &str) -> Result<()> {
+        self.open(&format!("{base_url}/"))?;
+        self.wait_for(
+            "the login form",
+            Duration::from_secs(30),
+            ("return !!document.querySelector('form.login')", &[]),
+            |v| v == true,
+        )?;
+        self.script(
+            "const f = document.querySelector('form.login');
+             f.querySelector('[name=name]').value = arguments[0];
+             f.querySelector('[name=password]').value = arguments[1];
+             f.requestSubmit();",
+            &[json!(name), json!(password)],
+        )
+        .map(drop)
+    }
+
     /// A real (trusted) pointer tap at viewport CSS pixel `(x, y)`.
     pub fn tap(&self, x: f64, y: f64) -> Result<()> {
         let actions = json!({"actions": [{"type": "pointer", "id": "finger", "parameters": {"pointerType": "mouse"}, "actions": [

@@ -237,24 +237,7 @@ fn user_gets_a_live_phone_in_the_browser_and_taps_info() {
 
     // Log in through the form, then "Get a phone" on the catalogue.
     let browser = Browser::start((900, 1200)).unwrap();
-    browser.open(&format!("{}/", s.url())).unwrap();
-    browser
-        .wait_for(
-            "the login form",
-            Duration::from_secs(30),
-            ("return !!document.querySelector('form.login')", &[]),
-            |v| v == true,
-        )
-        .unwrap();
-    browser
-        .script(
-            "const f = document.querySelector('form.login');
-             f.querySelector('[name=name]').value = arguments[0];
-             f.querySelector('[name=password]').value = arguments[1];
-             f.requestSubmit();",
-            &[json!("demo"), json!(PASSWORD)],
-        )
-        .unwrap();
+    browser.log_in(&s.url(), "demo", PASSWORD).unwrap();
     browser
         .wait_for(
             "the catalogue's Get a phone button",

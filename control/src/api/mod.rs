@@ -12,6 +12,7 @@ pub mod phones;
 pub mod profiles;
 pub mod queue;
 pub mod users;
+pub mod utilisation;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,6 +91,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(queue::routes())
         .merge(hosts::routes())
         .merge(audit::routes())
+        .merge(utilisation::routes())
         .route("/openapi.json", get(openapi::document));
     Router::new()
         .nest("/api/v1", api)

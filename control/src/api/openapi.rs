@@ -321,6 +321,15 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     r(
         "get",
+        "/utilisation",
+        "Fleet utilisation samples (hosts online, slots, phones, assigned, queued), oldest first; ?minutes= (default 60)",
+        Operator,
+        None,
+        200,
+        Some("UtilisationList"),
+    ),
+    r(
+        "get",
         "/events",
         "The caller's notifications (lease granted/lost/expired); ?limit=",
         AnyUser,
@@ -429,6 +438,9 @@ fn schemas() -> Value {
         "AuditEvent": obj(&["id","at_ms","actor","action","target","detail"], json!({"id": s(), "at_ms": int(), "actor": s(),
             "action": s(), "target": s(), "detail": s(), "notify_user": s()})),
         "AuditList": list("AuditEvent"),
+        "UtilisationSample": obj(&["at_ms","hosts_online","capacity","phones","assigned","queued"], json!({"at_ms": int(),
+            "hosts_online": int(), "capacity": int(), "phones": int(), "assigned": int(), "queued": int()})),
+        "UtilisationList": list("UtilisationSample"),
     })
 }
 

@@ -5,4 +5,5 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_host_relay.sql")),
     (3, include_str!("../../migrations/0003_lease_indexes.sql")),
+    (4, include_str!("../../migrations/0004_utilisation.sql")),
 ];

@@ -14,6 +14,7 @@ pub mod phones;
 pub mod profiles;
 pub mod queue;
 pub mod users;
+pub mod utilisation;
 
 use crate::db::{DbError, Row, Tx, Value};
 use crate::error::{Error, Result};

@@ -1,11 +1,10 @@
-// Operator view: hosts, phones and fleet utilisation (assigned phones / host capacity) over
-// time, sampled every 5 s while the page is open and drawn on a canvas.
+// Operator view: hosts, phones and fleet utilisation (assigned phones / phone slots on online
+// hosts) over the last hour, from the samples the control service keeps, drawn on a canvas.
 
 import { get, h } from "./api.js";
 
-const SAMPLE_MS = 5000;
-const KEEP = 360; // 30 minutes of samples
-const history = [];
+const REFRESH_MS = 5000;
+const WINDOW_MIN = 60;
 
 function table(columns, rows) {
   return h("table", {},
@@ -14,7 +13,10 @@ function table(columns, rows) {
   );
 }
 
-function drawChart(canvas) {
+/** Draw utilisation samples (`{at_ms, capacity, assigned}`, oldest first) as a line. */
+function drawChart(canvas, samples) {
+  const history = samples.map((x) => ({ t: x.at_ms, u: x.capacity ? Math.min(1, x.assigned / x.capacity) : 0 }));
+  canvas.dataset.samples = String(history.length);
   const ctx = canvas.getContext("2d");
   const { width: w, height: ht } = canvas;
   ctx.clearRect(0, 0, w, ht);
@@ -50,24 +52,24 @@ export async function operatorPage(main) {
 
   const refresh = async () => {
     try {
-      const [hosts, phones] = await Promise.all([get("/hosts"), get("/phones")]);
-      const capacity = hosts.filter((x) => x.state === "online").reduce((a, x) => a + x.max_phones, 0);
-      const assigned = phones.filter((p) => p.state === "assigned").length;
-      history.push({ t: Date.now(), u: capacity ? Math.min(1, assigned / capacity) : 0 });
-      if (history.length > KEEP) history.shift();
-      now.textContent = `${assigned} of ${capacity} phone slots in use`;
+      const [hosts, phones, samples] = await Promise.all([
+        get("/hosts"), get("/phones"), get(`/utilisation?minutes=${WINDOW_MIN}`)]);
+      const last = samples[samples.length - 1];
+      now.textContent = last
+        ? `${last.assigned} of ${last.capacity} phone slots in use, ${last.queued} waiting (sampled ${new Date(last.at_ms).toLocaleTimeString()})`
+        : "no utilisation samples yet";
       hostsBox.replaceChildren(table(["Host", "State", "vCPUs", "Memory", "Max phones", "Last heartbeat"],
         hosts.map((x) => [x.name, x.state, x.vcpus, `${x.memory_mib} MiB`, x.max_phones,
           `${Math.round((Date.now() - x.last_heartbeat_ms) / 1000)} s ago`])));
       phonesBox.replaceChildren(table(["Phone", "Profile", "Host", "State", ""],
         phones.map((p) => [p.id, p.profile_id, p.host_id, p.state,
           p.state === "assigned" ? h("a", { href: `#/watch/${p.id}` }, "watch") : ""])));
-      drawChart(canvas);
+      drawChart(canvas, samples);
     } catch (e) {
       now.textContent = e.message;
     }
   };
   await refresh();
-  const timer = setInterval(refresh, SAMPLE_MS);
+  const timer = setInterval(refresh, REFRESH_MS);
   return () => clearInterval(timer);
 }

@@ -1,0 +1,39 @@
+//! `/api/v1/utilisation`: the fleet's load over time for operators (the operator page's chart).
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::auth::Operator;
+use super::error::ApiResult;
+use super::extract::{self, ApiQuery};
+use super::AppState;
+use crate::model::UtilisationSample;
+use crate::store::utilisation;
+
+/// Most samples one request returns (a week at one sample a minute).
+const MAX_SAMPLES: i64 = 10_080;
+
+/// Routes for the utilisation history.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/utilisation", get(history))
+}
+
+/// `?minutes=N`: how far back (1..=10080, default 60).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub minutes: Option<u32>,
+}
+
+async fn history(
+    State(st): State<AppState>,
+    Operator(_): Operator,
+    ApiQuery(q): ApiQuery<Window>,
+) -> ApiResult<Json<Vec<UtilisationSample>>> {
+    let minutes = extract::range("minutes", q.minutes.unwrap_or(60).into(), 1, 10_080)?;
+    let since = crate::now_ms() - minutes * 60_000;
+    let mut tx = st.db.begin().await?;
+    Ok(Json(utilisation::since(&mut tx, since, MAX_SAMPLES).await?))
+}
