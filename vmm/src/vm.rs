@@ -286,7 +286,7 @@ impl Vm {
     /// Errors from loading the payload are [`crate::boot::BootError`]s (bad input).
     pub fn new(kvm: &Kvm, config: &VmConfig, mut payload: BootPayload) -> anyhow::Result<Self> {
         let vm = crate::kvm::create_vm(kvm)?;
-        let mem = memory::create_guest_memory(config.memory_mib << 20)?;
+        let mem = memory::create_guest_memory_with(config.memory_mib << 20, config.memory_backing)?;
         memory::register_with_kvm(&vm, &mem)?;
         let boot = prepare_guest(
             &mem,

@@ -47,6 +47,11 @@ pub struct RawConfig {
     /// Guest memory in MiB, 64..=host RAM (default 512).
     #[arg(long)]
     pub memory: Option<u64>,
+    /// Back guest RAM with a shared memfd (for handing it to another process) instead of
+    /// private anonymous memory with transparent huge pages (the faster default).
+    #[arg(long)]
+    #[serde(default)]
+    pub shared_memory: bool,
     /// Disk: path[,ro][,overlay=path][,id=NAME] (repeatable).
     #[arg(long)]
     #[serde(default)]
@@ -132,6 +137,8 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// How guest RAM is backed on the host.
+    pub memory_backing: crate::memory::MemoryBacking,
     /// Serial console destination.
     pub serial: SerialOutput,
     /// API socket.
@@ -194,6 +201,7 @@ impl RawConfig {
             cmdline: self.cmdline.or(base.cmdline),
             cpus: self.cpus.or(base.cpus),
             memory: self.memory.or(base.memory),
+            shared_memory: self.shared_memory || base.shared_memory,
             disk: vec(self.disk, base.disk),
             net: vec(self.net, base.net),
             vsock: self.vsock.or(base.vsock),
@@ -278,6 +286,11 @@ impl RawConfig {
             cmdline: self.cmdline.unwrap_or_else(|| "console=ttyS0".into()),
             cpus: cpus as u8,
             memory_mib,
+            memory_backing: if self.shared_memory {
+                crate::memory::MemoryBacking::SharedMemfd
+            } else {
+                crate::memory::MemoryBacking::Anonymous
+            },
             serial,
             api_socket: self.api_socket,
             on_reboot,
