@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok, profile, user, Kind, Server, TempDir};
+use common::{lease_phone, ok, profile, user, Kind, Server, TempDir};
 use serde_json::{json, Value};
 
 fn fake_vmm() -> PathBuf {
@@ -160,9 +160,11 @@ fn count(p: &[Value], state: &str) -> usize {
 }
 
 async fn agent_lifecycle(kind: Kind) {
+    // 3 s: short enough to see a killed agent's phones go lost quickly, long enough that a
+    // busy CI host (an agent restarting VMMs) does not miss heartbeats by accident.
     let s = Server::start(
         kind,
-        &["--heartbeat-timeout-ms", "1500", "--tick-ms", "100"],
+        &["--heartbeat-timeout-ms", "3000", "--tick-ms", "100"],
     )
     .await;
     let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
@@ -191,15 +193,7 @@ async fn agent_lifecycle(kind: Kind) {
     }
 
     // Lease → release → the phone is reset: new generation, new VMM process.
-    let l = ok(
-        &s,
-        "POST",
-        "/leases",
-        &alice,
-        Some(json!({"profile": "pixel"})),
-        201,
-    )
-    .await;
+    let l = lease_phone(&s, &alice, "pixel").await;
     let phone_id = l["lease"]["phone_id"].as_str().unwrap().to_owned();
     let before = vmm_pids(&state.0);
     ok(

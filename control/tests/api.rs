@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{api, ok, profile, raw, user, FakeHost, Kind, Server};
+use common::{api, lease_phone, ok, profile, raw, user, warm_pool, Kind, Server};
 use serde_json::{json, Value};
 
 /// Every documented route answers (no `no_route`/405), so the document matches the router.
@@ -44,20 +44,8 @@ async fn authorization(kind: Kind) {
     let s = Server::start(kind, &["--heartbeat-timeout-ms", "60000"]).await;
     let (alice_id, alice) = user(&s, "alice", "user", 2).await;
     let (_, bob) = user(&s, "bob", "user", 2).await;
-    profile(&s, "pixel", 2).await;
-    let host = FakeHost::register(&s, "h1", 4).await;
-    // Pool phones appear on the next scheduler tick.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    host.bring_up(&s, 2).await;
-    let lease = ok(
-        &s,
-        "POST",
-        "/leases",
-        &alice,
-        Some(json!({"profile": "pixel"})),
-        201,
-    )
-    .await;
+    let host = warm_pool(&s, "h1", 4, 2).await;
+    let lease = lease_phone(&s, &alice, "pixel").await;
     let lease_id = lease["lease"]["id"].as_str().unwrap();
     let phone_id = lease["lease"]["phone_id"].as_str().unwrap();
     // alice sees her phone; bob does not, and cannot touch it.
@@ -467,19 +455,8 @@ async fn utilisation_history(kind: Kind) {
     let s = Server::start(kind, &["--utilisation-sample-ms", "200"]).await;
     let admin = s.admin.clone();
     let (_, alice) = user(&s, "alice", "user", 2).await;
-    profile(&s, "pixel", 2).await;
-    let host = FakeHost::register(&s, "h1", 4).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    host.bring_up(&s, 2).await;
-    ok(
-        &s,
-        "POST",
-        "/leases",
-        &alice,
-        Some(json!({"profile": "pixel"})),
-        201,
-    )
-    .await;
+    warm_pool(&s, "h1", 4, 2).await;
+    lease_phone(&s, &alice, "pixel").await;
 
     let mut latest = Value::Null;
     for _ in 0..50 {

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::{api, ok, profile, user, FakeHost, Kind, Server};
+use common::{api, lease_phone, ok, profile, user, warm_pool, FakeHost, Kind, Server};
 use serde_json::{json, Value};
 
 const LONG_HEARTBEAT: &[&str] = &["--heartbeat-timeout-ms", "600000", "--tick-ms", "100"];
@@ -142,9 +142,7 @@ async fn user_ids(s: &Server, tokens: &[String]) -> BTreeMap<String, String> {
 /// assigned twice; releases hand phones to the queue head in order until the queue drains.
 async fn two_hundred_for_ten(kind: Kind) {
     let s = Server::start(kind, LONG_HEARTBEAT).await;
-    profile(&s, "pixel", 10).await;
-    let host = FakeHost::register(&s, "h1", 10).await;
-    host.bring_up(&s, 10).await;
+    let host = warm_pool(&s, "h1", 10, 10).await;
     let tokens = users(&s, 200, "u").await;
     let url = s.url.clone();
     let results = futures_join(tokens.iter().cloned().map(move |t| {
@@ -215,9 +213,7 @@ both!(two_hundred_for_ten);
 /// request is still there, nothing is duplicated, the queue keeps its order.
 async fn crash_during_traffic(kind: Kind) {
     let mut s = Server::start(kind, LONG_HEARTBEAT).await;
-    profile(&s, "pixel", 5).await;
-    let host = FakeHost::register(&s, "h1", 5).await;
-    host.bring_up(&s, 5).await;
+    let host = warm_pool(&s, "h1", 5, 5).await;
     let tokens = users(&s, 60, "k").await;
     let by_user = user_ids(&s, &tokens).await;
     let url = s.url.clone();
@@ -293,18 +289,8 @@ async fn host_lost_and_back(kind: Kind) {
     )
     .await;
     let (_, alice) = user(&s, "alice", "user", 1).await;
-    profile(&s, "pixel", 2).await;
-    let host = FakeHost::register(&s, "h1", 4).await;
-    host.bring_up(&s, 2).await;
-    let lease = ok(
-        &s,
-        "POST",
-        "/leases",
-        &alice,
-        Some(json!({"profile": "pixel"})),
-        201,
-    )
-    .await;
+    let host = warm_pool(&s, "h1", 4, 2).await;
+    let lease = lease_phone(&s, &alice, "pixel").await;
     let lease_id = lease["lease"]["id"].as_str().unwrap();
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let l = ok(&s, "GET", &format!("/leases/{lease_id}"), &alice, None, 200).await;
@@ -358,9 +344,7 @@ async fn expiry_persistence_quota(kind: Kind) {
     let s = Server::start(kind, LONG_HEARTBEAT).await;
     let (_, alice) = user(&s, "alice", "user", 1).await;
     let (_, bob) = user(&s, "bob", "user", 1).await;
-    profile(&s, "pixel", 1).await;
-    let host = FakeHost::register(&s, "h1", 2).await;
-    host.bring_up(&s, 1).await;
+    let host = warm_pool(&s, "h1", 2, 1).await;
     // Expiry.
     let l = ok(
         &s,
@@ -447,15 +431,7 @@ async fn expiry_persistence_quota(kind: Kind) {
     )
     .await;
     assert_eq!(code, 409, "bob cannot take alice's parked phone");
-    let again = ok(
-        &s,
-        "POST",
-        "/leases",
-        &alice,
-        Some(json!({"profile": "pixel"})),
-        201,
-    )
-    .await;
+    let again = lease_phone(&s, &alice, "pixel").await;
     assert_eq!(again["lease"]["phone_id"], json!(phone));
     // Illegal agent reports are refused.
     let desired = host.heartbeat(&s, &[]).await;

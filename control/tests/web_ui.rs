@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use cloudphone_tests::webdriver::Browser;
-use common::{ok, profile, user, FakeHost, Kind, Server};
+use common::{lease_phone, ok, user, warm_pool, Kind, Server};
 use serde_json::{json, Value};
 
 const PASSWORD: &str = "correct-horse-battery";
@@ -38,19 +38,8 @@ async fn operator_page_shows_hosts_phones_and_utilisation_over_time() {
         ok(&s, "POST", "/users", &admin, Some(body), 201).await;
     }
     let (_, alice) = user(&s, "alice", "user", 2).await;
-    profile(&s, "pixel", 2).await;
-    let host = FakeHost::register(&s, "rack1-host7", 4).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    host.bring_up(&s, 2).await;
-    let lease = ok(
-        &s,
-        "POST",
-        "/leases",
-        &alice,
-        Some(json!({"profile": "pixel"})),
-        201,
-    )
-    .await;
+    warm_pool(&s, "rack1-host7", 4, 2).await;
+    let lease = lease_phone(&s, &alice, "pixel").await;
     let leased = lease["lease"]["phone_id"].as_str().unwrap().to_owned();
 
     let browser = blocking(|| Browser::start((1000, 900))).expect("start chromium");

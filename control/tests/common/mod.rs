@@ -236,6 +236,28 @@ pub async fn profile(s: &Server, name: &str, pool: u32) -> String {
         .to_owned()
 }
 
+/// Profile "pixel" with a warm pool of `pool` phones, all `ready` on a fake host `name` with
+/// room for `max_phones`: where most lease and route tests start.
+pub async fn warm_pool(s: &Server, name: &str, max_phones: u32, pool: u32) -> FakeHost {
+    profile(s, "pixel", pool).await;
+    let host = FakeHost::register(s, name, max_phones).await;
+    host.bring_up(s, pool as usize).await;
+    host
+}
+
+/// `POST /leases` for `profile` as `token`, expecting an immediate grant (201).
+pub async fn lease_phone(s: &Server, token: &str, profile: &str) -> Value {
+    ok(
+        s,
+        "POST",
+        "/leases",
+        token,
+        Some(json!({"profile": profile})),
+        201,
+    )
+    .await
+}
+
 /// A scripted host agent speaking the agent protocol without VMMs.
 pub struct FakeHost {
     pub id: String,

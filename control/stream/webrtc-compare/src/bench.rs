@@ -33,11 +33,13 @@ pub enum Stack {
     Str0mBwe,
     /// webrtc-rs 0.14 with its default interceptors.
     WebrtcRs,
+    /// webrtc-rs 0.14 also stamping TWCC sequence numbers on sent packets, like str0m.
+    WebrtcRsTwcc,
 }
 
 impl Stack {
     /// Every stack, in report order.
-    pub const ALL: [Stack; 3] = [Stack::Str0m, Stack::Str0mBwe, Stack::WebrtcRs];
+    pub const ALL: [Stack; 4] = [Stack::Str0m, Stack::Str0mBwe, Stack::WebrtcRs, Stack::WebrtcRsTwcc];
 
     /// The name used on the command line and in the report.
     pub fn name(self) -> &'static str {
@@ -45,6 +47,7 @@ impl Stack {
             Stack::Str0m => "str0m",
             Stack::Str0mBwe => "str0m+bwe",
             Stack::WebrtcRs => "webrtc-rs",
+            Stack::WebrtcRsTwcc => "webrtc-rs+twcc",
         }
     }
 
@@ -53,7 +56,7 @@ impl Stack {
         Stack::ALL
             .into_iter()
             .find(|s| s.name() == name)
-            .with_context(|| format!("unknown stack '{name}' (str0m, str0m+bwe, webrtc-rs)"))
+            .with_context(|| format!("unknown stack '{name}' (str0m, str0m+bwe, webrtc-rs, webrtc-rs+twcc)"))
     }
 }
 
@@ -70,8 +73,9 @@ impl Sender {
                 let (answer, tx) = str0m_sender::start(offer, stack == Stack::Str0mBwe).await?;
                 (answer, Sender::Str0m(tx))
             }
-            Stack::WebrtcRs => {
-                let (answer, sender) = WebrtcRsSender::start(offer).await?;
+            Stack::WebrtcRs | Stack::WebrtcRsTwcc => {
+                let twcc = stack == Stack::WebrtcRsTwcc;
+                let (answer, sender) = WebrtcRsSender::start(offer, twcc).await?;
                 (answer, Sender::WebrtcRs(sender))
             }
         })

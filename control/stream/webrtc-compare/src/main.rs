@@ -94,7 +94,7 @@ fn line(stack: Stack, config: Config, r: &Report) -> String {
     format!(
         "{}: connect-ms {median:.1} (max {max:.1}), cpu-ms-per-frame {:.4}, delivered {}/{}, \
          corrupt {}, connect-cpu-ms {:.1}, process-cpu-ms-per-frame {:.4}, stream-s {:.2}, \
-         rss-kib-per-session {}, rss-kib-growth-while-streaming {}, viewers {}, fps {}",
+         rss-kib-per-session {} (after streaming {}), viewers {}, fps {}",
         stack.name(),
         ms(r.stream_cpu) / sends,
         r.delivered,
@@ -104,7 +104,7 @@ fn line(stack: Stack, config: Config, r: &Report) -> String {
         ms(r.stream_process_cpu) / sends,
         r.stream_wall.as_secs_f64(),
         rss1.saturating_sub(rss0) / config.viewers as u64,
-        rss2 as i64 - rss1 as i64,
+        rss2.saturating_sub(rss0) / config.viewers as u64,
         config.viewers,
         config.fps,
     )
@@ -144,5 +144,6 @@ fn compare(config: Config) -> anyhow::Result<()> {
     };
     println!("ratio: str0m-vs-webrtc-cpu {}", ratio(cpu[0], cpu[2]));
     println!("ratio: str0m+bwe-vs-webrtc-cpu {}", ratio(cpu[1], cpu[2]));
+    println!("ratio: str0m-vs-webrtc+twcc-cpu {}", ratio(cpu[0], cpu[3]));
     Ok(())
 }

@@ -107,6 +107,10 @@ impl Session {
         let rtp_time = MediaTime::from_micros(self.written * FRAME_PERIOD_US);
         writer.write(pt, Instant::now(), rtp_time, &frame[..])?;
         self.written += 1;
+        // str0m packetizes queued frames only in handle_timeout, one per call; without this a
+        // sender fed faster than its timer fires queues 512 frames and then fails the write
+        // with WriteWithoutPoll (seen with --fps 0; our production loop has the same shape).
+        self.rtc.handle_input(Input::Timeout(Instant::now()))?;
         Ok(())
     }
 }

@@ -1,13 +1,17 @@
 //! The webrtc-rs (`webrtc` 0.14) sender: one peer connection per viewer with the default
-//! interceptors (NACK responder, RTCP reports, TWCC header extension), host candidates on
-//! loopback only, and one `TrackLocalStaticSample` that packetizes our H.264 access units.
+//! interceptors (NACK responder, RTCP reports, TWCC for received media only) or, with `twcc`,
+//! TWCC sequence numbers on sent media too (what str0m always does; no congestion controller
+//! consumes the feedback), host candidates on loopback only, and one `TrackLocalStaticSample`
+//! that packetizes our H.264 access units.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::interceptor_registry::{
+    configure_nack, configure_rtcp_reports, configure_twcc, register_default_interceptors,
+};
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_H264};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
@@ -31,11 +35,16 @@ pub struct WebrtcRsSender {
 
 impl WebrtcRsSender {
     /// Accept `offer`; returns the answer SDP (all candidates gathered) and the sender.
-    pub async fn start(offer: &str) -> anyhow::Result<(String, Self)> {
+    pub async fn start(offer: &str, twcc: bool) -> anyhow::Result<(String, Self)> {
         let mut media = MediaEngine::default();
         media.register_default_codecs().context("register codecs")?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)
-            .context("register interceptors")?;
+        let registry = if twcc {
+            let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut media));
+            configure_twcc(registry, &mut media)
+        } else {
+            register_default_interceptors(Registry::new(), &mut media)
+        }
+        .context("register interceptors")?;
         let mut settings = SettingEngine::default();
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         settings.set_network_types(vec![NetworkType::Udp4]);
