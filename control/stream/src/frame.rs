@@ -7,7 +7,7 @@ use crate::StreamError;
 
 /// Largest frame we accept (8K): a cap so a hostile or corrupt size cannot make us allocate
 /// gigabytes.
-const MAX_DIMENSION: u32 = 8192;
+pub(crate) const MAX_DIMENSION: u32 = 8192;
 
 /// Byte order of a 32-bit framebuffer pixel, as virtio-gpu scanouts use them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

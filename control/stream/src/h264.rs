@@ -6,6 +6,7 @@ use openh264::encoder::{
 };
 use openh264::{OpenH264API, Timestamp};
 
+use crate::frame::MAX_DIMENSION;
 use crate::{I420Frame, StreamError};
 
 /// Bounds on the bitrate the controller may ask for (bits/s).
@@ -47,20 +48,35 @@ pub struct H264Encoder {
     frames: u64,
 }
 
+impl H264Settings {
+    /// The settings every encoder accepts (`codec` names it in errors): even, non-zero sizes
+    /// up to the frame limit (so a hostile size cannot make an encoder allocate gigabytes), a
+    /// real frame rate, and the bitrate clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`].
+    pub(crate) fn checked(self, codec: &str) -> Result<Self, StreamError> {
+        let (w, h) = (self.width, self.height);
+        if w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 || w > MAX_DIMENSION || h > MAX_DIMENSION {
+            return Err(StreamError::Geometry(format!(
+                "{w}x{h}: {codec} needs even, non-zero dimensions up to {MAX_DIMENSION}"
+            )));
+        }
+        if !self.max_fps.is_finite() {
+            return Err(StreamError::Geometry(format!(
+                "frame rate {} is not a number of frames per second",
+                self.max_fps
+            )));
+        }
+        Ok(Self {
+            bitrate: self.bitrate.clamp(MIN_BITRATE, MAX_BITRATE),
+            ..self
+        })
+    }
+}
+
 impl H264Encoder {
     /// Create an encoder for `settings`.
     pub fn new(settings: H264Settings) -> Result<Self, StreamError> {
-        if settings.width % 2 != 0
-            || settings.height % 2 != 0
-            || settings.width == 0
-            || settings.height == 0
-        {
-            return Err(StreamError::Geometry(format!(
-                "{}x{}: H.264 needs even, non-zero dimensions",
-                settings.width, settings.height
-            )));
-        }
-        let bitrate = settings.bitrate.clamp(MIN_BITRATE, MAX_BITRATE);
+        let settings = settings.checked("H.264")?;
+        let bitrate = settings.bitrate;
         let config = EncoderConfig::new()
             .usage_type(UsageType::ScreenContentRealTime)
             .profile(Profile::Baseline)
@@ -76,10 +92,7 @@ impl H264Encoder {
             .map_err(|e| StreamError::Encoder(e.to_string()))?;
         Ok(Self {
             encoder,
-            settings: H264Settings {
-                bitrate,
-                ..settings
-            },
+            settings,
             force_key: true,
             frames: 0,
         })

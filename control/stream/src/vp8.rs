@@ -14,10 +14,6 @@ use crate::codec::{Codec, EncoderSettings, VideoEncoder};
 use crate::h264::{EncodedFrame, MAX_BITRATE, MIN_BITRATE};
 use crate::{I420Frame, StreamError};
 
-/// Largest width or height accepted: the same 8K cap as [`I420Frame`], well inside VP8's
-/// 16383-pixel limit, so a hostile size cannot make libvpx allocate gigabytes.
-const MAX_DIMENSION: u32 = 8192;
-
 /// libvpx realtime speed. Negative means "fixed speed |n|" (no adaptive speed changes, so the
 /// per-frame cost is predictable); 6 is WebRTC's desktop choice for one core.
 const CPU_USED: c_int = -6;
@@ -93,19 +89,8 @@ impl Vp8Encoder {
     /// Create an encoder for `settings` (even, non-zero width and height up to 8192; bitrate
     /// clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`]; fps cap 1..=120).
     pub fn new(settings: EncoderSettings) -> Result<Self, StreamError> {
-        let (w, h) = (settings.width, settings.height);
-        if w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 || w > MAX_DIMENSION || h > MAX_DIMENSION {
-            return Err(StreamError::Geometry(format!(
-                "{w}x{h}: VP8 needs even, non-zero dimensions up to {MAX_DIMENSION}"
-            )));
-        }
-        if !settings.max_fps.is_finite() {
-            return Err(StreamError::Geometry(format!(
-                "frame rate {} is not a number of frames per second",
-                settings.max_fps
-            )));
-        }
-        let bitrate = settings.bitrate.clamp(MIN_BITRATE, MAX_BITRATE);
+        let settings = settings.checked("VP8")?;
+        let (w, h, bitrate) = (settings.width, settings.height, settings.bitrate);
         let fps = settings.max_fps.clamp(1.0, 120.0).round() as c_uint;
         let mut raw = std::ptr::null_mut();
         // SAFETY: plain integers in, a fresh handle (or null on error) out.
@@ -116,10 +101,7 @@ impl Vp8Encoder {
         };
         Ok(Self {
             raw,
-            settings: EncoderSettings {
-                bitrate,
-                ..settings
-            },
+            settings,
             force_key: true,
         })
     }
