@@ -167,11 +167,13 @@ fn two_phones_on_a_bridge_ping_and_move_data_intact() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
+    // One boot at a time: the only failure seen here (phone B triple-faulting in early boot)
+    // came with both guests booting at once under nested KVM in TCG; running phones together is
+    // what the test is about, booting them together is not.
     let mut b = boot("phone-b", "cpnet-b", phone_b_script(seed));
-    let mut a = boot("phone-a", "cpnet-a", phone_a_script(seed));
-
-    let mac_a = value(&a.wait_for_line("MAC_END", TIMEOUT).unwrap(), "MAC=");
     let mac_b = value(&b.wait_for_line("MAC_END", TIMEOUT).unwrap(), "MAC=");
+    let mut a = boot("phone-a", "cpnet-a", phone_a_script(seed));
+    let mac_a = value(&a.wait_for_line("MAC_END", TIMEOUT).unwrap(), "MAC=");
     assert_ne!(mac_a, mac_b, "each phone gets its own MAC");
     a.wait_for_line("PING_OK", TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\n{}", b.diagnostics()));
