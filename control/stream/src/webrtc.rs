@@ -226,6 +226,12 @@ impl Session {
         let rtp_time = MediaTime::from_micros(now.duration_since(self.start).as_micros() as u64);
         writer
             .write(pt, now, rtp_time, frame.data.clone())
+            .map_err(rtc_error)?;
+        // str0m packetizes a written frame on its next timeout: run it now, so frames that
+        // arrive faster than the session's timer never pile up (past 512 queued frames str0m
+        // refuses the write and the session would end).
+        self.rtc
+            .handle_input(Input::Timeout(now))
             .map_err(rtc_error)
     }
 }

@@ -1,5 +1,5 @@
 //! One measured run of one stack: `viewers` sender sessions (each answering its own str0m
-//! receiver's offer), a connect phase (a keyframe re-sent every 50 ms until each receiver has it
+//! receiver's offer), a connect phase (a keyframe re-sent every 5 ms until each receiver has it
 //! whole) and a streaming phase (`frames` access units to every viewer, paced or not), with the
 //! sender runtime's CPU time, the process's CPU time and RSS sampled around each phase.
 
@@ -21,6 +21,8 @@ use crate::{str0m_sender, Config};
 pub const FRAME_PERIOD_US: u64 = 16_667;
 /// How long a viewer may take to connect and receive its first frame.
 const CONNECT_LIMIT: Duration = Duration::from_secs(20);
+/// How often the connect phase re-sends its keyframe.
+const RESEND: Duration = Duration::from_millis(5);
 /// How long to wait for stragglers after the last frame was handed to the sender.
 const TAIL: Duration = Duration::from_secs(1);
 
@@ -39,7 +41,12 @@ pub enum Stack {
 
 impl Stack {
     /// Every stack, in report order.
-    pub const ALL: [Stack; 4] = [Stack::Str0m, Stack::Str0mBwe, Stack::WebrtcRs, Stack::WebrtcRsTwcc];
+    pub const ALL: [Stack; 4] = [
+        Stack::Str0m,
+        Stack::Str0mBwe,
+        Stack::WebrtcRs,
+        Stack::WebrtcRsTwcc,
+    ];
 
     /// The name used on the command line and in the report.
     pub fn name(self) -> &'static str {
@@ -56,7 +63,9 @@ impl Stack {
         Stack::ALL
             .into_iter()
             .find(|s| s.name() == name)
-            .with_context(|| format!("unknown stack '{name}' (str0m, str0m+bwe, webrtc-rs, webrtc-rs+twcc)"))
+            .with_context(|| {
+                format!("unknown stack '{name}' (str0m, str0m+bwe, webrtc-rs, webrtc-rs+twcc)")
+            })
     }
 }
 
@@ -136,7 +145,9 @@ pub async fn run(stack: Stack, config: Config, receivers: Handle) -> anyhow::Res
 
     let mut connect: Vec<Option<Duration>> = vec![None; config.viewers];
     let limit = tokio::time::Instant::now() + CONNECT_LIMIT;
-    let mut resend = tokio::time::interval(Duration::from_millis(50));
+    // The resend period bounds connect-ms resolution: frames written before a stack is ready
+    // are dropped by it, so the first whole frame follows readiness by at most one period.
+    let mut resend = tokio::time::interval(RESEND);
     while connect.iter().any(Option::is_none) {
         tokio::select! {
             _ = resend.tick() => {
@@ -164,9 +175,8 @@ pub async fn run(stack: Stack, config: Config, receivers: Handle) -> anyhow::Res
     let cpu0 = threads_cpu(SENDER_THREADS)?;
     let process0 = process_cpu();
     let wall0 = Instant::now();
-    let mut pace = (config.fps > 0).then(|| {
-        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(config.fps)))
-    });
+    let mut pace = (config.fps > 0)
+        .then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(config.fps))));
     for frame in &frames {
         if let Some(pace) = &mut pace {
             pace.tick().await;
@@ -210,7 +220,11 @@ struct Tally {
 
 impl Tally {
     fn new(viewers: usize, frames: usize) -> Self {
-        Self { received: vec![HashSet::new(); viewers], frames, corrupt: 0 }
+        Self {
+            received: vec![HashSet::new(); viewers],
+            frames,
+            corrupt: 0,
+        }
     }
 
     /// Count one arrival (warm-up keyframes still in flight are ignored).

@@ -31,7 +31,11 @@ pub struct Config {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut config = Config { frames: 600, viewers: 1, fps: 60 };
+    let mut config = Config {
+        frames: 600,
+        viewers: 1,
+        fps: 60,
+    };
     let mut stack = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -71,9 +75,8 @@ fn measure(stack: Stack, config: Config) -> anyhow::Result<Report> {
         .enable_all()
         .build()?;
     let receivers = receiver_rt.handle().clone();
-    let report = sender_rt.block_on(async move {
-        tokio::spawn(bench::run(stack, config, receivers)).await
-    })??;
+    let report = sender_rt
+        .block_on(async move { tokio::spawn(bench::run(stack, config, receivers)).await })??;
     sender_rt.shutdown_timeout(Duration::from_millis(100));
     receiver_rt.shutdown_timeout(Duration::from_millis(100));
     Ok(report)

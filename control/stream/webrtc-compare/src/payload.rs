@@ -12,7 +12,9 @@ pub const WARMUP: u32 = 0x0FFF_FFFF;
 
 const START: [u8; 4] = [0, 0, 0, 1];
 /// Baseline profile (0x42), constraint flags 0xC0, level 3.1: what our OpenH264 settings emit.
-const SPS: [u8; 11] = [0x67, 0x42, 0xC0, 0x1F, 0xDA, 0x01, 0x68, 0x0A, 0x1F, 0x96, 0x52];
+const SPS: [u8; 11] = [
+    0x67, 0x42, 0xC0, 0x1F, 0xDA, 0x01, 0x68, 0x0A, 0x1F, 0x96, 0x52,
+];
 const PPS: [u8; 4] = [0x68, 0xCE, 0x3C, 0x80];
 const NAL_IDR: u8 = 0x65;
 const NAL_P: u8 = 0x41;
@@ -36,7 +38,7 @@ impl Rng {
 /// The access unit for frame `index`: keyframes at multiples of [`GOP`] (and for [`WARMUP`]).
 pub fn access_unit(index: u32) -> Bytes {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(index).wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let keyframe = index == WARMUP || index % GOP == 0;
+    let keyframe = index == WARMUP || index.is_multiple_of(GOP);
     let mut au = Vec::with_capacity(32 * 1024);
     if keyframe {
         for nal in [&SPS[..], &PPS[..]] {
@@ -89,12 +91,13 @@ pub fn nal_units(data: &[u8]) -> Vec<&[u8]> {
 /// was sent; a depacketizer may change start-code lengths).
 pub fn identify(received: &[u8]) -> Option<u32> {
     let units = nal_units(received);
-    let slice = units.iter().find(|n| matches!(n.first(), Some(&NAL_IDR | &NAL_P)))?;
-    let stamp = slice.get(1..5)?;
-    let index = stamp
+    let slice = units
         .iter()
-        .enumerate()
-        .try_fold(0u32, |acc, (k, b)| (b & 0x80 != 0).then(|| acc | u32::from(b & 0x7F) << (7 * k)))?;
+        .find(|n| matches!(n.first(), Some(&NAL_IDR | &NAL_P)))?;
+    let stamp = slice.get(1..5)?;
+    let index = stamp.iter().enumerate().try_fold(0u32, |acc, (k, b)| {
+        (b & 0x80 != 0).then(|| acc | u32::from(b & 0x7F) << (7 * k))
+    })?;
     (nal_units(&access_unit(index)) == units).then_some(index)
 }
 
@@ -110,8 +113,17 @@ mod tests {
         assert!((3_000..8_100).contains(&p.len()), "{}", p.len());
         let types: Vec<u8> = nal_units(&key).iter().map(|n| n[0] & 0x1F).collect();
         assert_eq!(types, [7, 8, 5]);
-        assert_eq!(nal_units(&p).iter().map(|n| n[0] & 0x1F).collect::<Vec<_>>(), [1]);
-        assert!(access_unit(GOP).len() > 20_000, "every GOP starts with an IDR");
+        assert_eq!(
+            nal_units(&p)
+                .iter()
+                .map(|n| n[0] & 0x1F)
+                .collect::<Vec<_>>(),
+            [1]
+        );
+        assert!(
+            access_unit(GOP).len() > 20_000,
+            "every GOP starts with an IDR"
+        );
     }
 
     #[test]

@@ -36,15 +36,25 @@ pub struct Receiver {
 impl Receiver {
     /// Bind a loopback socket and build the offer (SDP text) to hand to a sender.
     pub async fn offer() -> anyhow::Result<(Self, String)> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.context("bind receiver UDP")?;
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .context("bind receiver UDP")?;
         let addr = socket.local_addr()?;
-        let mut rtc = RtcConfig::new().clear_codecs().enable_h264(true).build(Instant::now());
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .build(Instant::now());
         rtc.add_local_candidate(Candidate::host(addr, "udp")?);
         let mut change = rtc.sdp_api();
         change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
         change.add_channel("input".into());
         let (offer, pending) = change.apply().context("receiver offer")?;
-        let receiver = Self { rtc, socket, addr, pending: Some(pending) };
+        let receiver = Self {
+            rtc,
+            socket,
+            addr,
+            pending: Some(pending),
+        };
         Ok((receiver, offer.to_sdp_string()))
     }
 
@@ -57,7 +67,10 @@ impl Receiver {
     ) -> anyhow::Result<()> {
         let answer = SdpAnswer::from_sdp_string(answer).context("sender's SDP answer")?;
         let pending = self.pending.take().context("answer applied twice")?;
-        self.rtc.sdp_api().accept_answer(pending, answer).context("accept answer")?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .context("accept answer")?;
         let mut buf = vec![0u8; 2048];
         loop {
             let deadline = loop {
@@ -68,9 +81,15 @@ impl Receiver {
                     }
                     Output::Event(Event::MediaData(data)) => {
                         let index = payload::identify(&data.data);
-                        let _ = arrivals.send(Arrival { viewer, index, at: Instant::now() });
+                        let _ = arrivals.send(Arrival {
+                            viewer,
+                            index,
+                            at: Instant::now(),
+                        });
                     }
-                    Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
+                    Output::Event(Event::IceConnectionStateChange(
+                        IceConnectionState::Disconnected,
+                    )) => {
                         return Ok(());
                     }
                     Output::Event(_) => {}

@@ -20,9 +20,14 @@ use crate::bench::FRAME_PERIOD_US;
 /// str0m's bandwidth estimation and pacer at 2 Mbit/s, as our production session does.
 pub async fn start(offer: &str, bwe: bool) -> anyhow::Result<(String, mpsc::Sender<Bytes>)> {
     let offer = SdpOffer::from_sdp_string(offer).context("parse offer")?;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.context("bind sender UDP")?;
+    let socket = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .context("bind sender UDP")?;
     let local = socket.local_addr()?;
-    let mut config = RtcConfig::new().clear_codecs().enable_h264(true).enable_vp8(true);
+    let mut config = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_vp8(true);
     if bwe {
         config = config.enable_bwe(Some(str0m::bwe::Bitrate::kbps(2000)));
     }
@@ -31,7 +36,13 @@ pub async fn start(offer: &str, bwe: bool) -> anyhow::Result<(String, mpsc::Send
     let answer = rtc.sdp_api().accept_offer(offer).context("accept offer")?;
     let (frames_tx, frames_rx) = mpsc::channel(8);
     tokio::spawn(async move {
-        let mut session = Session { rtc, socket, local, video: None, written: 0 };
+        let mut session = Session {
+            rtc,
+            socket,
+            local,
+            video: None,
+            written: 0,
+        };
         if let Err(e) = session.run(frames_rx).await {
             eprintln!("str0m sender session ended: {e:#}");
         }
@@ -51,7 +62,9 @@ impl Session {
     async fn run(&mut self, mut frames: mpsc::Receiver<Bytes>) -> anyhow::Result<()> {
         let mut buf = vec![0u8; 2048];
         loop {
-            let Some(deadline) = self.drain().await? else { return Ok(()) };
+            let Some(deadline) = self.drain().await? else {
+                return Ok(());
+            };
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => {
                     let (n, source) = r.context("sender UDP")?;
@@ -80,7 +93,9 @@ impl Session {
                 Output::Transmit(t) => {
                     let _ = self.socket.send_to(&t.contents, t.destination).await;
                 }
-                Output::Event(Event::IceConnectionStateChange(IceConnectionState::Disconnected)) => {
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                )) => {
                     return Ok(None);
                 }
                 Output::Event(Event::MediaAdded(media)) if media.kind == MediaKind::Video => {
@@ -101,8 +116,12 @@ impl Session {
     }
 
     fn write(&mut self, frame: &Bytes) -> anyhow::Result<()> {
-        let Some((mid, pt)) = self.video else { return Ok(()) };
-        let Some(writer) = self.rtc.writer(mid) else { return Ok(()) };
+        let Some((mid, pt)) = self.video else {
+            return Ok(());
+        };
+        let Some(writer) = self.rtc.writer(mid) else {
+            return Ok(());
+        };
         // RTP time advances one frame period per access unit, as webrtc-rs's sample duration does.
         let rtp_time = MediaTime::from_micros(self.written * FRAME_PERIOD_US);
         writer.write(pt, Instant::now(), rtp_time, &frame[..])?;

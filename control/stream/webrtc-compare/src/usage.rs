@@ -12,13 +12,21 @@ pub fn threads_cpu(prefix: &str) -> anyhow::Result<Duration> {
     let mut total = 0u64;
     for task in fs::read_dir("/proc/self/task")? {
         let dir = task?.path();
-        let Ok(name) = fs::read_to_string(dir.join("comm")) else { continue };
+        let Ok(name) = fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
         if !name.starts_with(prefix) {
             continue;
         }
-        let Ok(stat) = fs::read_to_string(dir.join("schedstat")) else { continue };
-        let ns = stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok());
-        total += ns.ok_or_else(|| anyhow::anyhow!("unreadable {}/schedstat: {stat:?}", dir.display()))?;
+        let Ok(stat) = fs::read_to_string(dir.join("schedstat")) else {
+            continue;
+        };
+        let ns = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok());
+        total +=
+            ns.ok_or_else(|| anyhow::anyhow!("unreadable {}/schedstat: {stat:?}", dir.display()))?;
     }
     Ok(Duration::from_nanos(total))
 }

@@ -60,7 +60,11 @@ impl WebrtcRsSender {
             mime_type: MIME_TYPE_H264.to_owned(),
             ..Default::default()
         };
-        let track = Arc::new(TrackLocalStaticSample::new(codec, "screen".into(), "phone".into()));
+        let track = Arc::new(TrackLocalStaticSample::new(
+            codec,
+            "screen".into(),
+            "phone".into(),
+        ));
         let rtp_sender = pc
             .add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>)
             .await
@@ -71,18 +75,32 @@ impl WebrtcRsSender {
             while rtp_sender.read(&mut buf).await.is_ok() {}
         });
         let offer = RTCSessionDescription::offer(offer.to_owned()).context("parse offer")?;
-        pc.set_remote_description(offer).await.context("set remote offer")?;
+        pc.set_remote_description(offer)
+            .await
+            .context("set remote offer")?;
         let answer = pc.create_answer(None).await.context("create answer")?;
         let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(answer).await.context("set local answer")?;
+        pc.set_local_description(answer)
+            .await
+            .context("set local answer")?;
         let _ = gathered.recv().await;
-        let answer = pc.local_description().await.context("no local description")?;
+        let answer = pc
+            .local_description()
+            .await
+            .context("no local description")?;
         Ok((answer.sdp, Self { track, _pc: pc }))
     }
 
     /// Packetize and send one access unit lasting `duration`.
     pub async fn send(&self, frame: &Bytes, duration: Duration) -> anyhow::Result<()> {
-        let sample = Sample { data: frame.clone(), duration, ..Default::default() };
-        self.track.write_sample(&sample).await.context("write_sample")
+        let sample = Sample {
+            data: frame.clone(),
+            duration,
+            ..Default::default()
+        };
+        self.track
+            .write_sample(&sample)
+            .await
+            .context("write_sample")
     }
 }
