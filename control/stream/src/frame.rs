@@ -30,7 +30,7 @@ pub struct I420Frame {
 impl I420Frame {
     /// Allocate planes for a `width`×`height` frame (both even, 2..=8192).
     pub fn new(width: u32, height: u32) -> Result<Self, StreamError> {
-        if width < 2 || height < 2 || width % 2 != 0 || height % 2 != 0 {
+        if width < 2 || height < 2 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
             return Err(StreamError::Geometry(format!(
                 "{width}x{height}: width and height must be even and at least 2"
             )));

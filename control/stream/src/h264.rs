@@ -54,7 +54,13 @@ impl H264Settings {
     /// real frame rate, and the bitrate clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`].
     pub(crate) fn checked(self, codec: &str) -> Result<Self, StreamError> {
         let (w, h) = (self.width, self.height);
-        if w == 0 || h == 0 || w % 2 != 0 || h % 2 != 0 || w > MAX_DIMENSION || h > MAX_DIMENSION {
+        if w == 0
+            || h == 0
+            || !w.is_multiple_of(2)
+            || !h.is_multiple_of(2)
+            || w > MAX_DIMENSION
+            || h > MAX_DIMENSION
+        {
             return Err(StreamError::Geometry(format!(
                 "{w}x{h}: {codec} needs even, non-zero dimensions up to {MAX_DIMENSION}"
             )));

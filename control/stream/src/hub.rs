@@ -225,6 +225,9 @@ struct ViewerSlot {
     warned_input: bool,
 }
 
+/// One encoded frame per codec in use.
+type CodecFrames = Vec<(Codec, Arc<EncodedFrame>)>;
+
 /// One encode of the screen for the codec viewers receive.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct EncodeJob {
@@ -275,7 +278,7 @@ impl Encoding {
         jobs: &[EncodeJob],
         bitrate: u32,
         bitrate_changed: bool,
-    ) -> Result<(Vec<(Codec, Arc<EncodedFrame>)>, u64), StreamError> {
+    ) -> Result<(CodecFrames, u64), StreamError> {
         self.encoders
             .retain(|e| jobs.iter().any(|j| j.codec == e.codec()));
         let (frame, stride, layout) = (&mut self.frame, self.info.stride, self.layout);

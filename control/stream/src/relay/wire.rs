@@ -400,7 +400,7 @@ mod tests {
         ) {
             static CASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            if n % 256 == 0 {
+            if n.is_multiple_of(256) {
                 eprintln!("fuzz relay_decoder: {n} cases");
             }
             let (mut dec, mut mirror) = (Decoder::new(), Mirror::default());
