@@ -14,6 +14,8 @@ use crate::store::utilisation;
 
 /// Most samples one request returns (a week at one sample a minute).
 const MAX_SAMPLES: i64 = 10_080;
+/// The longest window asked for: everything the service keeps (a week).
+const MAX_MINUTES: u64 = (utilisation::RETENTION_MS / 60_000) as u64;
 
 /// Routes for the utilisation history.
 pub fn routes() -> Router<AppState> {
@@ -32,7 +34,7 @@ async fn history(
     Operator(_): Operator,
     ApiQuery(q): ApiQuery<Window>,
 ) -> ApiResult<Json<Vec<UtilisationSample>>> {
-    let minutes = extract::range("minutes", q.minutes.unwrap_or(60).into(), 1, 10_080)?;
+    let minutes = extract::range("minutes", q.minutes.unwrap_or(60).into(), 1, MAX_MINUTES)?;
     let since = crate::now_ms() - minutes * 60_000;
     let mut tx = st.db.begin().await?;
     Ok(Json(utilisation::since(&mut tx, since, MAX_SAMPLES).await?))

@@ -14,16 +14,14 @@ const GONE: [&str; 3] = ["stopped", "failed", "lost"];
 
 /// The fleet now: online hosts and their slots, live and assigned phones, queue length.
 pub async fn sample(tx: &mut Tx, at_ms: i64) -> Result<UtilisationSample> {
-    let hosts = tx
-        .query_opt(
-            "SELECT COUNT(*), CAST(COALESCE(SUM(max_phones), 0) AS BIGINT) FROM hosts WHERE state = 'online'",
-            &[],
-        )
-        .await?;
-    let (hosts_online, capacity) = match hosts {
-        Some(row) => (row.int(0)?, row.int(1)?),
-        None => (0, 0),
-    };
+    let hosts = super::one(
+        tx,
+        "online host totals",
+        "SELECT COUNT(*), CAST(COALESCE(SUM(max_phones), 0) AS BIGINT) FROM hosts WHERE state = 'online'",
+        &[],
+    )
+    .await?;
+    let (hosts_online, capacity) = (hosts.int(0)?, hosts.int(1)?);
     let by_state = phones::count_by_state(tx).await?;
     let count = |keep: &dyn Fn(&str) -> bool| {
         by_state

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use cloudphone_stream::codec::{new_encoder, Codec, EncoderSettings};
+use cloudphone_stream::codec::{new_encoder, psnr, Codec, EncoderSettings};
 use cloudphone_stream::{I420Frame, PixelLayout};
 
 const WIDTH: u32 = 720;
@@ -64,21 +64,6 @@ struct EncodeCost {
     kbit_per_frame: f64,
     /// Mean luma PSNR of the decoded frames against the source (H.264 only; OpenH264 decodes).
     psnr_db: Option<f64>,
-}
-
-/// Peak signal-to-noise ratio of `b` against `a` in dB (99 when identical).
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let sq: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-        .sum();
-    let mse = sq / a.len() as f64;
-    if mse == 0.0 {
-        99.0
-    } else {
-        10.0 * (255.0f64 * 255.0 / mse).log10()
-    }
 }
 
 /// Decode one H.264 access unit and return its luma PSNR against `source`'s.

@@ -42,7 +42,26 @@ pub fn new_encoder(
     })
 }
 
-/// Test material shared by the encoder tests: a phone-like screen and picture quality.
+/// Peak signal-to-noise ratio of plane `b` against plane `a` in dB (99 when identical): how
+/// the encoder tests and the stream benchmark judge picture quality.
+///
+/// # Panics
+/// When the planes differ in length.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len(), "planes of different sizes");
+    let sq: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum();
+    let mse = sq / a.len() as f64;
+    if mse == 0.0 {
+        return 99.0;
+    }
+    10.0 * (255.0f64 * 255.0 / mse).log10()
+}
+
+/// Test material shared by the encoder tests: a phone-like screen.
 #[cfg(test)]
 pub(crate) mod testing {
     use crate::{I420Frame, PixelLayout};
@@ -82,21 +101,6 @@ pub(crate) mod testing {
             .fill_from(&phone_screen(w, h, shift), w * 4, PixelLayout::Bgrx)
             .unwrap();
         frame
-    }
-
-    /// Peak signal-to-noise ratio of `b` against `a` in dB (99 when identical).
-    pub(crate) fn psnr(a: &[u8], b: &[u8]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let sq: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
-            .sum();
-        let mse = sq / a.len() as f64;
-        if mse == 0.0 {
-            return 99.0;
-        }
-        10.0 * (255.0f64 * 255.0 / mse).log10()
     }
 }
 

@@ -181,7 +181,8 @@ impl crate::codec::VideoEncoder for H264Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::testing::{phone_frame, psnr};
+    use crate::codec::psnr;
+    use crate::codec::testing::phone_frame;
     use openh264::decoder::Decoder;
     use openh264::formats::YUVSource;
 

@@ -503,7 +503,7 @@ impl PhoneStream {
                         let _ = ended.send(reason);
                     }
                 }
-                if self.encode_jobs().is_empty() {
+                if !self.has_connected_viewer() {
                     // Nobody watches: free the encoder and the mapping.
                     self.encoding = None;
                 }
@@ -568,7 +568,7 @@ impl PhoneStream {
                 self.screen_size = None;
             }
         }
-        if !self.encode_jobs().is_empty() {
+        if self.has_connected_viewer() {
             self.pacer.damage();
         }
     }
@@ -593,6 +593,11 @@ impl PhoneStream {
         self.applied_bitrate = target;
         self.bitrate_changed = Instant::now();
         Some(target)
+    }
+
+    /// A viewer's transport is up (frames would go somewhere).
+    fn has_connected_viewer(&self) -> bool {
+        self.viewers.values().any(|v| v.codec.is_some())
     }
 
     /// What to encode now: each codec a connected viewer receives, as a keyframe when one of
@@ -690,7 +695,11 @@ impl PhoneStream {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        if self.encode_jobs().iter().any(|j| j.keyframe) {
+        if self
+            .viewers
+            .values()
+            .any(|v| v.codec.is_some() && v.needs_key)
+        {
             self.pacer.damage();
         }
     }

@@ -215,7 +215,8 @@ impl VideoEncoder for Vp8Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::testing::{phone_frame, psnr};
+    use crate::codec::psnr;
+    use crate::codec::testing::phone_frame;
     use proptest::prelude::*;
 
     #[repr(C)]
