@@ -83,7 +83,7 @@ return before;
 
 struct Stack {
     control: ControlService,
-    _agent: ChildGuard,
+    agent: ChildGuard,
     agent_log: PathBuf,
 }
 
@@ -161,6 +161,9 @@ fn start_stack(dir: &std::path::Path) -> Stack {
             .env("KVM_SANDBOX_GUESTFWD", format!("8080={}", control.addr))
             .env("KVM_SANDBOX_HOSTFWD", format!("{relay_port}=7070"))
             .env("KVM_SANDBOX_TIMEOUT", "3000")
+            // A crashed sandbox kernel (nested KVM under TCG, rare) takes the agent down with it;
+            // a fresh sandbox brings it back, the host re-registers and the pool boots a phone.
+            .env("KVM_SANDBOX_RESTARTS", "2")
             .env("KVM_SANDBOX_MEM", "3072M")
             .arg("--")
             .arg(&cloudphone)
@@ -171,7 +174,7 @@ fn start_stack(dir: &std::path::Path) -> Stack {
     };
     Stack {
         control,
-        _agent: ChildGuard(agent.expect("start the host agent")),
+        agent: ChildGuard(agent.expect("start the host agent")),
         agent_log,
     }
 }
@@ -201,7 +204,7 @@ fn viewport_point(v: &Value, p: (u32, u32)) -> (f64, f64) {
 #[ignore = "tier 4: needs KVM (or the sandbox), chromium and the test phone image"]
 fn user_gets_a_live_phone_in_the_browser_and_taps_info() {
     let dir = scratch_dir("live-phone");
-    let stack = start_stack(&dir);
+    let mut stack = start_stack(&dir);
     let s = &stack.control;
     let demo = s.add_user("demo", "user", Some(PASSWORD));
     let mallory = s.add_user("mallory", "user", Some(PASSWORD));
@@ -215,7 +218,13 @@ fn user_gets_a_live_phone_in_the_browser_and_taps_info() {
         )
     };
     let booting = Instant::now();
+    let agent = &mut stack.agent.0;
     s.wait("a warm phone", BOOT_TIMEOUT, diag, || {
+        // An agent that is gone (its sandbox crashed more often than it is restarted) fails
+        // the test now, not at the deadline.
+        if let Ok(Some(status)) = agent.try_wait() {
+            panic!("the host agent exited ({status})\n{}", diag());
+        }
         let p = s.call("GET", "/phones?state=ready", &s.admin, None).1;
         p.as_array().filter(|a| !a.is_empty()).map(drop)
     });
