@@ -5,6 +5,9 @@ use openh264::encoder::{
     RateControlMode, SpsPpsStrategy, UsageType,
 };
 use openh264::{OpenH264API, Timestamp};
+use openh264_sys2::{
+    SBitrateInfo, ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, SPATIAL_LAYER_0,
+};
 
 use crate::frame::MAX_DIMENSION;
 use crate::{I420Frame, StreamError};
@@ -115,19 +118,46 @@ impl H264Encoder {
     }
 
     /// Change the target bitrate (clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`]); takes effect from
-    /// the next frame.
+    /// the next frame, in the running stream (no keyframe: congestion control changes the
+    /// bitrate often, and an IDR each time would cost the very bandwidth it is saving).
     pub fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError> {
         let bps = bps.clamp(MIN_BITRATE, MAX_BITRATE);
-        if bps == self.settings.bitrate {
+        let old = self.settings.bitrate;
+        if bps == old {
             return Ok(());
         }
-        // OpenH264's runtime option API is not exposed safely by the crate: rebuild the
-        // encoder (cheap next to a frame) and start the new stream with a keyframe.
-        let settings = H264Settings {
-            bitrate: bps,
-            ..self.settings
+        self.settings.bitrate = bps;
+        if self.frames == 0 {
+            // OpenH264 initialises on the first frame: until then a new encoder is the change.
+            self.encoder = Self::new(self.settings)?.encoder;
+            return Ok(());
+        }
+        // The layer's ceiling is kept equal to its target (as at creation), so raise the
+        // ceiling first when going up and lower it last when going down: the target never
+        // exceeds the ceiling, which OpenH264 would refuse.
+        let steps = if bps > old {
+            [ENCODER_OPTION_MAX_BITRATE, ENCODER_OPTION_BITRATE]
+        } else {
+            [ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE]
         };
-        *self = Self::new(settings)?;
+        for option in steps {
+            let mut info = SBitrateInfo {
+                iLayer: SPATIAL_LAYER_0,
+                iBitrate: bps as i32,
+            };
+            // SAFETY: the encoder is initialised (a frame was encoded); `info` is the
+            // SBitrateInfo both options take and outlives the call.
+            let code = unsafe {
+                self.encoder
+                    .raw_api()
+                    .set_option(option, std::ptr::addr_of_mut!(info).cast())
+            };
+            if code != 0 {
+                return Err(StreamError::Encoder(format!(
+                    "OpenH264 refused bitrate {bps} bit/s (option {option}, code {code})"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -219,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn keyframe_on_request_and_after_bitrate_change() {
+    fn keyframe_on_request_only() {
         let mut enc = H264Encoder::new(H264Settings {
             width: 64,
             height: 64,
@@ -234,7 +264,10 @@ mod tests {
         assert!(enc.encode(&frame).unwrap().keyframe);
         enc.set_bitrate(250_000).unwrap();
         assert_eq!(enc.settings().bitrate, 250_000);
-        assert!(enc.encode(&frame).unwrap().keyframe);
+        assert!(
+            !enc.encode(&frame).unwrap().keyframe,
+            "a retune keeps the stream going"
+        );
         enc.set_bitrate(1).unwrap();
         assert_eq!(enc.settings().bitrate, MIN_BITRATE, "clamped");
     }
