@@ -541,7 +541,8 @@ impl VmProcess {
         found.ok_or_else(|| anyhow!("no {what} within {timeout:?}\n{}", self.diagnostics()))
     }
 
-    fn try_exit(&mut self) -> Result<Option<ExitStatus>> {
+    /// The VMM's exit status once it has exited, `None` while it runs.
+    pub fn try_exit(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
             self.status = self.child.try_wait()?;
         }

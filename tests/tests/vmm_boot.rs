@@ -1,5 +1,5 @@
 //! Tier 2: cloudphone-vmm boots the Debian kernel + a busybox initramfs to init, and the guest
-//! and the per-VM API behave as API.md says (vCPU/memory counts, poweroff 0, reboot 32, API
+//! and the per-VM API behave as vmm/API.md says (vCPU/memory counts, poweroff 0, reboot 32, API
 //! status/pause/resume/shutdown through the ACPI power button).
 
 use std::path::PathBuf;
@@ -23,15 +23,29 @@ fn report_then(then: &str) -> String {
 }
 
 fn boot(test: &str, initramfs: Initramfs) -> VmProcess {
+    boot_with(test, initramfs, &[])
+}
+
+fn boot_with(test: &str, initramfs: Initramfs, extra: &[&str]) -> VmProcess {
     let kernel = guest_kernel();
     let dir: PathBuf = scratch_dir(test);
     let initrd = dir.join("initrd.cpio");
     initramfs.build(&kernel, &initrd).expect("build initramfs");
-    let args = VmProcess::boot_args(&kernel, &initrd, CPUS, MEMORY_MIB);
+    let mut args = VmProcess::boot_args(&kernel, &initrd, CPUS, MEMORY_MIB);
+    args.extend(extra.iter().map(|a| a.to_string()));
     // The API socket cannot live on the sandbox's 9p share (no socket files there), so the
     // VM's run directory (serial log, VMM log, socket) is on the local /tmp.
     let run_dir = std::env::temp_dir().join(format!("cloudphone-{test}-{}", std::process::id()));
     VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm")
+}
+
+/// The VMM runs under its seccomp filter (vmm/API.md): mode 2, and both of its filters.
+fn assert_filtered(vm: &VmProcess) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap();
+    assert!(
+        status.contains("Seccomp:\t2\n") && status.contains("Seccomp_filters:\t2\n"),
+        "the VMM is not filtered:\n{status}"
+    );
 }
 
 fn field(line: &str, key: &str) -> u64 {
@@ -78,6 +92,40 @@ fn guest_reboot_exits_32() {
     vm.assert_exit(32, BOOT_TIMEOUT);
 }
 
+/// `--on-reboot restart` builds the whole VM again in the same process, under the seccomp
+/// filter installed before the first boot: the guest boots a second time (a new boot id).
+#[test]
+#[ignore = "tier 2: needs working KVM"]
+fn reboot_with_restart_boots_again_in_the_same_filtered_process() {
+    let script = report_then("echo \"BOOT_ID=$(cat /proc/sys/kernel/random/boot_id)\"\nreboot -f");
+    let mut vm = boot_with(
+        "vmm_restart",
+        Initramfs::new().script(&script),
+        &["--on-reboot", "restart"],
+    );
+    let boot_ids = |vm: &VmProcess| -> Vec<String> {
+        let serial = vm.serial();
+        let mut ids: Vec<String> = serial
+            .lines()
+            .filter_map(|l| l.trim_end_matches('\r').split_once("BOOT_ID="))
+            .map(|(_, id)| id.to_string())
+            .collect();
+        ids.dedup();
+        ids
+    };
+    cloudphone_tests::poll(BOOT_TIMEOUT * 2, Duration::from_millis(500), || {
+        Ok((boot_ids(&vm).len() >= 2).then_some(()))
+    })
+    .unwrap()
+    .unwrap_or_else(|| panic!("no second boot\n{}", vm.diagnostics()));
+    assert!(
+        vm.try_exit().unwrap().is_none(),
+        "the VMM exited on reboot\n{}",
+        vm.diagnostics()
+    );
+    assert_filtered(&vm);
+}
+
 #[test]
 #[ignore = "tier 2: needs working KVM"]
 fn api_status_pause_resume_and_power_button_shutdown() {
@@ -103,6 +151,7 @@ fn api_status_pause_resume_and_power_button_shutdown() {
     assert_eq!(s["vcpus"], CPUS);
     assert_eq!(s["memory_mib"], MEMORY_MIB);
     assert_eq!(s["pid"], vm.pid());
+    assert_filtered(&vm);
 
     assert_eq!(vm.api("PUT", "/pause", None).unwrap().0, 200);
     let (_, body) = vm.api("GET", "/status", None).unwrap();

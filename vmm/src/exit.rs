@@ -1,4 +1,4 @@
-//! Why the guest stopped, as seen by the process: the exit codes fixed in API.md, and the
+//! Why the guest stopped, as seen by the process: the exit codes fixed in vmm/API.md, and the
 //! one-shot signal devices and vCPUs use to report it.
 
 use std::sync::{Condvar, Mutex};
@@ -20,7 +20,7 @@ pub enum GuestExit {
 }
 
 impl GuestExit {
-    /// The process exit code for this outcome (API.md).
+    /// The process exit code for this outcome (vmm/API.md).
     pub fn code(self) -> i32 {
         match self {
             GuestExit::PowerOff => 0,

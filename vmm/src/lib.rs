@@ -17,5 +17,6 @@ pub mod kvm;
 pub mod legacy;
 pub mod memory;
 pub mod pci;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;

@@ -1,4 +1,4 @@
-//! cloudphone-vmm: runs one guest; exit codes per API.md.
+//! cloudphone-vmm: runs one guest; exit codes per vmm/API.md.
 
 use std::fs::File;
 use std::path::Path;
@@ -89,6 +89,9 @@ fn run(cfg: VmConfig) -> anyhow::Result<i32> {
         .as_deref()
         .map(|p| ApiServer::start(p, target.clone()))
         .transpose()?;
+    // From here on every thread (API, vCPUs, device workers, and the restart loop) runs under
+    // the filter: the whole VM setup is on its list, so a reboot-restart works too.
+    cloudphone_vmm::seccomp::install(cfg.seccomp)?;
     loop {
         let payload = match first.take() {
             Some(p) => p,

@@ -1,4 +1,4 @@
-//! The few per-VM API calls streaming needs (HTTP/1.1, API.md): `GET /framebuffer`, the
+//! The few per-VM API calls streaming needs (HTTP/1.1, vmm/API.md): `GET /framebuffer`, the
 //! `GET /framebuffer/events` damage stream, and `PUT /input`. Spoken either to the VMM's Unix
 //! socket directly or, for a phone on another machine, to the host agent's relay (TCP, bearer
 //! key), which serves the same calls under `/phones/{id}` (see [`crate::relay`]).

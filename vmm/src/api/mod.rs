@@ -1,4 +1,4 @@
-//! The per-VM control API (API.md): HTTP/1.1 + JSON over a Unix socket.
+//! The per-VM control API (vmm/API.md): HTTP/1.1 + JSON over a Unix socket.
 
 pub mod device_routes;
 pub mod http;

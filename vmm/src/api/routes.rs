@@ -137,7 +137,7 @@ fn route_vm(req: &Request, vm: &dyn VmApi) -> Response {
             None => Response::error(
                 404,
                 format!(
-                    "unknown path {p}; see API.md for /status, /shutdown, /reboot, /pause, /resume, /input, /framebuffer, /framebuffer/events, /screenshot, /balloon"
+                    "unknown path {p}; see vmm/API.md for /status, /shutdown, /reboot, /pause, /resume, /input, /framebuffer, /framebuffer/events, /screenshot, /balloon"
                 ),
             ),
         },

@@ -90,6 +90,10 @@ pub struct RawConfig {
     /// What a guest reboot does: exit (code 32) or restart.
     #[arg(long)]
     pub on_reboot: Option<String>,
+    /// System-call filter: enforce (default; a call outside the VMM's list stops it, exit 35),
+    /// log (allow and log it to the kernel audit log) or off.
+    #[arg(long)]
+    pub seccomp: Option<String>,
     /// Read options from this JSON file; command-line options override it.
     #[arg(long)]
     #[serde(skip)]
@@ -145,6 +149,8 @@ pub struct VmConfig {
     pub api_socket: Option<PathBuf>,
     /// Reboot policy.
     pub on_reboot: OnReboot,
+    /// System-call filter.
+    pub seccomp: crate::seccomp::SeccompMode,
     /// Add virtio-rng at 00:05.0.
     pub rng: bool,
     /// virtio-console ports at 00:01.0 (port N is the guest's hvcN); empty: no console.
@@ -213,6 +219,7 @@ impl RawConfig {
             rng: self.rng || base.rng,
             balloon: self.balloon || base.balloon,
             on_reboot: self.on_reboot.or(base.on_reboot),
+            seccomp: self.seccomp.or(base.seccomp),
             config: None,
         }
     }
@@ -263,6 +270,10 @@ impl RawConfig {
             "restart" => OnReboot::Restart,
             s => return err(format!("--on-reboot {s:?}: use exit or restart")),
         };
+        let seccomp = match self.seccomp.as_deref() {
+            None => crate::seccomp::SeccompMode::default(),
+            Some(s) => s.parse().map_err(ConfigError)?,
+        };
         let devices = DeviceConfig::parse(DeviceArgs {
             gpu: self.gpu.as_deref(),
             input: self.input.as_deref(),
@@ -294,6 +305,7 @@ impl RawConfig {
             serial,
             api_socket: self.api_socket,
             on_reboot,
+            seccomp,
             rng: self.rng,
             console_ports,
             devices,

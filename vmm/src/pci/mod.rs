@@ -10,7 +10,7 @@ pub mod root;
 pub use msi::{GsiRoutes, KvmMsiSink};
 pub use root::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 
-/// Fixed slots from API.md.
+/// Fixed slots, as listed in vmm/API.md.
 pub mod slots {
     /// virtio-console.
     pub const CONSOLE: u8 = 1;

@@ -1,0 +1,421 @@
+//! The VMM's system-call filter (seccomp-bpf), installed on every thread before the guest runs.
+//!
+//! Everything a guest controls is handled on vCPU and device threads. Should a guest ever take
+//! one over, the filter keeps it to what a VMM does: KVM ioctls, guest memory, I/O on the fds
+//! the VMM holds, Unix sockets. It cannot start programs (no `execve`), fork, open network
+//! sockets, map new executable memory, trace or signal other processes, or load kernel
+//! code. Firecracker and Cloud Hypervisor filter the same way.
+//!
+//! A call outside the list stops the VMM with [`EXIT_SECCOMP`] and a message naming the call
+//! (`--seccomp log` lets it through and logs it to the kernel audit log instead, to find
+//! what a new code path needs; `--seccomp off` installs nothing).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Exit code of a VMM stopped by the filter (vmm/API.md).
+pub const EXIT_SECCOMP: i32 = 35;
+
+/// What the filter does with a call that is not on the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompMode {
+    /// Stop the VMM (exit [`EXIT_SECCOMP`]) with a message naming the call.
+    #[default]
+    Enforce,
+    /// Allow it and log it to the kernel audit log (finding what a code path needs).
+    Log,
+    /// No filter.
+    Off,
+}
+
+impl std::str::FromStr for SeccompMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(Self::Enforce),
+            "log" => Ok(Self::Log),
+            "off" => Ok(Self::Off),
+            _ => Err(format!("--seccomp {s:?}: use enforce, log or off")),
+        }
+    }
+}
+
+/// Installing the filter failed (the kernel refused it or lacks seccomp).
+#[derive(Debug, thiserror::Error)]
+#[error("installing the seccomp filter: {0} (run with --seccomp off on a kernel without seccomp)")]
+pub struct SeccompError(String);
+
+/// System calls allowed with any arguments.
+const ALLOWED: &[libc::c_long] = &[
+    // I/O on fds the VMM holds (disks, TAP, eventfds, sockets, the framebuffer file).
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_lseek,
+    libc::SYS_close,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_copy_file_range,
+    libc::SYS_sendfile,
+    libc::SYS_splice,
+    libc::SYS_ioctl,
+    // Files a VMM creates and removes while it runs: the exported framebuffer, Unix sockets;
+    // and, for `--on-reboot restart`, the boot images and disks opened again (paths
+    // canonicalised). The list was checked by running every tier-2 suite in `--seccomp log`
+    // mode and reading the kernel's audit lines.
+    libc::SYS_openat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_getdents64,
+    libc::SYS_memfd_create,
+    // Memory (guest RAM, balloon, allocator, thread stacks); mmap/mprotect below.
+    libc::SYS_munmap,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    // Event loops, timers, waiting.
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_pipe2,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettimeofday,
+    libc::SYS_getrandom,
+    // Unix sockets (API, vsock, console ports); socket() below.
+    libc::SYS_socketpair,
+    libc::SYS_connect,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    // Threads and signals within this process (vCPU kicks are tgkill to our own threads).
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+];
+
+/// A rule on argument `arg` (an `int`: its low 32 bits; `long` arguments use `Qword`).
+fn rule(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompRule {
+    SeccompCondition::new(arg, len, op, value)
+        .and_then(|c| SeccompRule::new(vec![c]))
+        .expect("one condition on an argument below 6 makes a rule")
+}
+
+/// A rule that holds when `int` argument `arg` has none of the bits in `mask`.
+fn without(arg: u8, mask: libc::c_int) -> SeccompRule {
+    rule(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(mask as u64),
+        0,
+    )
+}
+
+/// A rule that holds when `int` argument `arg` equals `value`.
+fn equals(arg: u8, value: libc::c_int) -> SeccompRule {
+    rule(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value as u64)
+}
+
+/// The allow list, as rules: the calls above unconditionally, and the few whose arguments
+/// decide whether they are a VMM's.
+fn rules() -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+    // No new executable memory: code the guest planted cannot be made runnable.
+    rules.insert(libc::SYS_mmap, vec![without(2, libc::PROT_EXEC)]);
+    rules.insert(libc::SYS_mprotect, vec![without(2, libc::PROT_EXEC)]);
+    // Unix sockets only: a VMM has no business on the network (the TAP fd is its NIC).
+    rules.insert(libc::SYS_socket, vec![equals(0, libc::AF_UNIX)]);
+    // Threads, never processes (glibc falls back to clone when clone3 says ENOSYS).
+    let thread = libc::CLONE_THREAD as u64;
+    let clone_thread = rule(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(thread),
+        thread,
+    );
+    rules.insert(libc::SYS_clone, vec![clone_thread]);
+    // Naming threads (std does it as each thread starts).
+    rules.insert(libc::SYS_prctl, vec![equals(0, libc::PR_SET_NAME)]);
+    rules
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| SeccompError(e.to_string()))
+}
+
+/// Install the filter on every thread of the process (and so on every thread they start).
+/// Called once, before the first vCPU runs.
+pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
+    let mismatch = match mode {
+        SeccompMode::Off => return Ok(()),
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::Enforce => {
+            install_sigsys_handler()?;
+            SeccompAction::Trap
+        }
+    };
+    let allow_list = compile(rules(), mismatch, SeccompAction::Allow)?;
+    // clone3's flags sit in a struct the filter cannot read: answer ENOSYS, which makes glibc
+    // use clone, whose flags it can. (Of two filters the stricter answer wins.)
+    let no_clone3 = compile(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+    )?;
+    // The allow list last: installing a filter takes calls (prctl, seccomp) it refuses.
+    for filter in [&no_clone3, &allow_list] {
+        seccompiler::apply_filter_all_threads(filter).map_err(|e| SeccompError(e.to_string()))?;
+    }
+    tracing::info!(?mode, "seccomp filter installed on all threads");
+    Ok(())
+}
+
+/// The part of `siginfo_t` that SIGSYS fills in (kernel `struct siginfo`, `_sigsys`).
+#[repr(C)]
+struct SigsysInfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    _pad: libc::c_int,
+    call_addr: *mut libc::c_void,
+    syscall: libc::c_int,
+    arch: libc::c_uint,
+}
+
+/// Format `n` in decimal into `buf`, returning the digits (no allocation: signal context).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SIGSYS with SA_SIGINFO; only
+    // async-signal-safe calls (write, gettid, _exit) follow.
+    unsafe {
+        let nr = (*info.cast::<SigsysInfo>()).syscall;
+        let tid = libc::gettid();
+        let (mut nr_buf, mut tid_buf) = ([0u8; 20], [0u8; 20]);
+        for part in [
+            &b"cloudphone-vmm: seccomp: thread "[..],
+            decimal(tid as u64, &mut tid_buf),
+            b" made system call ",
+            decimal(nr as u64, &mut nr_buf),
+            b", which the VMM never needs; stopping (a VMM bug: report it, and --seccomp log \
+              shows what a new code path calls)\n",
+        ] {
+            libc::write(2, part.as_ptr().cast(), part.len());
+        }
+        libc::_exit(EXIT_SECCOMP);
+    }
+}
+
+fn install_sigsys_handler() -> Result<(), SeccompError> {
+    // SAFETY: a zeroed sigaction with a valid handler and SA_SIGINFO is well-formed.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigsys as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(SeccompError(format!(
+            "SIGSYS handler: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Each case runs in a child process (this test binary again), since a filter cannot be
+    /// removed and an enforced one ends the process.
+    const CHILD_CASE: &str = "CLOUDPHONE_SECCOMP_CASE";
+
+    fn run_case(case: &str) -> (std::process::ExitStatus, String) {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "seccomp::tests::child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_CASE, case)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// What a child runs under the filter; the parent judges its exit code and stderr.
+    #[test]
+    fn child() {
+        let Ok(case) = std::env::var(CHILD_CASE) else {
+            return; // run directly: nothing to do
+        };
+        let (mode, forbidden) = match case.as_str() {
+            "allowed" => (SeccompMode::Enforce, false),
+            "forbidden" => (SeccompMode::Enforce, true),
+            "logged" => (SeccompMode::Log, true),
+            "exec" => {
+                install(SeccompMode::Enforce).unwrap();
+                let status = Command::new("/bin/true").status();
+                eprintln!("child done: /bin/true ran: {status:?}");
+                return;
+            }
+            other => panic!("unknown case {other}"),
+        };
+        install(mode).unwrap();
+        // What VMM threads do: start threads, allocate, use eventfds, pipes and Unix sockets.
+        let worker = std::thread::Builder::new()
+            .name("worker".into())
+            .spawn(|| {
+                let v = vec![7u8; 8 << 20];
+                let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                (&a).write_all(&v[..4]).unwrap();
+                let mut got = [0u8; 4];
+                (&b).read_exact(&mut got).unwrap();
+                got[0]
+            })
+            .unwrap();
+        assert_eq!(worker.join().unwrap(), 7);
+        let efd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        efd.write(1).unwrap();
+        if forbidden {
+            // A network socket: not a VMM's.
+            // SAFETY: plain syscall, the fd (if any) is closed.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            eprintln!("inet socket fd {fd}");
+            if fd >= 0 {
+                // SAFETY: fd was just returned by socket().
+                unsafe { libc::close(fd) };
+            }
+        }
+        eprintln!("child done");
+    }
+
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_vmm_thread_may_do_what_a_vmm_does() {
+        let (status, stderr) = run_case("allowed");
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("child done"), "{stderr}");
+    }
+
+    #[test]
+    fn a_forbidden_call_stops_the_process_and_names_the_call() {
+        let (status, stderr) = run_case("forbidden");
+        assert_eq!(status.code(), Some(EXIT_SECCOMP), "{stderr}");
+        let want = format!("made system call {}", libc::SYS_socket);
+        assert!(stderr.contains(&want), "{stderr}");
+        assert!(!stderr.contains("child done"), "{stderr}");
+    }
+
+    /// posix_spawn blocks every signal around its clone, so the kernel delivers this SIGSYS
+    /// with the default action (the process dies of it) rather than to the handler.
+    #[test]
+    fn starting_a_program_stops_the_process() {
+        use std::os::unix::process::ExitStatusExt;
+        let (status, stderr) = run_case("exec");
+        assert!(
+            status.code() == Some(EXIT_SECCOMP) || status.signal() == Some(libc::SIGSYS),
+            "{status:?}: {stderr}"
+        );
+        assert!(!stderr.contains("child done"), "{stderr}");
+    }
+
+    #[test]
+    fn log_mode_lets_the_call_through() {
+        let (status, stderr) = run_case("logged");
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("child done"), "{stderr}");
+    }
+
+    #[test]
+    fn modes_parse_and_bad_ones_are_named() {
+        assert_eq!("enforce".parse::<SeccompMode>(), Ok(SeccompMode::Enforce));
+        assert_eq!("off".parse::<SeccompMode>(), Ok(SeccompMode::Off));
+        let e = "strict".parse::<SeccompMode>().unwrap_err();
+        assert!(e.contains("strict") && e.contains("enforce"), "{e}");
+    }
+
+    #[test]
+    fn decimal_formats_like_display() {
+        for n in [0u64, 7, 41, 12345, u64::MAX] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+    }
+}
