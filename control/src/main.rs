@@ -16,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up and matched once: the agent's options being large costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 enum Command {
     /// Run the control service (REST API + scheduler).
