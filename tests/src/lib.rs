@@ -482,21 +482,42 @@ impl VmProcess {
         marker: &str,
         timeout: Duration,
     ) -> Result<String> {
-        self.poll_until(
-            timeout,
-            &format!("{marker:?} in {}", file.display()),
-            || {
-                let text = std::fs::read(file)
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                // Only complete lines: the guest may be in the middle of writing the last one.
-                let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-                complete
-                    .lines()
-                    .find(|l| l.contains(marker))
-                    .map(|line| line.trim_end_matches('\r').to_string())
-            },
-        )
+        self.wait_for_lines_in(file, &format!("{marker:?}"), timeout, |lines| {
+            lines
+                .iter()
+                .find(|l| l.contains(marker))
+                .map(|line| line.to_string())
+        })
+    }
+
+    /// Wait until `probe`, given every complete serial line so far, yields a value (e.g. a
+    /// marker seen twice). Fails like [`Self::wait_for_line`].
+    pub fn wait_for_serial<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        probe: impl FnMut(&[&str]) -> Option<T>,
+    ) -> Result<T> {
+        let serial = self.serial_log.clone();
+        self.wait_for_lines_in(&serial, what, timeout, probe)
+    }
+
+    fn wait_for_lines_in<T>(
+        &mut self,
+        file: &Path,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&[&str]) -> Option<T>,
+    ) -> Result<T> {
+        self.poll_until(timeout, &format!("{what} in {}", file.display()), || {
+            let text = std::fs::read(file)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            // Only complete lines: the guest may be in the middle of writing the last one.
+            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            let lines: Vec<&str> = complete.lines().map(|l| l.trim_end_matches('\r')).collect();
+            probe(&lines)
+        })
     }
 
     /// Wait for the VMM to exit; returns its exit code (None if killed by a signal).

@@ -103,21 +103,15 @@ fn reboot_with_restart_boots_again_in_the_same_filtered_process() {
         Initramfs::new().script(&script),
         &["--on-reboot", "restart"],
     );
-    let boot_ids = |vm: &VmProcess| -> Vec<String> {
-        let serial = vm.serial();
-        let mut ids: Vec<String> = serial
-            .lines()
-            .filter_map(|l| l.trim_end_matches('\r').split_once("BOOT_ID="))
-            .map(|(_, id)| id.to_string())
+    vm.wait_for_serial("a second boot id", BOOT_TIMEOUT * 2, |lines| {
+        let mut ids: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split_once("BOOT_ID=").map(|(_, id)| id))
             .collect();
         ids.dedup();
-        ids
-    };
-    cloudphone_tests::poll(BOOT_TIMEOUT * 2, Duration::from_millis(500), || {
-        Ok((boot_ids(&vm).len() >= 2).then_some(()))
+        (ids.len() >= 2).then_some(())
     })
-    .unwrap()
-    .unwrap_or_else(|| panic!("no second boot\n{}", vm.diagnostics()));
+    .unwrap();
     assert!(
         vm.try_exit().unwrap().is_none(),
         "the VMM exited on reboot\n{}",

@@ -126,10 +126,14 @@ impl H264Encoder {
         if bps == old {
             return Ok(());
         }
-        self.settings.bitrate = bps;
         if self.frames == 0 {
             // OpenH264 initialises on the first frame: until then a new encoder is the change.
-            self.encoder = Self::new(self.settings)?.encoder;
+            let settings = H264Settings {
+                bitrate: bps,
+                ..self.settings
+            };
+            self.encoder = Self::new(settings)?.encoder;
+            self.settings = settings;
             return Ok(());
         }
         // The layer's ceiling is kept equal to its target (as at creation), so raise the
@@ -158,6 +162,7 @@ impl H264Encoder {
                 )));
             }
         }
+        self.settings.bitrate = bps;
         Ok(())
     }
 
