@@ -7,14 +7,27 @@ pub mod kick;
 #[cfg(test)]
 mod payload_tests;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
 use crate::exit::{ExitSignal, GuestExit};
-pub use control::{Request, RunControl};
+use crate::snapshot::{VcpuState, VcpuStateError};
+pub use control::{ParkedJob, Request, RunControl};
+
+/// Where parked vCPUs put their state when a snapshot asks for it, and what they need to read
+/// it (the MSR list and xsave size come from `/dev/kvm`, which vCPU threads do not hold).
+#[derive(Default)]
+pub struct SavedVcpus {
+    /// MSR indices to save, in restore order.
+    pub msr_list: Vec<u32>,
+    /// Size of the xsave area in 32-bit words.
+    pub xsave_words: usize,
+    /// One slot per vCPU id, filled by each vCPU thread.
+    pub states: Vec<Option<Result<VcpuState, VcpuStateError>>>,
+}
 
 /// State every vCPU thread shares with the VM.
 pub struct VcpuContext {
@@ -26,6 +39,8 @@ pub struct VcpuContext {
     pub exit: Arc<ExitSignal>,
     /// Run/pause/stop requests.
     pub control: RunControl,
+    /// Snapshot hand-off from the parked vCPU threads.
+    pub saved: Mutex<SavedVcpus>,
 }
 
 impl VcpuContext {
@@ -36,6 +51,7 @@ impl VcpuContext {
             mmio: RwLock::new(Bus::new()),
             exit,
             control: RunControl::default(),
+            saved: Mutex::new(SavedVcpus::default()),
         }
     }
 }
@@ -118,12 +134,33 @@ fn handle(id: u8, ctx: &VcpuContext, exit: VcpuExit<'_>) -> Step {
 }
 
 impl Vcpu {
+    /// Work a parked vCPU does on its own thread: tell KVM the guest was paused (so its
+    /// soft-lockup watchdog does not fire on resume), or save its state for a snapshot.
+    fn parked_job(&self, job: ParkedJob) {
+        match job {
+            ParkedJob::Parked => {
+                // EINVAL when the guest has not enabled kvmclock: nothing to tell then.
+                let _ = self.fd.kvmclock_ctrl();
+            }
+            ParkedJob::Save => {
+                let mut saved = self.ctx.saved.lock().unwrap_or_else(|p| p.into_inner());
+                let state =
+                    VcpuState::save(&self.fd, self.id, &saved.msr_list, saved.xsave_words);
+                let id = usize::from(self.id);
+                if saved.states.len() <= id {
+                    saved.states.resize_with(id + 1, || None);
+                }
+                saved.states[id] = Some(state);
+            }
+        }
+    }
+
     /// Run until stopped, halted, or the guest exits. Installs the kick binding for the
     /// calling thread.
     pub fn run_loop(mut self) -> VcpuOutcome {
         let _kick = kick::KickBinding::bind(&mut self.fd);
         loop {
-            if !self.ctx.control.may_run() {
+            if !self.ctx.control.may_run_with(|job| self.parked_job(job)) {
                 return VcpuOutcome::Stopped;
             }
             let step = match self.fd.run() {
