@@ -17,6 +17,9 @@ pub enum GuestExit {
     ShutdownHung,
     /// The VMM itself failed (message logged).
     VmmError,
+    /// A device model panicked while a vCPU thread ran it (port I/O or MMIO handler, PCI
+    /// config write, device activation): the VM stops instead of leaving a dead vCPU behind.
+    DevicePanic,
 }
 
 impl GuestExit {
@@ -28,6 +31,7 @@ impl GuestExit {
             GuestExit::Crash => 33,
             GuestExit::ShutdownHung => 34,
             GuestExit::VmmError => 1,
+            GuestExit::DevicePanic => 36,
         }
     }
 }

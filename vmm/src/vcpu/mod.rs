@@ -164,7 +164,16 @@ impl Vcpu {
                 return VcpuOutcome::Stopped;
             }
             let step = match self.fd.run() {
-                Ok(exit) => handle(self.id, &self.ctx, exit),
+                Ok(exit) => {
+                    let (id, ctx) = (self.id, &self.ctx);
+                    // A device model that panics on this thread must stop the VM, not leave
+                    // a dead vCPU and a VMM waiting forever. The panic hook already printed
+                    // the message and location.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        handle(id, ctx, exit)
+                    }))
+                    .unwrap_or(Step::Exit(GuestExit::DevicePanic))
+                }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
                     Step::Continue
