@@ -27,6 +27,9 @@ pub enum DiskError {
     /// A request buffer could not be accessed in guest memory.
     #[error("{0}")]
     GuestMemory(String),
+    /// The image is locked by another user, or cannot be locked.
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
     /// The qcow2 layer failed (corrupt image, allocation cap, ...).
     #[error(transparent)]
     Qcow2(#[from] Qcow2Error),

@@ -23,6 +23,7 @@
 mod backend;
 mod device;
 mod guest_io;
+pub mod lock;
 pub mod qcow2;
 mod raw;
 mod request;

@@ -27,6 +27,7 @@ impl RawDisk {
             .write(!read_only)
             .open(path)
             .map_err(DiskError::io("opening the raw disk image"))?;
+        crate::lock::lock_image(&file, path, !read_only)?;
         // Seeking works for block devices too, where metadata().len() is 0.
         let capacity = file
             .seek(SeekFrom::End(0))

@@ -189,6 +189,10 @@ mod tests {
         again.read_at(&mut buf, 8192).unwrap();
         assert_eq!(buf, [9u8; 4096]);
         assert_eq!(std::fs::read(&base).unwrap(), data);
+        // A second writer of the same overlay is refused while the first has it.
+        let err = spec.open().err().unwrap();
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(again);
         // A qcow2 given as the path is served as qcow2; ro is honoured.
         let direct: DiskSpec = format!("{},ro", dir.path("ov.qcow2").display())
             .parse()

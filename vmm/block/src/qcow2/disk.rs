@@ -88,6 +88,7 @@ impl Qcow2Disk {
             .write(writable)
             .open(path)
             .map_err(Qcow2Error::io("opening the image"))?;
+        crate::lock::lock_image(&file, path, writable)?;
         let meta_len = file
             .metadata()
             .map_err(Qcow2Error::io("reading image metadata"))?
@@ -609,6 +610,7 @@ fn open_backing(image: &Path, name: &str, format: Option<&str>) -> Result<Backin
         }
     }
     let file = File::open(&path).map_err(|e| err(format!("cannot open read-only: {e}")))?;
+    crate::lock::lock_image(&file, &path, false)?;
     let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
     let mut magic = [0u8; 4];
     read_fill(&file, &mut magic, 0).map_err(|e| err(e.to_string()))?;

@@ -46,6 +46,9 @@ pub enum Qcow2Error {
     /// The image was opened read-only.
     #[error("qcow2 image is open read-only")]
     ReadOnly,
+    /// The image (or its base) is locked by another user.
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
     /// An I/O error on the image file.
     #[error("qcow2 I/O error while {context}: {source}")]
     Io {

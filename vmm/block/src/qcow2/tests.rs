@@ -29,7 +29,8 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// `qemu-img check` must report no errors and no leaks.
+/// `qemu-img check` must report no errors and no leaks (on a closed image: an open one holds
+/// the image lock, which QEMU's tools honour).
 fn assert_check_clean(image: &Path) {
     let (ok, text) = qemu("qemu-img", &["check", "-f", "qcow2", p(image)]);
     assert!(
@@ -114,6 +115,10 @@ fn overlay_larger_than_base_reads_zeros_past_it() {
         disk.write_at(&[7u8; 11], 2 * MIB - 10),
         Err(Qcow2Error::OutOfRange { .. })
     ));
+    // QEMU's tools honour our lock on an overlay in use (both use OFD locks).
+    let (ok, text) = qemu("qemu-img", &["check", "-f", "qcow2", p(&ov)]);
+    assert!(!ok && text.contains("lock"), "qemu-img opened a locked overlay:\n{text}");
+    drop(disk);
     assert_check_clean(&ov);
 }
 
@@ -440,6 +445,7 @@ fn prop_random_ops_match_in_memory_model() {
                 }
                 Op::Reopen => {
                     disk.flush().unwrap();
+                    drop(disk);
                     disk = Qcow2Disk::open(&ov, true).unwrap();
                 }
             }
