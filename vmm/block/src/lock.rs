@@ -37,7 +37,11 @@ pub enum LockError {
 /// released when the last descriptor of this open file is closed.
 pub fn lock_image(file: &File, path: &Path, writable: bool) -> Result<(), LockError> {
     let lock = libc::flock {
-        l_type: if writable { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short,
+        l_type: if writable {
+            libc::F_WRLCK
+        } else {
+            libc::F_RDLCK
+        } as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
         l_start: 0,
         l_len: 0,
@@ -68,7 +72,11 @@ mod tests {
     use std::fs::OpenOptions;
 
     fn open(path: &Path, write: bool) -> File {
-        OpenOptions::new().read(true).write(write).open(path).unwrap()
+        OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .unwrap()
     }
 
     #[test]

@@ -61,7 +61,9 @@ pub enum StateFileError {
         len: u64,
     },
     /// The payload does not match its checksum.
-    #[error("snapshot state file {path} is corrupt: checksum {found:#010x}, header says {want:#010x}")]
+    #[error(
+        "snapshot state file {path} is corrupt: checksum {found:#010x}, header says {want:#010x}"
+    )]
     Checksum {
         /// The file.
         path: PathBuf,
@@ -218,23 +220,41 @@ mod tests {
         let good = encode(&sample()).unwrap();
         let mut magic = good.clone();
         magic[0] = b'X';
-        assert!(matches!(decode::<Sample>(p(), &magic), Err(StateFileError::BadMagic { .. })));
+        assert!(matches!(
+            decode::<Sample>(p(), &magic),
+            Err(StateFileError::BadMagic { .. })
+        ));
         let mut version = good.clone();
         version[8] = 9;
         let err = decode::<Sample>(p(), &version).unwrap_err();
-        assert!(matches!(err, StateFileError::Version { found: 9, .. }), "{err}");
+        assert!(
+            matches!(err, StateFileError::Version { found: 9, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("/snap/state"), "{err}");
         let mut big = good.clone();
         big[19] = 0xff;
-        assert!(matches!(decode::<Sample>(p(), &big), Err(StateFileError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<Sample>(p(), &big),
+            Err(StateFileError::TooLarge { .. })
+        ));
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(matches!(decode::<Sample>(p(), &flipped), Err(StateFileError::Checksum { .. })));
+        assert!(matches!(
+            decode::<Sample>(p(), &flipped),
+            Err(StateFileError::Checksum { .. })
+        ));
         let mut trailing = good.clone();
         trailing.push(0);
-        assert!(matches!(decode::<Sample>(p(), &trailing), Err(StateFileError::Checksum { .. })));
+        assert!(matches!(
+            decode::<Sample>(p(), &trailing),
+            Err(StateFileError::Checksum { .. })
+        ));
         let wrong_shape = encode(&vec![1u8, 2]).unwrap();
-        assert!(matches!(decode::<Sample>(p(), &wrong_shape), Err(StateFileError::Parse { .. })));
+        assert!(matches!(
+            decode::<Sample>(p(), &wrong_shape),
+            Err(StateFileError::Parse { .. })
+        ));
     }
 
     proptest! {

@@ -154,19 +154,33 @@ mod tests {
         let path = scratch("roundtrip");
         let mem = create_guest_memory(64 << 20).unwrap();
         mem.write_obj(0x1234_5678u32, GuestAddress(0x2000)).unwrap();
-        mem.write_obj(0xabcdu16, GuestAddress((64 << 20) - 2)).unwrap();
+        mem.write_obj(0xabcdu16, GuestAddress((64 << 20) - 2))
+            .unwrap();
         assert_eq!(save(&mem, &path).unwrap(), 64 << 20);
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), 64 << 20);
-        assert!(meta.blocks() * 512 < 1 << 20, "zero pages are holes: {} blocks", meta.blocks());
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "zero pages are holes: {} blocks",
+            meta.blocks()
+        );
 
         let a = map_private(&path, 64 << 20).unwrap();
         let b = map_private(&path, 64 << 20).unwrap();
-        assert_eq!(a.read_obj::<u32>(GuestAddress(0x2000)).unwrap(), 0x1234_5678);
-        assert_eq!(a.read_obj::<u16>(GuestAddress((64 << 20) - 2)).unwrap(), 0xabcd);
+        assert_eq!(
+            a.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
+            0x1234_5678
+        );
+        assert_eq!(
+            a.read_obj::<u16>(GuestAddress((64 << 20) - 2)).unwrap(),
+            0xabcd
+        );
         // Writes are private to each clone and never reach the file.
         a.write_obj(7u32, GuestAddress(0x2000)).unwrap();
-        assert_eq!(b.read_obj::<u32>(GuestAddress(0x2000)).unwrap(), 0x1234_5678);
+        assert_eq!(
+            b.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
+            0x1234_5678
+        );
         let mut word = [0u8; 4];
         std::os::unix::fs::FileExt::read_exact_at(&File::open(&path).unwrap(), &mut word, 0x2000)
             .unwrap();
@@ -179,8 +193,14 @@ mod tests {
         let path = scratch("size");
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         let err = map_private(&path, 64 << 20).unwrap_err();
-        assert!(matches!(err, MemorySnapshotError::Size { len: 4096, .. }), "{err}");
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(
+            matches!(err, MemorySnapshotError::Size { len: 4096, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }

@@ -61,7 +61,7 @@ pub fn load(dir: &Path) -> Result<VmSnapshot, SnapshotError> {
         return Err(invalid(format!("vCPU entry {i} has id {}", v.id)));
     }
     let mib = snap.memory_bytes >> 20;
-    if snap.memory_bytes % (1 << 20) != 0 || crate::memory::validate_size(mib).is_err() {
+    if !snap.memory_bytes.is_multiple_of(1 << 20) || crate::memory::validate_size(mib).is_err() {
         return Err(invalid(format!(
             "guest RAM of {} bytes is not a whole MiB count this host accepts",
             snap.memory_bytes

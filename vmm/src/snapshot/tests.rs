@@ -139,10 +139,7 @@ fn paused_payload_restores_and_continues_in_a_new_vm() {
         saved.xsave_words = vcpu::xsave_words(&kvm);
     }
     assert!(ctx.control.save_all(1, Duration::from_secs(10)));
-    let state = ctx.saved.lock().unwrap().states[0]
-        .take()
-        .unwrap()
-        .unwrap();
+    let state = ctx.saved.lock().unwrap().states[0].take().unwrap().unwrap();
     let snapshot = VmSnapshot {
         memory_bytes: RAM,
         vcpus: vec![state],
@@ -153,7 +150,11 @@ fn paused_payload_restores_and_continues_in_a_new_vm() {
     let at_snapshot = counter(&mem);
     let before = run.stop();
     let last = *before.last().unwrap();
-    assert_eq!(usize::from(at_snapshot), before.len(), "one RAM count per port write");
+    assert_eq!(
+        usize::from(at_snapshot),
+        before.len(),
+        "one RAM count per port write"
+    );
     drop((vm, mem));
 
     // A second VM from the files alone: registers, RAM and interrupt state come back.
@@ -168,8 +169,15 @@ fn paused_payload_restores_and_continues_in_a_new_vm() {
     let run2 = start(vcpu2, Arc::default());
     run2.wait_writes(10);
     let after = run2.stop();
-    assert_eq!(after[0], last.wrapping_add(1), "BX continues from the snapshot");
-    assert!(counter(&mem2) >= at_snapshot + 10, "RAM continues from the snapshot");
+    assert_eq!(
+        after[0],
+        last.wrapping_add(1),
+        "BX continues from the snapshot"
+    );
+    assert!(
+        counter(&mem2) >= at_snapshot + 10,
+        "RAM continues from the snapshot"
+    );
     let mut word = [0u8; 2];
     std::os::unix::fs::FileExt::read_exact_at(
         &std::fs::File::open(&mem_path).unwrap(),
@@ -177,7 +185,11 @@ fn paused_payload_restores_and_continues_in_a_new_vm() {
         COUNTER,
     )
     .unwrap();
-    assert_eq!(u16::from_le_bytes(word), at_snapshot, "the clone's writes stay private");
+    assert_eq!(
+        u16::from_le_bytes(word),
+        at_snapshot,
+        "the clone's writes stay private"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -188,7 +200,10 @@ fn bad_snapshots_are_refused_with_the_file_named() {
     let (state_path, mem_path) = paths(&dir);
     // No state file at all.
     let err = load(&dir).err().unwrap();
-    assert!(err.to_string().contains(&state_path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&state_path.display().to_string()),
+        "{err}"
+    );
     // A snapshot with no vCPUs.
     let vm = VmState {
         irqchips: Vec::new(),
@@ -211,11 +226,17 @@ fn bad_snapshots_are_refused_with_the_file_named() {
     std::fs::write(&mem_path, [0u8; 4096]).unwrap();
     let err = load(&dir).err().unwrap();
     assert!(matches!(err, SnapshotError::Memory(_)), "{err}");
-    assert!(err.to_string().contains(&mem_path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&mem_path.display().to_string()),
+        "{err}"
+    );
     // A wrong memory size in the state file itself.
     one.memory_bytes = 12345;
     file::write(&state_path, &one).unwrap();
-    assert!(matches!(load(&dir).err().unwrap(), SnapshotError::Invalid { .. }));
+    assert!(matches!(
+        load(&dir).err().unwrap(),
+        SnapshotError::Invalid { .. }
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

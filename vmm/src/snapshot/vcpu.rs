@@ -154,13 +154,12 @@ impl VcpuState {
             let fam = xsave.as_mut_fam_struct();
             fam.xsave.region.copy_from_slice(&self.xsave[..1024]);
         }
-        xsave
-            .as_mut_slice()
-            .copy_from_slice(&self.xsave[1024..]);
+        xsave.as_mut_slice().copy_from_slice(&self.xsave[1024..]);
         // SAFETY: the buffer holds a complete xsave image of the size KVM reported.
         unsafe { fd.set_xsave2(&xsave) }.map_err(io("SET_XSAVE2"))?;
         fd.set_xcrs(&self.xcrs).map_err(io("SET_XCRS"))?;
-        fd.set_debug_regs(&self.debugregs).map_err(io("SET_DEBUGREGS"))?;
+        fd.set_debug_regs(&self.debugregs)
+            .map_err(io("SET_DEBUGREGS"))?;
         fd.set_lapic(&self.lapic).map_err(io("SET_LAPIC"))?;
         for chunk in self.msrs.chunks(MSR_CHUNK) {
             let msrs = Msrs::from_entries(chunk).expect("chunk within the FAM limit");
@@ -172,7 +171,8 @@ impl VcpuState {
                 )));
             }
         }
-        fd.set_vcpu_events(&self.events).map_err(io("SET_VCPU_EVENTS"))?;
+        fd.set_vcpu_events(&self.events)
+            .map_err(io("SET_VCPU_EVENTS"))?;
         fd.set_mp_state(self.mp_state).map_err(io("SET_MP_STATE"))
     }
 }

@@ -144,8 +144,7 @@ impl Vcpu {
             }
             ParkedJob::Save => {
                 let mut saved = self.ctx.saved.lock().unwrap_or_else(|p| p.into_inner());
-                let state =
-                    VcpuState::save(&self.fd, self.id, &saved.msr_list, saved.xsave_words);
+                let state = VcpuState::save(&self.fd, self.id, &saved.msr_list, saved.xsave_words);
                 let id = usize::from(self.id);
                 if saved.states.len() <= id {
                     saved.states.resize_with(id + 1, || None);
@@ -169,10 +168,8 @@ impl Vcpu {
                     // A device model that panics on this thread must stop the VM, not leave
                     // a dead vCPU and a VMM waiting forever. The panic hook already printed
                     // the message and location.
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        handle(id, ctx, exit)
-                    }))
-                    .unwrap_or(Step::Exit(GuestExit::DevicePanic))
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(id, ctx, exit)))
+                        .unwrap_or(Step::Exit(GuestExit::DevicePanic))
                 }
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);

@@ -117,7 +117,10 @@ fn overlay_larger_than_base_reads_zeros_past_it() {
     ));
     // QEMU's tools honour our lock on an overlay in use (both use OFD locks).
     let (ok, text) = qemu("qemu-img", &["check", "-f", "qcow2", p(&ov)]);
-    assert!(!ok && text.contains("lock"), "qemu-img opened a locked overlay:\n{text}");
+    assert!(
+        !ok && text.contains("lock"),
+        "qemu-img opened a locked overlay:\n{text}"
+    );
     drop(disk);
     assert_check_clean(&ov);
 }
