@@ -12,7 +12,8 @@ use cloudphone_vmm::boot::{memfd_with, BootError};
 use cloudphone_vmm::config::{self, BootSource, OnReboot, RawConfig, VmConfig};
 use cloudphone_vmm::exit::GuestExit;
 use cloudphone_vmm::kvm::{self, KvmError};
-use cloudphone_vmm::vm::{BootPayload, DeviceSetupError, Vm};
+use cloudphone_vmm::snapshot;
+use cloudphone_vmm::vm::{BootPayload, DeviceSetupError, Vm, VmSource};
 
 /// Exit code for bad configuration or input files.
 const EXIT_CONFIG: i32 = 2;
@@ -27,9 +28,28 @@ fn open(path: &Path, what: &'static str) -> Result<File, BootError> {
     })
 }
 
+/// Read what the config boots: the kernel/initrd/cmdline (Android images are assembled into
+/// memfds), or a snapshot's state file (checked against its memory file).
+fn load_source(cfg: &mut VmConfig) -> anyhow::Result<VmSource> {
+    if let BootSource::Snapshot { dir } = &cfg.boot {
+        let snapshot = snapshot::load(dir).map_err(|e| BootError::Snapshot(e.to_string()))?;
+        cfg.cpus = snapshot.vcpus.len() as u8;
+        cfg.memory_mib = snapshot.memory_bytes >> 20;
+        return Ok(VmSource::Restore {
+            dir: dir.clone(),
+            snapshot: Box::new(snapshot),
+        });
+    }
+    load_payload(cfg).map(VmSource::Boot)
+}
+
 /// Read the kernel/initrd/cmdline the config names (Android images are assembled into memfds).
 fn load_payload(cfg: &VmConfig) -> anyhow::Result<BootPayload> {
     match &cfg.boot {
+        BootSource::Snapshot { dir } => Err(anyhow::anyhow!(
+            "a guest restored from {} rebooted: it cannot boot again without a kernel; restore the snapshot again",
+            dir.display()
+        )),
         BootSource::Linux { kernel, initrd } => Ok(BootPayload {
             kernel: open(kernel, "--kernel")?,
             initrd: initrd.as_deref().map(|p| open(p, "--initrd")).transpose()?,
@@ -79,9 +99,9 @@ fn failure_code(e: &anyhow::Error) -> i32 {
     }
 }
 
-fn run(cfg: VmConfig) -> anyhow::Result<i32> {
+fn run(mut cfg: VmConfig) -> anyhow::Result<i32> {
     // Input files are checked before KVM so a wrong path is reported as such everywhere.
-    let mut first = Some(load_payload(&cfg)?);
+    let mut first = Some(load_source(&mut cfg)?);
     let kvm = kvm::open_kvm()?;
     let target = Arc::new(ApiTarget::default());
     let _api = cfg
@@ -93,11 +113,11 @@ fn run(cfg: VmConfig) -> anyhow::Result<i32> {
     // the filter: the whole VM setup is on its list, so a reboot-restart works too.
     cloudphone_vmm::seccomp::install(cfg.seccomp)?;
     loop {
-        let payload = match first.take() {
-            Some(p) => p,
-            None => load_payload(&cfg)?,
+        let source = match first.take() {
+            Some(s) => s,
+            None => VmSource::Boot(load_payload(&cfg)?),
         };
-        let mut vm = Vm::new(&kvm, &cfg, payload)?;
+        let mut vm = Vm::build(&kvm, &cfg, source)?;
         target.set(Some(vm.control()));
         vm.start()?;
         let reason = vm.wait();

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use crate::legacy::{
 };
 use crate::memory::{self, GuestMemoryMmap};
 use crate::pci::{slots, GsiRoutes, KvmMsiSink, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
+use crate::snapshot::{self, LegacyState, SnapshotError, VmSnapshot};
 use crate::vcpu::{kick, Request, Vcpu, VcpuContext, VcpuOutcome};
 
 mod devices;
@@ -32,6 +34,8 @@ pub use devices::{DeviceHandles, DeviceSetupError};
 
 /// How long a pause may take to park every vCPU.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long parked vCPUs may take to hand over their state for a snapshot.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The VM's run state as the API reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,11 +69,49 @@ pub struct BootPayload {
     pub cmdline: String,
 }
 
+/// Where a VM's first state comes from.
+pub enum VmSource {
+    /// Boot this kernel.
+    Boot(BootPayload),
+    /// Resume the snapshot in `dir` (checked by [`snapshot::load`]).
+    Restore {
+        /// The snapshot directory (its memory file is mapped from here).
+        dir: PathBuf,
+        /// Its state file's contents.
+        snapshot: Box<VmSnapshot>,
+    },
+}
+
+/// The devices every VM has, kept for snapshots.
+struct LegacyDevices {
+    serial: Arc<Mutex<SerialDevice>>,
+    cmos: Arc<Mutex<Cmos>>,
+    pm: Arc<Mutex<PowerManagement>>,
+    pci: Arc<Mutex<PciRoot>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LegacyDevices {
+    fn state(&self) -> LegacyState {
+        LegacyState {
+            serial: lock(&self.serial).state(),
+            cmos: lock(&self.cmos).state(),
+            ged_pending: lock(&self.pm).pending(),
+            pci_config_address: lock(&self.pci).config_address(),
+        }
+    }
+}
+
 /// The part of a VM that other threads (the API) act on.
 pub struct VmControl {
     ctx: Arc<VcpuContext>,
     threads: Mutex<Vec<libc::pthread_t>>,
-    pm: Arc<Mutex<PowerManagement>>,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    legacy: LegacyDevices,
     shutdown_requested: Mutex<bool>,
     started: Instant,
     /// vCPU count.
@@ -143,7 +185,8 @@ impl VmControl {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = true;
         self.resume();
-        self.pm
+        self.legacy
+            .pm
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .raise_ged(GED_EVENT_POWER_BUTTON)
@@ -164,6 +207,52 @@ impl VmControl {
     /// Reset the guest as if it had rebooted itself.
     pub fn request_reboot(&self) {
         self.ctx.exit.request(GuestExit::Reboot);
+    }
+
+    /// Write a snapshot of the paused VM into `dir` (created if missing): the state file
+    /// last, so a directory with a state file always holds a complete snapshot.
+    pub fn snapshot(&self, dir: &Path) -> Result<(), SnapshotError> {
+        if self.state() != VmState::Paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        let virtio: Vec<u8> = lock(&self.legacy.pci)
+            .occupied_slots()
+            .into_iter()
+            .filter(|&s| s != 0)
+            .collect();
+        if !virtio.is_empty() {
+            return Err(SnapshotError::UnsupportedDevices(virtio));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        lock(&self.ctx.saved).states.clear();
+        let n = usize::from(self.vcpus);
+        let all_saved = self.ctx.control.save_all(n, SAVE_TIMEOUT);
+        let mut states = std::mem::take(&mut lock(&self.ctx.saved).states);
+        states.resize_with(n, || None);
+        let vcpus = states
+            .into_iter()
+            .enumerate()
+            .map(|(id, s)| match s {
+                Some(r) => r.map_err(SnapshotError::from),
+                None => Err(SnapshotError::VcpuTimeout(id as u8)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        debug_assert!(all_saved);
+        let snap = VmSnapshot {
+            memory_bytes: self.memory_mib << 20,
+            vcpus,
+            vm: snapshot::VmState::save(&self.vm)?,
+            legacy: self.legacy.state(),
+        };
+        let (state_path, mem_path) = snapshot::paths(dir);
+        let _ = std::fs::remove_file(&state_path);
+        let written = snapshot::memory::save(&self.mem, &mem_path)?;
+        snapshot::file::write(&state_path, &snap)?;
+        tracing::info!(dir = %dir.display(), ram_bytes = written, "snapshot written");
+        Ok(())
     }
 }
 
@@ -191,12 +280,13 @@ fn irqfd(vm: &VmFd, gsi: u32) -> anyhow::Result<EventFd> {
     Ok(evt)
 }
 
+/// Create `n` vCPUs: set up for the kernel entry in `boot`, or given the saved states.
 fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     ctx: &Arc<VcpuContext>,
     n: u8,
-    boot: BootInfo,
+    start: VcpuStart<'_>,
 ) -> anyhow::Result<Vec<Vcpu>> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -206,14 +296,19 @@ fn create_vcpus(
             let fd = vm
                 .create_vcpu(u64::from(id))
                 .with_context(|| format!("creating vCPU {id}"))?;
-            fd.set_cpuid2(&vcpu_cpuid(&supported, id, n))
-                .with_context(|| format!("KVM_SET_CPUID2 on vCPU {id}"))?;
-            regs::setup_msrs(&fd)?;
-            regs::setup_fpu(&fd)?;
-            regs::setup_lapic(&fd)?;
-            if id == 0 {
-                regs::setup_long_mode_sregs(&fd, boot.cr3)?;
-                regs::setup_boot_regs(&fd, boot.entry.0)?;
+            match start {
+                VcpuStart::Boot(boot) => {
+                    fd.set_cpuid2(&vcpu_cpuid(&supported, id, n))
+                        .with_context(|| format!("KVM_SET_CPUID2 on vCPU {id}"))?;
+                    regs::setup_msrs(&fd)?;
+                    regs::setup_fpu(&fd)?;
+                    regs::setup_lapic(&fd)?;
+                    if id == 0 {
+                        regs::setup_long_mode_sregs(&fd, boot.cr3)?;
+                        regs::setup_boot_regs(&fd, boot.entry.0)?;
+                    }
+                }
+                VcpuStart::Restore(states) => states[usize::from(id)].restore(kvm, &fd)?,
             }
             Ok(Vcpu {
                 id,
@@ -222,6 +317,13 @@ fn create_vcpus(
             })
         })
         .collect()
+}
+
+/// How vCPUs begin: at the kernel entry, or where a snapshot left them.
+#[derive(Clone, Copy)]
+enum VcpuStart<'a> {
+    Boot(BootInfo),
+    Restore(&'a [snapshot::VcpuState]),
 }
 
 /// Put `device` behind the virtio-pci transport at `slot`, with MSI-X routed through KVM.
@@ -284,50 +386,95 @@ fn build_pci(
 impl Vm {
     /// Build the VM for `config` with `payload`, ready to [`start`](Self::start).
     /// Errors from loading the payload are [`crate::boot::BootError`]s (bad input).
-    pub fn new(kvm: &Kvm, config: &VmConfig, mut payload: BootPayload) -> anyhow::Result<Self> {
+    pub fn new(kvm: &Kvm, config: &VmConfig, payload: BootPayload) -> anyhow::Result<Self> {
+        Self::build(kvm, config, VmSource::Boot(payload))
+    }
+
+    /// Build the VM for `config` from `source` (a kernel to boot or a snapshot to resume),
+    /// ready to [`start`](Self::start).
+    pub fn build(kvm: &Kvm, config: &VmConfig, source: VmSource) -> anyhow::Result<Self> {
         let vm = crate::kvm::create_vm(kvm)?;
-        let mem = memory::create_guest_memory_with(config.memory_mib << 20, config.memory_backing)?;
-        memory::register_with_kvm(&vm, &mem)?;
-        let boot = prepare_guest(
-            &mem,
-            &mut payload.kernel,
-            payload.initrd.as_mut(),
-            &payload.cmdline,
-            config.cpus,
-        )?;
+        let (mem, boot, start) = match source {
+            VmSource::Boot(mut payload) => {
+                let size = config.memory_mib << 20;
+                let mem = memory::create_guest_memory_with(size, config.memory_backing)?;
+                memory::register_with_kvm(&vm, &mem)?;
+                let boot = prepare_guest(
+                    &mem,
+                    &mut payload.kernel,
+                    payload.initrd.as_mut(),
+                    &payload.cmdline,
+                    config.cpus,
+                )?;
+                (mem, Some(boot), None)
+            }
+            VmSource::Restore { dir, snapshot } => {
+                let (_, mem_path) = snapshot::paths(&dir);
+                let mem = snapshot::memory::map_private(&mem_path, snapshot.memory_bytes)?;
+                memory::register_with_kvm(&vm, &mem)?;
+                (mem, None, Some(snapshot))
+            }
+        };
+        let legacy = start
+            .as_ref()
+            .map(|s| s.legacy.clone())
+            .unwrap_or_default();
 
         let exit = Arc::new(ExitSignal::default());
         let ctx = Arc::new(VcpuContext::new(exit.clone()));
-        let serial = SerialDevice::new(&config.serial, irqfd(&vm, COM1_IRQ)?)
+        {
+            let mut saved = lock(&ctx.saved);
+            saved.msr_list = snapshot::vcpu::msr_indices(kvm).context("KVM_GET_MSR_INDEX_LIST")?;
+            saved.xsave_words = snapshot::vcpu::xsave_words(kvm);
+        }
+        let serial = SerialDevice::restored(&config.serial, irqfd(&vm, COM1_IRQ)?, &legacy.serial)
             .context("opening the --serial output")?;
-        add_pio(&ctx, Arc::new(Mutex::new(serial)), COM1_PORT, 8)?;
+        let serial = Arc::new(Mutex::new(serial));
+        add_pio(&ctx, serial.clone(), COM1_PORT, 8)?;
         add_pio(
             &ctx,
             Arc::new(Mutex::new(I8042::new(exit.clone()))),
             I8042_PORT,
             I8042_LEN,
         )?;
-        add_pio(&ctx, Arc::new(Mutex::new(Cmos::new())), CMOS_PORT, CMOS_LEN)?;
-        let pm = Arc::new(Mutex::new(PowerManagement::new(exit, irqfd(&vm, GED_GSI)?)));
+        let cmos = Arc::new(Mutex::new(
+            Cmos::restored(&legacy.cmos).map_err(|e| anyhow!("snapshot state: {e}"))?,
+        ));
+        add_pio(&ctx, cmos.clone(), CMOS_PORT, CMOS_LEN)?;
+        let mut pm = PowerManagement::new(exit, irqfd(&vm, GED_GSI)?);
+        pm.set_pending(legacy.ged_pending);
+        let pm = Arc::new(Mutex::new(pm));
         add_pio(&ctx, pm.clone(), PM_PORTS.0, PM_PORTS.1)?;
         let vm = Arc::new(vm);
-        let (pci, devices) = build_pci(&vm, &ctx, &mem, config)?;
-        add_pio(
-            &ctx,
-            Arc::new(Mutex::new(pci)),
-            PCI_CONFIG_PORT,
-            PCI_CONFIG_PORT_LEN,
-        )?;
+        let (mut pci, devices) = build_pci(&vm, &ctx, &mem, config)?;
+        pci.set_config_address(legacy.pci_config_address);
+        let pci = Arc::new(Mutex::new(pci));
+        add_pio(&ctx, pci.clone(), PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN)?;
 
-        let pending = create_vcpus(kvm, &vm, &ctx, config.cpus, boot)?;
+        let pending = match (boot, start) {
+            (Some(boot), _) => create_vcpus(kvm, &vm, &ctx, config.cpus, VcpuStart::Boot(boot))?,
+            (None, Some(snap)) => {
+                snap.vm.restore(&vm).context("restoring the VM's interrupt controllers and clock")?;
+                let n = snap.vcpus.len() as u8;
+                create_vcpus(kvm, &vm, &ctx, n, VcpuStart::Restore(&snap.vcpus))?
+            }
+            (None, None) => unreachable!("a VM either boots or restores"),
+        };
         let control = Arc::new(VmControl {
             ctx,
             threads: Mutex::new(Vec::new()),
-            pm,
+            vm: vm.clone(),
+            mem: mem.clone(),
+            legacy: LegacyDevices {
+                serial,
+                cmos,
+                pm,
+                pci,
+            },
             shutdown_requested: Mutex::new(false),
             started: Instant::now(),
-            vcpus: config.cpus,
-            memory_mib: config.memory_mib,
+            vcpus: pending.len() as u8,
+            memory_mib: snapshot::memory::ram_bytes(&mem) >> 20,
             devices,
         });
         Ok(Self {

@@ -44,6 +44,9 @@ pub enum BootError {
     /// The Android boot images could not be assembled.
     #[error("cannot boot the Android images: {0}")]
     Android(String),
+    /// The `--restore` snapshot is unusable (the message names the file and the reason).
+    #[error("cannot restore: {0}")]
+    Snapshot(String),
     /// Kernel loading failed.
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),

@@ -41,6 +41,10 @@ pub struct RawConfig {
     /// Kernel command line (default "console=ttyS0").
     #[arg(long)]
     pub cmdline: Option<String>,
+    /// Resume the snapshot in this directory (written by `PUT /snapshot`) instead of booting;
+    /// vCPUs, RAM and the guest's state come from it.
+    #[arg(long)]
+    pub restore: Option<PathBuf>,
     /// Number of vCPUs, 1..=64 (default 1).
     #[arg(long)]
     pub cpus: Option<u64>,
@@ -109,6 +113,11 @@ pub enum BootSource {
         kernel: PathBuf,
         /// Initrd path.
         initrd: Option<PathBuf>,
+    },
+    /// `--restore DIR`: resume a snapshot.
+    Snapshot {
+        /// The snapshot directory.
+        dir: PathBuf,
     },
     /// `--boot-img` (+ vendor/init boot).
     Android {
@@ -205,6 +214,7 @@ impl RawConfig {
             vendor_boot: self.vendor_boot.or(base.vendor_boot),
             init_boot: self.init_boot.or(base.init_boot),
             cmdline: self.cmdline.or(base.cmdline),
+            restore: self.restore.or(base.restore),
             cpus: self.cpus.or(base.cpus),
             memory: self.memory.or(base.memory),
             shared_memory: self.shared_memory || base.shared_memory,
@@ -226,7 +236,26 @@ impl RawConfig {
 
     /// Check ranges and combinations.
     pub fn validate(self) -> Result<VmConfig, ConfigError> {
+        if self.restore.is_some() {
+            let given = [
+                ("--kernel", self.kernel.is_some()),
+                ("--boot-img", self.boot_img.is_some()),
+                ("--initrd", self.initrd.is_some()),
+                ("--cmdline", self.cmdline.is_some()),
+                ("--cpus", self.cpus.is_some()),
+                ("--memory", self.memory.is_some()),
+                ("--shared-memory", self.shared_memory),
+            ];
+            if let Some((name, _)) = given.iter().find(|(_, set)| *set) {
+                return err(format!(
+                    "{name} cannot be combined with --restore: the snapshot holds the guest's kernel, vCPUs and RAM"
+                ));
+            }
+        }
         let boot = match (self.kernel, self.boot_img) {
+            (None, None) if self.restore.is_some() => BootSource::Snapshot {
+                dir: self.restore.clone().expect("checked"),
+            },
             (Some(_), Some(_)) => return err("--kernel and --boot-img are exclusive: pass one"),
             (Some(kernel), None) => {
                 if self.vendor_boot.is_some() || self.init_boot.is_some() {

@@ -34,6 +34,16 @@ impl PowerManagement {
         }
     }
 
+    /// GED events raised and not yet read by the guest (snapshot state).
+    pub fn pending(&self) -> u8 {
+        self.pending
+    }
+
+    /// Restore the GED events a snapshot recorded as pending.
+    pub fn set_pending(&mut self, pending: u8) {
+        self.pending = pending;
+    }
+
     /// Latch GED `event` bits and interrupt the guest (e.g. the power button).
     pub fn raise_ged(&mut self, event: u8) -> std::io::Result<()> {
         self.pending |= event;

@@ -84,6 +84,21 @@ impl Default for Cmos {
     }
 }
 
+/// The CMOS index register and NVRAM, for snapshots (the clock itself is always the host's).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CmosState {
+    /// Selected register.
+    pub index: u8,
+    /// 128 bytes of NVRAM.
+    pub nvram: Vec<u8>,
+}
+
+impl Default for CmosState {
+    fn default() -> Self {
+        Cmos::new().state()
+    }
+}
+
 impl Cmos {
     /// A CMOS with empty NVRAM.
     pub fn new() -> Self {
@@ -91,6 +106,27 @@ impl Cmos {
             index: 0,
             nvram: [0; 128],
         }
+    }
+
+    /// The NVRAM and index, for a snapshot.
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            index: self.index as u8,
+            nvram: self.nvram.to_vec(),
+        }
+    }
+
+    /// A CMOS in `state`; a state that is not 128 bytes of NVRAM is refused.
+    pub fn restored(state: &CmosState) -> Result<Self, String> {
+        let nvram = state
+            .nvram
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("CMOS NVRAM of {} bytes (want 128)", state.nvram.len()))?;
+        Ok(Self {
+            index: usize::from(state.index & 0x7f),
+            nvram,
+        })
     }
 
     fn read_register(&self, index: usize) -> u8 {

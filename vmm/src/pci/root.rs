@@ -102,6 +102,23 @@ impl PciRoot {
         }
     }
 
+    /// The CONFIG_ADDRESS latch (snapshot state).
+    pub fn config_address(&self) -> u32 {
+        self.address
+    }
+
+    /// Restore the CONFIG_ADDRESS latch from a snapshot.
+    pub fn set_config_address(&mut self, address: u32) {
+        self.address = address & !0x3;
+    }
+
+    /// Slots that hold a device.
+    pub fn occupied_slots(&self) -> Vec<u8> {
+        (0..self.slots.len() as u8)
+            .filter(|&s| self.slots[usize::from(s)].is_some())
+            .collect()
+    }
+
     fn allocate(&mut self, size: u64) -> Result<u64, PciError> {
         let size = size.max(0x1000);
         let base = self

@@ -85,6 +85,11 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, MemorySnapshotErr
     Ok(total)
 }
 
+/// Total guest RAM of `mem` in bytes.
+pub fn ram_bytes(mem: &GuestMemoryMmap) -> u64 {
+    mem.iter().map(|r| r.len()).sum()
+}
+
 /// Map `path`, a memory file for a guest of `size` bytes, as that guest's RAM: private,
 /// copy-on-write, loaded on demand.
 pub fn map_private(path: &Path, size: u64) -> Result<GuestMemoryMmap, MemorySnapshotError> {

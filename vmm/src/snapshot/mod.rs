@@ -33,6 +33,22 @@ pub struct VmSnapshot {
     pub vcpus: Vec<VcpuState>,
     /// Interrupt controllers, PIT and clock.
     pub vm: VmState,
+    /// The legacy devices and the PCI config latch.
+    pub legacy: LegacyState,
+}
+
+/// State of the devices every VM has: COM1, the CMOS, the GED's pending events and the PCI
+/// CONFIG_ADDRESS latch (the i8042 keeps none).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct LegacyState {
+    /// COM1 registers and unread input.
+    pub serial: crate::legacy::serial::UartState,
+    /// CMOS NVRAM and index.
+    pub cmos: crate::legacy::rtc::CmosState,
+    /// GED events not yet read by the guest.
+    pub ged_pending: u8,
+    /// PCI CONFIG_ADDRESS.
+    pub pci_config_address: u32,
 }
 
 /// Paths of the two files of the snapshot in `dir`.
@@ -114,6 +130,15 @@ pub enum SnapshotError {
     /// The VM's state could not be read or written.
     #[error(transparent)]
     Vm(#[from] VmStateError),
+    /// A snapshot was asked of a running VM.
+    #[error("the VM is running: pause it first (PUT /pause), then take the snapshot")]
+    NotPaused,
+    /// The VM has devices whose state cannot be saved yet.
+    #[error("snapshots of VMs with virtio devices are not supported yet (this VM has devices at PCI slots {0:?}); start the VM without them to snapshot it")]
+    UnsupportedDevices(Vec<u8>),
+    /// A parked vCPU did not hand over its state in time.
+    #[error("vCPU {0} did not save its state within the timeout; the VM may be exiting")]
+    VcpuTimeout(u8),
 }
 
 #[cfg(test)]

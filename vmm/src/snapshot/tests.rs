@@ -144,6 +144,7 @@ fn paused_payload_restores_and_continues_in_a_new_vm() {
         memory_bytes: RAM,
         vcpus: vec![state],
         vm: VmState::save(&vm).unwrap(),
+        legacy: LegacyState::default(),
     };
     memory::save(&mem, &mem_path).unwrap();
     file::write(&state_path, &snapshot).unwrap();
@@ -215,6 +216,7 @@ fn bad_snapshots_are_refused_with_the_file_named() {
         memory_bytes: RAM,
         vcpus: Vec::new(),
         vm,
+        legacy: LegacyState::default(),
     };
     file::write(&state_path, &empty).unwrap();
     let err = load(&dir).err().unwrap();
