@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::api::users::{create_user, CreateUser};
+use crate::api::users::create_user;
 use crate::api::{self, AppState, ServerConfig};
 use crate::db::Database;
 use crate::model::{LeaseState, Role, User};
 use crate::store::{hosts, leases, phones, profiles, utilisation};
+use crate::wire::users::CreateUser;
 
 /// Options of `cloudphone serve`.
 #[derive(Debug, Clone, clap::Args)]
