@@ -19,7 +19,7 @@ use super::extract::{self, ApiJson};
 use super::AppState;
 use crate::error::Error;
 use crate::model::{Host, Phone, PhoneState};
-use crate::store::{audit, hosts, phones, profiles};
+use crate::store::{audit, hosts, lifecycle, phones, profiles};
 use crate::wire::hosts::{DesiredPhone, Heartbeat, HeartbeatReply, RegisterHost, StateReport};
 
 /// Routes under `/api/v1/hosts`.
@@ -72,6 +72,7 @@ async fn register(
     let relay = relay_of(&r)?;
     let mut tx = st.db.begin().await?;
     let host = hosts::register(&mut tx, &r.name, vcpus, mem, max, relay.as_ref()).await?;
+    audit::record(&mut tx, "agent", "host.register", &host.id, &r.name, None).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(host)))
 }
@@ -105,7 +106,7 @@ async fn heartbeat(
         return Err(Error::Invalid(format!("running: at most {MAX_RUNNING} phones")).into());
     }
     let mut tx = st.db.begin().await?;
-    let host = hosts::heartbeat(&mut tx, id, &hb.running).await?;
+    let host = lifecycle::heartbeat(&mut tx, id, &hb.running).await?;
     let mut out = Vec::new();
     for phone in phones::for_host(&mut tx, id).await? {
         let profile = profiles::get(&mut tx, &phone.profile_id).await?;
@@ -148,7 +149,7 @@ async fn report(
     let phone = if phone.state == r.state {
         phone
     } else {
-        phones::transition(&mut tx, phone_id, r.state, &agent.name, &r.reason).await?
+        lifecycle::transition(&mut tx, phone_id, r.state, &agent.name, &r.reason).await?
     };
     if r.state == PhoneState::Failed {
         audit::record(

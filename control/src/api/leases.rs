@@ -12,7 +12,8 @@ use super::AppState;
 use crate::error::Error;
 use crate::model::{Lease, LeaseState};
 use crate::scheduler::MAX_LEASE_S;
-use crate::store::leases::{self, Acquired, LeaseRequest};
+use crate::store::leases;
+use crate::store::lifecycle::{self, Acquired, LeaseRequest};
 use crate::wire::leases::{AcquireRequest, AcquireResponse, LeaseFilter, RenewRequest};
 
 /// Routes under `/api/v1/leases`.
@@ -40,7 +41,7 @@ async fn acquire(
         wait: r.wait.unwrap_or(true),
     };
     let mut tx = st.db.begin().await?;
-    let out = leases::acquire(&mut tx, &user, &req).await?;
+    let out = lifecycle::acquire(&mut tx, &user, &req).await?;
     tx.commit().await?;
     Ok(match out {
         Acquired::Granted(lease) => (
@@ -80,7 +81,7 @@ async fn release(
 ) -> ApiResult<Json<Lease>> {
     let id = extract::id(&id, "ls", "lease")?;
     let mut tx = st.db.begin().await?;
-    let lease = leases::release(&mut tx, &user, id, LeaseState::Released).await?;
+    let lease = lifecycle::release(&mut tx, &user, id, LeaseState::Released).await?;
     tx.commit().await?;
     Ok(Json(lease))
 }
@@ -94,7 +95,7 @@ async fn renew(
     let id = extract::id(&id, "ls", "lease")?;
     let d = duration(Some(r.duration_s))?;
     let mut tx = st.db.begin().await?;
-    let lease = leases::renew(&mut tx, &user, id, d).await?;
+    let lease = lifecycle::renew(&mut tx, &user, id, d).await?;
     tx.commit().await?;
     Ok(Json(lease))
 }

@@ -10,7 +10,7 @@ use super::extract::{self, ApiQuery};
 use super::AppState;
 use crate::error::Error;
 use crate::model::{Phone, PhoneState, Role};
-use crate::store::phones;
+use crate::store::{lifecycle, phones};
 use crate::wire::phones::PhoneFilter;
 
 /// Routes under `/api/v1/phones`.
@@ -54,7 +54,7 @@ async fn stop(
             Error::Conflict("this phone is leased: release the lease instead".into()).into(),
         );
     }
-    let p = phones::transition(
+    let p = lifecycle::transition(
         &mut tx,
         id,
         PhoneState::Stopping,
