@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cloudphone::cli::client::Client;
+use cloudphone::client::Client;
 use serde_json::{json, Value};
 
 struct Args {

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod db;
 pub mod error;
 pub mod ids;
@@ -13,6 +14,7 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod wire;
 
 /// Milliseconds since the Unix epoch: the one time unit stored and sent everywhere.
 pub fn now_ms() -> i64 {

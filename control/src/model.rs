@@ -33,6 +33,15 @@ impl Role {
     }
 }
 
+/// The stored spelling parses too (the CLI's `--role`).
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::parse(s).ok_or_else(|| format!("unknown role {s:?}: use user, operator or agent"))
+    }
+}
+
 /// Lifecycle of a phone. Transitions are checked by [`PhoneState::can_become`] so a bad
 /// agent report or a race can never, say, assign a phone that is still booting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::api::users::{create_user, CreateUser};
+use crate::api::users::create_user;
 use crate::api::{self, AppState, ServerConfig};
 use crate::db::Database;
 use crate::model::{LeaseState, Role, User};
-use crate::store::{hosts, leases, phones, profiles, utilisation};
+use crate::store::{leases, lifecycle, profiles, utilisation};
+use crate::wire::users::CreateUser;
 
 /// Options of `cloudphone serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -158,22 +159,22 @@ pub async fn tick(state: &AppState) -> crate::error::Result<()> {
     drop(tx);
     for id in due {
         let mut tx = state.db.begin().await?;
-        match leases::release(&mut tx, &system, &id, LeaseState::Expired).await {
+        match lifecycle::release(&mut tx, &system, &id, LeaseState::Expired).await {
             Ok(_) => tx.commit().await?,
             Err(e) => tracing::debug!(lease = %id, "expiry skipped: {e}"),
         }
     }
     let mut tx = state.db.begin().await?;
-    let reaped = hosts::reap(&mut tx, state.config.heartbeat_timeout_ms).await?;
+    let reaped = lifecycle::reap_hosts(&mut tx, state.config.heartbeat_timeout_ms).await?;
     tx.commit().await?;
     for h in reaped {
         tracing::warn!(host = %h, "host missed heartbeats: offline, its phones lost");
     }
     let mut tx = state.db.begin().await?;
-    phones::reconcile_pools(&mut tx).await?;
+    lifecycle::reconcile_pools(&mut tx).await?;
     for p in profiles::list(&mut tx).await? {
         profiles::get_locked(&mut tx, &p.id).await?;
-        leases::dispatch(&mut tx, &p.id).await?;
+        lifecycle::dispatch(&mut tx, &p.id).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -189,7 +190,7 @@ async fn utilisation_loop(state: AppState, period: Duration) {
         period,
         || async {
             let mut tx = state.db.begin().await?;
-            let sample = utilisation::sample(&mut tx, crate::now_ms()).await?;
+            let sample = lifecycle::sample_utilisation(&mut tx, crate::now_ms()).await?;
             utilisation::record(&mut tx, &sample).await?;
             tx.commit().await?;
             Ok(())

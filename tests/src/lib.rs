@@ -19,9 +19,12 @@ pub mod phone;
 pub mod webdriver;
 
 use anyhow::{anyhow, bail, Context, Result};
+use cloudphone_vmm_api::VmmApi;
 
 /// How often the waiters below look at logs, sockets and the child process.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Cap on one VMM API reply in tests (a full-screen PNG screenshot is the largest).
+const API_MAX_REPLY: usize = 64 << 20;
 
 /// Call `probe` every `every` until it yields a value or fails; `Ok(None)` once `timeout` has
 /// passed. The one polling loop behind the waiters of these tests (VM logs, sockets, the
@@ -615,19 +618,26 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// One HTTP/1.1 request over a Unix socket (the per-VM API); returns (status, body).
+/// One call on the per-VM API through the shared client; returns (status, body). Raw method,
+/// path and body, so tests can send what a typed call never would.
 pub fn api_request(
     socket: &Path,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, String)> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("connect to API socket {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.unwrap_or("").as_bytes();
-    let (status, reply) = http::exchange(&mut stream, "localhost", method, path, &[], body)?;
-    Ok((status, String::from_utf8_lossy(&reply).into_owned()))
+    let api = VmmApi::new(socket)
+        .with_timeout(Duration::from_secs(30))
+        .with_max_reply(API_MAX_REPLY);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for the VMM API client")?;
+    let (status, reply) = runtime.block_on(api.exchange(method, path, body.map(str::to_owned)))?;
+    Ok((
+        status.as_u16(),
+        String::from_utf8_lossy(&reply).into_owned(),
+    ))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `cloudphone agent`: runs on a host with KVM, one `cloudphone-vmm` per phone.
 //!
-//! Protocol with the control service (polling, see `api::hosts`): register once, then every
+//! Protocol with the control service (polling, see `api::hosts`, bodies in `wire::hosts`): register once, then every
 //! `--interval-ms` send a heartbeat listing the phones whose VMM runs here; the reply is
 //! the full desired set for this host, which the agent converges to:
 //! `creating`/`booting` → start the VMM, report `booting`, then `ready` once its API answers;
@@ -17,7 +17,6 @@
 
 mod relay;
 mod vmm;
-pub mod vmm_api;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::api::hosts::{DesiredPhone, Heartbeat, HeartbeatReply, RegisterHost, StateReport};
-use crate::cli::client::Client;
+use crate::client::Client;
 use crate::model::{Host, Phone, PhoneState};
+use crate::wire::hosts::{DesiredPhone, Heartbeat, HeartbeatReply, RegisterHost, StateReport};
+use cloudphone_vmm_api::VmmApi;
 use vmm::Running;
 pub use vmm::{command_line, PhoneDir, VmmConfig};
 
@@ -396,7 +396,11 @@ impl Agent {
         match phone.state {
             PhoneState::Creating => self.report(phone, PhoneState::Booting, "VMM started").await,
             PhoneState::Booting | PhoneState::Resetting => {
-                match vmm_api::status(&dir.api_socket()).await {
+                match VmmApi::new(dir.api_socket())
+                    .status()
+                    .await
+                    .map(|s| s.state)
+                {
                     // A phone image speaks the guest contract: it is ready for a user once its
                     // agent says PHONE_READY, not when the VMM merely runs.
                     Ok(s) if s == "running" && self.opts.boot_img.is_some() => {

@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use cloudphone_vmm_api::VmmApi;
 
-use super::vmm_api;
 use crate::model::Profile;
 
 /// Where and how the agent runs VMMs (from the command line).
@@ -286,7 +286,7 @@ pub async fn start(
 
 /// Stops a VMM: ACPI shutdown through its API, then SIGKILL after `grace`.
 pub async fn stop(dir: &PhoneDir, mut running: Running, grace: Duration) {
-    let _ = vmm_api::shutdown(&dir.api_socket(), grace.as_millis() as u64).await;
+    let _ = VmmApi::new(dir.api_socket()).shutdown(grace).await;
     let deadline = Instant::now() + grace;
     while running.exited().is_none() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

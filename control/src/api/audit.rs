@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use super::auth::{Auth, Operator};
 use super::error::ApiResult;
@@ -11,19 +10,13 @@ use super::extract::{self, ApiQuery};
 use super::AppState;
 use crate::model::AuditEvent;
 use crate::store::audit;
+use crate::wire::audit::Limit;
 
 /// Routes for the audit log and notifications.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/audit", get(all))
         .route("/events", get(mine))
-}
-
-/// `?limit=N` (1..=1000, default 100).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limit {
-    pub limit: Option<u32>,
 }
 
 fn limit(q: &Limit) -> Result<i64, crate::error::Error> {

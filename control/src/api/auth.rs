@@ -11,7 +11,6 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::ApiJson;
@@ -20,6 +19,7 @@ use crate::error::Error;
 use crate::ids::{random_hex, sha256_hex};
 use crate::model::{Role, User};
 use crate::store::users;
+use crate::wire::auth::LoginRequest;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "cloudphone_session";
@@ -111,14 +111,6 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/login", post(login))
         .route("/auth/logout", post(logout))
         .route("/auth/whoami", get(whoami))
-}
-
-/// `POST /auth/login` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoginRequest {
-    pub name: String,
-    pub password: String,
 }
 
 async fn login(

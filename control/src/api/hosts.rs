@@ -12,15 +12,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
 use super::auth::{AgentAuth, Operator};
 use super::error::ApiResult;
 use super::extract::{self, ApiJson};
 use super::AppState;
 use crate::error::Error;
-use crate::model::{Host, Phone, PhoneState, Profile};
-use crate::store::{audit, hosts, phones, profiles};
+use crate::model::{Host, Phone, PhoneState};
+use crate::store::{audit, hosts, lifecycle, phones, profiles};
+use crate::wire::hosts::{DesiredPhone, Heartbeat, HeartbeatReply, RegisterHost, StateReport};
 
 /// Routes under `/api/v1/hosts`.
 pub fn routes() -> Router<AppState> {
@@ -29,23 +29,6 @@ pub fn routes() -> Router<AppState> {
         .route("/hosts/{id}", get(one))
         .route("/hosts/{id}/heartbeat", post(heartbeat))
         .route("/hosts/{id}/phones/{phone_id}/state", put(report))
-}
-
-/// `POST /hosts` body: the host's name and capacity, and its stream relay if it has one.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegisterHost {
-    pub name: String,
-    pub vcpus: u32,
-    pub memory_mib: u32,
-    pub max_phones: u32,
-    /// Where the control service reaches this agent's stream relay (`http://host:port`);
-    /// absent when the agent's VMM sockets are on the control service's machine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay_url: Option<String>,
-    /// Bearer key the relay accepts (with `relay_url`; stored, never returned by any API).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay_key: Option<String>,
 }
 
 /// Longest relay URL accepted.
@@ -89,6 +72,7 @@ async fn register(
     let relay = relay_of(&r)?;
     let mut tx = st.db.begin().await?;
     let host = hosts::register(&mut tx, &r.name, vcpus, mem, max, relay.as_ref()).await?;
+    audit::record(&mut tx, "agent", "host.register", &host.id, &r.name, None).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(host)))
 }
@@ -108,29 +92,6 @@ async fn one(
     Ok(Json(hosts::get(&mut tx, id).await?))
 }
 
-/// `POST /hosts/{id}/heartbeat` body: phones whose VMM is running on this host.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {
-    pub running: Vec<String>,
-}
-
-/// A phone the host should act on, with its profile.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct DesiredPhone {
-    pub phone: Phone,
-    pub profile: Profile,
-}
-
-/// Heartbeat reply.
-#[derive(Serialize, Deserialize)]
-pub struct HeartbeatReply {
-    pub host: Host,
-    pub phones: Vec<DesiredPhone>,
-    /// Silence longer than this marks the host offline and its phones lost.
-    pub heartbeat_timeout_ms: i64,
-}
-
 /// Upper bound on phones a heartbeat may list (a host never runs more).
 const MAX_RUNNING: usize = 10_000;
 
@@ -145,7 +106,7 @@ async fn heartbeat(
         return Err(Error::Invalid(format!("running: at most {MAX_RUNNING} phones")).into());
     }
     let mut tx = st.db.begin().await?;
-    let host = hosts::heartbeat(&mut tx, id, &hb.running).await?;
+    let host = lifecycle::heartbeat(&mut tx, id, &hb.running).await?;
     let mut out = Vec::new();
     for phone in phones::for_host(&mut tx, id).await? {
         let profile = profiles::get(&mut tx, &phone.profile_id).await?;
@@ -157,19 +118,6 @@ async fn heartbeat(
         phones: out,
         heartbeat_timeout_ms: st.config.heartbeat_timeout_ms,
     }))
-}
-
-/// `PUT /hosts/{id}/phones/{phone_id}/state` body.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateReport {
-    pub state: PhoneState,
-    /// The generation the agent acted on; a report for an older reset is refused.
-    pub generation: i64,
-    #[serde(default)]
-    pub reason: String,
-    /// Path of the VMM API socket on the host.
-    pub api_socket: Option<String>,
 }
 
 async fn report(
@@ -201,7 +149,7 @@ async fn report(
     let phone = if phone.state == r.state {
         phone
     } else {
-        phones::transition(&mut tx, phone_id, r.state, &agent.name, &r.reason).await?
+        lifecycle::transition(&mut tx, phone_id, r.state, &agent.name, &r.reason).await?
     };
     if r.state == PhoneState::Failed {
         audit::record(

@@ -4,16 +4,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
 use super::auth::Auth;
 use super::error::ApiResult;
 use super::extract::{self, ApiJson, ApiQuery};
 use super::AppState;
 use crate::error::Error;
-use crate::model::{Lease, LeaseState, QueueEntry};
+use crate::model::{Lease, LeaseState};
 use crate::scheduler::MAX_LEASE_S;
-use crate::store::leases::{self, Acquired, LeaseRequest};
+use crate::store::leases;
+use crate::store::lifecycle::{self, Acquired, LeaseRequest};
+use crate::wire::leases::{AcquireRequest, AcquireResponse, LeaseFilter, RenewRequest};
 
 /// Routes under `/api/v1/leases`.
 pub fn routes() -> Router<AppState> {
@@ -21,29 +22,6 @@ pub fn routes() -> Router<AppState> {
         .route("/leases", get(list).post(acquire))
         .route("/leases/{id}", get(one).delete(release))
         .route("/leases/{id}/renew", post(renew))
-}
-
-/// `POST /leases` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AcquireRequest {
-    /// Profile id or name.
-    pub profile: String,
-    /// Lease length in seconds (1..=86400), default 3600.
-    pub duration_s: Option<u64>,
-    /// Keep the phone's disk between leases.
-    #[serde(default)]
-    pub persistent: bool,
-    /// Queue when nothing is free (default true); false fails with 409 instead.
-    pub wait: Option<bool>,
-}
-
-/// Outcome of `POST /leases`: 201 with `lease`, or 202 with `queue` (poll `/queue/{id}`).
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(tag = "status", rename_all = "lowercase")]
-pub enum AcquireResponse {
-    Granted { lease: Lease },
-    Queued { queue: QueueEntry },
 }
 
 fn duration(v: Option<u64>) -> Result<i64, Error> {
@@ -63,7 +41,7 @@ async fn acquire(
         wait: r.wait.unwrap_or(true),
     };
     let mut tx = st.db.begin().await?;
-    let out = leases::acquire(&mut tx, &user, &req).await?;
+    let out = lifecycle::acquire(&mut tx, &user, &req).await?;
     tx.commit().await?;
     Ok(match out {
         Acquired::Granted(lease) => (
@@ -75,14 +53,6 @@ async fn acquire(
             Json(AcquireResponse::Queued { queue }),
         ),
     })
-}
-
-/// `?all=true` includes ended leases.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseFilter {
-    #[serde(default)]
-    pub all: bool,
 }
 
 async fn list(
@@ -111,16 +81,9 @@ async fn release(
 ) -> ApiResult<Json<Lease>> {
     let id = extract::id(&id, "ls", "lease")?;
     let mut tx = st.db.begin().await?;
-    let lease = leases::release(&mut tx, &user, id, LeaseState::Released).await?;
+    let lease = lifecycle::release(&mut tx, &user, id, LeaseState::Released).await?;
     tx.commit().await?;
     Ok(Json(lease))
-}
-
-/// `POST /leases/{id}/renew` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RenewRequest {
-    pub duration_s: u64,
 }
 
 async fn renew(
@@ -132,7 +95,7 @@ async fn renew(
     let id = extract::id(&id, "ls", "lease")?;
     let d = duration(Some(r.duration_s))?;
     let mut tx = st.db.begin().await?;
-    let lease = leases::renew(&mut tx, &user, id, d).await?;
+    let lease = lifecycle::renew(&mut tx, &user, id, d).await?;
     tx.commit().await?;
     Ok(Json(lease))
 }

@@ -3,7 +3,6 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use super::auth::Auth;
 use super::error::ApiResult;
@@ -11,20 +10,14 @@ use super::extract::{self, ApiQuery};
 use super::AppState;
 use crate::error::Error;
 use crate::model::{Phone, PhoneState, Role};
-use crate::store::phones;
+use crate::store::{lifecycle, phones};
+use crate::wire::phones::PhoneFilter;
 
 /// Routes under `/api/v1/phones`.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/phones", get(list))
         .route("/phones/{id}", get(one).delete(stop))
-}
-
-/// `?state=ready` filter.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PhoneFilter {
-    pub state: Option<PhoneState>,
 }
 
 async fn list(
@@ -61,7 +54,7 @@ async fn stop(
             Error::Conflict("this phone is leased: release the lease instead".into()).into(),
         );
     }
-    let p = phones::transition(
+    let p = lifecycle::transition(
         &mut tx,
         id,
         PhoneState::Stopping,

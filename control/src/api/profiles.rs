@@ -4,7 +4,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use super::auth::{Auth, Operator};
 use super::error::ApiResult;
@@ -13,28 +12,13 @@ use super::AppState;
 use crate::error::Error;
 use crate::model::Profile;
 use crate::store::{audit, profiles};
+use crate::wire::profiles::{CreateProfile, UpdateProfile};
 
 /// Routes under `/api/v1/profiles`.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/profiles", get(list).post(create))
         .route("/profiles/{key}", get(one).patch(update))
-}
-
-/// `POST /profiles` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProfile {
-    pub name: String,
-    pub width: u32,
-    pub height: u32,
-    pub dpi: u32,
-    pub vcpus: u32,
-    pub memory_mib: u32,
-    /// Base image file name inside each agent's `--image-dir` ("" = no disk).
-    pub image: String,
-    #[serde(default)]
-    pub pool_size: u32,
 }
 
 fn image(v: &str) -> Result<(), Error> {
@@ -84,13 +68,6 @@ async fn one(
     extract::name("profile", &key).map_err(|_| Error::NotFound("profile".into()))?;
     let mut tx = st.db.begin().await?;
     Ok(Json(profiles::get(&mut tx, &key).await?))
-}
-
-/// `PATCH /profiles/{key}` body: resize the warm pool.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateProfile {
-    pub pool_size: u32,
 }
 
 async fn update(

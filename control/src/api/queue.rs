@@ -9,7 +9,7 @@ use super::error::ApiResult;
 use super::extract;
 use super::AppState;
 use crate::model::QueueEntry;
-use crate::store::queue;
+use crate::store::{lifecycle, queue};
 
 /// Routes under `/api/v1/queue`.
 pub fn routes() -> Router<AppState> {
@@ -41,7 +41,7 @@ async fn cancel(
 ) -> ApiResult<Json<QueueEntry>> {
     let id = extract::id(&id, "q", "queue entry")?;
     let mut tx = st.db.begin().await?;
-    let e = queue::cancel(&mut tx, &user, id).await?;
+    let e = lifecycle::cancel_queued(&mut tx, &user, id).await?;
     tx.commit().await?;
     Ok(Json(e))
 }

@@ -4,7 +4,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 
 use super::auth::{Auth, Operator};
 use super::error::ApiResult;
@@ -13,6 +12,7 @@ use super::AppState;
 use crate::error::Error;
 use crate::model::{Role, User};
 use crate::store::{audit, users};
+use crate::wire::users::{CreateUser, NewToken, UpdateUser, UserWithToken};
 
 /// Routes under `/api/v1/users`.
 pub fn routes() -> Router<AppState> {
@@ -22,25 +22,6 @@ pub fn routes() -> Router<AppState> {
         .route("/users/{id}", patch(update))
         .route("/users/{id}/tokens", post(new_token))
         .route("/users/{id}/tokens/{token_id}", delete(revoke))
-}
-
-/// `POST /users` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateUser {
-    pub name: String,
-    pub role: Role,
-    pub password: Option<String>,
-    pub max_phones: Option<u32>,
-    pub max_minutes_per_day: Option<u32>,
-}
-
-/// A user plus a freshly minted token (shown once).
-#[derive(Serialize, Deserialize)]
-pub struct UserWithToken {
-    pub user: User,
-    pub token: String,
-    pub token_id: String,
 }
 
 fn password(p: &str) -> Result<String, Error> {
@@ -115,15 +96,6 @@ async fn me(Auth(user): Auth) -> Json<User> {
     Json(user)
 }
 
-/// `PATCH /users/{id}` body: operators change quotas; anyone their own password.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateUser {
-    pub max_phones: Option<u32>,
-    pub max_minutes_per_day: Option<u32>,
-    pub password: Option<String>,
-}
-
 /// The target user id if `caller` may manage it (self or operator); others get 404.
 fn managed<'a>(caller: &User, id: &'a str) -> Result<&'a str, Error> {
     let id = extract::id(id, "u", "user")?;
@@ -153,13 +125,6 @@ async fn update(
     tx.commit().await?;
     st.tokens.forget(None, id);
     Ok(Json(user))
-}
-
-/// A new token (shown once).
-#[derive(Serialize, Deserialize)]
-pub struct NewToken {
-    pub token_id: String,
-    pub token: String,
 }
 
 async fn new_token(

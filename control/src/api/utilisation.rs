@@ -3,7 +3,6 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
 
 use super::auth::Operator;
 use super::error::ApiResult;
@@ -11,6 +10,7 @@ use super::extract::{self, ApiQuery};
 use super::AppState;
 use crate::model::UtilisationSample;
 use crate::store::utilisation;
+use crate::wire::utilisation::Window;
 
 /// Most samples one request returns (a week at one sample a minute).
 const MAX_SAMPLES: i64 = 10_080;
@@ -20,13 +20,6 @@ const MAX_MINUTES: u64 = (utilisation::RETENTION_MS / 60_000) as u64;
 /// Routes for the utilisation history.
 pub fn routes() -> Router<AppState> {
     Router::new().route("/utilisation", get(history))
-}
-
-/// `?minutes=N`: how far back (1..=10080, default 60).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Window {
-    pub minutes: Option<u32>,
 }
 
 async fn history(

@@ -2,7 +2,6 @@
 //! Readable tables by default, `--json` for scripts. Credentials come from `--url`/`--token`,
 //! the environment (CLOUDPHONE_URL, CLOUDPHONE_TOKEN) or the file `login` saves.
 
-pub mod client;
 pub mod table;
 
 use std::io::Write;
@@ -13,10 +12,11 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::leases::AcquireResponse;
-use crate::api::users::{NewToken, UserWithToken};
+use crate::client::Client;
 use crate::model::{Host, Lease, Phone, Profile, QueueEntry, User};
-use client::Client;
+use crate::wire::leases::{AcquireRequest, AcquireResponse};
+use crate::wire::profiles::{CreateProfile, UpdateProfile};
+use crate::wire::users::{CreateUser, NewToken, UserWithToken};
 
 /// Connection options shared by client commands.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,24 +74,8 @@ pub enum ClientCommand {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ProfilesCmd {
     List,
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value_t = 720)]
-        width: u32,
-        #[arg(long, default_value_t = 1280)]
-        height: u32,
-        #[arg(long, default_value_t = 320)]
-        dpi: u32,
-        #[arg(long, default_value_t = 2)]
-        vcpus: u32,
-        #[arg(long, default_value_t = 2048)]
-        memory_mib: u32,
-        #[arg(long, default_value = "")]
-        image: String,
-        #[arg(long, default_value_t = 0)]
-        pool_size: u32,
-    },
+    /// Create a profile.
+    Create(CreateProfile),
     /// Resize a profile's warm pool.
     Pool {
         profile: String,
@@ -103,19 +87,7 @@ pub enum ProfilesCmd {
 pub enum UsersCmd {
     List,
     /// Create a user; prints its token.
-    Add {
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = "user")]
-        role: String,
-        /// Password for web login (read from CLOUDPHONE_NEW_PASSWORD if set).
-        #[arg(long, env = "CLOUDPHONE_NEW_PASSWORD", hide_env_values = true)]
-        password: Option<String>,
-        #[arg(long)]
-        max_phones: Option<u32>,
-        #[arg(long)]
-        max_minutes_per_day: Option<u32>,
-    },
+    Add(CreateUser),
     /// Mint another token for a user id (yourself: `me`).
     Token {
         user_id: String,
@@ -200,6 +172,12 @@ fn lease_row(l: &Lease) -> Vec<String> {
 }
 const LEASE_HEADERS: &[&str] = &["lease", "phone", "state", "expires", "persistent"];
 
+/// A connected client plus the output mode: what every command needs.
+struct Session {
+    client: Client,
+    json: bool,
+}
+
 /// Runs a client command.
 pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> {
     let saved = load_saved();
@@ -209,196 +187,224 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         .or(saved.url)
         .unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let token = opts.token.clone().or(saved.token);
-    let c = Client::new(&url, token.clone());
-    let j = opts.json;
+    let s = Session {
+        client: Client::new(&url, token.clone()),
+        json: opts.json,
+    };
     match cmd {
-        ClientCommand::Login => {
-            let me: User = c.get("/auth/whoami").await.context("checking the token")?;
-            println!("logged in to {url} as {} ({})", me.name, me.role.as_str());
-            save(&Saved {
-                url: Some(url),
-                token,
-            })?;
-        }
-        ClientCommand::Profiles {
-            cmd: None | Some(ProfilesCmd::List),
-        } => {
-            let v: Vec<Profile> = c.get("/profiles").await?;
-            show(
-                j,
-                &v,
-                &["name", "size", "dpi", "vcpus", "memory", "image", "pool"],
-                |p| {
-                    vec![
-                        p.name.clone(),
-                        format!("{}x{}", p.width, p.height),
-                        p.dpi.to_string(),
-                        p.vcpus.to_string(),
-                        format!("{} MiB", p.memory_mib),
-                        p.image.clone(),
-                        p.pool_size.to_string(),
-                    ]
-                },
-            )?;
-        }
-        ClientCommand::Profiles {
-            cmd:
-                Some(ProfilesCmd::Create {
-                    name,
-                    width,
-                    height,
-                    dpi,
-                    vcpus,
-                    memory_mib,
-                    image,
-                    pool_size,
-                }),
-        } => {
-            let body = json!({"name": name, "width": width, "height": height, "dpi": dpi, "vcpus": vcpus,
-                "memory_mib": memory_mib, "image": image, "pool_size": pool_size});
-            let p: Profile = c.post("/profiles", &body).await?;
-            show(j, &[p], &["id", "name"], |p| {
-                vec![p.id.clone(), p.name.clone()]
-            })?;
-        }
-        ClientCommand::Profiles {
-            cmd: Some(ProfilesCmd::Pool { profile, size }),
-        } => {
-            let p: Profile = c
-                .patch(&format!("/profiles/{profile}"), &json!({"pool_size": size}))
-                .await?;
-            show(j, &[p], &["name", "pool"], |p| {
-                vec![p.name.clone(), p.pool_size.to_string()]
-            })?;
-        }
-        ClientCommand::Phones { id } => {
-            let v: Vec<Phone> = match id {
-                Some(id) => vec![c.get(&format!("/phones/{id}")).await?],
-                None => c.get("/phones").await?,
-            };
-            show(j, &v, &["id", "state", "host", "profile", "socket"], |p| {
-                vec![
-                    p.id.clone(),
-                    p.state.as_str().into(),
-                    p.host_id.clone(),
-                    p.profile_id.clone(),
-                    opt(&p.api_socket),
-                ]
-            })?;
-        }
+        ClientCommand::Login => login(&s, url, token).await,
+        ClientCommand::Profiles { cmd } => match cmd {
+            None | Some(ProfilesCmd::List) => list_profiles(&s).await,
+            Some(ProfilesCmd::Create(body)) => create_profile(&s, &body).await,
+            Some(ProfilesCmd::Pool { profile, size }) => resize_pool(&s, &profile, size).await,
+        },
+        ClientCommand::Phones { id } => phones(&s, id).await,
         ClientCommand::Lease {
             profile,
             duration_s,
             persistent,
             no_wait,
         } => {
-            let body = json!({"profile": profile, "duration_s": duration_s, "persistent": persistent, "wait": !no_wait});
-            let lease = match c.post::<AcquireResponse>("/leases", &body).await? {
-                AcquireResponse::Granted { lease } => lease,
-                AcquireResponse::Queued { queue } => wait_in_queue(&c, queue, j).await?,
+            let body = AcquireRequest {
+                profile,
+                duration_s: Some(duration_s),
+                persistent,
+                wait: Some(!no_wait),
             };
-            show(j, &[lease], LEASE_HEADERS, lease_row)?;
+            lease(&s, &body).await
         }
-        ClientCommand::Release { lease_id } => {
-            let l: Lease = c.delete(&format!("/leases/{lease_id}")).await?;
-            show(j, &[l], LEASE_HEADERS, lease_row)?;
-        }
-        ClientCommand::Queue => {
-            let v: Vec<QueueEntry> = c.get("/queue").await?;
-            show(j, &v, &["id", "position", "eta", "profile", "user"], |e| {
-                vec![
-                    e.id.clone(),
-                    e.position.map_or("-".into(), |p| p.to_string()),
-                    e.eta_ms
-                        .map_or("unknown".into(), |m| format!("{}s", m / 1000)),
-                    e.profile_id.clone(),
-                    e.user_id.clone(),
-                ]
-            })?;
-        }
-        ClientCommand::Hosts => {
-            let v: Vec<Host> = c.get("/hosts").await?;
-            show(
-                j,
-                &v,
-                &[
-                    "id",
-                    "name",
-                    "state",
-                    "vcpus",
-                    "memory",
-                    "max phones",
-                    "heartbeat",
-                ],
-                |h| {
-                    vec![
-                        h.id.clone(),
-                        h.name.clone(),
-                        h.state.clone(),
-                        h.vcpus.to_string(),
-                        format!("{} MiB", h.memory_mib),
-                        h.max_phones.to_string(),
-                        ms(h.last_heartbeat_ms),
-                    ]
-                },
-            )?;
-        }
-        ClientCommand::Users {
-            cmd: None | Some(UsersCmd::List),
-        } => {
-            let v: Vec<User> = c.get("/users").await?;
-            show(
-                j,
-                &v,
-                &["id", "name", "role", "max phones", "minutes/day"],
-                |u| {
-                    vec![
-                        u.id.clone(),
-                        u.name.clone(),
-                        u.role.as_str().into(),
-                        u.max_phones.to_string(),
-                        u.max_minutes_per_day.to_string(),
-                    ]
-                },
-            )?;
-        }
-        ClientCommand::Users {
-            cmd:
-                Some(UsersCmd::Add {
-                    name,
-                    role,
-                    password,
-                    max_phones,
-                    max_minutes_per_day,
-                }),
-        } => {
-            let body = json!({"name": name, "role": role, "password": password, "max_phones": max_phones,
-                "max_minutes_per_day": max_minutes_per_day});
-            let u: UserWithToken = c.post("/users", &body).await?;
-            if j {
-                println!("{}", serde_json::to_string_pretty(&u)?);
-            } else {
-                println!(
-                    "created {} {} ({})\ntoken: {}",
-                    u.user.id,
-                    u.user.name,
-                    u.user.role.as_str(),
-                    u.token
-                );
-            }
-        }
-        ClientCommand::Users {
-            cmd: Some(UsersCmd::Token { user_id }),
-        } => {
-            let id = if user_id == "me" {
-                c.get::<User>("/users/me").await?.id
-            } else {
-                user_id
-            };
-            let t: NewToken = c.post(&format!("/users/{id}/tokens"), &json!(null)).await?;
-            println!("token: {}", t.token);
-        }
+        ClientCommand::Release { lease_id } => release(&s, &lease_id).await,
+        ClientCommand::Queue => queue(&s).await,
+        ClientCommand::Hosts => hosts(&s).await,
+        ClientCommand::Users { cmd } => match cmd {
+            None | Some(UsersCmd::List) => list_users(&s).await,
+            Some(UsersCmd::Add(body)) => add_user(&s, &body).await,
+            Some(UsersCmd::Token { user_id }) => new_token(&s, user_id).await,
+        },
     }
+}
+
+/// `login`: check the token, then save URL and token for later commands.
+async fn login(s: &Session, url: String, token: Option<String>) -> anyhow::Result<()> {
+    let me: User = s
+        .client
+        .get("/auth/whoami")
+        .await
+        .context("checking the token")?;
+    println!("logged in to {url} as {} ({})", me.name, me.role.as_str());
+    save(&Saved {
+        url: Some(url),
+        token,
+    })
+}
+
+/// `profiles [list]`.
+async fn list_profiles(s: &Session) -> anyhow::Result<()> {
+    let v: Vec<Profile> = s.client.get("/profiles").await?;
+    show(
+        s.json,
+        &v,
+        &["name", "size", "dpi", "vcpus", "memory", "image", "pool"],
+        |p| {
+            vec![
+                p.name.clone(),
+                format!("{}x{}", p.width, p.height),
+                p.dpi.to_string(),
+                p.vcpus.to_string(),
+                format!("{} MiB", p.memory_mib),
+                p.image.clone(),
+                p.pool_size.to_string(),
+            ]
+        },
+    )
+}
+
+/// `profiles create`.
+async fn create_profile(s: &Session, body: &CreateProfile) -> anyhow::Result<()> {
+    let p: Profile = s.client.post("/profiles", body).await?;
+    show(s.json, &[p], &["id", "name"], |p| {
+        vec![p.id.clone(), p.name.clone()]
+    })
+}
+
+/// `profiles pool PROFILE SIZE`.
+async fn resize_pool(s: &Session, profile: &str, size: u32) -> anyhow::Result<()> {
+    let body = UpdateProfile { pool_size: size };
+    let p: Profile = s
+        .client
+        .patch(&format!("/profiles/{profile}"), &body)
+        .await?;
+    show(s.json, &[p], &["name", "pool"], |p| {
+        vec![p.name.clone(), p.pool_size.to_string()]
+    })
+}
+
+/// `phones [ID]`.
+async fn phones(s: &Session, id: Option<String>) -> anyhow::Result<()> {
+    let v: Vec<Phone> = match id {
+        Some(id) => vec![s.client.get(&format!("/phones/{id}")).await?],
+        None => s.client.get("/phones").await?,
+    };
+    show(
+        s.json,
+        &v,
+        &["id", "state", "host", "profile", "socket"],
+        |p| {
+            vec![
+                p.id.clone(),
+                p.state.as_str().into(),
+                p.host_id.clone(),
+                p.profile_id.clone(),
+                opt(&p.api_socket),
+            ]
+        },
+    )
+}
+
+/// `lease`: granted at once, or (unless `--no-wait`) after waiting in the queue.
+async fn lease(s: &Session, body: &AcquireRequest) -> anyhow::Result<()> {
+    let lease = match s.client.post::<AcquireResponse>("/leases", body).await? {
+        AcquireResponse::Granted { lease } => lease,
+        AcquireResponse::Queued { queue } => wait_in_queue(&s.client, queue, s.json).await?,
+    };
+    show(s.json, &[lease], LEASE_HEADERS, lease_row)
+}
+
+/// `release LEASE`.
+async fn release(s: &Session, lease_id: &str) -> anyhow::Result<()> {
+    let l: Lease = s.client.delete(&format!("/leases/{lease_id}")).await?;
+    show(s.json, &[l], LEASE_HEADERS, lease_row)
+}
+
+/// `queue`.
+async fn queue(s: &Session) -> anyhow::Result<()> {
+    let v: Vec<QueueEntry> = s.client.get("/queue").await?;
+    show(
+        s.json,
+        &v,
+        &["id", "position", "eta", "profile", "user"],
+        |e| {
+            vec![
+                e.id.clone(),
+                e.position.map_or("-".into(), |p| p.to_string()),
+                e.eta_ms
+                    .map_or("unknown".into(), |m| format!("{}s", m / 1000)),
+                e.profile_id.clone(),
+                e.user_id.clone(),
+            ]
+        },
+    )
+}
+
+/// `hosts`.
+async fn hosts(s: &Session) -> anyhow::Result<()> {
+    let v: Vec<Host> = s.client.get("/hosts").await?;
+    let headers = [
+        "id",
+        "name",
+        "state",
+        "vcpus",
+        "memory",
+        "max phones",
+        "heartbeat",
+    ];
+    show(s.json, &v, &headers, |h| {
+        vec![
+            h.id.clone(),
+            h.name.clone(),
+            h.state.clone(),
+            h.vcpus.to_string(),
+            format!("{} MiB", h.memory_mib),
+            h.max_phones.to_string(),
+            ms(h.last_heartbeat_ms),
+        ]
+    })
+}
+
+/// `users [list]`.
+async fn list_users(s: &Session) -> anyhow::Result<()> {
+    let v: Vec<User> = s.client.get("/users").await?;
+    let headers = ["id", "name", "role", "max phones", "minutes/day"];
+    show(s.json, &v, &headers, |u| {
+        vec![
+            u.id.clone(),
+            u.name.clone(),
+            u.role.as_str().into(),
+            u.max_phones.to_string(),
+            u.max_minutes_per_day.to_string(),
+        ]
+    })
+}
+
+/// `users add`: prints the new user's token (shown only once).
+async fn add_user(s: &Session, body: &CreateUser) -> anyhow::Result<()> {
+    let u: UserWithToken = s.client.post("/users", body).await?;
+    if s.json {
+        println!("{}", serde_json::to_string_pretty(&u)?);
+    } else {
+        println!(
+            "created {} {} ({})\ntoken: {}",
+            u.user.id,
+            u.user.name,
+            u.user.role.as_str(),
+            u.token
+        );
+    }
+    Ok(())
+}
+
+/// `users token ID|me`.
+async fn new_token(s: &Session, user_id: String) -> anyhow::Result<()> {
+    let id = if user_id == "me" {
+        s.client.get::<User>("/users/me").await?.id
+    } else {
+        user_id
+    };
+    let t: NewToken = s
+        .client
+        .post(&format!("/users/{id}/tokens"), &json!(null))
+        .await?;
+    println!("token: {}", t.token);
     Ok(())
 }
 

@@ -1,12 +1,10 @@
 //! Hosts: registration, heartbeats, and losing hosts that stop heartbeating.
 
-use crate::db::{Row, Tx, Value};
+use crate::db::{Row, Tx};
 use crate::error::Result;
 use crate::ids::new_id;
-use crate::model::{Host, PhoneState};
+use crate::model::Host;
 use crate::scheduler::HostLoad;
-
-use super::phones;
 
 const COLS: &str = "SELECT id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms FROM hosts";
 
@@ -36,6 +34,7 @@ pub struct HostRelay {
 
 /// Registers a host by name, or updates the capacity and relay of an existing one (agent
 /// restart: a new relay key, or none when the agent now runs beside the control service).
+/// The caller records it in the audit log.
 pub async fn register(
     tx: &mut Tx,
     name: &str,
@@ -72,7 +71,6 @@ pub async fn register(
             id
         }
     };
-    super::audit::record(tx, "agent", "host.register", &id, name, None).await?;
     get(tx, &id).await
 }
 
@@ -103,95 +101,6 @@ pub async fn list(tx: &mut Tx) -> Result<Vec<Host>> {
         .iter()
         .map(decode)
         .collect()
-}
-
-/// Records a heartbeat. A host coming back reconciles its `lost` phones with what it
-/// reports running: a surviving VMM is reset (its lease already ended), a gone one stopped.
-pub async fn heartbeat(tx: &mut Tx, host_id: &str, running: &[String]) -> Result<Host> {
-    let host = get(tx, host_id).await?;
-    tx.execute(
-        "UPDATE hosts SET last_heartbeat_ms = ?, state = 'online' WHERE id = ?",
-        &[crate::now_ms().into(), host_id.into()],
-    )
-    .await?;
-    if host.state != "online" {
-        super::audit::record(
-            tx,
-            "agent",
-            "host.online",
-            host_id,
-            "heartbeats resumed",
-            None,
-        )
-        .await?;
-    }
-    let lost = tx
-        .query(
-            "SELECT id FROM phones WHERE host_id = ? AND state = 'lost'",
-            &[host_id.into()],
-        )
-        .await?;
-    for r in lost {
-        let id = r.text(0)?;
-        let to = if running.contains(&id) {
-            PhoneState::Resetting
-        } else {
-            PhoneState::Stopped
-        };
-        phones::transition(tx, &id, to, "agent", "reconciled after host came back").await?;
-    }
-    get(tx, host_id).await
-}
-
-/// Marks hosts silent for longer than `timeout_ms` offline and their phones `lost` (which
-/// ends their leases and tells the users). Returns the hosts marked.
-pub async fn reap(tx: &mut Tx, timeout_ms: i64) -> Result<Vec<String>> {
-    let cutoff = crate::now_ms() - timeout_ms;
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT id FROM hosts WHERE state = 'online' AND last_heartbeat_ms < ?{}",
-                tx.lock_suffix()
-            ),
-            &[Value::Int(cutoff)],
-        )
-        .await?;
-    let mut reaped = Vec::new();
-    for r in rows {
-        let host_id = r.text(0)?;
-        tx.execute(
-            "UPDATE hosts SET state = 'offline' WHERE id = ?",
-            &[(&host_id).into()],
-        )
-        .await?;
-        super::audit::record(
-            tx,
-            "scheduler",
-            "host.offline",
-            &host_id,
-            "missed heartbeats",
-            None,
-        )
-        .await?;
-        let live = tx
-            .query(
-                "SELECT id FROM phones WHERE host_id = ? AND state NOT IN ('stopped', 'failed', 'lost')",
-                &[(&host_id).into()],
-            )
-            .await?;
-        for p in live {
-            phones::transition(
-                tx,
-                &p.text(0)?,
-                PhoneState::Lost,
-                "scheduler",
-                "host missed heartbeats",
-            )
-            .await?;
-        }
-        reaped.push(host_id);
-    }
-    Ok(reaped)
 }
 
 /// Capacity and current use of every online host (input to `scheduler::place`).

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod hosts;
 pub mod leases;
+pub mod lifecycle;
 pub mod phones;
 pub mod profiles;
 pub mod queue;

@@ -6,8 +6,6 @@ use crate::ids::new_id;
 use crate::model::{QueueEntry, Role, User};
 use crate::scheduler;
 
-use super::{audit, leases};
-
 const COLS: &str =
     "SELECT id, seq, user_id, profile_id, duration_s, persistent, state, lease_id, created_ms FROM queue";
 
@@ -118,10 +116,23 @@ pub async fn with_position(tx: &mut Tx, mut e: QueueEntry) -> Result<QueueEntry>
         &[(&e.profile_id).into(), e.seq.into()],
     )
     .await?;
-    let remaining = leases::remaining_ms(tx, &e.profile_id).await?;
+    let remaining = remaining_ms(tx, &e.profile_id).await?;
     e.position = Some(pos);
     e.eta_ms = scheduler::queue_eta_ms(pos, &remaining, e.duration_s.saturating_mul(1000));
     Ok(e)
+}
+
+/// Remaining ms of the active leases of a profile (for queue ETAs).
+async fn remaining_ms(tx: &mut Tx, profile_id: &str) -> Result<Vec<i64>> {
+    let now = crate::now_ms();
+    tx.query(
+        "SELECT expires_ms FROM leases WHERE profile_id = ? AND state = 'active'",
+        &[profile_id.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok(r.int(0)? - now))
+    .collect()
 }
 
 /// An entry as `user` may see it (another user's entry is `NotFound`).
@@ -155,23 +166,4 @@ pub async fn list_visible(tx: &mut Tx, user: &User) -> Result<Vec<QueueEntry>> {
         out.push(with_position(tx, decode(&r)?).await?);
     }
     Ok(out)
-}
-
-/// Leaves the queue.
-pub async fn cancel(tx: &mut Tx, user: &User, id: &str) -> Result<QueueEntry> {
-    let e = get_visible(tx, user, id).await?;
-    let n = tx
-        .execute(
-            "UPDATE queue SET state = 'cancelled' WHERE id = ? AND state = 'waiting'",
-            &[id.into()],
-        )
-        .await?;
-    if n != 1 {
-        return Err(Error::Conflict(format!(
-            "queue entry {id} is no longer waiting (state {})",
-            e.state
-        )));
-    }
-    audit::record(tx, &user.name, "queue.cancel", id, "", None).await?;
-    get_visible(tx, user, id).await
 }

@@ -4,41 +4,9 @@
 use crate::db::{Tx, Value};
 use crate::error::Result;
 use crate::model::UtilisationSample;
-use crate::store::{phones, queue};
 
 /// How long samples are kept (a week: enough to see daily peaks).
 pub const RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
-
-/// Phone states that do not occupy a slot.
-const GONE: [&str; 3] = ["stopped", "failed", "lost"];
-
-/// The fleet now: online hosts and their slots, live and assigned phones, queue length.
-pub async fn sample(tx: &mut Tx, at_ms: i64) -> Result<UtilisationSample> {
-    let hosts = super::one(
-        tx,
-        "online host totals",
-        "SELECT COUNT(*), CAST(COALESCE(SUM(max_phones), 0) AS BIGINT) FROM hosts WHERE state = 'online'",
-        &[],
-    )
-    .await?;
-    let (hosts_online, capacity) = (hosts.int(0)?, hosts.int(1)?);
-    let by_state = phones::count_by_state(tx).await?;
-    let count = |keep: &dyn Fn(&str) -> bool| {
-        by_state
-            .iter()
-            .filter(|(state, _)| keep(state))
-            .map(|(_, n)| n)
-            .sum()
-    };
-    Ok(UtilisationSample {
-        at_ms,
-        hosts_online,
-        capacity,
-        phones: count(&|s| !GONE.contains(&s)),
-        assigned: count(&|s| s == "assigned"),
-        queued: queue::total_waiting(tx).await?,
-    })
-}
 
 /// Stores `sample` (a second sample in the same millisecond is dropped) and prunes samples
 /// older than [`RETENTION_MS`].

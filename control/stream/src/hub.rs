@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudphone_display::{FramebufferInfo, PixelFormat};
+use cloudphone_vmm_api::DamageEvent;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::input::translate;
 use crate::pacer::PacerAction;
 use crate::source::{Pixels, Screen, ScreenSource};
-use crate::vmm_api::DamageEvent;
 use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use crate::{
     lock, new_encoder, BitrateController, Codec, EncodePacer, EncodedFrame, EncoderSettings,

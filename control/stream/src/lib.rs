@@ -27,7 +27,6 @@ pub mod pacer;
 pub mod relay;
 pub mod signalling;
 pub mod source;
-pub mod vmm_api;
 pub mod vp8;
 pub mod web;
 pub mod webrtc;
@@ -70,4 +69,12 @@ pub enum StreamError {
     /// The phone's VMM API could not be reached or answered nonsense.
     #[error("VMM API {0}")]
     Vmm(String),
+}
+
+/// Calls through the shared VMM API client report as [`StreamError::Vmm`], as before the
+/// client moved into its own crate.
+impl From<cloudphone_vmm_api::Error> for StreamError {
+    fn from(e: cloudphone_vmm_api::Error) -> Self {
+        StreamError::Vmm(e.to_string())
+    }
 }

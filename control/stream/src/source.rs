@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use cloudphone_display::{FramebufferInfo, MappedFramebuffer};
+use cloudphone_vmm_api::{DamageEvent, VmmApi};
 use tokio::sync::mpsc;
 
 use crate::relay::client;
 use crate::relay::wire::Mirror;
-use crate::vmm_api::{DamageEvent, VmmApi};
 use crate::{lock, StreamError};
 
 /// How to reach one phone's screen, chosen by the control service per phone.
@@ -78,7 +78,7 @@ impl Screen {
                 return Ok(g.info(m.seq));
             }
         }
-        self.api.framebuffer().await
+        Ok(self.api.framebuffer().await?)
     }
 
     /// Follow damage once (until the subscription ends or fails; the caller reconnects). A
@@ -86,7 +86,7 @@ impl Screen {
     pub(crate) async fn follow(&self, sink: &mpsc::Sender<DamageEvent>) -> Result<(), StreamError> {
         match &self.mirror {
             Some(mirror) => client::mirror(&self.api, mirror, sink).await,
-            None => self.api.damage_events(sink.clone()).await,
+            None => Ok(self.api.damage_events(sink.clone()).await?),
         }
     }
 
@@ -102,7 +102,7 @@ impl Screen {
 
     /// `PUT /input` on the VMM.
     pub(crate) async fn put_input(&self, body: String) -> Result<(), StreamError> {
-        self.api.put_input(body).await
+        Ok(self.api.put_input(body).await?)
     }
 }
 

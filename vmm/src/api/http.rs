@@ -3,6 +3,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 
+use super::stream::StreamSlot;
+
 /// Largest request head (request line + headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Largest request body.
@@ -164,9 +166,31 @@ impl Response {
         }
     }
 
+    /// `200` with `value` as JSON (a value that cannot be serialized is a 500).
+    pub fn ok_json<T: serde::Serialize>(value: &T) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => Self::json(200, &v),
+            Err(e) => Self::error(500, format!("cannot serialize the reply: {e}")),
+        }
+    }
+
     /// `{"error": msg}` with `status`.
     pub fn error(status: u16, msg: impl Into<String>) -> Self {
         Self::json(status, &serde_json::json!({ "error": msg.into() }))
+    }
+}
+
+/// What a route sends back: a whole response, or a stream of damage events.
+pub enum Reply {
+    /// A complete response.
+    Full(Response),
+    /// `GET /framebuffer/events`: stream this subscription (holding one stream slot).
+    DamageStream(cloudphone_display::DamageReceiver, StreamSlot),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Self {
+        Reply::Full(r)
     }
 }
 

@@ -1,13 +1,14 @@
-//! Request routing: path + method -> an action on the VM -> JSON.
+//! The API's one route table: path + method -> the handler that acts on the VM or one of its
+//! devices. Unknown paths and wrong methods are answered from the same table, so the 404 and
+//! 405 texts can never disagree with what is served.
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use cloudphone_vmm_api::{path, ShutdownRequest, StatusReply};
 use serde_json::json;
 
-use super::device_routes::{route_device, DEVICE_ROUTES};
-use super::http::{Request, Response};
-use super::stream::StreamSlot;
+use super::devices;
+use super::http::{Reply, Request, Response};
 use crate::vm::DeviceHandles;
 
 /// Default and maximum `timeout_ms` for `PUT /shutdown`.
@@ -44,29 +45,101 @@ pub trait VmApi: Send + Sync {
     fn devices(&self) -> anyhow::Result<DeviceHandles>;
 }
 
-/// What the server sends back: a whole response, or a stream of damage events.
-pub enum Reply {
-    /// A complete response.
-    Full(Response),
-    /// `GET /framebuffer/events`: stream this subscription (holding one stream slot).
-    DamageStream(cloudphone_display::DamageReceiver, StreamSlot),
+/// What a route does with the request body.
+#[derive(Clone, Copy)]
+enum Handler {
+    /// An operation on the VM itself.
+    Vm(fn(&dyn VmApi, &[u8]) -> Response),
+    /// An operation on a device; the handles are fetched per request (a restart replaces them).
+    Device(fn(&DeviceHandles, &[u8]) -> Reply),
 }
 
-impl From<Response> for Reply {
-    fn from(r: Response) -> Self {
-        Reply::Full(r)
+/// Every route: path, method, handler (vmm/API.md documents the same list).
+const ROUTES: &[(&str, &str, Handler)] = &[
+    (path::STATUS, "GET", Handler::Vm(status)),
+    (path::SHUTDOWN, "PUT", Handler::Vm(shutdown)),
+    (path::REBOOT, "PUT", Handler::Vm(|vm, _| done(vm.reboot()))),
+    (path::PAUSE, "PUT", Handler::Vm(|vm, _| done(vm.pause()))),
+    (path::RESUME, "PUT", Handler::Vm(|vm, _| done(vm.resume()))),
+    (path::INPUT, "PUT", Handler::Device(devices::put_input)),
+    (
+        path::FRAMEBUFFER,
+        "GET",
+        Handler::Device(devices::framebuffer),
+    ),
+    (
+        path::FRAMEBUFFER_EVENTS,
+        "GET",
+        Handler::Device(devices::framebuffer_events),
+    ),
+    (
+        path::SCREENSHOT,
+        "GET",
+        Handler::Device(devices::screenshot),
+    ),
+    (path::BALLOON, "GET", Handler::Device(devices::balloon)),
+    (path::BALLOON, "PUT", Handler::Device(devices::put_balloon)),
+];
+
+/// Answer `req` using `vm`.
+pub fn route(req: &Request, vm: &dyn VmApi) -> Reply {
+    let (method, path) = (req.method.as_str(), req.path.as_str());
+    let found = ROUTES.iter().find(|(p, m, _)| *p == path && *m == method);
+    match found.map(|route| route.2) {
+        None => refuse(method, path).into(),
+        Some(Handler::Vm(handler)) => handler(vm, &req.body).into(),
+        Some(Handler::Device(handler)) => match vm.devices() {
+            Ok(handles) => handler(&handles, &req.body),
+            Err(e) => Response::error(409, format!("{e:#}")).into(),
+        },
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ShutdownBody {
-    timeout_ms: Option<u64>,
+/// 405 naming the methods `path` takes, or 404 listing every path.
+fn refuse(method: &str, path: &str) -> Response {
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(p, ..)| *p == path)
+        .map(|(_, m, _)| *m)
+        .collect();
+    if !methods.is_empty() {
+        let want = methods.join(" or ");
+        return Response::error(405, format!("{path} takes {want}, not {method}"));
+    }
+    let mut paths: Vec<&str> = ROUTES.iter().map(|(p, ..)| *p).collect();
+    paths.dedup();
+    Response::error(
+        404,
+        format!(
+            "unknown path {path}; see vmm/API.md for {}",
+            paths.join(", ")
+        ),
+    )
+}
+
+fn status(vm: &dyn VmApi, _body: &[u8]) -> Response {
+    match vm.status() {
+        Ok(s) => Response::ok_json(&StatusReply {
+            state: s.state.to_owned(),
+            vcpus: s.vcpus,
+            memory_mib: s.memory_mib,
+            uptime_ms: s.uptime_ms as u64,
+            pid: std::process::id(),
+        }),
+        Err(e) => Response::error(409, format!("{e:#}")),
+    }
+}
+
+fn shutdown(vm: &dyn VmApi, body: &[u8]) -> Response {
+    match parse_shutdown(body) {
+        Ok(timeout) => done(vm.shutdown(timeout)),
+        Err(resp) => resp,
+    }
 }
 
 fn parse_shutdown(body: &[u8]) -> Result<Duration, Response> {
-    let parsed: ShutdownBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ShutdownBody::default()
+    let parsed: ShutdownRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ShutdownRequest::default()
     } else {
         serde_json::from_slice(body).map_err(|e| {
             Response::error(
@@ -92,58 +165,6 @@ fn done(r: anyhow::Result<()>) -> Response {
     }
 }
 
-const KNOWN: &[(&str, &str)] = &[
-    ("/status", "GET"),
-    ("/shutdown", "PUT"),
-    ("/reboot", "PUT"),
-    ("/pause", "PUT"),
-    ("/resume", "PUT"),
-];
-
-/// Answer `req` using `vm`.
-pub fn route(req: &Request, vm: &dyn VmApi) -> Reply {
-    let m = req.method.as_str();
-    if let Some(reply) = route_device(m, &req.path, &req.body, || vm.devices()) {
-        return reply;
-    }
-    route_vm(req, vm).into()
-}
-
-fn route_vm(req: &Request, vm: &dyn VmApi) -> Response {
-    let m = req.method.as_str();
-    match (m, req.path.as_str()) {
-        ("GET", "/status") => match vm.status() {
-            Ok(s) => Response::json(
-                200,
-                &json!({
-                    "state": s.state,
-                    "vcpus": s.vcpus,
-                    "memory_mib": s.memory_mib,
-                    "uptime_ms": s.uptime_ms as u64,
-                    "pid": std::process::id(),
-                }),
-            ),
-            Err(e) => Response::error(409, format!("{e:#}")),
-        },
-        ("PUT", "/shutdown") => match parse_shutdown(&req.body) {
-            Ok(t) => done(vm.shutdown(t)),
-            Err(resp) => resp,
-        },
-        ("PUT", "/reboot") => done(vm.reboot()),
-        ("PUT", "/pause") => done(vm.pause()),
-        ("PUT", "/resume") => done(vm.resume()),
-        (_, p) => match KNOWN.iter().chain(DEVICE_ROUTES).find(|(path, _)| *path == p) {
-            Some((_, want)) => Response::error(405, format!("{p} takes {want}, not {m}")),
-            None => Response::error(
-                404,
-                format!(
-                    "unknown path {p}; see vmm/API.md for /status, /shutdown, /reboot, /pause, /resume, /input, /framebuffer, /framebuffer/events, /screenshot, /balloon"
-                ),
-            ),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +173,8 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         calls: Mutex<Vec<String>>,
+        /// Between two lives of an in-process restart: no devices for a moment.
+        restarting: bool,
     }
 
     impl VmApi for Fake {
@@ -182,6 +205,9 @@ mod tests {
             Ok(())
         }
         fn devices(&self) -> anyhow::Result<DeviceHandles> {
+            if self.restarting {
+                anyhow::bail!("restarting");
+            }
             Ok(DeviceHandles::default())
         }
     }
@@ -257,5 +283,24 @@ mod tests {
             assert!(!body(&r)["error"].as_str().unwrap().is_empty());
         }
         assert!(vm.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn refusals_come_from_the_one_table() {
+        let restarting = Fake {
+            restarting: true,
+            ..Fake::default()
+        };
+        let r = route(&req("GET", "/screenshot", ""), &restarting);
+        assert_eq!(r.status, 409);
+        assert!(body(&r)["error"].as_str().unwrap().contains("restarting"));
+        let r = route(&req("DELETE", "/balloon", ""), &Fake::default());
+        assert_eq!(body(&r)["error"], "/balloon takes GET or PUT, not DELETE");
+        let r = route(&req("GET", "/nope", ""), &Fake::default());
+        assert_eq!(
+            body(&r)["error"],
+            "unknown path /nope; see vmm/API.md for /status, /shutdown, /reboot, /pause, \
+             /resume, /input, /framebuffer, /framebuffer/events, /screenshot, /balloon"
+        );
     }
 }

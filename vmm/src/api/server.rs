@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::http::{read_request, write_response, Response};
-use super::routes::{route, Reply, Status, VmApi};
+use super::http::{read_request, write_response, Reply, Response};
+use super::routes::{route, Status, VmApi};
 use super::stream::serve_damage;
 use crate::vm::{DeviceHandles, VmControl};
 

@@ -4,11 +4,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cloudphone_vmm_api::{DamageEvent, VmmApi};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::wire::{Decoder, Mirror, SILENCE_LIMIT};
-use crate::vmm_api::{DamageEvent, VmmApi};
 use crate::{lock, StreamError};
 
 /// Follow one frames stream until the relay ends it cleanly (`Ok`, as when `sink` is dropped)
@@ -33,10 +33,11 @@ pub(crate) async fn mirror_with_limit(
     let mut decoder = Decoder::new();
     loop {
         let Ok(frame) = tokio::time::timeout(silence, body.frame()).await else {
-            return Err(api.error(format!(
+            let why = format!(
                 "GET /frames: nothing for {} s (link or relay dead?)",
                 silence.as_secs_f32()
-            )));
+            );
+            return Err(api.error(why).into());
         };
         let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| api.error(format!("frames stream broke: {e}")))?;
@@ -59,8 +60,10 @@ pub(crate) async fn mirror_with_limit(
     }
     match decoder.pending() {
         0 => Ok(()),
-        n => Err(api.error(format!(
-            "GET /frames ended inside a record ({n} bytes left over)"
-        ))),
+        n => Err(api
+            .error(format!(
+                "GET /frames ended inside a record ({n} bytes left over)"
+            ))
+            .into()),
     }
 }

@@ -22,12 +22,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
 use cloudphone_display::{FramebufferInfo, MappedFramebuffer};
+use cloudphone_vmm_api::{DamageEvent, VmmApi};
 use hyper::body::{Bytes, Frame};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::wire::{self, Geometry};
-use crate::vmm_api::{DamageEvent, VmmApi};
 use crate::StreamError;
 
 /// Largest input body forwarded (input messages are small JSON objects).
@@ -87,6 +87,13 @@ impl IntoResponse for Fail {
 impl From<StreamError> for Fail {
     fn from(e: StreamError) -> Self {
         Fail(StatusCode::BAD_GATEWAY, e.to_string())
+    }
+}
+
+/// A failed VMM call answers 502 with the same text as any other stream error.
+impl From<cloudphone_vmm_api::Error> for Fail {
+    fn from(e: cloudphone_vmm_api::Error) -> Self {
+        StreamError::from(e).into()
     }
 }
 

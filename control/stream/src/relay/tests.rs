@@ -16,8 +16,8 @@ use super::routes;
 use super::wire::{self, Decoder, Geometry, Mirror};
 use crate::fake_vmm::{pattern, until, FakeVmm};
 use crate::signalling::tests::serve;
-use crate::vmm_api::{DamageEvent, VmmApi};
 use cloudphone_display::PixelFormat;
+use cloudphone_vmm_api::{DamageEvent, VmmApi};
 
 pub(crate) const KEY: &str = "relay-test-key";
 

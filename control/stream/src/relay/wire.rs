@@ -13,8 +13,7 @@
 use std::path::PathBuf;
 
 use cloudphone_display::{FramebufferInfo, PixelFormat};
-
-use crate::vmm_api::DamageEvent;
+use cloudphone_vmm_api::DamageEvent;
 
 /// First bytes of a frames stream (protocol version 1).
 pub const MAGIC: [u8; 4] = *b"CPF1";

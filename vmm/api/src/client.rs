@@ -1,63 +1,34 @@
-//! The few per-VM API calls streaming needs (HTTP/1.1, vmm/API.md): `GET /framebuffer`, the
-//! `GET /framebuffer/events` damage stream, and `PUT /input`. Spoken either to the VMM's Unix
-//! socket directly or, for a phone on another machine, to the host agent's relay (TCP, bearer
-//! key), which serves the same calls under `/phones/{id}` (see [`crate::relay`]).
+//! The typed client: HTTP/1.1 spoken either to the VMM's Unix socket directly or, for a phone on
+//! another machine, to a host agent's relay (TCP, bearer key), which serves the same calls under
+//! `/phones/{id}`.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cloudphone_display::FramebufferInfo;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::StreamError;
+use crate::{path, DamageEvent, FramebufferInfo, ShutdownRequest, StatusReply};
 
 /// A VMM that does not answer a call within this is treated as down.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Cap on a reply body (the replies we read are small JSON objects).
-const MAX_REPLY: usize = 64 * 1024;
+const DEFAULT_MAX_REPLY: usize = 64 * 1024;
 /// Cap on one damage line: a longer line is not a damage event and ends the stream.
 const MAX_EVENT_LINE: usize = 1024;
 
-/// One damage event line (`{"seq":N,"x":..,"y":..,"width":..,"height":..}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct DamageEvent {
-    /// The framebuffer's flush sequence number after this flush.
-    pub seq: u64,
-    /// Changed rectangle.
-    pub x: u32,
-    /// See `x`.
-    pub y: u32,
-    /// See `x`.
-    pub width: u32,
-    /// See `x`.
-    pub height: u32,
-}
-
-impl DamageEvent {
-    /// The smallest rectangle covering `self` and `other`, with the later sequence number
-    /// (damage that piled up while a consumer was busy is sent once).
-    pub fn union(self, other: DamageEvent) -> DamageEvent {
-        let right = (u64::from(self.x) + u64::from(self.width))
-            .max(u64::from(other.x) + u64::from(other.width));
-        let bottom = (u64::from(self.y) + u64::from(self.height))
-            .max(u64::from(other.y) + u64::from(other.height));
-        let (x, y) = (self.x.min(other.x), self.y.min(other.y));
-        DamageEvent {
-            seq: self.seq.max(other.seq),
-            x,
-            y,
-            width: u32::try_from(right - u64::from(x)).unwrap_or(u32::MAX),
-            height: u32::try_from(bottom - u64::from(y)).unwrap_or(u32::MAX),
-        }
-    }
+/// A call that failed, naming the endpoint (never the relay key) and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{endpoint}: {detail}")]
+pub struct Error {
+    endpoint: String,
+    detail: String,
 }
 
 /// Where the API is reached.
@@ -78,6 +49,8 @@ enum Endpoint {
 #[derive(Clone)]
 pub struct VmmApi {
     endpoint: Endpoint,
+    timeout: Duration,
+    max_reply: usize,
 }
 
 impl fmt::Debug for VmmApi {
@@ -107,36 +80,43 @@ pub struct DamageStream {
 impl VmmApi {
     /// A client for the API socket at `socket` (nothing is connected yet).
     pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self::at(Endpoint::Unix(socket.into()))
+    }
+
+    fn at(endpoint: Endpoint) -> Self {
         Self {
-            endpoint: Endpoint::Unix(socket.into()),
+            endpoint,
+            timeout: DEFAULT_TIMEOUT,
+            max_reply: DEFAULT_MAX_REPLY,
         }
     }
 
     /// A client for phone `phone_id` behind the relay at `base_url` (`http://host:port[/path]`),
     /// authenticated with `key`. Only plain `http` is spoken: run the relay on a trusted network
     /// or a tunnel.
-    pub fn relay(base_url: &str, key: &str, phone_id: &str) -> Result<Self, StreamError> {
-        let bad = |why: &str| StreamError::Vmm(format!("relay URL {base_url:?}: {why}"));
+    pub fn relay(base_url: &str, key: &str, phone_id: &str) -> Result<Self, Error> {
+        let bad = |detail: String| Error {
+            endpoint: format!("relay URL {base_url:?}"),
+            detail,
+        };
         let rest = base_url
             .strip_prefix("http://")
-            .ok_or_else(|| bad("only http://host:port[/path] is supported"))?;
+            .ok_or_else(|| bad("only http://host:port[/path] is supported".into()))?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if authority.is_empty() || authority.contains(['@', ' ', '?', '#']) {
-            return Err(bad("expected http://host:port[/path]"));
+            return Err(bad("expected http://host:port[/path]".into()));
         }
         if phone_id.is_empty()
             || !phone_id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(StreamError::Vmm(format!(
+            return Err(bad(format!(
                 "phone id {phone_id:?} cannot go into a relay URL"
             )));
         }
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(StreamError::Vmm(
-                "relay key must be non-empty printable ASCII".into(),
-            ));
+            return Err(bad("relay key must be non-empty printable ASCII".into()));
         }
         let path = path.trim_end_matches('/');
         let prefix = if path.is_empty() {
@@ -144,13 +124,25 @@ impl VmmApi {
         } else {
             format!("/{path}/phones/{phone_id}")
         };
-        Ok(Self {
-            endpoint: Endpoint::Relay {
-                authority: authority.to_owned(),
-                prefix,
-                authorization: format!("Bearer {key}"),
-            },
-        })
+        Ok(Self::at(Endpoint::Relay {
+            authority: authority.to_owned(),
+            prefix,
+            authorization: format!("Bearer {key}"),
+        }))
+    }
+
+    /// The same client with another per-call deadline (default 5 s): slow callers such as
+    /// end-to-end tests under load wait longer before calling a VMM down.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The same client with another cap on a reply body (default 64 KiB), for large replies
+    /// such as `GET /screenshot`.
+    pub fn with_max_reply(mut self, bytes: usize) -> Self {
+        self.max_reply = bytes;
+        self
     }
 
     /// True when this client talks to a relay rather than a local socket.
@@ -158,42 +150,54 @@ impl VmmApi {
         matches!(self.endpoint, Endpoint::Relay { .. })
     }
 
-    /// `GET /framebuffer`: where the screen's pixels are and how they are laid out.
-    pub async fn framebuffer(&self) -> Result<FramebufferInfo, StreamError> {
-        let body = self.call("GET", "/framebuffer", None).await?;
-        serde_json::from_slice(&body).map_err(|e| {
-            self.error(format!(
-                "GET /framebuffer reply is not a framebuffer description: {e}"
-            ))
-        })
+    /// `GET /status`: whether the VM runs, is paused or is shutting down.
+    pub async fn status(&self) -> Result<StatusReply, Error> {
+        self.get_json(path::STATUS, "a status").await
     }
 
-    /// `PUT /input` with an already-translated body.
-    pub async fn put_input(&self, body: String) -> Result<(), StreamError> {
-        self.call("PUT", "/input", Some(body)).await.map(drop)
+    /// `PUT /shutdown`: press the power button; the VMM stops the guest after `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), Error> {
+        let body = ShutdownRequest {
+            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let body = serde_json::to_string(&body)
+            .map_err(|e| self.error(format!("encoding the shutdown body: {e}")))?;
+        self.call("PUT", path::SHUTDOWN, Some(body)).await.map(drop)
+    }
+
+    /// `GET /framebuffer`: where the screen's pixels are and how they are laid out.
+    pub async fn framebuffer(&self) -> Result<FramebufferInfo, Error> {
+        self.get_json(path::FRAMEBUFFER, "a framebuffer description")
+            .await
+    }
+
+    /// `PUT /input` with an already-translated body (the caller validated the events).
+    pub async fn put_input(&self, body: String) -> Result<(), Error> {
+        self.call("PUT", path::INPUT, Some(body)).await.map(drop)
     }
 
     /// Open `GET /framebuffer/events`; each damage line is sent to `sink` until the VMM closes
     /// the stream, sends garbage, or `sink` is dropped (then `Ok`).
-    pub async fn damage_events(&self, sink: mpsc::Sender<DamageEvent>) -> Result<(), StreamError> {
+    pub async fn damage_events(&self, sink: mpsc::Sender<DamageEvent>) -> Result<(), Error> {
         self.subscribe_damage().await?.forward(sink).await
     }
 
     /// Open `GET /framebuffer/events` and return once the VMM has answered: damage from then on
     /// reaches the returned stream.
-    pub async fn subscribe_damage(&self) -> Result<DamageStream, StreamError> {
-        let body = self.open_stream("/framebuffer/events").await?;
+    pub async fn subscribe_damage(&self) -> Result<DamageStream, Error> {
+        let body = self.open_stream(path::FRAMEBUFFER_EVENTS).await?;
         Ok(DamageStream {
             api: self.clone(),
             body,
         })
     }
 
-    /// Start a long-lived `GET` of `path` and return its body once a 2xx head arrived.
-    pub(crate) async fn open_stream(&self, path: &str) -> Result<Incoming, StreamError> {
-        let res = tokio::time::timeout(CALL_TIMEOUT, self.send("GET", path, None))
+    /// Start a long-lived `GET` of `path` and return its body once a 2xx head arrived (for
+    /// streams the typed calls do not cover, such as the relay's frames).
+    pub async fn open_stream(&self, path: &str) -> Result<Incoming, Error> {
+        let res = tokio::time::timeout(self.timeout, self.send("GET", path, None))
             .await
-            .map_err(|_| self.error(format!("GET {path}: no reply within 5 s")))??;
+            .map_err(|_| self.late("GET", path))??;
         if !res.status().is_success() {
             let status = res.status();
             return Err(self.error(format!("GET {path} returned {status}")));
@@ -201,34 +205,55 @@ impl VmmApi {
         Ok(res.into_body())
     }
 
-    /// One call; the reply's status and (capped) body whatever the status.
+    /// One raw call; the reply's status and (capped) body whatever the status. For callers
+    /// that pass replies on (the relay) or test hostile bodies.
     pub async fn exchange(
         &self,
         method: &str,
         path: &str,
         body: Option<String>,
-    ) -> Result<(StatusCode, Bytes), StreamError> {
+    ) -> Result<(StatusCode, Bytes), Error> {
         let exchange = async {
             let res = self.send(method, path, body).await?;
             let status = res.status();
-            let bytes = Limited::new(res.into_body(), MAX_REPLY)
+            let bytes = Limited::new(res.into_body(), self.max_reply)
                 .collect()
                 .await
                 .map_err(|e| self.error(format!("{method} {path}: reading reply: {e}")))?
                 .to_bytes();
             Ok((status, bytes))
         };
-        tokio::time::timeout(CALL_TIMEOUT, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| self.error(format!("{method} {path}: no reply within 5 s")))?
+            .map_err(|_| self.late(method, path))?
     }
 
-    async fn call(
+    /// An error about this endpoint (callers that read streams report through it too).
+    pub fn error(&self, detail: String) -> Error {
+        Error {
+            endpoint: self.to_string(),
+            detail,
+        }
+    }
+
+    fn late(&self, method: &str, path: &str) -> Error {
+        self.error(format!(
+            "{method} {path}: no reply within {} s",
+            self.timeout.as_secs_f32()
+        ))
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
-        method: &str,
         path: &str,
-        body: Option<String>,
-    ) -> Result<Bytes, StreamError> {
+        what: &str,
+    ) -> Result<T, Error> {
+        let body = self.call("GET", path, None).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| self.error(format!("GET {path} reply is not {what}: {e}")))
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<Bytes, Error> {
         let (status, bytes) = self.exchange(method, path, body).await?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&bytes);
@@ -242,7 +267,7 @@ impl VmmApi {
         method: &str,
         path: &str,
         body: Option<String>,
-    ) -> Result<hyper::Response<Incoming>, StreamError> {
+    ) -> Result<hyper::Response<Incoming>, Error> {
         let mut req = hyper::Request::builder()
             .method(method)
             .header("content-type", "application/json");
@@ -285,7 +310,7 @@ impl VmmApi {
         req: hyper::Request<Full<Bytes>>,
         method: &str,
         path: &str,
-    ) -> Result<hyper::Response<Incoming>, StreamError> {
+    ) -> Result<hyper::Response<Incoming>, Error> {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.error(format!("HTTP handshake: {e}")))?;
@@ -297,16 +322,12 @@ impl VmmApi {
             .await
             .map_err(|e| self.error(format!("{method} {path}: {e}")))
     }
-
-    pub(crate) fn error(&self, what: String) -> StreamError {
-        StreamError::Vmm(format!("{self}: {what}"))
-    }
 }
 
 impl DamageStream {
     /// Send each damage line to `sink` until the VMM ends the stream, sends garbage, or `sink`
     /// is dropped (then `Ok`).
-    pub async fn forward(self, sink: mpsc::Sender<DamageEvent>) -> Result<(), StreamError> {
+    pub async fn forward(self, sink: mpsc::Sender<DamageEvent>) -> Result<(), Error> {
         let Self { api, mut body } = self;
         let mut line = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -364,41 +385,5 @@ mod tests {
         ] {
             assert!(VmmApi::relay(url, key, id).is_err(), "{url} {key} {id}");
         }
-    }
-
-    #[test]
-    fn union_covers_both_rects_and_keeps_the_later_seq() {
-        let a = DamageEvent {
-            seq: 3,
-            x: 10,
-            y: 5,
-            width: 4,
-            height: 2,
-        };
-        let b = DamageEvent {
-            seq: 7,
-            x: 2,
-            y: 6,
-            width: 3,
-            height: 10,
-        };
-        assert_eq!(
-            a.union(b),
-            DamageEvent {
-                seq: 7,
-                x: 2,
-                y: 5,
-                width: 12,
-                height: 11
-            }
-        );
-        let huge = DamageEvent {
-            seq: 1,
-            x: u32::MAX,
-            y: 0,
-            width: u32::MAX,
-            height: 1,
-        };
-        assert_eq!(huge.union(a).width, u32::MAX, "saturates, no overflow");
     }
 }

@@ -1,0 +1,70 @@
+//! `/api/v1/hosts` bodies: what a host agent registers, heartbeats and reports (see
+//! `api::hosts` for the protocol).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Host, Phone, PhoneState, Profile};
+
+/// `POST /hosts` body: the host's name and capacity, and its stream relay if it has one.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHost {
+    /// The host's name (unique; a re-registration under it updates the host).
+    pub name: String,
+    /// vCPUs the scheduler may give phones on this host.
+    pub vcpus: u32,
+    /// Memory the scheduler may give phones on this host.
+    pub memory_mib: u32,
+    /// Most phones this host runs at once.
+    pub max_phones: u32,
+    /// Where the control service reaches this agent's stream relay (`http://host:port`);
+    /// absent when the agent's VMM sockets are on the control service's machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_url: Option<String>,
+    /// Bearer key the relay accepts (with `relay_url`; stored, never returned by any API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_key: Option<String>,
+}
+
+/// `POST /hosts/{id}/heartbeat` body: phones whose VMM is running on this host.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Ids of the phones whose VMM runs here (the server marks the others lost).
+    pub running: Vec<String>,
+}
+
+/// A phone the host should act on, with its profile.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct DesiredPhone {
+    /// The phone and the state the agent converges it to.
+    pub phone: Phone,
+    /// How to boot it.
+    pub profile: Profile,
+}
+
+/// Heartbeat reply.
+#[derive(Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The host as the server now sees it.
+    pub host: Host,
+    /// Every phone this host should act on.
+    pub phones: Vec<DesiredPhone>,
+    /// Silence longer than this marks the host offline and its phones lost.
+    pub heartbeat_timeout_ms: i64,
+}
+
+/// `PUT /hosts/{id}/phones/{phone_id}/state` body.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateReport {
+    /// The state the phone reached.
+    pub state: PhoneState,
+    /// The generation the agent acted on; a report for an older reset is refused.
+    pub generation: i64,
+    /// Why, for the audit log.
+    #[serde(default)]
+    pub reason: String,
+    /// Path of the VMM API socket on the host.
+    pub api_socket: Option<String>,
+}
