@@ -89,6 +89,13 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_readlinkat,
     libc::SYS_getdents64,
     libc::SYS_memfd_create,
+    // `PUT /snapshot`: the snapshot directory is created, and its state file written under a
+    // temporary name and renamed into place (a half-written state file never has the name).
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
     // Memory (guest RAM, balloon, allocator, thread stacks); mmap/mprotect below.
     libc::SYS_munmap,
     libc::SYS_madvise,

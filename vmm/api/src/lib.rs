@@ -10,4 +10,4 @@ mod types;
 #[cfg(feature = "client")]
 pub use client::{DamageStream, Error, VmmApi};
 pub use cloudphone_display::FramebufferInfo;
-pub use types::{path, BalloonRequest, DamageEvent, ShutdownRequest, StatusReply};
+pub use types::{path, BalloonRequest, DamageEvent, ShutdownRequest, SnapshotRequest, StatusReply};

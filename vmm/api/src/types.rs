@@ -24,6 +24,17 @@ pub mod path {
     pub const SCREENSHOT: &str = "/screenshot";
     /// `GET` the balloon's status, `PUT` a [`BalloonRequest`](super::BalloonRequest).
     pub const BALLOON: &str = "/balloon";
+    /// `PUT` a [`SnapshotRequest`](super::SnapshotRequest): write a snapshot of the paused VM.
+    pub const SNAPSHOT: &str = "/snapshot";
+}
+
+/// `PUT /snapshot` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Absolute directory on the VMM's host to write `state` and `memory` into (created if
+    /// missing); `cloudphone-vmm --restore DIR` resumes it.
+    pub dir: String,
 }
 
 /// `GET /status` reply: what the host agent checks to tell a live VM from a wedged one.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cloudphone_vmm_api::{path, ShutdownRequest, StatusReply};
+use cloudphone_vmm_api::{path, ShutdownRequest, SnapshotRequest, StatusReply};
 use serde_json::json;
 
 use super::devices;
@@ -43,6 +43,8 @@ pub trait VmApi: Send + Sync {
     fn resume(&self) -> anyhow::Result<()>;
     /// Handles of the GPU, input and balloon devices.
     fn devices(&self) -> anyhow::Result<DeviceHandles>;
+    /// Write a snapshot of the paused VM into `dir`.
+    fn snapshot(&self, dir: &std::path::Path) -> Result<(), crate::snapshot::SnapshotError>;
 }
 
 /// What a route does with the request body.
@@ -79,6 +81,7 @@ const ROUTES: &[(&str, &str, Handler)] = &[
     ),
     (path::BALLOON, "GET", Handler::Device(devices::balloon)),
     (path::BALLOON, "PUT", Handler::Device(devices::put_balloon)),
+    (path::SNAPSHOT, "PUT", Handler::Vm(snapshot)),
 ];
 
 /// Answer `req` using `vm`.
@@ -158,6 +161,29 @@ fn parse_shutdown(body: &[u8]) -> Result<Duration, Response> {
     Ok(Duration::from_millis(ms))
 }
 
+fn snapshot(vm: &dyn VmApi, body: &[u8]) -> Response {
+    use crate::snapshot::SnapshotError;
+    let req: SnapshotRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::error(
+                400,
+                format!("bad JSON body for /snapshot: {e}; expected {{\"dir\": \"/absolute/dir\"}}"),
+            )
+        }
+    };
+    let dir = std::path::Path::new(&req.dir);
+    if !dir.is_absolute() {
+        return Response::error(400, format!("snapshot dir {:?} must be an absolute path", req.dir));
+    }
+    match vm.snapshot(dir) {
+        Ok(()) => Response::json(200, &json!({})),
+        Err(e @ SnapshotError::NotPaused) => Response::error(409, e.to_string()),
+        Err(e @ SnapshotError::UnsupportedDevices(_)) => Response::error(501, e.to_string()),
+        Err(e) => Response::error(500, format!("snapshot failed: {e}")),
+    }
+}
+
 fn done(r: anyhow::Result<()>) -> Response {
     match r {
         Ok(()) => Response::json(200, &json!({})),
@@ -210,6 +236,38 @@ mod tests {
             }
             Ok(DeviceHandles::default())
         }
+        fn snapshot(
+            &self,
+            dir: &std::path::Path,
+        ) -> Result<(), crate::snapshot::SnapshotError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("snapshot {}", dir.display()));
+            Err(crate::snapshot::SnapshotError::NotPaused)
+        }
+    }
+
+    #[test]
+    fn snapshot_needs_an_absolute_dir_and_a_paused_vm() {
+        let vm = Fake::default();
+        let put = |body: &str| {
+            route(
+                &Request {
+                    method: "PUT".into(),
+                    path: "/snapshot".into(),
+                    body: body.as_bytes().to_vec(),
+                },
+                &vm,
+            )
+        };
+        assert_eq!(put("").status, 400);
+        assert_eq!(put(r#"{"dir": "relative/x"}"#).status, 400);
+        assert_eq!(put(r#"{"dir": "/snaps/a", "extra": 1}"#).status, 400);
+        let r = put(r#"{"dir": "/snaps/a"}"#);
+        assert_eq!(r.status, 409);
+        assert!(String::from_utf8_lossy(&r.body).contains("pause it first"));
+        assert_eq!(*vm.calls.lock().unwrap(), vec!["snapshot /snaps/a"]);
     }
 
     fn route(r: &Request, vm: &dyn VmApi) -> Response {
@@ -300,7 +358,7 @@ mod tests {
         assert_eq!(
             body(&r)["error"],
             "unknown path /nope; see vmm/API.md for /status, /shutdown, /reboot, /pause, \
-             /resume, /input, /framebuffer, /framebuffer/events, /screenshot, /balloon"
+             /resume, /input, /framebuffer, /framebuffer/events, /screenshot, /balloon, /snapshot"
         );
     }
 }

@@ -63,6 +63,13 @@ impl VmApi for ApiTarget {
     fn devices(&self) -> anyhow::Result<DeviceHandles> {
         Ok(self.get()?.devices.clone())
     }
+    fn snapshot(&self, dir: &std::path::Path) -> Result<(), crate::snapshot::SnapshotError> {
+        // Between two lives of an in-process restart there is no VM: nothing is paused.
+        let vm = self
+            .get()
+            .map_err(|_| crate::snapshot::SnapshotError::NotPaused)?;
+        vm.snapshot(dir)
+    }
 }
 
 /// A bound API socket; removed from the filesystem when dropped.
@@ -184,6 +191,9 @@ mod tests {
         }
         fn devices(&self) -> anyhow::Result<DeviceHandles> {
             Ok(self.handles.lock().unwrap().clone())
+        }
+        fn snapshot(&self, _: &std::path::Path) -> Result<(), crate::snapshot::SnapshotError> {
+            Err(crate::snapshot::SnapshotError::NotPaused)
         }
     }
 

@@ -44,7 +44,7 @@ pub struct SerialDevice {
 
 /// The UART's registers and unread input, for snapshots (vm-superio's `SerialState`, which
 /// has no serde support of its own).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UartState {
     /// Divisor latch, low and high byte.
     pub divisor: [u8; 2],
@@ -52,6 +52,13 @@ pub struct UartState {
     pub registers: [u8; 7],
     /// Received bytes the guest has not read yet.
     pub input: Vec<u8>,
+}
+
+/// A UART after reset (transmitter empty, default baud rate), as vm-superio builds it.
+impl Default for UartState {
+    fn default() -> Self {
+        SerialState::default().into()
+    }
 }
 
 impl From<SerialState> for UartState {
@@ -93,7 +100,7 @@ impl From<&UartState> for SerialState {
 impl SerialDevice {
     /// A UART writing to `output`, interrupting through `irq`.
     pub fn new(output: &SerialOutput, irq: EventFd) -> io::Result<Self> {
-        Self::restored(output, irq, &UartState::from(SerialState::default()))
+        Self::restored(output, irq, &UartState::default())
     }
 
     /// A UART in `state` (from a snapshot) writing to `output`.
@@ -177,6 +184,16 @@ mod tests {
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty");
+    }
+
+    #[test]
+    fn a_default_uart_can_transmit() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::restored(&SerialOutput::None, irq, &UartState::default())
+            .unwrap();
+        let mut lsr = [0u8];
+        dev.read(5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "THR empty after reset");
     }
 
     #[test]

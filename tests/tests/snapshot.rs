@@ -1,0 +1,178 @@
+//! Tier 2: a running Linux guest is paused and snapshotted through the per-VM API, its VMM
+//! exits, and new VMM processes resume it with `--restore`: the guest goes on where it was
+//! (its RAM and registers), its wall clock jumps to host time, several clones run at once
+//! from one snapshot, and bad snapshots are refused with the file named.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cloudphone_tests::{guest_kernel, scratch_dir, Initramfs, VmProcess};
+
+/// Nested KVM under TCG on a shared 2-core host is slow; generous but finite.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
+const RESUME_TIMEOUT: Duration = Duration::from_secs(120);
+const CPUS: u32 = 2;
+const MEMORY_MIB: u32 = 256;
+/// Clones resumed from one snapshot at the same time.
+const CLONES: usize = 3;
+
+/// The guest: keeps a value only in its RAM, powers off on the ACPI power button (an
+/// interrupt through the restored IOAPIC and GED), and prints a numbered tick with its wall
+/// clock twice a second.
+const TICKER: &str = "echo kept-in-ram-$$ > /tmp/secret\n\
+    (head -c 1 /dev/input/event0 >/dev/null && echo POWER_BUTTON_SEEN && sleep 1 && poweroff -f) &\n\
+    i=0\n\
+    while :; do i=$((i+1)); echo \"TICK $i $(date +%s) $(cat /tmp/secret)\"; sleep 0.5; done\n";
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// (tick number, guest wall clock, RAM value) of a TICK line.
+fn tick(line: &str) -> (u64, i64, String) {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let at = f.iter().position(|w| *w == "TICK").expect("a TICK line");
+    (
+        f[at + 1].parse().unwrap(),
+        f[at + 2].parse().unwrap(),
+        f[at + 3].to_string(),
+    )
+}
+
+/// The last complete tick the VM printed after `after`, waiting for one.
+fn next_tick(vm: &mut VmProcess, after: u64) -> (u64, i64, String) {
+    vm.wait_for_serial("a TICK after the snapshot", RESUME_TIMEOUT, |lines| {
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("TICK "))
+            .map(|l| tick(l))
+            .filter(|t| t.0 > after)
+    })
+    .unwrap()
+}
+
+fn run_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("cloudphone-snap-{name}-{}", std::process::id()))
+}
+
+fn restore(name: &str, snap: &Path, extra: &[&str]) -> VmProcess {
+    let mut args = vec!["--restore".to_string(), snap.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    VmProcess::spawn(&run_dir(name), &args).expect("spawn cloudphone-vmm --restore")
+}
+
+#[test]
+#[ignore = "tier 2: needs working KVM"]
+fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
+    let kernel = guest_kernel();
+    let dir = scratch_dir("snapshot");
+    let initrd = dir.join("initrd.cpio");
+    Initramfs::new()
+        .modules(&["button", "evdev"])
+        .script(TICKER)
+        .build(&kernel, &initrd)
+        .expect("build initramfs");
+    let args = VmProcess::boot_args(&kernel, &initrd, CPUS, MEMORY_MIB);
+    let mut vm = VmProcess::spawn(&run_dir("origin"), &args).expect("spawn cloudphone-vmm");
+    vm.wait_for_line("TICK 3 ", BOOT_TIMEOUT).unwrap();
+    let snap = run_dir("snap");
+    let body = format!(r#"{{"dir": "{}"}}"#, snap.display());
+
+    // A running VM is refused; a paused one is written.
+    let (code, text) = vm.api("PUT", "/snapshot", Some(&body)).unwrap();
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("pause it first"), "{text}");
+    assert_eq!(vm.api("PUT", "/pause", None).unwrap().0, 200);
+    let (code, text) = vm.api("PUT", "/snapshot", Some(&body)).unwrap();
+    assert_eq!(code, 200, "{text}\n{}", vm.diagnostics());
+    let at_snapshot = next_tick(&mut vm, 0);
+    // The original ends before any clone starts: a restore needs nothing from it.
+    drop(vm);
+
+    // Time passes: a resumed guest must not keep the snapshot's wall clock.
+    std::thread::sleep(Duration::from_secs(8));
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(snap.join("memory")).unwrap());
+    eprintln!(
+        "snapshot: memory file holds {} MiB of {MEMORY_MIB} MiB (zero pages are holes)",
+        blocks * 512 >> 20
+    );
+    let started = std::time::Instant::now();
+    let mut clones: Vec<VmProcess> = (0..CLONES)
+        .map(|i| restore(&format!("clone{i}"), &snap, &[]))
+        .collect();
+    for (i, clone) in clones.iter_mut().enumerate() {
+        let (n, clock, secret) = next_tick(clone, at_snapshot.0);
+        eprintln!(
+            "snapshot: clone {i} ticked {:?} after the restores began; guest clock {} s off host time",
+            started.elapsed(),
+            clock - now_s()
+        );
+        assert_eq!(secret, at_snapshot.2, "clone {i} lost its RAM\n{}", clone.diagnostics());
+        assert!(
+            n <= at_snapshot.0 + 40,
+            "clone {i} did not continue from tick {} (got {n})",
+            at_snapshot.0
+        );
+        let skew = (clock - now_s()).abs();
+        assert!(
+            skew <= 5,
+            "clone {i}: guest clock {clock} is {skew} s off host time (snapshot tick at {})\n{}",
+            at_snapshot.1,
+            clone.diagnostics()
+        );
+    }
+    // Each clone runs on by itself and powers off on the ACPI power button.
+    for clone in clones.iter_mut() {
+        let (n, ..) = next_tick(clone, at_snapshot.0);
+        next_tick(clone, n + 2);
+        let (code, text) = clone
+            .api("PUT", "/shutdown", Some(r#"{"timeout_ms": 120000}"#))
+            .unwrap();
+        assert_eq!(code, 200, "{text}");
+    }
+    for clone in clones.iter_mut() {
+        clone.wait_for_line("POWER_BUTTON_SEEN", RESUME_TIMEOUT).unwrap();
+        clone.assert_exit(0, RESUME_TIMEOUT);
+    }
+
+    // Bad snapshots: refused before anything runs, the file named, exit code 2.
+    let state = snap.join("state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    let corrupt = run_dir("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::write(corrupt.join("state"), &bytes).unwrap();
+    std::fs::copy(snap.join("memory"), corrupt.join("memory")).unwrap();
+    let mut bad = restore("bad-checksum", &corrupt, &[]);
+    bad.assert_exit(2, RESUME_TIMEOUT);
+    let log = bad.vmm_log();
+    assert!(log.contains("corrupt") && log.contains(&state_name(&corrupt)), "{log}");
+    std::fs::write(corrupt.join("state"), &bytes[..bytes.len() / 2]).unwrap();
+    let mut truncated = restore("truncated", &corrupt, &[]);
+    truncated.assert_exit(2, RESUME_TIMEOUT);
+    assert!(truncated.vmm_log().contains("truncated"), "{}", truncated.vmm_log());
+    std::fs::copy(&state, corrupt.join("state")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(corrupt.join("memory"))
+        .unwrap()
+        .set_len(u64::from(MEMORY_MIB) << 19)
+        .unwrap();
+    let mut short = restore("short-memory", &corrupt, &[]);
+    short.assert_exit(2, RESUME_TIMEOUT);
+    assert!(short.vmm_log().contains("memory"), "{}", short.vmm_log());
+    let mut mixed = restore("with-memory", &snap, &["--memory", "512"]);
+    mixed.assert_exit(2, RESUME_TIMEOUT);
+    assert!(mixed.vmm_log().contains("--memory cannot be combined with --restore"));
+    let _ = std::fs::remove_dir_all(&snap);
+    let _ = std::fs::remove_dir_all(&corrupt);
+}
+
+fn state_name(dir: &Path) -> String {
+    dir.join("state").display().to_string()
+}
