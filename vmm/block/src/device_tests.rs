@@ -7,7 +7,9 @@ use proptest::prelude::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::raw::RawDisk;
@@ -75,18 +77,15 @@ impl Harness {
         let disk: Box<dyn DiskBackend> = Box::new(RawDisk::open(&path, read_only).unwrap());
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let interrupt = Arc::new(TestInterrupt::default());
-        let worker = BlockWorker {
-            mem: mem.clone(),
-            queue: ring_queue(),
-            index: 0,
-            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            interrupt: interrupt.clone(),
-            server: RequestServer {
-                disk: Arc::new(Mutex::new(disk)),
-                id: *b"test-disk-id\0\0\0\0\0\0\0\0",
-                bounce: Vec::new(),
-            },
-        };
+        let worker = Block::new(disk, Some("test-disk-id")).handler(
+            mem.clone(),
+            interrupt.clone(),
+            vec![DeviceQueue::new(ActivatedQueue {
+                index: 0,
+                queue: ring_queue(),
+                notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            })],
+        );
         Harness {
             _dir: dir,
             mem,
@@ -489,4 +488,18 @@ fn prop_hostile_chains() {
         prop_assert!(!h.interrupt.needs_reset.load(Ordering::SeqCst));
     });
     eprintln!("fuzz virtio_blk_request: {} cases", cases.into_inner());
+}
+
+/// The hostile-ring property every device passes through its `DeviceQueue`.
+#[test]
+fn fuzz_block_hostile_rings() {
+    let dir = TempDir::new("fuzz");
+    std::fs::write(dir.path("d"), pattern(4, 1 << 20)).unwrap();
+    let dev = Block::new(
+        Box::new(RawDisk::open(&dir.path("d"), false).unwrap()),
+        None,
+    );
+    cloudphone_virtio::testing::hostile::fuzz_worker("block_chains", 1000, 1, |mem, irq, qs| {
+        dev.handler(mem, irq, qs)
+    });
 }

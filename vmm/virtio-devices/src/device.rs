@@ -1,9 +1,16 @@
-//! The contract between a virtio device model and its transport.
+//! The contract between a virtio device model and its transport, and [`VirtioCommon`], the
+//! part every device shares: feature negotiation, the worker's lifecycle and the snapshot
+//! state of both.
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use serde::{Deserialize, Serialize};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::queue::{DeviceQueue, QueueState, SharedQueueState};
+use crate::{DeviceWorker, WorkerHandler};
 
 /// Guest memory as every device sees it. Cloning is cheap (regions are reference counted).
 pub type GuestMemory = vm_memory::GuestMemoryMmap<()>;
@@ -64,6 +71,183 @@ impl ActivateError {
     }
 }
 
+/// Copy `config[offset..]` into `data`; bytes past the end of config space read as zero (the
+/// guest may read any offset, and must not see host memory or stale bytes there).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(available) = config.get(start..) {
+        let n = available.len().min(data.len());
+        data[..n].copy_from_slice(&available[..n]);
+    }
+}
+
+/// What every device saves for a snapshot: negotiation state and, while activated, where
+/// each queue stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommonState {
+    /// Feature bits the device offers (a restore checks the snapshot against them).
+    pub avail_features: u64,
+    /// Feature bits the driver accepted.
+    pub acked_features: u64,
+    /// The activated queues (empty when the device was not running).
+    pub queues: Vec<QueueState>,
+}
+
+/// One device's snapshot: the [`CommonState`] plus what only this device type knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStateBlob {
+    /// The virtio device ID, so a blob cannot be restored into another kind of device.
+    pub device_type: u32,
+    /// Features and queues, saved the same way for every device.
+    pub common: CommonState,
+    /// Device-specific state; `None` for devices that save only the common part so far.
+    pub device: Option<serde_json::Value>,
+}
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The blob belongs to another device type.
+    #[error("snapshot of virtio device type {found} cannot restore a device of type {expected}")]
+    DeviceType { expected: u32, found: u32 },
+    /// The snapshot acked features this device does not offer (another build or config).
+    #[error("snapshot acked features {acked:#x} outside those offered ({offered:#x})")]
+    Features { acked: u64, offered: u64 },
+    /// State is restored into a reset device, never under a running worker.
+    #[error("cannot restore a snapshot into an activated device; reset it first")]
+    Active,
+}
+
+/// The part of a device every device type has (the counterpart of Cloud Hypervisor's
+/// `VirtioCommon`): offered and acked features, the worker thread serving the queues, and the
+/// queues' snapshot state. Devices embed one and expose it through
+/// [`VirtioDevice::common`], which gives them negotiation, reset and save/restore for free.
+pub struct VirtioCommon {
+    avail_features: u64,
+    acked_features: u64,
+    worker: Option<DeviceWorker>,
+    queues: Vec<Arc<SharedQueueState>>,
+    /// Queue positions from [`restore_state`](Self::restore_state), applied at the next
+    /// activation.
+    restored: Vec<QueueState>,
+}
+
+impl VirtioCommon {
+    /// A device part offering `avail_features`.
+    pub fn new(avail_features: u64) -> Self {
+        Self {
+            avail_features,
+            acked_features: 0,
+            worker: None,
+            queues: Vec::new(),
+            restored: Vec::new(),
+        }
+    }
+
+    /// Feature bits offered to the driver.
+    pub fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    /// Feature bits the driver accepted (zero after reset).
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// Record the driver's features; bits the device did not offer are dropped.
+    pub fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    /// Whether the driver accepted feature `bit`.
+    pub fn has_feature(&self, bit: u32) -> bool {
+        self.acked_features & (1u64 << bit) != 0
+    }
+
+    /// Whether a worker is serving the queues.
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// First half of activation: stop any previous worker and take over the transport's
+    /// queues (EVENT_IDX as negotiated, positions from a restored snapshot applied),
+    /// remembering them for snapshots.
+    pub fn activate_queues(&mut self, queues: Vec<ActivatedQueue>) -> Vec<DeviceQueue> {
+        self.stop_worker();
+        let restored = std::mem::take(&mut self.restored);
+        let event_idx = self.has_feature(VIRTIO_RING_F_EVENT_IDX);
+        let queues: Vec<DeviceQueue> = queues
+            .into_iter()
+            .map(|mut q| {
+                q.queue.set_event_idx(event_idx);
+                if let Some(saved) = restored.iter().find(|s| s.index == q.index) {
+                    saved.restore_position(&mut q.queue);
+                }
+                DeviceQueue::new(q)
+            })
+            .collect();
+        self.queues = queues.iter().map(DeviceQueue::shared_state).collect();
+        queues
+    }
+
+    /// Second half of activation: run `handler` on the device's worker thread `name`.
+    pub fn start<H: WorkerHandler>(
+        &mut self,
+        name: &str,
+        handler: H,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        let worker = DeviceWorker::spawn(name, handler, interrupt)
+            .map_err(|e| ActivateError::Backend(format!("cannot start the {name} worker: {e}")))?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+
+    /// Stop the worker (joining it) and forget the negotiation and the queues, as a device
+    /// reset requires.
+    pub fn reset(&mut self) {
+        self.stop_worker();
+        self.acked_features = 0;
+        self.queues.clear();
+    }
+
+    /// The common state now. Consistent when the worker is idle (vCPUs paused); while it runs
+    /// each queue's positions are those of its last completed operation.
+    pub fn save_state(&self) -> CommonState {
+        CommonState {
+            avail_features: self.avail_features,
+            acked_features: self.acked_features,
+            queues: self.queues.iter().map(|q| q.snapshot()).collect(),
+        }
+    }
+
+    /// Take over a saved negotiation; the saved queue positions apply when the transport next
+    /// activates the queues (after it has restored their layout registers).
+    pub fn restore_state(&mut self, state: &CommonState) -> Result<(), StateError> {
+        if self.is_active() {
+            return Err(StateError::Active);
+        }
+        if state.acked_features & !self.avail_features != 0 {
+            return Err(StateError::Features {
+                acked: state.acked_features,
+                offered: self.avail_features,
+            });
+        }
+        self.acked_features = state.acked_features;
+        self.restored = state.queues.clone();
+        Ok(())
+    }
+}
+
 /// One virtio device model (block, console, rng, net, vsock, balloon, gpu, input, ...).
 ///
 /// Lifecycle: the transport negotiates features ([`features`](Self::features) /
@@ -71,21 +255,28 @@ impl ActivateError {
 /// [`activate`](Self::activate) with the enabled queues once the driver sets DRIVER_OK.
 /// [`reset`](Self::reset) (driver wrote 0 to status, or the guest rebooted) stops the device's
 /// workers and returns it to the pre-activation state so it can be activated again.
+/// Negotiation, reset and snapshots come from the device's [`VirtioCommon`].
 pub trait VirtioDevice: Send {
     /// The virtio device ID (virtio spec 5: 1 net, 2 block, 3 console, 4 rng, 5 balloon,
     /// 16 gpu, 18 input, 19 vsock).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
+    /// The device's common part.
+    fn common(&self) -> &VirtioCommon;
+    /// The device's common part, mutably.
+    fn common_mut(&mut self) -> &mut VirtioCommon;
     /// Feature bits offered to the driver. The transport always adds `VIRTIO_F_VERSION_1`
-    /// and `VIRTIO_RING_F_INDIRECT_DESC` (virtio-queue follows indirect tables). Offer
-    /// `VIRTIO_RING_F_EVENT_IDX` only if the device re-arms `avail_event` and asks
-    /// `needs_notification` before interrupting, as [`crate::queue::drain_queue`] /
-    /// [`crate::queue::pop_chain`] + [`crate::queue::complete_chain`] do; other ring/transport
-    /// bits (24..=40) are masked off.
-    fn features(&self) -> u64;
+    /// and `VIRTIO_RING_F_INDIRECT_DESC` (virtio-queue follows indirect tables). Devices
+    /// offer `VIRTIO_RING_F_EVENT_IDX` when their queues go through [`DeviceQueue`], which
+    /// handles it; other ring/transport bits (24..=40) are masked off.
+    fn features(&self) -> u64 {
+        self.common().avail_features()
+    }
     /// The subset of [`features`](Self::features) the driver accepted.
-    fn ack_features(&mut self, features: u64);
+    fn ack_features(&mut self, features: u64) {
+        self.common_mut().ack_features(features);
+    }
     /// Read device-specific config space at `offset`. Out-of-range bytes read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Write device-specific config space. Writes to read-only or out-of-range fields are
@@ -98,7 +289,8 @@ pub trait VirtioDevice: Send {
             "guest wrote read-only device config; ignored"
         );
     }
-    /// Start processing `queues` (typically by spawning a [`crate::DeviceWorker`]).
+    /// Start processing `queues` ([`VirtioCommon::activate_queues`], then
+    /// [`VirtioCommon::start`] with the device's worker handler).
     fn activate(
         &mut self,
         mem: GuestMemory,
@@ -106,5 +298,28 @@ pub trait VirtioDevice: Send {
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError>;
     /// Stop processing and forget the queues; the device may be activated again later.
-    fn reset(&mut self);
+    /// Devices with state of their own override this and call [`VirtioCommon::reset`] too.
+    fn reset(&mut self) {
+        self.common_mut().reset();
+    }
+    /// Save the device for a snapshot. The default saves the common part only (features and
+    /// queues), which is all a device without state of its own needs.
+    fn save_state(&self) -> Result<DeviceStateBlob, StateError> {
+        Ok(DeviceStateBlob {
+            device_type: self.device_type(),
+            common: self.common().save_state(),
+            device: None,
+        })
+    }
+    /// Restore a reset device from [`save_state`](Self::save_state)'s blob, before the
+    /// transport activates it again. The default restores the common part only.
+    fn restore_state(&mut self, blob: &DeviceStateBlob) -> Result<(), StateError> {
+        if blob.device_type != self.device_type() {
+            return Err(StateError::DeviceType {
+                expected: self.device_type(),
+                found: blob.device_type,
+            });
+        }
+        self.common_mut().restore_state(&blob.common)
+    }
 }

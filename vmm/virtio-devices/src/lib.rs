@@ -7,9 +7,10 @@
 //! crate acting as the guest driver.
 //!
 //! # Modules
-//! - [`device`], [`worker`]: the device contract and the epoll worker thread.
-//! - [`queue`]: hostile-input-safe chain validation ([`queue::read_chain`]) and a queue drain
-//!   loop with EVENT_IDX handled ([`queue::drain_queue`]).
+//! - [`device`], [`worker`]: the device contract, the part every device shares
+//!   ([`VirtioCommon`]: features, worker lifecycle, snapshot state) and the epoll worker thread.
+//! - [`queue`]: [`DeviceQueue`], the one virtqueue wrapper every device uses: validated chains,
+//!   batched used-ring updates, EVENT_IDX-aware interrupts.
 //! - [`pci`]: PCI config space, BARs, MSI-X, the [`PciDevice`] trait the VMM's bus calls.
 //! - [`transport`]: [`VirtioPciDevice`], the virtio 1.x modern PCI transport.
 //! - [`rng`], [`console`]: devices.
@@ -61,16 +62,16 @@ pub mod device;
 pub mod pci;
 pub mod queue;
 pub mod rng;
-#[cfg(test)]
-mod test_util;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;
 pub mod worker;
 
 pub use device::{
-    ActivateError, ActivatedQueue, GuestMemory, InterruptCause, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, ActivatedQueue, CommonState, DeviceStateBlob, GuestMemory,
+    InterruptCause, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
 };
+pub use queue::{Chain, DeviceQueue, QueueError, QueueState};
 pub use pci::{MsiSink, MsixMessage, PciDevice};
 pub use transport::VirtioPciDevice;
 pub use worker::{DeviceWorker, WorkerContext, WorkerHandler};

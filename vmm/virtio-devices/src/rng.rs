@@ -1,19 +1,15 @@
 //! virtio-rng (entropy device, virtio spec 5.4): fills the guest's buffers from the host's
 //! `getrandom(2)`, so `/dev/hwrng` in the guest seeds its pool.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::Queue;
 use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::queue::drain_queue;
 use crate::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
-    WorkerContext, WorkerHandler,
+    ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
+    VirtioInterrupt, WorkerContext, WorkerHandler,
 };
 
 /// Virtio device type of the entropy device.
@@ -25,7 +21,7 @@ pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 
 /// The entropy device.
 pub struct Rng {
-    worker: Option<DeviceWorker>,
+    common: VirtioCommon,
 }
 
 impl Default for Rng {
@@ -37,7 +33,23 @@ impl Default for Rng {
 impl Rng {
     /// A new entropy device (one request queue).
     pub fn new() -> Self {
-        Self { worker: None }
+        // No device features; EVENT_IDX because the device queue honours it.
+        Self {
+            common: VirtioCommon::new(1 << VIRTIO_RING_F_EVENT_IDX),
+        }
+    }
+
+    fn handler(
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        mut queues: Vec<DeviceQueue>,
+    ) -> RngHandler {
+        RngHandler {
+            mem,
+            interrupt,
+            queue: queues.remove(0),
+            buf: vec![0; MAX_BYTES_PER_REQUEST],
+        }
     }
 }
 
@@ -50,12 +62,13 @@ impl VirtioDevice for Rng {
         &[QUEUE_SIZE]
     }
 
-    fn features(&self) -> u64 {
-        // No device features; EVENT_IDX because the queue drain honours it.
-        1 << VIRTIO_RING_F_EVENT_IDX
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn ack_features(&mut self, _features: u64) {}
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
+    }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // The entropy device has no configuration space.
@@ -66,41 +79,25 @@ impl VirtioDevice for Rng {
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
-        mut queues: Vec<ActivatedQueue>,
+        queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
         ActivateError::check_queue_count(1, &queues)?;
-        let q = queues.remove(0);
-        let handler = RngHandler {
-            mem,
-            interrupt: interrupt.clone(),
-            queue: q.queue,
-            notify: q.notify,
-            buf: vec![0; MAX_BYTES_PER_REQUEST],
-        };
-        let worker = DeviceWorker::spawn("virtio-rng", handler, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("cannot start the rng worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        let queues = self.common.activate_queues(queues);
+        let handler = Self::handler(mem, interrupt.clone(), queues);
+        self.common.start("virtio-rng", handler, interrupt)
     }
 }
 
 struct RngHandler {
     mem: GuestMemory,
     interrupt: Arc<dyn VirtioInterrupt>,
-    queue: Queue,
-    notify: EventFd,
+    queue: DeviceQueue,
     buf: Vec<u8>,
 }
 
 impl WorkerHandler for RngHandler {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
-        ctx.add(self.notify.as_raw_fd(), EventSet::IN, 0)
+        self.queue.watch(ctx, 0)
     }
 
     fn handle(
@@ -109,19 +106,15 @@ impl WorkerHandler for RngHandler {
         _token: u64,
         _events: EventSet,
     ) -> Result<(), String> {
-        // A spurious wakeup (EAGAIN) is harmless: the ring is checked anyway.
-        let _ = self.notify.read();
+        self.queue.ack_notify();
         let buf = &mut self.buf;
         let mem = &self.mem;
-        drain_queue(
-            0,
-            &mut self.queue,
-            mem,
-            self.interrupt.as_ref(),
-            |head, descs| {
+        self.queue
+            .drain(mem, self.interrupt.as_ref(), |chain| {
+                let head = chain.head();
                 let mut budget = MAX_BYTES_PER_REQUEST;
                 let mut written = 0u32;
-                for d in &descs {
+                for d in chain.descriptors() {
                     if !d.is_write_only() {
                         return Err(format!("rng request {head} has a device-readable buffer"));
                     }
@@ -140,8 +133,7 @@ impl WorkerHandler for RngHandler {
                     written += len as u32;
                 }
                 Ok(written)
-            },
-        )
+            })
     }
 }
 
@@ -219,46 +211,20 @@ mod tests {
 
     #[test]
     fn fuzz_rng_hostile_rings() {
-        use crate::test_util::{arb_ring, fuzz, memory_with, queue, used_idx, RecordingInterrupt};
-        use proptest::prelude::*;
-        let ctx = WorkerContext::for_tests().unwrap();
-        fuzz(
-            "rng_chains",
-            2000,
-            (arb_ring(), any::<bool>()),
-            |(ring, event_idx)| {
-                let mem = memory_with(&ring);
-                let mut handler = RngHandler {
-                    mem: mem.clone(),
-                    interrupt: Arc::new(RecordingInterrupt::default()),
-                    queue: queue(event_idx),
-                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                    buf: vec![0; MAX_BYTES_PER_REQUEST],
-                };
-                if handler.handle(&ctx, 0, EventSet::IN).is_ok() {
-                    prop_assert!(used_idx(&mem) <= ring.avail_idx);
-                }
-                Ok(())
-            },
-        );
+        crate::testing::hostile::fuzz_worker("rng_chains", 2000, 1, Rng::handler);
     }
 
-    fn handler_for(ring: &crate::test_util::HostileRing) -> (RngHandler, GuestMemory) {
-        let mem = crate::test_util::memory_with(ring);
-        let handler = RngHandler {
-            mem: mem.clone(),
-            interrupt: Arc::new(crate::test_util::RecordingInterrupt::default()),
-            queue: crate::test_util::queue(false),
-            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            buf: vec![0; MAX_BYTES_PER_REQUEST],
-        };
-        (handler, mem)
+    fn handler_for(ring: &crate::testing::hostile::HostileRing) -> (RngHandler, GuestMemory) {
+        use crate::testing::hostile::{device_queue, memory_with, RecordingInterrupt};
+        let mem = memory_with(ring);
+        let irq = Arc::new(RecordingInterrupt::default());
+        (Rng::handler(mem.clone(), irq, vec![device_queue(0, false)]), mem)
     }
 
     #[test]
     fn wrong_direction_fails_and_zero_length_is_fine() {
-        use crate::test_util::{used_idx, HostileRing, RawDesc, DATA};
-        let ctx = WorkerContext::for_tests().unwrap();
+        use crate::testing::hostile::{used_idx, HostileRing, RawDesc, DATA};
+        let ctx = WorkerContext::new().unwrap();
         let desc = |len, flags| RawDesc {
             addr: DATA,
             len,

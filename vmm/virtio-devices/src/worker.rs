@@ -22,8 +22,8 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     /// A context outside any worker thread, so tests can call a handler directly.
-    #[cfg(test)]
-    pub(crate) fn for_tests() -> std::io::Result<Self> {
+    #[cfg(any(test, feature = "testing"))]
+    pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             epoll: Epoll::new()?,
         })

@@ -7,15 +7,13 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
-    WorkerContext, WorkerHandler,
+    ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
+    VirtioInterrupt, WorkerContext, WorkerHandler,
 };
-use virtio_queue::Writer;
 use vmm_sys_util::epoll::EventSet;
 
 use super::config::{ConfigSpace, InputProfile};
 use super::handle::EventQueue;
-use crate::queue::DeviceQueue;
 
 const DEVICE_TYPE_INPUT: u32 = 18;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -31,7 +29,7 @@ pub struct VirtioInput {
     profile: InputProfile,
     config: ConfigSpace,
     events: Arc<EventQueue>,
-    worker: Option<DeviceWorker>,
+    common: VirtioCommon,
 }
 
 impl VirtioInput {
@@ -40,7 +38,22 @@ impl VirtioInput {
             profile,
             config: ConfigSpace::default(),
             events,
-            worker: None,
+            common: VirtioCommon::new(VIRTIO_F_VERSION_1),
+        }
+    }
+
+    /// The worker for the event and status queues.
+    fn handler(
+        &self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<DeviceQueue>,
+    ) -> InputWorker {
+        InputWorker {
+            mem,
+            queues,
+            events: self.events.clone(),
+            interrupt,
         }
     }
 
@@ -59,11 +72,13 @@ impl VirtioDevice for VirtioInput {
         &QUEUE_SIZES
     }
 
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn ack_features(&mut self, _features: u64) {}
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
+    }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         self.config.read(&self.profile, offset, data);
@@ -80,23 +95,14 @@ impl VirtioDevice for VirtioInput {
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
         ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
-        let worker = InputWorker {
-            mem,
-            queues: queues.into_iter().map(DeviceQueue::new).collect(),
-            events: self.events.clone(),
-            interrupt: interrupt.clone(),
-        };
+        let queues = self.common.activate_queues(queues);
+        let handler = self.handler(mem, interrupt.clone(), queues);
         let name = format!("virtio-input-{}", self.profile.name);
-        let worker = DeviceWorker::spawn(&name, worker, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("starting the {name} worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
+        self.common.start(&name, handler, interrupt)
     }
 
     fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.common.reset();
         self.config.reset();
         self.events.reset();
     }
@@ -113,10 +119,11 @@ impl InputWorker {
     /// Give the guest its status-queue buffers back (we have no LEDs to set).
     fn drain_status(&mut self) -> Result<(), String> {
         let q = &mut self.queues[STATUS_QUEUE];
-        while let Some(chain) = q.pop(&self.mem) {
-            q.complete(&self.mem, chain.head_index(), 0)?;
+        while let Some(chain) = q.pop(&self.mem)? {
+            q.add_used(&self.mem, chain.head(), 0)?;
         }
-        q.signal(&self.mem, self.interrupt.as_ref())
+        q.signal_used(&self.mem, self.interrupt.as_ref())?;
+        Ok(())
     }
 
     /// Move pending events into event-queue buffers while both exist.
@@ -124,33 +131,28 @@ impl InputWorker {
         let q = &mut self.queues[EVENT_QUEUE];
         let mut pending = self.events.lock();
         while let Some(event) = pending.events.front().copied() {
-            let Some(chain) = q.pop(&self.mem) else { break };
-            let head = chain.head_index();
-            let written = match Writer::new(&self.mem, chain) {
-                Ok(mut w) if w.available_bytes() >= EVENT_BYTES => {
-                    w.write_all(&event.to_bytes()).is_ok()
-                }
-                _ => false,
-            };
+            let Some(chain) = q.pop(&self.mem)? else { break };
+            let mut w = chain.writer(&self.mem);
+            let written =
+                w.available_bytes() >= EVENT_BYTES && w.write_all(&event.to_bytes()).is_ok();
             if written {
                 pending.events.pop_front();
-                q.complete(&self.mem, head, EVENT_BYTES as u32)?;
+                q.add_used(&self.mem, chain.head(), EVENT_BYTES as u32)?;
             } else {
-                tracing::warn!(
-                    "virtio-input: event buffer unusable (too small or outside memory); skipped"
-                );
-                q.complete(&self.mem, head, 0)?;
+                tracing::warn!("virtio-input: event buffer too small; skipped");
+                q.add_used(&self.mem, chain.head(), 0)?;
             }
         }
         drop(pending);
-        q.signal(&self.mem, self.interrupt.as_ref())
+        q.signal_used(&self.mem, self.interrupt.as_ref())?;
+        Ok(())
     }
 }
 
 impl WorkerHandler for InputWorker {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
         for (token, q) in self.queues.iter().enumerate() {
-            ctx.add(q.inner.notify.as_raw_fd(), EventSet::IN, token as u64)?;
+            q.watch(ctx, token as u64)?;
         }
         ctx.add(self.events.wake.as_raw_fd(), EventSet::IN, WAKE_TOKEN)
     }
@@ -246,5 +248,17 @@ mod tests {
         assert_eq!(bytes, InputEvent::new(1, 172, 1).to_bytes());
         assert!(events.lock().events.is_empty());
         assert_eq!(irq.0.load(Ordering::SeqCst), 1, "one interrupt per batch");
+    }
+
+    /// The hostile-ring property every device passes through its `DeviceQueue`, on the event
+    /// queue (with an event waiting, so chains are written) and the status queue.
+    #[test]
+    fn fuzz_input_hostile_rings() {
+        let events = Arc::new(EventQueue::new().unwrap());
+        let dev = VirtioInput::new(InputProfile::keyboard(), events.clone());
+        cloudphone_virtio::testing::hostile::fuzz_worker("input_chains", 1000, 2, |mem, irq, qs| {
+            events.lock().events.push_back(InputEvent::new(1, 172, 1));
+            dev.handler(mem, irq, qs)
+        });
     }
 }

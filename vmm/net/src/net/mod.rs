@@ -10,7 +10,8 @@ use std::io;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon,
+    VirtioDevice, VirtioInterrupt,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
@@ -81,10 +82,8 @@ pub struct Net {
     // Identity and backend, kept across resets.
     backend: Arc<dyn NetBackend>,
     mac: MacAddr,
-    // Negotiation state.
-    acked_features: u64,
-    // Running state (present while activated).
-    worker: Option<DeviceWorker>,
+    // Negotiation and running state.
+    common: VirtioCommon,
 }
 
 impl Net {
@@ -100,8 +99,7 @@ impl Net {
         Net {
             backend,
             mac,
-            acked_features: 0,
-            worker: None,
+            common: VirtioCommon::new(offered_features()),
         }
     }
 
@@ -117,8 +115,28 @@ impl Net {
         config
     }
 
-    fn acked(&self, bit: u32) -> bool {
-        self.acked_features & (1u64 << bit) != 0
+    /// The worker for the rx and tx queues.
+    fn handler(
+        &self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<DeviceQueue>,
+    ) -> Result<NetHandler, ActivateError> {
+        let [rx, tx]: [DeviceQueue; 2] =
+            queues
+                .try_into()
+                .map_err(|q: Vec<_>| ActivateError::QueueCount {
+                    expected: 2,
+                    got: q.len(),
+                })?;
+        Ok(NetHandler::new(
+            mem,
+            interrupt,
+            self.backend.clone(),
+            rx,
+            tx,
+            self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF),
+        ))
     }
 }
 
@@ -131,16 +149,16 @@ impl VirtioDevice for Net {
         &QUEUE_SIZES
     }
 
-    fn features(&self) -> u64 {
-        offered_features()
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & offered_features();
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::queue::read_config_bytes(&self.config_bytes(), offset, data);
+        read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn activate(
@@ -149,36 +167,13 @@ impl VirtioDevice for Net {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx]: [ActivatedQueue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<_>| ActivateError::QueueCount {
-                    expected: 2,
-                    got: q.len(),
-                })?;
+        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
         self.backend
-            .set_offload(self.acked_features)
+            .set_offload(self.common.acked_features())
             .map_err(|e| ActivateError::Backend(format!("cannot set TAP offloads: {e}")))?;
-        let event_idx = self.acked(VIRTIO_RING_F_EVENT_IDX);
-        let handler = NetHandler::new(
-            mem,
-            interrupt.clone(),
-            self.backend.clone(),
-            crate::queue::DeviceQueue::new(rx, event_idx),
-            crate::queue::DeviceQueue::new(tx, event_idx),
-            self.acked(VIRTIO_NET_F_MRG_RXBUF),
-        );
-        let worker = DeviceWorker::spawn("virtio-net", handler, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("cannot start the net worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
-        self.acked_features = 0;
+        let queues = self.common.activate_queues(queues);
+        let handler = self.handler(mem, interrupt.clone(), queues)?;
+        self.common.start("virtio-net", handler, interrupt)
     }
 }
 

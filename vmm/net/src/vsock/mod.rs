@@ -13,14 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon,
+    VirtioDevice, VirtioInterrupt,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 pub use spec::{VsockSpec, VsockSpecError};
 
-use crate::queue::DeviceQueue;
 use handler::VsockHandler;
 use muxer::Muxer;
 
@@ -52,10 +52,8 @@ pub struct Vsock {
     cid: u64,
     uds: PathBuf,
     listener: Arc<UnixListener>,
-    // Negotiation state.
-    acked_features: u64,
-    // Running state.
-    worker: Option<DeviceWorker>,
+    // Negotiation and running state.
+    common: VirtioCommon,
     /// Whether the device was activated before: a re-activation announces a transport reset.
     activated_before: bool,
 }
@@ -80,8 +78,7 @@ impl Vsock {
             cid: spec.cid,
             uds: spec.uds.clone(),
             listener: Arc::new(listener),
-            acked_features: 0,
-            worker: None,
+            common: VirtioCommon::new(offered_features()),
             activated_before: false,
         })
     }
@@ -89,6 +86,30 @@ impl Vsock {
     /// The guest's CID.
     pub fn cid(&self) -> u64 {
         self.cid
+    }
+
+    /// The worker for the rx, tx and event queues.
+    fn handler(
+        &self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<DeviceQueue>,
+    ) -> Result<VsockHandler, ActivateError> {
+        let queues: [DeviceQueue; 3] =
+            queues
+                .try_into()
+                .map_err(|q: Vec<_>| ActivateError::QueueCount {
+                    expected: 3,
+                    got: q.len(),
+                })?;
+        let muxer = Muxer::new(self.cid, self.uds.clone(), self.listener.clone());
+        Ok(VsockHandler::new(
+            mem,
+            interrupt,
+            queues,
+            muxer,
+            self.activated_before,
+        ))
     }
 }
 
@@ -107,16 +128,16 @@ impl VirtioDevice for Vsock {
         &QUEUE_SIZES
     }
 
-    fn features(&self) -> u64 {
-        offered_features()
+    fn common(&self) -> &VirtioCommon {
+        &self.common
     }
 
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & offered_features();
+    fn common_mut(&mut self) -> &mut VirtioCommon {
+        &mut self.common
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::queue::read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
     fn activate(
@@ -125,31 +146,15 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let event_idx = self.acked_features & 1u64 << VIRTIO_RING_F_EVENT_IDX != 0;
-        let queues: [DeviceQueue; 3] = queues
-            .into_iter()
-            .map(|q| DeviceQueue::new(q, event_idx))
-            .collect::<Vec<_>>()
-            .try_into()
-            .map_err(|_| ActivateError::QueueCount { expected: 3, got })?;
-        let muxer = Muxer::new(self.cid, self.uds.clone(), self.listener.clone());
-        let handler =
-            VsockHandler::new(mem, interrupt.clone(), queues, muxer, self.activated_before);
-        let worker = DeviceWorker::spawn("virtio-vsock", handler, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("cannot start the vsock worker: {e}")))?;
-        self.worker = Some(worker);
+        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
+        let queues = self.common.activate_queues(queues);
+        let handler = self.handler(mem, interrupt.clone(), queues)?;
+        self.common.start("virtio-vsock", handler, interrupt)?;
         self.activated_before = true;
         Ok(())
     }
 
-    fn reset(&mut self) {
-        // Stopping the worker drops the muxer: every host stream is closed.
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
-        self.acked_features = 0;
-    }
+    // Reset stops the worker, which drops the muxer: every host stream is closed.
 }
 
 impl Drop for Vsock {

@@ -646,3 +646,19 @@ fn fuzz_vsock_tx_packets() {
     );
     assert!(!guest.borrow().irq.needs_reset());
 }
+
+/// The hostile-ring property every device passes through its `DeviceQueue`, on rx, tx and
+/// event queues.
+#[test]
+fn fuzz_vsock_hostile_rings() {
+    let dir = SockDir::new();
+    let mut dev = Vsock::new(&VsockSpec {
+        cid: GUEST_CID,
+        uds: dir.uds(),
+    })
+    .unwrap();
+    dev.ack_features(dev.features());
+    cloudphone_virtio::testing::hostile::fuzz_worker("vsock_chains", 1000, 3, |mem, irq, qs| {
+        dev.handler(mem, irq, qs).unwrap()
+    });
+}

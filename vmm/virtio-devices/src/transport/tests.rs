@@ -322,7 +322,7 @@ fn malformed_accesses_are_ignored() {
 
 #[test]
 fn construction_rejects_bad_devices() {
-    struct Bad(Vec<u16>);
+    struct Bad(Vec<u16>, crate::VirtioCommon);
     impl VirtioDevice for Bad {
         fn device_type(&self) -> u32 {
             4
@@ -330,10 +330,12 @@ fn construction_rejects_bad_devices() {
         fn queue_max_sizes(&self) -> &[u16] {
             &self.0
         }
-        fn features(&self) -> u64 {
-            0
+        fn common(&self) -> &crate::VirtioCommon {
+            &self.1
         }
-        fn ack_features(&mut self, _: u64) {}
+        fn common_mut(&mut self) -> &mut crate::VirtioCommon {
+            &mut self.1
+        }
         fn read_config(&self, _: u64, data: &mut [u8]) {
             data.fill(0);
         }
@@ -345,12 +347,16 @@ fn construction_rejects_bad_devices() {
         ) -> Result<(), crate::ActivateError> {
             Ok(())
         }
-        fn reset(&mut self) {}
     }
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
     let sink = Arc::new(CountingMsiSink::default());
     let build = |sizes: Vec<u16>| {
-        VirtioPciDevice::new(Box::new(Bad(sizes)), mem.clone(), sink.clone()).err()
+        VirtioPciDevice::new(
+            Box::new(Bad(sizes, crate::VirtioCommon::new(0))),
+            mem.clone(),
+            sink.clone(),
+        )
+        .err()
     };
     assert!(matches!(build(vec![]), Some(TransportError::QueueCount(0))));
     assert!(matches!(
