@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    read_config_bytes, ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon,
-    VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, VirtioCommon, VirtioDevice, WorkerHandler,
 };
 
 use crate::handle::{BalloonHandle, Shared};
@@ -74,22 +73,6 @@ impl Balloon {
         roles
     }
 
-    /// The worker for `queues`, given roles in index order for the negotiated features.
-    pub(crate) fn handler(
-        &self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<DeviceQueue>,
-    ) -> BalloonWorker {
-        let queues = self
-            .roles()
-            .into_iter()
-            .zip(queues)
-            .map(|(role, queue)| RoleQueue { role, queue })
-            .collect();
-        BalloonWorker::new(mem, queues, self.shared.clone(), interrupt)
-    }
-
     /// A reset (or rebooted) guest starts with an empty balloon; the target stays, so the
     /// next driver inflates to it again.
     fn clear_guest_state(&self) {
@@ -131,20 +114,26 @@ impl VirtioDevice for Balloon {
             "balloon: guest wrote a read-only config field; ignored"
         );
     }
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(self.roles().len(), &queues)?;
+    fn worker_name(&self) -> &str {
+        "virtio-balloon"
+    }
+    /// Queues get roles in index order for the negotiated features.
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let roles = self.roles();
+        ActivateError::check_queue_count(roles.len(), a.queues.len())?;
         self.clear_guest_state();
-        let queues = self.common.activate_queues(queues);
-        let handler = self.handler(mem, interrupt.clone(), queues);
-        self.common
-            .start("virtio-balloon", handler, interrupt.clone())?;
-        self.shared.lock().interrupt = Some(interrupt);
-        Ok(())
+        let queues = roles
+            .into_iter()
+            .zip(a.queues)
+            .map(|(role, queue)| RoleQueue { role, queue })
+            .collect();
+        self.shared.lock().interrupt = Some(a.interrupt.clone());
+        Ok(Box::new(BalloonWorker::new(
+            a.mem,
+            queues,
+            self.shared.clone(),
+            a.interrupt,
+        )))
     }
     fn reset(&mut self) {
         self.clear_guest_state();

@@ -555,7 +555,7 @@ fn balloon_behind_the_pci_transport() {
 fn fuzz_balloon_hostile_rings() {
     let (mut dev, _handle) = Balloon::new(64).unwrap();
     dev.ack_features(VERSION_1 | 1 << VIRTIO_BALLOON_F_STATS_VQ | 1 << VIRTIO_BALLOON_F_REPORTING);
-    cloudphone_virtio::testing::hostile::fuzz_worker("balloon_chains", 1000, 4, |mem, irq, qs| {
-        dev.handler(mem, irq, qs)
+    cloudphone_virtio::testing::hostile::fuzz_worker("balloon_chains", 1000, 4, |a| {
+        dev.worker(a).unwrap()
     });
 }

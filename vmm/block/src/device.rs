@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use cloudphone_virtio::{
-    read_config_bytes, ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon,
+    read_config_bytes, ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon,
     VirtioDevice, VirtioInterrupt, WorkerContext, WorkerHandler,
 };
 use virtio_bindings::virtio_blk::*;
@@ -85,24 +85,6 @@ impl Block {
     pub fn from_spec(spec: &DiskSpec) -> Result<Self, DiskError> {
         Ok(Self::new(spec.open()?, spec.id.as_deref()))
     }
-
-    fn handler(
-        &self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        mut queues: Vec<DeviceQueue>,
-    ) -> BlockWorker {
-        BlockWorker {
-            mem,
-            queue: queues.remove(0),
-            interrupt,
-            server: RequestServer {
-                disk: self.disk.clone(),
-                id: self.id,
-                bounce: Vec::new(),
-            },
-        }
-    }
 }
 
 impl VirtioDevice for Block {
@@ -121,16 +103,21 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
-        let queues = self.common.activate_queues(queues);
-        let handler = self.handler(mem, interrupt.clone(), queues);
-        self.common.start("virtio-blk", handler, interrupt)
+    fn worker_name(&self) -> &str {
+        "virtio-blk"
+    }
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let [queue] = Activation::queue_array(a.queues)?;
+        Ok(Box::new(BlockWorker {
+            mem: a.mem,
+            queue,
+            interrupt: a.interrupt,
+            server: RequestServer {
+                disk: self.disk.clone(),
+                id: self.id,
+                bounce: Vec::new(),
+            },
+        }))
     }
 }
 

@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::*;
 use crate::raw::RawDisk;
 use crate::testutil::{pattern, TempDir};
-use cloudphone_virtio::InterruptCause;
+use cloudphone_virtio::{ActivatedQueue, InterruptCause};
 
 const MEM_SIZE: usize = 64 << 20;
 /// Guest addresses for request pieces, clear of the rings at 0.
@@ -62,7 +62,7 @@ type Part = (u64, u32, bool);
 struct Harness {
     _dir: TempDir,
     mem: GuestMemoryMmap,
-    worker: BlockWorker,
+    worker: Box<dyn WorkerHandler>,
     next_desc: u16,
     interrupt: Arc<TestInterrupt>,
     data: Vec<u8>,
@@ -77,15 +77,17 @@ impl Harness {
         let disk: Box<dyn DiskBackend> = Box::new(RawDisk::open(&path, read_only).unwrap());
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let interrupt = Arc::new(TestInterrupt::default());
-        let worker = Block::new(disk, Some("test-disk-id")).handler(
-            mem.clone(),
-            interrupt.clone(),
-            vec![DeviceQueue::new(ActivatedQueue {
-                index: 0,
-                queue: ring_queue(),
-                notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            })],
-        );
+        let worker = Block::new(disk, Some("test-disk-id"))
+            .worker(Activation {
+                mem: mem.clone(),
+                interrupt: interrupt.clone(),
+                queues: vec![DeviceQueue::new(ActivatedQueue {
+                    index: 0,
+                    queue: ring_queue(),
+                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                })],
+            })
+            .unwrap();
         Harness {
             _dir: dir,
             mem,
@@ -140,7 +142,8 @@ impl Harness {
         let used_idx =
             |m: &GuestMemoryMmap| m.read_obj::<u16>(GuestAddress(USED_RING + 2)).unwrap();
         let before = used_idx(&self.mem);
-        self.worker.drain()?;
+        let ctx = WorkerContext::new().unwrap();
+        self.worker.handle(&ctx, QUEUE_TOKEN, EventSet::IN)?;
         assert_eq!(
             used_idx(&self.mem),
             before.wrapping_add(1),
@@ -495,11 +498,11 @@ fn prop_hostile_chains() {
 fn fuzz_block_hostile_rings() {
     let dir = TempDir::new("fuzz");
     std::fs::write(dir.path("d"), pattern(4, 1 << 20)).unwrap();
-    let dev = Block::new(
+    let mut dev = Block::new(
         Box::new(RawDisk::open(&dir.path("d"), false).unwrap()),
         None,
     );
-    cloudphone_virtio::testing::hostile::fuzz_worker("block_chains", 1000, 1, |mem, irq, qs| {
-        dev.handler(mem, irq, qs)
+    cloudphone_virtio::testing::hostile::fuzz_worker("block_chains", 1000, 1, |a| {
+        dev.worker(a).unwrap()
     });
 }

@@ -57,16 +57,13 @@ pub enum ActivateError {
 }
 
 impl ActivateError {
-    /// Check that the driver enabled exactly `expected` queues (what most devices need before
-    /// they start their worker).
-    pub fn check_queue_count(expected: usize, queues: &[ActivatedQueue]) -> Result<(), Self> {
-        if queues.len() == expected {
+    /// Check that the driver enabled the `expected` number of queues (`got`) before the
+    /// device builds its worker.
+    pub fn check_queue_count(expected: usize, got: usize) -> Result<(), Self> {
+        if got == expected {
             Ok(())
         } else {
-            Err(Self::QueueCount {
-                expected,
-                got: queues.len(),
-            })
+            Err(Self::QueueCount { expected, got })
         }
     }
 }
@@ -172,10 +169,10 @@ impl VirtioCommon {
         self.worker.is_some()
     }
 
-    /// First half of activation: stop any previous worker and take over the transport's
-    /// queues (EVENT_IDX as negotiated, positions from a restored snapshot applied),
-    /// remembering them for snapshots.
-    pub fn activate_queues(&mut self, queues: Vec<ActivatedQueue>) -> Vec<DeviceQueue> {
+    /// Stop any previous worker and take over the transport's queues (EVENT_IDX as
+    /// negotiated, positions from a restored snapshot applied), remembering them for
+    /// snapshots.
+    fn activate_queues(&mut self, queues: Vec<ActivatedQueue>) -> Vec<DeviceQueue> {
         self.stop_worker();
         let restored = std::mem::take(&mut self.restored);
         let event_idx = self.has_feature(VIRTIO_RING_F_EVENT_IDX);
@@ -193,11 +190,11 @@ impl VirtioCommon {
         queues
     }
 
-    /// Second half of activation: run `handler` on the device's worker thread `name`.
-    pub fn start<H: WorkerHandler>(
+    /// Run `handler` on the device's worker thread `name`.
+    fn start(
         &mut self,
         name: &str,
-        handler: H,
+        handler: Box<dyn WorkerHandler>,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
         let worker = DeviceWorker::spawn(name, handler, interrupt)
@@ -248,6 +245,28 @@ impl VirtioCommon {
     }
 }
 
+/// What a device's worker is built from when the driver brings the device up.
+pub struct Activation {
+    /// Guest memory, where the rings and buffers are.
+    pub mem: GuestMemory,
+    /// How the worker signals the guest.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// The queues the driver enabled, in index order.
+    pub queues: Vec<DeviceQueue>,
+}
+
+impl Activation {
+    /// Exactly `N` queues (what most devices need), or why the device cannot start.
+    pub fn queue_array<const N: usize>(
+        queues: Vec<DeviceQueue>,
+    ) -> Result<[DeviceQueue; N], ActivateError> {
+        let got = queues.len();
+        queues
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount { expected: N, got })
+    }
+}
+
 /// One virtio device model (block, console, rng, net, vsock, balloon, gpu, input, ...).
 ///
 /// Lifecycle: the transport negotiates features ([`features`](Self::features) /
@@ -255,7 +274,8 @@ impl VirtioCommon {
 /// [`activate`](Self::activate) with the enabled queues once the driver sets DRIVER_OK.
 /// [`reset`](Self::reset) (driver wrote 0 to status, or the guest rebooted) stops the device's
 /// workers and returns it to the pre-activation state so it can be activated again.
-/// Negotiation, reset and snapshots come from the device's [`VirtioCommon`].
+/// Negotiation, activation, reset and snapshots come from the device's [`VirtioCommon`]; a
+/// device supplies its identity, config space and [`worker`](Self::worker).
 pub trait VirtioDevice: Send {
     /// The virtio device ID (virtio spec 5: 1 net, 2 block, 3 console, 4 rng, 5 balloon,
     /// 16 gpu, 18 input, 19 vsock).
@@ -289,14 +309,28 @@ pub trait VirtioDevice: Send {
             "guest wrote read-only device config; ignored"
         );
     }
-    /// Start processing `queues` ([`VirtioCommon::activate_queues`], then
-    /// [`VirtioCommon::start`] with the device's worker handler).
+    /// Name of the device's worker thread.
+    fn worker_name(&self) -> &str;
+    /// Build the handler that serves the activated queues on the worker thread (after any
+    /// previous worker stopped); refuses queue sets the device cannot run with.
+    fn worker(&mut self, activation: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError>;
+    /// Start processing `queues`: stop a previous worker, wrap the queues in
+    /// [`DeviceQueue`]s, and run the device's [`worker`](Self::worker) on its own thread.
     fn activate(
         &mut self,
         mem: GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError>;
+    ) -> Result<(), ActivateError> {
+        let queues = self.common_mut().activate_queues(queues);
+        let handler = self.worker(Activation {
+            mem,
+            interrupt: interrupt.clone(),
+            queues,
+        })?;
+        let name = self.worker_name().to_string();
+        self.common_mut().start(&name, handler, interrupt)
+    }
     /// Stop processing and forget the queues; the device may be activated again later.
     /// Devices with state of their own override this and call [`VirtioCommon::reset`] too.
     fn reset(&mut self) {

@@ -68,7 +68,7 @@ pub mod transport;
 pub mod worker;
 
 pub use device::{
-    read_config_bytes, ActivateError, ActivatedQueue, CommonState, DeviceStateBlob, GuestMemory,
+    read_config_bytes, Activation, ActivateError, ActivatedQueue, CommonState, DeviceStateBlob, GuestMemory,
     InterruptCause, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
 };
 pub use queue::{Chain, DeviceQueue, QueueError, QueueState};

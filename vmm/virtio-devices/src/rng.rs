@@ -8,7 +8,7 @@ use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::{
-    ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
+    ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
     VirtioInterrupt, WorkerContext, WorkerHandler,
 };
 
@@ -38,19 +38,6 @@ impl Rng {
             common: VirtioCommon::new(1 << VIRTIO_RING_F_EVENT_IDX),
         }
     }
-
-    fn handler(
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        mut queues: Vec<DeviceQueue>,
-    ) -> RngHandler {
-        RngHandler {
-            mem,
-            interrupt,
-            queue: queues.remove(0),
-            buf: vec![0; MAX_BYTES_PER_REQUEST],
-        }
-    }
 }
 
 impl VirtioDevice for Rng {
@@ -75,16 +62,18 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(1, &queues)?;
-        let queues = self.common.activate_queues(queues);
-        let handler = Self::handler(mem, interrupt.clone(), queues);
-        self.common.start("virtio-rng", handler, interrupt)
+    fn worker_name(&self) -> &str {
+        "virtio-rng"
+    }
+
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let [queue] = Activation::queue_array(a.queues)?;
+        Ok(Box::new(RngHandler {
+            mem: a.mem,
+            interrupt: a.interrupt,
+            queue,
+            buf: vec![0; MAX_BYTES_PER_REQUEST],
+        }))
     }
 }
 
@@ -211,14 +200,21 @@ mod tests {
 
     #[test]
     fn fuzz_rng_hostile_rings() {
-        crate::testing::hostile::fuzz_worker("rng_chains", 2000, 1, Rng::handler);
+        let mut rng = Rng::new();
+        crate::testing::hostile::fuzz_worker("rng_chains", 2000, 1, |a| rng.worker(a).unwrap());
     }
 
-    fn handler_for(ring: &crate::testing::hostile::HostileRing) -> (RngHandler, GuestMemory) {
+    fn handler_for(
+        ring: &crate::testing::hostile::HostileRing,
+    ) -> (Box<dyn WorkerHandler>, GuestMemory) {
         use crate::testing::hostile::{device_queue, memory_with, RecordingInterrupt};
         let mem = memory_with(ring);
-        let irq = Arc::new(RecordingInterrupt::default());
-        (Rng::handler(mem.clone(), irq, vec![device_queue(0, false)]), mem)
+        let activation = Activation {
+            mem: mem.clone(),
+            interrupt: Arc::new(RecordingInterrupt::default()),
+            queues: vec![device_queue(0, false)],
+        };
+        (Rng::new().worker(activation).unwrap(), mem)
     }
 
     #[test]

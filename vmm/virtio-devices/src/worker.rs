@@ -55,6 +55,16 @@ pub trait WorkerHandler: Send + 'static {
     fn handle(&mut self, ctx: &WorkerContext, token: u64, events: EventSet) -> Result<(), String>;
 }
 
+/// Devices hand their handler over boxed, which keeps [`crate::VirtioDevice`] object safe.
+impl WorkerHandler for Box<dyn WorkerHandler> {
+    fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
+        (**self).init(ctx)
+    }
+    fn handle(&mut self, ctx: &WorkerContext, token: u64, events: EventSet) -> Result<(), String> {
+        (**self).handle(ctx, token, events)
+    }
+}
+
 /// A running device worker thread; dropping or [`stop`](Self::stop)ping it joins the thread.
 pub struct DeviceWorker {
     stop: EventFd,

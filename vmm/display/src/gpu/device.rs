@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cloudphone_virtio::{
-    read_config_bytes, ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon,
+    read_config_bytes, ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon,
     VirtioDevice, VirtioInterrupt, WorkerContext, WorkerHandler,
 };
 use vm_memory::ByteValued;
@@ -65,22 +65,6 @@ impl VirtioGpu {
         }
     }
 
-    /// The worker for the control and cursor queues.
-    pub(super) fn handler(
-        &self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<DeviceQueue>,
-    ) -> GpuWorker {
-        GpuWorker {
-            mem,
-            queues,
-            backend: self.backend.clone(),
-            interrupt,
-            max_entries: self.limits.max_backing_entries,
-        }
-    }
-
     fn config(&self) -> GpuConfig {
         let backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
         GpuConfig {
@@ -126,16 +110,19 @@ impl VirtioDevice for VirtioGpu {
         }
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
-        let queues = self.common.activate_queues(queues);
-        let handler = self.handler(mem, interrupt.clone(), queues);
-        self.common.start("virtio-gpu", handler, interrupt)
+    fn worker_name(&self) -> &str {
+        "virtio-gpu"
+    }
+
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let queues: [DeviceQueue; 2] = Activation::queue_array(a.queues)?;
+        Ok(Box::new(GpuWorker {
+            mem: a.mem,
+            queues: queues.into(),
+            backend: self.backend.clone(),
+            interrupt: a.interrupt,
+            max_entries: self.limits.max_backing_entries,
+        }))
     }
 
     fn reset(&mut self) {
@@ -148,7 +135,7 @@ impl VirtioDevice for VirtioGpu {
     }
 }
 
-pub(super) struct GpuWorker {
+struct GpuWorker {
     mem: GuestMemory,
     queues: Vec<DeviceQueue>,
     backend: SharedBackend,

@@ -758,8 +758,8 @@ fn fuzz_gpu_hostile_rings() {
         dpi: 320,
     };
     let backend = Backend2d::new(spec, limits, test_export(64, 64));
-    let dev = super::VirtioGpu::with_backend(Box::new(backend), limits);
-    cloudphone_virtio::testing::hostile::fuzz_worker("gpu_chains", 1000, 2, |mem, irq, qs| {
-        dev.handler(mem, irq, qs)
+    let mut dev = super::VirtioGpu::with_backend(Box::new(backend), limits);
+    cloudphone_virtio::testing::hostile::fuzz_worker("gpu_chains", 1000, 2, |a| {
+        cloudphone_virtio::VirtioDevice::worker(&mut dev, a).unwrap()
     });
 }

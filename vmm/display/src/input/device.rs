@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
+    ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
     VirtioInterrupt, WorkerContext, WorkerHandler,
 };
 use vmm_sys_util::epoll::EventSet;
@@ -29,31 +29,19 @@ pub struct VirtioInput {
     profile: InputProfile,
     config: ConfigSpace,
     events: Arc<EventQueue>,
+    /// `virtio-input-<name>`, one worker thread per input device.
+    worker_name: String,
     common: VirtioCommon,
 }
 
 impl VirtioInput {
     pub(crate) fn new(profile: InputProfile, events: Arc<EventQueue>) -> Self {
         Self {
+            worker_name: format!("virtio-input-{}", profile.name),
             profile,
             config: ConfigSpace::default(),
             events,
             common: VirtioCommon::new(VIRTIO_F_VERSION_1),
-        }
-    }
-
-    /// The worker for the event and status queues.
-    fn handler(
-        &self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<DeviceQueue>,
-    ) -> InputWorker {
-        InputWorker {
-            mem,
-            queues,
-            events: self.events.clone(),
-            interrupt,
         }
     }
 
@@ -88,17 +76,18 @@ impl VirtioDevice for VirtioInput {
         self.config.write(offset, data);
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
-        let queues = self.common.activate_queues(queues);
-        let handler = self.handler(mem, interrupt.clone(), queues);
-        let name = format!("virtio-input-{}", self.profile.name);
-        self.common.start(&name, handler, interrupt)
+    fn worker_name(&self) -> &str {
+        &self.worker_name
+    }
+
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let queues: [DeviceQueue; 2] = Activation::queue_array(a.queues)?;
+        Ok(Box::new(InputWorker {
+            mem: a.mem,
+            queues: queues.into(),
+            events: self.events.clone(),
+            interrupt: a.interrupt,
+        }))
     }
 
     fn reset(&mut self) {
@@ -182,7 +171,7 @@ impl WorkerHandler for InputWorker {
 mod tests {
     use super::*;
     use crate::input::handle::InputEvent;
-    use cloudphone_virtio::InterruptCause;
+    use cloudphone_virtio::{ActivatedQueue, InterruptCause};
     use std::sync::atomic::{AtomicU32, Ordering};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -255,10 +244,10 @@ mod tests {
     #[test]
     fn fuzz_input_hostile_rings() {
         let events = Arc::new(EventQueue::new().unwrap());
-        let dev = VirtioInput::new(InputProfile::keyboard(), events.clone());
-        cloudphone_virtio::testing::hostile::fuzz_worker("input_chains", 1000, 2, |mem, irq, qs| {
+        let mut dev = VirtioInput::new(InputProfile::keyboard(), events.clone());
+        cloudphone_virtio::testing::hostile::fuzz_worker("input_chains", 1000, 2, |a| {
             events.lock().events.push_back(InputEvent::new(1, 172, 1));
-            dev.handler(mem, irq, qs)
+            dev.worker(a).unwrap()
         });
     }
 }

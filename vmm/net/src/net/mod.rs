@@ -10,8 +10,7 @@ use std::io;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    read_config_bytes, ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon,
-    VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, VirtioCommon, VirtioDevice, WorkerHandler,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
@@ -115,29 +114,6 @@ impl Net {
         config
     }
 
-    /// The worker for the rx and tx queues.
-    fn handler(
-        &self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<DeviceQueue>,
-    ) -> Result<NetHandler, ActivateError> {
-        let [rx, tx]: [DeviceQueue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<_>| ActivateError::QueueCount {
-                    expected: 2,
-                    got: q.len(),
-                })?;
-        Ok(NetHandler::new(
-            mem,
-            interrupt,
-            self.backend.clone(),
-            rx,
-            tx,
-            self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF),
-        ))
-    }
 }
 
 impl VirtioDevice for Net {
@@ -161,19 +137,23 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config_bytes(), offset, data);
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
+    fn worker_name(&self) -> &str {
+        "virtio-net"
+    }
+
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let [rx, tx] = Activation::queue_array(a.queues)?;
         self.backend
             .set_offload(self.common.acked_features())
             .map_err(|e| ActivateError::Backend(format!("cannot set TAP offloads: {e}")))?;
-        let queues = self.common.activate_queues(queues);
-        let handler = self.handler(mem, interrupt.clone(), queues)?;
-        self.common.start("virtio-net", handler, interrupt)
+        Ok(Box::new(NetHandler::new(
+            a.mem,
+            a.interrupt,
+            self.backend.clone(),
+            rx,
+            tx,
+            self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF),
+        )))
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use cloudphone_virtio::GuestMemory;
 use crate::testutil::{
     guest_memory, interrupt, peek, poke, Buf, DgramBackend, TestInterrupt, TestQueue,
 };
@@ -507,7 +508,7 @@ fn fuzz_net_hostile_rings() {
     let (backend, _wire) = DgramBackend::pair();
     let mut net = Net::with_backend(backend, MAC);
     net.ack_features(net.features());
-    cloudphone_virtio::testing::hostile::fuzz_worker("net_chains", 1000, 2, |mem, irq, qs| {
-        net.handler(mem, irq, qs).unwrap()
+    cloudphone_virtio::testing::hostile::fuzz_worker("net_chains", 1000, 2, |a| {
+        net.worker(a).unwrap()
     });
 }

@@ -13,8 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    read_config_bytes, ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon,
-    VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, VirtioCommon, VirtioDevice, WorkerHandler,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -87,30 +86,6 @@ impl Vsock {
     pub fn cid(&self) -> u64 {
         self.cid
     }
-
-    /// The worker for the rx, tx and event queues.
-    fn handler(
-        &self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<DeviceQueue>,
-    ) -> Result<VsockHandler, ActivateError> {
-        let queues: [DeviceQueue; 3] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<_>| ActivateError::QueueCount {
-                    expected: 3,
-                    got: q.len(),
-                })?;
-        let muxer = Muxer::new(self.cid, self.uds.clone(), self.listener.clone());
-        Ok(VsockHandler::new(
-            mem,
-            interrupt,
-            queues,
-            muxer,
-            self.activated_before,
-        ))
-    }
 }
 
 fn offered_features() -> u64 {
@@ -140,21 +115,18 @@ impl VirtioDevice for Vsock {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
-        let queues = self.common.activate_queues(queues);
-        let handler = self.handler(mem, interrupt.clone(), queues)?;
-        self.common.start("virtio-vsock", handler, interrupt)?;
-        self.activated_before = true;
-        Ok(())
+    fn worker_name(&self) -> &str {
+        "virtio-vsock"
     }
 
-    // Reset stops the worker, which drops the muxer: every host stream is closed.
+    // Reset stops the worker, which drops its muxer: every host stream is closed.
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let queues = Activation::queue_array(a.queues)?;
+        let muxer = Muxer::new(self.cid, self.uds.clone(), self.listener.clone());
+        let handler = VsockHandler::new(a.mem, a.interrupt, queues, muxer, self.activated_before);
+        self.activated_before = true;
+        Ok(Box::new(handler))
+    }
 }
 
 impl Drop for Vsock {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::packet::*;
 use super::*;
+use cloudphone_virtio::GuestMemory;
 use crate::testutil::{guest_memory, interrupt, peek, poke, Buf, TestInterrupt, TestQueue};
 
 const GUEST_CID: u64 = 3;
@@ -658,7 +659,7 @@ fn fuzz_vsock_hostile_rings() {
     })
     .unwrap();
     dev.ack_features(dev.features());
-    cloudphone_virtio::testing::hostile::fuzz_worker("vsock_chains", 1000, 3, |mem, irq, qs| {
-        dev.handler(mem, irq, qs).unwrap()
+    cloudphone_virtio::testing::hostile::fuzz_worker("vsock_chains", 1000, 3, |a| {
+        dev.worker(a).unwrap()
     });
 }

@@ -21,8 +21,8 @@ pub use port::{PortBackend, PortConfig, PortError};
 pub use spec::{ports_from_specs, ConsoleSpec, SpecError, MAX_NAME_LEN};
 
 use crate::{
-    read_config_bytes, ActivateError, ActivatedQueue, DeviceQueue, GuestMemory, VirtioCommon,
-    VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, DeviceQueue, VirtioCommon, VirtioDevice,
+    WorkerHandler,
 };
 
 /// Virtio device type of the console.
@@ -85,39 +85,6 @@ impl Console {
     fn acked(&self, feature: u64) -> bool {
         self.common.acked_features() & feature != 0
     }
-
-    /// The worker for `queues`, each in the slot of its index; fails unless the queues the
-    /// negotiated mode needs (port 0, plus control with MULTIPORT) are all there.
-    fn handler(
-        &self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<DeviceQueue>,
-    ) -> Result<ConsoleHandler, ActivateError> {
-        let multiport = self.acked(VIRTIO_CONSOLE_F_MULTIPORT);
-        let needed = if multiport { 4 } else { 2 };
-        let mut slots: Vec<Option<DeviceQueue>> =
-            (0..self.queue_sizes.len()).map(|_| None).collect();
-        for q in queues {
-            if let Some(slot) = slots.get_mut(usize::from(q.index())) {
-                *slot = Some(q);
-            }
-        }
-        let got = slots.iter().take(needed).filter(|s| s.is_some()).count();
-        if got != needed {
-            return Err(ActivateError::QueueCount {
-                expected: needed,
-                got,
-            });
-        }
-        Ok(ConsoleHandler::new(
-            mem,
-            interrupt,
-            slots,
-            self.ports.clone(),
-            multiport,
-        ))
-    }
 }
 
 impl VirtioDevice for Console {
@@ -160,15 +127,31 @@ impl VirtioDevice for Console {
         }
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        let queues = self.common.activate_queues(queues);
-        let handler = self.handler(mem, interrupt.clone(), queues)?;
-        self.common.start("virtio-console", handler, interrupt)
+    fn worker_name(&self) -> &str {
+        "virtio-console"
+    }
+
+    /// Each queue goes in the slot of its index; fails unless the queues the negotiated mode
+    /// needs (port 0, plus control with MULTIPORT) are all there.
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let multiport = self.acked(VIRTIO_CONSOLE_F_MULTIPORT);
+        let needed = if multiport { 4 } else { 2 };
+        let mut slots: Vec<Option<DeviceQueue>> =
+            (0..self.queue_sizes.len()).map(|_| None).collect();
+        for q in a.queues {
+            if let Some(slot) = slots.get_mut(usize::from(q.index())) {
+                *slot = Some(q);
+            }
+        }
+        let got = slots.iter().take(needed).filter(|s| s.is_some()).count();
+        ActivateError::check_queue_count(needed, got)?;
+        Ok(Box::new(ConsoleHandler::new(
+            a.mem,
+            a.interrupt,
+            slots,
+            self.ports.clone(),
+            multiport,
+        )))
     }
 }
 

@@ -12,7 +12,8 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{
-    ActivatedQueue, Chain, DeviceQueue, QueueError, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler,
+    Activation, ActivatedQueue, Chain, DeviceQueue, GuestMemory, QueueError, WorkerContext,
+    WorkerHandler,
 };
 
 /// Guest memory size of the fuzz layout.
@@ -184,15 +185,17 @@ pub fn single_chain(mem: &GuestMemory, bufs: &[(u64, u32, bool)]) -> Result<Chai
 /// Property test of a device's worker against hostile drivers: each case writes an arbitrary
 /// ring (see [`arb_ring`]) for one of the device's `queues` (the others stay empty), builds
 /// the worker handler with `make`, and delivers that queue's notification (epoll token = queue
-/// index, the convention of every device here). The handler must answer with `Ok` or a clean
+/// index, the convention of every device here). `make` is typically the device's
+/// [`VirtioDevice::worker`](crate::VirtioDevice::worker). The handler must answer with `Ok` or a clean
 /// `Err` (which marks the device DEVICE_NEEDS_RESET), never panic or hang, and never return
 /// more buffers than the driver made available.
 pub fn fuzz_worker<H: WorkerHandler>(
     name: &str,
     cases: u32,
     queues: u16,
-    make: impl Fn(GuestMemory, Arc<dyn VirtioInterrupt>, Vec<DeviceQueue>) -> H,
+    make: impl FnMut(Activation) -> H,
 ) {
+    let make = std::cell::RefCell::new(make);
     let ctx = WorkerContext::new().unwrap();
     let strategy = (arb_ring(), any::<bool>(), 0..queues);
     fuzz(name, cases, strategy, |(ring, event_idx, target)| {
@@ -211,7 +214,11 @@ pub fn fuzz_worker<H: WorkerHandler>(
                 })
             })
             .collect();
-        let mut handler = make(mem.clone(), Arc::new(RecordingInterrupt::default()), dqs);
+        let mut handler = (make.borrow_mut())(Activation {
+            mem: mem.clone(),
+            interrupt: Arc::new(RecordingInterrupt::default()),
+            queues: dqs,
+        });
         let ok = handler.handle(&ctx, u64::from(target), EventSet::IN).is_ok();
         if ok && ring.avail_idx <= QUEUE_SIZE {
             prop_assert!(used_idx(&mem) <= ring.avail_idx);

@@ -339,13 +339,14 @@ fn construction_rejects_bad_devices() {
         fn read_config(&self, _: u64, data: &mut [u8]) {
             data.fill(0);
         }
-        fn activate(
+        fn worker_name(&self) -> &str {
+            "bad"
+        }
+        fn worker(
             &mut self,
-            _: GuestMemory,
-            _: Arc<dyn VirtioInterrupt>,
-            _: Vec<ActivatedQueue>,
-        ) -> Result<(), crate::ActivateError> {
-            Ok(())
+            _: crate::Activation,
+        ) -> Result<Box<dyn crate::WorkerHandler>, crate::ActivateError> {
+            Err(crate::ActivateError::Backend("never activated".into()))
         }
     }
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
