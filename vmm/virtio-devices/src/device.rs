@@ -357,3 +357,114 @@ pub trait VirtioDevice: Send {
         self.common_mut().restore_state(&blob.common)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{Rng, VIRTIO_ID_RNG};
+    use crate::testing::hostile::RecordingInterrupt;
+    use crate::testing::hostile::{memory_with, queue, HostileRing, RawDesc, DATA};
+
+    const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
+
+    /// Two available one-buffer chains on the fuzz layout.
+    fn two_chains() -> GuestMemory {
+        let desc = |i: u64| RawDesc {
+            addr: DATA + 0x100 * i,
+            len: 16,
+            flags: 2,
+            next: 0,
+        };
+        memory_with(&HostileRing {
+            descs: vec![desc(0), desc(1)],
+            heads: vec![0, 1],
+            avail_idx: 2,
+        })
+    }
+
+    fn activated(index: u16) -> ActivatedQueue {
+        ActivatedQueue {
+            index,
+            queue: queue(false),
+            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        }
+    }
+
+    #[test]
+    fn save_state_reports_features_and_live_queue_positions() {
+        let mem = two_chains();
+        let mut common = VirtioCommon::new(EVENT_IDX | 1 << 3);
+        common.ack_features(EVENT_IDX | 1 << 5);
+        assert_eq!(common.acked_features(), EVENT_IDX, "unoffered bits dropped");
+        let mut queues = common.activate_queues(vec![activated(0)]);
+        let chain = queues[0].pop(&mem).unwrap().unwrap();
+        queues[0].add_used(&mem, chain.head(), 4).unwrap();
+        queues[0].pop(&mem).unwrap().unwrap();
+        let state = common.save_state();
+        assert_eq!(state.avail_features, EVENT_IDX | 1 << 3);
+        assert_eq!(state.acked_features, EVENT_IDX);
+        let q = state.queues[0];
+        assert_eq!((q.index, q.size, q.ready, q.event_idx), (0, 16, true, true));
+        assert_eq!((q.next_avail, q.next_used), (2, 1));
+        assert_eq!(q, queues[0].state());
+        common.reset();
+        assert_eq!(common.save_state().queues, vec![]);
+        assert_eq!(common.acked_features(), 0);
+    }
+
+    #[test]
+    fn restored_positions_apply_at_the_next_activation() {
+        let mem = two_chains();
+        let mut saved = VirtioCommon::new(EVENT_IDX);
+        saved.ack_features(EVENT_IDX);
+        let mut queues = saved.activate_queues(vec![activated(0), activated(1)]);
+        queues[1].pop(&mem).unwrap().unwrap();
+        let blob = DeviceStateBlob {
+            device_type: VIRTIO_ID_RNG,
+            common: saved.save_state(),
+            device: None,
+        };
+        let json = serde_json::to_string(&blob).unwrap();
+        let blob: DeviceStateBlob = serde_json::from_str(&json).unwrap();
+
+        let mut restored = VirtioCommon::new(EVENT_IDX);
+        restored.restore_state(&blob.common).unwrap();
+        assert_eq!(restored.acked_features(), EVENT_IDX);
+        let queues = restored.activate_queues(vec![activated(0), activated(1)]);
+        assert_eq!(queues[0].state().next_avail, 0);
+        assert_eq!(queues[1].state().next_avail, 1);
+        assert!(queues[1].state().event_idx);
+        assert_eq!(restored.save_state(), blob.common);
+    }
+
+    #[test]
+    fn restore_refuses_other_devices_unoffered_features_and_running_devices() {
+        let mut rng = Rng::new();
+        let mut blob = rng.save_state().unwrap();
+        assert_eq!(blob.device_type, VIRTIO_ID_RNG);
+        assert_eq!(blob.device, None, "rng saves the common part only");
+        blob.device_type = 1;
+        assert!(matches!(
+            rng.restore_state(&blob),
+            Err(StateError::DeviceType { found: 1, .. })
+        ));
+        blob.device_type = VIRTIO_ID_RNG;
+        blob.common.acked_features = 1 << 7;
+        assert!(matches!(
+            rng.restore_state(&blob),
+            Err(StateError::Features { .. })
+        ));
+        blob.common.acked_features = EVENT_IDX;
+        rng.activate(
+            two_chains(),
+            Arc::new(RecordingInterrupt::default()),
+            vec![activated(0)],
+        )
+        .unwrap();
+        assert!(matches!(rng.restore_state(&blob), Err(StateError::Active)));
+        assert_eq!(rng.save_state().unwrap().common.queues.len(), 1);
+        rng.reset();
+        rng.restore_state(&blob).unwrap();
+        assert_eq!(rng.features(), EVENT_IDX);
+    }
+}

@@ -68,10 +68,10 @@ pub mod transport;
 pub mod worker;
 
 pub use device::{
-    read_config_bytes, Activation, ActivateError, ActivatedQueue, CommonState, DeviceStateBlob, GuestMemory,
-    InterruptCause, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, ActivatedQueue, Activation, CommonState, DeviceStateBlob,
+    GuestMemory, InterruptCause, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
 };
-pub use queue::{Chain, DeviceQueue, QueueError, QueueState};
 pub use pci::{MsiSink, MsixMessage, PciDevice};
+pub use queue::{Chain, DeviceQueue, QueueError, QueueState};
 pub use transport::VirtioPciDevice;
 pub use worker::{DeviceWorker, WorkerContext, WorkerHandler};

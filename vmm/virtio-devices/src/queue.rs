@@ -185,7 +185,12 @@ impl Chain {
 
     /// Append the readable bytes to `out`, at most `limit` bytes; returns how many bytes the
     /// chain offered in total (so callers can report truncation).
-    pub fn gather(&self, mem: &GuestMemory, limit: usize, out: &mut Vec<u8>) -> Result<u64, String> {
+    pub fn gather(
+        &self,
+        mem: &GuestMemory,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, String> {
         let mut reader = self.reader(mem);
         let offered = reader.available_bytes() as u64;
         let start = out.len();
@@ -533,9 +538,8 @@ impl DeviceQueue {
             fence(Ordering::SeqCst);
             // `used_event` follows the available ring's entries; the ring lies inside guest
             // memory (checked at activation), so the address cannot overflow.
-            let addr = self.queue.avail_ring()
-                + AVAIL_RING_HEADER_LEN
-                + 2 * u64::from(self.queue.size());
+            let addr =
+                self.queue.avail_ring() + AVAIL_RING_HEADER_LEN + 2 * u64::from(self.queue.size());
             let used_event: u16 =
                 mem.read_obj(GuestAddress(addr))
                     .map_err(|source| QueueError::Memory {

@@ -98,31 +98,30 @@ impl WorkerHandler for RngHandler {
         self.queue.ack_notify();
         let buf = &mut self.buf;
         let mem = &self.mem;
-        self.queue
-            .drain(mem, self.interrupt.as_ref(), |chain| {
-                let head = chain.head();
-                let mut budget = MAX_BYTES_PER_REQUEST;
-                let mut written = 0u32;
-                for d in chain.descriptors() {
-                    if !d.is_write_only() {
-                        return Err(format!("rng request {head} has a device-readable buffer"));
-                    }
-                    let len = (d.len() as usize).min(budget);
-                    if len == 0 {
-                        continue;
-                    }
-                    fill_random(&mut buf[..len])?;
-                    mem.write_slice(&buf[..len], d.addr()).map_err(|e| {
-                        format!(
-                            "rng request {head}: writing {len} bytes at {:#x}: {e}",
-                            d.addr().0
-                        )
-                    })?;
-                    budget -= len;
-                    written += len as u32;
+        self.queue.drain(mem, self.interrupt.as_ref(), |chain| {
+            let head = chain.head();
+            let mut budget = MAX_BYTES_PER_REQUEST;
+            let mut written = 0u32;
+            for d in chain.descriptors() {
+                if !d.is_write_only() {
+                    return Err(format!("rng request {head} has a device-readable buffer"));
                 }
-                Ok(written)
-            })
+                let len = (d.len() as usize).min(budget);
+                if len == 0 {
+                    continue;
+                }
+                fill_random(&mut buf[..len])?;
+                mem.write_slice(&buf[..len], d.addr()).map_err(|e| {
+                    format!(
+                        "rng request {head}: writing {len} bytes at {:#x}: {e}",
+                        d.addr().0
+                    )
+                })?;
+                budget -= len;
+                written += len as u32;
+            }
+            Ok(written)
+        })
     }
 }
 

@@ -120,7 +120,9 @@ impl InputWorker {
         let q = &mut self.queues[EVENT_QUEUE];
         let mut pending = self.events.lock();
         while let Some(event) = pending.events.front().copied() {
-            let Some(chain) = q.pop(&self.mem)? else { break };
+            let Some(chain) = q.pop(&self.mem)? else {
+                break;
+            };
             let mut w = chain.writer(&self.mem);
             let written =
                 w.available_bytes() >= EVENT_BYTES && w.write_all(&event.to_bytes()).is_ok();

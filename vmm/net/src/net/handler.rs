@@ -5,9 +5,7 @@
 use std::io::ErrorKind;
 use std::sync::Arc;
 
-use cloudphone_virtio::{
-    DeviceQueue, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler,
-};
+use cloudphone_virtio::{DeviceQueue, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
 use vmm_sys_util::epoll::EventSet;
 
 use super::iov::{Gathered, GuestFrame, IovScratch};

@@ -113,7 +113,6 @@ impl Net {
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         config
     }
-
 }
 
 impl VirtioDevice for Net {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use cloudphone_virtio::GuestMemory;
 use crate::testutil::{
     guest_memory, interrupt, peek, poke, Buf, DgramBackend, TestInterrupt, TestQueue,
 };
+use cloudphone_virtio::GuestMemory;
 
 const RX_RING: u64 = 0x0;
 const TX_RING: u64 = 0x10000;

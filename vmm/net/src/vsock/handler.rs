@@ -4,9 +4,7 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use cloudphone_virtio::{
-    DeviceQueue, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler,
-};
+use cloudphone_virtio::{DeviceQueue, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
 use vmm_sys_util::epoll::EventSet;
 
 use super::muxer::{Muxer, LISTENER_TOKEN};

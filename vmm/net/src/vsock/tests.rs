@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::packet::*;
 use super::*;
-use cloudphone_virtio::GuestMemory;
 use crate::testutil::{guest_memory, interrupt, peek, poke, Buf, TestInterrupt, TestQueue};
+use cloudphone_virtio::GuestMemory;
 
 const GUEST_CID: u64 = 3;
 const RX_BUFS: u64 = 0x100000;

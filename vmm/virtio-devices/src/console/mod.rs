@@ -113,9 +113,7 @@ impl VirtioDevice for Console {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        if offset == CONFIG_EMERG_WR
-            && data.len() == 4
-            && self.acked(VIRTIO_CONSOLE_F_EMERG_WRITE)
+        if offset == CONFIG_EMERG_WR && data.len() == 4 && self.acked(VIRTIO_CONSOLE_F_EMERG_WRITE)
         {
             lock_ports(&self.ports)[0].emergency_write(data[0]);
         } else {

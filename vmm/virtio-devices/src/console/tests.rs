@@ -278,13 +278,15 @@ fn short_control_message_marks_needs_reset() {
 fn fuzz_console_hostile_rings_and_control_messages() {
     use super::handler::ConsoleHandler;
     use super::port::Port;
-    use crate::testing::hostile::{arb_ring, device_queue, fuzz, memory_with, RecordingInterrupt, DATA};
+    use crate::testing::hostile::{
+        arb_ring, device_queue, fuzz, memory_with, RecordingInterrupt, DATA,
+    };
+    use crate::DeviceQueue;
     use crate::WorkerContext;
     use crate::WorkerHandler;
     use proptest::prelude::*;
     use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
-    use crate::DeviceQueue;
     use vmm_sys_util::epoll::EventSet;
 
     let ctx = WorkerContext::new().unwrap();

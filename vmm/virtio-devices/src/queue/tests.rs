@@ -1,7 +1,7 @@
 use super::*;
 use crate::testing::hostile::{
-    arb_ring, device_queue, fuzz, memory_with, used_idx, HostileRing, RawDesc,
-    RecordingInterrupt, AVAIL, DATA, MEM_SIZE, QUEUE_SIZE, USED,
+    arb_ring, device_queue, fuzz, memory_with, used_idx, HostileRing, RawDesc, RecordingInterrupt,
+    AVAIL, DATA, MEM_SIZE, QUEUE_SIZE, USED,
 };
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
@@ -249,7 +249,10 @@ fn event_idx_interrupts_only_when_used_event_is_passed() {
     let heads = d.post_and_pop(&mut q, 1);
     q.complete(&d.mem, &irq, heads[0], 1).unwrap();
     assert_eq!(count(), 1, "used_event 1 was already passed");
-    assert!(!q.signal_used(&d.mem, &irq).unwrap(), "nothing new was used");
+    assert!(
+        !q.signal_used(&d.mem, &irq).unwrap(),
+        "nothing new was used"
+    );
     d.set_used_event(4);
     let heads = d.post_and_pop(&mut q, 1);
     q.complete(&d.mem, &irq, heads[0], 1).unwrap();

@@ -12,7 +12,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{
-    Activation, ActivatedQueue, Chain, DeviceQueue, GuestMemory, QueueError, WorkerContext,
+    ActivatedQueue, Activation, Chain, DeviceQueue, GuestMemory, QueueError, WorkerContext,
     WorkerHandler,
 };
 
@@ -219,7 +219,9 @@ pub fn fuzz_worker<H: WorkerHandler>(
             interrupt: Arc::new(RecordingInterrupt::default()),
             queues: dqs,
         });
-        let ok = handler.handle(&ctx, u64::from(target), EventSet::IN).is_ok();
+        let ok = handler
+            .handle(&ctx, u64::from(target), EventSet::IN)
+            .is_ok();
         if ok && ring.avail_idx <= QUEUE_SIZE {
             prop_assert!(used_idx(&mem) <= ring.avail_idx);
         }
