@@ -43,6 +43,8 @@ impl Balloon {
             Self {
                 shared,
                 common: VirtioCommon::new(
+                    VIRTIO_ID_BALLOON,
+                    QUEUE_SIZES,
                     (1 << VIRTIO_F_VERSION_1)
                         | (1 << VIRTIO_BALLOON_F_STATS_VQ)
                         | (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
@@ -83,18 +85,8 @@ impl Balloon {
 }
 
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BALLOON
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
+    cloudphone_virtio::virtio_common!(common);
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let s = self.shared.lock();
         let mut config = [0u8; CONFIG_LEN as usize];

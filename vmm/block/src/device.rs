@@ -77,7 +77,7 @@ impl Block {
             disk: Arc::new(Mutex::new(disk)),
             id: id_bytes,
             config,
-            common: VirtioCommon::new(features),
+            common: VirtioCommon::new(VIRTIO_ID_BLOCK, QUEUE_SIZES, features),
         }
     }
 
@@ -88,18 +88,8 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
+    cloudphone_virtio::virtio_common!(common);
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }

@@ -123,6 +123,8 @@ pub enum StateError {
 /// queues' snapshot state. Devices embed one and expose it through
 /// [`VirtioDevice::common`], which gives them negotiation, reset and save/restore for free.
 pub struct VirtioCommon {
+    device_type: u32,
+    queue_sizes: Vec<u16>,
     avail_features: u64,
     acked_features: u64,
     worker: Option<DeviceWorker>,
@@ -133,9 +135,12 @@ pub struct VirtioCommon {
 }
 
 impl VirtioCommon {
-    /// A device part offering `avail_features`.
-    pub fn new(avail_features: u64) -> Self {
+    /// The common part of a device of `device_type` with queues of at most `queue_sizes`
+    /// entries, offering `avail_features`.
+    pub fn new(device_type: u32, queue_sizes: &[u16], avail_features: u64) -> Self {
         Self {
+            device_type,
+            queue_sizes: queue_sizes.to_vec(),
             avail_features,
             acked_features: 0,
             worker: None,
@@ -267,6 +272,21 @@ impl Activation {
     }
 }
 
+/// Implements [`VirtioDevice::common`] and [`VirtioDevice::common_mut`] inside a device's
+/// `impl VirtioDevice` block, for the [`VirtioCommon`] kept in field `$field`: every device
+/// has exactly these two accessors, so they are written once.
+#[macro_export]
+macro_rules! virtio_common {
+    ($field:tt) => {
+        fn common(&self) -> &$crate::VirtioCommon {
+            &self.$field
+        }
+        fn common_mut(&mut self) -> &mut $crate::VirtioCommon {
+            &mut self.$field
+        }
+    };
+}
+
 /// One virtio device model (block, console, rng, net, vsock, balloon, gpu, input, ...).
 ///
 /// Lifecycle: the transport negotiates features ([`features`](Self::features) /
@@ -277,15 +297,19 @@ impl Activation {
 /// Negotiation, activation, reset and snapshots come from the device's [`VirtioCommon`]; a
 /// device supplies its identity, config space and [`worker`](Self::worker).
 pub trait VirtioDevice: Send {
-    /// The virtio device ID (virtio spec 5: 1 net, 2 block, 3 console, 4 rng, 5 balloon,
-    /// 16 gpu, 18 input, 19 vsock).
-    fn device_type(&self) -> u32;
-    /// Maximum size of each queue; its length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// The device's common part.
+    /// The device's common part (implement with [`virtio_common!`](crate::virtio_common)).
     fn common(&self) -> &VirtioCommon;
     /// The device's common part, mutably.
     fn common_mut(&mut self) -> &mut VirtioCommon;
+    /// The virtio device ID (virtio spec 5: 1 net, 2 block, 3 console, 4 rng, 5 balloon,
+    /// 16 gpu, 18 input, 19 vsock).
+    fn device_type(&self) -> u32 {
+        self.common().device_type
+    }
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.common().queue_sizes
+    }
     /// Feature bits offered to the driver. The transport always adds `VIRTIO_F_VERSION_1`
     /// and `VIRTIO_RING_F_INDIRECT_DESC` (virtio-queue follows indirect tables). Devices
     /// offer `VIRTIO_RING_F_EVENT_IDX` when their queues go through [`DeviceQueue`], which
@@ -393,7 +417,7 @@ mod tests {
     #[test]
     fn save_state_reports_features_and_live_queue_positions() {
         let mem = two_chains();
-        let mut common = VirtioCommon::new(EVENT_IDX | 1 << 3);
+        let mut common = VirtioCommon::new(VIRTIO_ID_RNG, &[16], EVENT_IDX | 1 << 3);
         common.ack_features(EVENT_IDX | 1 << 5);
         assert_eq!(common.acked_features(), EVENT_IDX, "unoffered bits dropped");
         let mut queues = common.activate_queues(vec![activated(0)]);
@@ -415,7 +439,7 @@ mod tests {
     #[test]
     fn restored_positions_apply_at_the_next_activation() {
         let mem = two_chains();
-        let mut saved = VirtioCommon::new(EVENT_IDX);
+        let mut saved = VirtioCommon::new(VIRTIO_ID_RNG, &[16, 16], EVENT_IDX);
         saved.ack_features(EVENT_IDX);
         let mut queues = saved.activate_queues(vec![activated(0), activated(1)]);
         queues[1].pop(&mem).unwrap().unwrap();
@@ -427,7 +451,7 @@ mod tests {
         let json = serde_json::to_string(&blob).unwrap();
         let blob: DeviceStateBlob = serde_json::from_str(&json).unwrap();
 
-        let mut restored = VirtioCommon::new(EVENT_IDX);
+        let mut restored = VirtioCommon::new(VIRTIO_ID_RNG, &[16, 16], EVENT_IDX);
         restored.restore_state(&blob.common).unwrap();
         assert_eq!(restored.acked_features(), EVENT_IDX);
         let queues = restored.activate_queues(vec![activated(0), activated(1)]);

@@ -141,7 +141,7 @@ fn ring_error(queue: u16, what: &'static str) -> impl FnOnce(virtio_queue::Error
 
 /// A validated descriptor chain: it ends, holds readable buffers before writable ones, and
 /// every buffer lies inside guest memory. Devices read and write it only through this.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Chain {
     head: u16,
     descs: Vec<Descriptor>,
@@ -166,11 +166,6 @@ impl Chain {
     /// The device-writable buffers (where the device answers).
     pub fn writable(&self) -> impl Iterator<Item = &Descriptor> {
         self.descs.iter().filter(|d| d.is_write_only())
-    }
-
-    /// Total size of the device-writable buffers.
-    pub fn writable_len(&self) -> u64 {
-        self.writable().map(|d| u64::from(d.len())).sum()
     }
 
     /// The readable buffers as one byte stream.

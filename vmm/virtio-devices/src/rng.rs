@@ -35,27 +35,13 @@ impl Rng {
     pub fn new() -> Self {
         // No device features; EVENT_IDX because the device queue honours it.
         Self {
-            common: VirtioCommon::new(1 << VIRTIO_RING_F_EVENT_IDX),
+            common: VirtioCommon::new(VIRTIO_ID_RNG, &[QUEUE_SIZE], 1 << VIRTIO_RING_F_EVENT_IDX),
         }
     }
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_RNG
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
+    crate::virtio_common!(common);
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // The entropy device has no configuration space.

@@ -61,7 +61,7 @@ impl VirtioGpu {
             backend: Arc::new(Mutex::new(backend)),
             limits,
             events_read: 0,
-            common: VirtioCommon::new(features),
+            common: VirtioCommon::new(DEVICE_TYPE_GPU, &QUEUE_SIZES, features),
         }
     }
 
@@ -77,21 +77,7 @@ impl VirtioGpu {
 }
 
 impl VirtioDevice for VirtioGpu {
-    fn device_type(&self) -> u32 {
-        DEVICE_TYPE_GPU
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
+    cloudphone_virtio::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(self.config().as_slice(), offset, data);

@@ -41,7 +41,7 @@ impl VirtioInput {
             profile,
             config: ConfigSpace::default(),
             events,
-            common: VirtioCommon::new(VIRTIO_F_VERSION_1),
+            common: VirtioCommon::new(DEVICE_TYPE_INPUT, &QUEUE_SIZES, VIRTIO_F_VERSION_1),
         }
     }
 
@@ -52,21 +52,7 @@ impl VirtioInput {
 }
 
 impl VirtioDevice for VirtioInput {
-    fn device_type(&self) -> u32 {
-        DEVICE_TYPE_INPUT
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
+    cloudphone_virtio::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         self.config.read(&self.profile, offset, data);

@@ -98,7 +98,11 @@ impl Net {
         Net {
             backend,
             mac,
-            common: VirtioCommon::new(offered_features()),
+            common: VirtioCommon::new(
+                virtio_bindings::virtio_ids::VIRTIO_ID_NET,
+                &QUEUE_SIZES,
+                offered_features(),
+            ),
         }
     }
 
@@ -116,21 +120,7 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        virtio_bindings::virtio_ids::VIRTIO_ID_NET
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
+    cloudphone_virtio::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config_bytes(), offset, data);

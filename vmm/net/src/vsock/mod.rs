@@ -77,7 +77,7 @@ impl Vsock {
             cid: spec.cid,
             uds: spec.uds.clone(),
             listener: Arc::new(listener),
-            common: VirtioCommon::new(offered_features()),
+            common: VirtioCommon::new(VIRTIO_ID_VSOCK, &QUEUE_SIZES, offered_features()),
             activated_before: false,
         })
     }
@@ -95,21 +95,7 @@ fn offered_features() -> u64 {
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
+    cloudphone_virtio::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.cid.to_le_bytes(), offset, data);

@@ -51,7 +51,6 @@ pub enum ConsoleError {
 /// The console device.
 pub struct Console {
     ports: Arc<Mutex<Vec<Port>>>,
-    queue_sizes: Vec<u16>,
     common: VirtioCommon,
 }
 
@@ -67,10 +66,12 @@ impl Console {
             .enumerate()
             .map(|(i, cfg)| Port::open(i, cfg))
             .collect::<Result<Vec<_>, _>>()?;
+        let queue_sizes = vec![QUEUE_SIZE; 2 * ports.len() + 2];
         Ok(Self {
-            queue_sizes: vec![QUEUE_SIZE; 2 * ports.len() + 2],
             ports: Arc::new(Mutex::new(opened)),
             common: VirtioCommon::new(
+                VIRTIO_ID_CONSOLE,
+                &queue_sizes,
                 VIRTIO_CONSOLE_F_MULTIPORT
                     | VIRTIO_CONSOLE_F_EMERG_WRITE
                     | 1 << VIRTIO_RING_F_EVENT_IDX,
@@ -79,7 +80,7 @@ impl Console {
     }
 
     fn num_ports(&self) -> usize {
-        self.queue_sizes.len() / 2 - 1
+        self.queue_max_sizes().len() / 2 - 1
     }
 
     fn acked(&self, feature: u64) -> bool {
@@ -88,21 +89,7 @@ impl Console {
 }
 
 impl VirtioDevice for Console {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_CONSOLE
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn common(&self) -> &VirtioCommon {
-        &self.common
-    }
-
-    fn common_mut(&mut self) -> &mut VirtioCommon {
-        &mut self.common
-    }
+    crate::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // cols, rows (0: unknown), max_nr_ports, emerg_wr (write-only, reads 0).
@@ -135,7 +122,7 @@ impl VirtioDevice for Console {
         let multiport = self.acked(VIRTIO_CONSOLE_F_MULTIPORT);
         let needed = if multiport { 4 } else { 2 };
         let mut slots: Vec<Option<DeviceQueue>> =
-            (0..self.queue_sizes.len()).map(|_| None).collect();
+            (0..self.queue_max_sizes().len()).map(|_| None).collect();
         for q in a.queues {
             if let Some(slot) = slots.get_mut(usize::from(q.index())) {
                 *slot = Some(q);

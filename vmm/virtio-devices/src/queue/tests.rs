@@ -52,7 +52,7 @@ fn valid_chain_reads_and_writes_in_order() {
         .unwrap();
     let chain = q.pop(&mem).unwrap().unwrap();
     assert_eq!((chain.head(), chain.descriptors().len()), (0, 4));
-    assert_eq!(chain.writable_len(), 11);
+    assert_eq!(chain.writer(&mem).available_bytes(), 11);
     let mut out = Vec::new();
     assert_eq!(chain.gather(&mem, 6, &mut out).unwrap(), 8, "offered");
     assert_eq!(out, [1, 2, 3, 4, 5, 6]);

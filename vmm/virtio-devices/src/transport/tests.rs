@@ -322,20 +322,10 @@ fn malformed_accesses_are_ignored() {
 
 #[test]
 fn construction_rejects_bad_devices() {
-    struct Bad(Vec<u16>, crate::VirtioCommon);
+    struct Bad(crate::VirtioCommon);
     impl VirtioDevice for Bad {
-        fn device_type(&self) -> u32 {
-            4
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.0
-        }
-        fn common(&self) -> &crate::VirtioCommon {
-            &self.1
-        }
-        fn common_mut(&mut self) -> &mut crate::VirtioCommon {
-            &mut self.1
-        }
+        crate::virtio_common!(0);
+
         fn read_config(&self, _: u64, data: &mut [u8]) {
             data.fill(0);
         }
@@ -353,7 +343,7 @@ fn construction_rejects_bad_devices() {
     let sink = Arc::new(CountingMsiSink::default());
     let build = |sizes: Vec<u16>| {
         VirtioPciDevice::new(
-            Box::new(Bad(sizes, crate::VirtioCommon::new(0))),
+            Box::new(Bad(crate::VirtioCommon::new(4, &sizes, 0))),
             mem.clone(),
             sink.clone(),
         )
