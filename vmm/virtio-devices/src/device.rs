@@ -295,7 +295,7 @@ macro_rules! virtio_common {
 /// [`reset`](Self::reset) (driver wrote 0 to status, or the guest rebooted) stops the device's
 /// workers and returns it to the pre-activation state so it can be activated again.
 /// Negotiation, activation, reset and snapshots come from the device's [`VirtioCommon`]; a
-/// device supplies its identity, config space and [`worker`](Self::worker).
+/// device supplies its config space and [`worker`](Self::worker).
 pub trait VirtioDevice: Send {
     /// The device's common part (implement with [`virtio_common!`](crate::virtio_common)).
     fn common(&self) -> &VirtioCommon;

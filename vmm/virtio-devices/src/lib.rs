@@ -28,6 +28,28 @@
 //! // MMIO inside a BAR -> pci.bar_read/bar_write(bar, offset, data).
 //! ```
 //!
+//! # Writing a device
+//! A device embeds a [`VirtioCommon`] (type, queue sizes, features, worker, snapshot state)
+//! and supplies its config space and the handler its worker thread runs; activation, reset
+//! and save/restore come from the trait:
+//! ```ignore
+//! impl VirtioDevice for MyDev {
+//!     cloudphone_virtio::virtio_common!(common);
+//!     fn read_config(&self, offset: u64, data: &mut [u8]) {
+//!         cloudphone_virtio::read_config_bytes(&self.config, offset, data);
+//!     }
+//!     fn worker_name(&self) -> &str { "virtio-mydev" }
+//!     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+//!         let [queue] = Activation::queue_array(a.queues)?;   // a DeviceQueue
+//!         Ok(Box::new(MyHandler { mem: a.mem, interrupt: a.interrupt, queue }))
+//!     }
+//! }
+//! ```
+//! The handler pops validated [`Chain`]s from its [`DeviceQueue`]s (or lets
+//! [`DeviceQueue::drain`] run the loop), returns them with `add_used`/`add_used_batch`, and
+//! calls `signal_used` once per batch. Its hostile-ring property test is one call to
+//! `testing::hostile::fuzz_worker` with the device's `worker`.
+//!
 //! # Writing a tier-1 test for a device crate
 //! In the device crate's `Cargo.toml`:
 //! ```toml

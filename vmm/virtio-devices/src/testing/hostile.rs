@@ -36,17 +36,24 @@ pub const DATA: u64 = 0x4000;
 /// One raw descriptor as a hostile driver may write it.
 #[derive(Clone, Copy, Debug)]
 pub struct RawDesc {
+    /// Buffer guest address.
     pub addr: u64,
+    /// Buffer length.
     pub len: u32,
+    /// VRING_DESC_F_* bits (and junk).
     pub flags: u16,
+    /// Next descriptor index when NEXT is set.
     pub next: u16,
 }
 
 /// A hostile split ring: descriptor table contents, avail ring heads and avail idx.
 #[derive(Clone, Debug)]
 pub struct HostileRing {
+    /// Descriptor table entries from index 0.
     pub descs: Vec<RawDesc>,
+    /// Available ring entries (chain heads).
     pub heads: Vec<u16>,
+    /// The driver's available index.
     pub avail_idx: u16,
 }
 
@@ -124,9 +131,13 @@ fn queue_at(desc: u64, avail: u64, used: u64, event_idx: bool) -> Queue {
 
 /// Queue `index` over the fuzz layout as a device worker gets it.
 pub fn device_queue(index: u16, event_idx: bool) -> DeviceQueue {
+    activated(index, queue(event_idx))
+}
+
+fn activated(index: u16, queue: Queue) -> DeviceQueue {
     DeviceQueue::new(ActivatedQueue {
         index,
-        queue: queue(event_idx),
+        queue,
         notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     })
 }
@@ -202,16 +213,11 @@ pub fn fuzz_worker<H: WorkerHandler>(
         let mem = memory_with(&ring);
         let dqs = (0..queues)
             .map(|index| {
-                let queue = if index == target {
-                    queue(event_idx)
+                if index == target {
+                    device_queue(index, event_idx)
                 } else {
-                    queue_at(IDLE_DESC, IDLE_AVAIL, IDLE_USED, event_idx)
-                };
-                DeviceQueue::new(ActivatedQueue {
-                    index,
-                    queue,
-                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                })
+                    activated(index, queue_at(IDLE_DESC, IDLE_AVAIL, IDLE_USED, event_idx))
+                }
             })
             .collect();
         let mut handler = (make.borrow_mut())(Activation {
@@ -232,7 +238,9 @@ pub fn fuzz_worker<H: WorkerHandler>(
 /// A [`VirtioInterrupt`](crate::VirtioInterrupt) that records what devices signalled.
 #[derive(Default)]
 pub struct RecordingInterrupt {
+    /// Interrupts raised.
     pub triggers: std::sync::atomic::AtomicU64,
+    /// Whether the device asked for DEVICE_NEEDS_RESET.
     pub needs_reset: std::sync::atomic::AtomicBool,
 }
 
