@@ -462,8 +462,8 @@ impl DeviceQueue {
         self.publish_positions();
     }
 
-    /// Return `head` to the driver with `len` bytes written (call [`signal_used`]
-    /// (Self::signal_used) once the batch is done).
+    /// Return `head` to the driver with `len` bytes written (call
+    /// [`signal_used`](Self::signal_used) once the batch is done).
     pub fn add_used(&mut self, mem: &GuestMemory, head: u16, len: u32) -> Result<(), QueueError> {
         self.add_used_batch(mem, &[(head, len)])
     }
