@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, VirtioCommon, VirtioDevice, WorkerHandler,
 };
 
 use crate::handle::{BalloonHandle, Shared};
@@ -29,8 +29,7 @@ const CONFIG_ACTUAL: u64 = 4;
 /// API, and hand the device to the virtio-pci transport.
 pub struct Balloon {
     shared: Arc<Shared>,
-    acked: u64,
-    worker: Option<DeviceWorker>,
+    common: VirtioCommon,
 }
 
 impl Balloon {
@@ -43,8 +42,14 @@ impl Balloon {
         Ok((
             Self {
                 shared,
-                acked: 0,
-                worker: None,
+                common: VirtioCommon::new(
+                    VIRTIO_ID_BALLOON,
+                    QUEUE_SIZES,
+                    (1 << VIRTIO_F_VERSION_1)
+                        | (1 << VIRTIO_BALLOON_F_STATS_VQ)
+                        | (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
+                        | (1 << VIRTIO_BALLOON_F_REPORTING),
+                ),
             },
             handle,
         ))
@@ -61,43 +66,33 @@ impl Balloon {
     /// as Linux does when it numbers them).
     fn roles(&self) -> Vec<QueueRole> {
         let mut roles = vec![QueueRole::Inflate, QueueRole::Deflate];
-        if self.acked & (1 << VIRTIO_BALLOON_F_STATS_VQ) != 0 {
+        if self.common.has_feature(VIRTIO_BALLOON_F_STATS_VQ) {
             roles.push(QueueRole::Stats);
         }
-        if self.acked & (1 << VIRTIO_BALLOON_F_REPORTING) != 0 {
+        if self.common.has_feature(VIRTIO_BALLOON_F_REPORTING) {
             roles.push(QueueRole::Reporting);
         }
         roles
     }
+
+    /// A reset (or rebooted) guest starts with an empty balloon; the target stays, so the
+    /// next driver inflates to it again.
+    fn clear_guest_state(&self) {
+        let mut s = self.shared.lock();
+        s.interrupt = None;
+        s.actual_pages = 0;
+    }
 }
 
 impl VirtioDevice for Balloon {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BALLOON
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-    fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_BALLOON_F_STATS_VQ)
-            | (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
-            | (1 << VIRTIO_BALLOON_F_REPORTING)
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features & self.features();
-    }
+    cloudphone_virtio::virtio_common!(common);
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let s = self.shared.lock();
         let mut config = [0u8; CONFIG_LEN as usize];
         config[0..4].copy_from_slice(&s.target_pages.to_le_bytes());
         config[4..8].copy_from_slice(&s.actual_pages.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .filter(|&o| o < CONFIG_LEN)
-                .map_or(0, |o| config[o as usize]);
-        }
+        read_config_bytes(&config, offset, data);
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         if offset == CONFIG_ACTUAL && data.len() == 4 {
@@ -111,42 +106,29 @@ impl VirtioDevice for Balloon {
             "balloon: guest wrote a read-only config field; ignored"
         );
     }
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
+    fn worker_name(&self) -> &str {
+        "virtio-balloon"
+    }
+    /// Queues get roles in index order for the negotiated features.
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
         let roles = self.roles();
-        ActivateError::check_queue_count(roles.len(), &queues)?;
-        self.reset();
+        ActivateError::check_queue_count(roles.len(), a.queues.len())?;
+        self.clear_guest_state();
         let queues = roles
             .into_iter()
-            .zip(queues)
-            .map(|(role, q)| RoleQueue {
-                role,
-                index: q.index,
-                queue: q.queue,
-                notify: q.notify,
-            })
+            .zip(a.queues)
+            .map(|(role, queue)| RoleQueue { role, queue })
             .collect();
-        let worker = BalloonWorker::new(mem, queues, self.shared.clone(), interrupt.clone());
-        let worker = DeviceWorker::spawn("virtio-balloon", worker, interrupt.clone())
-            .map_err(|e| ActivateError::Backend(format!("spawning the balloon worker: {e}")))?;
-        self.worker = Some(worker);
-        self.shared.lock().interrupt = Some(interrupt);
-        Ok(())
+        self.shared.lock().interrupt = Some(a.interrupt.clone());
+        Ok(Box::new(BalloonWorker::new(
+            a.mem,
+            queues,
+            self.shared.clone(),
+            a.interrupt,
+        )))
     }
     fn reset(&mut self) {
-        {
-            // A reset (or rebooted) guest starts with an empty balloon; the target stays, so
-            // the next driver inflates to it again.
-            let mut s = self.shared.lock();
-            s.interrupt = None;
-            s.actual_pages = 0;
-        }
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.clear_guest_state();
+        self.common.reset();
     }
 }

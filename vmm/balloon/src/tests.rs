@@ -548,3 +548,14 @@ fn balloon_behind_the_pci_transport() {
     );
     assert!(!h.needs_reset());
 }
+
+/// The hostile-ring property every device passes through its `DeviceQueue`, on all four
+/// queues (inflate, deflate, stats, reporting).
+#[test]
+fn fuzz_balloon_hostile_rings() {
+    let (mut dev, _handle) = Balloon::new(64).unwrap();
+    dev.ack_features(VERSION_1 | 1 << VIRTIO_BALLOON_F_STATS_VQ | 1 << VIRTIO_BALLOON_F_REPORTING);
+    cloudphone_virtio::testing::hostile::fuzz_worker("balloon_chains", 1000, 4, |a| {
+        dev.worker(a).unwrap()
+    });
+}

@@ -3,15 +3,11 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
-use cloudphone_virtio::queue::{drain_queue, read_chain};
 use cloudphone_virtio::{
-    GuestMemory, InterruptCause, VirtioInterrupt, WorkerContext, WorkerHandler,
+    Chain, DeviceQueue, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler,
 };
-use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::GuestAddress;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::discard::{discard, pfn_runs, PAGE_SIZE};
 use crate::handle::Shared;
@@ -34,9 +30,7 @@ pub enum QueueRole {
 /// An activated queue with its role.
 pub struct RoleQueue {
     pub role: QueueRole,
-    pub index: u16,
-    pub queue: Queue,
-    pub notify: EventFd,
+    pub queue: DeviceQueue,
 }
 
 /// Worker state for one activation.
@@ -49,23 +43,12 @@ pub struct BalloonWorker {
     held_stats: Option<u16>,
 }
 
-/// Copy the device-readable part of a validated chain, refusing more than `cap` bytes.
-fn readable_bytes(mem: &GuestMemory, descs: &[Descriptor], cap: usize) -> Result<Vec<u8>, String> {
-    let total: usize = descs
-        .iter()
-        .filter(|d| !d.is_write_only())
-        .map(|d| d.len() as usize)
-        .sum();
-    if total > cap {
+/// Copy the device-readable part of a chain, refusing more than `cap` bytes.
+fn readable_bytes(mem: &GuestMemory, chain: &Chain, cap: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let total = chain.gather(mem, cap, &mut out)?;
+    if total > cap as u64 {
         return Err(format!("{total}-byte buffer exceeds the {cap}-byte cap"));
-    }
-    let mut out = vec![0u8; total];
-    let mut pos = 0;
-    for d in descs.iter().filter(|d| !d.is_write_only()) {
-        let n = d.len() as usize;
-        mem.read_slice(&mut out[pos..pos + n], d.addr())
-            .map_err(|e| e.to_string())?;
-        pos += n;
     }
     Ok(out)
 }
@@ -103,10 +86,10 @@ fn release(
 }
 
 /// Handle one chain of an inflate / deflate / reporting queue.
-fn page_chain(mem: &GuestMemory, shared: &Shared, role: QueueRole, descs: &[Descriptor]) {
+fn page_chain(mem: &GuestMemory, shared: &Shared, role: QueueRole, chain: &Chain) {
     match role {
         QueueRole::Inflate | QueueRole::Deflate => {
-            let pfns = match readable_bytes(mem, descs, MAX_PFNS_PER_BUFFER * 4)
+            let pfns = match readable_bytes(mem, chain, MAX_PFNS_PER_BUFFER * 4)
                 .and_then(|b| parse_pfns(&b))
             {
                 Ok(p) => p,
@@ -124,7 +107,10 @@ fn page_chain(mem: &GuestMemory, shared: &Shared, role: QueueRole, descs: &[Desc
             release(
                 mem,
                 shared,
-                descs.iter().map(|d| (d.addr().0, u64::from(d.len()))),
+                chain
+                    .descriptors()
+                    .iter()
+                    .map(|d| (d.addr().0, u64::from(d.len()))),
                 "free page report",
             );
         }
@@ -151,10 +137,9 @@ impl BalloonWorker {
     /// New stats buffers: parse and hold them (returning any older one).
     fn stats_queue(&mut self, pos: usize) -> Result<(), String> {
         let mem = self.mem.clone();
-        while let Some(chain) = self.queues[pos].queue.pop_descriptor_chain(&mem) {
-            let head = chain.head_index();
-            let descs = read_chain(chain, &mem).map_err(|e| format!("stats queue: {e}"))?;
-            match readable_bytes(&mem, &descs, MAX_STATS * STAT_LEN)
+        while let Some(chain) = self.queues[pos].queue.pop(&mem)? {
+            let head = chain.head();
+            match readable_bytes(&mem, &chain, MAX_STATS * STAT_LEN)
                 .and_then(|b| BalloonStats::parse(&b).map_err(|e| e.to_string()))
             {
                 Ok(stats) => self.shared.publish_stats(stats),
@@ -169,18 +154,9 @@ impl BalloonWorker {
 
     /// Give a held stats buffer back to the driver, which answers with fresh stats.
     fn return_stats(&mut self, pos: usize, head: u16) -> Result<(), String> {
-        let q = &mut self.queues[pos];
-        q.queue
-            .add_used(&self.mem, head, 0)
-            .map_err(|e| format!("stats queue: {e}"))?;
-        if q.queue
-            .needs_notification(&self.mem)
-            .map_err(|e| format!("stats queue: {e}"))?
-        {
-            self.interrupt
-                .trigger(InterruptCause::Queue(q.index))
-                .map_err(|e| format!("stats interrupt: {e}"))?;
-        }
+        self.queues[pos]
+            .queue
+            .complete(&self.mem, self.interrupt.as_ref(), head, 0)?;
         Ok(())
     }
 
@@ -189,30 +165,24 @@ impl BalloonWorker {
     }
 
     fn queue_event(&mut self, pos: usize) -> Result<(), String> {
-        let _ = self.queues[pos].notify.read();
+        self.queues[pos].queue.ack_notify();
         let role = self.queues[pos].role;
         if role == QueueRole::Stats {
             return self.stats_queue(pos);
         }
         let (mem, shared) = (&self.mem, &self.shared);
         let q = &mut self.queues[pos];
-        drain_queue(
-            q.index,
-            &mut q.queue,
-            mem,
-            self.interrupt.as_ref(),
-            |_head, descs| {
-                page_chain(mem, shared, role, &descs);
-                Ok(0)
-            },
-        )
+        q.queue.drain(mem, self.interrupt.as_ref(), |chain| {
+            page_chain(mem, shared, role, chain);
+            Ok(0)
+        })
     }
 }
 
 impl WorkerHandler for BalloonWorker {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
         for (pos, q) in self.queues.iter().enumerate() {
-            ctx.add(q.notify.as_raw_fd(), EventSet::IN, pos as u64)?;
+            q.queue.watch(ctx, pos as u64)?;
         }
         if self.stats_position().is_some() {
             ctx.add(

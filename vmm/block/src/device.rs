@@ -1,21 +1,17 @@
 //! [`Block`]: the virtio-blk device model (config space, features, activation) and its
 //! queue worker.
 
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
-use cloudphone_virtio::queue::drain_queue;
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
-    WorkerContext, WorkerHandler,
+    read_config_bytes, ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon,
+    VirtioDevice, VirtioInterrupt, WorkerContext, WorkerHandler,
 };
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::{DiskBackend, DiskError};
 use crate::request::{
@@ -41,9 +37,7 @@ pub struct Block {
     disk: SharedDisk,
     id: [u8; ID_LEN],
     config: [u8; CONFIG_LEN],
-    features: u64,
-    acked: u64,
-    worker: Option<DeviceWorker>,
+    common: VirtioCommon,
 }
 
 impl Block {
@@ -83,9 +77,7 @@ impl Block {
             disk: Arc::new(Mutex::new(disk)),
             id: id_bytes,
             config,
-            features,
-            acked: 0,
-            worker: None,
+            common: VirtioCommon::new(VIRTIO_ID_BLOCK, QUEUE_SIZES, features),
         }
     }
 
@@ -96,68 +88,33 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
-    fn queue_max_sizes(&self) -> &[u16] {
-        QUEUE_SIZES
-    }
-    fn features(&self) -> u64 {
-        self.features
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features & self.features;
-    }
+    cloudphone_virtio::virtio_common!(common);
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config.get(o).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        mut queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
-        self.reset();
-        let q = queues.remove(0);
-        let mut queue = q.queue;
-        queue.set_event_idx(self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        let handler = BlockWorker {
-            mem,
+    fn worker_name(&self) -> &str {
+        "virtio-blk"
+    }
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let [queue] = Activation::queue_array(a.queues)?;
+        Ok(Box::new(BlockWorker {
+            mem: a.mem,
             queue,
-            index: q.index,
-            notify: q.notify,
-            interrupt: interrupt.clone(),
+            interrupt: a.interrupt,
             server: RequestServer {
                 disk: self.disk.clone(),
                 id: self.id,
                 bounce: Vec::new(),
             },
-        };
-        let worker = DeviceWorker::spawn("virtio-blk", handler, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("spawning the virtio-blk worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
-    }
-    fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        }))
     }
 }
 
 /// The queue side of a [`Block`], running on its [`DeviceWorker`] thread.
 struct BlockWorker {
     mem: GuestMemory,
-    queue: Queue,
-    index: u16,
-    notify: EventFd,
+    queue: DeviceQueue,
     interrupt: Arc<dyn VirtioInterrupt>,
     server: RequestServer,
 }
@@ -212,24 +169,21 @@ impl BlockWorker {
     fn drain(&mut self) -> Result<(), String> {
         let mem = &self.mem;
         let server = &mut self.server;
-        drain_queue(
-            self.index,
-            &mut self.queue,
-            mem,
-            self.interrupt.as_ref(),
-            |_head, descs| {
-                Ok(server.process(
-                    mem,
-                    descs.iter().map(|d| (d.addr(), d.len(), d.is_write_only())),
-                ))
-            },
-        )
+        self.queue.drain(mem, self.interrupt.as_ref(), |chain| {
+            Ok(server.process(
+                mem,
+                chain
+                    .descriptors()
+                    .iter()
+                    .map(|d| (d.addr(), d.len(), d.is_write_only())),
+            ))
+        })
     }
 }
 
 impl WorkerHandler for BlockWorker {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
-        ctx.add(self.notify.as_raw_fd(), EventSet::IN, QUEUE_TOKEN)?;
+        self.queue.watch(ctx, QUEUE_TOKEN)?;
         // The driver may have queued requests before activation completed.
         self.drain().map_err(std::io::Error::other)
     }
@@ -239,7 +193,7 @@ impl WorkerHandler for BlockWorker {
         _token: u64,
         _events: EventSet,
     ) -> Result<(), String> {
-        let _ = self.notify.read();
+        self.queue.ack_notify();
         self.drain()
     }
 }

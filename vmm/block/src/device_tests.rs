@@ -7,12 +7,14 @@ use proptest::prelude::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::raw::RawDisk;
 use crate::testutil::{pattern, TempDir};
-use cloudphone_virtio::InterruptCause;
+use cloudphone_virtio::{ActivatedQueue, InterruptCause};
 
 const MEM_SIZE: usize = 64 << 20;
 /// Guest addresses for request pieces, clear of the rings at 0.
@@ -60,7 +62,7 @@ type Part = (u64, u32, bool);
 struct Harness {
     _dir: TempDir,
     mem: GuestMemoryMmap,
-    worker: BlockWorker,
+    worker: Box<dyn WorkerHandler>,
     next_desc: u16,
     interrupt: Arc<TestInterrupt>,
     data: Vec<u8>,
@@ -75,18 +77,17 @@ impl Harness {
         let disk: Box<dyn DiskBackend> = Box::new(RawDisk::open(&path, read_only).unwrap());
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let interrupt = Arc::new(TestInterrupt::default());
-        let worker = BlockWorker {
-            mem: mem.clone(),
-            queue: ring_queue(),
-            index: 0,
-            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            interrupt: interrupt.clone(),
-            server: RequestServer {
-                disk: Arc::new(Mutex::new(disk)),
-                id: *b"test-disk-id\0\0\0\0\0\0\0\0",
-                bounce: Vec::new(),
-            },
-        };
+        let worker = Block::new(disk, Some("test-disk-id"))
+            .worker(Activation {
+                mem: mem.clone(),
+                interrupt: interrupt.clone(),
+                queues: vec![DeviceQueue::new(ActivatedQueue {
+                    index: 0,
+                    queue: ring_queue(),
+                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                })],
+            })
+            .unwrap();
         Harness {
             _dir: dir,
             mem,
@@ -141,7 +142,8 @@ impl Harness {
         let used_idx =
             |m: &GuestMemoryMmap| m.read_obj::<u16>(GuestAddress(USED_RING + 2)).unwrap();
         let before = used_idx(&self.mem);
-        self.worker.drain()?;
+        let ctx = WorkerContext::new().unwrap();
+        self.worker.handle(&ctx, QUEUE_TOKEN, EventSet::IN)?;
         assert_eq!(
             used_idx(&self.mem),
             before.wrapping_add(1),
@@ -489,4 +491,18 @@ fn prop_hostile_chains() {
         prop_assert!(!h.interrupt.needs_reset.load(Ordering::SeqCst));
     });
     eprintln!("fuzz virtio_blk_request: {} cases", cases.into_inner());
+}
+
+/// The hostile-ring property every device passes through its `DeviceQueue`.
+#[test]
+fn fuzz_block_hostile_rings() {
+    let dir = TempDir::new("fuzz");
+    std::fs::write(dir.path("d"), pattern(4, 1 << 20)).unwrap();
+    let mut dev = Block::new(
+        Box::new(RawDisk::open(&dir.path("d"), false).unwrap()),
+        None,
+    );
+    cloudphone_virtio::testing::hostile::fuzz_worker("block_chains", 1000, 1, |a| {
+        dev.worker(a).unwrap()
+    });
 }

@@ -22,11 +22,9 @@
 //! //   GET /screenshot         -> screenshot_png(&fb)
 //! ```
 
-mod config_space;
 pub mod framebuffer;
 pub mod gpu;
 pub mod input;
-mod queue;
 pub mod spec;
 
 pub use framebuffer::{

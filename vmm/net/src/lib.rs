@@ -11,7 +11,6 @@
 
 mod mac;
 mod net;
-mod queue;
 mod vsock;
 mod warn_limit;
 

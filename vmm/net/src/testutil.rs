@@ -1,34 +1,8 @@
 //! Test helpers shared by the device tests.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+pub use cloudphone_virtio::testing::hostile::fuzz;
 
-use proptest::strategy::Strategy;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
-
-/// Run a property test of `cases` cases and print how many ran (`fuzz <name>: N cases`).
-pub fn fuzz<S: Strategy>(
-    name: &str,
-    cases: u32,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) {
-    let count = AtomicUsize::new(0);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let result = runner.run(&strategy, |value| {
-        count.fetch_add(1, Ordering::Relaxed);
-        test(value)
-    });
-    eprintln!("fuzz {name}: {} cases", count.load(Ordering::Relaxed));
-    if let Err(e) = result {
-        panic!("fuzz {name} failed: {e}");
-    }
-}
-
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

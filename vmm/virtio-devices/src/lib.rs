@@ -7,9 +7,10 @@
 //! crate acting as the guest driver.
 //!
 //! # Modules
-//! - [`device`], [`worker`]: the device contract and the epoll worker thread.
-//! - [`queue`]: hostile-input-safe chain validation ([`queue::read_chain`]) and a queue drain
-//!   loop with EVENT_IDX handled ([`queue::drain_queue`]).
+//! - [`device`], [`worker`]: the device contract, the part every device shares
+//!   ([`VirtioCommon`]: features, worker lifecycle, snapshot state) and the epoll worker thread.
+//! - [`queue`]: [`DeviceQueue`], the one virtqueue wrapper every device uses: validated chains,
+//!   batched used-ring updates, EVENT_IDX-aware interrupts.
 //! - [`pci`]: PCI config space, BARs, MSI-X, the [`PciDevice`] trait the VMM's bus calls.
 //! - [`transport`]: [`VirtioPciDevice`], the virtio 1.x modern PCI transport.
 //! - [`rng`], [`console`]: devices.
@@ -26,6 +27,28 @@
 //! // config space accesses -> pci.config_read/config_write (re-register on Some(BarMove)),
 //! // MMIO inside a BAR -> pci.bar_read/bar_write(bar, offset, data).
 //! ```
+//!
+//! # Writing a device
+//! A device embeds a [`VirtioCommon`] (type, queue sizes, features, worker, snapshot state)
+//! and supplies its config space and the handler its worker thread runs; activation, reset
+//! and save/restore come from the trait:
+//! ```ignore
+//! impl VirtioDevice for MyDev {
+//!     cloudphone_virtio::virtio_common!(common);
+//!     fn read_config(&self, offset: u64, data: &mut [u8]) {
+//!         cloudphone_virtio::read_config_bytes(&self.config, offset, data);
+//!     }
+//!     fn worker_name(&self) -> &str { "virtio-mydev" }
+//!     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+//!         let [queue] = Activation::queue_array(a.queues)?;   // a DeviceQueue
+//!         Ok(Box::new(MyHandler { mem: a.mem, interrupt: a.interrupt, queue }))
+//!     }
+//! }
+//! ```
+//! The handler pops validated [`Chain`]s from its [`DeviceQueue`]s (or lets
+//! [`DeviceQueue::drain`] run the loop), returns them with `add_used`/`add_used_batch`, and
+//! calls `signal_used` once per batch. Its hostile-ring property test is one call to
+//! `testing::hostile::fuzz_worker` with the device's `worker`.
 //!
 //! # Writing a tier-1 test for a device crate
 //! In the device crate's `Cargo.toml`:
@@ -61,16 +84,16 @@ pub mod device;
 pub mod pci;
 pub mod queue;
 pub mod rng;
-#[cfg(test)]
-mod test_util;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;
 pub mod worker;
 
 pub use device::{
-    ActivateError, ActivatedQueue, GuestMemory, InterruptCause, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, ActivatedQueue, Activation, CommonState, DeviceStateBlob,
+    GuestMemory, InterruptCause, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
 };
 pub use pci::{MsiSink, MsixMessage, PciDevice};
+pub use queue::{Chain, DeviceQueue, QueueError, QueueState};
 pub use transport::VirtioPciDevice;
 pub use worker::{DeviceWorker, WorkerContext, WorkerHandler};

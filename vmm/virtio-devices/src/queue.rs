@@ -1,17 +1,34 @@
-//! Guest-hostile descriptor chain handling shared by devices: validate a chain before use,
-//! and drain a queue with notification suppression (EVENT_IDX) done right.
+//! [`DeviceQueue`]: the one way every device uses a virtqueue.
 //!
-//! `virtio-queue` stops iterating silently when a chain loops, is longer than the queue,
-//! points outside guest memory or exceeds 4 GiB; [`read_chain`] turns each of those into a
-//! [`ChainError`] so the device can flag DEVICE_NEEDS_RESET instead of half-processing.
+//! The guest is not trusted, so every chain is validated before the device sees it
+//! ([`Chain`]): `virtio-queue` stops iterating silently when a chain loops, is longer than the
+//! queue, points outside guest memory or exceeds 4 GiB, and a driver may move the available
+//! index more than a queue size ahead; each of those becomes a [`QueueError`] the worker
+//! returns, so the device flags DEVICE_NEEDS_RESET instead of half-processing or spinning.
+//! Used entries may be published in batches and the guest is interrupted once per batch,
+//! only when it asked to be (`VIRTIO_RING_F_EVENT_IDX`, virtio 2.7.10).
 
-use std::ops::Deref;
+use std::collections::VecDeque;
+use std::num::Wrapping;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestMemoryBackend};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::{GuestMemory, InterruptCause, VirtioInterrupt};
+use crate::{ActivatedQueue, GuestMemory, InterruptCause, VirtioInterrupt, WorkerContext};
+
+/// `struct virtq_avail`: flags and idx before the ring entries (virtio 2.7.6).
+const AVAIL_RING_HEADER_LEN: u64 = 4;
+/// `struct virtq_used`: flags and idx before the ring entries (virtio 2.7.8).
+const USED_RING_HEADER_LEN: u64 = 4;
+/// `struct virtq_used_elem`: id (u32) and len (u32).
+const USED_ELEM_LEN: u64 = 8;
 
 /// A descriptor chain the device must refuse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,14 +48,61 @@ pub enum ChainError {
     OutOfMemory { head: u16, addr: u64, len: u32 },
 }
 
+/// Why a queue operation failed: the driver broke the ring protocol (or guest memory did),
+/// so the device stops and flags DEVICE_NEEDS_RESET.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A popped chain failed validation.
+    #[error("queue {queue}: {source}")]
+    Chain {
+        queue: u16,
+        #[source]
+        source: ChainError,
+    },
+    /// The ring itself could not be read or written (runaway available index, bad address).
+    #[error("queue {queue}: {what}: {source}")]
+    Ring {
+        queue: u16,
+        what: &'static str,
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// Guest memory behind a ring or buffer could not be accessed.
+    #[error("queue {queue}: {what}: {source}")]
+    Memory {
+        queue: u16,
+        what: &'static str,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// The device tried to return a head that is not a ring slot.
+    #[error("queue {queue}: used buffer {head} is outside the {size}-entry ring")]
+    UsedHead { queue: u16, head: u16, size: u16 },
+    /// The transport could not raise the queue's interrupt.
+    #[error("queue {queue}: cannot interrupt the guest: {source}")]
+    Interrupt {
+        queue: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Workers report failures as strings ([`crate::WorkerHandler::handle`]); this keeps `?` usable
+/// on queue operations there.
+impl From<QueueError> for String {
+    fn from(e: QueueError) -> Self {
+        e.to_string()
+    }
+}
+
 /// Walk `chain` fully and validate it: returns its descriptors (readable ones first) or why
 /// it must be refused. The result is bounded by the queue size (or indirect table size).
-pub fn read_chain<M>(
-    chain: DescriptorChain<M>,
+fn read_chain<M>(
+    chain: virtio_queue::DescriptorChain<M>,
     mem: &GuestMemory,
 ) -> Result<Vec<Descriptor>, ChainError>
 where
-    M: Deref<Target = GuestMemory>,
+    M: std::ops::Deref<Target = GuestMemory>,
 {
     let head = chain.head_index();
     let descs: Vec<Descriptor> = chain.collect();
@@ -66,288 +130,472 @@ where
     Ok(descs)
 }
 
-/// Pop every available chain, let `handle` process it (returning the bytes it wrote into
-/// the chain's writable buffers), and put it in the used ring. With EVENT_IDX the avail
-/// event is re-armed and the ring re-checked, so no notification is lost. Interrupts the
-/// guest (queue `index`) once at the end if the driver wants it.
-///
-/// An `Err` from `handle` or the queue stops processing: the caller returns it from its
-/// [`WorkerHandler`](crate::WorkerHandler), which marks the device DEVICE_NEEDS_RESET.
-pub fn drain_queue<F>(
-    index: u16,
-    queue: &mut Queue,
-    mem: &GuestMemory,
-    interrupt: &dyn VirtioInterrupt,
-    mut handle: F,
-) -> Result<(), String>
-where
-    F: FnMut(u16, Vec<Descriptor>) -> Result<u32, String>,
-{
-    let err = |what: &str, e: virtio_queue::Error| format!("queue {index}: {what}: {e}");
-    let mut used_any = false;
-    loop {
-        queue
-            .disable_notification(mem)
-            .map_err(|e| err("disabling notifications", e))?;
-        while let Some(chain) = next_chain(index, queue, mem)? {
-            let head = chain.head_index();
-            let descs = read_chain(chain, mem).map_err(|e| format!("queue {index}: {e}"))?;
-            let written = handle(head, descs)?;
-            queue
-                .add_used(mem, head, written)
-                .map_err(|e| err("adding a used element", e))?;
-            used_any = true;
-        }
-        let more = queue
-            .enable_notification(mem)
-            .map_err(|e| err("re-enabling notifications", e))?;
-        if !more {
-            break;
-        }
-    }
-    if used_any
-        && queue
-            .needs_notification(mem)
-            .map_err(|e| err("reading used_event", e))?
-    {
-        interrupt
-            .trigger(InterruptCause::Queue(index))
-            .map_err(|e| format!("queue {index}: interrupt failed: {e}"))?;
-    }
-    Ok(())
-}
-
-/// The next available chain. Unlike `Queue::pop_descriptor_chain`, a driver that moved the
-/// available index more than a queue size ahead is an error: silently treating it as "empty"
-/// while `enable_notification` keeps reporting new buffers would spin the worker forever.
-fn next_chain<'m>(
-    index: u16,
-    queue: &mut Queue,
-    mem: &'m GuestMemory,
-) -> Result<Option<DescriptorChain<&'m GuestMemory>>, String> {
-    let mut avail = queue
-        .iter(mem)
-        .map_err(|e| format!("queue {index}: available ring: {e}"))?;
-    Ok(avail.next())
-}
-
-/// Pop the next available chain and validate it; None when the ring is empty (notifications
-/// are re-armed first, so the driver's next buffer wakes the device).
-pub fn pop_chain(
-    index: u16,
-    queue: &mut Queue,
-    mem: &GuestMemory,
-) -> Result<Option<(u16, Vec<Descriptor>)>, String> {
-    loop {
-        if let Some(chain) = next_chain(index, queue, mem)? {
-            let head = chain.head_index();
-            let descs = read_chain(chain, mem).map_err(|e| format!("queue {index}: {e}"))?;
-            return Ok(Some((head, descs)));
-        }
-        let more = queue
-            .enable_notification(mem)
-            .map_err(|e| format!("queue {index}: re-enabling notifications: {e}"))?;
-        if !more {
-            return Ok(None);
-        }
+/// Turn a ring access failure on `queue` into a [`QueueError`] saying what was done.
+fn ring_error(queue: u16, what: &'static str) -> impl FnOnce(virtio_queue::Error) -> QueueError {
+    move |source| QueueError::Ring {
+        queue,
+        what,
+        source,
     }
 }
 
-/// Return chain `head` to the driver with `len` bytes written, interrupting the guest if it
-/// asked to be (EVENT_IDX aware).
-pub fn complete_chain(
-    index: u16,
-    queue: &mut Queue,
-    mem: &GuestMemory,
-    interrupt: &dyn VirtioInterrupt,
+/// A validated descriptor chain: it ends, holds readable buffers before writable ones, and
+/// every buffer lies inside guest memory. Devices read and write it only through this.
+#[derive(Debug)]
+pub struct Chain {
     head: u16,
-    len: u32,
-) -> Result<(), String> {
-    queue
-        .add_used(mem, head, len)
-        .map_err(|e| format!("queue {index}: adding a used element: {e}"))?;
-    if queue
-        .needs_notification(mem)
-        .map_err(|e| format!("queue {index}: reading used_event: {e}"))?
-    {
-        interrupt
-            .trigger(InterruptCause::Queue(index))
-            .map_err(|e| format!("queue {index}: interrupt failed: {e}"))?;
-    }
-    Ok(())
+    descs: Vec<Descriptor>,
 }
 
-/// Append the device-readable bytes of `descs` to `out`, at most `limit` bytes; returns how
-/// many bytes the chain offered in total (so callers can report truncation).
-pub fn gather(
-    mem: &GuestMemory,
-    descs: &[Descriptor],
-    limit: usize,
-    out: &mut Vec<u8>,
-) -> Result<u64, String> {
-    let mut offered = 0u64;
-    for d in descs.iter().filter(|d| !d.is_write_only()) {
-        offered += u64::from(d.len());
-        let room = limit.saturating_sub(out.len()).min(d.len() as usize);
-        if room == 0 {
-            continue;
-        }
+impl Chain {
+    /// The head index, which is what goes back in the used ring.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// All descriptors, device-readable ones first.
+    pub fn descriptors(&self) -> &[Descriptor] {
+        &self.descs
+    }
+
+    /// The device-readable buffers (what the driver sends).
+    pub fn readable(&self) -> impl Iterator<Item = &Descriptor> {
+        self.descs.iter().filter(|d| !d.is_write_only())
+    }
+
+    /// The device-writable buffers (where the device answers).
+    pub fn writable(&self) -> impl Iterator<Item = &Descriptor> {
+        self.descs.iter().filter(|d| d.is_write_only())
+    }
+
+    /// The readable buffers as one byte stream.
+    pub fn reader<'m>(&self, mem: &'m GuestMemory) -> ChainReader<'m> {
+        ChainReader(Segments::new(mem, self.readable()))
+    }
+
+    /// The writable buffers as one byte stream.
+    pub fn writer<'m>(&self, mem: &'m GuestMemory) -> ChainWriter<'m> {
+        ChainWriter(Segments::new(mem, self.writable()))
+    }
+
+    /// Append the readable bytes to `out`, at most `limit` bytes; returns how many bytes the
+    /// chain offered in total (so callers can report truncation).
+    pub fn gather(
+        &self,
+        mem: &GuestMemory,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, String> {
+        let mut reader = self.reader(mem);
+        let offered = reader.available_bytes() as u64;
         let start = out.len();
+        let room = limit.saturating_sub(start).min(reader.available_bytes());
         out.resize(start + room, 0);
-        mem.read_slice(&mut out[start..], d.addr())
-            .map_err(|e| format!("reading guest buffer {:#x}: {e}", d.addr().0))?;
+        std::io::Read::read_exact(&mut reader, &mut out[start..])
+            .map_err(|e| format!("reading chain {}: {e}", self.head))?;
+        Ok(offered)
     }
-    Ok(offered)
+
+    /// Write `data` into the writable buffers; returns the bytes written (less than
+    /// `data.len()` when the buffers are smaller).
+    pub fn scatter(&self, mem: &GuestMemory, data: &[u8]) -> Result<u32, String> {
+        let mut writer = self.writer(mem);
+        let n = writer.available_bytes().min(data.len());
+        std::io::Write::write_all(&mut writer, &data[..n])
+            .map_err(|e| format!("writing chain {}: {e}", self.head))?;
+        Ok(n as u32)
+    }
 }
 
-/// Write `data` into the device-writable buffers of `descs`; returns the bytes written
-/// (less than `data.len()` when the buffers are smaller).
-pub fn scatter(mem: &GuestMemory, descs: &[Descriptor], data: &[u8]) -> Result<u32, String> {
-    let mut done = 0usize;
-    for d in descs.iter().filter(|d| d.is_write_only()) {
-        let n = (d.len() as usize).min(data.len() - done);
-        if n == 0 {
-            break;
+/// Guest buffers taken as one stream, consumed from the front.
+struct Segments<'m> {
+    mem: &'m GuestMemory,
+    segments: VecDeque<(GuestAddress, usize)>,
+    available: usize,
+}
+
+impl<'m> Segments<'m> {
+    fn new<'d>(mem: &'m GuestMemory, descs: impl Iterator<Item = &'d Descriptor>) -> Self {
+        let segments: VecDeque<_> = descs
+            .filter(|d| d.len() > 0)
+            .map(|d| (d.addr(), d.len() as usize))
+            .collect();
+        let available = segments.iter().map(|&(_, len)| len).sum();
+        Self {
+            mem,
+            segments,
+            available,
         }
-        mem.write_slice(&data[done..done + n], d.addr())
-            .map_err(|e| format!("writing guest buffer {:#x}: {e}", d.addr().0))?;
-        done += n;
     }
-    Ok(done as u32)
+
+    /// Run `op` on the next piece (at most `len` bytes) of the stream and consume it.
+    fn step(
+        &mut self,
+        len: usize,
+        op: impl FnOnce(&GuestMemory, GuestAddress, usize) -> Result<(), vm_memory::GuestMemoryError>,
+    ) -> std::io::Result<usize> {
+        let Some(front) = self.segments.front_mut() else {
+            return Ok(0);
+        };
+        let n = front.1.min(len);
+        op(self.mem, front.0, n).map_err(std::io::Error::other)?;
+        front.0 = GuestAddress(front.0 .0 + n as u64);
+        front.1 -= n;
+        if front.1 == 0 {
+            self.segments.pop_front();
+        }
+        self.available -= n;
+        Ok(n)
+    }
 }
 
-/// Total size of the device-writable buffers of `descs`.
-pub fn writable_len(descs: &[Descriptor]) -> u64 {
-    descs
-        .iter()
-        .filter(|d| d.is_write_only())
-        .map(|d| u64::from(d.len()))
-        .sum()
+/// Reads the device-readable buffers of a [`Chain`] in order.
+pub struct ChainReader<'m>(Segments<'m>);
+
+impl ChainReader<'_> {
+    /// Bytes left to read.
+    pub fn available_bytes(&self) -> usize {
+        self.0.available
+    }
+
+    /// Read one plain-data object (a request header) from the stream.
+    pub fn read_obj<T: ByteValued + Default>(&mut self) -> std::io::Result<T> {
+        let mut obj = T::default();
+        std::io::Read::read_exact(self, obj.as_mut_slice())?;
+        Ok(obj)
+    }
+}
+
+impl std::io::Read for ChainReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let len = buf.len();
+        self.0
+            .step(len, |mem, addr, n| mem.read_slice(&mut buf[..n], addr))
+    }
+}
+
+/// Writes into the device-writable buffers of a [`Chain`] in order.
+pub struct ChainWriter<'m>(Segments<'m>);
+
+impl ChainWriter<'_> {
+    /// Bytes the buffers can still take.
+    pub fn available_bytes(&self) -> usize {
+        self.0.available
+    }
+}
+
+impl std::io::Write for ChainWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .step(buf.len(), |mem, addr, n| mem.write_slice(&buf[..n], addr))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything needed to put a queue back after a snapshot: the ring layout the driver
+/// programmed and how far the device got in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// Queue index within the device.
+    pub index: u16,
+    /// Ring size the driver chose.
+    pub size: u16,
+    /// Whether the driver enabled the queue.
+    pub ready: bool,
+    /// Guest address of the descriptor table.
+    pub desc_table: u64,
+    /// Guest address of the available (driver) ring.
+    pub avail_ring: u64,
+    /// Guest address of the used (device) ring.
+    pub used_ring: u64,
+    /// Next available-ring entry the device will read.
+    pub next_avail: u16,
+    /// Next used-ring entry the device will write.
+    pub next_used: u16,
+    /// Whether VIRTIO_RING_F_EVENT_IDX is in use on this queue.
+    pub event_idx: bool,
+}
+
+impl QueueState {
+    /// Continue where a saved queue stopped: set `queue`'s ring positions to this state's.
+    pub fn restore_position(&self, queue: &mut Queue) {
+        queue.set_next_avail(self.next_avail);
+        queue.set_next_used(self.next_used);
+    }
+}
+
+/// A queue's layout plus its live ring positions, shared between the worker's
+/// [`DeviceQueue`] (which updates the positions) and the device's common part (which saves
+/// them) without locking the worker.
+#[derive(Debug)]
+pub(crate) struct SharedQueueState {
+    layout: QueueState,
+    next_avail: AtomicU16,
+    next_used: AtomicU16,
+}
+
+impl SharedQueueState {
+    /// The state as of the worker's last queue operation.
+    pub(crate) fn snapshot(&self) -> QueueState {
+        QueueState {
+            next_avail: self.next_avail.load(Ordering::Acquire),
+            next_used: self.next_used.load(Ordering::Acquire),
+            ..self.layout
+        }
+    }
+}
+
+/// One activated queue as a device worker owns it: validated chains in, used buffers out
+/// (singly or batched), and interrupts only when the driver wants them.
+pub struct DeviceQueue {
+    index: u16,
+    queue: Queue,
+    notify: EventFd,
+    /// `next_used` when the driver was last considered for an interrupt: the used entries
+    /// after it are the ones EVENT_IDX's `used_event` is checked against.
+    signalled_used: Wrapping<u16>,
+    shared: Arc<SharedQueueState>,
+}
+
+impl DeviceQueue {
+    /// Take over a queue the transport activated (EVENT_IDX as the transport negotiated it).
+    pub fn new(activated: ActivatedQueue) -> Self {
+        let queue = activated.queue;
+        let layout = QueueState {
+            index: activated.index,
+            size: queue.size(),
+            ready: queue.ready(),
+            desc_table: queue.desc_table(),
+            avail_ring: queue.avail_ring(),
+            used_ring: queue.used_ring(),
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+            event_idx: queue.event_idx_enabled(),
+        };
+        Self {
+            index: activated.index,
+            signalled_used: Wrapping(queue.next_used()),
+            shared: Arc::new(SharedQueueState {
+                layout,
+                next_avail: AtomicU16::new(layout.next_avail),
+                next_used: AtomicU16::new(layout.next_used),
+            }),
+            queue,
+            notify: activated.notify,
+        }
+    }
+
+    /// Queue index within the device.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The queue's layout and current positions (what a snapshot saves).
+    pub fn state(&self) -> QueueState {
+        self.shared.snapshot()
+    }
+
+    /// The shared state the device's common part keeps to save this queue.
+    pub(crate) fn shared_state(&self) -> Arc<SharedQueueState> {
+        self.shared.clone()
+    }
+
+    /// Watch this queue's notify eventfd under `token`.
+    pub fn watch(&self, ctx: &WorkerContext, token: u64) -> std::io::Result<()> {
+        ctx.add(self.notify.as_raw_fd(), EventSet::IN, token)
+    }
+
+    /// Consume a pending notification (the driver kicked the queue).
+    pub fn ack_notify(&self) {
+        // EAGAIN (nothing pending) is fine: the ring is checked either way.
+        let _ = self.notify.read();
+    }
+
+    fn publish_positions(&self) {
+        self.shared
+            .next_avail
+            .store(self.queue.next_avail(), Ordering::Release);
+        self.shared
+            .next_used
+            .store(self.queue.next_used(), Ordering::Release);
+    }
+
+    /// The next available chain, validated; `None` when the driver has posted nothing more.
+    /// On `None` the driver is asked to notify us when it adds buffers (with EVENT_IDX this
+    /// writes `avail_event`), and the ring is re-checked to close the race with a concurrent
+    /// add. Unlike `Queue::pop_descriptor_chain`, an available index more than a queue size
+    /// ahead is an error: treating it as "empty" while `enable_notification` keeps reporting
+    /// new buffers would spin the worker forever.
+    pub fn pop(&mut self, mem: &GuestMemory) -> Result<Option<Chain>, QueueError> {
+        loop {
+            let next = self
+                .queue
+                .iter(mem)
+                .map_err(ring_error(self.index, "available ring"))?
+                .next();
+            if let Some(chain) = next {
+                self.publish_positions();
+                let head = chain.head_index();
+                let descs = read_chain(chain, mem).map_err(|source| QueueError::Chain {
+                    queue: self.index,
+                    source,
+                })?;
+                return Ok(Some(Chain { head, descs }));
+            }
+            let more = self
+                .queue
+                .enable_notification(mem)
+                .map_err(ring_error(self.index, "re-enabling notifications"))?;
+            if !more {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Put the last popped chain back, to be popped again later (the device could not use
+    /// it yet).
+    pub fn undo_pop(&mut self) {
+        self.queue.go_to_previous_position();
+        self.publish_positions();
+    }
+
+    /// Return `head` to the driver with `len` bytes written (call
+    /// [`signal_used`](Self::signal_used) once the batch is done).
+    pub fn add_used(&mut self, mem: &GuestMemory, head: u16, len: u32) -> Result<(), QueueError> {
+        self.add_used_batch(mem, &[(head, len)])
+    }
+
+    /// Return several chains `(head, bytes written)` as one used-ring update: every element is
+    /// written first and the used index moves once, after them. A frame spread over several
+    /// mergeable rx buffers must appear whole: a driver that reads `num_buffers` and finds
+    /// fewer used buffers than that drops the frame. A bad head publishes nothing.
+    pub fn add_used_batch(
+        &mut self,
+        mem: &GuestMemory,
+        used: &[(u16, u32)],
+    ) -> Result<(), QueueError> {
+        let Some((&(last_head, last_len), rest)) = used.split_last() else {
+            return Ok(());
+        };
+        let size = self.queue.size();
+        if let Some(&(head, _)) = used.iter().find(|&&(head, _)| head >= size) {
+            return Err(QueueError::UsedHead {
+                queue: self.index,
+                head,
+                size,
+            });
+        }
+        let start = self.queue.next_used();
+        for (i, &(head, len)) in rest.iter().enumerate() {
+            let slot = u64::from(start.wrapping_add(i as u16) % size);
+            let mut elem = [0u8; USED_ELEM_LEN as usize];
+            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[4..].copy_from_slice(&len.to_le_bytes());
+            // The ring lies inside guest memory (checked at activation), so no overflow.
+            let addr = self.queue.used_ring() + USED_RING_HEADER_LEN + slot * USED_ELEM_LEN;
+            mem.write_slice(&elem, GuestAddress(addr))
+                .map_err(|source| QueueError::Memory {
+                    queue: self.index,
+                    what: "writing a used element",
+                    source,
+                })?;
+        }
+        // `add_used` writes the last element, then publishes the index (release ordering, so
+        // after the elements written above).
+        self.queue
+            .set_next_used(start.wrapping_add(rest.len() as u16));
+        let result = self
+            .queue
+            .add_used(mem, last_head, last_len)
+            .map_err(ring_error(self.index, "adding a used element"));
+        self.publish_positions();
+        result
+    }
+
+    /// Interrupt the guest if it asked to hear about the buffers used since the last call
+    /// (virtio 2.7.10: with EVENT_IDX, when `used_event` lies among them; else whenever any
+    /// was used). Returns whether it interrupted.
+    pub fn signal_used(
+        &mut self,
+        mem: &GuestMemory,
+        interrupt: &dyn VirtioInterrupt,
+    ) -> Result<bool, QueueError> {
+        let new = Wrapping(self.queue.next_used());
+        let old = std::mem::replace(&mut self.signalled_used, new);
+        if new == old {
+            return Ok(false);
+        }
+        let needed = if self.queue.event_idx_enabled() {
+            // The used elements and index must be visible before `used_event` is read.
+            fence(Ordering::SeqCst);
+            // `used_event` follows the available ring's entries; the ring lies inside guest
+            // memory (checked at activation), so the address cannot overflow.
+            let addr =
+                self.queue.avail_ring() + AVAIL_RING_HEADER_LEN + 2 * u64::from(self.queue.size());
+            let used_event: u16 =
+                mem.read_obj(GuestAddress(addr))
+                    .map_err(|source| QueueError::Memory {
+                        queue: self.index,
+                        what: "reading used_event",
+                        source,
+                    })?;
+            new - Wrapping(u16::from_le(used_event)) - Wrapping(1) < new - old
+        } else {
+            true
+        };
+        if needed {
+            interrupt
+                .trigger(InterruptCause::Queue(self.index))
+                .map_err(|source| QueueError::Interrupt {
+                    queue: self.index,
+                    source,
+                })?;
+        }
+        Ok(needed)
+    }
+
+    /// Return one chain and interrupt the guest if it wants to know (one request, one answer).
+    pub fn complete(
+        &mut self,
+        mem: &GuestMemory,
+        interrupt: &dyn VirtioInterrupt,
+        head: u16,
+        len: u32,
+    ) -> Result<(), QueueError> {
+        self.add_used(mem, head, len)?;
+        self.signal_used(mem, interrupt).map(drop)
+    }
+
+    /// Pop every available chain, let `handle` process it (returning the bytes it wrote into
+    /// the chain's writable buffers), and put it in the used ring; interrupt the guest once at
+    /// the end if it wants it. Without EVENT_IDX the driver is told not to notify while the
+    /// device works through the ring.
+    ///
+    /// An `Err` from `handle` or the queue stops processing: the caller returns it from its
+    /// [`WorkerHandler`](crate::WorkerHandler), which marks the device DEVICE_NEEDS_RESET.
+    pub fn drain<F>(
+        &mut self,
+        mem: &GuestMemory,
+        interrupt: &dyn VirtioInterrupt,
+        mut handle: F,
+    ) -> Result<(), String>
+    where
+        F: FnMut(&Chain) -> Result<u32, String>,
+    {
+        self.queue
+            .disable_notification(mem)
+            .map_err(ring_error(self.index, "disabling notifications"))?;
+        while let Some(chain) = self.pop(mem)? {
+            let written = handle(&chain)?;
+            self.add_used(mem, chain.head(), written)?;
+        }
+        self.signal_used(mem, interrupt)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::RawDescriptor;
-    use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-
-    fn mem() -> GuestMemory {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
-    }
-
-    fn chain_result(descs: &[Descriptor]) -> Result<Vec<Descriptor>, ChainError> {
-        let m = mem();
-        let vq = MockSplitQueue::new(&m, 16);
-        let raw: Vec<RawDescriptor> = descs.iter().map(|d| RawDescriptor::from(*d)).collect();
-        vq.build_desc_chain(&raw).unwrap();
-        let mut q: Queue = vq.create_queue().unwrap();
-        let chain = q.pop_descriptor_chain(&m).unwrap();
-        read_chain(chain, &m)
-    }
-
-    #[test]
-    fn valid_chain() {
-        let d = chain_result(&[
-            Descriptor::new(0x8000, 16, NEXT, 1),
-            Descriptor::new(0x9000, 32, WRITE, 0),
-        ])
-        .unwrap();
-        assert_eq!(d.len(), 2);
-    }
-
-    #[test]
-    fn outside_memory_is_refused() {
-        let e = chain_result(&[Descriptor::new(0x10_0000 - 8, 16, WRITE, 0)]).unwrap_err();
-        assert!(matches!(e, ChainError::OutOfMemory { .. }));
-        let e = chain_result(&[Descriptor::new(u64::MAX - 4, 16, 0, 0)]).unwrap_err();
-        assert!(matches!(e, ChainError::OutOfMemory { .. }));
-    }
-
-    #[test]
-    fn readable_after_writable_is_refused() {
-        let e = chain_result(&[
-            Descriptor::new(0x8000, 16, WRITE | NEXT, 1),
-            Descriptor::new(0x9000, 16, 0, 0),
-        ])
-        .unwrap_err();
-        assert!(matches!(e, ChainError::Order { .. }));
-    }
-
-    #[test]
-    fn loop_is_refused() {
-        let m = mem();
-        let vq = MockSplitQueue::new(&m, 4);
-        // 0 -> 1 -> 0 -> ...: build_desc_chain links sequentially, so patch the last link.
-        vq.build_desc_chain(&[
-            RawDescriptor::from(Descriptor::new(0x8000, 16, NEXT, 1)),
-            RawDescriptor::from(Descriptor::new(0x9000, 16, NEXT, 0)),
-        ])
-        .unwrap();
-        let mut last = Descriptor::from(vq.desc_table().load(1).unwrap());
-        last.set_flags(NEXT);
-        last.set_next(0);
-        vq.desc_table().store(1, RawDescriptor::from(last)).unwrap();
-        let mut q: Queue = vq.create_queue().unwrap();
-        let chain = q.pop_descriptor_chain(&m).unwrap();
-        assert_eq!(
-            read_chain(chain, &m).unwrap_err(),
-            ChainError::Truncated { head: 0 }
-        );
-    }
-
-    /// Regression (found by the fuzz test below): an available index more than a queue size
-    /// ahead made `pop_descriptor_chain` return None while `enable_notification` kept saying
-    /// "more", spinning the worker forever.
-    #[test]
-    fn runaway_avail_index_is_an_error_not_a_hang() {
-        use crate::test_util::{memory_with, queue, HostileRing, RecordingInterrupt, QUEUE_SIZE};
-        let ring = HostileRing {
-            descs: Vec::new(),
-            heads: Vec::new(),
-            avail_idx: QUEUE_SIZE + 5,
-        };
-        let mem = memory_with(&ring);
-        let irq = RecordingInterrupt::default();
-        let err = drain_queue(0, &mut queue(false), &mem, &irq, |_, _| Ok(0)).unwrap_err();
-        assert!(err.contains("available ring"), "{err}");
-        assert!(pop_chain(0, &mut queue(true), &mem).is_err());
-    }
-
-    #[test]
-    fn fuzz_drain_queue_hostile_rings() {
-        use crate::test_util::{
-            arb_ring, fuzz, memory_with, queue, used_idx, RecordingInterrupt, MEM_SIZE,
-        };
-        use proptest::prelude::*;
-        fuzz(
-            "drain_queue",
-            3000,
-            (arb_ring(), any::<bool>()),
-            |(ring, event_idx)| {
-                let mem = memory_with(&ring);
-                let mut q = queue(event_idx);
-                let irq = RecordingInterrupt::default();
-                let mut chains = 0u16;
-                let result = drain_queue(0, &mut q, &mem, &irq, |_, descs| {
-                    for d in &descs {
-                        let end = d.addr().0.checked_add(u64::from(d.len()));
-                        assert!(d.len() == 0 || end.is_some_and(|e| e <= MEM_SIZE), "{d:?}");
-                    }
-                    let mut out = Vec::new();
-                    gather(&mem, &descs, 4096, &mut out)?;
-                    chains += 1;
-                    scatter(&mem, &descs, &[0xab; 300])
-                });
-                if result.is_ok() {
-                    prop_assert_eq!(used_idx(&mem), chains);
-                }
-                Ok(())
-            },
-        );
-    }
-}
+mod tests;

@@ -1,19 +1,15 @@
 //! virtio-rng (entropy device, virtio spec 5.4): fills the guest's buffers from the host's
 //! `getrandom(2)`, so `/dev/hwrng` in the guest seeds its pool.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::Queue;
 use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::queue::drain_queue;
 use crate::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
-    WorkerContext, WorkerHandler,
+    ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
+    VirtioInterrupt, WorkerContext, WorkerHandler,
 };
 
 /// Virtio device type of the entropy device.
@@ -25,7 +21,7 @@ pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
 
 /// The entropy device.
 pub struct Rng {
-    worker: Option<DeviceWorker>,
+    common: VirtioCommon,
 }
 
 impl Default for Rng {
@@ -37,70 +33,46 @@ impl Default for Rng {
 impl Rng {
     /// A new entropy device (one request queue).
     pub fn new() -> Self {
-        Self { worker: None }
+        // No device features; EVENT_IDX because the device queue honours it.
+        Self {
+            common: VirtioCommon::new(VIRTIO_ID_RNG, &[QUEUE_SIZE], 1 << VIRTIO_RING_F_EVENT_IDX),
+        }
     }
 }
 
 impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_RNG
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn features(&self) -> u64 {
-        // No device features; EVENT_IDX because the queue drain honours it.
-        1 << VIRTIO_RING_F_EVENT_IDX
-    }
-
-    fn ack_features(&mut self, _features: u64) {}
+    crate::virtio_common!(common);
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // The entropy device has no configuration space.
         data.fill(0);
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        mut queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(1, &queues)?;
-        let q = queues.remove(0);
-        let handler = RngHandler {
-            mem,
-            interrupt: interrupt.clone(),
-            queue: q.queue,
-            notify: q.notify,
-            buf: vec![0; MAX_BYTES_PER_REQUEST],
-        };
-        let worker = DeviceWorker::spawn("virtio-rng", handler, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("cannot start the rng worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
+    fn worker_name(&self) -> &str {
+        "virtio-rng"
     }
 
-    fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let [queue] = Activation::queue_array(a.queues)?;
+        Ok(Box::new(RngHandler {
+            mem: a.mem,
+            interrupt: a.interrupt,
+            queue,
+            buf: vec![0; MAX_BYTES_PER_REQUEST],
+        }))
     }
 }
 
 struct RngHandler {
     mem: GuestMemory,
     interrupt: Arc<dyn VirtioInterrupt>,
-    queue: Queue,
-    notify: EventFd,
+    queue: DeviceQueue,
     buf: Vec<u8>,
 }
 
 impl WorkerHandler for RngHandler {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
-        ctx.add(self.notify.as_raw_fd(), EventSet::IN, 0)
+        self.queue.watch(ctx, 0)
     }
 
     fn handle(
@@ -109,39 +81,33 @@ impl WorkerHandler for RngHandler {
         _token: u64,
         _events: EventSet,
     ) -> Result<(), String> {
-        // A spurious wakeup (EAGAIN) is harmless: the ring is checked anyway.
-        let _ = self.notify.read();
+        self.queue.ack_notify();
         let buf = &mut self.buf;
         let mem = &self.mem;
-        drain_queue(
-            0,
-            &mut self.queue,
-            mem,
-            self.interrupt.as_ref(),
-            |head, descs| {
-                let mut budget = MAX_BYTES_PER_REQUEST;
-                let mut written = 0u32;
-                for d in &descs {
-                    if !d.is_write_only() {
-                        return Err(format!("rng request {head} has a device-readable buffer"));
-                    }
-                    let len = (d.len() as usize).min(budget);
-                    if len == 0 {
-                        continue;
-                    }
-                    fill_random(&mut buf[..len])?;
-                    mem.write_slice(&buf[..len], d.addr()).map_err(|e| {
-                        format!(
-                            "rng request {head}: writing {len} bytes at {:#x}: {e}",
-                            d.addr().0
-                        )
-                    })?;
-                    budget -= len;
-                    written += len as u32;
+        self.queue.drain(mem, self.interrupt.as_ref(), |chain| {
+            let head = chain.head();
+            let mut budget = MAX_BYTES_PER_REQUEST;
+            let mut written = 0u32;
+            for d in chain.descriptors() {
+                if !d.is_write_only() {
+                    return Err(format!("rng request {head} has a device-readable buffer"));
                 }
-                Ok(written)
-            },
-        )
+                let len = (d.len() as usize).min(budget);
+                if len == 0 {
+                    continue;
+                }
+                fill_random(&mut buf[..len])?;
+                mem.write_slice(&buf[..len], d.addr()).map_err(|e| {
+                    format!(
+                        "rng request {head}: writing {len} bytes at {:#x}: {e}",
+                        d.addr().0
+                    )
+                })?;
+                budget -= len;
+                written += len as u32;
+            }
+            Ok(written)
+        })
     }
 }
 
@@ -219,46 +185,27 @@ mod tests {
 
     #[test]
     fn fuzz_rng_hostile_rings() {
-        use crate::test_util::{arb_ring, fuzz, memory_with, queue, used_idx, RecordingInterrupt};
-        use proptest::prelude::*;
-        let ctx = WorkerContext::for_tests().unwrap();
-        fuzz(
-            "rng_chains",
-            2000,
-            (arb_ring(), any::<bool>()),
-            |(ring, event_idx)| {
-                let mem = memory_with(&ring);
-                let mut handler = RngHandler {
-                    mem: mem.clone(),
-                    interrupt: Arc::new(RecordingInterrupt::default()),
-                    queue: queue(event_idx),
-                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                    buf: vec![0; MAX_BYTES_PER_REQUEST],
-                };
-                if handler.handle(&ctx, 0, EventSet::IN).is_ok() {
-                    prop_assert!(used_idx(&mem) <= ring.avail_idx);
-                }
-                Ok(())
-            },
-        );
+        let mut rng = Rng::new();
+        crate::testing::hostile::fuzz_worker("rng_chains", 2000, 1, |a| rng.worker(a).unwrap());
     }
 
-    fn handler_for(ring: &crate::test_util::HostileRing) -> (RngHandler, GuestMemory) {
-        let mem = crate::test_util::memory_with(ring);
-        let handler = RngHandler {
+    fn handler_for(
+        ring: &crate::testing::hostile::HostileRing,
+    ) -> (Box<dyn WorkerHandler>, GuestMemory) {
+        use crate::testing::hostile::{device_queue, memory_with, RecordingInterrupt};
+        let mem = memory_with(ring);
+        let activation = Activation {
             mem: mem.clone(),
-            interrupt: Arc::new(crate::test_util::RecordingInterrupt::default()),
-            queue: crate::test_util::queue(false),
-            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            buf: vec![0; MAX_BYTES_PER_REQUEST],
+            interrupt: Arc::new(RecordingInterrupt::default()),
+            queues: vec![device_queue(0, false)],
         };
-        (handler, mem)
+        (Rng::new().worker(activation).unwrap(), mem)
     }
 
     #[test]
     fn wrong_direction_fails_and_zero_length_is_fine() {
-        use crate::test_util::{used_idx, HostileRing, RawDesc, DATA};
-        let ctx = WorkerContext::for_tests().unwrap();
+        use crate::testing::hostile::{used_idx, HostileRing, RawDesc, DATA};
+        let ctx = WorkerContext::new().unwrap();
         let desc = |len, flags| RawDesc {
             addr: DATA,
             len,

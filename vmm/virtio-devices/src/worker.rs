@@ -22,8 +22,8 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     /// A context outside any worker thread, so tests can call a handler directly.
-    #[cfg(test)]
-    pub(crate) fn for_tests() -> std::io::Result<Self> {
+    #[cfg(any(test, feature = "testing"))]
+    pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             epoll: Epoll::new()?,
         })
@@ -53,6 +53,16 @@ pub trait WorkerHandler: Send + 'static {
     /// An fd registered under `token` is ready with `events`. An `Err` is a device failure:
     /// it is logged, the device is marked needs-reset, and the worker stops handling events.
     fn handle(&mut self, ctx: &WorkerContext, token: u64, events: EventSet) -> Result<(), String>;
+}
+
+/// Devices hand their handler over boxed, which keeps [`crate::VirtioDevice`] object safe.
+impl WorkerHandler for Box<dyn WorkerHandler> {
+    fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
+        (**self).init(ctx)
+    }
+    fn handle(&mut self, ctx: &WorkerContext, token: u64, events: EventSet) -> Result<(), String> {
+        (**self).handle(ctx, token, events)
+    }
 }
 
 /// A running device worker thread; dropping or [`stop`](Self::stop)ping it joins the thread.

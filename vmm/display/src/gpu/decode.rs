@@ -5,14 +5,14 @@
 
 use std::io::Write;
 
-use cloudphone_virtio::GuestMemory;
-use virtio_queue::{DescriptorChain, Reader, Writer};
+use cloudphone_virtio::queue::{ChainReader, ChainWriter};
+use cloudphone_virtio::{Chain, GuestMemory};
 use vm_memory::ByteValued;
 
 use super::backend::{BackingEntry, GpuBackend, GpuCommand, GpuError, GpuResponse, Rect};
 use super::protocol::*;
 
-fn read<T: ByteValued>(reader: &mut Reader, what: &str) -> Result<T, GpuError> {
+fn read<T: ByteValued + Default>(reader: &mut ChainReader, what: &str) -> Result<T, GpuError> {
     reader
         .read_obj::<T>()
         .map_err(|_| GpuError::Unspec(format!("request too short for the {what} body")))
@@ -30,7 +30,7 @@ fn rect(r: WireRect) -> Rect {
 /// Decode the body following `hdr`. `max_entries` caps ATTACH_BACKING's scatter list.
 pub(crate) fn decode(
     hdr: &CtrlHeader,
-    reader: &mut Reader,
+    reader: &mut ChainReader,
     max_entries: u32,
 ) -> Result<GpuCommand, GpuError> {
     Ok(match u32::from(hdr.type_) {
@@ -191,17 +191,10 @@ pub(crate) fn encode(req: &CtrlHeader, result: &Result<GpuResponse, GpuError>) -
 pub(crate) fn process_chain(
     backend: &mut dyn GpuBackend,
     mem: &GuestMemory,
-    chain: DescriptorChain<&GuestMemory>,
+    chain: &Chain,
     max_entries: u32,
 ) -> u32 {
-    let (mut reader, mut writer) = match (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
-    {
-        (Ok(r), Ok(w)) => (r, w),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "virtio-gpu: descriptor chain outside guest memory; dropped");
-            return 0;
-        }
-    };
+    let (mut reader, mut writer) = (chain.reader(mem), chain.writer(mem));
     let (hdr, result) = match read::<CtrlHeader>(&mut reader, "control header") {
         Ok(hdr) => {
             let result = decode(&hdr, &mut reader, max_entries).and_then(|cmd| {
@@ -218,7 +211,7 @@ pub(crate) fn process_chain(
     respond(&mut writer, &encode(&hdr, &result))
 }
 
-fn respond(writer: &mut Writer, bytes: &[u8]) -> u32 {
+fn respond(writer: &mut ChainWriter, bytes: &[u8]) -> u32 {
     if writer.available_bytes() == 0 {
         return 0; // e.g. Linux's cursor queue sends no response buffer
     }

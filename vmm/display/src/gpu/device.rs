@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
-    WorkerContext, WorkerHandler,
+    read_config_bytes, ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon,
+    VirtioDevice, VirtioInterrupt, WorkerContext, WorkerHandler,
 };
 use vm_memory::ByteValued;
 use vmm_sys_util::epoll::EventSet;
@@ -15,9 +15,7 @@ use super::backend::GpuBackend;
 use super::backend2d::{Backend2d, GpuLimits};
 use super::decode::process_chain;
 use super::protocol::{GpuConfig, VIRTIO_GPU_F_EDID};
-use crate::config_space::read_config_bytes;
 use crate::framebuffer::FramebufferExport;
-use crate::queue::DeviceQueue;
 use crate::spec::GpuSpec;
 
 /// virtio device id of a GPU.
@@ -35,9 +33,8 @@ type SharedBackend = Arc<Mutex<Box<dyn GpuBackend>>>;
 pub struct VirtioGpu {
     backend: SharedBackend,
     limits: GpuLimits,
-    acked_features: u64,
     events_read: u32,
-    worker: Option<DeviceWorker>,
+    common: VirtioCommon,
 }
 
 impl VirtioGpu {
@@ -56,12 +53,15 @@ impl VirtioGpu {
 
     /// A device driving any backend (the seam for 3D).
     pub fn with_backend(backend: Box<dyn GpuBackend>, limits: GpuLimits) -> Self {
+        let features = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_GPU_F_EDID
+            | backend.extra_features();
         Self {
             backend: Arc::new(Mutex::new(backend)),
             limits,
-            acked_features: 0,
             events_read: 0,
-            worker: None,
+            common: VirtioCommon::new(DEVICE_TYPE_GPU, &QUEUE_SIZES, features),
         }
     }
 
@@ -77,26 +77,7 @@ impl VirtioGpu {
 }
 
 impl VirtioDevice for VirtioGpu {
-    fn device_type(&self) -> u32 {
-        DEVICE_TYPE_GPU
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        let extra = self
-            .backend
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extra_features();
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | 1 << VIRTIO_GPU_F_EDID | extra
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.features();
-    }
+    cloudphone_virtio::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(self.config().as_slice(), offset, data);
@@ -115,35 +96,27 @@ impl VirtioDevice for VirtioGpu {
         }
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
-        let worker = GpuWorker {
-            mem,
-            queues: queues.into_iter().map(DeviceQueue::new).collect(),
+    fn worker_name(&self) -> &str {
+        "virtio-gpu"
+    }
+
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let queues: [DeviceQueue; 2] = Activation::queue_array(a.queues)?;
+        Ok(Box::new(GpuWorker {
+            mem: a.mem,
+            queues: queues.into(),
             backend: self.backend.clone(),
-            interrupt: interrupt.clone(),
+            interrupt: a.interrupt,
             max_entries: self.limits.max_backing_entries,
-        };
-        let worker = DeviceWorker::spawn("virtio-gpu", worker, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("starting the virtio-gpu worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
+        }))
     }
 
     fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.common.reset();
         self.backend
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .reset();
-        self.acked_features = 0;
         self.events_read = 0;
     }
 }
@@ -159,11 +132,7 @@ struct GpuWorker {
 impl WorkerHandler for GpuWorker {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
         for (token, q) in self.queues.iter().enumerate() {
-            ctx.add(
-                std::os::fd::AsRawFd::as_raw_fd(&q.inner.notify),
-                EventSet::IN,
-                token as u64,
-            )?;
+            q.watch(ctx, token as u64)?;
         }
         Ok(())
     }
@@ -180,11 +149,11 @@ impl WorkerHandler for GpuWorker {
             .ok_or_else(|| format!("virtio-gpu: unknown worker token {token}"))?;
         q.ack_notify();
         let mut backend = self.backend.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(chain) = q.pop(&self.mem) {
-            let head = chain.head_index();
-            let written = process_chain(backend.as_mut(), &self.mem, chain, self.max_entries);
-            q.complete(&self.mem, head, written)?;
+        while let Some(chain) = q.pop(&self.mem)? {
+            let written = process_chain(backend.as_mut(), &self.mem, &chain, self.max_entries);
+            q.add_used(&self.mem, chain.head(), written)?;
         }
-        q.signal(&self.mem, self.interrupt.as_ref())
+        q.signal_used(&self.mem, self.interrupt.as_ref())?;
+        Ok(())
     }
 }

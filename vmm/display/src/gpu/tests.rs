@@ -2,8 +2,6 @@
 //! into `process_chain`, so the parser, the backend and the response encoding are all covered.
 
 use proptest::prelude::*;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::decode::process_chain;
@@ -12,13 +10,13 @@ use super::{Backend2d, GpuLimits};
 use crate::framebuffer::tests::test_export;
 use crate::framebuffer::FramebufferExport;
 use crate::spec::GpuSpec;
+use cloudphone_virtio::testing::hostile::single_chain;
 use cloudphone_virtio::GuestMemory;
 
 const MEM_SIZE: usize = 16 << 20;
 const REQ_ADDR: u64 = 0x10_0000;
 const RESP_ADDR: u64 = 0x20_0000;
 const DATA_ADDR: u64 = 0x40_0000;
-const VRING_DESC_F_WRITE: u16 = 2;
 
 struct Gpu {
     mem: GuestMemory,
@@ -91,24 +89,13 @@ impl Gpu {
         self.mem
             .write_slice(&vec![0xaa; resp_len as usize], GuestAddress(RESP_ADDR))
             .unwrap();
-        let queue = MockSplitQueue::new(&self.mem, 16);
-        let mut descs = vec![RawDescriptor::from(SplitDescriptor::new(
-            REQ_ADDR,
-            request.len() as u32,
-            0,
-            0,
-        ))];
+        let mut bufs = vec![(REQ_ADDR, request.len() as u32, false)];
         if resp_len > 0 {
-            descs.push(RawDescriptor::from(SplitDescriptor::new(
-                RESP_ADDR,
-                resp_len,
-                VRING_DESC_F_WRITE,
-                0,
-            )));
+            bufs.push((RESP_ADDR, resp_len, true));
         }
-        let chain = queue.build_desc_chain(&descs).unwrap();
+        let chain = single_chain(&self.mem, &bufs).unwrap();
         let limit = GpuLimits::default().max_backing_entries;
-        let written = process_chain(&mut self.backend, &self.mem, chain, limit);
+        let written = process_chain(&mut self.backend, &self.mem, &chain, limit);
         let mut out = vec![0u8; resp_len as usize];
         self.mem
             .read_slice(&mut out, GuestAddress(RESP_ADDR))
@@ -758,4 +745,21 @@ fn fuzz_command_parser() {
         deep_ok.get()
     );
     assert!(deep_ok.get() > 0, "the fuzzer never got past validation");
+}
+
+/// The hostile-ring property every device passes through its `DeviceQueue`, on the control
+/// and cursor queues.
+#[test]
+fn fuzz_gpu_hostile_rings() {
+    let limits = GpuLimits::default();
+    let spec = GpuSpec {
+        width: 64,
+        height: 64,
+        dpi: 320,
+    };
+    let backend = Backend2d::new(spec, limits, test_export(64, 64));
+    let mut dev = super::VirtioGpu::with_backend(Box::new(backend), limits);
+    cloudphone_virtio::testing::hostile::fuzz_worker("gpu_chains", 1000, 2, |a| {
+        cloudphone_virtio::VirtioDevice::worker(&mut dev, a).unwrap()
+    });
 }

@@ -153,7 +153,7 @@ impl ConfigSpace {
         image[1] = self.subsel;
         image[2] = payload.len() as u8;
         image[DATA_OFFSET..DATA_OFFSET + payload.len()].copy_from_slice(&payload);
-        crate::config_space::read_config_bytes(&image, offset, data);
+        cloudphone_virtio::read_config_bytes(&image, offset, data);
     }
 
     /// Writes to `select` (offset 0) and `subsel` (offset 1) take effect; others are ignored.

@@ -7,15 +7,13 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
-    WorkerContext, WorkerHandler,
+    ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
+    VirtioInterrupt, WorkerContext, WorkerHandler,
 };
-use virtio_queue::Writer;
 use vmm_sys_util::epoll::EventSet;
 
 use super::config::{ConfigSpace, InputProfile};
 use super::handle::EventQueue;
-use crate::queue::DeviceQueue;
 
 const DEVICE_TYPE_INPUT: u32 = 18;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -31,16 +29,19 @@ pub struct VirtioInput {
     profile: InputProfile,
     config: ConfigSpace,
     events: Arc<EventQueue>,
-    worker: Option<DeviceWorker>,
+    /// `virtio-input-<name>`, one worker thread per input device.
+    worker_name: String,
+    common: VirtioCommon,
 }
 
 impl VirtioInput {
     pub(crate) fn new(profile: InputProfile, events: Arc<EventQueue>) -> Self {
         Self {
+            worker_name: format!("virtio-input-{}", profile.name),
             profile,
             config: ConfigSpace::default(),
             events,
-            worker: None,
+            common: VirtioCommon::new(DEVICE_TYPE_INPUT, &QUEUE_SIZES, VIRTIO_F_VERSION_1),
         }
     }
 
@@ -51,19 +52,7 @@ impl VirtioInput {
 }
 
 impl VirtioDevice for VirtioInput {
-    fn device_type(&self) -> u32 {
-        DEVICE_TYPE_INPUT
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn ack_features(&mut self, _features: u64) {}
+    cloudphone_virtio::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         self.config.read(&self.profile, offset, data);
@@ -73,30 +62,22 @@ impl VirtioDevice for VirtioInput {
         self.config.write(offset, data);
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        ActivateError::check_queue_count(QUEUE_SIZES.len(), &queues)?;
-        let worker = InputWorker {
-            mem,
-            queues: queues.into_iter().map(DeviceQueue::new).collect(),
+    fn worker_name(&self) -> &str {
+        &self.worker_name
+    }
+
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let queues: [DeviceQueue; 2] = Activation::queue_array(a.queues)?;
+        Ok(Box::new(InputWorker {
+            mem: a.mem,
+            queues: queues.into(),
             events: self.events.clone(),
-            interrupt: interrupt.clone(),
-        };
-        let name = format!("virtio-input-{}", self.profile.name);
-        let worker = DeviceWorker::spawn(&name, worker, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("starting the {name} worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
+            interrupt: a.interrupt,
+        }))
     }
 
     fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.common.reset();
         self.config.reset();
         self.events.reset();
     }
@@ -113,10 +94,11 @@ impl InputWorker {
     /// Give the guest its status-queue buffers back (we have no LEDs to set).
     fn drain_status(&mut self) -> Result<(), String> {
         let q = &mut self.queues[STATUS_QUEUE];
-        while let Some(chain) = q.pop(&self.mem) {
-            q.complete(&self.mem, chain.head_index(), 0)?;
+        while let Some(chain) = q.pop(&self.mem)? {
+            q.add_used(&self.mem, chain.head(), 0)?;
         }
-        q.signal(&self.mem, self.interrupt.as_ref())
+        q.signal_used(&self.mem, self.interrupt.as_ref())?;
+        Ok(())
     }
 
     /// Move pending events into event-queue buffers while both exist.
@@ -124,33 +106,30 @@ impl InputWorker {
         let q = &mut self.queues[EVENT_QUEUE];
         let mut pending = self.events.lock();
         while let Some(event) = pending.events.front().copied() {
-            let Some(chain) = q.pop(&self.mem) else { break };
-            let head = chain.head_index();
-            let written = match Writer::new(&self.mem, chain) {
-                Ok(mut w) if w.available_bytes() >= EVENT_BYTES => {
-                    w.write_all(&event.to_bytes()).is_ok()
-                }
-                _ => false,
+            let Some(chain) = q.pop(&self.mem)? else {
+                break;
             };
+            let mut w = chain.writer(&self.mem);
+            let written =
+                w.available_bytes() >= EVENT_BYTES && w.write_all(&event.to_bytes()).is_ok();
             if written {
                 pending.events.pop_front();
-                q.complete(&self.mem, head, EVENT_BYTES as u32)?;
+                q.add_used(&self.mem, chain.head(), EVENT_BYTES as u32)?;
             } else {
-                tracing::warn!(
-                    "virtio-input: event buffer unusable (too small or outside memory); skipped"
-                );
-                q.complete(&self.mem, head, 0)?;
+                tracing::warn!("virtio-input: event buffer too small; skipped");
+                q.add_used(&self.mem, chain.head(), 0)?;
             }
         }
         drop(pending);
-        q.signal(&self.mem, self.interrupt.as_ref())
+        q.signal_used(&self.mem, self.interrupt.as_ref())?;
+        Ok(())
     }
 }
 
 impl WorkerHandler for InputWorker {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
         for (token, q) in self.queues.iter().enumerate() {
-            ctx.add(q.inner.notify.as_raw_fd(), EventSet::IN, token as u64)?;
+            q.watch(ctx, token as u64)?;
         }
         ctx.add(self.events.wake.as_raw_fd(), EventSet::IN, WAKE_TOKEN)
     }
@@ -180,7 +159,7 @@ impl WorkerHandler for InputWorker {
 mod tests {
     use super::*;
     use crate::input::handle::InputEvent;
-    use cloudphone_virtio::InterruptCause;
+    use cloudphone_virtio::{ActivatedQueue, InterruptCause};
     use std::sync::atomic::{AtomicU32, Ordering};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -246,5 +225,17 @@ mod tests {
         assert_eq!(bytes, InputEvent::new(1, 172, 1).to_bytes());
         assert!(events.lock().events.is_empty());
         assert_eq!(irq.0.load(Ordering::SeqCst), 1, "one interrupt per batch");
+    }
+
+    /// The hostile-ring property every device passes through its `DeviceQueue`, on the event
+    /// queue (with an event waiting, so chains are written) and the status queue.
+    #[test]
+    fn fuzz_input_hostile_rings() {
+        let events = Arc::new(EventQueue::new().unwrap());
+        let mut dev = VirtioInput::new(InputProfile::keyboard(), events.clone());
+        cloudphone_virtio::testing::hostile::fuzz_worker("input_chains", 1000, 2, |a| {
+            events.lock().events.push_back(InputEvent::new(1, 172, 1));
+            dev.worker(a).unwrap()
+        });
     }
 }

@@ -5,13 +5,12 @@
 use std::io::ErrorKind;
 use std::sync::Arc;
 
-use cloudphone_virtio::{GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
+use cloudphone_virtio::{DeviceQueue, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
 use vmm_sys_util::epoll::EventSet;
 
 use super::iov::{Gathered, GuestFrame, IovScratch};
 use super::rx::{RxBuffers, RxTarget};
 use super::{NetBackend, MAX_BUFFER_LEN, VNET_HDR_LEN};
-use crate::queue::DeviceQueue;
 
 const RX_TOKEN: u64 = 0;
 const TX_TOKEN: u64 = 1;
@@ -200,10 +199,10 @@ impl NetHandler {
     fn process_tx(&mut self) -> Result<(), String> {
         let mem = &self.mem;
         let mut used = false;
-        while let Some(chain) = self.tx.pop_chain(mem)? {
-            let head = chain.head_index();
+        while let Some(chain) = self.tx.pop(mem)? {
+            let head = chain.head();
             let gathered =
-                GuestFrame::gather(mem, chain, &mut self.tx_iov, VNET_HDR_LEN, MAX_BUFFER_LEN)?;
+                GuestFrame::gather(mem, &chain, &mut self.tx_iov, VNET_HDR_LEN, MAX_BUFFER_LEN)?;
             match gathered {
                 Gathered::Frame(frame) => {
                     if let Err(e) = self.backend.send(&frame) {

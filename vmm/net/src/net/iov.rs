@@ -3,8 +3,7 @@
 
 use std::marker::PhantomData;
 
-use cloudphone_virtio::GuestMemory;
-use virtio_queue::DescriptorChain;
+use cloudphone_virtio::{Chain, GuestMemory};
 use vm_memory::GuestMemoryBackend;
 
 /// Most iovecs one `writev` takes (Linux UIO_MAXIOV); a frame needing more is dropped.
@@ -50,12 +49,12 @@ impl<'a> GuestFrame<'a> {
     /// descriptor outside guest memory) mean the driver is broken or hostile.
     pub(crate) fn gather(
         mem: &'a GuestMemory,
-        chain: DescriptorChain<&'a GuestMemory>,
+        chain: &Chain,
         scratch: &'a mut IovScratch,
         min: usize,
         max: usize,
     ) -> Result<Gathered<'a>, String> {
-        let head = chain.head_index();
+        let head = chain.head();
         let iov = scratch.start();
         let mut len = 0usize;
         for desc in chain.readable() {

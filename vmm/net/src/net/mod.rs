@@ -10,7 +10,7 @@ use std::io;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, VirtioCommon, VirtioDevice, WorkerHandler,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
@@ -81,10 +81,8 @@ pub struct Net {
     // Identity and backend, kept across resets.
     backend: Arc<dyn NetBackend>,
     mac: MacAddr,
-    // Negotiation state.
-    acked_features: u64,
-    // Running state (present while activated).
-    worker: Option<DeviceWorker>,
+    // Negotiation and running state.
+    common: VirtioCommon,
 }
 
 impl Net {
@@ -100,8 +98,11 @@ impl Net {
         Net {
             backend,
             mac,
-            acked_features: 0,
-            worker: None,
+            common: VirtioCommon::new(
+                virtio_bindings::virtio_ids::VIRTIO_ID_NET,
+                &QUEUE_SIZES,
+                offered_features(),
+            ),
         }
     }
 
@@ -116,69 +117,32 @@ impl Net {
         config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         config
     }
-
-    fn acked(&self, bit: u32) -> bool {
-        self.acked_features & (1u64 << bit) != 0
-    }
 }
 
 impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        virtio_bindings::virtio_ids::VIRTIO_ID_NET
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        offered_features()
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & offered_features();
-    }
+    cloudphone_virtio::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::queue::read_config_bytes(&self.config_bytes(), offset, data);
+        read_config_bytes(&self.config_bytes(), offset, data);
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        let [rx, tx]: [ActivatedQueue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<_>| ActivateError::QueueCount {
-                    expected: 2,
-                    got: q.len(),
-                })?;
+    fn worker_name(&self) -> &str {
+        "virtio-net"
+    }
+
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let [rx, tx] = Activation::queue_array(a.queues)?;
         self.backend
-            .set_offload(self.acked_features)
+            .set_offload(self.common.acked_features())
             .map_err(|e| ActivateError::Backend(format!("cannot set TAP offloads: {e}")))?;
-        let event_idx = self.acked(VIRTIO_RING_F_EVENT_IDX);
-        let handler = NetHandler::new(
-            mem,
-            interrupt.clone(),
+        Ok(Box::new(NetHandler::new(
+            a.mem,
+            a.interrupt,
             self.backend.clone(),
-            crate::queue::DeviceQueue::new(rx, event_idx),
-            crate::queue::DeviceQueue::new(tx, event_idx),
-            self.acked(VIRTIO_NET_F_MRG_RXBUF),
-        );
-        let worker = DeviceWorker::spawn("virtio-net", handler, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("cannot start the net worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
-        self.acked_features = 0;
+            rx,
+            tx,
+            self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF),
+        )))
     }
 }
 

@@ -10,6 +10,7 @@ use super::*;
 use crate::testutil::{
     guest_memory, interrupt, peek, poke, Buf, DgramBackend, TestInterrupt, TestQueue,
 };
+use cloudphone_virtio::GuestMemory;
 
 const RX_RING: u64 = 0x0;
 const TX_RING: u64 = 0x10000;
@@ -499,4 +500,15 @@ fn rx_chain_too_small_for_a_header_is_returned_unused() {
     r.wire.send(&f).unwrap();
     assert_eq!(r.rx.wait_used(2), vec![(tiny, 0), (ok, 200)]);
     assert_eq!(&peek(&mem, BUFS + 0x1000 + 12, 188)[..], &f[12..]);
+}
+
+/// The hostile-ring property every device passes through its `DeviceQueue`, on rx and tx.
+#[test]
+fn fuzz_net_hostile_rings() {
+    let (backend, _wire) = DgramBackend::pair();
+    let mut net = Net::with_backend(backend, MAC);
+    net.ack_features(net.features());
+    cloudphone_virtio::testing::hostile::fuzz_worker("net_chains", 1000, 2, |a| {
+        net.worker(a).unwrap()
+    });
 }

@@ -4,13 +4,11 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use cloudphone_virtio::{GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
-use virtio_queue::{Reader, Writer};
+use cloudphone_virtio::{DeviceQueue, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
 use vmm_sys_util::epoll::EventSet;
 
 use super::muxer::{Muxer, LISTENER_TOKEN};
 use super::packet::{Header, HDR_LEN, MAX_PAYLOAD};
-use crate::queue::DeviceQueue;
 
 const RX_TOKEN: u64 = 0;
 const TX_TOKEN: u64 = 1;
@@ -76,12 +74,11 @@ impl VsockHandler {
                 self.tx_stalled = true;
                 break;
             }
-            let Some(chain) = self.tx.pop_chain(mem)? else {
+            let Some(chain) = self.tx.pop(mem)? else {
                 break;
             };
-            let head = chain.head_index();
-            let mut reader = Reader::new(mem, chain)
-                .map_err(|e| format!("vsock tx buffer {head} is outside guest memory: {e}"))?;
+            let head = chain.head();
+            let mut reader = chain.reader(mem);
             let available = reader.available_bytes();
             let mut raw = [0u8; HDR_LEN];
             if available < HDR_LEN {
@@ -129,12 +126,11 @@ impl VsockHandler {
         let mem = &self.mem;
         let mut delivered = false;
         while self.muxer.has_rx() {
-            let Some(chain) = self.rx.pop_chain(mem)? else {
+            let Some(chain) = self.rx.pop(mem)? else {
                 break;
             };
-            let head = chain.head_index();
-            let mut writer = Writer::new(mem, chain)
-                .map_err(|e| format!("vsock rx buffer {head} is outside guest memory: {e}"))?;
+            let head = chain.head();
+            let mut writer = chain.writer(mem);
             let capacity = writer.available_bytes();
             if capacity < HDR_LEN {
                 if self.warn.allow() {
@@ -150,7 +146,7 @@ impl VsockHandler {
             }
             let room = (capacity - HDR_LEN).min(MAX_PAYLOAD);
             let Some((hdr, len)) = self.muxer.next_rx(ctx, &mut self.buf[..room])? else {
-                self.rx.undo_pop(1);
+                self.rx.undo_pop();
                 break;
             };
             writer
@@ -172,12 +168,11 @@ impl VsockHandler {
             return Ok(());
         }
         let mem = &self.mem;
-        let Some(chain) = self.event.pop_chain(mem)? else {
+        let Some(chain) = self.event.pop(mem)? else {
             return Ok(());
         };
-        let head = chain.head_index();
-        let mut writer = Writer::new(mem, chain)
-            .map_err(|e| format!("vsock event buffer {head} is outside guest memory: {e}"))?;
+        let head = chain.head();
+        let mut writer = chain.writer(mem);
         let event = EVENT_TRANSPORT_RESET.to_le_bytes();
         let len = if writer.available_bytes() >= event.len() {
             writer
@@ -195,7 +190,8 @@ impl VsockHandler {
         };
         self.event.add_used(mem, head, len)?;
         self.reset_event_pending = false;
-        self.event.signal_used(mem, self.interrupt.as_ref())
+        self.event.signal_used(mem, self.interrupt.as_ref())?;
+        Ok(())
     }
 }
 

@@ -13,14 +13,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, VirtioCommon, VirtioDevice, WorkerHandler,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 pub use spec::{VsockSpec, VsockSpecError};
 
-use crate::queue::DeviceQueue;
 use handler::VsockHandler;
 use muxer::Muxer;
 
@@ -52,10 +51,8 @@ pub struct Vsock {
     cid: u64,
     uds: PathBuf,
     listener: Arc<UnixListener>,
-    // Negotiation state.
-    acked_features: u64,
-    // Running state.
-    worker: Option<DeviceWorker>,
+    // Negotiation and running state.
+    common: VirtioCommon,
     /// Whether the device was activated before: a re-activation announces a transport reset.
     activated_before: bool,
 }
@@ -80,8 +77,7 @@ impl Vsock {
             cid: spec.cid,
             uds: spec.uds.clone(),
             listener: Arc::new(listener),
-            acked_features: 0,
-            worker: None,
+            common: VirtioCommon::new(VIRTIO_ID_VSOCK, &QUEUE_SIZES, offered_features()),
             activated_before: false,
         })
     }
@@ -99,56 +95,23 @@ fn offered_features() -> u64 {
 }
 
 impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        offered_features()
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & offered_features();
-    }
+    cloudphone_virtio::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::queue::read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let event_idx = self.acked_features & 1u64 << VIRTIO_RING_F_EVENT_IDX != 0;
-        let queues: [DeviceQueue; 3] = queues
-            .into_iter()
-            .map(|q| DeviceQueue::new(q, event_idx))
-            .collect::<Vec<_>>()
-            .try_into()
-            .map_err(|_| ActivateError::QueueCount { expected: 3, got })?;
+    fn worker_name(&self) -> &str {
+        "virtio-vsock"
+    }
+
+    // Reset stops the worker, which drops its muxer: every host stream is closed.
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let queues = Activation::queue_array(a.queues)?;
         let muxer = Muxer::new(self.cid, self.uds.clone(), self.listener.clone());
-        let handler =
-            VsockHandler::new(mem, interrupt.clone(), queues, muxer, self.activated_before);
-        let worker = DeviceWorker::spawn("virtio-vsock", handler, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("cannot start the vsock worker: {e}")))?;
-        self.worker = Some(worker);
+        let handler = VsockHandler::new(a.mem, a.interrupt, queues, muxer, self.activated_before);
         self.activated_before = true;
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        // Stopping the worker drops the muxer: every host stream is closed.
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
-        self.acked_features = 0;
+        Ok(Box::new(handler))
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::packet::*;
 use super::*;
 use crate::testutil::{guest_memory, interrupt, peek, poke, Buf, TestInterrupt, TestQueue};
+use cloudphone_virtio::GuestMemory;
 
 const GUEST_CID: u64 = 3;
 const RX_BUFS: u64 = 0x100000;
@@ -645,4 +646,20 @@ fn fuzz_vsock_tx_packets() {
         },
     );
     assert!(!guest.borrow().irq.needs_reset());
+}
+
+/// The hostile-ring property every device passes through its `DeviceQueue`, on rx, tx and
+/// event queues.
+#[test]
+fn fuzz_vsock_hostile_rings() {
+    let dir = SockDir::new();
+    let mut dev = Vsock::new(&VsockSpec {
+        cid: GUEST_CID,
+        uds: dir.uds(),
+    })
+    .unwrap();
+    dev.ack_features(dev.features());
+    cloudphone_virtio::testing::hostile::fuzz_worker("vsock_chains", 1000, 3, |a| {
+        dev.worker(a).unwrap()
+    });
 }

@@ -2,20 +2,16 @@
 //! multiport control protocol.
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use virtio_queue::Queue;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::control::{
     ControlMsg, CONSOLE_PORT, DEVICE_ADD, DEVICE_READY, HEADER_LEN, PORT_NAME, PORT_OPEN,
     PORT_READY,
 };
 use super::port::{Flush, Port};
-use crate::queue::{complete_chain, gather, pop_chain, scatter};
-use crate::{GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
+use crate::{DeviceQueue, GuestMemory, VirtioInterrupt, WorkerContext, WorkerHandler};
 
 /// Largest chunk moved per request in either direction (bounds host buffers; the guest
 /// just sends or receives the rest in the next request).
@@ -61,11 +57,6 @@ pub(super) fn lock_ports(ports: &Mutex<Vec<Port>>) -> MutexGuard<'_, Vec<Port>> 
     ports.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) struct QueueSlot {
-    pub(crate) queue: Queue,
-    pub(crate) notify: EventFd,
-}
-
 #[derive(Default)]
 struct PortState {
     guest_ready: bool,
@@ -76,7 +67,7 @@ struct PortState {
 pub(crate) struct ConsoleHandler {
     mem: GuestMemory,
     interrupt: Arc<dyn VirtioInterrupt>,
-    queues: Vec<Option<QueueSlot>>,
+    queues: Vec<Option<DeviceQueue>>,
     ports: Arc<Mutex<Vec<Port>>>,
     state: Vec<PortState>,
     multiport: bool,
@@ -88,7 +79,7 @@ impl ConsoleHandler {
     pub(crate) fn new(
         mem: GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<Option<QueueSlot>>,
+        queues: Vec<Option<DeviceQueue>>,
         ports: Arc<Mutex<Vec<Port>>>,
         multiport: bool,
     ) -> Self {
@@ -118,7 +109,7 @@ impl ConsoleHandler {
         }
     }
 
-    fn slot(&mut self, queue: usize) -> Option<&mut QueueSlot> {
+    fn slot(&mut self, queue: usize) -> Option<&mut DeviceQueue> {
         self.queues.get_mut(queue).and_then(Option::as_mut)
     }
 
@@ -142,10 +133,10 @@ impl ConsoleHandler {
             let Some(slot) = self.queues.get_mut(CTRL_RX).and_then(Option::as_mut) else {
                 return Ok(());
             };
-            let Some((head, descs)) = pop_chain(CTRL_RX as u16, &mut slot.queue, &mem)? else {
+            let Some(chain) = slot.pop(&mem)? else {
                 return Ok(());
             };
-            let written = scatter(&mem, &descs, msg)?;
+            let written = chain.scatter(&mem, msg)?;
             if (written as usize) < msg.len() {
                 tracing::warn!(
                     written,
@@ -153,14 +144,7 @@ impl ConsoleHandler {
                     "control buffer too small; message truncated"
                 );
             }
-            complete_chain(
-                CTRL_RX as u16,
-                &mut slot.queue,
-                &mem,
-                interrupt.as_ref(),
-                head,
-                written,
-            )?;
+            slot.complete(&mem, interrupt.as_ref(), chain.head(), written)?;
             self.control_out.pop_front();
         }
         Ok(())
@@ -171,20 +155,14 @@ impl ConsoleHandler {
         let interrupt = self.interrupt.clone();
         let mut msgs = Vec::new();
         if let Some(slot) = self.slot(CTRL_TX) {
-            while let Some((head, descs)) = pop_chain(CTRL_TX as u16, &mut slot.queue, &mem)? {
+            while let Some(chain) = slot.pop(&mem)? {
+                let head = chain.head();
                 let mut bytes = Vec::with_capacity(HEADER_LEN);
-                gather(&mem, &descs, HEADER_LEN, &mut bytes)?;
+                chain.gather(&mem, HEADER_LEN, &mut bytes)?;
                 let msg = ControlMsg::parse(&bytes).ok_or_else(|| {
                     format!("console control message {head} is {} bytes, shorter than its 8-byte header", bytes.len())
                 })?;
-                complete_chain(
-                    CTRL_TX as u16,
-                    &mut slot.queue,
-                    &mem,
-                    interrupt.as_ref(),
-                    head,
-                    0,
-                )?;
+                slot.complete(&mem, interrupt.as_ref(), head, 0)?;
                 msgs.push(msg);
             }
         }
@@ -250,12 +228,12 @@ impl ConsoleHandler {
                 return Ok(());
             };
             while !pending.is_empty() {
-                let Some((head, descs)) = pop_chain(q as u16, &mut slot.queue, &mem)? else {
+                let Some(chain) = slot.pop(&mem)? else {
                     break;
                 };
-                let n = scatter(&mem, &descs, &pending)?;
+                let n = chain.scatter(&mem, &pending)?;
                 pending.drain(..n as usize);
-                complete_chain(q as u16, &mut slot.queue, &mem, interrupt.as_ref(), head, n)?;
+                slot.complete(&mem, interrupt.as_ref(), chain.head(), n)?;
             }
             Ok::<(), String>(())
         })();
@@ -394,11 +372,11 @@ impl ConsoleHandler {
             let Some(slot) = self.queues.get_mut(q).and_then(Option::as_mut) else {
                 break;
             };
-            let Some((head, descs)) = pop_chain(q as u16, &mut slot.queue, &mem)? else {
+            let Some(chain) = slot.pop(&mem)? else {
                 break;
             };
             data.clear();
-            let offered = gather(&mem, &descs, MAX_CHUNK, &mut data)?;
+            let offered = chain.gather(&mem, MAX_CHUNK, &mut data)?;
             if offered > MAX_CHUNK as u64 {
                 tracing::warn!(
                     port,
@@ -409,7 +387,7 @@ impl ConsoleHandler {
             // Output first, then return the buffer: once the guest sees it used, its bytes
             // are out (ordering with emergency writes and with other ports holds).
             let flushed = lock_ports(&self.ports)[port].write_output(&data);
-            complete_chain(q as u16, &mut slot.queue, &mem, interrupt.as_ref(), head, 0)?;
+            slot.complete(&mem, interrupt.as_ref(), chain.head(), 0)?;
             if flushed == Flush::Disconnected {
                 return self.disconnect(ctx, port);
             }
@@ -423,7 +401,7 @@ impl WorkerHandler for ConsoleHandler {
     fn init(&mut self, ctx: &WorkerContext) -> std::io::Result<()> {
         for (index, slot) in self.queues.iter().enumerate() {
             if let Some(slot) = slot {
-                ctx.add(slot.notify.as_raw_fd(), EventSet::IN, index as u64)?;
+                slot.watch(ctx, index as u64)?;
             }
         }
         let ports = self.ports();
@@ -450,8 +428,7 @@ impl WorkerHandler for ConsoleHandler {
             _ => {}
         }
         if let Some(slot) = self.slot(index) {
-            // EAGAIN on a spurious wakeup is harmless: the rings are checked anyway.
-            let _ = slot.notify.read();
+            slot.ack_notify();
         }
         match role(index) {
             Role::ControlRx => self.flush_control(),

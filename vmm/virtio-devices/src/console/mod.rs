@@ -15,13 +15,14 @@ use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 pub use control::ControlMsg;
-use handler::{lock_ports, ConsoleHandler, QueueSlot};
+use handler::{lock_ports, ConsoleHandler};
 use port::Port;
 pub use port::{PortBackend, PortConfig, PortError};
 pub use spec::{ports_from_specs, ConsoleSpec, SpecError, MAX_NAME_LEN};
 
 use crate::{
-    ActivateError, ActivatedQueue, DeviceWorker, GuestMemory, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateError, Activation, DeviceQueue, VirtioCommon, VirtioDevice,
+    WorkerHandler,
 };
 
 /// Virtio device type of the console.
@@ -50,9 +51,7 @@ pub enum ConsoleError {
 /// The console device.
 pub struct Console {
     ports: Arc<Mutex<Vec<Port>>>,
-    queue_sizes: Vec<u16>,
-    acked: u64,
-    worker: Option<DeviceWorker>,
+    common: VirtioCommon,
 }
 
 impl Console {
@@ -67,51 +66,41 @@ impl Console {
             .enumerate()
             .map(|(i, cfg)| Port::open(i, cfg))
             .collect::<Result<Vec<_>, _>>()?;
+        let queue_sizes = vec![QUEUE_SIZE; 2 * ports.len() + 2];
         Ok(Self {
-            queue_sizes: vec![QUEUE_SIZE; 2 * ports.len() + 2],
             ports: Arc::new(Mutex::new(opened)),
-            acked: 0,
-            worker: None,
+            common: VirtioCommon::new(
+                VIRTIO_ID_CONSOLE,
+                &queue_sizes,
+                VIRTIO_CONSOLE_F_MULTIPORT
+                    | VIRTIO_CONSOLE_F_EMERG_WRITE
+                    | 1 << VIRTIO_RING_F_EVENT_IDX,
+            ),
         })
     }
 
     fn num_ports(&self) -> usize {
-        self.queue_sizes.len() / 2 - 1
+        self.queue_max_sizes().len() / 2 - 1
+    }
+
+    fn acked(&self, feature: u64) -> bool {
+        self.common.acked_features() & feature != 0
     }
 }
 
 impl VirtioDevice for Console {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_CONSOLE
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
-    }
-
-    fn features(&self) -> u64 {
-        VIRTIO_CONSOLE_F_MULTIPORT | VIRTIO_CONSOLE_F_EMERG_WRITE | 1 << VIRTIO_RING_F_EVENT_IDX
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked = features;
-    }
+    crate::virtio_common!(common);
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // cols, rows (0: unknown), max_nr_ports, emerg_wr (write-only, reads 0).
         let mut config = [0u8; 12];
         let at = CONFIG_MAX_NR_PORTS as usize;
         config[at..at + 4].copy_from_slice(&(self.num_ports() as u32).to_le_bytes());
-        data.fill(0);
-        let start = offset.min(config.len() as u64) as usize;
-        let end = (start + data.len()).min(config.len());
-        data[..end - start].copy_from_slice(&config[start..end]);
+        read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        if offset == CONFIG_EMERG_WR
-            && data.len() == 4
-            && self.acked & VIRTIO_CONSOLE_F_EMERG_WRITE != 0
+        if offset == CONFIG_EMERG_WR && data.len() == 4 && self.acked(VIRTIO_CONSOLE_F_EMERG_WRITE)
         {
             lock_ports(&self.ports)[0].emergency_write(data[0]);
         } else {
@@ -123,43 +112,31 @@ impl VirtioDevice for Console {
         }
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        interrupt: Arc<dyn VirtioInterrupt>,
-        queues: Vec<ActivatedQueue>,
-    ) -> Result<(), ActivateError> {
-        let multiport = self.acked & VIRTIO_CONSOLE_F_MULTIPORT != 0;
+    fn worker_name(&self) -> &str {
+        "virtio-console"
+    }
+
+    /// Each queue goes in the slot of its index; fails unless the queues the negotiated mode
+    /// needs (port 0, plus control with MULTIPORT) are all there.
+    fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
+        let multiport = self.acked(VIRTIO_CONSOLE_F_MULTIPORT);
         let needed = if multiport { 4 } else { 2 };
-        let mut slots: Vec<Option<QueueSlot>> = (0..self.queue_sizes.len()).map(|_| None).collect();
-        for q in queues {
-            if let Some(slot) = slots.get_mut(usize::from(q.index)) {
-                *slot = Some(QueueSlot {
-                    queue: q.queue,
-                    notify: q.notify,
-                });
+        let mut slots: Vec<Option<DeviceQueue>> =
+            (0..self.queue_max_sizes().len()).map(|_| None).collect();
+        for q in a.queues {
+            if let Some(slot) = slots.get_mut(usize::from(q.index())) {
+                *slot = Some(q);
             }
         }
         let got = slots.iter().take(needed).filter(|s| s.is_some()).count();
-        if got != needed {
-            return Err(ActivateError::QueueCount {
-                expected: needed,
-                got,
-            });
-        }
-        let handler =
-            ConsoleHandler::new(mem, interrupt.clone(), slots, self.ports.clone(), multiport);
-        let worker = DeviceWorker::spawn("virtio-console", handler, interrupt)
-            .map_err(|e| ActivateError::Backend(format!("cannot start the console worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            worker.stop();
-        }
-        self.acked = 0;
+        ActivateError::check_queue_count(needed, got)?;
+        Ok(Box::new(ConsoleHandler::new(
+            a.mem,
+            a.interrupt,
+            slots,
+            self.ports.clone(),
+            multiport,
+        )))
     }
 }
 

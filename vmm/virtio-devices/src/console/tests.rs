@@ -276,18 +276,20 @@ fn short_control_message_marks_needs_reset() {
 
 #[test]
 fn fuzz_console_hostile_rings_and_control_messages() {
-    use super::handler::{ConsoleHandler, QueueSlot};
+    use super::handler::ConsoleHandler;
     use super::port::Port;
-    use crate::test_util::{arb_ring, fuzz, memory_with, queue, RecordingInterrupt, DATA};
+    use crate::testing::hostile::{
+        arb_ring, device_queue, fuzz, memory_with, RecordingInterrupt, DATA,
+    };
+    use crate::DeviceQueue;
     use crate::WorkerContext;
     use crate::WorkerHandler;
     use proptest::prelude::*;
     use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::epoll::EventSet;
-    use vmm_sys_util::eventfd::EventFd;
 
-    let ctx = WorkerContext::for_tests().unwrap();
+    let ctx = WorkerContext::new().unwrap();
     let none = port(PortBackend::None, Some("n"), true);
     // Mostly well-formed control messages (small ids, known events) so the protocol paths
     // run, plus raw junk.
@@ -306,11 +308,8 @@ fn fuzz_console_hostile_rings_and_control_messages() {
             let mem = memory_with(&ring);
             mem.write_slice(&payload, GuestAddress(DATA)).unwrap();
             let ports = vec![Port::open(0, &none).unwrap(), Port::open(1, &none).unwrap()];
-            let mut queues: Vec<Option<QueueSlot>> = (0..6).map(|_| None).collect();
-            queues[q] = Some(QueueSlot {
-                queue: queue(event_idx),
-                notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            });
+            let mut queues: Vec<Option<DeviceQueue>> = (0..6).map(|_| None).collect();
+            queues[q] = Some(device_queue(q as u16, event_idx));
             let mut handler = ConsoleHandler::new(
                 mem,
                 Arc::new(RecordingInterrupt::default()),

@@ -6,10 +6,13 @@
 //!   config space and drives it only through BAR reads/writes.
 //! - [`CountingMsiSink`]: the VMM's MSI-X side, counting interrupts per vector.
 //! - [`TestHarness`]: ties them together for one device.
+//! - [`hostile`]: hostile split rings and [`hostile::fuzz_worker`], the property test every
+//!   device's worker runs through its [`DeviceQueue`](crate::DeviceQueue)s.
 //!
 //! See the crate documentation for an example.
 
 mod hal;
+pub mod hostile;
 mod sink;
 mod transport;
 

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::tests::{device, driver_ok, enable_msix, negotiate, r, setup_queue, w};
 use super::*;
-use crate::test_util::fuzz;
+use crate::testing::hostile::fuzz;
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -322,35 +322,32 @@ fn malformed_accesses_are_ignored() {
 
 #[test]
 fn construction_rejects_bad_devices() {
-    struct Bad(Vec<u16>);
+    struct Bad(crate::VirtioCommon);
     impl VirtioDevice for Bad {
-        fn device_type(&self) -> u32 {
-            4
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.0
-        }
-        fn features(&self) -> u64 {
-            0
-        }
-        fn ack_features(&mut self, _: u64) {}
+        crate::virtio_common!(0);
+
         fn read_config(&self, _: u64, data: &mut [u8]) {
             data.fill(0);
         }
-        fn activate(
-            &mut self,
-            _: GuestMemory,
-            _: Arc<dyn VirtioInterrupt>,
-            _: Vec<ActivatedQueue>,
-        ) -> Result<(), crate::ActivateError> {
-            Ok(())
+        fn worker_name(&self) -> &str {
+            "bad"
         }
-        fn reset(&mut self) {}
+        fn worker(
+            &mut self,
+            _: crate::Activation,
+        ) -> Result<Box<dyn crate::WorkerHandler>, crate::ActivateError> {
+            Err(crate::ActivateError::Backend("never activated".into()))
+        }
     }
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
     let sink = Arc::new(CountingMsiSink::default());
     let build = |sizes: Vec<u16>| {
-        VirtioPciDevice::new(Box::new(Bad(sizes)), mem.clone(), sink.clone()).err()
+        VirtioPciDevice::new(
+            Box::new(Bad(crate::VirtioCommon::new(4, &sizes, 0))),
+            mem.clone(),
+            sink.clone(),
+        )
+        .err()
     };
     assert!(matches!(build(vec![]), Some(TransportError::QueueCount(0))));
     assert!(matches!(
