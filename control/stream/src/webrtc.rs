@@ -300,7 +300,8 @@ fn rtc_error(e: str0m::RtcError) -> StreamError {
 pub(crate) mod tests {
     use super::*;
     use crate::codec::testing::phone_frame;
-    use crate::codec::{new_encoder, EncoderSettings};
+    use crate::codec::EncoderSettings;
+    use crate::encoders::new_encoder;
     use std::time::Duration;
     use str0m::media::Direction;
 
