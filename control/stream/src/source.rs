@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use cloudphone_display::{FramebufferInfo, MappedFramebuffer};
 use tokio::sync::mpsc;
 
+use crate::input::VmmInput;
 use crate::relay::client;
 use crate::relay::wire::Mirror;
 use crate::vmm_api::{DamageEvent, VmmApi};
@@ -100,8 +101,10 @@ impl Screen {
         }
     }
 
-    /// `PUT /input` on the VMM.
-    pub(crate) async fn put_input(&self, body: String) -> Result<(), StreamError> {
+    /// `PUT /input` on the VMM: the one place typed input becomes the JSON body the API takes.
+    pub(crate) async fn put_input(&self, input: &VmmInput) -> Result<(), StreamError> {
+        let body = serde_json::to_string(input)
+            .map_err(|e| StreamError::Vmm(format!("input {input:?} not serializable: {e}")))?;
         self.api.put_input(body).await
     }
 }
