@@ -4,9 +4,9 @@
 //! `Arc<EncodedFrame>` goes to every viewer of that codec. Nothing is encoded while no viewer is
 //! connected or the screen is idle. Only viewers granted input may touch the phone.
 //!
-//! One concern per file: [`registry`] (the hub: phone id → running stream), [`phone`] (the
-//! per-phone actor: viewers, damage, pacing, bitrate, fan-out), [`encoding`] (convert once,
-//! encode per codec), [`stats`] (counters and latency windows) and [`input`] (typed input from
+//! One concern per file: `registry` (the hub: phone id → running stream), `phone` (the
+//! per-phone actor: viewers, damage, pacing, bitrate, fan-out), `encoding` (convert once,
+//! encode per codec), `stats` (counters and latency windows) and `input` (typed input from
 //! the lease holder, forwarded to the VMM in order).
 
 mod encoding;
