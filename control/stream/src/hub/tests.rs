@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::phone::REFRESH_AFTER;
 use super::{StreamHub, StreamStats, ViewerOptions};
 use crate::fake_vmm::{until, FakeVmm};
+use crate::input::BrowserInput;
 use crate::source::ScreenSource;
 use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use crate::{Codec, EncodedFrame};
@@ -154,6 +155,15 @@ async fn one_encoder_for_two_viewers_encodes_only_after_damage() {
     assert_eq!(inputs[1], serde_json::json!({"key":"BACK","down":true}));
     assert_eq!(count(&stats.input_dropped), 1);
     assert_eq!(count(&stats.input_forwarded), 2);
+
+    // A data-channel message that is not input is counted as dropped; nothing reaches the VMM.
+    let garbage = "not input".parse::<BrowserInput>().unwrap_err();
+    holder.send(ViewerEvent::BadInput(garbage)).await;
+    until("garbage counted as dropped", WAIT, || {
+        count(&stats.input_dropped) == 2
+    })
+    .await;
+    assert_eq!(vmm.inputs().len(), 2);
 
     // The phone redraws after the input: that wait is timed, as is every encode.
     vmm.damage();
