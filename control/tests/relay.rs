@@ -225,7 +225,7 @@ async fn agent_relay_streams_frames_and_forwards_input() {
     }
     events
         .send(ViewerEvent::Input(
-            r#"{"type":"key","key":"BACK","down":true}"#.into(),
+            r#"{"type":"key","key":"BACK","down":true}"#.parse().unwrap(),
         ))
         .await
         .unwrap();

@@ -95,10 +95,11 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
 
     // Time passes: a resumed guest must not keep the snapshot's wall clock.
     std::thread::sleep(Duration::from_secs(8));
-    let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(snap.join("memory")).unwrap());
+    let blocks =
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(snap.join("memory")).unwrap());
     eprintln!(
         "snapshot: memory file holds {} MiB of {MEMORY_MIB} MiB (zero pages are holes)",
-        blocks * 512 >> 20
+        (blocks * 512) >> 20
     );
     let started = std::time::Instant::now();
     let mut clones: Vec<VmProcess> = (0..CLONES)
@@ -111,7 +112,12 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
             started.elapsed(),
             clock - now_s()
         );
-        assert_eq!(secret, at_snapshot.2, "clone {i} lost its RAM\n{}", clone.diagnostics());
+        assert_eq!(
+            secret,
+            at_snapshot.2,
+            "clone {i} lost its RAM\n{}",
+            clone.diagnostics()
+        );
         assert!(
             n <= at_snapshot.0 + 40,
             "clone {i} did not continue from tick {} (got {n})",
@@ -135,7 +141,9 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
         assert_eq!(code, 200, "{text}");
     }
     for clone in clones.iter_mut() {
-        clone.wait_for_line("POWER_BUTTON_SEEN", RESUME_TIMEOUT).unwrap();
+        clone
+            .wait_for_line("POWER_BUTTON_SEEN", RESUME_TIMEOUT)
+            .unwrap();
         clone.assert_exit(0, RESUME_TIMEOUT);
     }
 
@@ -151,11 +159,18 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
     let mut bad = restore("bad-checksum", &corrupt, &[]);
     bad.assert_exit(2, RESUME_TIMEOUT);
     let log = bad.vmm_log();
-    assert!(log.contains("corrupt") && log.contains(&state_name(&corrupt)), "{log}");
+    assert!(
+        log.contains("corrupt") && log.contains(&state_name(&corrupt)),
+        "{log}"
+    );
     std::fs::write(corrupt.join("state"), &bytes[..bytes.len() / 2]).unwrap();
     let mut truncated = restore("truncated", &corrupt, &[]);
     truncated.assert_exit(2, RESUME_TIMEOUT);
-    assert!(truncated.vmm_log().contains("truncated"), "{}", truncated.vmm_log());
+    assert!(
+        truncated.vmm_log().contains("truncated"),
+        "{}",
+        truncated.vmm_log()
+    );
     std::fs::copy(&state, corrupt.join("state")).unwrap();
     std::fs::File::options()
         .write(true)
@@ -168,7 +183,9 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
     assert!(short.vmm_log().contains("memory"), "{}", short.vmm_log());
     let mut mixed = restore("with-memory", &snap, &["--memory", "512"]);
     mixed.assert_exit(2, RESUME_TIMEOUT);
-    assert!(mixed.vmm_log().contains("--memory cannot be combined with --restore"));
+    assert!(mixed
+        .vmm_log()
+        .contains("--memory cannot be combined with --restore"));
     let _ = std::fs::remove_dir_all(&snap);
     let _ = std::fs::remove_dir_all(&corrupt);
 }

@@ -415,10 +415,7 @@ impl Vm {
                 (mem, None, Some(snapshot))
             }
         };
-        let legacy = start
-            .as_ref()
-            .map(|s| s.legacy.clone())
-            .unwrap_or_default();
+        let legacy = start.as_ref().map(|s| s.legacy.clone()).unwrap_or_default();
 
         let exit = Arc::new(ExitSignal::default());
         let ctx = Arc::new(VcpuContext::new(exit.clone()));
@@ -454,7 +451,9 @@ impl Vm {
         let pending = match (boot, start) {
             (Some(boot), _) => create_vcpus(kvm, &vm, &ctx, config.cpus, VcpuStart::Boot(boot))?,
             (None, Some(snap)) => {
-                snap.vm.restore(&vm).context("restoring the VM's interrupt controllers and clock")?;
+                snap.vm
+                    .restore(&vm)
+                    .context("restoring the VM's interrupt controllers and clock")?;
                 let n = snap.vcpus.len() as u8;
                 create_vcpus(kvm, &vm, &ctx, n, VcpuStart::Restore(&snap.vcpus))?
             }

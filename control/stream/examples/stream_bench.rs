@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use cloudphone_stream::codec::{new_encoder, psnr, Codec, EncoderSettings};
+use cloudphone_stream::codec::{psnr, Codec, EncoderSettings};
+use cloudphone_stream::encoders::new_encoder;
 use cloudphone_stream::{I420Frame, PixelLayout};
 
 const WIDTH: u32 = 720;

@@ -1,7 +1,7 @@
 //! Sending bitrate from the transport's feedback (RTCP receiver-report loss and REMB/TWCC
 //! estimates): back off quickly on loss, probe up slowly when the path is clean.
 
-use crate::h264::{MAX_BITRATE, MIN_BITRATE};
+use crate::codec::{MAX_BITRATE, MIN_BITRATE};
 
 /// Loss above this fraction means the link is congested.
 const CONGESTED_LOSS: f32 = 0.10;

@@ -2,12 +2,14 @@
 //! decodes in hardware) or VP8 (the fallback for browsers or networks where H.264 fails) and
 //! switch between them without caring which it holds.
 
-use crate::h264::{EncodedFrame, H264Encoder};
-use crate::vp8::Vp8Encoder;
+use crate::frame::MAX_DIMENSION;
 use crate::{I420Frame, StreamError};
 
-/// Creation settings shared by every encoder (size, initial bitrate, fps cap).
-pub use crate::h264::H264Settings as EncoderSettings;
+/// Lowest bitrate (bits/s) any encoder is set to: below it a phone screen is unreadable, so
+/// congestion control stops lowering there.
+pub const MIN_BITRATE: u32 = 150_000;
+/// Highest bitrate (bits/s) any encoder is set to: more buys nothing visible on a phone screen.
+pub const MAX_BITRATE: u32 = 20_000_000;
 
 /// Which video codec an encoder produces (and so which RTP payload format carries it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -18,6 +20,67 @@ pub enum Codec {
     Vp8,
 }
 
+/// Creation settings shared by every encoder, so a stream can create either codec from the
+/// same screen; the bitrate changes later through [`VideoEncoder::set_bitrate`].
+#[derive(Clone, Copy, Debug)]
+pub struct EncoderSettings {
+    /// Frame width (even).
+    pub width: u32,
+    /// Frame height (even).
+    pub height: u32,
+    /// Initial target bitrate in bits/s.
+    pub bitrate: u32,
+    /// The profile's fps cap (also the rate-control frame rate).
+    pub max_fps: f32,
+}
+
+impl EncoderSettings {
+    /// The settings every encoder accepts (`codec` names it in errors): even, non-zero sizes
+    /// up to the frame limit (so a hostile size cannot make an encoder allocate gigabytes), a
+    /// real frame rate, and the bitrate clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`].
+    pub(crate) fn checked(self, codec: &str) -> Result<Self, StreamError> {
+        let (w, h) = (self.width, self.height);
+        if w == 0
+            || h == 0
+            || !w.is_multiple_of(2)
+            || !h.is_multiple_of(2)
+            || w > MAX_DIMENSION
+            || h > MAX_DIMENSION
+        {
+            return Err(StreamError::Geometry(format!(
+                "{w}x{h}: {codec} needs even, non-zero dimensions up to {MAX_DIMENSION}"
+            )));
+        }
+        if !self.max_fps.is_finite() {
+            return Err(StreamError::Geometry(format!(
+                "frame rate {} is not a number of frames per second",
+                self.max_fps
+            )));
+        }
+        Ok(Self {
+            bitrate: self.bitrate.clamp(MIN_BITRATE, MAX_BITRATE),
+            ..self
+        })
+    }
+
+    /// The bitrate a [`VideoEncoder::set_bitrate`] of `bps` switches to (clamped to
+    /// [`MIN_BITRATE`]..=[`MAX_BITRATE`]), or `None` when the encoder already runs at it.
+    pub(crate) fn retarget(&self, bps: u32) -> Option<u32> {
+        let bps = bps.clamp(MIN_BITRATE, MAX_BITRATE);
+        (bps != self.bitrate).then_some(bps)
+    }
+}
+
+/// One compressed frame, shared (behind an `Arc`) by every viewer of its codec so a frame is
+/// encoded once however many watch.
+pub struct EncodedFrame {
+    /// The codec's bitstream: Annex-B access unit for H.264 (SPS/PPS included on keyframes),
+    /// one raw frame for VP8.
+    pub data: Vec<u8>,
+    /// A frame a new viewer can start decoding from.
+    pub keyframe: bool,
+}
+
 /// What a stream needs from an encoder: frames in, compressed frames out, keyframes on demand
 /// and bitrate changes from the congestion controller.
 pub trait VideoEncoder: Send {
@@ -25,21 +88,11 @@ pub trait VideoEncoder: Send {
     fn codec(&self) -> Codec;
     /// Encode `frame` (same size as the settings the encoder was created with).
     fn encode(&mut self, frame: &I420Frame) -> Result<EncodedFrame, StreamError>;
-    /// Change the target bitrate in bits/s (clamped to the crate's bounds).
+    /// Change the target bitrate in bits/s (clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`]);
+    /// takes effect from the next frame, without a keyframe.
     fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError>;
     /// Make the next encoded frame a keyframe (a viewer joined, or PLI/FIR arrived).
     fn request_keyframe(&mut self);
-}
-
-/// Create an encoder for `codec`, boxed so the caller can swap codecs at runtime.
-pub fn new_encoder(
-    codec: Codec,
-    settings: EncoderSettings,
-) -> Result<Box<dyn VideoEncoder>, StreamError> {
-    Ok(match codec {
-        Codec::H264 => Box::new(H264Encoder::new(settings)?),
-        Codec::Vp8 => Box::new(Vp8Encoder::new(settings)?),
-    })
 }
 
 /// Peak signal-to-noise ratio of plane `b` against plane `a` in dB (99 when identical): how
@@ -119,103 +172,5 @@ pub(crate) mod testing {
             .fill_from(&phone_screen(w, h, shift), w * 4, PixelLayout::Bgrx)
             .unwrap();
         frame
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn factory_builds_each_codec_and_both_encode_keyframes_first() {
-        let settings = EncoderSettings {
-            width: 64,
-            height: 48,
-            bitrate: 500_000,
-            max_fps: 30.0,
-        };
-        let frame = I420Frame::new(64, 48).unwrap();
-        for codec in [Codec::H264, Codec::Vp8] {
-            let mut enc = new_encoder(codec, settings).unwrap();
-            assert_eq!(enc.codec(), codec);
-            let first = enc.encode(&frame).unwrap();
-            assert!(first.keyframe && !first.data.is_empty(), "{codec:?}");
-            assert!(!enc.encode(&frame).unwrap().keyframe, "{codec:?}");
-            enc.set_bitrate(300_000).unwrap();
-            enc.request_keyframe();
-            assert!(enc.encode(&frame).unwrap().keyframe, "{codec:?}");
-        }
-    }
-
-    /// Bits of one second at 30 fps of `scene` (frame `n` of a `w`×`h` stream): the encoder
-    /// starts at `initial` b/s, is retuned to `bitrate` after a second, and the third second is
-    /// counted (rate control has settled). Also returns how many frames after the first were
-    /// keyframes.
-    fn settled_bits(
-        codec: Codec,
-        (w, h): (u32, u32),
-        scene: fn(u32, u32, u32) -> I420Frame,
-        initial: u32,
-        bitrate: u32,
-    ) -> (usize, usize) {
-        let settings = EncoderSettings {
-            width: w,
-            height: h,
-            bitrate: initial,
-            max_fps: 30.0,
-        };
-        let mut enc = new_encoder(codec, settings).unwrap();
-        let (mut bits, mut keyframes) = (0, 0);
-        for n in 0..121 {
-            if n == 30 {
-                enc.set_bitrate(bitrate).unwrap();
-            }
-            let f = enc.encode(&scene(w, h, n)).unwrap();
-            keyframes += usize::from(f.keyframe && n > 0);
-            bits += if n >= 91 { f.data.len() * 8 } else { 0 };
-        }
-        (bits, keyframes)
-    }
-
-    /// Screen content at 720x1280 needs far more than these budgets unconstrained (the test
-    /// screen scrolls 8 rows a frame); VP8's lowest quality still needs more than H.264's, so
-    /// its budget is higher. The encoder starts generous and is retuned down, as congestion
-    /// control does: the stream goes on without a keyframe.
-    #[test]
-    fn rate_control_holds_the_bitrate_it_is_given() {
-        let scroll = |w, h, n| testing::phone_frame(w, h, n * 8);
-        for (codec, budget) in [(Codec::H264, 200_000), (Codec::Vp8, 600_000)] {
-            let (bits, keyframes) = settled_bits(codec, (720, 1280), scroll, 8_000_000, budget);
-            eprintln!("{codec:?}: {bits} bits/s at a {budget} b/s target");
-            assert_eq!(keyframes, 0, "{codec:?}: keyframes after a retune");
-            assert!(
-                bits * 2 <= budget as usize * 3,
-                "{codec:?}: {bits} bits in 1 s at a {budget} b/s target"
-            );
-        }
-    }
-
-    /// Congestion control retunes a running encoder, down and up: it settles where an encoder
-    /// created at the new bitrate would be. Noise is content whose size follows the budget
-    /// over this whole range (every frame is a scene change, so keyframes are not counted).
-    #[test]
-    fn retuned_encoder_settles_like_one_created_at_that_bitrate() {
-        let (low, high) = (1_000_000, 6_000_000);
-        for codec in [Codec::H264, Codec::Vp8] {
-            let bits = |from, to| settled_bits(codec, (320, 240), testing::noise_frame, from, to).0;
-            let (at_low, at_high) = (bits(low, low), bits(high, high));
-            let (down, up) = (bits(high, low), bits(low, high));
-            eprintln!("{codec:?}: {at_low} b/s at {low}, {at_high} at {high}; retuned down {down}, up {up}");
-            assert!(
-                at_high * 10 >= at_low * 13,
-                "{codec:?}: the budget makes no difference"
-            );
-            for (retuned, fresh) in [(down, at_low), (up, at_high)] {
-                assert!(
-                    retuned.abs_diff(fresh) * 5 <= fresh,
-                    "{codec:?}: retuned {retuned} b/s, created at that bitrate {fresh}"
-                );
-            }
-        }
     }
 }

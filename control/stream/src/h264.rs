@@ -9,41 +9,14 @@ use openh264_sys2::{
     SBitrateInfo, ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, SPATIAL_LAYER_0,
 };
 
-use crate::frame::MAX_DIMENSION;
+use crate::codec::{Codec, EncodedFrame, EncoderSettings, VideoEncoder};
 use crate::{I420Frame, StreamError};
-
-/// Bounds on the bitrate the controller may ask for (bits/s).
-pub const MIN_BITRATE: u32 = 150_000;
-/// See [`MIN_BITRATE`].
-pub const MAX_BITRATE: u32 = 20_000_000;
-
-/// What the encoder is created with; the bitrate changes later through
-/// [`H264Encoder::set_bitrate`].
-#[derive(Clone, Copy, Debug)]
-pub struct H264Settings {
-    /// Frame width (even).
-    pub width: u32,
-    /// Frame height (even).
-    pub height: u32,
-    /// Initial target bitrate in bits/s.
-    pub bitrate: u32,
-    /// The profile's fps cap (also the rate-control frame rate).
-    pub max_fps: f32,
-}
-
-/// One encoded access unit in Annex-B form (start codes + NAL units), ready for RTP packetizing.
-pub struct EncodedFrame {
-    /// Annex-B bytes (SPS/PPS included on keyframes).
-    pub data: Vec<u8>,
-    /// An IDR frame a new viewer can start decoding from.
-    pub keyframe: bool,
-}
 
 /// A screen-content H.264 encoder: no B-frames, one slice, SPS/PPS with every IDR, frame
 /// skipping off (a damaged frame is always sent), keyframes only when asked (join, PLI).
 pub struct H264Encoder {
     encoder: Encoder,
-    settings: H264Settings,
+    settings: EncoderSettings,
     force_key: bool,
     /// Frames encoded: each is stamped `frames / fps` s, as libvpx counts VP8 frames. OpenH264's
     /// rate control budgets bits over these timestamps; with all of them zero it cannot hold
@@ -51,39 +24,9 @@ pub struct H264Encoder {
     frames: u64,
 }
 
-impl H264Settings {
-    /// The settings every encoder accepts (`codec` names it in errors): even, non-zero sizes
-    /// up to the frame limit (so a hostile size cannot make an encoder allocate gigabytes), a
-    /// real frame rate, and the bitrate clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`].
-    pub(crate) fn checked(self, codec: &str) -> Result<Self, StreamError> {
-        let (w, h) = (self.width, self.height);
-        if w == 0
-            || h == 0
-            || !w.is_multiple_of(2)
-            || !h.is_multiple_of(2)
-            || w > MAX_DIMENSION
-            || h > MAX_DIMENSION
-        {
-            return Err(StreamError::Geometry(format!(
-                "{w}x{h}: {codec} needs even, non-zero dimensions up to {MAX_DIMENSION}"
-            )));
-        }
-        if !self.max_fps.is_finite() {
-            return Err(StreamError::Geometry(format!(
-                "frame rate {} is not a number of frames per second",
-                self.max_fps
-            )));
-        }
-        Ok(Self {
-            bitrate: self.bitrate.clamp(MIN_BITRATE, MAX_BITRATE),
-            ..self
-        })
-    }
-}
-
 impl H264Encoder {
     /// Create an encoder for `settings`.
-    pub fn new(settings: H264Settings) -> Result<Self, StreamError> {
+    pub fn new(settings: EncoderSettings) -> Result<Self, StreamError> {
         let settings = settings.checked("H.264")?;
         let bitrate = settings.bitrate;
         let config = EncoderConfig::new()
@@ -108,27 +51,32 @@ impl H264Encoder {
     }
 
     /// The settings in force (bitrate as last set).
-    pub fn settings(&self) -> H264Settings {
+    pub fn settings(&self) -> EncoderSettings {
         self.settings
+    }
+}
+
+impl VideoEncoder for H264Encoder {
+    fn codec(&self) -> Codec {
+        Codec::H264
     }
 
     /// Make the next frame an IDR (a viewer joined, or the browser sent PLI/FIR).
-    pub fn request_keyframe(&mut self) {
+    fn request_keyframe(&mut self) {
         self.force_key = true;
     }
 
-    /// Change the target bitrate (clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`]); takes effect from
+    /// Change the target bitrate (clamped to the bounds in [`crate::codec`]); takes effect from
     /// the next frame, in the running stream (no keyframe: congestion control changes the
     /// bitrate often, and an IDR each time would cost the very bandwidth it is saving).
-    pub fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError> {
-        let bps = bps.clamp(MIN_BITRATE, MAX_BITRATE);
-        let old = self.settings.bitrate;
-        if bps == old {
+    fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError> {
+        let Some(bps) = self.settings.retarget(bps) else {
             return Ok(());
-        }
+        };
+        let old = self.settings.bitrate;
         if self.frames == 0 {
             // OpenH264 initialises on the first frame: until then a new encoder is the change.
-            let settings = H264Settings {
+            let settings = EncoderSettings {
                 bitrate: bps,
                 ..self.settings
             };
@@ -167,7 +115,7 @@ impl H264Encoder {
     }
 
     /// Encode `frame` (same size as the settings).
-    pub fn encode(&mut self, frame: &I420Frame) -> Result<EncodedFrame, StreamError> {
+    fn encode(&mut self, frame: &I420Frame) -> Result<EncodedFrame, StreamError> {
         if frame.width() != self.settings.width || frame.height() != self.settings.height {
             return Err(StreamError::Geometry(format!(
                 "frame {}x{} does not match encoder {}x{}",
@@ -195,36 +143,19 @@ impl H264Encoder {
     }
 }
 
-impl crate::codec::VideoEncoder for H264Encoder {
-    fn codec(&self) -> crate::codec::Codec {
-        crate::codec::Codec::H264
-    }
-
-    fn encode(&mut self, frame: &I420Frame) -> Result<EncodedFrame, StreamError> {
-        H264Encoder::encode(self, frame)
-    }
-
-    fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError> {
-        H264Encoder::set_bitrate(self, bps)
-    }
-
-    fn request_keyframe(&mut self) {
-        H264Encoder::request_keyframe(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::psnr;
     use crate::codec::testing::phone_frame;
+    use crate::codec::MIN_BITRATE;
     use openh264::decoder::Decoder;
     use openh264::formats::YUVSource;
 
     #[test]
     fn encodes_decodable_h264_with_psnr_above_35_db() {
         let (w, h) = (720, 1280);
-        let mut enc = H264Encoder::new(H264Settings {
+        let mut enc = H264Encoder::new(EncoderSettings {
             width: w,
             height: h,
             bitrate: 4_000_000,
@@ -255,7 +186,7 @@ mod tests {
 
     #[test]
     fn keyframe_on_request_only() {
-        let mut enc = H264Encoder::new(H264Settings {
+        let mut enc = H264Encoder::new(EncoderSettings {
             width: 64,
             height: 64,
             bitrate: 500_000,
@@ -279,14 +210,14 @@ mod tests {
 
     #[test]
     fn rejects_mismatched_and_odd_frames() {
-        assert!(H264Encoder::new(H264Settings {
+        assert!(H264Encoder::new(EncoderSettings {
             width: 63,
             height: 64,
             bitrate: 1_000_000,
             max_fps: 30.0
         })
         .is_err());
-        let mut enc = H264Encoder::new(H264Settings {
+        let mut enc = H264Encoder::new(EncoderSettings {
             width: 64,
             height: 64,
             bitrate: 1_000_000,

@@ -1,16 +1,23 @@
 //! Screen streaming for cloudphone: the phone's framebuffer (BGRX in shared memory, changed
-//! regions announced by damage events) becomes an H.264 stream that WebRTC can carry.
+//! regions announced by damage events) becomes an H.264 or VP8 stream that WebRTC can carry.
 //!
 //! Pieces, each usable on its own:
 //! - [`frame`]: SIMD BGRX/BGRA → I420 conversion into reusable planes.
+//! - [`codec`]: the interface every video encoder implements ([`VideoEncoder`]) and the types
+//!   they share (settings, encoded frames, bitrate bounds); [`encoders`] picks the
+//!   implementation for a [`Codec`].
 //! - [`h264`]: a low-latency OpenH264 encoder (constrained baseline, no B-frames, keyframes on
-//!   demand) producing Annex-B access units.
+//!   demand) producing Annex-B access units: the default, decoded in hardware by every browser.
+//! - [`vp8`]: a realtime libvpx VP8 encoder, for browsers or networks where H.264 fails.
 //! - [`pacer`]: encode only on damage, capped at the profile's fps, never while idle, with a
 //!   keyframe on join/PLI.
 //! - [`bwe`]: a bitrate controller fed by the transport's loss/REMB feedback.
-//! - [`webrtc`]: one viewer's WebRTC session (str0m): SDP answer, SRTP video, input channel.
-//! - [`hub`]: one stream per phone shared by all its viewers (damage → encode once → fan out),
-//!   input from the lease holder forwarded to the VMM.
+//! - [`webrtc`]: one viewer's WebRTC session (str0m): SDP answer (H.264 preferred, VP8 when
+//!   that is all the browser offers), SRTP video, input channel.
+//! - [`input`]: the input channel's messages, checked once on arrival and turned into the
+//!   VMM's `PUT /input` body in screen pixels.
+//! - [`hub`]: one stream per phone shared by all its viewers (damage → encode once per codec
+//!   → fan out), input from the lease holder forwarded to the VMM.
 //! - [`signalling`]: the `GET /api/v1/phones/{id}/stream` WebSocket (SDP offer/answer, ICE
 //!   server config), authorised by the control service through [`signalling::StreamAuthorizer`].
 //! - [`source`]: where a phone's screen comes from: its VMM's socket here, or a host agent's
@@ -19,6 +26,7 @@
 
 pub mod bwe;
 pub mod codec;
+pub mod encoders;
 pub mod frame;
 pub mod h264;
 pub mod hub;
@@ -37,9 +45,10 @@ mod browser_tests;
 mod fake_vmm;
 
 pub use bwe::BitrateController;
-pub use codec::{new_encoder, Codec, EncoderSettings, VideoEncoder};
+pub use codec::{Codec, EncodedFrame, EncoderSettings, VideoEncoder};
+pub use encoders::new_encoder;
 pub use frame::{I420Frame, PixelLayout};
-pub use h264::{EncodedFrame, H264Encoder, H264Settings};
+pub use h264::H264Encoder;
 pub use hub::{StreamHub, StreamStats, ViewerOptions};
 pub use pacer::EncodePacer;
 pub use signalling::{IceServer, SignallingConfig, StreamAuthorizer, StreamDenied, StreamGrant};

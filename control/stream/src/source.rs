@@ -11,6 +11,7 @@ use cloudphone_display::{FramebufferInfo, MappedFramebuffer};
 use cloudphone_vmm_api::{DamageEvent, VmmApi};
 use tokio::sync::mpsc;
 
+use crate::input::VmmInput;
 use crate::relay::client;
 use crate::relay::wire::Mirror;
 use crate::{lock, StreamError};
@@ -100,8 +101,10 @@ impl Screen {
         }
     }
 
-    /// `PUT /input` on the VMM.
-    pub(crate) async fn put_input(&self, body: String) -> Result<(), StreamError> {
+    /// `PUT /input` on the VMM: the one place typed input becomes the JSON body the API takes.
+    pub(crate) async fn put_input(&self, input: &VmmInput) -> Result<(), StreamError> {
+        let body = serde_json::to_string(input)
+            .map_err(|e| StreamError::Vmm(format!("input {input:?} not serializable: {e}")))?;
         Ok(self.api.put_input(body).await?)
     }
 }

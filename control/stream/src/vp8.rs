@@ -1,5 +1,5 @@
 //! Low-latency VP8 encoding with libvpx: the fallback codec for browsers or paths where H.264
-//! is unavailable. Same shape as [`crate::h264::H264Encoder`] (see [`crate::codec`]).
+//! is unavailable. Another implementation of [`crate::codec::VideoEncoder`], beside H.264.
 //!
 //! libvpx is reached through `vp8_shim.c` (built by `build.rs` against the system headers), so
 //! no libvpx struct layout is written down in Rust.
@@ -10,8 +10,7 @@ use std::ptr::NonNull;
 
 use openh264::formats::YUVSource;
 
-use crate::codec::{Codec, EncoderSettings, VideoEncoder};
-use crate::h264::{EncodedFrame, MAX_BITRATE, MIN_BITRATE};
+use crate::codec::{Codec, EncodedFrame, EncoderSettings, VideoEncoder};
 use crate::{I420Frame, StreamError};
 
 /// libvpx realtime speed. Negative means "fixed speed |n|" (no adaptive speed changes, so the
@@ -87,7 +86,7 @@ unsafe impl Send for Vp8Encoder {}
 
 impl Vp8Encoder {
     /// Create an encoder for `settings` (even, non-zero width and height up to 8192; bitrate
-    /// clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`]; fps cap 1..=120).
+    /// clamped to the bounds in [`crate::codec`]; fps cap 1..=120).
     pub fn new(settings: EncoderSettings) -> Result<Self, StreamError> {
         let settings = settings.checked("VP8")?;
         let (w, h, bitrate) = (settings.width, settings.height, settings.bitrate);
@@ -111,18 +110,37 @@ impl Vp8Encoder {
         self.settings
     }
 
+    fn error(&self, what: &str, code: c_int) -> StreamError {
+        // SAFETY: `raw` is a live handle owned by self.
+        vpx_error(what, code, unsafe {
+            cp_vp8_enc_error_detail(self.raw.as_ptr())
+        })
+    }
+}
+
+impl Drop for Vp8Encoder {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from cp_vp8_enc_new and is freed exactly once, here.
+        unsafe { cp_vp8_enc_free(self.raw.as_ptr()) }
+    }
+}
+
+impl VideoEncoder for Vp8Encoder {
+    fn codec(&self) -> Codec {
+        Codec::Vp8
+    }
+
     /// Make the next frame a keyframe (a viewer joined, or the browser sent PLI/FIR).
-    pub fn request_keyframe(&mut self) {
+    fn request_keyframe(&mut self) {
         self.force_key = true;
     }
 
-    /// Change the target bitrate (clamped to [`MIN_BITRATE`]..=[`MAX_BITRATE`]); takes effect
+    /// Change the target bitrate (clamped to the bounds in [`crate::codec`]); takes effect
     /// from the next frame, without a keyframe.
-    pub fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError> {
-        let bps = bps.clamp(MIN_BITRATE, MAX_BITRATE);
-        if bps == self.settings.bitrate {
+    fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError> {
+        let Some(bps) = self.settings.retarget(bps) else {
             return Ok(());
-        }
+        };
         // SAFETY: `raw` is a live handle owned by self.
         let code = unsafe { cp_vp8_enc_set_bitrate(self.raw.as_ptr(), bps / 1000) };
         if code != 0 {
@@ -133,7 +151,7 @@ impl Vp8Encoder {
     }
 
     /// Encode `frame` (same size as the settings) into one VP8 frame.
-    pub fn encode(&mut self, frame: &I420Frame) -> Result<EncodedFrame, StreamError> {
+    fn encode(&mut self, frame: &I420Frame) -> Result<EncodedFrame, StreamError> {
         let (w, h) = (self.settings.width, self.settings.height);
         if frame.width() != w || frame.height() != h {
             return Err(StreamError::Geometry(format!(
@@ -178,38 +196,6 @@ impl Vp8Encoder {
             keyframe: key != 0,
         })
     }
-
-    fn error(&self, what: &str, code: c_int) -> StreamError {
-        // SAFETY: `raw` is a live handle owned by self.
-        vpx_error(what, code, unsafe {
-            cp_vp8_enc_error_detail(self.raw.as_ptr())
-        })
-    }
-}
-
-impl Drop for Vp8Encoder {
-    fn drop(&mut self) {
-        // SAFETY: `raw` came from cp_vp8_enc_new and is freed exactly once, here.
-        unsafe { cp_vp8_enc_free(self.raw.as_ptr()) }
-    }
-}
-
-impl VideoEncoder for Vp8Encoder {
-    fn codec(&self) -> Codec {
-        Codec::Vp8
-    }
-
-    fn encode(&mut self, frame: &I420Frame) -> Result<EncodedFrame, StreamError> {
-        Vp8Encoder::encode(self, frame)
-    }
-
-    fn set_bitrate(&mut self, bps: u32) -> Result<(), StreamError> {
-        Vp8Encoder::set_bitrate(self, bps)
-    }
-
-    fn request_keyframe(&mut self) {
-        Vp8Encoder::request_keyframe(self)
-    }
 }
 
 #[cfg(test)]
@@ -217,6 +203,7 @@ mod tests {
     use super::*;
     use crate::codec::psnr;
     use crate::codec::testing::phone_frame;
+    use crate::codec::{MAX_BITRATE, MIN_BITRATE};
     use proptest::prelude::*;
 
     #[repr(C)]

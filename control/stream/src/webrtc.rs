@@ -18,6 +18,7 @@ use str0m::{bwe::BweKind, Candidate, Event, IceConnectionState, Input, Output, R
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::input::{BrowserInput, InputError};
 use crate::{Codec, EncodedFrame, StreamError};
 
 /// Cap on a data-channel input message: anything larger is not an input event.
@@ -40,8 +41,11 @@ pub enum ViewerEvent {
     KeyframeRequest,
     /// A new send-bandwidth estimate from the transport (bits/s).
     Bitrate(u32),
-    /// A text message from the input data channel (JSON input events).
-    Input(String),
+    /// An input event from the data channel, parsed and checked here, once.
+    Input(BrowserInput),
+    /// A text message on the input data channel that is not an input event (counted as
+    /// dropped input by the hub).
+    BadInput(InputError),
     /// The session ended (reason).
     Closed(String),
 }
@@ -204,7 +208,12 @@ impl Session {
                 None
             }
             Event::ChannelData(data) if !data.binary && data.data.len() <= MAX_INPUT_MESSAGE => {
-                String::from_utf8(data.data).ok().map(ViewerEvent::Input)
+                String::from_utf8(data.data)
+                    .ok()
+                    .map(|text| match text.parse() {
+                        Ok(input) => ViewerEvent::Input(input),
+                        Err(why) => ViewerEvent::BadInput(why),
+                    })
             }
             _ => None,
         };
@@ -300,9 +309,13 @@ fn rtc_error(e: str0m::RtcError) -> StreamError {
 pub(crate) mod tests {
     use super::*;
     use crate::codec::testing::phone_frame;
-    use crate::codec::{new_encoder, EncoderSettings};
+    use crate::codec::EncoderSettings;
+    use crate::encoders::new_encoder;
     use std::time::Duration;
     use str0m::media::Direction;
+
+    /// The input message the browser stand-in sends back once video arrived.
+    const HOME: &str = r#"{"type":"key","key":"HOME","down":true}"#;
 
     /// A browser stand-in: a str0m client that offers recvonly video + an "input" channel.
     pub(crate) struct Browser {
@@ -442,7 +455,7 @@ pub(crate) mod tests {
                 match event {
                     Event::ChannelOpen(id, _) => {
                         let mut ch = rtc.channel(id).unwrap();
-                        sent_input = ch.write(false, br#"{"key":"HOME","down":true}"#).unwrap();
+                        sent_input = ch.write(false, HOME.as_bytes()).unwrap();
                     }
                     Event::MediaData(data) if *data.data == *vp8_key.data => {
                         received = Some(Codec::Vp8)
@@ -477,7 +490,7 @@ pub(crate) mod tests {
             "the codec received is the one the session reported: {events:?}"
         );
         assert!(
-            events.contains(&ViewerEvent::Input(r#"{"key":"HOME","down":true}"#.into())),
+            events.contains(&ViewerEvent::Input(HOME.parse().unwrap())),
             "{events:?}"
         );
         viewer.commands.send(ViewerCommand::Close).await.unwrap();

@@ -168,13 +168,18 @@ fn snapshot(vm: &dyn VmApi, body: &[u8]) -> Response {
         Err(e) => {
             return Response::error(
                 400,
-                format!("bad JSON body for /snapshot: {e}; expected {{\"dir\": \"/absolute/dir\"}}"),
+                format!(
+                    "bad JSON body for /snapshot: {e}; expected {{\"dir\": \"/absolute/dir\"}}"
+                ),
             )
         }
     };
     let dir = std::path::Path::new(&req.dir);
     if !dir.is_absolute() {
-        return Response::error(400, format!("snapshot dir {:?} must be an absolute path", req.dir));
+        return Response::error(
+            400,
+            format!("snapshot dir {:?} must be an absolute path", req.dir),
+        );
     }
     match vm.snapshot(dir) {
         Ok(()) => Response::json(200, &json!({})),
@@ -236,10 +241,7 @@ mod tests {
             }
             Ok(DeviceHandles::default())
         }
-        fn snapshot(
-            &self,
-            dir: &std::path::Path,
-        ) -> Result<(), crate::snapshot::SnapshotError> {
+        fn snapshot(&self, dir: &std::path::Path) -> Result<(), crate::snapshot::SnapshotError> {
             self.calls
                 .lock()
                 .unwrap()

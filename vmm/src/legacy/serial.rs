@@ -189,8 +189,8 @@ mod tests {
     #[test]
     fn a_default_uart_can_transmit() {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut dev = SerialDevice::restored(&SerialOutput::None, irq, &UartState::default())
-            .unwrap();
+        let mut dev =
+            SerialDevice::restored(&SerialOutput::None, irq, &UartState::default()).unwrap();
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "THR empty after reset");

@@ -243,42 +243,6 @@ impl Header {
             backing_format,
         })
     }
-
-    /// Serialise a v3 header with the backing-format extension and the backing name into a
-    /// buffer of one cluster.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = vec![0u8; self.cluster_size() as usize];
-        let put32 =
-            |b: &mut [u8], off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_be_bytes());
-        let put64 =
-            |b: &mut [u8], off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_be_bytes());
-        put32(&mut b, 0, MAGIC);
-        put32(&mut b, 4, 3);
-        put32(&mut b, 20, self.cluster_bits);
-        put64(&mut b, 24, self.size);
-        put32(&mut b, 36, self.l1_size);
-        put64(&mut b, 40, self.l1_table_offset);
-        put64(&mut b, 48, self.refcount_table_offset);
-        put32(&mut b, 56, self.refcount_table_clusters);
-        put32(&mut b, 96, REFCOUNT_ORDER);
-        put32(&mut b, 100, V3_HEADER_LEN);
-        let mut pos = V3_HEADER_LEN as usize;
-        if let Some(fmt) = &self.backing_format {
-            put32(&mut b, pos, EXT_BACKING_FORMAT);
-            put32(&mut b, pos + 4, fmt.len() as u32);
-            b[pos + 8..pos + 8 + fmt.len()].copy_from_slice(fmt.as_bytes());
-            pos += 8 + fmt.len().next_multiple_of(8);
-        }
-        put32(&mut b, pos, EXT_END);
-        put32(&mut b, pos + 4, 0);
-        pos += 8;
-        if let Some(name) = &self.backing_file {
-            put64(&mut b, 8, pos as u64);
-            put32(&mut b, 16, name.len() as u32);
-            b[pos..pos + name.len()].copy_from_slice(name.as_bytes());
-        }
-        b
-    }
 }
 
 /// A table must be cluster aligned, must not overlap the header cluster and must lie inside

@@ -1,4 +1,4 @@
-//! The consumer side of the export, for other processes (stream encoder, `cloudphone-vmm-ctl`):
+//! The consumer side of the export, for other processes (the stream encoder, `cloudphone-stream`):
 //! map the shared file read-only from a [`FramebufferInfo`] (as served by `GET /framebuffer`)
 //! and copy frames or damaged rectangles out of it.
 

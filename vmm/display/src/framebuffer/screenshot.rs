@@ -27,7 +27,7 @@ pub fn screenshot_png(export: &FramebufferExport) -> Result<Vec<u8>, ScreenshotE
 }
 
 /// A PNG of the frame described by `info` (a `GET /framebuffer` answer), read from the
-/// shared file: for processes other than the VMM (`cloudphone-vmm-ctl screenshot`).
+/// shared file: for processes other than the VMM, which answers `GET /screenshot` itself.
 pub fn screenshot_png_from_file(info: &FramebufferInfo) -> Result<Vec<u8>, ScreenshotError> {
     let stale = || ScreenshotError::Stale {
         width: info.width,
