@@ -15,6 +15,7 @@
 //! screens and input ([`relay`]) and registers URL + a fresh random key, so a control service
 //! that cannot reach the VMM sockets (agent in a VM or on another machine) can stream them.
 
+mod logcap;
 mod relay;
 mod vmm;
 
@@ -91,6 +92,10 @@ pub struct AgentOptions {
     pub max_crashes: usize,
     #[arg(long, default_value_t = 60_000)]
     pub crash_window_ms: u64,
+    /// Largest size (MiB) of each phone's log files (vmm.log, serial.log, console.log,
+    /// report.log) before it is rotated to NAME.1: a guest cannot fill the host's disk.
+    #[arg(long, default_value_t = 8)]
+    pub phone_log_cap_mib: u64,
     /// Serve the phones' screens and input on this address (e.g. 0.0.0.0:7070) for a control
     /// service that cannot reach this host's VMM sockets and /dev/shm.
     #[arg(long, requires = "relay_url")]
@@ -230,6 +235,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 impl Agent {
     async fn step(&mut self) -> anyhow::Result<()> {
         self.collect_exits();
+        self.cap_logs();
         let running: Vec<String> = self
             .phones
             .iter()
@@ -274,6 +280,20 @@ impl Agent {
                     .filter(|(_, l)| l.running.is_some())
                     .map(|(id, _)| (id.clone(), PhoneDir::new(&self.cfg, id).api_socket())),
             );
+        }
+    }
+
+    /// Rotates every running phone's log files that grew past `--phone-log-cap-mib`.
+    fn cap_logs(&self) {
+        let cap = self.opts.phone_log_cap_mib << 20;
+        for (id, _) in self.phones.iter().filter(|(_, l)| l.running.is_some()) {
+            match logcap::cap_logs(&PhoneDir::new(&self.cfg, id).dir, cap) {
+                Ok(rotated) if !rotated.is_empty() => {
+                    tracing::info!(phone = %id, ?rotated, cap_mib = self.opts.phone_log_cap_mib, "rotated phone logs past their cap");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(phone = %id, error = %e, "cannot cap the phone's logs"),
+            }
         }
     }
 

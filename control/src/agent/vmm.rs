@@ -267,7 +267,7 @@ pub async fn start(
     let _ = std::fs::remove_file(dir.api_socket());
     // A fresh console log per boot, so "the guest came up" is never read from an old boot.
     let _ = std::fs::remove_file(dir.dir.join("serial.log"));
-    let log = std::fs::File::create(dir.dir.join("vmm.log")).context("creating vmm.log")?;
+    let log = super::logcap::open_log(&dir.dir.join("vmm.log")).context("creating vmm.log")?;
     let child = tokio::process::Command::new(&cfg.vmm)
         .args(command_line(cfg, profile, dir))
         .stdin(Stdio::null())
