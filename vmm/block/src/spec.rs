@@ -184,7 +184,8 @@ mod tests {
         disk.write_at(&[9u8; 4096], 8192).unwrap();
         disk.flush().unwrap();
         drop(disk);
-        let mut again = spec.open().unwrap();
+        let mut again =
+            crate::testutil::until_unlocked(|| spec.open(), |e| matches!(e, DiskError::Locked(_)));
         let mut buf = [0u8; 4096];
         again.read_at(&mut buf, 8192).unwrap();
         assert_eq!(buf, [9u8; 4096]);

@@ -41,3 +41,22 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Open an image again right after closing it, waiting while it is still locked. Another test
+/// thread may be spawning a `qemu-img` at that moment: until its exec the child holds a copy of
+/// our descriptor, so the image lock outlives our close by a few milliseconds. A VMM never
+/// forks (its filter forbids it), so only tests need this wait.
+pub fn until_unlocked<T, E: std::fmt::Debug>(
+    mut open: impl FnMut() -> Result<T, E>,
+    locked: impl Fn(&E) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match open() {
+            Err(e) if locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            other => return other.unwrap(),
+        }
+    }
+}

@@ -449,7 +449,10 @@ fn prop_random_ops_match_in_memory_model() {
                 Op::Reopen => {
                     disk.flush().unwrap();
                     drop(disk);
-                    disk = Qcow2Disk::open(&ov, true).unwrap();
+                    disk = crate::testutil::until_unlocked(
+                        || Qcow2Disk::open(&ov, true),
+                        |e| matches!(e, Qcow2Error::Locked(_)),
+                    );
                 }
             }
         }
