@@ -155,10 +155,7 @@ async fn lease_end(
 }
 
 /// The reason lease `lease_id` has ended, from its row; `None` while it holds.
-async fn lease_ended_by_now(
-    st: &AppState,
-    lease_id: &str,
-) -> crate::error::Result<Option<String>> {
+async fn lease_ended_by_now(st: &AppState, lease_id: &str) -> crate::error::Result<Option<String>> {
     let mut tx = st.db.begin().await?;
     let ended = leases::ended_by(&mut tx, lease_id, crate::now_ms()).await?;
     Ok(ended.map(|state| format!("lease ended: {}", state.as_str())))

@@ -83,7 +83,8 @@ pub async fn get_locked(tx: &mut Tx, id: &str) -> Result<Lease> {
 /// its expiry that the scheduler has not reaped yet; `None` while it holds. Stream sessions
 /// re-check the lease they were granted for with this.
 pub async fn ended_by(tx: &mut Tx, id: &str, now_ms: i64) -> Result<Option<LeaseState>> {
-    let lease = decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)?;
+    let lease =
+        decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)?;
     Ok(match lease.state {
         LeaseState::Active if lease.expires_ms <= now_ms => Some(LeaseState::Expired),
         LeaseState::Active => None,

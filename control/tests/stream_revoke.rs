@@ -1,0 +1,257 @@
+//! Stream sessions end with their lease (tier 1, no VMM): a viewer's WebSocket is bound to the
+//! lease it was granted for and closes, with code 4001 and the reason, within a second of
+//! that lease ending however it ends: released by its holder or by an operator, expired,
+//! the phone lost with its host. The phone then goes to the next user and the previous holder
+//! cannot watch it. Input after the end is dropped in the stream hub (its own tests drive a
+//! WebRTC viewer and a fake VMM); here the sessions wait in signalling, where no VMM is needed.
+//! Both databases.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{lease_phone, ok, user, warm_pool, FakeHost, Kind, Server};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The close code for "your lease ended" (`cloudphone_stream::signalling::CLOSE_GRANT_REVOKED`).
+const LEASE_ENDED: u16 = 4001;
+/// The most a session may outlive its lease.
+const LIMIT: Duration = Duration::from_secs(1);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens `phone`'s stream as `token` and reads the config message; `Err` carries the refusal.
+async fn watch(s: &Server, token: &str, phone: &str) -> Result<(Ws, Value), String> {
+    let url = format!(
+        "{}/api/v1/phones/{phone}/stream",
+        s.url.replace("http://", "ws://")
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config = match ws.next().await {
+        Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
+        other => panic!("expected the config message, got {other:?}"),
+    };
+    Ok((ws, config))
+}
+
+/// Waits for the session to end; returns the "ended" reason and when (ms since the epoch) the
+/// close came. Panics if it is not closed with [`LEASE_ENDED`] within `limit` of `since`.
+async fn ended_within(ws: &mut Ws, since: Instant, limit: Duration) -> (String, i64) {
+    let mut ended = String::new();
+    loop {
+        let left = limit.saturating_sub(since.elapsed());
+        let msg = tokio::time::timeout(left, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("the session outlived its lease by {limit:?}"))
+            .expect("a close frame before the stream ends")
+            .expect("a clean close");
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                assert_eq!(v["type"], "ended", "{v}");
+                ended = v["reason"].as_str().unwrap().to_owned();
+            }
+            Message::Close(Some(frame)) => {
+                assert_eq!(frame.code, CloseCode::from(LEASE_ENDED), "{frame:?}");
+                assert_eq!(frame.reason.as_str(), ended, "close reason = ended reason");
+                return (ended, cloudphone::now_ms());
+            }
+            other => panic!("unexpected {other:?} while waiting for the end"),
+        }
+    }
+}
+
+/// How long after lease `lease_id` ended (its stored `ended_ms`) the session closed at
+/// `closed_ms`, asserting it is within [`LIMIT`] and that the lease ended as `state`.
+async fn closed_after_end(s: &Server, lease_id: &str, state: &str, closed_ms: i64) -> i64 {
+    let lease = ok(
+        s,
+        "GET",
+        &format!("/leases/{lease_id}"),
+        &s.admin,
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(lease["state"], state, "{lease}");
+    let took = closed_ms - lease["ended_ms"].as_i64().unwrap();
+    assert!(
+        took < LIMIT.as_millis() as i64,
+        "closed {took} ms after the lease ended"
+    );
+    took
+}
+
+/// Heartbeats for `host` every 150 ms until aborted (the server reaps it after 600 ms).
+fn keep_alive(s: &Server, host: &FakeHost) -> tokio::task::JoinHandle<()> {
+    let (url, path, token) = (
+        s.url.clone(),
+        format!("/api/v1/hosts/{}/heartbeat", host.id),
+        host.token.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            common::raw(
+                &url,
+                "POST",
+                &path,
+                Some(&token),
+                Some(json!({"running": []}).to_string()),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    })
+}
+
+/// Gives every phone of `host` a VMM API socket, as a real agent's ready report does (the
+/// stream needs one to grant a session; no VMM listens there: sessions wait for an offer).
+async fn report_sockets(s: &Server, host: &FakeHost) {
+    for p in host.heartbeat(s, &[]).await {
+        let id = p["phone"]["id"].as_str().unwrap();
+        let body = json!({"state": p["phone"]["state"], "generation": p["phone"]["generation"],
+                          "reason": "test agent", "api_socket": format!("/nonexistent/{id}.sock")});
+        ok(
+            s,
+            "PUT",
+            &format!("/hosts/{}/phones/{id}/state", host.id),
+            &host.token,
+            Some(body),
+            200,
+        )
+        .await;
+    }
+}
+
+/// The pool's one phone is ready again (its last lease reaped, the phone reset) with its
+/// socket reported.
+async fn phone_back(s: &Server, host: &FakeHost) {
+    for _ in 0..100 {
+        host.converge(s).await;
+        let phones = host.heartbeat(s, &[]).await;
+        if phones.iter().all(|p| p["phone"]["state"] == "ready") {
+            report_sockets(s, host).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the phone never became ready again");
+}
+
+async fn sessions_end_with_their_lease(kind: Kind) {
+    let s = Server::start(kind, &["--tick-ms", "50", "--heartbeat-timeout-ms", "600"]).await;
+    let (_, alice) = user(&s, "alice", "user", 1).await;
+    let (_, bob) = user(&s, "bob", "user", 1).await;
+    let (_, olivia) = user(&s, "olivia", "operator", 0).await;
+    let host = warm_pool(&s, "host1", 1, 1).await;
+    let alive = keep_alive(&s, &host);
+    report_sockets(&s, &host).await;
+
+    // 1. Alice releases her lease: her viewer and an operator watching both end.
+    let lease = lease_phone(&s, &alice, "pixel").await;
+    let (lease_id, phone) = (
+        lease["lease"]["id"].as_str().unwrap(),
+        lease["lease"]["phone_id"].as_str().unwrap().to_owned(),
+    );
+    let (mut ws, config) = watch(&s, &alice, &phone).await.unwrap();
+    assert_eq!(config["input"], true, "{config}");
+    let (mut op_ws, op_config) = watch(&s, &olivia, &phone).await.unwrap();
+    assert_eq!(op_config["input"], false, "{op_config}");
+    let released = Instant::now();
+    ok(
+        &s,
+        "DELETE",
+        &format!("/leases/{lease_id}"),
+        &alice,
+        None,
+        200,
+    )
+    .await;
+    let (reason, closed) = ended_within(&mut ws, released, LIMIT).await;
+    assert_eq!(reason, "lease ended: released");
+    let took = closed_after_end(&s, lease_id, "released", closed).await;
+    let (_, op_closed) = ended_within(&mut op_ws, released, LIMIT).await;
+    let op_took = closed_after_end(&s, lease_id, "released", op_closed).await;
+    eprintln!("{kind:?}: released by the holder: closed {took} ms after (operator's {op_took} ms)");
+
+    // 2. An operator releases Alice's next lease.
+    phone_back(&s, &host).await;
+    let lease = lease_phone(&s, &alice, "pixel").await;
+    let lease_id = lease["lease"]["id"].as_str().unwrap();
+    let (mut ws, _) = watch(&s, &alice, &phone).await.unwrap();
+    let released = Instant::now();
+    ok(
+        &s,
+        "DELETE",
+        &format!("/leases/{lease_id}"),
+        &olivia,
+        None,
+        200,
+    )
+    .await;
+    let (reason, closed) = ended_within(&mut ws, released, LIMIT).await;
+    assert_eq!(reason, "lease ended: released");
+    let took = closed_after_end(&s, lease_id, "released", closed).await;
+    eprintln!("{kind:?}: released by an operator: closed {took} ms after");
+
+    // 3. A one-second lease expires (the scheduler reaps it every 50 ms).
+    phone_back(&s, &host).await;
+    let body = json!({"profile": "pixel", "duration_s": 1});
+    let lease = ok(&s, "POST", "/leases", &alice, Some(body), 201).await;
+    let expires_ms = lease["lease"]["expires_ms"].as_i64().unwrap();
+    let (mut ws, _) = watch(&s, &alice, &phone).await.unwrap();
+    let left = Duration::from_millis((expires_ms - cloudphone::now_ms()).max(0) as u64);
+    let (reason, closed) = ended_within(&mut ws, Instant::now(), left + LIMIT).await;
+    assert_eq!(reason, "lease ended: expired");
+    // Whichever sees it first ends the session: the reaper's notice or the session's own
+    // re-read of the expiry time.
+    let late = closed - expires_ms;
+    assert!(
+        (0..LIMIT.as_millis() as i64).contains(&late),
+        "closed {late} ms after the expiry time"
+    );
+    eprintln!("{kind:?}: expired: closed {late} ms after expires_ms");
+
+    // 4. The host goes silent: the phone is lost and the lease with it.
+    phone_back(&s, &host).await;
+    let lease = lease_phone(&s, &alice, "pixel").await;
+    let lease_id = lease["lease"]["id"].as_str().unwrap().to_owned();
+    let (mut ws, _) = watch(&s, &alice, &phone).await.unwrap();
+    alive.abort();
+    let silent = Instant::now();
+    let (reason, closed) = ended_within(&mut ws, silent, Duration::from_millis(600) + LIMIT).await;
+    assert_eq!(reason, "lease ended: lost");
+    let took = closed_after_end(&s, &lease_id, "lost", closed).await;
+    eprintln!("{kind:?}: host lost: closed {took} ms after the lease was lost");
+
+    // 5. The host returns with the phone still running: reset, it goes to Bob. Alice cannot
+    // watch it; Bob can, with input.
+    host.heartbeat(&s, std::slice::from_ref(&phone)).await;
+    keep_alive(&s, &host);
+    phone_back(&s, &host).await;
+    let lease = lease_phone(&s, &bob, "pixel").await;
+    assert_eq!(lease["lease"]["phone_id"], phone.as_str(), "the same phone");
+    let err = watch(&s, &alice, &phone)
+        .await
+        .err()
+        .expect("Alice is refused");
+    assert!(err.contains("404"), "{err}");
+    let (mut bob_ws, config) = watch(&s, &bob, &phone).await.unwrap();
+    assert_eq!(config["input"], true);
+    let quiet = tokio::time::timeout(Duration::from_millis(700), bob_ws.next()).await;
+    assert!(
+        quiet.is_err(),
+        "Bob's session must not end with Alice's leases: {quiet:?}"
+    );
+}
+both!(sessions_end_with_their_lease);
