@@ -255,3 +255,36 @@ async fn sessions_end_with_their_lease(kind: Kind) {
     );
 }
 both!(sessions_end_with_their_lease);
+
+/// Two replicas share one PostgreSQL database: a lease released through one ends the session
+/// that the other serves, which saw no notice of it and finds out by re-reading the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_ended_on_another_replica_ends_the_session_within_a_second() {
+    let database = common::pg::fresh_database().await;
+    let one = Server::start(Kind::Sqlite, &["--database", &database]).await;
+    let two = Server::start(Kind::Sqlite, &["--database", &database]).await;
+    let (_, alice) = user(&one, "alice", "user", 1).await;
+    let host = warm_pool(&one, "host1", 1, 1).await;
+    keep_alive(&one, &host);
+    report_sockets(&one, &host).await;
+    let lease = lease_phone(&one, &alice, "pixel").await;
+    let (lease_id, phone) = (
+        lease["lease"]["id"].as_str().unwrap(),
+        lease["lease"]["phone_id"].as_str().unwrap(),
+    );
+    let (mut ws, _) = watch(&two, &alice, phone).await.unwrap();
+    let released = Instant::now();
+    ok(
+        &one,
+        "DELETE",
+        &format!("/leases/{lease_id}"),
+        &alice,
+        None,
+        200,
+    )
+    .await;
+    let (reason, closed) = ended_within(&mut ws, released, LIMIT).await;
+    assert_eq!(reason, "lease ended: released");
+    let took = closed_after_end(&one, lease_id, "released", closed).await;
+    eprintln!("released on another replica: closed {took} ms after");
+}
