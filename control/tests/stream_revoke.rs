@@ -114,25 +114,6 @@ fn keep_alive(s: &Server, host: &FakeHost) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Gives every phone of `host` a VMM API socket, as a real agent's ready report does (the
-/// stream needs one to grant a session; no VMM listens there: sessions wait for an offer).
-async fn report_sockets(s: &Server, host: &FakeHost) {
-    for p in host.heartbeat(s, &[]).await {
-        let id = p["phone"]["id"].as_str().unwrap();
-        let body = json!({"state": p["phone"]["state"], "generation": p["phone"]["generation"],
-                          "reason": "test agent", "api_socket": format!("/nonexistent/{id}.sock")});
-        ok(
-            s,
-            "PUT",
-            &format!("/hosts/{}/phones/{id}/state", host.id),
-            &host.token,
-            Some(body),
-            200,
-        )
-        .await;
-    }
-}
-
 /// The pool's one phone is ready again (its last lease reaped, the phone reset) with its
 /// socket reported.
 async fn phone_back(s: &Server, host: &FakeHost) {
@@ -140,7 +121,7 @@ async fn phone_back(s: &Server, host: &FakeHost) {
         host.converge(s).await;
         let phones = host.heartbeat(s, &[]).await;
         if phones.iter().all(|p| p["phone"]["state"] == "ready") {
-            report_sockets(s, host).await;
+            host.report_sockets(s).await;
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -155,7 +136,7 @@ async fn sessions_end_with_their_lease(kind: Kind) {
     let (_, olivia) = user(&s, "olivia", "operator", 0).await;
     let host = warm_pool(&s, "host1", 1, 1).await;
     let alive = keep_alive(&s, &host);
-    report_sockets(&s, &host).await;
+    host.report_sockets(&s).await;
 
     // 1. Alice releases her lease: her viewer and an operator watching both end.
     let lease = lease_phone(&s, &alice, "pixel").await;
@@ -266,7 +247,7 @@ async fn a_lease_ended_on_another_replica_ends_the_session_within_a_second() {
     let (_, alice) = user(&one, "alice", "user", 1).await;
     let host = warm_pool(&one, "host1", 1, 1).await;
     keep_alive(&one, &host);
-    report_sockets(&one, &host).await;
+    host.report_sockets(&one).await;
     let lease = lease_phone(&one, &alice, "pixel").await;
     let (lease_id, phone) = (
         lease["lease"]["id"].as_str().unwrap(),
