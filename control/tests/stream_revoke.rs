@@ -224,8 +224,7 @@ async fn sessions_end_with_their_lease(kind: Kind) {
     assert_eq!(lease["lease"]["phone_id"], phone.as_str(), "the same phone");
     let err = watch(&s, &alice, &phone)
         .await
-        .err()
-        .expect("Alice is refused");
+        .expect_err("Alice is refused");
     assert!(err.contains("404"), "{err}");
     let (mut bob_ws, config) = watch(&s, &bob, &phone).await.unwrap();
     assert_eq!(config["input"], true);
