@@ -20,7 +20,7 @@ use axum::Router;
 use cloudphone_stream::signalling::{
     self, AuthFuture, SignallingConfig, StreamAuthorizer, StreamDenied, StreamGrant,
 };
-use cloudphone_stream::{Revocation, Revoker, ScreenSource, StreamHub};
+use cloudphone_stream::{Revocation, ScreenSource, StreamHub};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::api::error::ApiError;
@@ -111,7 +111,7 @@ fn guard_lease(
             () = revoker.unused() => {}
             reason = lease_end(&st, &lease_id, ends) => {
                 tracing::info!(lease = %lease_id, %reason, "revoking the lease's stream sessions");
-                Revoker::revoke(&revoker, reason);
+                revoker.revoke(reason);
             }
         }
     });

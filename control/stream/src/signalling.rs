@@ -557,9 +557,11 @@ pub(crate) mod tests {
             })
             .await;
         assert!(ok, "frames={frames} channel={channel:?}");
-        until("the holder's key at the VMM", Duration::from_secs(5), || {
-            vmm.inputs().len() == 1
-        })
+        until(
+            "the holder's key at the VMM",
+            Duration::from_secs(5),
+            || vmm.inputs().len() == 1,
+        )
         .await;
 
         // The lease ends: the WebSocket says why and closes with 4001 within a second.
@@ -573,7 +575,9 @@ pub(crate) mod tests {
                 .expect("a close frame before the end of the stream")
                 .unwrap();
             match msg {
-                WsMessage::Text(t) => ended = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap()),
+                WsMessage::Text(t) => {
+                    ended = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap())
+                }
                 WsMessage::Close(frame) => break frame.expect("a close code"),
                 _ => {}
             }
@@ -610,7 +614,11 @@ pub(crate) mod tests {
             "viewer gone {:?} after the revocation",
             revoked.elapsed()
         );
-        assert_eq!(vmm.inputs().len(), 1, "input after the lease ended reached the VMM");
+        assert_eq!(
+            vmm.inputs().len(),
+            1,
+            "input after the lease ended reached the VMM"
+        );
         eprintln!("frames the old holder received after the revocation: {late_frames}");
     }
 

@@ -302,7 +302,11 @@ async fn a_revoked_viewer_gets_no_frames_and_none_of_its_input_reaches_the_vmm()
     operator.next_frame().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(alice.pending_frames(), 0, "frames after the lease ended");
-    assert_eq!(vmm.inputs().len(), 1, "input after the lease ended reached the VMM");
+    assert_eq!(
+        vmm.inputs().len(),
+        1,
+        "input after the lease ended reached the VMM"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
