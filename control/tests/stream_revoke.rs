@@ -1,10 +1,10 @@
 //! Stream sessions end with their lease (tier 1, no VMM): a viewer's WebSocket is bound to the
 //! lease it was granted for and closes, with code 4001 and the reason, within a second of
-//! that lease ending however it ends: released by its holder or by an operator, expired,
-//! the phone lost with its host. The phone then goes to the next user and the previous holder
-//! cannot watch it. Input after the end is dropped in the stream hub (its own tests drive a
-//! WebRTC viewer and a fake VMM); here the sessions wait in signalling, where no VMM is needed.
-//! Both databases.
+//! that lease ending however it ends: released by its holder or by an operator, expired, the
+//! phone lost with its host, the phone failed. The phone then goes to the next user and the
+//! previous holder cannot watch it. Input after the end is dropped in the stream hub (its own
+//! tests drive a WebRTC viewer and a fake VMM); here the sessions wait in signalling, where no
+//! VMM is needed. Both databases, and two replicas sharing one PostgreSQL database.
 
 mod common;
 
@@ -92,6 +92,17 @@ async fn closed_after_end(s: &Server, lease_id: &str, state: &str, closed_ms: i6
     took
 }
 
+/// Releases lease `lease_id` as `token` through `via` and waits for `ws` to end for it;
+/// returns how long (ms) after the lease ended the session closed.
+async fn release_ends(via: &Server, token: &str, lease_id: &str, ws: &mut Ws) -> i64 {
+    let released = Instant::now();
+    let path = format!("/leases/{lease_id}");
+    ok(via, "DELETE", &path, token, None, 200).await;
+    let (reason, closed) = ended_within(ws, released, LIMIT).await;
+    assert_eq!(reason, "lease ended: released");
+    closed_after_end(via, lease_id, "released", closed).await
+}
+
 /// Heartbeats for `host` every 150 ms until aborted (the server reaps it after 600 ms).
 fn keep_alive(s: &Server, host: &FakeHost) -> tokio::task::JoinHandle<()> {
     let (url, path, token) = (
@@ -148,20 +159,8 @@ async fn sessions_end_with_their_lease(kind: Kind) {
     assert_eq!(config["input"], true, "{config}");
     let (mut op_ws, op_config) = watch(&s, &olivia, &phone).await.unwrap();
     assert_eq!(op_config["input"], false, "{op_config}");
-    let released = Instant::now();
-    ok(
-        &s,
-        "DELETE",
-        &format!("/leases/{lease_id}"),
-        &alice,
-        None,
-        200,
-    )
-    .await;
-    let (reason, closed) = ended_within(&mut ws, released, LIMIT).await;
-    assert_eq!(reason, "lease ended: released");
-    let took = closed_after_end(&s, lease_id, "released", closed).await;
-    let (_, op_closed) = ended_within(&mut op_ws, released, LIMIT).await;
+    let took = release_ends(&s, &alice, lease_id, &mut ws).await;
+    let (_, op_closed) = ended_within(&mut op_ws, Instant::now(), LIMIT).await;
     let op_took = closed_after_end(&s, lease_id, "released", op_closed).await;
     eprintln!("{kind:?}: released by the holder: closed {took} ms after (operator's {op_took} ms)");
 
@@ -170,19 +169,7 @@ async fn sessions_end_with_their_lease(kind: Kind) {
     let lease = lease_phone(&s, &alice, "pixel").await;
     let lease_id = lease["lease"]["id"].as_str().unwrap();
     let (mut ws, _) = watch(&s, &alice, &phone).await.unwrap();
-    let released = Instant::now();
-    ok(
-        &s,
-        "DELETE",
-        &format!("/leases/{lease_id}"),
-        &olivia,
-        None,
-        200,
-    )
-    .await;
-    let (reason, closed) = ended_within(&mut ws, released, LIMIT).await;
-    assert_eq!(reason, "lease ended: released");
-    let took = closed_after_end(&s, lease_id, "released", closed).await;
+    let took = release_ends(&s, &olivia, lease_id, &mut ws).await;
     eprintln!("{kind:?}: released by an operator: closed {took} ms after");
 
     // 3. A one-second lease expires (the scheduler reaps it every 50 ms).
@@ -233,6 +220,17 @@ async fn sessions_end_with_their_lease(kind: Kind) {
         quiet.is_err(),
         "Bob's session must not end with Alice's leases: {quiet:?}"
     );
+
+    // 6. Bob's phone fails (its agent reports it): his lease is lost and his session ends.
+    let desired = host.heartbeat(&s, &[]).await;
+    let failed = Instant::now();
+    let (code, v) = host.report(&s, &desired[0], "failed").await;
+    assert_eq!(code, 200, "{v}");
+    let (reason, closed) = ended_within(&mut bob_ws, failed, LIMIT).await;
+    assert_eq!(reason, "lease ended: lost");
+    let bob_lease = lease["lease"]["id"].as_str().unwrap();
+    let took = closed_after_end(&s, bob_lease, "lost", closed).await;
+    eprintln!("{kind:?}: phone failed: closed {took} ms after the lease was lost");
 }
 both!(sessions_end_with_their_lease);
 
@@ -253,18 +251,6 @@ async fn a_lease_ended_on_another_replica_ends_the_session_within_a_second() {
         lease["lease"]["phone_id"].as_str().unwrap(),
     );
     let (mut ws, _) = watch(&two, &alice, phone).await.unwrap();
-    let released = Instant::now();
-    ok(
-        &one,
-        "DELETE",
-        &format!("/leases/{lease_id}"),
-        &alice,
-        None,
-        200,
-    )
-    .await;
-    let (reason, closed) = ended_within(&mut ws, released, LIMIT).await;
-    assert_eq!(reason, "lease ended: released");
-    let took = closed_after_end(&one, lease_id, "released", closed).await;
+    let took = release_ends(&one, &alice, lease_id, &mut ws).await;
     eprintln!("released on another replica: closed {took} ms after");
 }

@@ -28,6 +28,19 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// Logs `name` in, waits for the catalogue (where a login lands), then opens page `hash`.
+fn open_as(browser: &Browser, s: &Server, name: &str, hash: &str) -> anyhow::Result<()> {
+    browser.log_in(&s.url, name, PASSWORD)?;
+    browser.wait_for(
+        "the catalogue",
+        Duration::from_secs(20),
+        ("return location.hash", &[]),
+        |v| v == "#/catalogue",
+    )?;
+    browser.script("location.hash = arguments[0]; return true;", &[json!(hash)])?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "browser: needs chromium"]
 async fn operator_page_shows_hosts_phones_and_utilisation_over_time() {
@@ -88,15 +101,8 @@ async fn operator_page_shows_hosts_phones_and_utilisation_over_time() {
 
     // A plain user has no operator link, and the page itself shows the refusal, not data.
     let other = blocking(|| Browser::start((1000, 900))).expect("start chromium");
-    blocking(|| other.log_in(&s.url, "uma", PASSWORD)).unwrap();
     let seen: Value = blocking(|| {
-        other.wait_for(
-            "the catalogue",
-            Duration::from_secs(20),
-            ("return location.hash", &[]),
-            |v| v == "#/catalogue",
-        )?;
-        other.script("location.hash = '#/operator'; return true;", &[])?;
+        open_as(&other, &s, "uma", "#/operator")?;
         other.wait_for(
             "the operator page's refusal",
             Duration::from_secs(20),
@@ -137,17 +143,7 @@ async fn the_phone_page_shows_the_session_ended_when_an_operator_releases_the_le
 
     let browser = blocking(|| Browser::start((1000, 900))).expect("start chromium");
     let live = blocking(|| {
-        browser.log_in(&s.url, "alice", PASSWORD)?;
-        browser.wait_for(
-            "the catalogue",
-            Duration::from_secs(20),
-            ("return location.hash", &[]),
-            |v| v == "#/catalogue",
-        )?;
-        browser.script(
-            "location.hash = arguments[0]; return true;",
-            &[json!(format!("#/phone/{lease_id}"))],
-        )?;
+        open_as(&browser, &s, "alice", &format!("#/phone/{lease_id}"))?;
         browser.wait_for(
             "the live phone with its countdown",
             Duration::from_secs(20),

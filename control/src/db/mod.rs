@@ -364,4 +364,27 @@ mod tests {
         assert_eq!(row.opt_text(2).unwrap(), None);
         assert!(row.int(7).is_err());
     }
+
+    #[tokio::test]
+    async fn lease_ends_are_announced_on_commit_only() {
+        let dir = std::env::temp_dir().join(format!("cloudphone-db-{}", crate::ids::random_hex(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Database::open_sqlite(&dir).await.unwrap();
+        let mut ends = db.lease_ends();
+        let ended = |id: &str| LeaseEnded {
+            lease_id: id.into(),
+            phone_id: "ph_1".into(),
+            state: LeaseState::Released,
+        };
+        let mut rolled_back = db.begin().await.unwrap();
+        rolled_back.lease_ended(ended("ls_rolled_back"));
+        drop(rolled_back);
+        let mut tx = db.begin().await.unwrap();
+        tx.lease_ended(ended("ls_committed"));
+        assert!(ends.try_recv().is_err(), "announced before the commit");
+        tx.commit().await.unwrap();
+        assert_eq!(ends.try_recv().unwrap(), ended("ls_committed"));
+        assert!(ends.try_recv().is_err(), "a rolled-back end was announced");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
