@@ -26,7 +26,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::db::LeaseEnded;
-use crate::model::Role;
+use crate::model::{LeaseState, Role};
 use crate::store::{hosts, leases, phones};
 
 /// Frame-rate cap until device profiles carry one.
@@ -131,7 +131,7 @@ async fn lease_end(
         tokio::select! {
             ended = ends.recv() => match ended {
                 Ok(e) if e.lease_id == lease_id => {
-                    return format!("lease ended: {}", e.state.as_str());
+                    return ended_reason(e.state);
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(missed)) => {
@@ -158,7 +158,12 @@ async fn lease_end(
 async fn lease_ended_by_now(st: &AppState, lease_id: &str) -> crate::error::Result<Option<String>> {
     let mut tx = st.db.begin().await?;
     let ended = leases::ended_by(&mut tx, lease_id, crate::now_ms()).await?;
-    Ok(ended.map(|state| format!("lease ended: {}", state.as_str())))
+    Ok(ended.map(ended_reason))
+}
+
+/// What the viewer is told: "lease ended: released" (or expired, lost).
+fn ended_reason(state: LeaseState) -> String {
+    format!("lease ended: {}", state.as_str())
 }
 
 fn denied(e: crate::error::Error) -> StreamDenied {
