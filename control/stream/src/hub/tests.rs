@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::input::InputForwarder;
 use super::phone::REFRESH_AFTER;
 use super::{StreamHub, StreamStats, ViewerOptions};
 use crate::fake_vmm::{until, FakeVmm};
 use crate::input::BrowserInput;
 use crate::revocation::Revocation;
-use crate::source::ScreenSource;
+use crate::source::{Screen, ScreenSource};
 use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use crate::{Codec, EncodedFrame};
 
@@ -306,6 +307,39 @@ async fn a_revoked_viewer_gets_no_frames_and_none_of_its_input_reaches_the_vmm()
         vmm.inputs().len(),
         1,
         "input after the lease ended reached the VMM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_queued_for_the_vmm_is_dropped_once_its_grant_is_revoked() {
+    let vmm = FakeVmm::start(32, 32);
+    let stats = Arc::new(StreamStats::default());
+    let screen = Screen::new(ScreenSource::local(&vmm.socket));
+    let mut forwarder = InputForwarder::start(screen, stats.clone(), "phone-1".into());
+    let key = |k: &str| {
+        format!(r#"{{"type":"key","key":"{k}","down":true}}"#)
+            .parse::<BrowserInput>()
+            .unwrap()
+            .to_screen(32, 32)
+    };
+    let (revoker, revoked) = Revocation::new();
+    revoker.revoke("lease ended: released");
+    // Whatever is still queued when its grant ends is dropped at its turn, not delivered.
+    forwarder.send(key("BACK"), revoked);
+    forwarder.send(key("HOME"), Revocation::never());
+    until("the live grant's key delivered", WAIT, || {
+        count(&stats.input_forwarded) == 1
+    })
+    .await;
+    assert_eq!(count(&stats.input_dropped), 1);
+    let delivered: Vec<serde_json::Value> = vmm
+        .inputs()
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    assert_eq!(
+        delivered,
+        [serde_json::json!({"key": "HOME", "down": true})]
     );
 }
 
