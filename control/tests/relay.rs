@@ -210,6 +210,7 @@ async fn agent_relay_streams_frames_and_forwards_input() {
     let options = ViewerOptions {
         label: "alice".into(),
         can_send_input: true,
+        revocation: cloudphone_stream::Revocation::never(),
     };
     let _ended = hub.attach(&phone, source, 30, viewer, options);
     events

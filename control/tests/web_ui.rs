@@ -28,6 +28,19 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// Logs `name` in, waits for the catalogue (where a login lands), then opens page `hash`.
+fn open_as(browser: &Browser, s: &Server, name: &str, hash: &str) -> anyhow::Result<()> {
+    browser.log_in(&s.url, name, PASSWORD)?;
+    browser.wait_for(
+        "the catalogue",
+        Duration::from_secs(20),
+        ("return location.hash", &[]),
+        |v| v == "#/catalogue",
+    )?;
+    browser.script("location.hash = arguments[0]; return true;", &[json!(hash)])?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "browser: needs chromium"]
 async fn operator_page_shows_hosts_phones_and_utilisation_over_time() {
@@ -88,15 +101,8 @@ async fn operator_page_shows_hosts_phones_and_utilisation_over_time() {
 
     // A plain user has no operator link, and the page itself shows the refusal, not data.
     let other = blocking(|| Browser::start((1000, 900))).expect("start chromium");
-    blocking(|| other.log_in(&s.url, "uma", PASSWORD)).unwrap();
     let seen: Value = blocking(|| {
-        other.wait_for(
-            "the catalogue",
-            Duration::from_secs(20),
-            ("return location.hash", &[]),
-            |v| v == "#/catalogue",
-        )?;
-        other.script("location.hash = '#/operator'; return true;", &[])?;
+        open_as(&other, &s, "uma", "#/operator")?;
         other.wait_for(
             "the operator page's refusal",
             Duration::from_secs(20),
@@ -111,4 +117,74 @@ async fn operator_page_shows_hosts_phones_and_utilisation_over_time() {
         seen["status"].as_str().unwrap().contains("operator"),
         "{seen}"
     );
+}
+
+/// What the live phone page shows, read from the DOM.
+const PHONE_PROBE: &str = "return { countdown: document.querySelector('.countdown')?.textContent || '',
+           release: [...document.querySelectorAll('button')].some((b) => b.textContent === 'Release'),
+           video: !!document.querySelector('video.screen'),
+           ended: document.querySelector('.session-ended h2')?.textContent || '',
+           reason: document.querySelector('.session-ended .reason')?.textContent || '' };";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "browser: needs chromium"]
+async fn the_phone_page_shows_the_session_ended_when_an_operator_releases_the_lease() {
+    let s = Server::start(Kind::Sqlite, &[]).await;
+    let admin = s.admin.clone();
+    let body = json!({"name": "alice", "role": "user", "password": PASSWORD, "max_phones": 1});
+    let alice = ok(&s, "POST", "/users", &admin, Some(body), 201).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let host = warm_pool(&s, "rack1-host7", 1, 1).await;
+    host.report_sockets(&s).await;
+    let lease = lease_phone(&s, &alice, "pixel").await;
+    let lease_id = lease["lease"]["id"].as_str().unwrap().to_owned();
+
+    let browser = blocking(|| Browser::start((1000, 900))).expect("start chromium");
+    let live = blocking(|| {
+        open_as(&browser, &s, "alice", &format!("#/phone/{lease_id}"))?;
+        browser.wait_for(
+            "the live phone with its countdown",
+            Duration::from_secs(20),
+            (PHONE_PROBE, &[]),
+            |v| v["countdown"].as_str().is_some_and(|c| c.ends_with("left")),
+        )
+    })
+    .unwrap();
+    assert_eq!(live["release"], true, "{live}");
+
+    // An operator releases the lease through the API: the page drops the phone and says why.
+    let released = std::time::Instant::now();
+    ok(
+        &s,
+        "DELETE",
+        &format!("/leases/{lease_id}"),
+        &admin,
+        None,
+        200,
+    )
+    .await;
+    let ended = blocking(|| {
+        browser.wait_for(
+            "the session-ended notice",
+            Duration::from_secs(5),
+            (PHONE_PROBE, &[]),
+            |v| v["ended"] == "Your session ended",
+        )
+    })
+    .unwrap();
+    eprintln!(
+        "the page showed the end {:?} after the release",
+        released.elapsed()
+    );
+    assert!(
+        released.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        released.elapsed()
+    );
+    assert_eq!(ended["reason"], "lease ended: released", "{ended}");
+    assert_eq!(ended["countdown"], "", "no countdown left: {ended}");
+    assert_eq!(ended["release"], false, "no Release button left: {ended}");
+    assert_eq!(ended["video"], false, "no live phone left: {ended}");
 }

@@ -12,7 +12,27 @@ mod sqlite;
 
 use std::path::Path;
 
+use tokio::sync::broadcast;
+
+use crate::model::LeaseState;
+
 pub use migrations::MIGRATIONS;
+
+/// Lease-end notices buffered per subscriber; one that falls further behind re-checks its
+/// lease in the database instead (see [`Database::lease_ends`]).
+const LEASE_END_BUFFER: usize = 1024;
+
+/// A lease that a committed transaction ended (released, expired or lost): sessions granted
+/// for it must stop. Published only after the commit, so a rolled-back end never fires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseEnded {
+    /// The lease that ended.
+    pub lease_id: String,
+    /// Its phone (now resetting, parked or gone).
+    pub phone_id: String,
+    /// How it ended.
+    pub state: LeaseState,
+}
 
 /// A database failure; the message names the statement's purpose and the backend's reason.
 #[derive(Debug, thiserror::Error)]
@@ -118,26 +138,51 @@ pub enum Dialect {
     Postgres,
 }
 
-/// A database: a shared handle to a SQLite file or a PostgreSQL connection pool.
+/// A database: a shared handle to a SQLite file or a PostgreSQL connection pool, plus the
+/// bus on which committed transactions announce the leases they ended.
 #[derive(Clone)]
-pub enum Database {
+pub struct Database {
+    backend: Backend,
+    lease_ends: broadcast::Sender<LeaseEnded>,
+}
+
+#[derive(Clone)]
+enum Backend {
     Sqlite(sqlite::SqliteDb),
     Postgres(postgres::PgDb),
 }
 
 impl Database {
-    /// Opens (creating if needed) `<data_dir>/cloudphone.db` and applies migrations.
-    pub async fn open_sqlite(data_dir: &Path) -> Result<Self, DbError> {
-        let db = Database::Sqlite(sqlite::SqliteDb::open(&data_dir.join("cloudphone.db"))?);
+    async fn with(backend: Backend) -> Result<Self, DbError> {
+        let db = Database {
+            backend,
+            lease_ends: broadcast::channel(LEASE_END_BUFFER).0,
+        };
         db.migrate().await?;
         Ok(db)
     }
 
+    /// Opens (creating if needed) `<data_dir>/cloudphone.db` and applies migrations.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Self, DbError> {
+        Self::with(Backend::Sqlite(sqlite::SqliteDb::open(
+            &data_dir.join("cloudphone.db"),
+        )?))
+        .await
+    }
+
     /// Connects a pool to `url` (`postgres://...` or `host=/sock dbname=...`) and migrates.
     pub async fn open_postgres(url: &str, pool_size: usize) -> Result<Self, DbError> {
-        let db = Database::Postgres(postgres::PgDb::connect(url, pool_size).await?);
-        db.migrate().await?;
-        Ok(db)
+        Self::with(Backend::Postgres(
+            postgres::PgDb::connect(url, pool_size).await?,
+        ))
+        .await
+    }
+
+    /// Leases ended by this process's committed transactions, as they commit. Leases ended
+    /// by another replica sharing a PostgreSQL database do not appear here: whoever must
+    /// not miss an end also re-checks the lease row.
+    pub fn lease_ends(&self) -> broadcast::Receiver<LeaseEnded> {
+        self.lease_ends.subscribe()
     }
 
     /// Opens by URL: `postgres://`/`postgresql://` selects PostgreSQL, anything else SQLite
@@ -156,10 +201,15 @@ impl Database {
 
     /// Starts a transaction that holds the write lock (SQLite) or can take row locks (PG).
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        match self {
-            Database::Sqlite(db) => Ok(Tx::Sqlite(db.begin().await?)),
-            Database::Postgres(db) => Ok(Tx::Postgres(Box::new(db.begin().await?))),
-        }
+        let inner = match &self.backend {
+            Backend::Sqlite(db) => TxInner::Sqlite(db.begin().await?),
+            Backend::Postgres(db) => TxInner::Postgres(Box::new(db.begin().await?)),
+        };
+        Ok(Tx {
+            inner,
+            ended: Vec::new(),
+            lease_ends: self.lease_ends.clone(),
+        })
     }
 
     async fn migrate(&self) -> Result<(), DbError> {
@@ -189,42 +239,55 @@ impl Database {
 }
 
 /// An open transaction. Dropping it without [`Tx::commit`] rolls it back.
-pub enum Tx {
+pub struct Tx {
+    inner: TxInner,
+    /// Leases this transaction ended, announced once it commits.
+    ended: Vec<LeaseEnded>,
+    lease_ends: broadcast::Sender<LeaseEnded>,
+}
+
+enum TxInner {
     Sqlite(sqlite::SqliteTx),
     Postgres(Box<postgres::PgTx>),
 }
 
 impl Tx {
+    /// Record that this transaction ended a lease; announced on [`Database::lease_ends`]
+    /// only if it commits. Called by the one place leases end (`store::leases::end`).
+    pub(crate) fn lease_ended(&mut self, ended: LeaseEnded) {
+        self.ended.push(ended);
+    }
+
     /// The SQL flavour, for the few statements that differ.
     pub fn dialect(&self) -> Dialect {
-        match self {
-            Tx::Sqlite(_) => Dialect::Sqlite,
-            Tx::Postgres(_) => Dialect::Postgres,
+        match self.inner {
+            TxInner::Sqlite(_) => Dialect::Sqlite,
+            TxInner::Postgres(_) => Dialect::Postgres,
         }
     }
 
     /// Suffix for a SELECT whose rows this transaction will update: a row lock on PostgreSQL
     /// (SQLite already holds the database write lock since `BEGIN IMMEDIATE`).
     pub fn lock_suffix(&self) -> &'static str {
-        match self {
-            Tx::Sqlite(_) => "",
-            Tx::Postgres(_) => " FOR UPDATE",
+        match self.inner {
+            TxInner::Sqlite(_) => "",
+            TxInner::Postgres(_) => " FOR UPDATE",
         }
     }
 
     /// Like [`Tx::lock_suffix`] but skips rows other transactions hold (picking a free phone).
     pub fn skip_locked_suffix(&self) -> &'static str {
-        match self {
-            Tx::Sqlite(_) => "",
-            Tx::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        match self.inner {
+            TxInner::Sqlite(_) => "",
+            TxInner::Postgres(_) => " FOR UPDATE SKIP LOCKED",
         }
     }
 
     /// Runs a SELECT (or `... RETURNING`) and returns all rows.
     pub async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
-        match self {
-            Tx::Sqlite(t) => t.query(sql, params),
-            Tx::Postgres(t) => t.query(sql, params).await,
+        match &mut self.inner {
+            TxInner::Sqlite(t) => t.query(sql, params),
+            TxInner::Postgres(t) => t.query(sql, params).await,
         }
     }
 
@@ -235,26 +298,31 @@ impl Tx {
 
     /// Runs INSERT/UPDATE/DELETE and returns the number of rows changed.
     pub async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        match self {
-            Tx::Sqlite(t) => t.execute(sql, params),
-            Tx::Postgres(t) => t.execute(sql, params).await,
+        match &mut self.inner {
+            TxInner::Sqlite(t) => t.execute(sql, params),
+            TxInner::Postgres(t) => t.execute(sql, params).await,
         }
     }
 
     /// Runs several parameterless statements (migrations).
     async fn batch(&mut self, sql: &str) -> Result<(), DbError> {
-        match self {
-            Tx::Sqlite(t) => t.batch(sql),
-            Tx::Postgres(t) => t.batch(sql).await,
+        match &mut self.inner {
+            TxInner::Sqlite(t) => t.batch(sql),
+            TxInner::Postgres(t) => t.batch(sql).await,
         }
     }
 
     /// Makes the transaction's changes durable and visible.
     pub async fn commit(self) -> Result<(), DbError> {
-        match self {
-            Tx::Sqlite(t) => t.commit(),
-            Tx::Postgres(t) => (*t).commit().await,
+        match self.inner {
+            TxInner::Sqlite(t) => t.commit()?,
+            TxInner::Postgres(t) => (*t).commit().await?,
         }
+        for ended in self.ended {
+            // No subscriber (no stream open) is fine: nothing to end.
+            let _ = self.lease_ends.send(ended);
+        }
+        Ok(())
     }
 }
 
@@ -295,5 +363,28 @@ mod tests {
         assert!(row.int(1).is_err());
         assert_eq!(row.opt_text(2).unwrap(), None);
         assert!(row.int(7).is_err());
+    }
+
+    #[tokio::test]
+    async fn lease_ends_are_announced_on_commit_only() {
+        let dir = std::env::temp_dir().join(format!("cloudphone-db-{}", crate::ids::random_hex(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Database::open_sqlite(&dir).await.unwrap();
+        let mut ends = db.lease_ends();
+        let ended = |id: &str| LeaseEnded {
+            lease_id: id.into(),
+            phone_id: "ph_1".into(),
+            state: LeaseState::Released,
+        };
+        let mut rolled_back = db.begin().await.unwrap();
+        rolled_back.lease_ended(ended("ls_rolled_back"));
+        drop(rolled_back);
+        let mut tx = db.begin().await.unwrap();
+        tx.lease_ended(ended("ls_committed"));
+        assert!(ends.try_recv().is_err(), "announced before the commit");
+        tx.commit().await.unwrap();
+        assert_eq!(ends.try_recv().unwrap(), ended("ls_committed"));
+        assert!(ends.try_recv().is_err(), "a rolled-back end was announced");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

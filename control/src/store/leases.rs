@@ -1,7 +1,7 @@
 //! The leases table: reading, ending and counting leases, and the quota inputs. Granting,
 //! releasing and renewing cross tables and live in [`super::lifecycle`].
 
-use crate::db::{Row, Tx, Value};
+use crate::db::{LeaseEnded, Row, Tx, Value};
 use crate::error::{Error, Result};
 use crate::model::{Lease, LeaseState, Role, User};
 use crate::scheduler;
@@ -79,6 +79,19 @@ pub async fn get_locked(tx: &mut Tx, id: &str) -> Result<Lease> {
     decode(&super::one(tx, "lease", &sql, &[id.into()]).await?)
 }
 
+/// How lease `id` has ended by `now_ms`: its stored end, or `Expired` for an active lease past
+/// its expiry that the scheduler has not reaped yet; `None` while it holds. Stream sessions
+/// re-check the lease they were granted for with this.
+pub async fn ended_by(tx: &mut Tx, id: &str, now_ms: i64) -> Result<Option<LeaseState>> {
+    let lease =
+        decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)?;
+    Ok(match lease.state {
+        LeaseState::Active if lease.expires_ms <= now_ms => Some(LeaseState::Expired),
+        LeaseState::Active => None,
+        ended => Some(ended),
+    })
+}
+
 /// The active lease on a phone, if any.
 pub async fn active_for_phone(tx: &mut Tx, phone_id: &str) -> Result<Option<Lease>> {
     let row = tx
@@ -91,7 +104,8 @@ pub async fn active_for_phone(tx: &mut Tx, phone_id: &str) -> Result<Option<Leas
 }
 
 /// Marks a lease ended (only the lease row; the phone is the caller's business) and
-/// returns it as stored.
+/// returns it as stored. Every lease end goes through here, so this is where it is announced
+/// (on commit) to the stream sessions granted for it.
 pub async fn end(tx: &mut Tx, lease: &Lease, state: LeaseState, actor: &str) -> Result<Lease> {
     let now = crate::now_ms();
     let n = tx
@@ -104,6 +118,11 @@ pub async fn end(tx: &mut Tx, lease: &Lease, state: LeaseState, actor: &str) -> 
         return Err(Error::Conflict(format!("lease {} already ended", lease.id)));
     }
     tracing::debug!(lease = %lease.id, state = state.as_str(), actor, "lease ended");
+    tx.lease_ended(LeaseEnded {
+        lease_id: lease.id.clone(),
+        phone_id: lease.phone_id.clone(),
+        state,
+    });
     Ok(Lease {
         state,
         ended_ms: Some(now),

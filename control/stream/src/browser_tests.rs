@@ -83,7 +83,12 @@ async fn plays_and_clicks(query: &str, codec: &str) {
     let web_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web");
     let router = Router::new()
         .route("/stream-test.html", get(|| async { Html(PAGE) }))
-        .merge(app(StreamHub::new(), vmm.socket.clone(), Vec::new()))
+        .merge(app(
+            StreamHub::new(),
+            vmm.socket.clone(),
+            Vec::new(),
+            crate::Revocation::never(),
+        ))
         .merge(crate::web::routes(web_dir));
     let addr = serve(router).await;
     let browser = blocking(|| Browser::start((800, 600))).expect("start chromium");

@@ -18,6 +18,7 @@
 //!   VMM's `PUT /input` body in screen pixels.
 //! - [`hub`]: one stream per phone shared by all its viewers (damage → encode once per codec
 //!   → fan out), input from the lease holder forwarded to the VMM.
+//! - [`revocation`]: how the control service ends a granted session when its lease ends.
 //! - [`signalling`]: the `GET /api/v1/phones/{id}/stream` WebSocket (SDP offer/answer, ICE
 //!   server config), authorised by the control service through [`signalling::StreamAuthorizer`].
 //! - [`source`]: where a phone's screen comes from: its VMM's socket here, or a host agent's
@@ -33,6 +34,7 @@ pub mod hub;
 pub mod input;
 pub mod pacer;
 pub mod relay;
+pub mod revocation;
 pub mod signalling;
 pub mod source;
 pub mod vp8;
@@ -51,6 +53,7 @@ pub use frame::{I420Frame, PixelLayout};
 pub use h264::H264Encoder;
 pub use hub::{StreamHub, StreamStats, ViewerOptions};
 pub use pacer::EncodePacer;
+pub use revocation::{Revocation, Revoker};
 pub use signalling::{IceServer, SignallingConfig, StreamAuthorizer, StreamDenied, StreamGrant};
 pub use source::ScreenSource;
 

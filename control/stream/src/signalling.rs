@@ -7,7 +7,9 @@
 //!    named "input"; ICE gathering finished, no trickle)
 //! 3. server → `{"type":"answer","sdp":".."}` or `{"type":"error","message":".."}`
 //! 4. later, server → `{"type":"ended","reason":".."}` when the stream ends (lease over, phone
-//!    stopped); closing the WebSocket ends the viewer's session.
+//!    stopped); closing the WebSocket ends the viewer's session. When the grant is revoked (its
+//!    lease ended) the server then closes the WebSocket with code [`CLOSE_GRANT_REVOKED`] and the
+//!    reason, at any point of the session (even before the offer).
 //!
 //! ICE: the server offers one host candidate on [`SignallingConfig::bind_ip`] (loopback by
 //! default: set it to an address browsers can reach). Behind NAT, run coturn
@@ -22,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -33,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::hub::{StreamHub, ViewerOptions};
+use crate::revocation::Revocation;
 use crate::webrtc::{start_viewer, ViewerCommand};
 use crate::ScreenSource;
 
@@ -40,6 +43,9 @@ use crate::ScreenSource;
 const MAX_MESSAGE: usize = 64 * 1024;
 /// How long the browser has to send its offer.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+/// WebSocket close code (application range) for "your lease ended": the browser shows the
+/// session as over instead of reconnecting to a phone that is no longer its own.
+pub const CLOSE_GRANT_REVOKED: u16 = 4001;
 
 /// What the control service allows a caller to do with one phone's stream.
 #[derive(Debug, Clone)]
@@ -52,6 +58,9 @@ pub struct StreamGrant {
     pub fps_cap: u32,
     /// Who is watching (user name), for logs.
     pub viewer: String,
+    /// Revoked by the control service when the lease this grant was made for ends: the
+    /// session then ends at once and its input is dropped.
+    pub revocation: Revocation,
 }
 
 /// Why a caller may not open a stream: sent as the HTTP status + JSON error before any upgrade.
@@ -212,12 +221,31 @@ async fn send(socket: &mut WebSocket, value: serde_json::Value) -> bool {
         .is_ok()
 }
 
+/// Tell the viewer its grant is gone and close the WebSocket with [`CLOSE_GRANT_REVOKED`].
+async fn end_revoked(socket: &mut WebSocket, phone: &str, viewer: &str, reason: String) {
+    tracing::info!(%phone, %viewer, %reason, "ending a stream session: its grant was revoked");
+    let _ = send(socket, json!({"type": "ended", "reason": reason})).await;
+    let frame = CloseFrame {
+        code: CLOSE_GRANT_REVOKED,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
 async fn session(mut socket: WebSocket, st: Signalling, phone: String, grant: StreamGrant) {
+    let mut revocation = grant.revocation.clone();
     let config = json!({"type": "config", "iceServers": st.config.ice_servers, "input": grant.can_send_input});
     if !send(&mut socket, config).await {
         return;
     }
-    let offer = match tokio::time::timeout(OFFER_TIMEOUT, next_offer(&mut socket)).await {
+    let offer = tokio::select! {
+        reason = revocation.revoked() => {
+            end_revoked(&mut socket, &phone, &grant.viewer, reason).await;
+            return;
+        }
+        offer = tokio::time::timeout(OFFER_TIMEOUT, next_offer(&mut socket)) => offer,
+    };
+    let offer = match offer {
         Ok(Ok(offer)) => offer,
         Ok(Err(why)) => {
             let _ = send(&mut socket, json!({"type": "error", "message": why})).await;
@@ -249,6 +277,7 @@ async fn session(mut socket: WebSocket, st: Signalling, phone: String, grant: St
     let options = ViewerOptions {
         label: grant.viewer.clone(),
         can_send_input: grant.can_send_input,
+        revocation: grant.revocation.clone(),
     };
     let mut ended = st
         .hub
@@ -259,6 +288,11 @@ async fn session(mut socket: WebSocket, st: Signalling, phone: String, grant: St
     }
     loop {
         tokio::select! {
+            reason = revocation.revoked() => {
+                let _ = commands.send(ViewerCommand::Close).await;
+                end_revoked(&mut socket, &phone, &grant.viewer, reason).await;
+                return;
+            }
             reason = &mut ended => {
                 let reason = reason.unwrap_or_else(|_| "stream stopped".into());
                 let _ = send(&mut socket, json!({"type": "ended", "reason": reason})).await;
@@ -296,7 +330,7 @@ async fn next_offer(socket: &mut WebSocket) -> Result<String, String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::fake_vmm::FakeVmm;
+    use crate::fake_vmm::{until, FakeVmm};
     use crate::webrtc::tests::Browser;
     use futures_util::{SinkExt, StreamExt};
     use std::path::PathBuf;
@@ -306,9 +340,11 @@ pub(crate) mod tests {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-    /// Bearer `holder` → input, `operator` → watch only, anything else → 404.
+    /// Bearer `holder` → input, `operator` → watch only, anything else → 404; every grant
+    /// ends with `revocation`.
     pub(crate) struct TokenAuth {
         pub socket: PathBuf,
+        pub revocation: Revocation,
     }
 
     impl StreamAuthorizer for TokenAuth {
@@ -335,6 +371,7 @@ pub(crate) mod tests {
                         can_send_input,
                         fps_cap: 30,
                         viewer: viewer.into(),
+                        revocation: self.revocation.clone(),
                     }),
                     _ => Err(StreamDenied {
                         status: StatusCode::NOT_FOUND,
@@ -353,26 +390,23 @@ pub(crate) mod tests {
         addr
     }
 
-    pub(crate) fn app(hub: StreamHub, socket: PathBuf, ice_servers: Vec<IceServer>) -> Router {
+    pub(crate) fn app(
+        hub: StreamHub,
+        socket: PathBuf,
+        ice_servers: Vec<IceServer>,
+        revocation: Revocation,
+    ) -> Router {
         let config = SignallingConfig {
             ice_servers,
             ..SignallingConfig::default()
         };
         Router::new().nest(
             "/api/v1",
-            routes(hub, Arc::new(TokenAuth { socket }), config),
+            routes(hub, Arc::new(TokenAuth { socket, revocation }), config),
         )
     }
 
-    async fn connect(
-        addr: std::net::SocketAddr,
-        token: &str,
-    ) -> Result<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-        String,
-    > {
+    async fn connect(addr: std::net::SocketAddr, token: &str) -> Result<Ws, String> {
         let mut req = format!("ws://{addr}/api/v1/phones/ph-1/stream")
             .into_client_request()
             .unwrap();
@@ -401,6 +435,26 @@ pub(crate) mod tests {
         }
     }
 
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// Send a test browser's offer on `ws` (past the config message) and apply the answer.
+    async fn negotiate(ws: &mut Ws) -> Browser {
+        let (mut browser, offer, pending) = Browser::new().await;
+        let msg = json!({"type": "offer", "sdp": offer}).to_string();
+        ws.send(WsMessage::Text(msg.into())).await.unwrap();
+        let answer = next_json(ws).await;
+        assert_eq!(answer["type"], "answer", "{answer}");
+        let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
+        browser
+            .rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .unwrap();
+        browser
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn websocket_offer_answer_streams_video_and_carries_input() {
         let vmm = FakeVmm::start(64, 48);
@@ -410,7 +464,13 @@ pub(crate) mod tests {
             username: None,
             credential: None,
         };
-        let addr = serve(app(hub.clone(), vmm.socket.clone(), vec![stun.clone()])).await;
+        let addr = serve(app(
+            hub.clone(),
+            vmm.socket.clone(),
+            vec![stun.clone()],
+            Revocation::never(),
+        ))
+        .await;
 
         let err = connect(addr, "stranger").await.err().unwrap();
         assert!(err.contains("404"), "a stranger gets 404: {err}");
@@ -424,18 +484,7 @@ pub(crate) mod tests {
         );
         assert_eq!(config["input"], true);
 
-        let (mut browser, offer, pending) = Browser::new().await;
-        let msg = json!({"type": "offer", "sdp": offer}).to_string();
-        ws.send(WsMessage::Text(msg.into())).await.unwrap();
-        let answer = next_json(&mut ws).await;
-        assert_eq!(answer["type"], "answer", "{answer}");
-        let answer = SdpAnswer::from_sdp_string(answer["sdp"].as_str().unwrap()).unwrap();
-        browser
-            .rtc
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .unwrap();
-
+        let mut browser = negotiate(&mut ws).await;
         let mut decoder = openh264::decoder::Decoder::new().unwrap();
         let mut size = None;
         let mut sent_input = false;
@@ -482,10 +531,107 @@ pub(crate) mod tests {
         panic!("the stream outlived its only viewer's WebSocket");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_grant_closes_the_session_within_a_second_and_drops_later_input() {
+        let vmm = FakeVmm::start(64, 48);
+        let hub = StreamHub::new();
+        let (revoker, revocation) = Revocation::new();
+        let addr = serve(app(hub.clone(), vmm.socket.clone(), Vec::new(), revocation)).await;
+        let mut ws = connect(addr, "holder").await.unwrap();
+        assert_eq!(next_json(&mut ws).await["input"], true);
+        let mut browser = negotiate(&mut ws).await;
+        let key = br#"{"type":"key","key":"HOME","down":true}"#;
+        let mut channel = None;
+        let mut frames = 0;
+        let ok = browser
+            .pump(Duration::from_secs(20), |rtc, event| {
+                match event {
+                    Event::ChannelOpen(id, _) => {
+                        rtc.channel(id).unwrap().write(false, key).unwrap();
+                        channel = Some(id);
+                    }
+                    Event::MediaData(_) => frames += 1,
+                    _ => {}
+                }
+                frames > 0 && channel.is_some()
+            })
+            .await;
+        assert!(ok, "frames={frames} channel={channel:?}");
+        until(
+            "the holder's key at the VMM",
+            Duration::from_secs(5),
+            || vmm.inputs().len() == 1,
+        )
+        .await;
+
+        // The lease ends: the WebSocket says why and closes with 4001 within a second.
+        let revoked = Instant::now();
+        revoker.revoke("lease ended: released");
+        let mut ended = None;
+        let close = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(1), ws.next())
+                .await
+                .expect("the session outlived its grant by a second")
+                .expect("a close frame before the end of the stream")
+                .unwrap();
+            match msg {
+                WsMessage::Text(t) => {
+                    ended = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap())
+                }
+                WsMessage::Close(frame) => break frame.expect("a close code"),
+                _ => {}
+            }
+        };
+        let closed_after = revoked.elapsed();
+        eprintln!("WebSocket closed {closed_after:?} after the revocation");
+        assert_eq!(
+            ended,
+            Some(json!({"type": "ended", "reason": "lease ended: released"}))
+        );
+        assert_eq!(u16::from(close.code), CLOSE_GRANT_REVOKED);
+        assert_eq!(close.reason.as_str(), "lease ended: released");
+
+        // What the old holder still sends is never forwarded, and its video stops.
+        let mut late_frames = 0;
+        browser
+            .pump(Duration::from_millis(800), |rtc, event| {
+                if let Some(mut ch) = channel.and_then(|id| rtc.channel(id)) {
+                    let _ = ch.write(false, key);
+                }
+                if let Event::MediaData(_) = event {
+                    late_frames += 1;
+                }
+                false
+            })
+            .await;
+        vmm.damage();
+        until("the viewer left the hub", Duration::from_secs(1), || {
+            hub.stats("ph-1").is_none()
+        })
+        .await;
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "viewer gone {:?} after the revocation",
+            revoked.elapsed()
+        );
+        assert_eq!(
+            vmm.inputs().len(),
+            1,
+            "input after the lease ended reached the VMM"
+        );
+        eprintln!("frames the old holder received after the revocation: {late_frames}");
+    }
+
     #[tokio::test]
     async fn garbage_offer_and_cross_origin_are_refused() {
         let vmm = FakeVmm::start(16, 16);
-        let addr = serve(app(StreamHub::new(), vmm.socket.clone(), Vec::new())).await;
+        let addr = serve(app(
+            StreamHub::new(),
+            vmm.socket.clone(),
+            Vec::new(),
+            Revocation::never(),
+        ))
+        .await;
         let mut ws = connect(addr, "operator").await.unwrap();
         assert_eq!(next_json(&mut ws).await["input"], false);
         ws.send(WsMessage::Text(

@@ -306,6 +306,19 @@ impl FakeHost {
         .await
     }
 
+    /// Gives every phone a VMM API socket, as a real agent's reports do: the stream route
+    /// grants sessions only for a phone with one. Nothing listens there: a session waits in
+    /// signalling, or its stream finds no screen.
+    pub async fn report_sockets(&self, s: &Server) {
+        for p in self.heartbeat(s, &[]).await {
+            let id = p["phone"]["id"].as_str().unwrap();
+            let body = json!({"state": p["phone"]["state"], "generation": p["phone"]["generation"],
+                              "reason": "test agent", "api_socket": format!("/nonexistent/{id}.sock")});
+            let path = format!("/hosts/{}/phones/{id}/state", self.id);
+            ok(s, "PUT", &path, &self.token, Some(body), 200).await;
+        }
+    }
+
     /// Drives every phone the control service wants towards `ready` (creating → booting →
     /// ready; resetting → ready), like a healthy agent would. Returns how many became ready.
     pub async fn converge(&self, s: &Server) -> usize {

@@ -22,7 +22,8 @@ export async function phonePage(main, { leaseId, phoneId }) {
   const message = h("p", { class: "status" });
   const countdown = h("span", { class: "countdown" });
   const toolbar = h("div", { class: "toolbar" });
-  main.append(h("div", { class: "phone" }, h("div", { class: "screen-box" }, video, overlay), toolbar), message);
+  const phone = h("div", { class: "phone" }, h("div", { class: "screen-box" }, video, overlay), toolbar);
+  main.append(phone, message);
 
   let lease = null;
   if (leaseId) {
@@ -39,10 +40,29 @@ export async function phonePage(main, { leaseId, phoneId }) {
     phoneId = lease.phone_id;
   }
 
+  let tick = null;
+  let sessionOver = false;
+  // The lease ended (released, here or elsewhere, expired, the phone lost): the phone is
+  // someone else's now. No video, countdown or controls are left; say so.
+  const sessionEnded = (reason) => {
+    sessionOver = true;
+    clearInterval(tick);
+    unwire.forEach((f) => f());
+    video.srcObject = null;
+    phone.replaceWith(h("div", { class: "session-ended" },
+      h("h2", {}, "Your session ended"),
+      h("p", { class: "reason" }, reason),
+      h("a", { href: "#/catalogue" }, "Back to the catalogue")));
+    message.textContent = "";
+  };
+
   // `?codec=vp8` (or h264) in the page address forces that codec, e.g. where H.264 fails.
   const stream = new PhoneStream(phoneId, video, {
     codec: new URLSearchParams(location.search).get("codec"),
-    onEnded: (reason) => { message.textContent = `Stream ended: ${reason}`; },
+    onEnded: (reason, leaseEnded) => {
+      if (leaseEnded) sessionEnded(reason);
+      else message.textContent = `Stream ended: ${reason}`;
+    },
   });
   const send = (m) => stream.send(m);
   const unwire = [attachPointer(video, send), attachKeyboard(video, send)];
@@ -73,9 +93,10 @@ export async function phonePage(main, { leaseId, phoneId }) {
   try {
     await stream.connect();
   } catch (e) {
-    message.textContent = e.message;
+    if (!sessionOver) message.textContent = e.message;
   }
-  const tick = setInterval(async () => {
+  if (sessionOver) return () => {};
+  tick = setInterval(async () => {
     overlay.textContent = overlayText(await stream.stats().catch(() => null));
     if (lease) {
       const left = lease.expires_ms - Date.now();

@@ -25,7 +25,14 @@ function preferCodec(transceiver, codec) {
 }
 
 /**
- * A live phone stream. `onEnded(reason)` is called once when it stops for any reason. `codec`
+ * The WebSocket close code with which the server ends a session whose lease ended (released,
+ * expired, the phone lost): the phone is no longer this viewer's, so do not reconnect.
+ */
+export const CLOSE_LEASE_ENDED = 4001;
+
+/**
+ * A live phone stream. `onEnded(reason, leaseEnded)` is called once when it stops for any
+ * reason; `leaseEnded` is true when the server ended it because the lease ended. `codec`
  * ("h264" or "vp8") makes the browser offer only that codec; by default it offers all it has and
  * the server picks H.264, falling back to VP8.
  */
@@ -40,6 +47,7 @@ export class PhoneStream {
     this.pc = null;
     this.ws = null;
     this.ended = false;
+    this.serverReason = null;
     this.lastStats = null;
   }
 
@@ -51,7 +59,11 @@ export class PhoneStream {
       const ws = new WebSocket(url);
       this.ws = ws;
       ws.onerror = () => reject(new Error("stream connection refused (no access to this phone?)"));
-      ws.onclose = () => this.end("connection closed");
+      ws.onclose = (ev) => {
+        const leaseEnded = ev.code === CLOSE_LEASE_ENDED;
+        this.end(ev.reason || this.serverReason || "connection closed", leaseEnded);
+        if (leaseEnded) reject(new Error(ev.reason || "lease ended"));
+      };
       ws.onmessage = async (ev) => {
         let msg;
         try {
@@ -70,7 +82,8 @@ export class PhoneStream {
             reject(new Error(msg.message));
             this.end(msg.message);
           } else if (msg.type === "ended") {
-            this.end(msg.reason);
+            // The close frame follows and says whether the lease ended; keep the reason for it.
+            this.serverReason = msg.reason;
           }
         } catch (e) {
           reject(e);
@@ -137,11 +150,11 @@ export class PhoneStream {
   }
 
   /** Stop everything (idempotent). */
-  end(reason) {
+  end(reason, leaseEnded = false) {
     if (this.ended) return;
     this.ended = true;
     if (this.ws && this.ws.readyState <= 1) this.ws.close();
     if (this.pc) this.pc.close();
-    this.onEnded(reason);
+    this.onEnded(reason, leaseEnded);
   }
 }

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::stats::StreamStats;
 use crate::input::{InputError, VmmInput};
+use crate::revocation::Revocation;
 use crate::source::Screen;
 
 /// Input messages waiting for the VMM beyond this are dropped (the VMM is stuck).
@@ -18,7 +19,7 @@ const INPUT_DAMAGE_WINDOW: Duration = Duration::from_secs(2);
 
 /// One phone's input path to its VMM.
 pub(super) struct InputForwarder {
-    queue: mpsc::Sender<VmmInput>,
+    queue: mpsc::Sender<(VmmInput, Revocation)>,
     /// When the oldest press not yet followed by screen damage was accepted.
     pending: Option<Instant>,
     stats: Arc<StreamStats>,
@@ -38,12 +39,13 @@ impl InputForwarder {
         }
     }
 
-    /// Queue `input` for the VMM; dropped (and counted) when the VMM is not keeping up.
-    pub(super) fn send(&mut self, input: VmmInput) {
+    /// Queue `input` for the VMM; dropped (and counted) when the VMM is not keeping up, or
+    /// when `grant` (its sender's) is revoked before its turn comes.
+    pub(super) fn send(&mut self, input: VmmInput, grant: Revocation) {
         if input.is_press() {
             self.pending.get_or_insert_with(Instant::now);
         }
-        if self.queue.try_send(input).is_err() {
+        if self.queue.try_send((input, grant)).is_err() {
             StreamStats::bump(&self.stats.input_dropped);
             tracing::warn!(phone = %self.phone, "dropping input: the VMM is not keeping up");
         }
@@ -66,14 +68,20 @@ impl InputForwarder {
     }
 }
 
-/// Send queued input to the VMM one at a time, in order.
+/// Send queued input to the VMM one at a time, in order; input whose sender's lease ended
+/// while it waited is dropped (the phone may already belong to someone else).
 async fn deliver(
     screen: Screen,
-    mut queue: mpsc::Receiver<VmmInput>,
+    mut queue: mpsc::Receiver<(VmmInput, Revocation)>,
     stats: Arc<StreamStats>,
     phone: String,
 ) {
-    while let Some(input) = queue.recv().await {
+    while let Some((input, grant)) = queue.recv().await {
+        if grant.is_revoked() {
+            StreamStats::bump(&stats.input_dropped);
+            tracing::info!(%phone, "dropping input queued before its lease ended");
+            continue;
+        }
         match screen.put_input(&input).await {
             Ok(()) => StreamStats::bump(&stats.input_forwarded),
             Err(e) => {

@@ -44,6 +44,13 @@ struct ViewerSlot {
     warned_input: bool,
 }
 
+impl ViewerSlot {
+    /// Connected and still granted: a viewer whose lease ended sees nothing more of the phone.
+    fn receives_frames(&self) -> bool {
+        self.codec.is_some() && !self.options.revocation.is_revoked()
+    }
+}
+
 /// One phone's stream: an actor owning its viewers, pacer, bitrate and encoders, driven by
 /// registry messages, viewer events and screen damage.
 pub(super) struct PhoneStream {
@@ -252,6 +259,11 @@ impl PhoneStream {
         let Some(slot) = self.viewers.get_mut(&id) else {
             return false;
         };
+        if slot.options.revocation.is_revoked() {
+            // Its lease ended: the session is closing; nothing it sends may reach the phone.
+            StreamStats::bump(&self.stats.input_dropped);
+            return false;
+        }
         if slot.options.can_send_input {
             return true;
         }
@@ -267,6 +279,9 @@ impl PhoneStream {
         if !self.may_send_input(id) {
             return;
         }
+        let Some(revocation) = self.viewers.get(&id).map(|v| v.options.revocation.clone()) else {
+            return;
+        };
         let (width, height) = match self.screen_size {
             Some(size) => size,
             None => match self.screen.info().await {
@@ -278,7 +293,7 @@ impl PhoneStream {
                 }
             },
         };
-        self.input.send(input.to_screen(width, height));
+        self.input.send(input.to_screen(width, height), revocation);
     }
 
     fn on_damage(&mut self, event: DamageEvent) {
@@ -321,14 +336,14 @@ impl PhoneStream {
 
     /// A viewer's transport is up (frames would go somewhere).
     fn has_connected_viewer(&self) -> bool {
-        self.viewers.values().any(|v| v.codec.is_some())
+        self.viewers.values().any(ViewerSlot::receives_frames)
     }
 
     /// What to encode now: each codec a connected viewer receives, as a keyframe when one of
     /// them needs one.
     fn encode_jobs(&self) -> Vec<EncodeJob> {
         let mut jobs: Vec<EncodeJob> = Vec::new();
-        for slot in self.viewers.values() {
+        for slot in self.viewers.values().filter(|v| v.receives_frames()) {
             let Some(codec) = slot.codec else { continue };
             match jobs.iter_mut().find(|j| j.codec == codec) {
                 Some(job) => job.keyframe |= slot.needs_key,
@@ -401,7 +416,7 @@ impl PhoneStream {
     /// Give each connected viewer the frame of its codec; one that cannot take it (full queue)
     /// or still waits for a keyframe gets a keyframe next.
     fn fan_out(&mut self, frames: &CodecFrames) {
-        for slot in self.viewers.values_mut() {
+        for slot in self.viewers.values_mut().filter(|v| v.receives_frames()) {
             let Some(frame) = frames
                 .iter()
                 .find(|(codec, _)| Some(*codec) == slot.codec)

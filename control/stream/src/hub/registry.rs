@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::phone::PhoneStream;
 use super::stats::StreamStats;
 use crate::lock;
+use crate::revocation::Revocation;
 use crate::source::{Screen, ScreenSource};
 use crate::webrtc::Viewer;
 
@@ -19,6 +20,9 @@ pub struct ViewerOptions {
     pub label: String,
     /// Lease holder: its touches and keys go to the phone; everybody else only watches.
     pub can_send_input: bool,
+    /// Ends the viewer's right to the phone (its lease ended): from then on it gets no frames
+    /// and its input is dropped, even input already queued for the VMM.
+    pub revocation: Revocation,
 }
 
 /// What the registry tells a running phone stream.

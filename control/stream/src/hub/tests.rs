@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::input::InputForwarder;
 use super::phone::REFRESH_AFTER;
 use super::{StreamHub, StreamStats, ViewerOptions};
 use crate::fake_vmm::{until, FakeVmm};
 use crate::input::BrowserInput;
-use crate::source::ScreenSource;
+use crate::revocation::Revocation;
+use crate::source::{Screen, ScreenSource};
 use crate::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use crate::{Codec, EncodedFrame};
 
@@ -22,16 +24,11 @@ struct FakeViewer {
 }
 
 impl FakeViewer {
-    fn join(hub: &StreamHub, vmm: &FakeVmm, label: &str, can_send_input: bool) -> Self {
-        Self::join_source(hub, ScreenSource::local(&vmm.socket), label, can_send_input)
+    fn join(hub: &StreamHub, vmm: &FakeVmm, options: ViewerOptions) -> Self {
+        Self::join_source(hub, ScreenSource::local(&vmm.socket), options)
     }
 
-    fn join_source(
-        hub: &StreamHub,
-        source: ScreenSource,
-        label: &str,
-        can_send_input: bool,
-    ) -> Self {
+    fn join_source(hub: &StreamHub, source: ScreenSource, options: ViewerOptions) -> Self {
         let (commands, frames) = mpsc::channel(8);
         let (events, events_rx) = mpsc::channel(8);
         let viewer = Viewer {
@@ -39,10 +36,6 @@ impl FakeViewer {
             commands,
             events: events_rx,
             local_addr: "127.0.0.1:9".parse().unwrap(),
-        };
-        let options = ViewerOptions {
-            label: label.into(),
-            can_send_input,
         };
         let ended = hub.attach("phone-1", source, 30, viewer, options);
         Self {
@@ -69,6 +62,15 @@ impl FakeViewer {
     }
 }
 
+/// A viewer `label` whose grant is never revoked; only `can_send_input` viewers touch the phone.
+fn options(label: &str, can_send_input: bool) -> ViewerOptions {
+    ViewerOptions {
+        label: label.into(),
+        can_send_input,
+        revocation: Revocation::never(),
+    }
+}
+
 /// How long the hub tests wait for a stream to reach a state.
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -82,8 +84,8 @@ async fn lease_holder_and_watcher() -> (FakeVmm, StreamHub, Arc<StreamStats>, Fa
 {
     let vmm = FakeVmm::start(64, 48);
     let hub = StreamHub::new();
-    let holder = FakeViewer::join(&hub, &vmm, "alice", true);
-    let watcher = FakeViewer::join(&hub, &vmm, "operator", false);
+    let holder = FakeViewer::join(&hub, &vmm, options("alice", true));
+    let watcher = FakeViewer::join(&hub, &vmm, options("operator", false));
     until("one damage subscription", WAIT, || vmm.subscribers() == 1).await;
     let stats = hub.stats("phone-1").unwrap();
     (vmm, hub, stats, holder, watcher)
@@ -248,7 +250,7 @@ async fn viewers_of_different_codecs_each_get_their_codec_and_vp8_stops_with_its
 async fn disconnect_ends_every_viewer_and_a_new_viewer_restarts_the_stream() {
     let vmm = FakeVmm::start(32, 32);
     let hub = StreamHub::new();
-    let mut bob = FakeViewer::join(&hub, &vmm, "bob", true);
+    let mut bob = FakeViewer::join(&hub, &vmm, options("bob", true));
     hub.disconnect("phone-1", "lease expired");
     assert_eq!((&mut bob.ended).await.unwrap(), "lease expired");
     assert!(matches!(
@@ -257,9 +259,88 @@ async fn disconnect_ends_every_viewer_and_a_new_viewer_restarts_the_stream() {
     ));
     until("stream gone", WAIT, || hub.stats("phone-1").is_none()).await;
 
-    let mut again = FakeViewer::join(&hub, &vmm, "bob", true);
+    let mut again = FakeViewer::join(&hub, &vmm, options("bob", true));
     again.send(ViewerEvent::Connected(Codec::H264)).await;
     assert!(again.next_frame().await.keyframe);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_viewer_gets_no_frames_and_none_of_its_input_reaches_the_vmm() {
+    let vmm = FakeVmm::start(32, 32);
+    let hub = StreamHub::new();
+    let (revoker, revocation) = Revocation::new();
+    let mut alice = FakeViewer::join(
+        &hub,
+        &vmm,
+        ViewerOptions {
+            revocation,
+            ..options("alice", true)
+        },
+    );
+    let mut operator = FakeViewer::join(&hub, &vmm, options("operator", false));
+    alice.send(ViewerEvent::Connected(Codec::H264)).await;
+    operator.send(ViewerEvent::Connected(Codec::H264)).await;
+    assert!(alice.next_frame().await.keyframe);
+    let key = r#"{"type":"key","key":"HOME","down":true}"#;
+    alice.send(ViewerEvent::Input(key.parse().unwrap())).await;
+    until("alice's key at the VMM", WAIT, || vmm.inputs().len() == 1).await;
+
+    // Her lease ends while her session is still open: whatever she sends now is dropped.
+    revoker.revoke("lease ended: released");
+    for _ in 0..5 {
+        alice.send(ViewerEvent::Input(key.parse().unwrap())).await;
+    }
+    let stats = hub.stats("phone-1").unwrap();
+    until("her input counted as dropped", WAIT, || {
+        count(&stats.input_dropped) == 5
+    })
+    .await;
+    tokio::time::sleep(REFRESH_AFTER).await;
+    alice.pending_frames();
+    operator.pending_frames();
+    // The operator, not bound to her lease, keeps watching; she sees nothing more.
+    vmm.damage();
+    operator.next_frame().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(alice.pending_frames(), 0, "frames after the lease ended");
+    assert_eq!(
+        vmm.inputs().len(),
+        1,
+        "input after the lease ended reached the VMM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_queued_for_the_vmm_is_dropped_once_its_grant_is_revoked() {
+    let vmm = FakeVmm::start(32, 32);
+    let stats = Arc::new(StreamStats::default());
+    let screen = Screen::new(ScreenSource::local(&vmm.socket));
+    let mut forwarder = InputForwarder::start(screen, stats.clone(), "phone-1".into());
+    let key = |k: &str| {
+        format!(r#"{{"type":"key","key":"{k}","down":true}}"#)
+            .parse::<BrowserInput>()
+            .unwrap()
+            .to_screen(32, 32)
+    };
+    let (revoker, revoked) = Revocation::new();
+    revoker.revoke("lease ended: released");
+    // Whatever is still queued when its grant ends is dropped at its turn, not delivered.
+    forwarder.send(key("BACK"), revoked);
+    forwarder.send(key("HOME"), Revocation::never());
+    until("the live grant's key delivered", WAIT, || {
+        count(&stats.input_forwarded) == 1
+    })
+    .await;
+    assert_eq!(count(&stats.input_dropped), 1);
+    let delivered: Vec<serde_json::Value> = vmm
+        .inputs()
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    assert_eq!(
+        delivered,
+        [serde_json::json!({"key": "HOME", "down": true})]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +349,7 @@ async fn a_relayed_phone_streams_on_damage_and_takes_input_through_the_relay() {
     let url = crate::relay::tests::relay_for(&vmm).await;
     let source = ScreenSource::relay(&url, crate::relay::tests::KEY, "p-1").unwrap();
     let hub = StreamHub::new();
-    let mut holder = FakeViewer::join_source(&hub, source, "alice", true);
+    let mut holder = FakeViewer::join_source(&hub, source, options("alice", true));
     until("the relay's damage subscription", WAIT, || {
         vmm.subscribers() == 1
     })
@@ -314,7 +395,7 @@ async fn a_garbled_relay_stream_is_dropped_and_reconnected() {
     let (url, connections) = scripted(vec![b"garbage".to_vec(), good_stream(32, 16, 0x80)]).await;
     let hub = StreamHub::new();
     let source = ScreenSource::relay(&url, "k", "p-1").unwrap();
-    let mut viewer = FakeViewer::join_source(&hub, source, "alice", false);
+    let mut viewer = FakeViewer::join_source(&hub, source, options("alice", false));
     viewer.send(ViewerEvent::Connected(Codec::H264)).await;
     assert!(viewer.next_frame().await.keyframe);
     assert!(
