@@ -9,8 +9,8 @@ pub use config::{
     ConfigError, PciConfiguration, PciHeader, CONFIG_DWORDS, EXTENDED_CONFIG_DWORDS, NUM_BARS,
 };
 pub use msix::{
-    Delivery, MsiSink, MsixError, MsixMessage, MsixTable, MAX_MSIX_VECTORS, MSIX_CAP_ID,
-    MSIX_ENTRY_SIZE,
+    Delivery, MsiSink, MsixEntry, MsixError, MsixMessage, MsixState, MsixTable, MAX_MSIX_VECTORS,
+    MSIX_CAP_ID, MSIX_ENTRY_SIZE,
 };
 
 /// The address space a BAR decodes.
