@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use cloudphone_virtio::pci::{BarKind, BarMove, PciDevice};
+use cloudphone_virtio::transport::TransportState;
+use cloudphone_virtio::StateError;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
@@ -73,6 +76,16 @@ impl BusDevice for BarRegion {
     }
 }
 
+/// One occupied slot's snapshot: what [`PciRoot::save_slots`] returns and a restore hands
+/// back to `VirtioPciDevice::restore` + [`PciRoot::attach_restored`] for the same slot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotState {
+    /// PCI slot (device number on bus 0).
+    pub slot: u8,
+    /// The virtio-pci function's state.
+    pub transport: TransportState,
+}
+
 /// Queue notification eventfds of one function: (BAR index, offset in the BAR, eventfd).
 pub type NotifyFds = Vec<(usize, u64, EventFd)>;
 
@@ -112,13 +125,6 @@ impl PciRoot {
         self.address = address & !0x3;
     }
 
-    /// Slots that hold a device.
-    pub fn occupied_slots(&self) -> Vec<u8> {
-        (0..self.slots.len() as u8)
-            .filter(|&s| self.slots[usize::from(s)].is_some())
-            .collect()
-    }
-
     fn allocate(&mut self, size: u64) -> Result<u64, PciError> {
         let size = size.max(0x1000);
         let base = self
@@ -140,6 +146,52 @@ impl PciRoot {
             self.vm.unregister_ioevent(fd, &a, NoDatamatch)
         };
         r.map_err(|source| PciError::IoEvent { addr, source })
+    }
+
+    /// Whether `slot` holds a device.
+    pub fn is_occupied(&self, slot: u8) -> bool {
+        self.slots
+            .get(usize::from(slot))
+            .is_some_and(Option::is_some)
+    }
+
+    /// The snapshot state of every slot that has any (virtio functions), in slot order.
+    /// Fails on the first device that cannot save its state, naming the slot.
+    pub fn save_slots(&self) -> Result<Vec<SlotState>, (u8, StateError)> {
+        let mut out = Vec::new();
+        for (slot, s) in self.slots.iter().enumerate() {
+            let Some(s) = s else { continue };
+            let slot = slot as u8;
+            if let Some(transport) = lock(&s.device).virtio_state().map_err(|e| (slot, e))? {
+                out.push(SlotState { slot, transport });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attach a restored `device` at `slot` with its BARs where the snapshot had them
+    /// (already set in the device; unplaced BARs stay unmapped): map them and their
+    /// ioeventfds, and keep later boot-time allocations above them. Overlapping another
+    /// function's BAR fails as the MMIO bus refuses it.
+    pub fn attach_restored(
+        &mut self,
+        slot: u8,
+        device: SharedPciDevice,
+        notify: NotifyFds,
+    ) -> Result<(), PciError> {
+        if usize::from(slot) >= SLOTS || self.slots[usize::from(slot)].is_some() {
+            return Err(PciError::Slot(slot));
+        }
+        let bars = lock(&device).bars();
+        for bar in bars.iter().filter(|b| b.kind != BarKind::Io && b.addr != 0) {
+            self.map_bar(&device, &notify, bar.index, bar.addr, bar.size)?;
+            let in_window = (PCI_MMIO_START..PCI_MMIO_START + PCI_MMIO_SIZE).contains(&bar.addr);
+            if in_window {
+                self.next_mmio = self.next_mmio.max(bar.addr + bar.size);
+            }
+        }
+        self.slots[usize::from(slot)] = Some(Slot { device, notify });
+        Ok(())
     }
 
     /// Attach `device` at `slot`: place its memory BARs in the MMIO hole, map them, and turn
@@ -417,6 +469,79 @@ mod tests {
         assert!(!ctx.mmio.read().unwrap().write(base, &[1]));
         assert!(ctx.mmio.read().unwrap().write(new + 3, &[9]));
         assert_eq!(*accesses.lock().unwrap(), vec![(3, vec![9])]);
+    }
+
+    /// A restored virtio function answers at the BAR addresses it was saved with, its
+    /// notify address is an ioeventfd again, and the allocator stays clear of it.
+    #[test]
+    fn restored_function_keeps_its_bars() {
+        use cloudphone_virtio::transport::{VIRTIO_BAR, VIRTIO_PCI_VENDOR_ID};
+        use cloudphone_virtio::{MsiSink, MsixMessage, VirtioPciDevice};
+        struct NoMsi;
+        impl MsiSink for NoMsi {
+            fn program(&self, _: u16, _: MsixMessage) {}
+            fn trigger(&self, _: u16) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("no /dev/kvm: skipped");
+            return;
+        };
+        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let function = |saved: Option<&SlotState>| {
+            let rng = Box::new(cloudphone_virtio::rng::Rng::new());
+            let sink = Arc::new(NoMsi);
+            let dev = match saved {
+                Some(s) => VirtioPciDevice::restore(rng, mem.clone(), sink, &s.transport).unwrap(),
+                None => VirtioPciDevice::new(rng, mem.clone(), sink).unwrap(),
+            };
+            let notify = dev
+                .notify_eventfds()
+                .into_iter()
+                .map(|(off, fd)| (VIRTIO_BAR, off, fd.try_clone().unwrap()))
+                .collect();
+            (Arc::new(Mutex::new(dev)), notify)
+        };
+        let root_on = |vm: &Arc<VmFd>| {
+            let ctx = Arc::new(VcpuContext::new(Arc::new(ExitSignal::default())));
+            (PciRoot::new(vm.clone(), ctx.clone()), ctx)
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let (mut first, _) = root_on(&vm);
+        // Something before it, so its BARs are not where a fresh allocation would put them.
+        let (filler, notify) = function(None);
+        first.attach(3, filler, notify).unwrap();
+        let (dev, notify) = function(None);
+        first.attach(5, dev, notify).unwrap();
+        let saved = first.save_slots().unwrap();
+        assert_eq!(saved.iter().map(|s| s.slot).collect::<Vec<_>>(), [3, 5]);
+        let bars = saved[1].transport.bars.clone();
+        assert!(bars.iter().all(|b| b.addr > PCI_MMIO_START));
+
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let (mut restored, ctx) = root_on(&vm);
+        let (dev, notify) = function(Some(&saved[1]));
+        restored.attach_restored(5, dev.clone(), notify).unwrap();
+        assert!(restored.is_occupied(5) && !restored.is_occupied(3));
+        let mut id = [0u8; 2];
+        let common = bars[0].addr;
+        // Device feature select reads back through the MMIO bus at the saved address.
+        assert!(ctx.mmio.read().unwrap().read(common + 0x12, &mut id));
+        assert_eq!(u16::from_le_bytes(id), 1, "num_queues of the rng");
+        assert_eq!(
+            dev.lock().unwrap().config_read(0) & 0xffff,
+            u32::from(VIRTIO_PCI_VENDOR_ID)
+        );
+        // A new allocation lands above the restored BARs.
+        let top = bars.iter().map(|b| b.addr).max().unwrap();
+        assert!(restored.allocate(0x1000).unwrap() > top);
+        // The same slot twice is refused.
+        let (dev, notify) = function(Some(&saved[1]));
+        assert!(matches!(
+            restored.attach_restored(5, dev, notify),
+            Err(PciError::Slot(5))
+        ));
     }
 }
 

@@ -69,4 +69,9 @@ pub trait PciDevice: Send {
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     /// Guest write of `data` at `offset` inside BAR `bar`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// The function's snapshot state, so the VMM can save every slot without knowing what
+    /// sits in it; `None` for functions with nothing the guest can change (host bridge).
+    fn virtio_state(&self) -> Result<Option<crate::transport::TransportState>, crate::StateError> {
+        Ok(None)
+    }
 }

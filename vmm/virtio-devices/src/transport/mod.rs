@@ -651,6 +651,10 @@ impl PciDevice for VirtioPciDevice {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
         self.write_bar(bar, offset, data);
     }
+
+    fn virtio_state(&self) -> Result<Option<TransportState>, crate::StateError> {
+        self.save_state().map(Some)
+    }
 }
 
 impl Drop for VirtioPciDevice {
