@@ -109,6 +109,11 @@ impl VirtioDevice for Balloon {
     fn worker_name(&self) -> &str {
         "virtio-balloon"
     }
+
+    /// Refused until this device's own state is captured (a restore would lose it).
+    fn save_state(&self) -> Result<cloudphone_virtio::DeviceStateBlob, cloudphone_virtio::StateError> {
+        Err(cloudphone_virtio::StateError::unsupported(self))
+    }
     /// Queues get roles in index order for the negotiated features.
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
         let roles = self.roles();

@@ -116,6 +116,22 @@ pub enum StateError {
     /// State is restored into a reset device, never under a running worker.
     #[error("cannot restore a snapshot into an activated device; reset it first")]
     Active,
+    /// The device has state of its own that snapshots do not capture yet: refusing beats a
+    /// restore that silently loses it.
+    #[error("virtio device type {device_type} does not support snapshots yet")]
+    Unsupported { device_type: u32 },
+    /// The device-specific part of the blob is missing or malformed.
+    #[error("snapshot state of virtio device type {device_type} is malformed: {reason}")]
+    Malformed { device_type: u32, reason: String },
+}
+
+impl StateError {
+    /// Refuse to save `device`: its own state is not captured yet.
+    pub fn unsupported(device: &(impl VirtioDevice + ?Sized)) -> Self {
+        Self::Unsupported {
+            device_type: device.device_type(),
+        }
+    }
 }
 
 /// The part of a device every device type has (the counterpart of Cloud Hypervisor's

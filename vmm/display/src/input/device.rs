@@ -66,6 +66,11 @@ impl VirtioDevice for VirtioInput {
         &self.worker_name
     }
 
+    /// Refused until this device's own state is captured (a restore would lose it).
+    fn save_state(&self) -> Result<cloudphone_virtio::DeviceStateBlob, cloudphone_virtio::StateError> {
+        Err(cloudphone_virtio::StateError::unsupported(self))
+    }
+
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
         let queues: [DeviceQueue; 2] = Activation::queue_array(a.queues)?;
         Ok(Box::new(InputWorker {

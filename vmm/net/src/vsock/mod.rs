@@ -105,6 +105,11 @@ impl VirtioDevice for Vsock {
         "virtio-vsock"
     }
 
+    /// Refused until this device's own state is captured (a restore would lose it).
+    fn save_state(&self) -> Result<cloudphone_virtio::DeviceStateBlob, cloudphone_virtio::StateError> {
+        Err(cloudphone_virtio::StateError::unsupported(self))
+    }
+
     // Reset stops the worker, which drops its muxer: every host stream is closed.
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
         let queues = Activation::queue_array(a.queues)?;

@@ -116,6 +116,11 @@ impl VirtioDevice for Console {
         "virtio-console"
     }
 
+    /// Refused until this device's own state is captured (a restore would lose it).
+    fn save_state(&self) -> Result<crate::DeviceStateBlob, crate::StateError> {
+        Err(crate::StateError::unsupported(self))
+    }
+
     /// Each queue goes in the slot of its index; fails unless the queues the negotiated mode
     /// needs (port 0, plus control with MULTIPORT) are all there.
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
