@@ -111,7 +111,9 @@ impl VirtioDevice for Balloon {
     }
 
     /// Refused until this device's own state is captured (a restore would lose it).
-    fn save_state(&self) -> Result<cloudphone_virtio::DeviceStateBlob, cloudphone_virtio::StateError> {
+    fn save_state(
+        &self,
+    ) -> Result<cloudphone_virtio::DeviceStateBlob, cloudphone_virtio::StateError> {
         Err(cloudphone_virtio::StateError::unsupported(self))
     }
     /// Queues get roles in index order for the negotiated features.

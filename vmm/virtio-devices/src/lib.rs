@@ -90,8 +90,9 @@ pub mod transport;
 pub mod worker;
 
 pub use device::{
-    read_config_bytes, ActivateError, ActivatedQueue, Activation, CommonState, DeviceStateBlob,
-    GuestMemory, InterruptCause, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
+    device_part, read_config_bytes, to_device_part, ActivateError, ActivatedQueue, Activation,
+    CommonState, DeviceStateBlob, GuestMemory, InterruptCause, StateError, VirtioCommon,
+    VirtioDevice, VirtioInterrupt,
 };
 pub use pci::{MsiSink, MsixMessage, PciDevice};
 pub use queue::{Chain, DeviceQueue, QueueError, QueueState};

@@ -101,7 +101,9 @@ impl VirtioDevice for VirtioGpu {
     }
 
     /// Refused until this device's own state is captured (a restore would lose it).
-    fn save_state(&self) -> Result<cloudphone_virtio::DeviceStateBlob, cloudphone_virtio::StateError> {
+    fn save_state(
+        &self,
+    ) -> Result<cloudphone_virtio::DeviceStateBlob, cloudphone_virtio::StateError> {
         Err(cloudphone_virtio::StateError::unsupported(self))
     }
 
