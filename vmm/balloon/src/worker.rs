@@ -39,8 +39,6 @@ pub struct BalloonWorker {
     queues: Vec<RoleQueue>,
     shared: Arc<Shared>,
     interrupt: Arc<dyn VirtioInterrupt>,
-    /// The stats buffer the driver gave us, returned when the host wants new stats.
-    held_stats: Option<u16>,
 }
 
 /// Copy the device-readable part of a chain, refusing more than `cap` bytes.
@@ -130,7 +128,6 @@ impl BalloonWorker {
             queues,
             shared,
             interrupt,
-            held_stats: None,
         }
     }
 
@@ -145,7 +142,8 @@ impl BalloonWorker {
                 Ok(stats) => self.shared.publish_stats(stats),
                 Err(e) => tracing::warn!(error = %e, "balloon: stats buffer ignored"),
             }
-            if let Some(old) = self.held_stats.replace(head) {
+            let old = self.shared.lock().held_stats.replace(head);
+            if let Some(old) = old {
                 self.return_stats(pos, old)?;
             }
         }
@@ -202,7 +200,8 @@ impl WorkerHandler for BalloonWorker {
     ) -> Result<(), String> {
         if token == STATS_REQUEST_TOKEN {
             let _ = self.shared.stats_request.read();
-            return match (self.stats_position(), self.held_stats.take()) {
+            let held = self.shared.lock().held_stats.take();
+            return match (self.stats_position(), held) {
                 (Some(pos), Some(head)) => self.return_stats(pos, head),
                 _ => Ok(()),
             };
