@@ -307,3 +307,74 @@ fn driver_reinit_resets_the_device_state() {
     }
     assert!(!harness.needs_reset());
 }
+
+/// Snapshot/restore under the keyboard driver: events the guest had no buffers for survive
+/// in the restored device, the config selection is kept, and the same driver keeps reading
+/// events (also new ones injected through the restored process's handle).
+#[test]
+fn keyboard_driver_continues_after_snapshot_restore_with_pending_events() {
+    let spec = InputSpec {
+        touch: false,
+        keyboard: true,
+    };
+    let screen = Screen {
+        width: 720,
+        height: 1280,
+    };
+    let devices = InputDevices::new(spec, screen).unwrap();
+    let handle = devices.handle.clone();
+    let harness = TestHarness::new(Box::new(devices.keyboard.unwrap())).unwrap();
+    let transport = harness.transport();
+    let names = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L"];
+    let input = run_with_timeout(TIMEOUT, move || {
+        let mut input = VirtIOInput::<TestHal, _>::new(transport).unwrap();
+        assert_eq!(input.name().unwrap(), "virtio-keyboard-0");
+        input
+    });
+    // 48 events for the driver's 32 buffers: 16 wait in the device.
+    for n in names {
+        for down in [true, false] {
+            handle
+                .inject_json(format!(r#"{{"key":"{n}","down":{down}}}"#).as_bytes())
+                .unwrap();
+        }
+    }
+    let vector = TestHarness::queue_vector(0);
+    assert!(harness.msi().wait_for(vector, 0, TIMEOUT));
+    std::thread::sleep(Duration::from_millis(100));
+
+    let restored = InputDevices::new(spec, screen).unwrap();
+    let state = harness
+        .snapshot_restore(Box::new(restored.keyboard.unwrap()))
+        .unwrap();
+    let part = state.device.device.expect("input saves its own state");
+    assert_eq!(part["pending"].as_array().unwrap().len(), 16);
+    assert_eq!(
+        part["selection"][0], 1,
+        "VIRTIO_INPUT_CFG_ID_NAME still selected"
+    );
+
+    let new_handle = restored.handle;
+    let events = run_with_timeout(TIMEOUT, move || {
+        let mut input = input;
+        let mut events = pop_events(&mut input, names.len() * 4);
+        new_handle
+            .inject_json(br#"{"key":"HOME","down":true}"#)
+            .unwrap();
+        events.extend(pop_events(&mut input, 2));
+        events
+    });
+    let mut expected = Vec::new();
+    for n in names {
+        let code = cloudphone_display::input::evdev::key_code(n).unwrap();
+        expected.extend([
+            (EV_KEY, code, 1),
+            (EV_SYN, 0, 0),
+            (EV_KEY, code, 0),
+            (EV_SYN, 0, 0),
+        ]);
+    }
+    expected.extend([(EV_KEY, 172, 1), (EV_SYN, 0, 0)]);
+    assert_eq!(events, expected);
+    assert!(!harness.needs_reset());
+}
