@@ -254,6 +254,49 @@ fn multiport_control_protocol_and_socket_reconnect() {
     let _ = std::fs::remove_file(&sock);
 }
 
+/// Snapshot/restore under a multiport driver: the restored console remembers which ports
+/// the driver set up, tells it the host side of the new process (no socket client yet), and
+/// the same driver's port works again once a client connects.
+#[test]
+fn multiport_driver_continues_after_snapshot_restore() {
+    let ports = |sock: &PathBuf| {
+        vec![
+            port(PortBackend::None, None, true),
+            port(PortBackend::Socket(sock.clone()), Some("adb"), false),
+        ]
+    };
+    let sock = temp_path("snap");
+    let h = TestHarness::new(Box::new(Console::new(&ports(&sock)).unwrap())).unwrap();
+    let mut d = MultiportDriver::new(h.transport(), 2);
+    d.send_control(0, DEVICE_READY, 1);
+    for id in 0..2 {
+        assert_eq!(d.recv_control().0, msg(id, DEVICE_ADD, 1));
+    }
+    d.send_control(1, PORT_READY, 1);
+    assert_eq!(d.recv_control(), (msg(1, PORT_NAME, 1), b"adb".to_vec()));
+    assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 0));
+    let old_client = connect(&sock);
+    assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 1));
+
+    // The restored process listens on its own socket.
+    let sock2 = temp_path("snap-restored");
+    let restored = Console::new(&ports(&sock2)).unwrap();
+    let state = h.snapshot_restore(Box::new(restored)).unwrap();
+    let part = state.device.device.expect("console saves its ports");
+    assert_eq!(part, serde_json::json!({ "guest_ready": [false, true] }));
+    assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 0), "no client yet");
+    let mut client = connect(&sock2);
+    assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 1));
+    d.send(5, b"echo? ");
+    assert_eq!(read_exact_from(&mut client, 6), b"echo? ");
+    client.write_all(b"yes").unwrap();
+    assert_eq!(d.recv(4), b"yes");
+    assert!(!h.needs_reset());
+    drop(old_client);
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&sock2);
+}
+
 #[test]
 fn short_control_message_marks_needs_reset() {
     let dev = Console::new(&[port(PortBackend::None, None, true)]).unwrap();
@@ -316,6 +359,7 @@ fn fuzz_console_hostile_rings_and_control_messages() {
                 queues,
                 Arc::new(Mutex::new(ports)),
                 true,
+                false,
             );
             // Whatever the guest wrote: an Ok or a clean error, never a panic or a hang.
             let _ = handler.handle(&ctx, q as u64, EventSet::IN);
