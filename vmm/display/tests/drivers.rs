@@ -98,6 +98,22 @@ fn screenshot_of_driver_frame_decodes_to_its_pixels() {
     assert!(buf.chunks_exact(4).all(|p| p == [0x30, 0x20, 0x10, 0xff]));
 }
 
+/// The events of pressing and releasing each key in `names`, as the guest reads them.
+fn key_taps(names: &[&str]) -> Vec<(u16, u16, i32)> {
+    names
+        .iter()
+        .flat_map(|n| {
+            let code = key_code(n).unwrap();
+            [
+                (EV_KEY, code, 1),
+                (EV_SYN, 0, 0),
+                (EV_KEY, code, 0),
+                (EV_SYN, 0, 0),
+            ]
+        })
+        .collect()
+}
+
 /// Pop events until `n` arrived (the device delivers asynchronously).
 fn pop_events<T: virtio_drivers::transport::Transport>(
     input: &mut VirtIOInput<TestHal, T>,
@@ -268,15 +284,7 @@ fn keyboard_events_queued_before_the_driver_and_beyond_its_buffers_arrive_in_ord
         (EV_KEY, 172, 0),
         (EV_SYN, 0, 0),
     ];
-    for n in names {
-        let code = cloudphone_display::input::evdev::key_code(n).unwrap();
-        expected.extend([
-            (EV_KEY, code, 1),
-            (EV_SYN, 0, 0),
-            (EV_KEY, code, 0),
-            (EV_SYN, 0, 0),
-        ]);
-    }
+    expected.extend(key_taps(&names));
     assert_eq!(events, expected);
 }
 
@@ -364,16 +372,7 @@ fn keyboard_driver_continues_after_snapshot_restore_with_pending_events() {
         events.extend(pop_events(&mut input, 2));
         events
     });
-    let mut expected = Vec::new();
-    for n in names {
-        let code = cloudphone_display::input::evdev::key_code(n).unwrap();
-        expected.extend([
-            (EV_KEY, code, 1),
-            (EV_SYN, 0, 0),
-            (EV_KEY, code, 0),
-            (EV_SYN, 0, 0),
-        ]);
-    }
+    let mut expected = key_taps(&names);
     expected.extend([(EV_KEY, 172, 1), (EV_SYN, 0, 0)]);
     assert_eq!(events, expected);
     assert!(!harness.needs_reset());

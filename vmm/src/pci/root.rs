@@ -169,6 +169,13 @@ impl PciRoot {
         Ok(out)
     }
 
+    fn check_free(&self, slot: u8) -> Result<(), PciError> {
+        if self.is_occupied(slot) || usize::from(slot) >= SLOTS {
+            return Err(PciError::Slot(slot));
+        }
+        Ok(())
+    }
+
     /// Attach a restored `device` at `slot` with its BARs where the snapshot had them
     /// (already set in the device; unplaced BARs stay unmapped): map them and their
     /// ioeventfds, and keep later boot-time allocations above them. Overlapping another
@@ -179,19 +186,7 @@ impl PciRoot {
         device: SharedPciDevice,
         notify: NotifyFds,
     ) -> Result<(), PciError> {
-        if usize::from(slot) >= SLOTS || self.slots[usize::from(slot)].is_some() {
-            return Err(PciError::Slot(slot));
-        }
-        let bars = lock(&device).bars();
-        for bar in bars.iter().filter(|b| b.kind != BarKind::Io && b.addr != 0) {
-            self.map_bar(&device, &notify, bar.index, bar.addr, bar.size)?;
-            let in_window = (PCI_MMIO_START..PCI_MMIO_START + PCI_MMIO_SIZE).contains(&bar.addr);
-            if in_window {
-                self.next_mmio = self.next_mmio.max(bar.addr + bar.size);
-            }
-        }
-        self.slots[usize::from(slot)] = Some(Slot { device, notify });
-        Ok(())
+        self.attach_with(slot, device, notify, false)
     }
 
     /// Attach `device` at `slot`: place its memory BARs in the MMIO hole, map them, and turn
@@ -202,18 +197,37 @@ impl PciRoot {
         device: SharedPciDevice,
         notify: NotifyFds,
     ) -> Result<(), PciError> {
-        if usize::from(slot) >= SLOTS || self.slots[usize::from(slot)].is_some() {
-            return Err(PciError::Slot(slot));
-        }
+        self.attach_with(slot, device, notify, true)
+    }
+
+    /// Map `device`'s memory BARs (placing them first when `place`, else where they are).
+    fn attach_with(
+        &mut self,
+        slot: u8,
+        device: SharedPciDevice,
+        notify: NotifyFds,
+        place: bool,
+    ) -> Result<(), PciError> {
+        self.check_free(slot)?;
         let bars = lock(&device).bars();
         for bar in bars.iter().filter(|b| b.kind != BarKind::Io) {
-            let addr = self.allocate(bar.size)?;
-            lock(&device)
-                .set_bar_address(bar.index, addr)
-                .map_err(|e| PciError::Bar {
-                    bar: bar.index,
-                    reason: e.to_string(),
-                })?;
+            let addr = if place {
+                let addr = self.allocate(bar.size)?;
+                lock(&device)
+                    .set_bar_address(bar.index, addr)
+                    .map_err(|e| PciError::Bar {
+                        bar: bar.index,
+                        reason: e.to_string(),
+                    })?;
+                addr
+            } else if bar.addr == 0 {
+                continue;
+            } else {
+                if (PCI_MMIO_START..PCI_MMIO_START + PCI_MMIO_SIZE).contains(&bar.addr) {
+                    self.next_mmio = self.next_mmio.max(bar.addr + bar.size);
+                }
+                bar.addr
+            };
             self.map_bar(&device, &notify, bar.index, addr, bar.size)?;
         }
         self.slots[usize::from(slot)] = Some(Slot { device, notify });

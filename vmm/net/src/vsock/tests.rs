@@ -576,18 +576,7 @@ fn reactivation_announces_transport_reset() {
     host.read_to_end(&mut rest).unwrap(); // reset closed the host stream
 
     let (_irq, mut rx, _tx, mut event) = Guest::activate(&mem, &mut g.dev, 0xa00000);
-    poke(&mem, 0x900000, &[0xff; 4]);
-    event.add_notify(&[Buf {
-        addr: 0x900000,
-        len: 4,
-        write: true,
-    }]);
-    assert_eq!(event.wait_used(1), vec![(0, 4)]);
-    assert_eq!(
-        peek(&mem, 0x900000, 4),
-        vec![0, 0, 0, 0],
-        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
-    );
+    expect_transport_reset(&mem, &mut event);
     rx.add_notify(&[Buf {
         addr: RX_BUFS,
         len: RX_BUF_LEN,
@@ -617,14 +606,24 @@ fn restored_device_announces_transport_reset() {
     .unwrap();
     dev.restore_state(&blob).unwrap();
     let (_irq, _rx, _tx, mut event) = Guest::activate(&mem, &mut dev, 0xa00000);
-    poke(&mem, 0x900000, &[0xff; 4]);
+    expect_transport_reset(&mem, &mut event);
+}
+
+/// Give the device one event buffer and check it comes back holding
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (id 0).
+fn expect_transport_reset(mem: &GuestMemory, event: &mut TestQueue) {
+    poke(mem, 0x900000, &[0xff; 4]);
     event.add_notify(&[Buf {
         addr: 0x900000,
         len: 4,
         write: true,
     }]);
     assert_eq!(event.wait_used(1), vec![(0, 4)]);
-    assert_eq!(peek(&mem, 0x900000, 4), vec![0; 4], "TRANSPORT_RESET");
+    assert_eq!(
+        peek(mem, 0x900000, 4),
+        vec![0, 0, 0, 0],
+        "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
+    );
 }
 
 #[test]
