@@ -377,3 +377,51 @@ fn keyboard_driver_continues_after_snapshot_restore_with_pending_events() {
     assert_eq!(events, expected);
     assert!(!harness.needs_reset());
 }
+
+/// Snapshot/restore under the GPU driver: the restored device (with a new, empty export) shows
+/// the frame again, copied from the guest's framebuffer backing, keeps the cursor, and the same
+/// driver keeps flushing to it.
+#[test]
+fn gpu_driver_continues_after_snapshot_restore() {
+    let spec = GpuSpec {
+        width: 64,
+        height: 64,
+        dpi: 160,
+    };
+    let (gpu, _) = VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let harness = TestHarness::new(Box::new(gpu)).unwrap();
+    let transport = harness.transport();
+    let (gpu, frame) = run_with_timeout(TIMEOUT, move || {
+        let mut gpu = VirtIOGpu::<TestHal, _>::new(transport).unwrap();
+        let fb = gpu.setup_framebuffer().unwrap();
+        let frame = pattern(fb.len(), 5);
+        fb.copy_from_slice(&frame);
+        gpu.flush().unwrap();
+        gpu.setup_cursor(&[0x80; 64 * 64 * 4], 10, 20, 1, 2)
+            .unwrap();
+        (gpu, frame)
+    });
+
+    let (restored, export) =
+        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let state = harness.snapshot_restore(Box::new(restored)).unwrap();
+    let part = state.device.device.expect("the GPU saves its resources");
+    let backend = &part["backend"];
+    assert_eq!(backend["resources"].as_array().unwrap().len(), 2);
+    assert_eq!(backend["cursor"].as_array().unwrap()[1..], [10, 20, 1, 2]);
+    let (info, pixels) = export.read_frame();
+    assert_eq!((info.width, info.height), (64, 64));
+    assert!(
+        pixels == frame,
+        "the restored scanout shows the guest's frame"
+    );
+
+    let damage = export.subscribe();
+    run_with_timeout(TIMEOUT, move || {
+        let mut gpu = gpu;
+        gpu.move_cursor(30, 40).unwrap();
+        gpu.flush().unwrap();
+    });
+    assert!(damage.try_recv().is_some(), "flush reaches the new export");
+    assert!(!harness.needs_reset());
+}
