@@ -404,7 +404,8 @@ fn build_pci(
         &routes,
         mem,
         &config.devices,
-        config.memory_mib,
+        // The guest's RAM (a restore's comes from the snapshot, not from --memory).
+        snapshot::memory::ram_bytes(mem) >> 20,
         saved,
     )?;
     if let Some(orphan) = saved.iter().find(|s| !pci.is_occupied(s.slot)) {
