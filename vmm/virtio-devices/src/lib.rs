@@ -28,6 +28,25 @@
 //! // MMIO inside a BAR -> pci.bar_read/bar_write(bar, offset, data).
 //! ```
 //!
+//! # Snapshots
+//! A function's whole state is a [`transport::TransportState`] (serde): config space, BAR
+//! addresses, MSI-X table/PBA, the common configuration, queue registers and the device's
+//! [`DeviceStateBlob`]. Save it with the vCPUs paused; restore it into a freshly built device of
+//! the same kind and configuration, then map the BARs where the function says:
+//! ```ignore
+//! let state = pci.save_state()?;                       // or PciDevice::virtio_state
+//! // ... new process, same guest RAM ...
+//! let pci = VirtioPciDevice::restore(Box::new(Rng::new()), mem, msi_sink, &state)?;
+//! // every MSI-X vector was programmed into msi_sink again; a DRIVER_OK device is running
+//! // on its saved queue positions. pci.bars() holds the saved addresses: map them (no
+//! // allocation) and register pci.notify_eventfds() there.
+//! ```
+//! The VMM does this per slot with `PciRoot::save_slots` / `PciRoot::attach_restored`.
+//! Devices with state of their own override [`VirtioDevice::save_state`] /
+//! [`VirtioDevice::restore_state`] on top of [`VirtioCommon::save_blob`] /
+//! [`VirtioCommon::restore_blob`] and [`device_part`]; a device that cannot capture its state
+//! refuses with [`StateError::Unsupported`] so no snapshot silently loses it.
+//!
 //! # Writing a device
 //! A device embeds a [`VirtioCommon`] (type, queue sizes, features, worker, snapshot state)
 //! and supplies its config space and the handler its worker thread runs; activation, reset

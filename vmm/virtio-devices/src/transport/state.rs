@@ -178,7 +178,7 @@ impl VirtioPciDevice {
     /// the saved one) in the saved `state`: registers, BAR addresses, MSI-X (every vector is
     /// programmed into `msi` again) and the device's state; a device the driver had started
     /// (DRIVER_OK) is activated again on its saved queue positions. `mem` must hold the
-    /// saved guest RAM. The VMM then maps the BARs where [`PciDevice::bars`] says.
+    /// saved guest RAM. The VMM then maps the BARs where [`PciDevice::bars`](crate::PciDevice::bars) says.
     pub fn restore(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
