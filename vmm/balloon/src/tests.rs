@@ -559,8 +559,15 @@ fn balloon_behind_the_pci_transport() {
         assert!(Instant::now() < deadline, "stats never parsed");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let (restored, handle) = Balloon::new(512).unwrap();
-    let state = h.snapshot_restore(Box::new(restored)).unwrap();
+    let mut new_handle = None;
+    let state = h
+        .snapshot_restore(|| {
+            let (restored, handle) = Balloon::new(512).unwrap();
+            new_handle = Some(handle);
+            Box::new(restored)
+        })
+        .unwrap();
+    let handle = new_handle.unwrap();
     assert!(state.device.device.is_some());
     let status = handle.snapshot();
     assert_eq!(

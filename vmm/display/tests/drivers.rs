@@ -351,10 +351,9 @@ fn keyboard_driver_continues_after_snapshot_restore_with_pending_events() {
     assert!(harness.msi().wait_for(vector, 0, TIMEOUT));
     std::thread::sleep(Duration::from_millis(100));
 
-    let restored = InputDevices::new(spec, screen).unwrap();
-    let state = harness
-        .snapshot_restore(Box::new(restored.keyboard.unwrap()))
-        .unwrap();
+    let mut restored = InputDevices::new(spec, screen).unwrap();
+    let keyboard = restored.keyboard.take().unwrap();
+    let state = harness.snapshot_restore(|| Box::new(keyboard)).unwrap();
     let part = state.device.device.expect("input saves its own state");
     assert_eq!(part["pending"].as_array().unwrap().len(), 16);
     assert_eq!(
@@ -404,7 +403,7 @@ fn gpu_driver_continues_after_snapshot_restore() {
 
     let (restored, export) =
         VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
-    let state = harness.snapshot_restore(Box::new(restored)).unwrap();
+    let state = harness.snapshot_restore(|| Box::new(restored)).unwrap();
     let part = state.device.device.expect("the GPU saves its resources");
     let backend = &part["backend"];
     assert_eq!(backend["resources"].as_array().unwrap().len(), 2);

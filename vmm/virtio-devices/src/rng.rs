@@ -172,7 +172,7 @@ mod tests {
         let rng = draw(VirtIORng::<TestHal, _>::new(transport).unwrap());
         let rng = draw(rng);
         let before = h.msi().count(TestHarness::queue_vector(0));
-        let state = h.snapshot_restore(Box::new(Rng::new())).unwrap();
+        let state = h.snapshot_restore(|| Box::new(Rng::new())).unwrap();
         assert_eq!(state.device.common.queues[0].next_used, 2);
         assert!(
             h.pci().is_activated(),

@@ -155,7 +155,8 @@ fn driver_continues_after_snapshot_restore_with_connections_reset() {
     let dir = sock_dir("snap");
     let uds = dir.join("v.sock");
     let listener = UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
-    let h = TestHarness::new(Box::new(Vsock::new(&VsockSpec { cid: 3, uds }).unwrap())).unwrap();
+    let spec = VsockSpec { cid: 3, uds };
+    let h = TestHarness::new(Box::new(Vsock::new(&spec).unwrap())).unwrap();
     let mut mgr = manager(&h);
     let host = VsockAddr { cid: 2, port: 1234 };
     let accept = std::thread::spawn(move || listener.accept().unwrap().0);
@@ -170,14 +171,10 @@ fn driver_continues_after_snapshot_restore_with_connections_reset() {
     });
     let mut old_stream = accept.join().unwrap();
 
-    // The restored process listens on its own socket (the old one removes its path on exit).
-    let uds2 = dir.join("v2.sock");
-    let restored = Vsock::new(&VsockSpec {
-        cid: 3,
-        uds: uds2.clone(),
-    })
-    .unwrap();
-    let state = h.snapshot_restore(Box::new(restored)).unwrap();
+    // The restored process listens on the same path (the old one removed it on exit).
+    let state = h
+        .snapshot_restore(|| Box::new(Vsock::new(&spec).unwrap()))
+        .unwrap();
     assert_eq!(state.device.device, None, "connections are not saved");
     old_stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -185,7 +182,7 @@ fn driver_continues_after_snapshot_restore_with_connections_reset() {
     let mut rest = Vec::new();
     old_stream.read_to_end(&mut rest).unwrap();
 
-    let listener = UnixListener::bind(format!("{}_1235", uds2.display())).unwrap();
+    let listener = UnixListener::bind(format!("{}_1235", spec.uds.display())).unwrap();
     let accept = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -280,8 +280,9 @@ fn multiport_driver_continues_after_snapshot_restore() {
 
     // The restored process listens on its own socket.
     let sock2 = temp_path("snap-restored");
-    let restored = Console::new(&ports(&sock2)).unwrap();
-    let state = h.snapshot_restore(Box::new(restored)).unwrap();
+    let state = h
+        .snapshot_restore(|| Box::new(Console::new(&ports(&sock2)).unwrap()))
+        .unwrap();
     let part = state.device.device.expect("console saves its ports");
     assert_eq!(part, serde_json::json!({ "guest_ready": [false, true] }));
     assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 0), "no client yet");

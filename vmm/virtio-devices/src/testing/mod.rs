@@ -23,6 +23,7 @@ pub use hal::{alloc_pages, free_pages, test_memory, TestHal, TEST_MEMORY_SIZE};
 pub use sink::CountingMsiSink;
 pub use transport::{DiscoveryError, TestTransport, CONFIG_VECTOR, TEST_MSI_ADDR};
 
+use crate::rng::Rng;
 use crate::transport::{RestoreError, TransportError, TransportState, VirtioPciDevice};
 use crate::{StateError, VirtioDevice};
 
@@ -98,20 +99,24 @@ impl TestHarness {
     }
 
     /// Snapshot and restore under the driver's feet: save the function's state, pass it
-    /// through JSON (as the state file does), rebuild a function around `device` (a fresh
-    /// instance of the same kind) on the same guest memory and swap it in. Driver transports
-    /// from [`transport`](Self::transport) keep working against the restored function.
-    /// Call it between driver requests (the worker idle). Returns the state restored.
+    /// through JSON (as the state file does), drop the old function (its worker stops and its
+    /// backend closes, as when the old VMM process exits), rebuild one around `make()` (a
+    /// fresh device of the same kind) on the same guest memory and swap it in. Driver
+    /// transports from [`transport`](Self::transport) keep working against the restored
+    /// function. Call it between driver requests (the worker idle). Returns the state.
     pub fn snapshot_restore(
         &self,
-        device: Box<dyn VirtioDevice>,
+        make: impl FnOnce() -> Box<dyn VirtioDevice>,
     ) -> Result<TransportState, HarnessError> {
         let mut pci = self.pci();
         let json = serde_json::to_string(&pci.save_state()?)?;
         let state: TransportState = serde_json::from_str(&json)?;
-        let restored = VirtioPciDevice::restore(device, test_memory(), self.msi.clone(), &state)?;
-        // The old function (and its worker) goes away as the new one takes its place.
-        *pci = restored;
+        // A placeholder takes the old function's place so it is dropped before the new
+        // device opens its backend (files are locked, sockets bound).
+        let placeholder =
+            VirtioPciDevice::new(Box::new(Rng::new()), test_memory(), self.msi.clone())?;
+        drop(std::mem::replace(&mut *pci, placeholder));
+        *pci = VirtioPciDevice::restore(make(), test_memory(), self.msi.clone(), &state)?;
         Ok(state)
     }
 
