@@ -491,7 +491,10 @@ impl Vm {
                     .restore(&vm)
                     .context("restoring the VM's interrupt controllers and clock")?;
                 let n = snap.vcpus.len() as u8;
-                create_vcpus(kvm, &vm, &ctx, n, VcpuStart::Restore(&snap.vcpus))?
+                let vcpus = create_vcpus(kvm, &vm, &ctx, n, VcpuStart::Restore(&snap.vcpus))?;
+                // Devices start once the VM can take their interrupts.
+                lock(&pci).resume_all()?;
+                vcpus
             }
             (None, None) => unreachable!("a VM either boots or restores"),
         };

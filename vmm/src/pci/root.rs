@@ -56,6 +56,14 @@ pub enum PciError {
         /// Error.
         source: kvm_ioctls::Error,
     },
+    /// A restored device could not start again.
+    #[error("the restored device at PCI slot {slot} cannot start: {source}")]
+    Resume {
+        /// Its slot.
+        slot: u8,
+        /// Why.
+        source: cloudphone_virtio::transport::RestoreError,
+    },
     /// The MMIO bus refused the region.
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
@@ -172,6 +180,22 @@ impl PciRoot {
     fn check_free(&self, slot: u8) -> Result<(), PciError> {
         if self.is_occupied(slot) || usize::from(slot) >= SLOTS {
             return Err(PciError::Slot(slot));
+        }
+        Ok(())
+    }
+
+    /// Start every restored function the guest's driver had started (after the vCPUs and
+    /// interrupt controllers are restored, so their first interrupts are not lost).
+    pub fn resume_all(&self) -> Result<(), PciError> {
+        for (slot, s) in self.slots.iter().enumerate() {
+            if let Some(s) = s {
+                lock(&s.device)
+                    .resume()
+                    .map_err(|source| PciError::Resume {
+                        slot: slot as u8,
+                        source,
+                    })?;
+            }
         }
         Ok(())
     }
@@ -537,6 +561,7 @@ mod tests {
         let (mut restored, ctx) = root_on(&vm);
         let (dev, notify) = function(Some(&saved[1]));
         restored.attach_restored(5, dev.clone(), notify).unwrap();
+        restored.resume_all().unwrap();
         assert!(restored.is_occupied(5) && !restored.is_occupied(3));
         let mut id = [0u8; 2];
         let common = bars[0].addr;

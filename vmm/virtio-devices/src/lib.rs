@@ -36,12 +36,14 @@
 //! ```ignore
 //! let state = pci.save_state()?;                       // or PciDevice::virtio_state
 //! // ... new process, same guest RAM ...
-//! let pci = VirtioPciDevice::restore(Box::new(Rng::new()), mem, msi_sink, &state)?;
-//! // every MSI-X vector was programmed into msi_sink again; a DRIVER_OK device is running
-//! // on its saved queue positions. pci.bars() holds the saved addresses: map them (no
-//! // allocation) and register pci.notify_eventfds() there.
+//! let mut pci = VirtioPciDevice::restore(Box::new(Rng::new()), mem, msi_sink, &state)?;
+//! // every MSI-X vector was programmed into msi_sink again. pci.bars() holds the saved
+//! // addresses: map them (no allocation) and register pci.notify_eventfds() there.
+//! // Once vCPUs and interrupt controllers are restored:
+//! pci.resume()?;   // a DRIVER_OK device runs again on its saved queue positions
 //! ```
-//! The VMM does this per slot with `PciRoot::save_slots` / `PciRoot::attach_restored`.
+//! The VMM does this per slot with `PciRoot::save_slots`, `PciRoot::attach_restored` and
+//! `PciRoot::resume_all`.
 //! Devices with state of their own override [`VirtioDevice::save_state`] /
 //! [`VirtioDevice::restore_state`] on top of [`VirtioCommon::save_blob`] /
 //! [`VirtioCommon::restore_blob`] and [`device_part`]; a device that cannot capture its state

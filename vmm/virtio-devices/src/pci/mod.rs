@@ -74,4 +74,9 @@ pub trait PciDevice: Send {
     fn virtio_state(&self) -> Result<Option<crate::transport::TransportState>, crate::StateError> {
         Ok(None)
     }
+    /// Start a function restored from a snapshot once the VM can take its interrupts (see
+    /// `VirtioPciDevice::resume`); nothing to do for functions without a device behind them.
+    fn resume(&mut self) -> Result<(), crate::transport::RestoreError> {
+        Ok(())
+    }
 }

@@ -117,6 +117,7 @@ impl TestHarness {
             VirtioPciDevice::new(Box::new(Rng::new()), test_memory(), self.msi.clone())?;
         drop(std::mem::replace(&mut *pci, placeholder));
         *pci = VirtioPciDevice::restore(make(), test_memory(), self.msi.clone(), &state)?;
+        pci.resume()?;
         Ok(state)
     }
 

@@ -655,6 +655,10 @@ impl PciDevice for VirtioPciDevice {
     fn virtio_state(&self) -> Result<Option<TransportState>, crate::StateError> {
         self.save_state().map(Some)
     }
+
+    fn resume(&mut self) -> Result<(), RestoreError> {
+        VirtioPciDevice::resume(self)
+    }
 }
 
 impl Drop for VirtioPciDevice {

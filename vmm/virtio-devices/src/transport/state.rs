@@ -176,9 +176,8 @@ impl VirtioPciDevice {
 
     /// Rebuild a function around a freshly built `device` (same type and configuration as
     /// the saved one) in the saved `state`: registers, BAR addresses, MSI-X (every vector is
-    /// programmed into `msi` again) and the device's state; a device the driver had started
-    /// (DRIVER_OK) is activated again on its saved queue positions. `mem` must hold the
-    /// saved guest RAM. The VMM then maps the BARs where [`PciDevice::bars`](crate::PciDevice::bars) says.
+    /// programmed into `msi` again) and the device's state. Then [`resume`](Self::resume)
+    /// starts it again if the driver had. `mem` must hold the saved guest RAM. The VMM then maps the BARs where [`PciDevice::bars`](crate::PciDevice::bars) says.
     pub fn restore(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
@@ -221,10 +220,19 @@ impl VirtioPciDevice {
         }
         pci.status = state.status;
         pci.device.restore_state(&state.device)?;
-        if pci.status & DRIVER_OK != 0 {
-            pci.try_activate().map_err(RestoreError::Activation)?;
-        }
         Ok(pci)
+    }
+
+    /// Start a restored device the driver had started (DRIVER_OK) on its saved queue
+    /// positions; a no-op otherwise or when it already runs. Separate from
+    /// [`restore`](Self::restore) because a device may interrupt as soon as it runs: the VMM
+    /// calls this once the vCPUs and interrupt controllers are restored, so no interrupt is
+    /// delivered into a VM that cannot take it yet.
+    pub fn resume(&mut self) -> Result<(), RestoreError> {
+        if self.status & DRIVER_OK == 0 || self.activated {
+            return Ok(());
+        }
+        self.try_activate().map_err(RestoreError::Activation)
     }
 
     /// Refuse a state this function could never have been in.

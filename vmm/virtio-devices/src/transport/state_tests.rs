@@ -36,7 +36,9 @@ fn restore(
 ) -> Result<(VirtioPciDevice, Arc<CountingMsiSink>), RestoreError> {
     let (fresh, _) = device();
     let sink = Arc::new(CountingMsiSink::default());
-    let d = VirtioPciDevice::restore(Box::new(Rng::new()), fresh.mem.clone(), sink.clone(), state)?;
+    let mut d =
+        VirtioPciDevice::restore(Box::new(Rng::new()), fresh.mem.clone(), sink.clone(), state)?;
+    d.resume()?;
     Ok((d, sink))
 }
 
@@ -66,6 +68,23 @@ fn restored_function_is_in_the_saved_state_and_running() {
     // The restored device interrupts on the saved vector.
     d.interrupt().trigger(InterruptCause::Queue(0)).unwrap();
     assert_eq!(sink.count(1), 1);
+}
+
+#[test]
+fn restored_device_starts_only_on_resume() {
+    let (_old, state) = running();
+    let (fresh, _) = device();
+    let sink = Arc::new(CountingMsiSink::default());
+    let mut d =
+        VirtioPciDevice::restore(Box::new(Rng::new()), fresh.mem.clone(), sink, &state).unwrap();
+    assert!(
+        !d.is_activated(),
+        "no worker (and no interrupt) before resume"
+    );
+    d.resume().unwrap();
+    assert!(d.is_activated());
+    d.resume().unwrap();
+    assert_eq!(d.save_state().unwrap(), state);
 }
 
 #[test]
