@@ -235,23 +235,44 @@ impl VmControl {
             })
             .collect::<Result<Vec<_>, _>>()?;
         debug_assert!(all_saved);
-        // Device state before RAM: devices are idle once the vCPUs stopped kicking them.
-        let pci_slots = lock(&self.legacy.pci)
+        let legacy = self.legacy.state();
+        // Devices hold still (workers parked) from their state until RAM is saved, so no
+        // used-ring write lands between the two.
+        let pci = lock(&self.legacy.pci);
+        let unsettled = pci.quiesce_all();
+        if !unsettled.is_empty() {
+            tracing::warn!(slots = ?unsettled, "devices still busy; snapshot taken anyway");
+        }
+        let written = self.save_devices_and_memory(&pci, dir, vcpus, legacy);
+        pci.unquiesce_all();
+        let written = written?;
+        tracing::info!(dir = %dir.display(), ram_bytes = written, "snapshot written");
+        Ok(())
+    }
+
+    /// The quiesced part of [`snapshot`](Self::snapshot): device state, RAM, state file.
+    fn save_devices_and_memory(
+        &self,
+        pci: &PciRoot,
+        dir: &Path,
+        vcpus: Vec<snapshot::VcpuState>,
+        legacy: LegacyState,
+    ) -> Result<u64, SnapshotError> {
+        let pci_slots = pci
             .save_slots()
             .map_err(|(slot, source)| SnapshotError::UnsupportedDevice { slot, source })?;
         let snap = VmSnapshot {
             memory_bytes: self.memory_mib << 20,
             vcpus,
             vm: snapshot::VmState::save(&self.vm)?,
-            legacy: self.legacy.state(),
+            legacy,
             pci_slots,
         };
         let (state_path, mem_path) = snapshot::paths(dir);
         let _ = std::fs::remove_file(&state_path);
         let written = snapshot::memory::save(&self.mem, &mem_path)?;
         snapshot::file::write(&state_path, &snap)?;
-        tracing::info!(dir = %dir.display(), ram_bytes = written, "snapshot written");
-        Ok(())
+        Ok(written)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::stats::{BalloonStats, MAX_STATS, STAT_LEN};
 /// PFNs accepted per inflate/deflate buffer (Linux sends at most 256).
 pub const MAX_PFNS_PER_BUFFER: usize = 1024;
 /// Epoll token of the stats-request eventfd (queue tokens are their position).
-const STATS_REQUEST_TOKEN: u64 = u64::MAX - 1;
+const STATS_REQUEST_TOKEN: u64 = cloudphone_virtio::worker::FIRST_RESERVED_TOKEN - 1;
 
 /// What a queue is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

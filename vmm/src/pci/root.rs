@@ -167,10 +167,8 @@ impl PciRoot {
     /// Fails on the first device that cannot save its state, naming the slot.
     pub fn save_slots(&self) -> Result<Vec<SlotState>, (u8, StateError)> {
         let mut out = Vec::new();
-        for (slot, s) in self.slots.iter().enumerate() {
-            let Some(s) = s else { continue };
-            let slot = slot as u8;
-            if let Some(transport) = lock(&s.device).virtio_state().map_err(|e| (slot, e))? {
+        for (slot, d) in self.devices() {
+            if let Some(transport) = lock(d).virtio_state().map_err(|e| (slot, e))? {
                 out.push(SlotState { slot, transport });
             }
         }
@@ -184,18 +182,37 @@ impl PciRoot {
         Ok(())
     }
 
+    /// Hold every function's device still for a snapshot (workers parked between events);
+    /// returns the slots whose device did not settle in time. Undo with
+    /// [`unquiesce_all`](Self::unquiesce_all).
+    pub fn quiesce_all(&self) -> Vec<u8> {
+        self.devices()
+            .filter(|(_, d)| !lock(d).quiesce())
+            .map(|(slot, _)| slot)
+            .collect()
+    }
+
+    /// Let every device run again after [`quiesce_all`](Self::quiesce_all).
+    pub fn unquiesce_all(&self) {
+        for (_, d) in self.devices() {
+            lock(d).unquiesce();
+        }
+    }
+
+    fn devices(&self) -> impl Iterator<Item = (u8, &SharedPciDevice)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| Some((slot as u8, &s.as_ref()?.device)))
+    }
+
     /// Start every restored function the guest's driver had started (after the vCPUs and
     /// interrupt controllers are restored, so their first interrupts are not lost).
     pub fn resume_all(&self) -> Result<(), PciError> {
-        for (slot, s) in self.slots.iter().enumerate() {
-            if let Some(s) = s {
-                lock(&s.device)
-                    .resume()
-                    .map_err(|source| PciError::Resume {
-                        slot: slot as u8,
-                        source,
-                    })?;
-            }
+        for (slot, d) in self.devices() {
+            lock(d)
+                .resume()
+                .map_err(|source| PciError::Resume { slot, source })?;
         }
         Ok(())
     }

@@ -224,6 +224,19 @@ impl VirtioCommon {
         Ok(())
     }
 
+    /// Park the worker between events for a snapshot (see [`DeviceWorker::pause`]); true
+    /// when the device is idle (parked, or no worker).
+    pub fn pause_worker(&self) -> bool {
+        self.worker.as_ref().is_none_or(DeviceWorker::pause)
+    }
+
+    /// Let a paused worker run again.
+    pub fn unpause_worker(&self) {
+        if let Some(worker) = &self.worker {
+            worker.unpause();
+        }
+    }
+
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
             worker.stop();

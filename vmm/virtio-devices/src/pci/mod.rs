@@ -74,6 +74,13 @@ pub trait PciDevice: Send {
     fn virtio_state(&self) -> Result<Option<crate::transport::TransportState>, crate::StateError> {
         Ok(None)
     }
+    /// Hold the function's device still while a snapshot is taken (its worker parked between
+    /// events); false if it did not settle in time. Nothing to do for functions without one.
+    fn quiesce(&self) -> bool {
+        true
+    }
+    /// Let the device run again after [`quiesce`](Self::quiesce).
+    fn unquiesce(&self) {}
     /// Start a function restored from a snapshot once the VM can take its interrupts (see
     /// `VirtioPciDevice::resume`); nothing to do for functions without a device behind them.
     fn resume(&mut self) -> Result<(), crate::transport::RestoreError> {

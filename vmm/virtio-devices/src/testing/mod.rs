@@ -23,6 +23,7 @@ pub use hal::{alloc_pages, free_pages, test_memory, TestHal, TEST_MEMORY_SIZE};
 pub use sink::CountingMsiSink;
 pub use transport::{DiscoveryError, TestTransport, CONFIG_VECTOR, TEST_MSI_ADDR};
 
+use crate::pci::PciDevice;
 use crate::rng::Rng;
 use crate::transport::{RestoreError, TransportError, TransportState, VirtioPciDevice};
 use crate::{StateError, VirtioDevice};
@@ -109,6 +110,10 @@ impl TestHarness {
         make: impl FnOnce() -> Box<dyn VirtioDevice>,
     ) -> Result<TransportState, HarnessError> {
         let mut pci = self.pci();
+        assert!(
+            pci.quiesce(),
+            "the device worker did not park for the snapshot"
+        );
         let json = serde_json::to_string(&pci.save_state()?)?;
         let state: TransportState = serde_json::from_str(&json)?;
         // A placeholder takes the old function's place so it is dropped before the new

@@ -656,6 +656,14 @@ impl PciDevice for VirtioPciDevice {
         self.save_state().map(Some)
     }
 
+    fn quiesce(&self) -> bool {
+        self.device.common().pause_worker()
+    }
+
+    fn unquiesce(&self) {
+        self.device.common().unpause_worker();
+    }
+
     fn resume(&mut self) -> Result<(), RestoreError> {
         VirtioPciDevice::resume(self)
     }
