@@ -348,7 +348,8 @@ enum VcpuStart<'a> {
 
 /// Put `device` behind the virtio-pci transport at `slot`, with MSI-X routed through KVM; on a
 /// restore, in the state `saved` holds for that slot (BARs where the guest had them, MSI-X
-/// routes programmed again, a running device restarted).
+/// routes programmed again; `PciRoot::resume_all` restarts running devices once the vCPUs
+/// are back).
 fn attach_virtio(
     pci: &mut PciRoot,
     routes: &Arc<GsiRoutes>,
