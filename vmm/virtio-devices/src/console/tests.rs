@@ -89,6 +89,44 @@ fn hvc0_socket_both_directions_with_virtio_drivers() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// Snapshot/restore under virtio-drivers' hvc0 driver: the restored console listens on the
+/// same socket path, and the same driver instance sends and receives through it.
+#[test]
+fn hvc0_driver_continues_after_snapshot_restore() {
+    let path = temp_path("hvc0-snap");
+    let ports = [port(PortBackend::Socket(path.clone()), None, true)];
+    let h = TestHarness::new(Box::new(Console::new(&ports).unwrap())).unwrap();
+    let mut client = connect(&path);
+    let transport = h.transport();
+    let console = run_with_timeout(TIMEOUT, move || {
+        let mut console = VirtIOConsole::<TestHal, _>::new(transport).unwrap();
+        console.send_bytes(b"before\n").unwrap();
+        console
+    });
+    assert_eq!(read_exact_from(&mut client, 7), b"before\n");
+    h.snapshot_restore(|| Box::new(Console::new(&ports).unwrap()))
+        .unwrap();
+    let mut client = connect(&path);
+    client.write_all(b"echo").unwrap();
+    let got = run_with_timeout(TIMEOUT, move || {
+        let mut console = console;
+        let mut got = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while got.len() < 4 && Instant::now() < deadline {
+            match console.recv(true).unwrap() {
+                Some(b) => got.push(b),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        console.send_bytes(&got).unwrap();
+        got
+    });
+    assert_eq!(got, b"echo");
+    assert_eq!(read_exact_from(&mut client, 4), b"echo");
+    assert!(!h.needs_reset());
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn file_backend_appends_and_emergency_write() {
     let path = temp_path("file");
