@@ -25,7 +25,9 @@ use crate::legacy::{
     Cmos, PowerManagement, SerialDevice, I8042,
 };
 use crate::memory::{self, GuestMemoryMmap};
-use crate::pci::{slots, GsiRoutes, KvmMsiSink, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
+use crate::pci::{
+    slots, GsiRoutes, KvmMsiSink, PciRoot, SlotState, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
+};
 use crate::snapshot::{self, LegacyState, SnapshotError, VmSnapshot};
 use crate::vcpu::{kick, Request, Vcpu, VcpuContext, VcpuOutcome};
 
@@ -215,14 +217,6 @@ impl VmControl {
         if self.state() != VmState::Paused {
             return Err(SnapshotError::NotPaused);
         }
-        let virtio: Vec<u8> = lock(&self.legacy.pci)
-            .occupied_slots()
-            .into_iter()
-            .filter(|&s| s != 0)
-            .collect();
-        if !virtio.is_empty() {
-            return Err(SnapshotError::UnsupportedDevices(virtio));
-        }
         std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
             path: dir.to_path_buf(),
             source,
@@ -241,18 +235,44 @@ impl VmControl {
             })
             .collect::<Result<Vec<_>, _>>()?;
         debug_assert!(all_saved);
+        let legacy = self.legacy.state();
+        // Devices hold still (workers parked) from their state until RAM is saved, so no
+        // used-ring write lands between the two.
+        let pci = lock(&self.legacy.pci);
+        let unsettled = pci.quiesce_all();
+        if !unsettled.is_empty() {
+            tracing::warn!(slots = ?unsettled, "devices still busy; snapshot taken anyway");
+        }
+        let written = self.save_devices_and_memory(&pci, dir, vcpus, legacy);
+        pci.unquiesce_all();
+        let written = written?;
+        tracing::info!(dir = %dir.display(), ram_bytes = written, "snapshot written");
+        Ok(())
+    }
+
+    /// The quiesced part of [`snapshot`](Self::snapshot): device state, RAM, state file.
+    fn save_devices_and_memory(
+        &self,
+        pci: &PciRoot,
+        dir: &Path,
+        vcpus: Vec<snapshot::VcpuState>,
+        legacy: LegacyState,
+    ) -> Result<u64, SnapshotError> {
+        let pci_slots = pci
+            .save_slots()
+            .map_err(|(slot, source)| SnapshotError::UnsupportedDevice { slot, source })?;
         let snap = VmSnapshot {
             memory_bytes: self.memory_mib << 20,
             vcpus,
             vm: snapshot::VmState::save(&self.vm)?,
-            legacy: self.legacy.state(),
+            legacy,
+            pci_slots,
         };
         let (state_path, mem_path) = snapshot::paths(dir);
         let _ = std::fs::remove_file(&state_path);
         let written = snapshot::memory::save(&self.mem, &mem_path)?;
         snapshot::file::write(&state_path, &snap)?;
-        tracing::info!(dir = %dir.display(), ram_bytes = written, "snapshot written");
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -326,18 +346,29 @@ enum VcpuStart<'a> {
     Restore(&'a [snapshot::VcpuState]),
 }
 
-/// Put `device` behind the virtio-pci transport at `slot`, with MSI-X routed through KVM.
+/// Put `device` behind the virtio-pci transport at `slot`, with MSI-X routed through KVM; on a
+/// restore, in the state `saved` holds for that slot (BARs where the guest had them, MSI-X
+/// routes programmed again; `PciRoot::resume_all` restarts running devices once the vCPUs
+/// are back).
 fn attach_virtio(
     pci: &mut PciRoot,
     routes: &Arc<GsiRoutes>,
     mem: &GuestMemoryMmap,
     slot: u8,
     device: Box<dyn cloudphone_virtio::VirtioDevice>,
+    saved: &[SlotState],
 ) -> anyhow::Result<()> {
     let vectors = device.queue_max_sizes().len() as u16 + 1;
     let sink = Arc::new(KvmMsiSink::new(routes.clone(), vectors));
-    let dev = cloudphone_virtio::VirtioPciDevice::new(device, mem.clone(), sink)
-        .with_context(|| format!("creating the virtio-pci function for slot {slot}"))?;
+    let saved = saved.iter().find(|s| s.slot == slot);
+    let dev = match saved {
+        Some(s) => {
+            cloudphone_virtio::VirtioPciDevice::restore(device, mem.clone(), sink, &s.transport)
+                .with_context(|| format!("restoring the virtio-pci function at slot {slot}"))?
+        }
+        None => cloudphone_virtio::VirtioPciDevice::new(device, mem.clone(), sink)
+            .with_context(|| format!("creating the virtio-pci function for slot {slot}"))?,
+    };
     let notify = dev
         .notify_eventfds()
         .into_iter()
@@ -350,8 +381,12 @@ fn attach_virtio(
         })
         .collect::<std::io::Result<Vec<_>>>()
         .context("duplicating queue notify eventfds")?;
-    pci.attach(slot, Arc::new(Mutex::new(dev)), notify)
-        .with_context(|| format!("attaching the device at PCI slot {slot}"))?;
+    let dev = Arc::new(Mutex::new(dev));
+    match saved {
+        Some(_) => pci.attach_restored(slot, dev, notify),
+        None => pci.attach(slot, dev, notify),
+    }
+    .with_context(|| format!("attaching the device at PCI slot {slot}"))?;
     Ok(())
 }
 
@@ -361,6 +396,7 @@ fn build_pci(
     ctx: &Arc<VcpuContext>,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
+    saved: &[SlotState],
 ) -> anyhow::Result<(PciRoot, DeviceHandles)> {
     let mut pci = PciRoot::new(vm.clone(), ctx.clone());
     pci.attach(
@@ -372,14 +408,35 @@ fn build_pci(
     if !config.console_ports.is_empty() {
         let console = cloudphone_virtio::console::Console::new(&config.console_ports)
             .context("opening the --console ports")?;
-        attach_virtio(&mut pci, &routes, mem, slots::CONSOLE, Box::new(console))?;
+        attach_virtio(
+            &mut pci,
+            &routes,
+            mem,
+            slots::CONSOLE,
+            Box::new(console),
+            saved,
+        )?;
     }
     if config.rng {
         let rng = Box::new(cloudphone_virtio::rng::Rng::new());
-        attach_virtio(&mut pci, &routes, mem, slots::RNG, rng)?;
+        attach_virtio(&mut pci, &routes, mem, slots::RNG, rng, saved)?;
     }
-    let handles =
-        devices::attach_devices(&mut pci, &routes, mem, &config.devices, config.memory_mib)?;
+    let handles = devices::attach_devices(
+        &mut pci,
+        &routes,
+        mem,
+        &config.devices,
+        // The guest's RAM (a restore's comes from the snapshot, not from --memory).
+        snapshot::memory::ram_bytes(mem) >> 20,
+        saved,
+    )?;
+    if let Some(orphan) = saved.iter().find(|s| !pci.is_occupied(s.slot)) {
+        anyhow::bail!(
+            "the snapshot has a device at PCI slot {} that this configuration does not; \
+             restore with the options the VM was started with",
+            orphan.slot
+        );
+    }
     Ok((pci, handles))
 }
 
@@ -443,7 +500,8 @@ impl Vm {
         let pm = Arc::new(Mutex::new(pm));
         add_pio(&ctx, pm.clone(), PM_PORTS.0, PM_PORTS.1)?;
         let vm = Arc::new(vm);
-        let (mut pci, devices) = build_pci(&vm, &ctx, &mem, config)?;
+        let saved = start.as_ref().map_or(&[][..], |s| &s.pci_slots[..]);
+        let (mut pci, devices) = build_pci(&vm, &ctx, &mem, config, saved)?;
         pci.set_config_address(legacy.pci_config_address);
         let pci = Arc::new(Mutex::new(pci));
         add_pio(&ctx, pci.clone(), PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN)?;
@@ -455,7 +513,10 @@ impl Vm {
                     .restore(&vm)
                     .context("restoring the VM's interrupt controllers and clock")?;
                 let n = snap.vcpus.len() as u8;
-                create_vcpus(kvm, &vm, &ctx, n, VcpuStart::Restore(&snap.vcpus))?
+                let vcpus = create_vcpus(kvm, &vm, &ctx, n, VcpuStart::Restore(&snap.vcpus))?;
+                // Devices start once the VM can take their interrupts.
+                lock(&pci).resume_all()?;
+                vcpus
             }
             (None, None) => unreachable!("a VM either boots or restores"),
         };

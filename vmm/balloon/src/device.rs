@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    read_config_bytes, ActivateError, Activation, VirtioCommon, VirtioDevice, WorkerHandler,
+    device_part, read_config_bytes, to_device_part, ActivateError, Activation, DeviceStateBlob,
+    StateError, VirtioCommon, VirtioDevice, WorkerHandler,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::handle::{BalloonHandle, Shared};
 use crate::worker::{BalloonWorker, QueueRole, RoleQueue};
@@ -30,6 +32,26 @@ const CONFIG_ACTUAL: u64 = 4;
 pub struct Balloon {
     shared: Arc<Shared>,
     common: VirtioCommon,
+    /// Set by a restore: the next activation continues the saved guest state instead of
+    /// starting from an empty balloon.
+    restored: bool,
+}
+
+/// The balloon's own snapshot state: what the host asked, what the guest gave, the last
+/// statistics and the stats buffer the device holds (the driver only reports again once it
+/// is returned).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BalloonState {
+    /// Target size in 4 KiB pages.
+    pub target_pages: u32,
+    /// Pages the guest reports in the balloon.
+    pub actual_pages: u32,
+    /// The last statistics the guest reported.
+    pub stats: crate::BalloonStats,
+    /// Head of the stats buffer held for the next stats request.
+    pub held_stats: Option<u16>,
+    /// Bytes released to the host so far.
+    pub released_bytes: u64,
 }
 
 impl Balloon {
@@ -50,6 +72,7 @@ impl Balloon {
                         | (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
                         | (1 << VIRTIO_BALLOON_F_REPORTING),
                 ),
+                restored: false,
             },
             handle,
         ))
@@ -81,6 +104,7 @@ impl Balloon {
         let mut s = self.shared.lock();
         s.interrupt = None;
         s.actual_pages = 0;
+        s.held_stats = None;
     }
 }
 
@@ -109,11 +133,52 @@ impl VirtioDevice for Balloon {
     fn worker_name(&self) -> &str {
         "virtio-balloon"
     }
+
+    fn save_state(&self) -> Result<DeviceStateBlob, StateError> {
+        let state = {
+            let s = self.shared.lock();
+            BalloonState {
+                target_pages: s.target_pages,
+                actual_pages: s.actual_pages,
+                stats: s.stats.clone(),
+                held_stats: s.held_stats,
+                released_bytes: s.released_bytes,
+            }
+        };
+        let part = to_device_part(VIRTIO_ID_BALLOON, &state)?;
+        Ok(self.common.save_blob(part))
+    }
+    /// Refuses a target beyond the guest's memory or a held buffer outside the stats queue.
+    fn restore_state(&mut self, blob: &DeviceStateBlob) -> Result<(), StateError> {
+        let part = self.common.restore_blob(blob)?;
+        let state: BalloonState = device_part(VIRTIO_ID_BALLOON, part)?;
+        let max_pages = self.shared.guest_mib * 256;
+        let bad_held = state.held_stats.is_some_and(|h| h >= QUEUE_SIZES[2]);
+        if u64::from(state.target_pages) > max_pages || bad_held {
+            return Err(StateError::Malformed {
+                device_type: VIRTIO_ID_BALLOON,
+                reason: format!(
+                    "target {} pages (guest has {max_pages}) or held stats buffer {:?} out of range",
+                    state.target_pages, state.held_stats
+                ),
+            });
+        }
+        let mut s = self.shared.lock();
+        s.target_pages = state.target_pages;
+        s.actual_pages = state.actual_pages;
+        s.stats = state.stats;
+        s.held_stats = state.held_stats;
+        s.released_bytes = state.released_bytes;
+        self.restored = true;
+        Ok(())
+    }
     /// Queues get roles in index order for the negotiated features.
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
         let roles = self.roles();
         ActivateError::check_queue_count(roles.len(), a.queues.len())?;
-        self.clear_guest_state();
+        if !std::mem::take(&mut self.restored) {
+            self.clear_guest_state();
+        }
         let queues = roles
             .into_iter()
             .zip(a.queues)
@@ -128,6 +193,7 @@ impl VirtioDevice for Balloon {
         )))
     }
     fn reset(&mut self) {
+        self.restored = false;
         self.clear_guest_state();
         self.common.reset();
     }

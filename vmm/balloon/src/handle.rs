@@ -52,6 +52,9 @@ pub(crate) struct State {
     pub(crate) stats: BalloonStats,
     pub(crate) stats_seq: u64,
     pub(crate) released_bytes: u64,
+    /// The stats buffer the driver gave us (its head), returned when the host wants new
+    /// stats; kept here so a snapshot can hand it to the restored worker.
+    pub(crate) held_stats: Option<u16>,
     /// Set while the device is activated, for config-change interrupts.
     pub(crate) interrupt: Option<Arc<dyn VirtioInterrupt>>,
 }

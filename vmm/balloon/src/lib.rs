@@ -24,7 +24,8 @@ mod stats;
 mod worker;
 
 pub use device::{
-    Balloon, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
+    Balloon, BalloonState, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_REPORTING,
+    VIRTIO_BALLOON_F_STATS_VQ,
 };
 pub use discard::{DiscardError, PAGE_SIZE};
 pub use handle::{BalloonError, BalloonHandle, BalloonStatus};

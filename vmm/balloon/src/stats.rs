@@ -1,6 +1,6 @@
 //! The stats queue's buffer: `struct virtio_balloon_stat { le16 tag; le64 val; }` entries.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Size of one packed stat entry on the wire.
 pub const STAT_LEN: usize = 10;
@@ -9,7 +9,7 @@ pub const MAX_STATS: usize = 64;
 
 /// The guest's memory statistics, as last reported. Memory amounts are bytes; `None` means the
 /// guest did not report that tag.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonStats {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_in: Option<u64>,

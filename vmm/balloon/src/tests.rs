@@ -547,6 +547,53 @@ fn balloon_behind_the_pci_transport() {
         (2, 2, 16 * 4096)
     );
     assert!(!h.needs_reset());
+
+    // The driver hands over a stats buffer, which the device holds; then a snapshot is
+    // restored into a new balloon under the same driver.
+    mem.write_slice(&stats_buffer(100 * MIB, 512 * MIB), GuestAddress(buf))
+        .unwrap();
+    rings.publish(2, &[(buf, 20, false)]);
+    t.notify(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.snapshot().stats.free_memory.is_none() {
+        assert!(Instant::now() < deadline, "stats never parsed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut new_handle = None;
+    let state = h
+        .snapshot_restore(|| {
+            let (restored, handle) = Balloon::new(512).unwrap();
+            new_handle = Some(handle);
+            Box::new(restored)
+        })
+        .unwrap();
+    let handle = new_handle.unwrap();
+    assert!(state.device.device.is_some());
+    let status = handle.snapshot();
+    assert_eq!(
+        (status.target_mib, status.actual_mib, status.released_bytes),
+        (2, 2, 16 * 4096),
+        "target, actual and released bytes survive"
+    );
+    assert_eq!(status.stats.free_memory, Some(100 * MIB));
+    // The restored device still holds the stats buffer: a stats request returns it.
+    let asker = std::thread::spawn(move || handle.status(Duration::from_secs(5)));
+    rings.wait_used(2, 1);
+    mem.write_slice(&stats_buffer(7 * MIB, 512 * MIB), GuestAddress(buf))
+        .unwrap();
+    rings.publish(2, &[(buf, 20, false)]);
+    t.notify(2);
+    assert_eq!(asker.join().unwrap().stats.free_memory, Some(7 * MIB));
+    // Inflating continues on the same rings.
+    let more = alloc_pages(1).unwrap();
+    touch(&mem, more, 4096);
+    mem.write_slice(&((more >> 12) as u32).to_le_bytes(), GuestAddress(buf))
+        .unwrap();
+    rings.publish(0, &[(buf, 4, false)]);
+    t.notify(0);
+    rings.wait_used(0, 2);
+    assert_eq!(resident_pages(&mem, more, 4096), 0);
+    assert!(!h.needs_reset());
 }
 
 /// The hostile-ring property every device passes through its `DeviceQueue`, on all four

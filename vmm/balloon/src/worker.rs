@@ -16,7 +16,7 @@ use crate::stats::{BalloonStats, MAX_STATS, STAT_LEN};
 /// PFNs accepted per inflate/deflate buffer (Linux sends at most 256).
 pub const MAX_PFNS_PER_BUFFER: usize = 1024;
 /// Epoll token of the stats-request eventfd (queue tokens are their position).
-const STATS_REQUEST_TOKEN: u64 = u64::MAX - 1;
+const STATS_REQUEST_TOKEN: u64 = cloudphone_virtio::worker::FIRST_RESERVED_TOKEN - 1;
 
 /// What a queue is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,8 +39,6 @@ pub struct BalloonWorker {
     queues: Vec<RoleQueue>,
     shared: Arc<Shared>,
     interrupt: Arc<dyn VirtioInterrupt>,
-    /// The stats buffer the driver gave us, returned when the host wants new stats.
-    held_stats: Option<u16>,
 }
 
 /// Copy the device-readable part of a chain, refusing more than `cap` bytes.
@@ -130,7 +128,6 @@ impl BalloonWorker {
             queues,
             shared,
             interrupt,
-            held_stats: None,
         }
     }
 
@@ -145,7 +142,8 @@ impl BalloonWorker {
                 Ok(stats) => self.shared.publish_stats(stats),
                 Err(e) => tracing::warn!(error = %e, "balloon: stats buffer ignored"),
             }
-            if let Some(old) = self.held_stats.replace(head) {
+            let old = self.shared.lock().held_stats.replace(head);
+            if let Some(old) = old {
                 self.return_stats(pos, old)?;
             }
         }
@@ -202,7 +200,8 @@ impl WorkerHandler for BalloonWorker {
     ) -> Result<(), String> {
         if token == STATS_REQUEST_TOKEN {
             let _ = self.shared.stats_request.read();
-            return match (self.stats_position(), self.held_stats.take()) {
+            let held = self.shared.lock().held_stats.take();
+            return match (self.stats_position(), held) {
                 (Some(pos), Some(head)) => self.return_stats(pos, head),
                 _ => Ok(()),
             };

@@ -120,3 +120,42 @@ fn read_only_disk_is_advertised_and_writes_fail() {
     });
     assert_eq!(std::fs::read(&path).unwrap(), vec![5u8; 1 << 20]);
 }
+
+/// Snapshot/restore under the block driver: the restored device reopens the same disk and
+/// the same driver reads what it wrote before and writes on.
+#[test]
+fn driver_continues_after_snapshot_restore() {
+    let dir = TempDir::new("drv-snap");
+    let path = dir.path("disk.raw");
+    std::fs::write(&path, pattern(31, 1 << 20)).unwrap();
+    let spec: DiskSpec = path.display().to_string().parse().unwrap();
+    let h = harness(&spec);
+    let transport = h.transport();
+    let before = pattern(32, 8 * 512);
+    let written = before.clone();
+    let blk = run_with_timeout(TIMEOUT, move || {
+        let mut blk = VirtIOBlk::<TestHal, _>::new(transport).unwrap();
+        blk.write_blocks(40, &written).unwrap();
+        blk
+    });
+    let state = h
+        .snapshot_restore(|| Box::new(Block::from_spec(&spec).unwrap()))
+        .unwrap();
+    assert_eq!(
+        state.device.device, None,
+        "block saves the common state only"
+    );
+    let after = pattern(33, 4 * 512);
+    let expect = after.clone();
+    run_with_timeout(TIMEOUT, move || {
+        let mut blk = blk;
+        let mut back = vec![0u8; before.len()];
+        blk.read_blocks(40, &mut back).unwrap();
+        assert_eq!(back, before);
+        blk.write_blocks(100, &after).unwrap();
+        blk.flush().unwrap();
+    });
+    assert!(!h.needs_reset());
+    let on_disk = std::fs::read(&path).unwrap();
+    assert_eq!(on_disk[100 * 512..104 * 512], expect[..]);
+}

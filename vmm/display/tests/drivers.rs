@@ -98,6 +98,22 @@ fn screenshot_of_driver_frame_decodes_to_its_pixels() {
     assert!(buf.chunks_exact(4).all(|p| p == [0x30, 0x20, 0x10, 0xff]));
 }
 
+/// The events of pressing and releasing each key in `names`, as the guest reads them.
+fn key_taps(names: &[&str]) -> Vec<(u16, u16, i32)> {
+    names
+        .iter()
+        .flat_map(|n| {
+            let code = key_code(n).unwrap();
+            [
+                (EV_KEY, code, 1),
+                (EV_SYN, 0, 0),
+                (EV_KEY, code, 0),
+                (EV_SYN, 0, 0),
+            ]
+        })
+        .collect()
+}
+
 /// Pop events until `n` arrived (the device delivers asynchronously).
 fn pop_events<T: virtio_drivers::transport::Transport>(
     input: &mut VirtIOInput<TestHal, T>,
@@ -268,15 +284,7 @@ fn keyboard_events_queued_before_the_driver_and_beyond_its_buffers_arrive_in_ord
         (EV_KEY, 172, 0),
         (EV_SYN, 0, 0),
     ];
-    for n in names {
-        let code = cloudphone_display::input::evdev::key_code(n).unwrap();
-        expected.extend([
-            (EV_KEY, code, 1),
-            (EV_SYN, 0, 0),
-            (EV_KEY, code, 0),
-            (EV_SYN, 0, 0),
-        ]);
-    }
+    expected.extend(key_taps(&names));
     assert_eq!(events, expected);
 }
 
@@ -305,5 +313,114 @@ fn driver_reinit_resets_the_device_state() {
             "round {round}"
         );
     }
+    assert!(!harness.needs_reset());
+}
+
+/// Snapshot/restore under the keyboard driver: events the guest had no buffers for survive
+/// in the restored device, the config selection is kept, and the same driver keeps reading
+/// events (also new ones injected through the restored process's handle).
+#[test]
+fn keyboard_driver_continues_after_snapshot_restore_with_pending_events() {
+    let spec = InputSpec {
+        touch: false,
+        keyboard: true,
+    };
+    let screen = Screen {
+        width: 720,
+        height: 1280,
+    };
+    let devices = InputDevices::new(spec, screen).unwrap();
+    let handle = devices.handle.clone();
+    let harness = TestHarness::new(Box::new(devices.keyboard.unwrap())).unwrap();
+    let transport = harness.transport();
+    let names = ["A", "B", "C", "D", "E", "F", "G", "H", "I", "J", "K", "L"];
+    let input = run_with_timeout(TIMEOUT, move || {
+        let mut input = VirtIOInput::<TestHal, _>::new(transport).unwrap();
+        assert_eq!(input.name().unwrap(), "virtio-keyboard-0");
+        input
+    });
+    // 48 events for the driver's 32 buffers: 16 wait in the device.
+    for n in names {
+        for down in [true, false] {
+            handle
+                .inject_json(format!(r#"{{"key":"{n}","down":{down}}}"#).as_bytes())
+                .unwrap();
+        }
+    }
+    let vector = TestHarness::queue_vector(0);
+    assert!(harness.msi().wait_for(vector, 0, TIMEOUT));
+    std::thread::sleep(Duration::from_millis(100));
+
+    let mut restored = InputDevices::new(spec, screen).unwrap();
+    let keyboard = restored.keyboard.take().unwrap();
+    let state = harness.snapshot_restore(|| Box::new(keyboard)).unwrap();
+    let part = state.device.device.expect("input saves its own state");
+    assert_eq!(part["pending"].as_array().unwrap().len(), 16);
+    assert_eq!(
+        part["selection"][0], 1,
+        "VIRTIO_INPUT_CFG_ID_NAME still selected"
+    );
+
+    let new_handle = restored.handle;
+    let events = run_with_timeout(TIMEOUT, move || {
+        let mut input = input;
+        let mut events = pop_events(&mut input, names.len() * 4);
+        new_handle
+            .inject_json(br#"{"key":"HOME","down":true}"#)
+            .unwrap();
+        events.extend(pop_events(&mut input, 2));
+        events
+    });
+    let mut expected = key_taps(&names);
+    expected.extend([(EV_KEY, 172, 1), (EV_SYN, 0, 0)]);
+    assert_eq!(events, expected);
+    assert!(!harness.needs_reset());
+}
+
+/// Snapshot/restore under the GPU driver: the restored device (with a new, empty export) shows
+/// the frame again, copied from the guest's framebuffer backing, keeps the cursor, and the same
+/// driver keeps flushing to it.
+#[test]
+fn gpu_driver_continues_after_snapshot_restore() {
+    let spec = GpuSpec {
+        width: 64,
+        height: 64,
+        dpi: 160,
+    };
+    let (gpu, _) = VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let harness = TestHarness::new(Box::new(gpu)).unwrap();
+    let transport = harness.transport();
+    let (gpu, frame) = run_with_timeout(TIMEOUT, move || {
+        let mut gpu = VirtIOGpu::<TestHal, _>::new(transport).unwrap();
+        let fb = gpu.setup_framebuffer().unwrap();
+        let frame = pattern(fb.len(), 5);
+        fb.copy_from_slice(&frame);
+        gpu.flush().unwrap();
+        gpu.setup_cursor(&[0x80; 64 * 64 * 4], 10, 20, 1, 2)
+            .unwrap();
+        (gpu, frame)
+    });
+
+    let (restored, export) =
+        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let state = harness.snapshot_restore(|| Box::new(restored)).unwrap();
+    let part = state.device.device.expect("the GPU saves its resources");
+    let backend = &part["backend"];
+    assert_eq!(backend["resources"].as_array().unwrap().len(), 2);
+    assert_eq!(backend["cursor"].as_array().unwrap()[1..], [10, 20, 1, 2]);
+    let (info, pixels) = export.read_frame();
+    assert_eq!((info.width, info.height), (64, 64));
+    assert!(
+        pixels == frame,
+        "the restored scanout shows the guest's frame"
+    );
+
+    let damage = export.subscribe();
+    run_with_timeout(TIMEOUT, move || {
+        let mut gpu = gpu;
+        gpu.move_cursor(30, 40).unwrap();
+        gpu.flush().unwrap();
+    });
+    assert!(damage.try_recv().is_some(), "flush reaches the new export");
     assert!(!harness.needs_reset());
 }

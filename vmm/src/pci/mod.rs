@@ -8,7 +8,7 @@ pub mod msi;
 pub mod root;
 
 pub use msi::{GsiRoutes, KvmMsiSink};
-pub use root::{PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
+pub use root::{PciRoot, SlotState, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 
 /// Fixed slots, as listed in vmm/API.md.
 pub mod slots {

@@ -4,7 +4,10 @@
 use std::sync::{Arc, Mutex};
 
 use cloudphone_virtio::pci::{BarKind, BarMove, PciDevice};
+use cloudphone_virtio::transport::TransportState;
+use cloudphone_virtio::StateError;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
@@ -53,6 +56,14 @@ pub enum PciError {
         /// Error.
         source: kvm_ioctls::Error,
     },
+    /// A restored device could not start again.
+    #[error("the restored device at PCI slot {slot} cannot start: {source}")]
+    Resume {
+        /// Its slot.
+        slot: u8,
+        /// Why.
+        source: cloudphone_virtio::transport::RestoreError,
+    },
     /// The MMIO bus refused the region.
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
@@ -71,6 +82,16 @@ impl BusDevice for BarRegion {
     fn write(&mut self, offset: u64, data: &[u8]) {
         lock(&self.device).bar_write(self.bar, offset, data);
     }
+}
+
+/// One occupied slot's snapshot: what [`PciRoot::save_slots`] returns and a restore hands
+/// back to `VirtioPciDevice::restore` + [`PciRoot::attach_restored`] for the same slot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotState {
+    /// PCI slot (device number on bus 0).
+    pub slot: u8,
+    /// The virtio-pci function's state.
+    pub transport: TransportState,
 }
 
 /// Queue notification eventfds of one function: (BAR index, offset in the BAR, eventfd).
@@ -112,13 +133,6 @@ impl PciRoot {
         self.address = address & !0x3;
     }
 
-    /// Slots that hold a device.
-    pub fn occupied_slots(&self) -> Vec<u8> {
-        (0..self.slots.len() as u8)
-            .filter(|&s| self.slots[usize::from(s)].is_some())
-            .collect()
-    }
-
     fn allocate(&mut self, size: u64) -> Result<u64, PciError> {
         let size = size.max(0x1000);
         let base = self
@@ -142,6 +156,80 @@ impl PciRoot {
         r.map_err(|source| PciError::IoEvent { addr, source })
     }
 
+    /// Whether `slot` holds a device.
+    pub fn is_occupied(&self, slot: u8) -> bool {
+        self.slots
+            .get(usize::from(slot))
+            .is_some_and(Option::is_some)
+    }
+
+    /// The snapshot state of every slot that has any (virtio functions), in slot order.
+    /// Fails on the first device that cannot save its state, naming the slot.
+    pub fn save_slots(&self) -> Result<Vec<SlotState>, (u8, StateError)> {
+        let mut out = Vec::new();
+        for (slot, d) in self.devices() {
+            if let Some(transport) = lock(d).virtio_state().map_err(|e| (slot, e))? {
+                out.push(SlotState { slot, transport });
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_free(&self, slot: u8) -> Result<(), PciError> {
+        if self.is_occupied(slot) || usize::from(slot) >= SLOTS {
+            return Err(PciError::Slot(slot));
+        }
+        Ok(())
+    }
+
+    /// Hold every function's device still for a snapshot (workers parked between events);
+    /// returns the slots whose device did not settle in time. Undo with
+    /// [`unquiesce_all`](Self::unquiesce_all).
+    pub fn quiesce_all(&self) -> Vec<u8> {
+        self.devices()
+            .filter(|(_, d)| !lock(d).quiesce())
+            .map(|(slot, _)| slot)
+            .collect()
+    }
+
+    /// Let every device run again after [`quiesce_all`](Self::quiesce_all).
+    pub fn unquiesce_all(&self) {
+        for (_, d) in self.devices() {
+            lock(d).unquiesce();
+        }
+    }
+
+    fn devices(&self) -> impl Iterator<Item = (u8, &SharedPciDevice)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| Some((slot as u8, &s.as_ref()?.device)))
+    }
+
+    /// Start every restored function the guest's driver had started (after the vCPUs and
+    /// interrupt controllers are restored, so their first interrupts are not lost).
+    pub fn resume_all(&self) -> Result<(), PciError> {
+        for (slot, d) in self.devices() {
+            lock(d)
+                .resume()
+                .map_err(|source| PciError::Resume { slot, source })?;
+        }
+        Ok(())
+    }
+
+    /// Attach a restored `device` at `slot` with its BARs where the snapshot had them
+    /// (already set in the device; unplaced BARs stay unmapped): map them and their
+    /// ioeventfds, and keep later boot-time allocations above them. Overlapping another
+    /// function's BAR fails as the MMIO bus refuses it.
+    pub fn attach_restored(
+        &mut self,
+        slot: u8,
+        device: SharedPciDevice,
+        notify: NotifyFds,
+    ) -> Result<(), PciError> {
+        self.attach_with(slot, device, notify, false)
+    }
+
     /// Attach `device` at `slot`: place its memory BARs in the MMIO hole, map them, and turn
     /// its queue notify addresses (`notify`) into ioeventfds.
     pub fn attach(
@@ -150,18 +238,37 @@ impl PciRoot {
         device: SharedPciDevice,
         notify: NotifyFds,
     ) -> Result<(), PciError> {
-        if usize::from(slot) >= SLOTS || self.slots[usize::from(slot)].is_some() {
-            return Err(PciError::Slot(slot));
-        }
+        self.attach_with(slot, device, notify, true)
+    }
+
+    /// Map `device`'s memory BARs (placing them first when `place`, else where they are).
+    fn attach_with(
+        &mut self,
+        slot: u8,
+        device: SharedPciDevice,
+        notify: NotifyFds,
+        place: bool,
+    ) -> Result<(), PciError> {
+        self.check_free(slot)?;
         let bars = lock(&device).bars();
         for bar in bars.iter().filter(|b| b.kind != BarKind::Io) {
-            let addr = self.allocate(bar.size)?;
-            lock(&device)
-                .set_bar_address(bar.index, addr)
-                .map_err(|e| PciError::Bar {
-                    bar: bar.index,
-                    reason: e.to_string(),
-                })?;
+            let addr = if place {
+                let addr = self.allocate(bar.size)?;
+                lock(&device)
+                    .set_bar_address(bar.index, addr)
+                    .map_err(|e| PciError::Bar {
+                        bar: bar.index,
+                        reason: e.to_string(),
+                    })?;
+                addr
+            } else if bar.addr == 0 {
+                continue;
+            } else {
+                if (PCI_MMIO_START..PCI_MMIO_START + PCI_MMIO_SIZE).contains(&bar.addr) {
+                    self.next_mmio = self.next_mmio.max(bar.addr + bar.size);
+                }
+                bar.addr
+            };
             self.map_bar(&device, &notify, bar.index, addr, bar.size)?;
         }
         self.slots[usize::from(slot)] = Some(Slot { device, notify });
@@ -417,6 +524,80 @@ mod tests {
         assert!(!ctx.mmio.read().unwrap().write(base, &[1]));
         assert!(ctx.mmio.read().unwrap().write(new + 3, &[9]));
         assert_eq!(*accesses.lock().unwrap(), vec![(3, vec![9])]);
+    }
+
+    /// A restored virtio function answers at the BAR addresses it was saved with, its
+    /// notify address is an ioeventfd again, and the allocator stays clear of it.
+    #[test]
+    fn restored_function_keeps_its_bars() {
+        use cloudphone_virtio::transport::{VIRTIO_BAR, VIRTIO_PCI_VENDOR_ID};
+        use cloudphone_virtio::{MsiSink, MsixMessage, VirtioPciDevice};
+        struct NoMsi;
+        impl MsiSink for NoMsi {
+            fn program(&self, _: u16, _: MsixMessage) {}
+            fn trigger(&self, _: u16) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else {
+            eprintln!("no /dev/kvm: skipped");
+            return;
+        };
+        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let function = |saved: Option<&SlotState>| {
+            let rng = Box::new(cloudphone_virtio::rng::Rng::new());
+            let sink = Arc::new(NoMsi);
+            let dev = match saved {
+                Some(s) => VirtioPciDevice::restore(rng, mem.clone(), sink, &s.transport).unwrap(),
+                None => VirtioPciDevice::new(rng, mem.clone(), sink).unwrap(),
+            };
+            let notify = dev
+                .notify_eventfds()
+                .into_iter()
+                .map(|(off, fd)| (VIRTIO_BAR, off, fd.try_clone().unwrap()))
+                .collect();
+            (Arc::new(Mutex::new(dev)), notify)
+        };
+        let root_on = |vm: &Arc<VmFd>| {
+            let ctx = Arc::new(VcpuContext::new(Arc::new(ExitSignal::default())));
+            (PciRoot::new(vm.clone(), ctx.clone()), ctx)
+        };
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let (mut first, _) = root_on(&vm);
+        // Something before it, so its BARs are not where a fresh allocation would put them.
+        let (filler, notify) = function(None);
+        first.attach(3, filler, notify).unwrap();
+        let (dev, notify) = function(None);
+        first.attach(5, dev, notify).unwrap();
+        let saved = first.save_slots().unwrap();
+        assert_eq!(saved.iter().map(|s| s.slot).collect::<Vec<_>>(), [3, 5]);
+        let bars = saved[1].transport.bars.clone();
+        assert!(bars.iter().all(|b| b.addr > PCI_MMIO_START));
+
+        let vm = Arc::new(kvm.create_vm().unwrap());
+        let (mut restored, ctx) = root_on(&vm);
+        let (dev, notify) = function(Some(&saved[1]));
+        restored.attach_restored(5, dev.clone(), notify).unwrap();
+        restored.resume_all().unwrap();
+        assert!(restored.is_occupied(5) && !restored.is_occupied(3));
+        let mut id = [0u8; 2];
+        let common = bars[0].addr;
+        // Device feature select reads back through the MMIO bus at the saved address.
+        assert!(ctx.mmio.read().unwrap().read(common + 0x12, &mut id));
+        assert_eq!(u16::from_le_bytes(id), 1, "num_queues of the rng");
+        assert_eq!(
+            dev.lock().unwrap().config_read(0) & 0xffff,
+            u32::from(VIRTIO_PCI_VENDOR_ID)
+        );
+        // A new allocation lands above the restored BARs.
+        let top = bars.iter().map(|b| b.addr).max().unwrap();
+        assert!(restored.allocate(0x1000).unwrap() > top);
+        // The same slot twice is refused.
+        let (dev, notify) = function(Some(&saved[1]));
+        assert!(matches!(
+            restored.attach_restored(5, dev, notify),
+            Err(PciError::Slot(5))
+        ));
     }
 }
 

@@ -35,6 +35,10 @@ pub struct VmSnapshot {
     pub vm: VmState,
     /// The legacy devices and the PCI config latch.
     pub legacy: LegacyState,
+    /// Every virtio-pci slot's transport and device state (absent in snapshots of VMs
+    /// without virtio devices).
+    #[serde(default)]
+    pub pci_slots: Vec<crate::pci::SlotState>,
 }
 
 /// State of the devices every VM has: COM1, the CMOS, the GED's pending events and the PCI
@@ -133,9 +137,14 @@ pub enum SnapshotError {
     /// A snapshot was asked of a running VM.
     #[error("the VM is running: pause it first (PUT /pause), then take the snapshot")]
     NotPaused,
-    /// The VM has devices whose state cannot be saved yet.
-    #[error("snapshots of VMs with virtio devices are not supported yet (this VM has devices at PCI slots {0:?}); start the VM without them to snapshot it")]
-    UnsupportedDevices(Vec<u8>),
+    /// A device cannot save its state (yet); the VM cannot be snapshotted with it.
+    #[error("the device at PCI slot {slot} cannot be snapshotted: {source}; start the VM without it to snapshot it")]
+    UnsupportedDevice {
+        /// Its PCI slot.
+        slot: u8,
+        /// Why.
+        source: cloudphone_virtio::StateError,
+    },
     /// A parked vCPU did not hand over its state in time.
     #[error("vCPU {0} did not save its state within the timeout; the VM may be exiting")]
     VcpuTimeout(u8),

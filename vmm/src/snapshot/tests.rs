@@ -145,6 +145,7 @@ fn paused_payload_restores_and_continues_in_a_new_vm() {
         vcpus: vec![state],
         vm: VmState::save(&vm).unwrap(),
         legacy: LegacyState::default(),
+        pci_slots: Vec::new(),
     };
     memory::save(&mem, &mem_path).unwrap();
     file::write(&state_path, &snapshot).unwrap();
@@ -215,6 +216,7 @@ fn bad_snapshots_are_refused_with_the_file_named() {
         vcpus: Vec::new(),
         vm,
         legacy: LegacyState::default(),
+        pci_slots: Vec::new(),
     };
     file::write(&state_path, &empty).unwrap();
     let err = load(&dir).err().unwrap();

@@ -13,7 +13,7 @@ use cloudphone_net::{Net, Vsock};
 use cloudphone_virtio::VirtioDevice;
 
 use crate::config::DeviceConfig;
-use crate::pci::{slots, GsiRoutes, PciRoot};
+use crate::pci::{slots, GsiRoutes, PciRoot, SlotState};
 
 use super::{attach_virtio, GuestMemoryMmap};
 
@@ -49,16 +49,18 @@ pub struct DeviceHandles {
     pub balloon: Option<BalloonHandle>,
 }
 
-/// Create every device `config` asks for and attach it at its slot.
+/// Create every device `config` asks for and attach it at its slot (in its `saved` state on
+/// a restore).
 pub(super) fn attach_devices(
     pci: &mut PciRoot,
     routes: &Arc<GsiRoutes>,
     mem: &GuestMemoryMmap,
     config: &DeviceConfig,
     memory_mib: u64,
+    saved: &[SlotState],
 ) -> anyhow::Result<DeviceHandles> {
     let mut attach =
-        |slot: u8, dev: Box<dyn VirtioDevice>| attach_virtio(pci, routes, mem, slot, dev);
+        |slot: u8, dev: Box<dyn VirtioDevice>| attach_virtio(pci, routes, mem, slot, dev, saved);
     let mut handles = DeviceHandles::default();
     let mut screen = None;
     if let Some(spec) = config.gpu {

@@ -116,6 +116,22 @@ pub enum StateError {
     /// State is restored into a reset device, never under a running worker.
     #[error("cannot restore a snapshot into an activated device; reset it first")]
     Active,
+    /// The device has state of its own that snapshots do not capture yet: refusing beats a
+    /// restore that silently loses it.
+    #[error("virtio device type {device_type} does not support snapshots yet")]
+    Unsupported { device_type: u32 },
+    /// The device-specific part of the blob is missing or malformed.
+    #[error("snapshot state of virtio device type {device_type} is malformed: {reason}")]
+    Malformed { device_type: u32, reason: String },
+}
+
+impl StateError {
+    /// Refuse to save `device`: its own state is not captured yet.
+    pub fn unsupported(device: &(impl VirtioDevice + ?Sized)) -> Self {
+        Self::Unsupported {
+            device_type: device.device_type(),
+        }
+    }
 }
 
 /// The part of a device every device type has (the counterpart of Cloud Hypervisor's
@@ -208,6 +224,19 @@ impl VirtioCommon {
         Ok(())
     }
 
+    /// Park the worker between events for a snapshot (see [`DeviceWorker::pause`]); true
+    /// when the device is idle (parked, or no worker).
+    pub fn pause_worker(&self) -> bool {
+        self.worker.as_ref().is_none_or(DeviceWorker::pause)
+    }
+
+    /// Let a paused worker run again.
+    pub fn unpause_worker(&self) {
+        if let Some(worker) = &self.worker {
+            worker.unpause();
+        }
+    }
+
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
             worker.stop();
@@ -248,6 +277,59 @@ impl VirtioCommon {
         self.restored = state.queues.clone();
         Ok(())
     }
+
+    /// The blob a device saves: the common state plus its own `device` part, if any.
+    pub fn save_blob(&self, device: Option<serde_json::Value>) -> DeviceStateBlob {
+        DeviceStateBlob {
+            device_type: self.device_type,
+            common: self.save_state(),
+            device,
+        }
+    }
+
+    /// Check that `blob` is this device type's and restore its common part; returns the
+    /// device-specific part for the device to take over.
+    pub fn restore_blob<'a>(
+        &mut self,
+        blob: &'a DeviceStateBlob,
+    ) -> Result<Option<&'a serde_json::Value>, StateError> {
+        if blob.device_type != self.device_type {
+            return Err(StateError::DeviceType {
+                expected: self.device_type,
+                found: blob.device_type,
+            });
+        }
+        self.restore_state(&blob.common)?;
+        Ok(blob.device.as_ref())
+    }
+}
+
+/// Parse a device's own part of a snapshot blob into `T`, for devices of `device_type`
+/// whose state is required (a missing part is malformed).
+pub fn device_part<T: serde::de::DeserializeOwned>(
+    device_type: u32,
+    part: Option<&serde_json::Value>,
+) -> Result<T, StateError> {
+    let malformed = |reason: String| StateError::Malformed {
+        device_type,
+        reason,
+    };
+    let value = part.ok_or_else(|| malformed("the device part is missing".into()))?;
+    T::deserialize(value).map_err(|e| malformed(e.to_string()))
+}
+
+/// A device's own part as a blob value (device state types are plain data, so this cannot
+/// fail in practice; a failure is reported, not panicked on).
+pub fn to_device_part<T: Serialize>(
+    device_type: u32,
+    state: &T,
+) -> Result<Option<serde_json::Value>, StateError> {
+    serde_json::to_value(state)
+        .map(Some)
+        .map_err(|e| StateError::Malformed {
+            device_type,
+            reason: e.to_string(),
+        })
 }
 
 /// What a device's worker is built from when the driver brings the device up.
@@ -363,22 +445,12 @@ pub trait VirtioDevice: Send {
     /// Save the device for a snapshot. The default saves the common part only (features and
     /// queues), which is all a device without state of its own needs.
     fn save_state(&self) -> Result<DeviceStateBlob, StateError> {
-        Ok(DeviceStateBlob {
-            device_type: self.device_type(),
-            common: self.common().save_state(),
-            device: None,
-        })
+        Ok(self.common().save_blob(None))
     }
     /// Restore a reset device from [`save_state`](Self::save_state)'s blob, before the
     /// transport activates it again. The default restores the common part only.
     fn restore_state(&mut self, blob: &DeviceStateBlob) -> Result<(), StateError> {
-        if blob.device_type != self.device_type() {
-            return Err(StateError::DeviceType {
-                expected: self.device_type(),
-                found: blob.device_type,
-            });
-        }
-        self.common_mut().restore_state(&blob.common)
+        self.common_mut().restore_blob(blob).map(drop)
     }
 }
 

@@ -28,6 +28,27 @@
 //! // MMIO inside a BAR -> pci.bar_read/bar_write(bar, offset, data).
 //! ```
 //!
+//! # Snapshots
+//! A function's whole state is a [`transport::TransportState`] (serde): config space, BAR
+//! addresses, MSI-X table/PBA, the common configuration, queue registers and the device's
+//! [`DeviceStateBlob`]. Save it with the vCPUs paused; restore it into a freshly built device of
+//! the same kind and configuration, then map the BARs where the function says:
+//! ```ignore
+//! let state = pci.save_state()?;                       // or PciDevice::virtio_state
+//! // ... new process, same guest RAM ...
+//! let mut pci = VirtioPciDevice::restore(Box::new(Rng::new()), mem, msi_sink, &state)?;
+//! // every MSI-X vector was programmed into msi_sink again. pci.bars() holds the saved
+//! // addresses: map them (no allocation) and register pci.notify_eventfds() there.
+//! // Once vCPUs and interrupt controllers are restored:
+//! pci.resume()?;   // a DRIVER_OK device runs again on its saved queue positions
+//! ```
+//! The VMM does this per slot with `PciRoot::save_slots`, `PciRoot::attach_restored` and
+//! `PciRoot::resume_all`.
+//! Devices with state of their own override [`VirtioDevice::save_state`] /
+//! [`VirtioDevice::restore_state`] on top of [`VirtioCommon::save_blob`] /
+//! [`VirtioCommon::restore_blob`] and [`device_part`]; a device that cannot capture its state
+//! refuses with [`StateError::Unsupported`] so no snapshot silently loses it.
+//!
 //! # Writing a device
 //! A device embeds a [`VirtioCommon`] (type, queue sizes, features, worker, snapshot state)
 //! and supplies its config space and the handler its worker thread runs; activation, reset
@@ -90,8 +111,9 @@ pub mod transport;
 pub mod worker;
 
 pub use device::{
-    read_config_bytes, ActivateError, ActivatedQueue, Activation, CommonState, DeviceStateBlob,
-    GuestMemory, InterruptCause, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
+    device_part, read_config_bytes, to_device_part, ActivateError, ActivatedQueue, Activation,
+    CommonState, DeviceStateBlob, GuestMemory, InterruptCause, StateError, VirtioCommon,
+    VirtioDevice, VirtioInterrupt,
 };
 pub use pci::{MsiSink, MsixMessage, PciDevice};
 pub use queue::{Chain, DeviceQueue, QueueError, QueueState};

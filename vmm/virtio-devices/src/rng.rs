@@ -158,6 +158,37 @@ mod tests {
     }
 
     #[test]
+    fn driver_continues_after_snapshot_restore() {
+        let h = TestHarness::new(Box::new(Rng::new())).unwrap();
+        let transport = h.transport();
+        let draw = |mut rng: VirtIORng<TestHal, crate::testing::TestTransport>| {
+            run_with_timeout(Duration::from_secs(10), move || {
+                let mut buf = [0u8; 512];
+                let n = rng.request_entropy(&mut buf).unwrap();
+                assert!(n == 512 && buf.iter().any(|&x| x != 0));
+                rng
+            })
+        };
+        let rng = draw(VirtIORng::<TestHal, _>::new(transport).unwrap());
+        let rng = draw(rng);
+        let before = h.msi().count(TestHarness::queue_vector(0));
+        let state = h.snapshot_restore(|| Box::new(Rng::new())).unwrap();
+        assert_eq!(state.device.common.queues[0].next_used, 2);
+        assert!(
+            h.pci().is_activated(),
+            "DRIVER_OK state restarts the device"
+        );
+        // The same driver, with its ring indices, against the restored function.
+        let rng = draw(rng);
+        draw(rng);
+        assert!(h.msi().count(TestHarness::queue_vector(0)) >= before + 2);
+        assert!(!h.needs_reset());
+        let again = h.pci().save_state().unwrap();
+        assert_eq!(again.device.common.queues[0].next_used, 4);
+        assert_eq!((again.bars, again.msix), (state.bars, state.msix));
+    }
+
+    #[test]
     fn huge_request_is_capped() {
         let h = TestHarness::new(Box::new(Rng::new())).unwrap();
         let transport = h.transport();

@@ -30,7 +30,7 @@ impl Rect {
 }
 
 /// One element of a backing scatter list: guest-physical address and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackingEntry {
     pub addr: u64,
     pub len: u32,
@@ -151,6 +151,24 @@ pub trait GpuBackend: Send {
     fn execute(&mut self, mem: &GuestMemory, cmd: GpuCommand) -> Result<GpuResponse, GpuError>;
     /// Drop every resource, the scanout binding and cursor state (device reset / reboot).
     fn reset(&mut self);
+    /// What the guest built (resources, backing, scanout, cursor) for a snapshot. Backends
+    /// that cannot say refuse, so a snapshot never silently drops the display.
+    fn save_state(&self) -> Result<serde_json::Value, GpuError> {
+        Err(GpuError::Unspec(
+            "this GPU backend does not support snapshots yet".into(),
+        ))
+    }
+    /// Rebuild [`save_state`](Self::save_state)'s state in a reset backend, against the
+    /// restored guest memory `mem`.
+    fn restore_state(
+        &mut self,
+        _mem: &GuestMemory,
+        _state: &serde_json::Value,
+    ) -> Result<(), GpuError> {
+        Err(GpuError::Unspec(
+            "this GPU backend does not support snapshots yet".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use serde::Deserialize;
+
 use cloudphone_virtio::GuestMemory;
 use vm_memory::VolatileSlice;
 
@@ -59,6 +61,39 @@ pub struct CursorState {
     pub image: Vec<u8>,
     pub width: u32,
     pub height: u32,
+}
+
+/// One resource in a snapshot: what CREATE_2D and ATTACH_BACKING said. Its pixels are not
+/// saved: they are copied from the guest backing again on restore (see [`Gpu2dState`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResourceState {
+    /// Resource id.
+    pub id: u32,
+    /// `virtio_gpu_formats` code.
+    pub format: u32,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// The guest pages backing it, if attached.
+    pub backing: Option<Vec<BackingEntry>>,
+}
+
+/// The 2D backend's snapshot state. Host-side pixel copies are not saved: a restore replays
+/// the guest's commands (create, attach backing, a full transfer from the backing, set
+/// scanout, flush, update cursor), so each resource shows what its guest backing holds at
+/// snapshot time. That equals the saved pixels for the usual driver pattern (draw into the
+/// backing, transfer, flush); content drawn into the backing but not yet transferred appears
+/// early, which the next transfer would have shown anyway. The cursor image is taken from
+/// its resource again the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Gpu2dState {
+    /// Every live resource, by id.
+    pub resources: Vec<ResourceState>,
+    /// The resource on scanout 0.
+    pub scanout: Option<u32>,
+    /// Cursor resource (0 hidden), position and hotspot.
+    pub cursor: [u32; 5],
 }
 
 /// The 2D backend: see the module docs.
@@ -467,5 +502,75 @@ impl GpuBackend for Backend2d {
         self.host_bytes = 0;
         self.scanout = None;
         self.cursor = CursorState::default();
+    }
+
+    fn save_state(&self) -> Result<serde_json::Value, GpuError> {
+        let mut resources: Vec<ResourceState> = self
+            .resources
+            .iter()
+            .map(|(&id, r)| ResourceState {
+                id,
+                format: r.format.virtio_code(),
+                width: r.width,
+                height: r.height,
+                backing: r.backing.as_ref().map(|b| b.entries().to_vec()),
+            })
+            .collect();
+        resources.sort_by_key(|r| r.id);
+        let c = &self.cursor;
+        let state = Gpu2dState {
+            resources,
+            scanout: self.scanout,
+            cursor: [c.resource_id, c.x, c.y, c.hot_x, c.hot_y],
+        };
+        serde_json::to_value(state).map_err(|e| GpuError::Unspec(e.to_string()))
+    }
+
+    /// Replays the guest's commands (see [`Gpu2dState`]), so a state the guest could not
+    /// have produced is refused by the same checks as its commands.
+    fn restore_state(
+        &mut self,
+        mem: &GuestMemory,
+        state: &serde_json::Value,
+    ) -> Result<(), GpuError> {
+        let state = Gpu2dState::deserialize(state)
+            .map_err(|e| GpuError::InvalidParameter(format!("GPU snapshot state: {e}")))?;
+        self.reset();
+        for r in &state.resources {
+            self.create(r.id, r.format, r.width, r.height)?;
+            if let Some(entries) = &r.backing {
+                self.attach(mem, r.id, entries.clone())?;
+                self.refill(mem, r.id)?;
+            }
+        }
+        if let Some(id) = state.scanout {
+            let res = self.resource(id)?;
+            let full = Rect {
+                x: 0,
+                y: 0,
+                width: res.width,
+                height: res.height,
+            };
+            self.set_scanout(0, id, full)?;
+            self.flush(id, full)?;
+        }
+        let [id, x, y, hot_x, hot_y] = state.cursor;
+        self.update_cursor(0, x, y, id, (hot_x, hot_y))
+    }
+}
+
+impl Backend2d {
+    /// Copy resource `id`'s pixels from its backing again: every whole row the backing holds.
+    fn refill(&mut self, mem: &GuestMemory, id: u32) -> Result<(), GpuError> {
+        let res = self.resource(id)?;
+        let backing = res.backing.as_ref().map_or(0, Backing::len);
+        let rows = (backing / u64::from(res.stride())).min(u64::from(res.height)) as u32;
+        let rect = Rect {
+            x: 0,
+            y: 0,
+            width: res.width,
+            height: rows,
+        };
+        self.transfer(mem, id, rect, 0)
     }
 }

@@ -5,9 +5,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cloudphone_virtio::{
-    read_config_bytes, ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon,
-    VirtioDevice, VirtioInterrupt, WorkerContext, WorkerHandler,
+    device_part, read_config_bytes, to_device_part, ActivateError, Activation, DeviceQueue,
+    DeviceStateBlob, GuestMemory, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt,
+    WorkerContext, WorkerHandler,
 };
+use serde::{Deserialize, Serialize};
 use vm_memory::ByteValued;
 use vmm_sys_util::epoll::EventSet;
 
@@ -35,6 +37,18 @@ pub struct VirtioGpu {
     limits: GpuLimits,
     events_read: u32,
     common: VirtioCommon,
+    /// Backend state from a restore, rebuilt at the next activation (it needs guest memory).
+    restored: Option<serde_json::Value>,
+}
+
+/// The GPU's own snapshot state: pending config events and the backend's state (for the 2D
+/// backend a [`Gpu2dState`](super::backend2d::Gpu2dState)).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GpuState {
+    /// `events_read` in config space.
+    pub events_read: u32,
+    /// What the backend saved.
+    pub backend: serde_json::Value,
 }
 
 impl VirtioGpu {
@@ -62,6 +76,7 @@ impl VirtioGpu {
             limits,
             events_read: 0,
             common: VirtioCommon::new(DEVICE_TYPE_GPU, &QUEUE_SIZES, features),
+            restored: None,
         }
     }
 
@@ -100,8 +115,44 @@ impl VirtioDevice for VirtioGpu {
         "virtio-gpu"
     }
 
+    /// Refused (`Unsupported`) when the backend cannot save its state.
+    fn save_state(&self) -> Result<DeviceStateBlob, StateError> {
+        let backend = self
+            .backend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .save_state()
+            .map_err(|e| {
+                tracing::warn!(error = %e, "virtio-gpu backend cannot be snapshotted");
+                StateError::unsupported(self)
+            })?;
+        let state = GpuState {
+            events_read: self.events_read,
+            backend,
+        };
+        let part = to_device_part(DEVICE_TYPE_GPU, &state)?;
+        Ok(self.common.save_blob(part))
+    }
+
+    /// The backend's part is rebuilt at activation, where guest memory is known; a state it
+    /// refuses then fails the activation (and the restore) with the reason.
+    fn restore_state(&mut self, blob: &DeviceStateBlob) -> Result<(), StateError> {
+        let part = self.common.restore_blob(blob)?;
+        let state: GpuState = device_part(DEVICE_TYPE_GPU, part)?;
+        self.events_read = state.events_read;
+        self.restored = Some(state.backend);
+        Ok(())
+    }
+
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
         let queues: [DeviceQueue; 2] = Activation::queue_array(a.queues)?;
+        if let Some(state) = self.restored.take() {
+            self.backend
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restore_state(&a.mem, &state)
+                .map_err(|e| ActivateError::Backend(format!("restoring the GPU state: {e}")))?;
+        }
         Ok(Box::new(GpuWorker {
             mem: a.mem,
             queues: queues.into(),
@@ -112,6 +163,7 @@ impl VirtioDevice for VirtioGpu {
     }
 
     fn reset(&mut self) {
+        self.restored = None;
         self.common.reset();
         self.backend
             .lock()

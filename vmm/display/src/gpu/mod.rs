@@ -10,7 +10,7 @@ mod protocol;
 mod resource;
 
 pub use backend::{BackingEntry, GpuBackend, GpuCommand, GpuError, GpuResponse, Rect};
-pub use backend2d::{Backend2d, CursorState, GpuLimits};
-pub use device::VirtioGpu;
+pub use backend2d::{Backend2d, CursorState, Gpu2dState, GpuLimits, ResourceState};
+pub use device::{GpuState, VirtioGpu};
 #[cfg(test)]
 mod tests;

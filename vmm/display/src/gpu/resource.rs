@@ -38,6 +38,11 @@ impl Backing {
         })
     }
 
+    /// The scatter list as attached.
+    pub(crate) fn entries(&self) -> &[BackingEntry] {
+        &self.entries
+    }
+
     /// Number of scatter-list entries.
     pub(crate) fn entry_count(&self) -> usize {
         self.entries.len()

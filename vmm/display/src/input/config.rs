@@ -174,6 +174,18 @@ impl ConfigSpace {
     pub fn reset(&mut self) {
         *self = Self::default();
     }
+
+    /// The driver's current (select, subsel), for a snapshot.
+    pub fn selection(&self) -> (u8, u8) {
+        (self.select, self.subsel)
+    }
+
+    /// Restore a snapshot's (select, subsel); any pair is a valid query (unknown ones
+    /// answer empty).
+    pub fn select(&mut self, (select, subsel): (u8, u8)) {
+        self.select = select;
+        self.subsel = subsel;
+    }
 }
 
 #[cfg(test)]

@@ -7,13 +7,15 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    ActivateError, Activation, DeviceQueue, GuestMemory, VirtioCommon, VirtioDevice,
-    VirtioInterrupt, WorkerContext, WorkerHandler,
+    device_part, to_device_part, ActivateError, Activation, DeviceQueue, DeviceStateBlob,
+    GuestMemory, StateError, VirtioCommon, VirtioDevice, VirtioInterrupt, WorkerContext,
+    WorkerHandler,
 };
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::epoll::EventSet;
 
 use super::config::{ConfigSpace, InputProfile};
-use super::handle::EventQueue;
+use super::handle::{EventQueue, InputEvent, MAX_PENDING_EVENTS};
 
 const DEVICE_TYPE_INPUT: u32 = 18;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -23,6 +25,16 @@ const EVENT_QUEUE: usize = 0;
 const STATUS_QUEUE: usize = 1;
 const WAKE_TOKEN: u64 = 2;
 const EVENT_BYTES: usize = 8;
+
+/// A virtio-input device's own snapshot state: the config query the driver selected and the
+/// events queued for it but not yet delivered (the guest gets them after the restore).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputState {
+    /// Config space `select` and `subsel`.
+    pub selection: (u8, u8),
+    /// Events waiting for guest buffers, oldest first.
+    pub pending: Vec<InputEvent>,
+}
 
 /// One virtio-input device (touchscreen or keyboard).
 pub struct VirtioInput {
@@ -64,6 +76,33 @@ impl VirtioDevice for VirtioInput {
 
     fn worker_name(&self) -> &str {
         &self.worker_name
+    }
+
+    fn save_state(&self) -> Result<DeviceStateBlob, StateError> {
+        let state = InputState {
+            selection: self.config.selection(),
+            pending: self.events.lock().events.iter().copied().collect(),
+        };
+        let part = to_device_part(DEVICE_TYPE_INPUT, &state)?;
+        Ok(self.common.save_blob(part))
+    }
+
+    /// Refuses more pending events than the queue holds.
+    fn restore_state(&mut self, blob: &DeviceStateBlob) -> Result<(), StateError> {
+        let part = self.common.restore_blob(blob)?;
+        let state: InputState = device_part(DEVICE_TYPE_INPUT, part)?;
+        if state.pending.len() > MAX_PENDING_EVENTS {
+            return Err(StateError::Malformed {
+                device_type: DEVICE_TYPE_INPUT,
+                reason: format!(
+                    "{} pending events, at most {MAX_PENDING_EVENTS} fit",
+                    state.pending.len()
+                ),
+            });
+        }
+        self.config.select(state.selection);
+        self.events.lock().events = state.pending.into();
+        Ok(())
     }
 
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {

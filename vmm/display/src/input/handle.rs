@@ -15,7 +15,7 @@ use super::request::{parse_input_request, InputAction, InputError, Screen};
 pub const MAX_PENDING_EVENTS: usize = 1024;
 
 /// `struct virtio_input_event`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputEvent {
     pub type_: u16,
     pub code: u16,

@@ -53,6 +53,7 @@ impl NetHandler {
         rx: DeviceQueue,
         tx: DeviceQueue,
         mrg_rxbuf: bool,
+        rx_held: Arc<std::sync::atomic::AtomicU16>,
     ) -> Self {
         NetHandler {
             mem,
@@ -64,7 +65,7 @@ impl NetHandler {
             rx_pending: None,
             rx_frame: vec![0; MAX_BUFFER_LEN],
             rx_iov: IovScratch::default(),
-            rx_bufs: RxBuffers::default(),
+            rx_bufs: RxBuffers::counted(rx_held),
             tx_iov: IovScratch::default(),
             backend_polled: false,
             warn: Default::default(),

@@ -7,10 +7,12 @@ mod spec;
 mod tap;
 
 use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use cloudphone_virtio::{
-    read_config_bytes, ActivateError, Activation, VirtioCommon, VirtioDevice, WorkerHandler,
+    read_config_bytes, ActivateError, Activation, DeviceStateBlob, StateError, VirtioCommon,
+    VirtioDevice, WorkerHandler,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
@@ -83,6 +85,9 @@ pub struct Net {
     mac: MacAddr,
     // Negotiation and running state.
     common: VirtioCommon,
+    /// Receive chains the worker holds (popped, waiting for a frame): a snapshot hands them
+    /// back to the ring so the restored device takes them again.
+    rx_held: Arc<AtomicU16>,
 }
 
 impl Net {
@@ -103,6 +108,7 @@ impl Net {
                 &QUEUE_SIZES,
                 offered_features(),
             ),
+            rx_held: Arc::default(),
         }
     }
 
@@ -142,7 +148,21 @@ impl VirtioDevice for Net {
             rx,
             tx,
             self.common.has_feature(VIRTIO_NET_F_MRG_RXBUF),
+            self.rx_held.clone(),
         )))
+    }
+
+    /// Common state only, with the receive queue rewound over the chains the worker holds
+    /// (they are always the newest ones popped and never used yet), so the restored device
+    /// pops them again instead of the guest losing those buffers. A frame read from the TAP
+    /// but not yet delivered is dropped, as on a real link.
+    fn save_state(&self) -> Result<DeviceStateBlob, StateError> {
+        let mut blob = self.common.save_blob(None);
+        let held = self.rx_held.load(Ordering::Acquire);
+        if let Some(rx) = blob.common.queues.iter_mut().find(|q| q.index == 0) {
+            rx.next_avail = rx.next_avail.wrapping_sub(held);
+        }
+        Ok(blob)
     }
 }
 

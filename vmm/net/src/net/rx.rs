@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
 use cloudphone_virtio::{DeviceQueue, GuestMemory};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
@@ -71,9 +73,24 @@ pub(crate) struct RxBuffers {
     segments: VecDeque<(GuestAddress, usize)>,
     capacity: usize,
     iov: IovScratch,
+    /// How many chains are held, shared with the device for snapshots.
+    held: Arc<AtomicU16>,
 }
 
 impl RxBuffers {
+    /// No chains held yet; the count of held chains is kept in `held`.
+    pub fn counted(held: Arc<AtomicU16>) -> Self {
+        held.store(0, Ordering::Release);
+        Self {
+            held,
+            ..Self::default()
+        }
+    }
+
+    fn publish_held(&self) {
+        self.held.store(self.chains.len() as u16, Ordering::Release);
+    }
+
     /// Total bytes the held chains can take.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -122,6 +139,7 @@ impl RxBuffers {
                 capacity,
                 segments,
             });
+            self.publish_held();
         }
         Ok(())
     }
@@ -214,6 +232,7 @@ impl RxBuffers {
         // The header lies in the first chain (every held chain can take a whole header).
         self.write_at(mem, NUM_BUFFERS_OFFSET, &count.to_le_bytes())?;
         self.chains.drain(..used.len());
+        self.publish_held();
         self.segments.drain(..segments);
         self.capacity -= capacity;
         Ok(queue.add_used_batch(mem, &used)?)

@@ -146,3 +146,69 @@ fn guest_connects_to_host_port_and_closes() {
     assert!(!h.needs_reset());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Snapshot/restore under a connected guest driver: the host stream of the old process is
+/// gone, the guest's stale connection is answered with RST, and the same driver opens new
+/// connections through the restored device.
+#[test]
+fn driver_continues_after_snapshot_restore_with_connections_reset() {
+    let dir = sock_dir("snap");
+    let uds = dir.join("v.sock");
+    let listener = UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
+    let spec = VsockSpec { cid: 3, uds };
+    let h = TestHarness::new(Box::new(Vsock::new(&spec).unwrap())).unwrap();
+    let mut mgr = manager(&h);
+    let host = VsockAddr { cid: 2, port: 1234 };
+    let accept = std::thread::spawn(move || listener.accept().unwrap().0);
+    let mut mgr = run_with_timeout(Duration::from_secs(30), move || {
+        mgr.connect(host, 40000).unwrap();
+        let event = mgr.wait_for_event().unwrap();
+        assert!(
+            matches!(event.event_type, VsockEventType::Connected),
+            "{event:?}"
+        );
+        mgr
+    });
+    let mut old_stream = accept.join().unwrap();
+
+    // The restored process listens on the same path (the old one removed it on exit).
+    let state = h
+        .snapshot_restore(|| Box::new(Vsock::new(&spec).unwrap()))
+        .unwrap();
+    assert_eq!(state.device.device, None, "connections are not saved");
+    old_stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    old_stream.read_to_end(&mut rest).unwrap();
+
+    let listener = UnixListener::bind(format!("{}_1235", spec.uds.display())).unwrap();
+    let accept = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).unwrap();
+        got
+    });
+    run_with_timeout(Duration::from_secs(30), move || {
+        mgr.send(host, 40000, b"stale").unwrap();
+        loop {
+            let event = mgr.wait_for_event().unwrap();
+            if matches!(event.event_type, VsockEventType::Disconnected { .. }) {
+                assert_eq!(event.destination.port, 40000);
+                break;
+            }
+        }
+        let fresh = VsockAddr { cid: 2, port: 1235 };
+        mgr.connect(fresh, 40001).unwrap();
+        let event = mgr.wait_for_event().unwrap();
+        assert!(
+            matches!(event.event_type, VsockEventType::Connected),
+            "{event:?}"
+        );
+        mgr.send(fresh, 40001, b"again").unwrap();
+    });
+    assert_eq!(&accept.join().unwrap(), b"again");
+    assert!(!h.needs_reset());
+    let _ = std::fs::remove_dir_all(dir);
+}

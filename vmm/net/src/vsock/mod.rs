@@ -105,6 +105,18 @@ impl VirtioDevice for Vsock {
         "virtio-vsock"
     }
 
+    /// Connections cannot survive a snapshot (their host streams belong to the old process),
+    /// so only the common state is saved; the restored device announces a transport reset
+    /// when it starts, and the guest drops its sockets, as after a Firecracker restore.
+    fn restore_state(
+        &mut self,
+        blob: &cloudphone_virtio::DeviceStateBlob,
+    ) -> Result<(), cloudphone_virtio::StateError> {
+        self.common.restore_blob(blob)?;
+        self.activated_before = true;
+        Ok(())
+    }
+
     // Reset stops the worker, which drops its muxer: every host stream is closed.
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
         let queues = Activation::queue_array(a.queues)?;

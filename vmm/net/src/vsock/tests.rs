@@ -576,7 +576,43 @@ fn reactivation_announces_transport_reset() {
     host.read_to_end(&mut rest).unwrap(); // reset closed the host stream
 
     let (_irq, mut rx, _tx, mut event) = Guest::activate(&mem, &mut g.dev, 0xa00000);
-    poke(&mem, 0x900000, &[0xff; 4]);
+    expect_transport_reset(&mem, &mut event);
+    rx.add_notify(&[Buf {
+        addr: RX_BUFS,
+        len: RX_BUF_LEN,
+        write: true,
+    }]);
+}
+
+/// A device restored from a snapshot saves no connections and, once the driver gives it an
+/// event buffer, sends VIRTIO_VSOCK_EVENT_TRANSPORT_RESET so the guest drops its sockets.
+#[test]
+fn restored_device_announces_transport_reset() {
+    let mem = guest_memory();
+    let mut g = Guest::start(&mem);
+    let listener = g.dir.listen_port(51);
+    g.post_rx(4);
+    let _host = g.connect(&listener, 7001, 51);
+    let blob = g.dev.save_state().unwrap();
+    assert_eq!(blob.device, None);
+    assert_eq!(blob.common.queues.len(), 3);
+    g.dev.reset();
+
+    let dir = SockDir::new();
+    let mut dev = Vsock::new(&VsockSpec {
+        cid: GUEST_CID,
+        uds: dir.uds(),
+    })
+    .unwrap();
+    dev.restore_state(&blob).unwrap();
+    let (_irq, _rx, _tx, mut event) = Guest::activate(&mem, &mut dev, 0xa00000);
+    expect_transport_reset(&mem, &mut event);
+}
+
+/// Give the device one event buffer and check it comes back holding
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (id 0).
+fn expect_transport_reset(mem: &GuestMemory, event: &mut TestQueue) {
+    poke(mem, 0x900000, &[0xff; 4]);
     event.add_notify(&[Buf {
         addr: 0x900000,
         len: 4,
@@ -584,15 +620,10 @@ fn reactivation_announces_transport_reset() {
     }]);
     assert_eq!(event.wait_used(1), vec![(0, 4)]);
     assert_eq!(
-        peek(&mem, 0x900000, 4),
+        peek(mem, 0x900000, 4),
         vec![0, 0, 0, 0],
         "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET"
     );
-    rx.add_notify(&[Buf {
-        addr: RX_BUFS,
-        len: RX_BUF_LEN,
-        write: true,
-    }]);
 }
 
 #[test]

@@ -59,7 +59,6 @@ pub(super) fn lock_ports(ports: &Mutex<Vec<Port>>) -> MutexGuard<'_, Vec<Port>> 
 
 #[derive(Default)]
 struct PortState {
-    guest_ready: bool,
     /// Client input read but not yet delivered (no guest buffer was available).
     rx_pending: Vec<u8>,
 }
@@ -82,9 +81,10 @@ impl ConsoleHandler {
         queues: Vec<Option<DeviceQueue>>,
         ports: Arc<Mutex<Vec<Port>>>,
         multiport: bool,
+        restored: bool,
     ) -> Self {
         let n = ports.lock().map_or(0, |p| p.len());
-        Self {
+        let mut handler = Self {
             mem,
             interrupt,
             queues,
@@ -93,6 +93,25 @@ impl ConsoleHandler {
             multiport,
             control_out: VecDeque::new(),
             buf: vec![0; MAX_CHUNK],
+        };
+        if restored && multiport {
+            handler.announce_host_side();
+        }
+        handler
+    }
+
+    /// After a restore the host side of every port belongs to this process (socket clients
+    /// of the old one are gone): tell the driver the open state of each port it set up.
+    fn announce_host_side(&mut self) {
+        let ready: Vec<(usize, bool)> = self
+            .ports()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.guest_ready)
+            .map(|(id, p)| (id, p.host_connected()))
+            .collect();
+        for (id, connected) in ready {
+            self.send_control(id, PORT_OPEN, u16::from(connected), &[]);
         }
     }
 
@@ -189,9 +208,9 @@ impl ConsoleHandler {
                 );
             }
             PORT_READY if msg.value == 1 => {
-                self.state[id].guest_ready = true;
                 let (console, name, connected) = {
-                    let ports = self.ports();
+                    let mut ports = self.ports();
+                    ports[id].guest_ready = true;
                     (
                         ports[id].console,
                         ports[id].name.clone(),
@@ -320,7 +339,7 @@ impl ConsoleHandler {
         drop(ports);
         tracing::info!(port, "console client disconnected");
         self.state[port].rx_pending.clear();
-        if self.multiport && self.state[port].guest_ready {
+        if self.multiport && self.ports()[port].guest_ready {
             self.send_control(port, PORT_OPEN, 0, &[]);
         }
         // Output that waited for this client can now be drained (and dropped).
@@ -352,7 +371,7 @@ impl ConsoleHandler {
             .map_err(|e| format!("cannot poll console client on port {port}: {e}"))?;
         }
         tracing::info!(port, "console client connected");
-        if self.multiport && self.state[port].guest_ready {
+        if self.multiport && self.ports()[port].guest_ready {
             self.send_control(port, PORT_OPEN, 1, &[]);
         }
         self.flush_control()
@@ -417,7 +436,8 @@ impl WorkerHandler for ConsoleHandler {
                 )?;
             }
         }
-        Ok(())
+        drop(ports);
+        self.flush_control().map_err(std::io::Error::other)
     }
 
     fn handle(&mut self, ctx: &WorkerContext, token: u64, events: EventSet) -> Result<(), String> {

@@ -20,9 +20,11 @@ use port::Port;
 pub use port::{PortBackend, PortConfig, PortError};
 pub use spec::{ports_from_specs, ConsoleSpec, SpecError, MAX_NAME_LEN};
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
-    read_config_bytes, ActivateError, Activation, DeviceQueue, VirtioCommon, VirtioDevice,
-    WorkerHandler,
+    device_part, read_config_bytes, to_device_part, ActivateError, Activation, DeviceQueue,
+    DeviceStateBlob, StateError, VirtioCommon, VirtioDevice, WorkerHandler,
 };
 
 /// Virtio device type of the console.
@@ -52,6 +54,18 @@ pub enum ConsoleError {
 pub struct Console {
     ports: Arc<Mutex<Vec<Port>>>,
     common: VirtioCommon,
+    /// Set by a restore: the next activation keeps the ports' guest state and announces
+    /// their host side.
+    restored: bool,
+}
+
+/// The console's own snapshot state: which ports the driver set up. Data in flight (client
+/// input not yet in a guest buffer, control messages not yet read) is not saved: a restore
+/// starts with new host connections anyway.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleState {
+    /// Per port: the driver sent PORT_READY.
+    pub guest_ready: Vec<bool>,
 }
 
 impl Console {
@@ -76,6 +90,7 @@ impl Console {
                     | VIRTIO_CONSOLE_F_EMERG_WRITE
                     | 1 << VIRTIO_RING_F_EVENT_IDX,
             ),
+            restored: false,
         })
     }
 
@@ -116,6 +131,44 @@ impl VirtioDevice for Console {
         "virtio-console"
     }
 
+    fn reset(&mut self) {
+        self.restored = false;
+        self.common.reset();
+    }
+
+    fn save_state(&self) -> Result<DeviceStateBlob, StateError> {
+        let state = ConsoleState {
+            guest_ready: lock_ports(&self.ports)
+                .iter()
+                .map(|p| p.guest_ready)
+                .collect(),
+        };
+        let part = to_device_part(VIRTIO_ID_CONSOLE, &state)?;
+        Ok(self.common.save_blob(part))
+    }
+
+    /// Refuses a state for another number of ports.
+    fn restore_state(&mut self, blob: &DeviceStateBlob) -> Result<(), StateError> {
+        let part = self.common.restore_blob(blob)?;
+        let state: ConsoleState = device_part(VIRTIO_ID_CONSOLE, part)?;
+        let mut ports = lock_ports(&self.ports);
+        if state.guest_ready.len() != ports.len() {
+            return Err(StateError::Malformed {
+                device_type: VIRTIO_ID_CONSOLE,
+                reason: format!(
+                    "state for {} ports, the console has {}",
+                    state.guest_ready.len(),
+                    ports.len()
+                ),
+            });
+        }
+        for (port, ready) in ports.iter_mut().zip(state.guest_ready) {
+            port.guest_ready = ready;
+        }
+        self.restored = true;
+        Ok(())
+    }
+
     /// Each queue goes in the slot of its index; fails unless the queues the negotiated mode
     /// needs (port 0, plus control with MULTIPORT) are all there.
     fn worker(&mut self, a: Activation) -> Result<Box<dyn WorkerHandler>, ActivateError> {
@@ -130,12 +183,19 @@ impl VirtioDevice for Console {
         }
         let got = slots.iter().take(needed).filter(|s| s.is_some()).count();
         ActivateError::check_queue_count(needed, got)?;
+        let restored = std::mem::take(&mut self.restored);
+        if !restored {
+            for port in lock_ports(&self.ports).iter_mut() {
+                port.guest_ready = false;
+            }
+        }
         Ok(Box::new(ConsoleHandler::new(
             a.mem,
             a.interrupt,
             slots,
             self.ports.clone(),
             multiport,
+            restored,
         )))
     }
 }

@@ -80,6 +80,9 @@ enum Io {
 pub(crate) struct Port {
     pub(crate) name: Option<String>,
     pub(crate) console: bool,
+    /// The driver set this port up (PORT_READY): it gets PORT_OPEN updates. Kept here, not
+    /// in the worker, so snapshots save it.
+    pub(crate) guest_ready: bool,
     io: Io,
     /// Guest output a socket client has not taken yet (at most one request's worth).
     tx_pending: Vec<u8>,
@@ -117,6 +120,7 @@ impl Port {
         Ok(Self {
             name: cfg.name.clone(),
             console: cfg.console,
+            guest_ready: false,
             io,
             tx_pending: Vec::new(),
         })

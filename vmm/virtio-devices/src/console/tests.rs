@@ -89,6 +89,44 @@ fn hvc0_socket_both_directions_with_virtio_drivers() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// Snapshot/restore under virtio-drivers' hvc0 driver: the restored console listens on the
+/// same socket path, and the same driver instance sends and receives through it.
+#[test]
+fn hvc0_driver_continues_after_snapshot_restore() {
+    let path = temp_path("hvc0-snap");
+    let ports = [port(PortBackend::Socket(path.clone()), None, true)];
+    let h = TestHarness::new(Box::new(Console::new(&ports).unwrap())).unwrap();
+    let mut client = connect(&path);
+    let transport = h.transport();
+    let console = run_with_timeout(TIMEOUT, move || {
+        let mut console = VirtIOConsole::<TestHal, _>::new(transport).unwrap();
+        console.send_bytes(b"before\n").unwrap();
+        console
+    });
+    assert_eq!(read_exact_from(&mut client, 7), b"before\n");
+    h.snapshot_restore(|| Box::new(Console::new(&ports).unwrap()))
+        .unwrap();
+    let mut client = connect(&path);
+    client.write_all(b"echo").unwrap();
+    let got = run_with_timeout(TIMEOUT, move || {
+        let mut console = console;
+        let mut got = Vec::new();
+        let deadline = Instant::now() + TIMEOUT;
+        while got.len() < 4 && Instant::now() < deadline {
+            match console.recv(true).unwrap() {
+                Some(b) => got.push(b),
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        console.send_bytes(&got).unwrap();
+        got
+    });
+    assert_eq!(got, b"echo");
+    assert_eq!(read_exact_from(&mut client, 4), b"echo");
+    assert!(!h.needs_reset());
+    let _ = std::fs::remove_file(&path);
+}
+
 #[test]
 fn file_backend_appends_and_emergency_write() {
     let path = temp_path("file");
@@ -254,6 +292,50 @@ fn multiport_control_protocol_and_socket_reconnect() {
     let _ = std::fs::remove_file(&sock);
 }
 
+/// Snapshot/restore under a multiport driver: the restored console remembers which ports
+/// the driver set up, tells it the host side of the new process (no socket client yet), and
+/// the same driver's port works again once a client connects.
+#[test]
+fn multiport_driver_continues_after_snapshot_restore() {
+    let ports = |sock: &PathBuf| {
+        vec![
+            port(PortBackend::None, None, true),
+            port(PortBackend::Socket(sock.clone()), Some("adb"), false),
+        ]
+    };
+    let sock = temp_path("snap");
+    let h = TestHarness::new(Box::new(Console::new(&ports(&sock)).unwrap())).unwrap();
+    let mut d = MultiportDriver::new(h.transport(), 2);
+    d.send_control(0, DEVICE_READY, 1);
+    for id in 0..2 {
+        assert_eq!(d.recv_control().0, msg(id, DEVICE_ADD, 1));
+    }
+    d.send_control(1, PORT_READY, 1);
+    assert_eq!(d.recv_control(), (msg(1, PORT_NAME, 1), b"adb".to_vec()));
+    assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 0));
+    let old_client = connect(&sock);
+    assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 1));
+
+    // The restored process listens on its own socket.
+    let sock2 = temp_path("snap-restored");
+    let state = h
+        .snapshot_restore(|| Box::new(Console::new(&ports(&sock2)).unwrap()))
+        .unwrap();
+    let part = state.device.device.expect("console saves its ports");
+    assert_eq!(part, serde_json::json!({ "guest_ready": [false, true] }));
+    assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 0), "no client yet");
+    let mut client = connect(&sock2);
+    assert_eq!(d.recv_control().0, msg(1, PORT_OPEN, 1));
+    d.send(5, b"echo? ");
+    assert_eq!(read_exact_from(&mut client, 6), b"echo? ");
+    client.write_all(b"yes").unwrap();
+    assert_eq!(d.recv(4), b"yes");
+    assert!(!h.needs_reset());
+    drop(old_client);
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&sock2);
+}
+
 #[test]
 fn short_control_message_marks_needs_reset() {
     let dev = Console::new(&[port(PortBackend::None, None, true)]).unwrap();
@@ -316,6 +398,7 @@ fn fuzz_console_hostile_rings_and_control_messages() {
                 queues,
                 Arc::new(Mutex::new(ports)),
                 true,
+                false,
             );
             // Whatever the guest wrote: an Ok or a clean error, never a panic or a hang.
             let _ = handler.handle(&ctx, q as u64, EventSet::IN);

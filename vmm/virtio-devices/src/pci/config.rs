@@ -57,6 +57,11 @@ pub enum ConfigError {
         "address {addr:#x} is not valid for BAR {bar} (must be size-aligned and fit the BAR width)"
     )]
     BarAddress { bar: usize, addr: u64 },
+    /// A snapshot's config space is not the 64 dwords of a type-0 header.
+    #[error(
+        "snapshot config space has {0} dwords, expected {CONFIG_DWORDS}; the snapshot is corrupt"
+    )]
+    StateLength(usize),
     /// The capability list is full.
     #[error("no room for a {0}-byte capability in the 256-byte configuration space")]
     CapabilitySpace(usize),
@@ -334,6 +339,36 @@ impl PciConfiguration {
                 })
             })
             .collect()
+    }
+
+    /// The guest-writable part of config space for a snapshot: every dword with only its
+    /// writable bits (command, latency timer, interrupt line, capability control words),
+    /// BAR registers zeroed; BAR addresses go separately through [`bars`](Self::bars).
+    pub fn save_writable(&self) -> Vec<u32> {
+        (0..CONFIG_DWORDS)
+            .map(|reg| match reg {
+                r if (BAR0_REG..BAR0_REG + NUM_BARS).contains(&r) => 0,
+                r => self.regs[r] & self.writable[r],
+            })
+            .collect()
+    }
+
+    /// Put back [`save_writable`](Self::save_writable)'s dwords. Only writable bits are
+    /// taken (a corrupted snapshot cannot change IDs or capability bodies) and BAR
+    /// registers are left alone; place BARs with [`set_bar_address`](Self::set_bar_address).
+    pub fn restore_writable(&mut self, saved: &[u32]) -> Result<(), ConfigError> {
+        if saved.len() != CONFIG_DWORDS {
+            return Err(ConfigError::StateLength(saved.len()));
+        }
+        for (reg, value) in saved.iter().enumerate() {
+            if (BAR0_REG..BAR0_REG + NUM_BARS).contains(&reg) {
+                continue;
+            }
+            let mask = self.writable[reg];
+            self.regs[reg] = (self.regs[reg] & !mask) | (value & mask);
+        }
+        self.sizing = [false; NUM_BARS];
+        Ok(())
     }
 
     /// Whether the guest enabled memory-space decoding (command register bit 1).

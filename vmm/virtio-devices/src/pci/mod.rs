@@ -9,8 +9,8 @@ pub use config::{
     ConfigError, PciConfiguration, PciHeader, CONFIG_DWORDS, EXTENDED_CONFIG_DWORDS, NUM_BARS,
 };
 pub use msix::{
-    Delivery, MsiSink, MsixError, MsixMessage, MsixTable, MAX_MSIX_VECTORS, MSIX_CAP_ID,
-    MSIX_ENTRY_SIZE,
+    Delivery, MsiSink, MsixEntry, MsixError, MsixMessage, MsixState, MsixTable, MAX_MSIX_VECTORS,
+    MSIX_CAP_ID, MSIX_ENTRY_SIZE,
 };
 
 /// The address space a BAR decodes.
@@ -69,4 +69,21 @@ pub trait PciDevice: Send {
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]);
     /// Guest write of `data` at `offset` inside BAR `bar`.
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
+    /// The function's snapshot state, so the VMM can save every slot without knowing what
+    /// sits in it; `None` for functions with nothing the guest can change (host bridge).
+    fn virtio_state(&self) -> Result<Option<crate::transport::TransportState>, crate::StateError> {
+        Ok(None)
+    }
+    /// Hold the function's device still while a snapshot is taken (its worker parked between
+    /// events); false if it did not settle in time. Nothing to do for functions without one.
+    fn quiesce(&self) -> bool {
+        true
+    }
+    /// Let the device run again after [`quiesce`](Self::quiesce).
+    fn unquiesce(&self) {}
+    /// Start a function restored from a snapshot once the VM can take its interrupts (see
+    /// `VirtioPciDevice::resume`); nothing to do for functions without a device behind them.
+    fn resume(&mut self) -> Result<(), crate::transport::RestoreError> {
+        Ok(())
+    }
 }

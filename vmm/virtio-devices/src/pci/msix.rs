@@ -7,6 +7,8 @@
 
 use std::io;
 
+use serde::{Deserialize, Serialize};
+
 /// PCI capability ID of MSI-X.
 pub const MSIX_CAP_ID: u8 = 0x11;
 /// Bytes per MSI-X table entry (address low, address high, data, vector control).
@@ -52,6 +54,13 @@ pub enum MsixError {
     /// The guest pointed a queue/config at a vector the table does not have.
     #[error("MSI-X vector {vector} is outside the {size}-entry table; guest misprogrammed it")]
     VectorOutOfRange { vector: u16, size: u16 },
+    /// A snapshot's table does not have this function's size (another device or build).
+    #[error("snapshot MSI-X table has {entries} entries and {pba_words} PBA words; this function has {size} vectors: restore with the same device configuration")]
+    StateSize {
+        entries: usize,
+        pba_words: usize,
+        size: u16,
+    },
 }
 
 /// What happened to an interrupt request.
@@ -65,18 +74,33 @@ pub enum Delivery {
     Disabled,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Entry {
-    addr_lo: u32,
-    addr_hi: u32,
-    data: u32,
-    control: u32,
+/// One table entry exactly as the guest programmed it (snapshot state).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixEntry {
+    /// Message address, low dword.
+    pub addr_lo: u32,
+    /// Message address, high dword.
+    pub addr_hi: u32,
+    /// Message data.
+    pub data: u32,
+    /// Vector control (bit 0: masked).
+    pub control: u32,
+}
+
+/// What a snapshot keeps of an MSI-X table: every entry and the pending bits. Enable and
+/// function mask live in the capability's control word, saved with config space.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsixState {
+    /// The table entries, in vector order.
+    pub entries: Vec<MsixEntry>,
+    /// The pending-bit array, 64 vectors per word.
+    pub pba: Vec<u64>,
 }
 
 /// The MSI-X table + PBA + enable/function-mask state of one PCI function.
 #[derive(Debug)]
 pub struct MsixTable {
-    entries: Vec<Entry>,
+    entries: Vec<MsixEntry>,
     pba: Vec<u64>,
     enabled: bool,
     function_masked: bool,
@@ -88,9 +112,9 @@ impl MsixTable {
         let n = vectors.clamp(1, MAX_MSIX_VECTORS);
         Self {
             entries: vec![
-                Entry {
+                MsixEntry {
                     control: VECTOR_CONTROL_MASKED,
-                    ..Entry::default()
+                    ..MsixEntry::default()
                 };
                 usize::from(n)
             ],
@@ -294,6 +318,48 @@ impl MsixTable {
             }
             _ => tracing::warn!(offset, len = data.len(), "bad MSI-X PBA read; returns 0"),
         }
+    }
+
+    /// The table's snapshot state.
+    pub fn save_state(&self) -> MsixState {
+        MsixState {
+            entries: self.entries.clone(),
+            pba: self.pba.clone(),
+        }
+    }
+
+    /// Take over a saved table and the capability's `control` word, then program every
+    /// vector into `sink` (a restored VMM has no routes yet) and deliver unmasked pending
+    /// vectors. Refuses a state of another table size, which a guest could not have made.
+    pub fn restore_state(
+        &mut self,
+        state: &MsixState,
+        control: u16,
+        sink: &dyn MsiSink,
+    ) -> Result<(), MsixError> {
+        if state.entries.len() != self.entries.len() || state.pba.len() != self.pba.len() {
+            return Err(MsixError::StateSize {
+                entries: state.entries.len(),
+                pba_words: state.pba.len(),
+                size: self.size(),
+            });
+        }
+        self.entries.clone_from(&state.entries);
+        for e in &mut self.entries {
+            e.control &= VECTOR_CONTROL_MASKED;
+        }
+        self.pba.clone_from(&state.pba);
+        let bits = self.entries.len() % 64;
+        if let (Some(last), true) = (self.pba.last_mut(), bits != 0) {
+            *last &= (1 << bits) - 1;
+        }
+        self.enabled = control & CONTROL_ENABLE != 0;
+        self.function_masked = control & CONTROL_FUNCTION_MASK != 0;
+        for vector in 0..self.size() {
+            sink.program(vector, self.message(vector));
+            self.deliver_if_pending(vector, sink);
+        }
+        Ok(())
     }
 
     /// The PBA is read-only for the guest.

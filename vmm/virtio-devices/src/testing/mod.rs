@@ -23,8 +23,10 @@ pub use hal::{alloc_pages, free_pages, test_memory, TestHal, TEST_MEMORY_SIZE};
 pub use sink::CountingMsiSink;
 pub use transport::{DiscoveryError, TestTransport, CONFIG_VECTOR, TEST_MSI_ADDR};
 
-use crate::transport::{TransportError, VirtioPciDevice};
-use crate::VirtioDevice;
+use crate::pci::PciDevice;
+use crate::rng::Rng;
+use crate::transport::{RestoreError, TransportError, TransportState, VirtioPciDevice};
+use crate::{StateError, VirtioDevice};
 
 /// Why a harness could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,15 @@ pub enum HarnessError {
     /// The driver side could not discover the device through config space.
     #[error("driver-side discovery failed: {0}")]
     Discovery(#[from] DiscoveryError),
+    /// Saving the function's state failed.
+    #[error("saving the virtio-pci state failed: {0}")]
+    Save(#[from] StateError),
+    /// The state did not survive its JSON round trip.
+    #[error("the saved state does not round-trip through JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Restoring the state into the new device failed.
+    #[error("restoring the virtio-pci state failed: {0}")]
+    Restore(#[from] RestoreError),
 }
 
 /// One device behind the real virtio-pci transport, plus the driver side.
@@ -86,6 +97,33 @@ impl TestHarness {
     /// The MSI-X vector the test driver gave queue `queue`.
     pub fn queue_vector(queue: u16) -> u16 {
         queue + 1
+    }
+
+    /// Snapshot and restore under the driver's feet: save the function's state, pass it
+    /// through JSON (as the state file does), drop the old function (its worker stops and its
+    /// backend closes, as when the old VMM process exits), rebuild one around `make()` (a
+    /// fresh device of the same kind) on the same guest memory and swap it in. Driver
+    /// transports from [`transport`](Self::transport) keep working against the restored
+    /// function. Call it between driver requests (the worker idle). Returns the state.
+    pub fn snapshot_restore(
+        &self,
+        make: impl FnOnce() -> Box<dyn VirtioDevice>,
+    ) -> Result<TransportState, HarnessError> {
+        let mut pci = self.pci();
+        assert!(
+            pci.quiesce(),
+            "the device worker did not park for the snapshot"
+        );
+        let json = serde_json::to_string(&pci.save_state()?)?;
+        let state: TransportState = serde_json::from_str(&json)?;
+        // A placeholder takes the old function's place so it is dropped before the new
+        // device opens its backend (files are locked, sockets bound).
+        let placeholder =
+            VirtioPciDevice::new(Box::new(Rng::new()), test_memory(), self.msi.clone())?;
+        drop(std::mem::replace(&mut *pci, placeholder));
+        *pci = VirtioPciDevice::restore(make(), test_memory(), self.msi.clone(), &state)?;
+        pci.resume()?;
+        Ok(state)
     }
 
     /// Whether the device flagged DEVICE_NEEDS_RESET.

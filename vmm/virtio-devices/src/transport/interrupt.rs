@@ -98,6 +98,31 @@ impl InterruptState {
         }
     }
 
+    /// Snapshot: (ISR, needs-reset, config generation); vectors are read one by one.
+    pub(crate) fn flags(&self) -> (u8, bool, u8) {
+        (
+            self.isr.load(Ordering::Acquire),
+            self.needs_reset(),
+            self.config_generation(),
+        )
+    }
+
+    /// Restore: put back [`flags`](Self::flags) and the vectors (checked by the caller).
+    pub(crate) fn restore(
+        &self,
+        (isr, needs_reset, generation): (u8, bool, u8),
+        config: u16,
+        queues: &[u16],
+    ) {
+        self.isr.store(isr, Ordering::Release);
+        self.needs_reset.store(needs_reset, Ordering::Release);
+        self.config_generation.store(generation, Ordering::Release);
+        self.config_vector.store(config, Ordering::Release);
+        for (slot, v) in self.queue_vectors.iter().zip(queues) {
+            slot.store(*v, Ordering::Release);
+        }
+    }
+
     /// Device reset: vectors, ISR and the needs-reset flag return to their initial values.
     /// The MSI-X table belongs to PCI, not virtio, and survives.
     pub(crate) fn reset(&self) {

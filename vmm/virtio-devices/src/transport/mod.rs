@@ -16,6 +16,7 @@
 mod common_cfg;
 mod interrupt;
 mod queues;
+mod state;
 
 use std::io;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use interrupt::InterruptState;
 pub use interrupt::{ISR_CONFIG, ISR_QUEUE, NO_VECTOR};
 pub use queues::QueueError;
 use queues::{build_queue, QueueRegs};
+pub use state::{QueueRegsState, RestoreError, TransportState};
 
 /// PCI vendor ID of virtio devices.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -315,7 +317,7 @@ impl VirtioPciDevice {
         }
         let added = value & !self.status;
         let mut accepted = value;
-        if added & FEATURES_OK != 0 && !self.features_acceptable() {
+        if added & FEATURES_OK != 0 && !self.features_acceptable_for(self.driver_features) {
             accepted &= !FEATURES_OK;
         }
         if added & DRIVER_OK != 0 && accepted & FEATURES_OK == 0 {
@@ -331,8 +333,9 @@ impl VirtioPciDevice {
         }
     }
 
-    fn features_acceptable(&self) -> bool {
-        let unoffered = self.driver_features & !self.offered_features;
+    /// Whether FEATURES_OK can be accepted with the driver's `features`.
+    fn features_acceptable_for(&self, features: u64) -> bool {
+        let unoffered = features & !self.offered_features;
         if unoffered != 0 {
             tracing::warn!(
                 unoffered,
@@ -340,7 +343,7 @@ impl VirtioPciDevice {
             );
             return false;
         }
-        if self.driver_features & 1 << VIRTIO_F_VERSION_1 == 0 {
+        if features & 1 << VIRTIO_F_VERSION_1 == 0 {
             tracing::warn!("driver did not accept VIRTIO_F_VERSION_1 (legacy drivers unsupported); FEATURES_OK refused");
             return false;
         }
@@ -348,16 +351,20 @@ impl VirtioPciDevice {
     }
 
     fn activate(&mut self) {
-        match self.activated_queues() {
-            Ok(queues) => {
-                let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
-                match self.device.activate(self.mem.clone(), interrupt, queues) {
-                    Ok(()) => self.activated = true,
-                    Err(e) => self.fail_activation(&e.to_string()),
-                }
-            }
-            Err(e) => self.fail_activation(&e.to_string()),
+        if let Err(e) = self.try_activate() {
+            self.fail_activation(&e);
         }
+    }
+
+    /// Hand the enabled queues to the device and start it; why not, as text.
+    fn try_activate(&mut self) -> Result<(), String> {
+        let queues = self.activated_queues()?;
+        let interrupt: Arc<dyn VirtioInterrupt> = self.interrupt.clone();
+        self.device
+            .activate(self.mem.clone(), interrupt, queues)
+            .map_err(|e| e.to_string())?;
+        self.activated = true;
+        Ok(())
     }
 
     fn fail_activation(&self, reason: &str) {
@@ -644,6 +651,22 @@ impl PciDevice for VirtioPciDevice {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
         self.write_bar(bar, offset, data);
     }
+
+    fn virtio_state(&self) -> Result<Option<TransportState>, crate::StateError> {
+        self.save_state().map(Some)
+    }
+
+    fn quiesce(&self) -> bool {
+        self.device.common().pause_worker()
+    }
+
+    fn unquiesce(&self) {
+        self.device.common().unpause_worker();
+    }
+
+    fn resume(&mut self) -> Result<(), RestoreError> {
+        VirtioPciDevice::resume(self)
+    }
 }
 
 impl Drop for VirtioPciDevice {
@@ -656,5 +679,7 @@ impl Drop for VirtioPciDevice {
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod state_tests;
 #[cfg(test)]
 mod tests;
