@@ -6,30 +6,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cloudphone_tests::phone::{golden, icon_centre, Rgba};
+use cloudphone_tests::phone::{difference, golden, icon_centre, screenshot, touch, Rgba};
 use cloudphone_tests::{cache_dir, scratch_dir, VmProcess};
 
 const WIDTH: u32 = 720;
 const HEIGHT: u32 = 1280;
 const CPUS: u32 = 2;
-/// Rows 0..STATUS_BAR hold the real time: not compared with goldens.
-const STATUS_BAR: u32 = 48;
-
-/// Fraction of pixels below the status bar that differ (any channel off by more than 8).
-fn difference(a: &Rgba, b: &Rgba) -> f64 {
-    assert_eq!(
-        (a.width, a.height),
-        (b.width, b.height),
-        "screen sizes differ"
-    );
-    let start = (STATUS_BAR * a.width * 4) as usize;
-    let differing = a.pixels[start..]
-        .chunks_exact(4)
-        .zip(b.pixels[start..].chunks_exact(4))
-        .filter(|(p, q)| p[..3].iter().zip(&q[..3]).any(|(x, y)| x.abs_diff(*y) > 8))
-        .count();
-    differing as f64 / ((a.height - STATUS_BAR) * a.width) as f64
-}
 
 fn count_colour(img: &Rgba, rgb: [u8; 3]) -> usize {
     img.pixels
@@ -48,42 +30,6 @@ fn save_png(img: &Rgba, path: &Path) {
         .unwrap()
         .write_image_data(&img.pixels)
         .unwrap();
-}
-
-/// The guest's screen, read from the exported framebuffer (shared memory) the API points at.
-fn screenshot(vm: &VmProcess) -> Rgba {
-    let (status, body) = vm.api("GET", "/framebuffer", None).unwrap();
-    assert_eq!(status, 200, "GET /framebuffer: {body}");
-    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let path = info["path"].as_str().unwrap();
-    let stride = info["stride"].as_u64().unwrap() as usize;
-    let (w, h) = (
-        info["width"].as_u64().unwrap() as u32,
-        info["height"].as_u64().unwrap() as u32,
-    );
-    assert_eq!(info["format"], "B8G8R8X8", "phone agent uses XRGB8888");
-    let raw = std::fs::read(path).unwrap();
-    let mut pixels = Vec::with_capacity((w * h * 4) as usize);
-    for row in 0..h as usize {
-        for px in raw[row * stride..row * stride + w as usize * 4].chunks_exact(4) {
-            pixels.extend_from_slice(&[px[2], px[1], px[0], 255]);
-        }
-    }
-    Rgba {
-        width: w,
-        height: h,
-        pixels,
-    }
-}
-
-fn touch(vm: &VmProcess, fingers: &[(u32, u32, u32, bool)]) {
-    let list: Vec<String> = fingers
-        .iter()
-        .map(|(id, x, y, down)| format!(r#"{{"id":{id},"x":{x},"y":{y},"down":{down}}}"#))
-        .collect();
-    let body = format!(r#"{{"touch":[{}]}}"#, list.join(","));
-    let (status, reply) = vm.api("PUT", "/input", Some(&body)).unwrap();
-    assert!(status < 300, "PUT /input {body}: {status} {reply}");
 }
 
 fn key(vm: &VmProcess, name: &str) {

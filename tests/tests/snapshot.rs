@@ -193,3 +193,108 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
 fn state_name(dir: &Path) -> String {
     dir.join("state").display().to_string()
 }
+
+/// The test phone's device options, its consoles writing into `dir` (hvc1: the agent's report).
+fn phone_devices(dir: &Path) -> Vec<String> {
+    [
+        "--gpu".to_string(),
+        "width=720,height=1280,dpi=320".into(),
+        "--input".into(),
+        "touch,keyboard".into(),
+        "--rng".into(),
+        "--console".into(),
+        format!("port=0,path={}", dir.join("hvc0.log").display()),
+        "--console".into(),
+        format!("port=1,path={}", dir.join("hvc1.log").display()),
+    ]
+    .into()
+}
+
+#[test]
+#[ignore = "tier 2: needs working KVM and scripts/build-test-image"]
+fn phone_resumes_from_a_snapshot_with_its_screen_and_touch() {
+    use cloudphone_tests::phone::{difference, golden, icon_centre, screenshot, touch};
+    const SIZE: (u32, u32) = (720, 1280);
+    let image = cloudphone_tests::cache_dir().join("test-image");
+    let dir = scratch_dir("snapshot-phone");
+    let mut args: Vec<String> = vec![
+        "--boot-img".into(),
+        image.join("boot.img").display().to_string(),
+        "--vendor-boot".into(),
+        image.join("vendor_boot.img").display().to_string(),
+        "--cpus".into(),
+        "2".into(),
+        "--memory".into(),
+        "1024".into(),
+    ];
+    let origin_dir = run_dir("phone-origin");
+    args.extend(phone_devices(&origin_dir));
+    let mut vm = VmProcess::spawn(&origin_dir, &args).expect("spawn the phone");
+    let report = origin_dir.join("hvc1.log");
+    vm.wait_for_line_in(&report, "PHONE_READY", BOOT_TIMEOUT)
+        .unwrap();
+    vm.wait_for_line_in(&report, "SCREEN app=home", Duration::from_secs(30))
+        .unwrap();
+    let home_golden = golden(&dir, "home", SIZE, &[]);
+    let before = screenshot(&vm);
+    assert!(
+        difference(&before, &home_golden) < 0.01,
+        "no home screen before the snapshot"
+    );
+
+    let snap = run_dir("phone-snap");
+    assert_eq!(vm.api("PUT", "/pause", None).unwrap().0, 200);
+    let body = format!(r#"{{"dir": "{}"}}"#, snap.display());
+    let started = std::time::Instant::now();
+    let (code, text) = vm.api("PUT", "/snapshot", Some(&body)).unwrap();
+    assert_eq!(code, 200, "{text}\n{}", vm.diagnostics());
+    eprintln!("phone snapshot written in {:?}", started.elapsed());
+    drop(vm);
+
+    // A new process from the snapshot: same screen, and a tap opens Info.
+    let clone_dir = run_dir("phone-clone");
+    let mut restore_args = vec!["--restore".to_string(), snap.display().to_string()];
+    restore_args.extend(phone_devices(&clone_dir));
+    let started = std::time::Instant::now();
+    let mut clone = VmProcess::spawn(&clone_dir, &restore_args).expect("spawn the restored phone");
+    clone.wait_for_api(RESUME_TIMEOUT).unwrap();
+    // The API answers 409 until the VM is rebuilt from the snapshot.
+    cloudphone_tests::poll(RESUME_TIMEOUT, Duration::from_millis(20), || {
+        Ok((clone.api("GET", "/status", None)?.0 == 200).then_some(()))
+    })
+    .unwrap()
+    .expect("the restored phone answers GET /status");
+    let after = screenshot(&clone);
+    eprintln!(
+        "phone restored, screen readable {:?} after start",
+        started.elapsed()
+    );
+    let diff = difference(&after, &home_golden);
+    assert!(
+        diff < 0.01,
+        "the restored phone's screen differs from home in {:.2}% of pixels\n{}",
+        diff * 100.0,
+        clone.diagnostics()
+    );
+    let (x, y) = icon_centre("Info", SIZE);
+    touch(&clone, &[(0, x, y, true)]);
+    touch(&clone, &[(0, x, y, false)]);
+    clone
+        .wait_for_line_in(
+            &clone_dir.join("hvc1.log"),
+            "SCREEN app=info",
+            RESUME_TIMEOUT,
+        )
+        .unwrap();
+    eprintln!(
+        "restored phone opened Info {:?} after start",
+        started.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        difference(&screenshot(&clone), &home_golden) > 0.05,
+        "the tap on the restored phone changed nothing on screen"
+    );
+    drop(clone);
+    let _ = std::fs::remove_dir_all(&snap);
+}

@@ -154,7 +154,11 @@ fn paused_payload_restores_and_continues_in_a_new_vm() {
     let last = *before.last().unwrap();
     // A kick can land between the RAM increment and the port write: one count ahead at most.
     let ahead = usize::from(at_snapshot) - before.len();
-    assert!(ahead <= 1, "RAM count {at_snapshot} vs {} port writes", before.len());
+    assert!(
+        ahead <= 1,
+        "RAM count {at_snapshot} vs {} port writes",
+        before.len()
+    );
     drop((vm, mem));
 
     // A second VM from the files alone: registers, RAM and interrupt state come back.
