@@ -143,7 +143,9 @@ qfile = os.path.join(SOCKS, "qemu.migration")
 q = spawn(qemu_cmd(qserial, ["-qmp", f"unix:{qmp_sock},server=on,wait=off"]), qserial)
 wait_tick(q, qserial, 0, time.monotonic(), "qemu cold boot")
 wait_socket(qmp_sock, q)
-s, f = qmp(qmp_sock, {"execute": "stop"}, {"execute": "migrate", "arguments": {"uri": f"exec:cat > {qfile}"}})
+# Migrated while running: the destination then resumes by itself once the stream is read (a
+# stopped source would leave it paused, waiting for `cont`).
+s, f = qmp(qmp_sock, {"execute": "migrate", "arguments": {"uri": f"exec:cat > {qfile}"}})
 while True:
     f.write(json.dumps({"execute": "query-migrate"}) + "\n"); f.flush()
     msg = json.loads(f.readline())
