@@ -290,6 +290,19 @@ fn phone_resumes_from_a_snapshot_with_its_screen_and_touch() {
         "restored phone opened Info {:?} after start",
         started.elapsed()
     );
+    let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", clone.pid())).unwrap();
+    let kib = |key: &str| -> u64 {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "restored phone: private {} MiB, rss {} MiB of 1024 MiB nominal",
+        (kib("Private_Clean:") + kib("Private_Dirty:")) >> 10,
+        kib("Rss:") >> 10
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         difference(&screenshot(&clone), &home_golden) > 0.05,
