@@ -89,6 +89,10 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
     assert_eq!(vm.api("PUT", "/pause", None).unwrap().0, 200);
     let (code, text) = vm.api("PUT", "/snapshot", Some(&body)).unwrap();
     assert_eq!(code, 200, "{text}\n{}", vm.diagnostics());
+    // A snapshot never overwrites: the same directory again is refused.
+    let (code, text) = vm.api("PUT", "/snapshot", Some(&body)).unwrap();
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("already exists"), "{text}");
     let at_snapshot = next_tick(&mut vm, 0);
     // The original ends before any clone starts: a restore needs nothing from it.
     drop(vm);

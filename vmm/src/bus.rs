@@ -110,10 +110,10 @@ impl Bus {
     }
 }
 
-/// Lock a device, recovering from a poisoned lock (a panicking device thread must not wedge
-/// every vCPU that touches it afterwards).
-pub fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    dev.lock().unwrap_or_else(|p| p.into_inner())
+/// Lock a device (or any VMM state behind a mutex), recovering from a poisoned lock (a
+/// panicking device thread must not wedge every vCPU that touches it afterwards).
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::acpi::{GED_EVENT_POWER_BUTTON, GED_GSI, PM_PORTS};
 use crate::arch::x86_64::{cpuid::vcpu_cpuid, regs};
 use crate::boot::{prepare_guest, BootInfo};
-use crate::bus::SharedDevice;
+use crate::bus::{lock, SharedDevice};
 use crate::config::VmConfig;
 use crate::exit::{ExitSignal, GuestExit};
 use crate::legacy::{
@@ -92,10 +92,6 @@ struct LegacyDevices {
     pci: Arc<Mutex<PciRoot>>,
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl LegacyDevices {
     fn state(&self) -> LegacyState {
         LegacyState {
@@ -126,12 +122,7 @@ pub struct VmControl {
 
 impl VmControl {
     fn kick_all(&self) {
-        for t in self
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for t in lock(&self.threads).iter() {
             kick::kick(*t);
         }
     }
@@ -143,11 +134,7 @@ impl VmControl {
 
     /// Current state.
     pub fn state(&self) -> VmState {
-        if *self
-            .shutdown_requested
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
+        if *lock(&self.shutdown_requested) {
             VmState::ShuttingDown
         } else if self.ctx.control.request() == Request::Pause {
             VmState::Paused
@@ -165,7 +152,7 @@ impl VmControl {
     pub fn pause(&self) -> anyhow::Result<()> {
         self.ctx.control.set(Request::Pause);
         self.kick_all();
-        let n = self.threads.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let n = lock(&self.threads).len();
         if !self.ctx.control.wait_parked(n, PAUSE_TIMEOUT) {
             return Err(anyhow!(
                 "not every vCPU stopped within {PAUSE_TIMEOUT:?}; the VM may be exiting"
@@ -182,15 +169,9 @@ impl VmControl {
     /// Press the ACPI power button; if the guest has not powered off after `timeout`, stop it
     /// (exit code 34).
     pub fn request_shutdown(self: &Arc<Self>, timeout: Duration) -> anyhow::Result<()> {
-        *self
-            .shutdown_requested
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(&self.shutdown_requested) = true;
         self.resume();
-        self.legacy
-            .pm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.legacy.pm)
             .raise_ged(GED_EVENT_POWER_BUTTON)
             .context("raising the power-button interrupt")?;
         let exit = self.ctx.exit.clone();
@@ -211,19 +192,24 @@ impl VmControl {
         self.ctx.exit.request(GuestExit::Reboot);
     }
 
-    /// Write a snapshot of the paused VM into `dir` (created if missing): the state file
-    /// last, so a directory with a state file always holds a complete snapshot.
+    /// Write a snapshot of the paused VM into `dir`, a directory this call creates (its parent
+    /// must exist): a snapshot never overwrites or removes anything the caller names. The
+    /// state file is written last, so a directory with a state file holds a complete snapshot.
     pub fn snapshot(&self, dir: &Path) -> Result<(), SnapshotError> {
         if self.state() != VmState::Paused {
             return Err(SnapshotError::NotPaused);
         }
-        std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
-            path: dir.to_path_buf(),
-            source,
+        std::fs::create_dir(dir).map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => SnapshotError::DirExists(dir.to_path_buf()),
+            _ => SnapshotError::Io {
+                path: dir.to_path_buf(),
+                source,
+            },
         })?;
         lock(&self.ctx.saved).states.clear();
         let n = usize::from(self.vcpus);
-        let all_saved = self.ctx.control.save_all(n, SAVE_TIMEOUT);
+        // A vCPU that did not answer in time has no state below and is named in the error.
+        self.ctx.control.save_all(n, SAVE_TIMEOUT);
         let mut states = std::mem::take(&mut lock(&self.ctx.saved).states);
         states.resize_with(n, || None);
         let vcpus = states
@@ -234,7 +220,6 @@ impl VmControl {
                 None => Err(SnapshotError::VcpuTimeout(id as u8)),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        debug_assert!(all_saved);
         let legacy = self.legacy.state();
         // Devices hold still (workers parked) from their state until RAM is saved, so no
         // used-ring write lands between the two.
@@ -269,7 +254,6 @@ impl VmControl {
             pci_slots,
         };
         let (state_path, mem_path) = snapshot::paths(dir);
-        let _ = std::fs::remove_file(&state_path);
         let written = snapshot::memory::save(&self.mem, &mem_path)?;
         snapshot::file::write(&state_path, &snap)?;
         Ok(written)
@@ -455,7 +439,6 @@ impl Vm {
             VmSource::Boot(mut payload) => {
                 let size = config.memory_mib << 20;
                 let mem = memory::create_guest_memory_with(size, config.memory_backing)?;
-                memory::register_with_kvm(&vm, &mem)?;
                 let boot = prepare_guest(
                     &mem,
                     &mut payload.kernel,
@@ -468,10 +451,10 @@ impl Vm {
             VmSource::Restore { dir, snapshot } => {
                 let (_, mem_path) = snapshot::paths(&dir);
                 let mem = snapshot::memory::map_private(&mem_path, snapshot.memory_bytes)?;
-                memory::register_with_kvm(&vm, &mem)?;
                 (mem, None, Some(snapshot))
             }
         };
+        memory::register_with_kvm(&vm, &mem)?;
         let legacy = start.as_ref().map(|s| s.legacy.clone()).unwrap_or_default();
 
         let exit = Arc::new(ExitSignal::default());
@@ -560,11 +543,7 @@ impl Vm {
                 .name(format!("vcpu{id}"))
                 .spawn(move || vcpu.run_loop())
                 .with_context(|| format!("spawning the vCPU {id} thread"))?;
-            self.control
-                .threads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(join.as_pthread_t());
+            lock(&self.control.threads).push(join.as_pthread_t());
             self.joins.push(join);
         }
         Ok(())
@@ -590,11 +569,7 @@ impl Vm {
                 tracing::error!("a vCPU thread panicked");
             }
         }
-        self.control
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        lock(&self.control.threads).clear();
     }
 }
 

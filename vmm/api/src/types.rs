@@ -32,8 +32,8 @@ pub mod path {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRequest {
-    /// Absolute directory on the VMM's host to write `state` and `memory` into (created if
-    /// missing); `cloudphone-vmm --restore DIR` resumes it.
+    /// Absolute directory on the VMM's host to write `state` and `memory` into; it must not
+    /// exist yet (its parent must). `cloudphone-vmm --restore DIR` resumes it.
     pub dir: String,
 }
 

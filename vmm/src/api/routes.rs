@@ -183,7 +183,9 @@ fn snapshot(vm: &dyn VmApi, body: &[u8]) -> Response {
     }
     match vm.snapshot(dir) {
         Ok(()) => Response::json(200, &json!({})),
-        Err(e @ SnapshotError::NotPaused) => Response::error(409, e.to_string()),
+        Err(e @ (SnapshotError::NotPaused | SnapshotError::DirExists(_))) => {
+            Response::error(409, e.to_string())
+        }
         Err(e @ SnapshotError::UnsupportedDevice { .. }) => Response::error(501, e.to_string()),
         Err(e) => Response::error(500, format!("snapshot failed: {e}")),
     }

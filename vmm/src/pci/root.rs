@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
-use crate::bus::BusDevice;
+use crate::bus::{lock, BusDevice};
 use crate::vcpu::VcpuContext;
 
 /// CONFIG_ADDRESS port; CONFIG_DATA is at +4.
@@ -23,10 +23,6 @@ const ENABLE: u32 = 1 << 31;
 
 /// A PCI function shared between the root (config space) and its BAR regions (MMIO).
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
-
-fn lock(d: &SharedPciDevice) -> std::sync::MutexGuard<'_, dyn PciDevice + 'static> {
-    d.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Why a device could not be attached.
 #[derive(Debug, thiserror::Error)]

@@ -134,6 +134,9 @@ pub enum SnapshotError {
     /// The VM's state could not be read or written.
     #[error(transparent)]
     Vm(#[from] VmStateError),
+    /// The snapshot directory already exists: snapshots never overwrite.
+    #[error("snapshot directory {0} already exists: name a new directory (a snapshot never overwrites one)")]
+    DirExists(PathBuf),
     /// A snapshot was asked of a running VM.
     #[error("the VM is running: pause it first (PUT /pause), then take the snapshot")]
     NotPaused,
