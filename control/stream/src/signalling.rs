@@ -510,12 +510,9 @@ pub(crate) mod tests {
         assert!(ok, "decoded={size:?} sent_input={sent_input}");
         assert_eq!(size, Some((64, 48)), "the phone's resolution");
         eprintln!("first decoded frame after {:?}", started.elapsed());
-        for _ in 0..100 {
-            if !vmm.inputs().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        browser
+            .pump_until(Duration::from_secs(5), || !vmm.inputs().is_empty())
+            .await;
         assert_eq!(vmm.inputs().len(), 1, "the holder's key reached the VMM");
         let forwarded: serde_json::Value = serde_json::from_str(&vmm.inputs()[0]).unwrap();
         assert_eq!(forwarded, json!({"key": "HOME", "down": true}));
@@ -557,12 +554,12 @@ pub(crate) mod tests {
             })
             .await;
         assert!(ok, "frames={frames} channel={channel:?}");
-        until(
-            "the holder's key at the VMM",
-            Duration::from_secs(5),
-            || vmm.inputs().len() == 1,
-        )
-        .await;
+        assert!(
+            browser
+                .pump_until(Duration::from_secs(5), || vmm.inputs().len() == 1)
+                .await,
+            "timed out waiting for the holder's key at the VMM"
+        );
 
         // The lease ends: the WebSocket says why and closes with 4001 within a second.
         let revoked = Instant::now();

@@ -352,6 +352,23 @@ pub(crate) mod tests {
         }
 
         /// Run until `done` says so with the events seen; gives up after `limit`.
+        /// Drive the connection until `check` holds; false after `limit`. A data-channel write
+        /// leaves only while the `Rtc` is polled, so waiting for its effect must keep pumping.
+        pub(crate) async fn pump_until(
+            &mut self,
+            limit: Duration,
+            mut check: impl FnMut() -> bool,
+        ) -> bool {
+            let end = Instant::now() + limit;
+            while !check() {
+                if Instant::now() >= end {
+                    return false;
+                }
+                self.pump(Duration::from_millis(25), |_, _| false).await;
+            }
+            true
+        }
+
         pub(crate) async fn pump(
             &mut self,
             limit: Duration,
