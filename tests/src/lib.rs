@@ -397,6 +397,11 @@ impl VmProcess {
     /// Start `cloudphone-vmm` with `args` plus `--serial file:<dir>/serial.log` and
     /// `--api-socket <dir>/api.sock`, logs in `dir`.
     pub fn spawn(dir: &Path, args: &[String]) -> Result<Self> {
+        Self::spawn_with_env(dir, args, &[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables for the VMM (e.g. test-only hooks).
+    pub fn spawn_with_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let serial_log = dir.join("serial.log");
         let vmm_log = dir.join("vmm.log");
@@ -421,6 +426,7 @@ impl VmProcess {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&vmm_log)?)
@@ -469,6 +475,12 @@ impl VmProcess {
     /// The VMM's own log so far.
     pub fn vmm_log(&self) -> String {
         std::fs::read_to_string(&self.vmm_log).unwrap_or_default()
+    }
+
+    /// Wait until a line of the VMM's own log contains `marker`; returns that line.
+    pub fn wait_for_vmm_log(&mut self, marker: &str, timeout: Duration) -> Result<String> {
+        let log = self.vmm_log.clone();
+        self.wait_for_line_in(&log, marker, timeout)
     }
 
     /// Wait until a serial line contains `marker`; returns that line. Fails on timeout or when
@@ -543,7 +555,8 @@ impl VmProcess {
         assert_eq!(got, Some(code), "VMM exit status\n{}", self.diagnostics());
     }
 
-    /// Poll `probe` until it yields a value; fails when the VMM exits first or on `timeout`.
+    /// Poll `probe` until it yields a value; fails when the VMM exited without it, or on
+    /// `timeout`.
     fn poll_until<T>(
         &mut self,
         timeout: Duration,
@@ -551,10 +564,12 @@ impl VmProcess {
         mut probe: impl FnMut() -> Option<T>,
     ) -> Result<T> {
         let found = poll(timeout, POLL_INTERVAL, || {
+            // Exit status first: a VMM seen exited has written everything before the probe.
+            let exited = self.try_exit()?;
             if let Some(value) = probe() {
                 return Ok(Some(value));
             }
-            match self.try_exit()? {
+            match exited {
                 Some(status) => bail!(
                     "VMM exited ({status}) before {what}\n{}",
                     self.diagnostics()

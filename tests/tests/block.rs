@@ -236,3 +236,33 @@ fn qcow2_overlay_takes_guest_writes_and_the_base_never_changes() {
         "the base image changed"
     );
 }
+
+#[test]
+#[ignore = "tier 2: needs working KVM"]
+fn a_second_vmm_given_the_same_overlay_exits_37_naming_the_disk() {
+    let dir = scratch_dir("blk_in_use");
+    let base = dir.join("base.raw");
+    let overlay = dir.join("phone.qcow2");
+    let _ = std::fs::remove_file(&overlay);
+    std::fs::write(&base, base_pattern(DISK_BYTES)).unwrap();
+    let spec = format!("{},overlay={}", base.display(), overlay.display());
+    let holder_script = "echo \"HOLDING=$(cat /sys/block/vda/size)\"\nsleep 100000\n";
+    let mut holder = boot(&dir, "in-use-1", holder_script, &spec);
+    value(&mut holder, "HOLDING");
+
+    let mut second = boot(&dir, "in-use-2", "echo SECOND_BOOTED\npoweroff -f\n", &spec);
+    assert_eq!(
+        second.wait_exit(BOOT_TIMEOUT).unwrap(),
+        Some(37),
+        "{}",
+        second.diagnostics()
+    );
+    let log = second.vmm_log();
+    assert!(
+        log.contains("disk in use by another VMM") && log.contains("phone.qcow2"),
+        "{log}"
+    );
+    assert!(!second.serial().contains("SECOND_BOOTED"));
+    // The holder is unaffected: its guest still runs.
+    assert_eq!(holder.try_exit().unwrap(), None, "{}", holder.diagnostics());
+}

@@ -27,6 +27,14 @@ fn boot(test: &str, initramfs: Initramfs) -> VmProcess {
 }
 
 fn boot_with(test: &str, initramfs: Initramfs, extra: &[&str]) -> VmProcess {
+    spawn(test, initramfs, extra, &[])
+}
+
+fn boot_with_env(test: &str, initramfs: Initramfs, env: &[(&str, &str)]) -> VmProcess {
+    spawn(test, initramfs, &[], env)
+}
+
+fn spawn(test: &str, initramfs: Initramfs, extra: &[&str], env: &[(&str, &str)]) -> VmProcess {
     let kernel = guest_kernel();
     let dir: PathBuf = scratch_dir(test);
     let initrd = dir.join("initrd.cpio");
@@ -36,7 +44,7 @@ fn boot_with(test: &str, initramfs: Initramfs, extra: &[&str]) -> VmProcess {
     // The API socket cannot live on the sandbox's 9p share (no socket files there), so the
     // VM's run directory (serial log, VMM log, socket) is on the local /tmp.
     let run_dir = std::env::temp_dir().join(format!("cloudphone-{test}-{}", std::process::id()));
-    VmProcess::spawn(&run_dir, &args).expect("spawn cloudphone-vmm")
+    VmProcess::spawn_with_env(&run_dir, &args, env).expect("spawn cloudphone-vmm")
 }
 
 /// The VMM runs under its seccomp filter (vmm/API.md): mode 2, and both of its filters.
@@ -218,4 +226,27 @@ fn virtio_rng_over_pci_with_msix_feeds_the_guest() {
         vm.diagnostics()
     );
     vm.assert_exit(0, BOOT_TIMEOUT);
+}
+
+#[test]
+#[ignore = "tier 2: needs working KVM"]
+fn a_device_panic_on_a_guest_write_stops_the_vmm_with_36_within_a_second() {
+    // The debug build's test-only fault device (vmm/API.md) panics when the guest writes its
+    // port; /dev/port turns the dd below into an `out` to it from a vCPU thread.
+    let mut vm = boot_with_env(
+        "vmm_fault",
+        Initramfs::new().script(
+            "echo FAULTING\nprintf x | dd of=/dev/port bs=1 seek=1536 count=1\n\
+             echo STILL_RUNNING\nsleep 100000\n",
+        ),
+        &[("CLOUDPHONE_VMM_TEST_FAULT_PORT", "0x600")],
+    );
+    vm.wait_for_vmm_log("test fault device: panicking", BOOT_TIMEOUT)
+        .unwrap();
+    let seen = std::time::Instant::now();
+    let code = vm.wait_exit(Duration::from_secs(1)).unwrap();
+    assert_eq!(code, Some(36), "VMM exit status\n{}", vm.diagnostics());
+    eprintln!("VMM exited {:?} after the fault was logged", seen.elapsed());
+    assert!(!vm.serial().contains("STILL_RUNNING"), "{}", vm.serial());
+    assert!(vm.vmm_log().contains("panicked"), "{}", vm.vmm_log());
 }

@@ -36,6 +36,28 @@ impl GuestExit {
     }
 }
 
+/// Exit code for bad configuration or input files.
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code for missing/unusable KVM.
+pub const EXIT_KVM: i32 = 3;
+/// Exit code when a `--disk` image is locked by another VMM (or any other process): the
+/// agent and tests tell "two VMMs given one overlay" apart from a bad option.
+pub const EXIT_DISK_IN_USE: i32 = 37;
+
+/// Exit code for a VMM-side failure, by the kind of error in its chain (vmm/API.md).
+pub fn failure_code(e: &anyhow::Error) -> i32 {
+    let has = |is: fn(&(dyn std::error::Error + 'static)) -> bool| e.chain().any(is);
+    if has(|c| c.is::<cloudphone_block::lock::ImageInUse>()) {
+        EXIT_DISK_IN_USE
+    } else if has(|c| c.is::<crate::kvm::KvmError>()) {
+        EXIT_KVM
+    } else if has(|c| c.is::<crate::boot::BootError>() || c.is::<crate::vm::DeviceSetupError>()) {
+        EXIT_CONFIG
+    } else {
+        GuestExit::VmmError.code()
+    }
+}
+
 /// First-writer-wins slot for the guest's exit reason, with a condition variable to wait on.
 #[derive(Default)]
 pub struct ExitSignal {
@@ -95,10 +117,11 @@ mod tests {
             GuestExit::Crash,
             GuestExit::ShutdownHung,
             GuestExit::VmmError,
+            GuestExit::DevicePanic,
         ]
         .iter()
         .map(|e| e.code())
         .collect();
-        assert_eq!(codes, vec![0, 32, 33, 34, 1]);
+        assert_eq!(codes, vec![0, 32, 33, 34, 1, 36]);
     }
 }

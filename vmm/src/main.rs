@@ -10,15 +10,10 @@ use clap::Parser;
 use cloudphone_vmm::api::{ApiServer, ApiTarget};
 use cloudphone_vmm::boot::{memfd_with, BootError};
 use cloudphone_vmm::config::{self, BootSource, OnReboot, RawConfig, VmConfig};
-use cloudphone_vmm::exit::GuestExit;
-use cloudphone_vmm::kvm::{self, KvmError};
+use cloudphone_vmm::exit::{failure_code, GuestExit, EXIT_CONFIG};
+use cloudphone_vmm::kvm;
 use cloudphone_vmm::snapshot;
-use cloudphone_vmm::vm::{BootPayload, DeviceSetupError, Vm, VmSource};
-
-/// Exit code for bad configuration or input files.
-const EXIT_CONFIG: i32 = 2;
-/// Exit code for missing/unusable KVM.
-const EXIT_KVM: i32 = 3;
+use cloudphone_vmm::vm::{BootPayload, Vm, VmSource};
 
 fn open(path: &Path, what: &'static str) -> Result<File, BootError> {
     File::open(path).map_err(|source| BootError::Open {
@@ -82,20 +77,6 @@ fn load_payload(cfg: &VmConfig) -> anyhow::Result<BootPayload> {
                 cmdline: format!("{} {}", p.cmdline, cfg.cmdline).trim().to_string(),
             })
         }
-    }
-}
-
-/// Exit code for a VMM-side failure, by the kind of error in its chain.
-fn failure_code(e: &anyhow::Error) -> i32 {
-    if e.chain().any(|c| c.is::<KvmError>()) {
-        EXIT_KVM
-    } else if e
-        .chain()
-        .any(|c| c.is::<BootError>() || c.is::<DeviceSetupError>())
-    {
-        EXIT_CONFIG
-    } else {
-        GuestExit::VmmError.code()
     }
 }
 

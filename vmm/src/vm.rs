@@ -482,6 +482,12 @@ impl Vm {
         pm.set_pending(legacy.ged_pending);
         let pm = Arc::new(Mutex::new(pm));
         add_pio(&ctx, pm.clone(), PM_PORTS.0, PM_PORTS.1)?;
+        #[cfg(debug_assertions)]
+        if let Some(port) = crate::legacy::test_fault::requested_port()? {
+            tracing::warn!(port, "test-only fault device placed: a guest write panics");
+            let fault = crate::legacy::test_fault::FaultDevice;
+            add_pio(&ctx, Arc::new(Mutex::new(fault)), port, 1)?;
+        }
         let vm = Arc::new(vm);
         let saved = start.as_ref().map_or(&[][..], |s| &s.pci_slots[..]);
         let (mut pci, devices) = build_pci(&vm, &ctx, &mem, config, saved)?;

@@ -5,6 +5,8 @@ pub mod i8042;
 pub mod pm;
 pub mod rtc;
 pub mod serial;
+#[cfg(any(debug_assertions, test))]
+pub mod test_fault;
 
 pub use i8042::I8042;
 pub use pm::PowerManagement;

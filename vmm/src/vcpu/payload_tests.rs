@@ -122,25 +122,14 @@ fn serial_output_from_port_io() {
     assert_eq!(cap.0.lock().unwrap().as_slice(), b"OK\n");
 }
 
-/// Panics on any access, like a device model with a bug a guest can reach.
-struct PanickingDevice;
-
-impl BusDevice for PanickingDevice {
-    fn read(&mut self, _offset: u64, _data: &mut [u8]) {
-        panic!("test device: read handler bug");
-    }
-    fn write(&mut self, _offset: u64, _data: &[u8]) {
-        panic!("test device: write handler bug");
-    }
-}
-
 #[test]
 fn a_panicking_device_handler_stops_the_vm_with_its_exit_code() {
     // mov dx,0x600; out dx,al; hlt
     let Some(t) = test_vm(&[0xba, 0x00, 0x06, 0xee, 0xf4], true) else {
         return;
     };
-    t.add(true, Arc::new(Mutex::new(PanickingDevice)), 0x600, 1);
+    let fault = crate::legacy::test_fault::FaultDevice;
+    t.add(true, Arc::new(Mutex::new(fault)), 0x600, 1);
     let started = std::time::Instant::now();
     assert_eq!(t.vcpu(0, 0).run_loop(), VcpuOutcome::GuestExited);
     assert_eq!(t.ctx.exit.get(), Some(GuestExit::DevicePanic));

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cloudphone_balloon::{Balloon, BalloonHandle};
-use cloudphone_block::Block;
+use cloudphone_block::lock::LockError;
+use cloudphone_block::{Block, DiskError, DiskSpec};
 use cloudphone_display::{
     framebuffer, FramebufferExport, GpuLimits, InputDevices, InputHandle, Screen, VirtioGpu,
 };
@@ -109,12 +110,72 @@ pub(super) fn attach_devices(
         attach(slots::NET, Box::new(net))?;
     }
     for (i, spec) in config.disks.iter().enumerate() {
-        let block = setup(
-            || format!("--disk {}", spec.path.display()),
-            Block::from_spec(spec),
-        )?;
         // Config validation caps the disk count so the slot stays on bus 0.
-        attach(slots::FIRST_BLOCK + i as u8, Box::new(block))?;
+        attach(slots::FIRST_BLOCK + i as u8, Box::new(open_disk(spec)?))?;
     }
     Ok(handles)
+}
+
+/// Open (and lock) the disk `spec` names. An image another VMM holds keeps its
+/// [`ImageInUse`](cloudphone_block::lock::ImageInUse) in the error chain, so the process exits with its own code
+/// ([`crate::exit::EXIT_DISK_IN_USE`]); any other failure is a [`DeviceSetupError`].
+pub(crate) fn open_disk(spec: &DiskSpec) -> anyhow::Result<Block> {
+    let option = || format!("--disk {}", spec.path.display());
+    match Block::from_spec(spec) {
+        Ok(block) => Ok(block),
+        Err(DiskError::Locked(LockError::InUse(in_use))) => {
+            Err(anyhow::Error::new(in_use)
+                .context(format!("{}: disk in use by another VMM", option())))
+        }
+        Err(e) => Err(DeviceSetupError {
+            option: option(),
+            message: e.to_string(),
+        }
+        .into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{failure_code, EXIT_CONFIG, EXIT_DISK_IN_USE};
+
+    #[test]
+    fn a_disk_another_vmm_holds_fails_with_its_own_exit_code() {
+        let dir = std::env::temp_dir().join(format!("cp-disk-in-use-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("phone.img");
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let spec: DiskSpec = path.display().to_string().parse().unwrap();
+
+        // The first "VMM" holds the image; a second open description conflicts, as a second
+        // process's would (OFD locks belong to the open file, not the process).
+        let first = open_disk(&spec).unwrap();
+        let err = open_disk(&spec).err().expect("a second writer is refused");
+        assert_eq!(failure_code(&err), EXIT_DISK_IN_USE, "{err:#}");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("disk in use by another VMM") && message.contains("phone.img"),
+            "{message}"
+        );
+        let ro: DiskSpec = format!("{},ro", path.display()).parse().unwrap();
+        let err = open_disk(&ro)
+            .err()
+            .expect("a reader is refused while a writer holds it");
+        assert_eq!(failure_code(&err), EXIT_DISK_IN_USE);
+        drop(first);
+        open_disk(&spec).unwrap();
+
+        let missing: DiskSpec = dir
+            .join("missing.img")
+            .display()
+            .to_string()
+            .parse()
+            .unwrap();
+        let err = open_disk(&missing)
+            .err()
+            .expect("a missing image is refused");
+        assert_eq!(failure_code(&err), EXIT_CONFIG, "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
