@@ -236,10 +236,10 @@ fn a_device_panic_on_a_guest_write_stops_the_vmm_with_36_within_a_second() {
     let mut vm = boot_with_env(
         "vmm_fault",
         Initramfs::new().script(
-            "echo FAULTING\nprintf x | dd of=/dev/port bs=1 seek=1536 count=1\n\
+            "echo FAULTING\nprintf x | dd of=/dev/port bs=1 seek=1792 count=1\n\
              echo STILL_RUNNING\nsleep 100000\n",
         ),
-        &[("CLOUDPHONE_VMM_TEST_FAULT_PORT", "0x600")],
+        &[("CLOUDPHONE_VMM_TEST_FAULT_PORT", "0x700")],
     );
     vm.wait_for_vmm_log("test fault device: panicking", BOOT_TIMEOUT)
         .unwrap();

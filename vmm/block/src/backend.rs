@@ -36,6 +36,16 @@ pub enum DiskError {
 }
 
 impl DiskError {
+    /// The lock conflict this error is, when another process holds the image (or its qcow2
+    /// base), so the VMM can tell "disk in use" from a bad disk; otherwise the error back.
+    pub fn into_in_use(self) -> Result<crate::lock::ImageInUse, Self> {
+        use crate::lock::LockError::InUse;
+        match self {
+            Self::Locked(InUse(e)) | Self::Qcow2(Qcow2Error::Locked(InUse(e))) => Ok(e),
+            other => Err(other),
+        }
+    }
+
     pub(crate) fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         move |source| Self::Io { context, source }
     }

@@ -5,8 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cloudphone_balloon::{Balloon, BalloonHandle};
-use cloudphone_block::lock::LockError;
-use cloudphone_block::{Block, DiskError, DiskSpec};
+use cloudphone_block::{Block, DiskSpec};
 use cloudphone_display::{
     framebuffer, FramebufferExport, GpuLimits, InputDevices, InputHandle, Screen, VirtioGpu,
 };
@@ -117,13 +116,17 @@ pub(super) fn attach_devices(
 }
 
 /// Open (and lock) the disk `spec` names. An image another VMM holds keeps its
-/// [`ImageInUse`](cloudphone_block::lock::ImageInUse) in the error chain, so the process exits with its own code
-/// ([`crate::exit::EXIT_DISK_IN_USE`]); any other failure is a [`DeviceSetupError`].
+/// [`ImageInUse`](cloudphone_block::lock::ImageInUse) in the error chain, so the process
+/// exits with its own code ([`crate::exit::EXIT_DISK_IN_USE`]); any other failure is a
+/// [`DeviceSetupError`].
 pub(crate) fn open_disk(spec: &DiskSpec) -> anyhow::Result<Block> {
     let option = || format!("--disk {}", spec.path.display());
-    match Block::from_spec(spec) {
-        Ok(block) => Ok(block),
-        Err(DiskError::Locked(LockError::InUse(in_use))) => {
+    let error = match Block::from_spec(spec) {
+        Ok(block) => return Ok(block),
+        Err(e) => e,
+    };
+    match error.into_in_use() {
+        Ok(in_use) => {
             Err(anyhow::Error::new(in_use)
                 .context(format!("{}: disk in use by another VMM", option())))
         }
@@ -165,6 +168,19 @@ mod tests {
         assert_eq!(failure_code(&err), EXIT_DISK_IN_USE);
         drop(first);
         open_disk(&spec).unwrap();
+
+        let overlay = format!(
+            "{},overlay={}",
+            path.display(),
+            dir.join("o.qcow2").display()
+        );
+        let overlay: DiskSpec = overlay.parse().unwrap();
+        let first = open_disk(&overlay).unwrap();
+        let err = open_disk(&overlay)
+            .err()
+            .expect("a second overlay writer is refused");
+        assert_eq!(failure_code(&err), EXIT_DISK_IN_USE, "{err:#}");
+        drop(first);
 
         let missing: DiskSpec = dir
             .join("missing.img")
