@@ -139,7 +139,7 @@ impl RequestServer {
         let framing = match Framing::new(mem, chain) {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(error = %e, "virtio-blk: dropping malformed request");
+                cloudphone_virtio::guest_warn!(error = %e, "virtio-blk: dropping malformed request");
                 return 0;
             }
         };
@@ -153,7 +153,7 @@ impl RequestServer {
             Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
             Err(e) => {
                 if !matches!(e, RequestError::Unsupported(_)) {
-                    tracing::warn!(error = %e, "virtio-blk: request failed");
+                    cloudphone_virtio::guest_warn!(error = %e, "virtio-blk: request failed");
                 }
                 (e.status(), 0)
             }

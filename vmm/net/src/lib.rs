@@ -12,7 +12,6 @@
 mod mac;
 mod net;
 mod vsock;
-mod warn_limit;
 
 pub use mac::{MacAddr, MacParseError};
 pub use net::{GuestFrame, Net, NetBackend, NetError, NetSpec, NetSpecError, RxTarget, Tap};

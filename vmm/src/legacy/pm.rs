@@ -66,7 +66,7 @@ impl BusDevice for PowerManagement {
             if sleep_type == S5_SLEEP_TYPE {
                 self.exit.request(GuestExit::PowerOff);
             } else {
-                tracing::warn!(
+                cloudphone_virtio::guest_warn!(
                     sleep_type,
                     "guest asked for an unsupported sleep state; ignored"
                 );

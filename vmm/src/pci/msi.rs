@@ -141,7 +141,7 @@ impl KvmMsiSink {
 impl MsiSink for KvmMsiSink {
     fn program(&self, vector: u16, msg: MsixMessage) {
         if let Err(e) = self.program_vector(vector, msg) {
-            tracing::warn!(vector, error = %e, "cannot route MSI-X vector; its interrupts are lost");
+            cloudphone_virtio::guest_warn!(vector, error = %e, "cannot route MSI-X vector; its interrupts are lost");
         }
     }
 

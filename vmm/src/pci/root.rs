@@ -305,7 +305,7 @@ impl PciRoot {
                 .remove(mv.old);
             for (_, off, fd) in s.notify.iter().filter(|(b, _, _)| *b == mv.bar) {
                 if let Err(e) = self.ioevent(fd, mv.old + off, false) {
-                    tracing::warn!(error = %e, "cannot remove an ioeventfd");
+                    cloudphone_virtio::guest_warn!(error = %e, "cannot remove an ioeventfd");
                 }
             }
         }
@@ -313,7 +313,7 @@ impl PciRoot {
             return;
         }
         if let Err(e) = self.map_bar(&s.device, &s.notify, mv.bar, mv.new, mv.size) {
-            tracing::warn!(slot, bar = mv.bar, new = format_args!("{:#x}", mv.new), error = %e,
+            cloudphone_virtio::guest_warn!(slot, bar = mv.bar, new = format_args!("{:#x}", mv.new), error = %e,
                 "guest moved a BAR onto an unusable range; the BAR is unmapped");
         }
     }

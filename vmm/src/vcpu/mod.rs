@@ -93,24 +93,37 @@ fn handle(id: u8, ctx: &VcpuContext, exit: VcpuExit<'_>) -> Step {
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !read_lock(&ctx.pio).read(u64::from(port), data) {
-                tracing::trace!(port, len = data.len(), "unclaimed port read");
+                cloudphone_virtio::guest_log!(trace, port, len = data.len(), "unclaimed port read");
             }
         }
         VcpuExit::IoOut(port, data) => {
             tracing::trace!(port = format_args!("{port:#x}"), ?data, "port write");
             if !read_lock(&ctx.pio).write(u64::from(port), data) {
-                tracing::trace!(port, len = data.len(), "unclaimed port write");
+                cloudphone_virtio::guest_log!(
+                    trace,
+                    port,
+                    len = data.len(),
+                    "unclaimed port write"
+                );
             }
         }
         VcpuExit::MmioRead(addr, data) => {
             if !read_lock(&ctx.mmio).read(addr, data) {
-                tracing::debug!(addr = format_args!("{addr:#x}"), "unclaimed MMIO read");
+                cloudphone_virtio::guest_log!(
+                    debug,
+                    addr = format_args!("{addr:#x}"),
+                    "unclaimed MMIO read"
+                );
             }
         }
         VcpuExit::MmioWrite(addr, data) => {
             tracing::trace!(addr = format_args!("{addr:#x}"), ?data, "MMIO write");
             if !read_lock(&ctx.mmio).write(addr, data) {
-                tracing::debug!(addr = format_args!("{addr:#x}"), "unclaimed MMIO write");
+                cloudphone_virtio::guest_log!(
+                    debug,
+                    addr = format_args!("{addr:#x}"),
+                    "unclaimed MMIO write"
+                );
             }
         }
         VcpuExit::Hlt => return Step::Halt,

@@ -227,3 +227,32 @@ fn spinning_vcpu_pauses_and_stops_on_kick() {
     t.ctx.control.set(Request::Stop);
     assert_eq!(th.join().unwrap(), VcpuOutcome::Stopped);
 }
+
+#[test]
+fn a_guest_hammering_a_bad_mmio_address_gets_a_bounded_log() {
+    // mov ax,0x1800; mov ds,ax; mov cx,10000; l: mov [0],al; loop l; hlt   (no device there)
+    let code = [
+        0xb8, 0x00, 0x18, 0x8e, 0xd8, 0xb9, 0x10, 0x27, 0xa2, 0x00, 0x00, 0xe2, 0xfb, 0xf4,
+    ];
+    let Some(t) = test_vm(&code, true) else {
+        return;
+    };
+    let cap = Capture::default();
+    let writer = cap.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let outcome = tracing::subscriber::with_default(subscriber, || t.vcpu(0, 0).run_loop());
+    assert_eq!(outcome, VcpuOutcome::Halted);
+    let log = String::from_utf8(cap.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("unclaimed MMIO write"))
+        .collect();
+    // 10000 writes: the first 16, then the 4096th and the 8192nd, each with its count.
+    assert_eq!(lines.len(), 18, "{log}");
+    assert!(lines[17].contains("occurrences=8192"), "{}", lines[17]);
+    assert!(log.len() < 4096, "{} bytes of log", log.len());
+}

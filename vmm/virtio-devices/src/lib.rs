@@ -102,6 +102,7 @@
 
 pub mod console;
 pub mod device;
+pub mod log_limit;
 pub mod pci;
 pub mod queue;
 pub mod rng;

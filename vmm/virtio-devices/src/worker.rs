@@ -243,7 +243,8 @@ fn run_loop<H: WorkerHandler>(
                 Ok(Err(reason)) => reason,
                 Err(_) => "device worker panicked".to_string(),
             };
-            tracing::error!(worker = name, %reason, "device failed; marked DEVICE_NEEDS_RESET");
+            // A guest can fail a device, reset it and fail it again, in a loop.
+            crate::guest_log!(error, worker = name, %reason, "device failed; marked DEVICE_NEEDS_RESET");
             interrupt.signal_needs_reset();
             wait_for_stop(ctx, pause);
             return;

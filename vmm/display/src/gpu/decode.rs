@@ -216,7 +216,7 @@ fn respond(writer: &mut ChainWriter, bytes: &[u8]) -> u32 {
         return 0; // e.g. Linux's cursor queue sends no response buffer
     }
     if writer.available_bytes() < bytes.len() {
-        tracing::warn!(
+        cloudphone_virtio::guest_warn!(
             need = bytes.len(),
             have = writer.available_bytes(),
             "virtio-gpu: response buffer too small; response dropped"
@@ -226,7 +226,7 @@ fn respond(writer: &mut ChainWriter, bytes: &[u8]) -> u32 {
     match writer.write_all(bytes) {
         Ok(()) => bytes.len() as u32,
         Err(e) => {
-            tracing::warn!(error = %e, "virtio-gpu: writing response failed");
+            cloudphone_virtio::guest_warn!(error = %e, "virtio-gpu: writing response failed");
             0
         }
     }

@@ -103,7 +103,7 @@ impl VirtioDevice for VirtioGpu {
             let clear = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             self.events_read &= !clear;
         } else {
-            tracing::warn!(
+            cloudphone_virtio::guest_warn!(
                 offset,
                 len = data.len(),
                 "virtio-gpu: write to read-only config ignored"

@@ -155,7 +155,7 @@ impl InputWorker {
                 pending.events.pop_front();
                 q.add_used(&self.mem, chain.head(), EVENT_BYTES as u32)?;
             } else {
-                tracing::warn!("virtio-input: event buffer too small; skipped");
+                cloudphone_virtio::guest_warn!("virtio-input: event buffer too small; skipped");
                 q.add_used(&self.mem, chain.head(), 0)?;
             }
         }

@@ -42,7 +42,7 @@ pub(super) struct NetHandler {
     rx_bufs: RxBuffers,
     tx_iov: IovScratch,
     backend_polled: bool,
-    warn: crate::warn_limit::WarnLimit,
+    warn: cloudphone_virtio::log_limit::LogLimit,
 }
 
 impl NetHandler {
@@ -142,9 +142,9 @@ impl NetHandler {
         };
         // A TAP reports a frame's full length even when it did not fit (it is then cut).
         if !(VNET_HDR_LEN..=target.len()).contains(&len) {
-            if self.warn.allow() {
+            if let Some(occurrences) = self.warn.record() {
                 tracing::warn!(
-                    occurrences = self.warn.count(),
+                    occurrences,
                     len,
                     room = target.len(),
                     "net backend gave a frame shorter than the vnet header or longer than \
@@ -174,9 +174,9 @@ impl NetHandler {
                 // Without mergeable buffers one chain must hold the frame: drop it, keep the
                 // chain for a smaller one.
                 self.rx_pending = None;
-                if self.warn.allow() {
+                if let Some(occurrences) = self.warn.record() {
                     tracing::warn!(
-                        occurrences = self.warn.count(),
+                        occurrences,
                         len,
                         capacity = first,
                         "guest rx buffer too small for frame; frame dropped"
@@ -212,8 +212,8 @@ impl NetHandler {
                     }
                 }
                 Gathered::BadLength(len) => {
-                    if self.warn.allow() {
-                        tracing::warn!(occurrences = self.warn.count(), len, "guest sent a frame of invalid length (limits {VNET_HDR_LEN}..={MAX_BUFFER_LEN}); dropped");
+                    if let Some(occurrences) = self.warn.record() {
+                        tracing::warn!(occurrences, len, "guest sent a frame of invalid length (limits {VNET_HDR_LEN}..={MAX_BUFFER_LEN}); dropped");
                     }
                 }
             }

@@ -28,7 +28,7 @@ pub(super) struct VsockHandler {
     reset_event_pending: bool,
     /// Guest tx processing paused because the guest is not taking our replies.
     tx_stalled: bool,
-    warn: crate::warn_limit::WarnLimit,
+    warn: cloudphone_virtio::log_limit::LogLimit,
 }
 
 impl VsockHandler {
@@ -82,9 +82,9 @@ impl VsockHandler {
             let available = reader.available_bytes();
             let mut raw = [0u8; HDR_LEN];
             if available < HDR_LEN {
-                if self.warn.allow() {
+                if let Some(occurrences) = self.warn.record() {
                     tracing::warn!(
-                        occurrences = self.warn.count(),
+                        occurrences,
                         available,
                         "vsock tx packet shorter than its header; dropped"
                     );
@@ -96,9 +96,9 @@ impl VsockHandler {
                 let hdr = Header::decode(&raw);
                 let len = hdr.len as usize;
                 if len > MAX_PAYLOAD || len > available - HDR_LEN {
-                    if self.warn.allow() {
+                    if let Some(occurrences) = self.warn.record() {
                         tracing::warn!(
-                            occurrences = self.warn.count(),
+                            occurrences,
                             len,
                             available,
                             "vsock tx packet length exceeds its buffer or 64 KiB; RST"
@@ -133,9 +133,9 @@ impl VsockHandler {
             let mut writer = chain.writer(mem);
             let capacity = writer.available_bytes();
             if capacity < HDR_LEN {
-                if self.warn.allow() {
+                if let Some(occurrences) = self.warn.record() {
                     tracing::warn!(
-                        occurrences = self.warn.count(),
+                        occurrences,
                         capacity,
                         "vsock rx buffer smaller than a header; returned unused"
                     );
@@ -180,9 +180,9 @@ impl VsockHandler {
                 .map_err(|e| format!("writing vsock event: {e}"))?;
             event.len() as u32
         } else {
-            if self.warn.allow() {
+            if let Some(occurrences) = self.warn.record() {
                 tracing::warn!(
-                    occurrences = self.warn.count(),
+                    occurrences,
                     "vsock event buffer too small for an event; reset event dropped"
                 );
             }

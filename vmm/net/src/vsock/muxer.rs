@@ -64,7 +64,7 @@ pub(crate) struct Muxer {
     control: VecDeque<Control>,
     /// Connections whose host stream has (or may have) data for the guest.
     readable: VecDeque<ConnKey>,
-    warn: crate::warn_limit::WarnLimit,
+    warn: cloudphone_virtio::log_limit::LogLimit,
 }
 
 /// Register `conn`'s stream for exactly the events it needs now (none: not registered, so a
@@ -246,9 +246,9 @@ impl Muxer {
         payload: &[u8],
     ) -> Result<(), String> {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
-            if self.warn.allow() {
+            if let Some(occurrences) = self.warn.record() {
                 tracing::warn!(
-                    occurrences = self.warn.count(),
+                    occurrences,
                     ?hdr,
                     guest_cid = self.guest_cid,
                     "vsock packet with wrong CID or socket type; RST"
@@ -342,9 +342,9 @@ impl Muxer {
         hdr: &Header,
     ) -> Result<(), String> {
         if self.conns.contains_key(&key) {
-            if self.warn.allow() {
+            if let Some(occurrences) = self.warn.record() {
                 tracing::warn!(
-                    occurrences = self.warn.count(),
+                    occurrences,
                     ?key,
                     "vsock REQUEST for an open connection; RST"
                 );
@@ -353,9 +353,9 @@ impl Muxer {
             return Ok(());
         }
         if self.conns.len() >= MAX_CONNECTIONS {
-            if self.warn.allow() {
+            if let Some(occurrences) = self.warn.record() {
                 tracing::warn!(
-                    occurrences = self.warn.count(),
+                    occurrences,
                     max = MAX_CONNECTIONS,
                     "vsock connection limit reached; RST"
                 );
@@ -410,16 +410,16 @@ impl Muxer {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    if self.warn.allow() {
-                        tracing::warn!(occurrences = self.warn.count(), error = %e, "vsock: accept on the host socket failed");
+                    if let Some(occurrences) = self.warn.record() {
+                        tracing::warn!(occurrences, error = %e, "vsock: accept on the host socket failed");
                     }
                     return;
                 }
             };
             if self.pending_hosts >= MAX_PENDING_HOST || stream.set_nonblocking(true).is_err() {
-                if self.warn.allow() {
+                if let Some(occurrences) = self.warn.record() {
                     tracing::warn!(
-                        occurrences = self.warn.count(),
+                        occurrences,
                         max = MAX_PENDING_HOST,
                         "vsock: too many host connections without a CONNECT line; closed"
                     );
@@ -428,8 +428,8 @@ impl Muxer {
             }
             let token = self.alloc_token();
             if let Err(e) = ctx.add(stream.as_raw_fd(), EventSet::IN, token) {
-                if self.warn.allow() {
-                    tracing::warn!(occurrences = self.warn.count(), error = %e, "vsock: cannot watch a host connection; closed");
+                if let Some(occurrences) = self.warn.record() {
+                    tracing::warn!(occurrences, error = %e, "vsock: cannot watch a host connection; closed");
                 }
                 continue;
             }
@@ -474,16 +474,16 @@ impl Muxer {
             Some(end) => parse_connect(&line[..end]),
         };
         let (Some(port), Some(end)) = (port, newline) else {
-            if self.warn.allow() {
-                tracing::warn!(occurrences = self.warn.count(), line = ?String::from_utf8_lossy(&line[..n]), "vsock: host sent no valid `CONNECT <port>` line; closed");
+            if let Some(occurrences) = self.warn.record() {
+                tracing::warn!(occurrences, line = ?String::from_utf8_lossy(&line[..n]), "vsock: host sent no valid `CONNECT <port>` line; closed");
             }
             self.drop_pending(ctx, token);
             return Ok(());
         };
         if self.conns.len() >= MAX_CONNECTIONS {
-            if self.warn.allow() {
+            if let Some(occurrences) = self.warn.record() {
                 tracing::warn!(
-                    occurrences = self.warn.count(),
+                    occurrences,
                     max = MAX_CONNECTIONS,
                     "vsock connection limit reached; host connection closed"
                 );

@@ -134,7 +134,7 @@ impl ConsoleHandler {
 
     fn send_control(&mut self, id: usize, event: u16, value: u16, payload: &[u8]) {
         if self.control_out.len() >= MAX_PENDING_CONTROL {
-            tracing::warn!(
+            crate::guest_warn!(
                 id,
                 event,
                 "console control queue full (driver not reading); message dropped"
@@ -157,7 +157,7 @@ impl ConsoleHandler {
             };
             let written = chain.scatter(&mem, msg)?;
             if (written as usize) < msg.len() {
-                tracing::warn!(
+                crate::guest_warn!(
                     written,
                     len = msg.len(),
                     "control buffer too small; message truncated"
@@ -199,9 +199,9 @@ impl ConsoleHandler {
                     self.send_control(port, DEVICE_ADD, 1, &[]);
                 }
             }
-            DEVICE_READY => tracing::error!("guest console driver failed to initialise"),
+            DEVICE_READY => crate::guest_log!(error, "guest console driver failed to initialise"),
             PORT_READY | PORT_OPEN if id >= self.state.len() => {
-                tracing::warn!(
+                crate::guest_warn!(
                     id,
                     event = msg.event,
                     "control message for a port that does not exist; ignored"
@@ -225,7 +225,7 @@ impl ConsoleHandler {
                 }
                 self.send_control(id, PORT_OPEN, u16::from(connected), &[]);
             }
-            PORT_READY => tracing::warn!(id, "guest failed to set up console port"),
+            PORT_READY => crate::guest_warn!(id, "guest failed to set up console port"),
             // Host input is delivered whether or not a guest program has the port open (the
             // guest driver buffers it), so the guest's open/close is informational.
             PORT_OPEN => {
@@ -276,7 +276,7 @@ impl ConsoleHandler {
             events |= EventSet::OUT;
         }
         if let Err(e) = ctx.modify(fd, events, CLIENT_TOKEN | port as u64) {
-            tracing::warn!(port, error = %e, "cannot update console client polling");
+            crate::guest_warn!(port, error = %e, "cannot update console client polling");
         }
     }
 
@@ -353,7 +353,7 @@ impl ConsoleHandler {
             Some(Ok(Some(replaced))) => replaced,
             Some(Ok(None)) | None => return Ok(()),
             Some(Err(e)) => {
-                tracing::warn!(port, error = %e, "accepting a console client failed");
+                crate::guest_warn!(port, error = %e, "accepting a console client failed");
                 return Ok(());
             }
         };
@@ -397,7 +397,7 @@ impl ConsoleHandler {
             data.clear();
             let offered = chain.gather(&mem, MAX_CHUNK, &mut data)?;
             if offered > MAX_CHUNK as u64 {
-                tracing::warn!(
+                crate::guest_warn!(
                     port,
                     offered,
                     "console output request over 64 KiB; excess dropped"

@@ -119,7 +119,7 @@ impl VirtioDevice for Console {
         {
             lock_ports(&self.ports)[0].emergency_write(data[0]);
         } else {
-            tracing::warn!(
+            crate::guest_warn!(
                 offset,
                 len = data.len(),
                 "guest wrote read-only console config; ignored"

@@ -78,7 +78,7 @@ impl InterruptState {
     /// A vector the table has, or NO_VECTOR (what the driver reads back on failure).
     fn checked_vector(&self, vector: u16) -> u16 {
         if vector != NO_VECTOR && vector >= self.msix().size() {
-            tracing::warn!(
+            crate::guest_warn!(
                 vector,
                 "driver chose an MSI-X vector beyond the table; NO_VECTOR"
             );
@@ -144,7 +144,7 @@ impl InterruptState {
                 Ok(Delivery::Sent | Delivery::Pending) => return,
                 Ok(Delivery::Disabled) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "interrupt dropped");
+                    crate::guest_warn!(error = %e, "interrupt dropped");
                     return;
                 }
             }

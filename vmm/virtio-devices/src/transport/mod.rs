@@ -205,7 +205,7 @@ impl VirtioPciDevice {
 
     fn common_read(&self, offset: u64, data: &mut [u8]) {
         let Some(field) = decode(offset, data.len()) else {
-            tracing::warn!(
+            crate::guest_warn!(
                 offset,
                 len = data.len(),
                 "bad virtio common config read; returns 0"
@@ -239,7 +239,7 @@ impl VirtioPciDevice {
 
     fn common_write(&mut self, offset: u64, data: &[u8]) {
         let Some(field) = decode(offset, data.len()) else {
-            tracing::warn!(
+            crate::guest_warn!(
                 offset,
                 len = data.len(),
                 "bad virtio common config write; ignored"
@@ -261,14 +261,14 @@ impl VirtioPciDevice {
                 .interrupt
                 .set_queue_vector(usize::from(self.queue_select), value as u16),
             _ if queue_locked => {
-                tracing::warn!(?field, "queue register written after DRIVER_OK; ignored");
+                crate::guest_warn!(?field, "queue register written after DRIVER_OK; ignored");
             }
             Field::QueueSize => self.with_queue(|q| q.size = value as u16),
             Field::QueueEnable if value == 1 => self.with_queue(|q| q.enabled = true),
             Field::QueueDesc(p) => self.with_queue(|q| q.desc = merge64(q.desc, p, value)),
             Field::QueueDriver(p) => self.with_queue(|q| q.driver = merge64(q.driver, p, value)),
             Field::QueueDevice(p) => self.with_queue(|q| q.device = merge64(q.device, p, value)),
-            _ => tracing::warn!(
+            _ => crate::guest_warn!(
                 ?field,
                 value,
                 "read-only or invalid virtio register write ignored"
@@ -280,20 +280,20 @@ impl VirtioPciDevice {
         let selected = self.queue_select;
         match self.selected_queue() {
             Some(q) => f(q),
-            None => tracing::warn!(queue = selected, "write to a queue that does not exist"),
+            None => crate::guest_warn!(queue = selected, "write to a queue that does not exist"),
         }
     }
 
     fn write_driver_features(&mut self, word: u32) {
         if self.status & FEATURES_OK != 0 {
-            tracing::warn!("driver features written after FEATURES_OK; ignored");
+            crate::guest_warn!("driver features written after FEATURES_OK; ignored");
             return;
         }
         let shift = match self.driver_feature_select {
             0 => 0,
             1 => 32,
             sel => {
-                tracing::warn!(sel, "driver feature word beyond 64 bits ignored");
+                crate::guest_warn!(sel, "driver feature word beyond 64 bits ignored");
                 return;
             }
         };
@@ -308,7 +308,7 @@ impl VirtioPciDevice {
             return;
         }
         if self.status & !value != 0 {
-            tracing::warn!(
+            crate::guest_warn!(
                 old = self.status,
                 new = value,
                 "driver cleared status bits without a reset; ignored"
@@ -321,7 +321,7 @@ impl VirtioPciDevice {
             accepted &= !FEATURES_OK;
         }
         if added & DRIVER_OK != 0 && accepted & FEATURES_OK == 0 {
-            tracing::warn!("DRIVER_OK without FEATURES_OK; device left inactive");
+            crate::guest_warn!("DRIVER_OK without FEATURES_OK; device left inactive");
             accepted &= !DRIVER_OK;
         }
         self.status = accepted;
@@ -337,14 +337,14 @@ impl VirtioPciDevice {
     fn features_acceptable_for(&self, features: u64) -> bool {
         let unoffered = features & !self.offered_features;
         if unoffered != 0 {
-            tracing::warn!(
+            crate::guest_warn!(
                 unoffered,
                 "driver accepted features the device did not offer; FEATURES_OK refused"
             );
             return false;
         }
         if features & 1 << VIRTIO_F_VERSION_1 == 0 {
-            tracing::warn!("driver did not accept VIRTIO_F_VERSION_1 (legacy drivers unsupported); FEATURES_OK refused");
+            crate::guest_warn!("driver did not accept VIRTIO_F_VERSION_1 (legacy drivers unsupported); FEATURES_OK refused");
             return false;
         }
         true
@@ -368,7 +368,8 @@ impl VirtioPciDevice {
     }
 
     fn fail_activation(&self, reason: &str) {
-        tracing::error!(
+        crate::guest_log!(
+            error,
             device_type = self.device.device_type(),
             reason,
             "virtio device activation failed"
@@ -434,7 +435,7 @@ impl VirtioPciDevice {
             (COMMON_CFG_OFFSET, off) => self.common_write(off, data),
             (DEVICE_CFG_OFFSET, off) => self.device.write_config(off, data),
             (NOTIFY_OFFSET, off) => self.notify_write(off),
-            _ => tracing::warn!(
+            _ => crate::guest_warn!(
                 offset,
                 len = data.len(),
                 "write to a read-only or unused virtio BAR area ignored"
@@ -451,7 +452,7 @@ impl VirtioPciDevice {
                     tracing::error!(queue, error = %e, "queue notification eventfd write failed");
                 }
             }
-            None => tracing::warn!(queue, "notify for a queue that does not exist ignored"),
+            None => crate::guest_warn!(queue, "notify for a queue that does not exist ignored"),
         }
     }
 
@@ -468,7 +469,7 @@ impl VirtioPciDevice {
                 }
             }
             _ => {
-                tracing::warn!(bar, offset, "read outside the virtio-pci BARs; returns 0");
+                crate::guest_warn!(bar, offset, "read outside the virtio-pci BARs; returns 0");
                 data.fill(0);
             }
         }
@@ -485,7 +486,7 @@ impl VirtioPciDevice {
                     Some(pba_offset) => msix.pba_write(pba_offset, data),
                 }
             }
-            _ => tracing::warn!(bar, offset, "write outside the virtio-pci BARs ignored"),
+            _ => crate::guest_warn!(bar, offset, "write outside the virtio-pci BARs ignored"),
         }
     }
 
@@ -501,7 +502,7 @@ impl VirtioPciDevice {
         if matches!(len, 1 | 2 | 4) && offset % len as u64 == 0 {
             Some((bar, offset, len))
         } else {
-            tracing::warn!(
+            crate::guest_warn!(
                 bar,
                 offset,
                 len,
