@@ -100,7 +100,7 @@ fn run(mut cfg: VmConfig) -> anyhow::Result<i32> {
         };
         let mut vm = Vm::build(&kvm, &cfg, source)?;
         target.set(Some(vm.control()));
-        vm.start()?;
+        vm.start(cfg.seccomp)?;
         let reason = vm.wait();
         target.set(None);
         tracing::info!(?reason, code = reason.code(), "guest stopped");
@@ -120,6 +120,13 @@ fn main() {
                 .unwrap_or_else(|_| "warn,cloudphone_vmm=info".into()),
         )
         .init();
+    // A panic's message and location only: std's hook would resolve a backtrace when
+    // RUST_BACKTRACE is set, opening the executable, which vCPU threads' filter refuses.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        eprintln!("cloudphone-vmm: thread '{name}' {info}");
+    }));
     let cli = RawConfig::parse();
     let merged = match &cli.config {
         Some(path) => config::read_config_file(path).map(|file| cli.clone().over(file)),

@@ -49,108 +49,237 @@ impl std::str::FromStr for SeccompMode {
 #[error("installing the seccomp filter: {0} (run with --seccomp off on a kernel without seccomp)")]
 pub struct SeccompError(String);
 
-/// System calls allowed with any arguments.
-const ALLOWED: &[libc::c_long] = &[
-    // I/O on fds the VMM holds (disks, TAP, eventfds, sockets, the framebuffer file).
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_preadv2,
-    libc::SYS_pwritev2,
-    libc::SYS_lseek,
-    libc::SYS_close,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
-    libc::SYS_fcntl,
-    libc::SYS_dup,
-    libc::SYS_dup3,
-    libc::SYS_ftruncate,
-    libc::SYS_fallocate,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
-    libc::SYS_copy_file_range,
-    libc::SYS_sendfile,
-    libc::SYS_splice,
-    libc::SYS_ioctl,
-    // Files a VMM creates and removes while it runs: the exported framebuffer, Unix sockets;
-    // and, for `--on-reboot restart`, the boot images and disks opened again (paths
-    // canonicalised). The list was checked by running every tier-2 suite in `--seccomp log`
-    // mode and reading the kernel's audit lines.
-    libc::SYS_openat,
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
-    libc::SYS_readlink,
-    libc::SYS_readlinkat,
-    libc::SYS_getdents64,
-    libc::SYS_memfd_create,
-    // `PUT /snapshot`: the snapshot directory is created, and its state file written under a
-    // temporary name and renamed into place (a half-written state file never has the name).
-    libc::SYS_mkdir,
-    libc::SYS_mkdirat,
-    libc::SYS_rename,
-    libc::SYS_renameat,
-    libc::SYS_renameat2,
-    // Memory (guest RAM, balloon, allocator, thread stacks); mmap/mprotect below.
-    libc::SYS_munmap,
-    libc::SYS_madvise,
-    libc::SYS_mremap,
-    libc::SYS_brk,
-    // Event loops, timers, waiting.
-    libc::SYS_epoll_create1,
-    libc::SYS_epoll_ctl,
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_eventfd2,
-    libc::SYS_timerfd_create,
-    libc::SYS_timerfd_settime,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-    libc::SYS_pipe2,
-    libc::SYS_futex,
-    libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity,
-    libc::SYS_nanosleep,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_clock_gettime,
-    libc::SYS_gettimeofday,
-    libc::SYS_getrandom,
-    // Unix sockets (API, vsock, console ports); socket() below.
-    libc::SYS_socketpair,
-    libc::SYS_connect,
-    libc::SYS_accept,
-    libc::SYS_accept4,
-    libc::SYS_bind,
-    libc::SYS_listen,
-    libc::SYS_sendmsg,
-    libc::SYS_recvmsg,
-    libc::SYS_sendto,
-    libc::SYS_recvfrom,
-    libc::SYS_shutdown,
-    libc::SYS_getsockopt,
-    libc::SYS_setsockopt,
-    libc::SYS_getsockname,
-    libc::SYS_getpeername,
-    // Threads and signals within this process (vCPU kicks are tgkill to our own threads).
-    libc::SYS_clone3,
-    libc::SYS_set_robust_list,
-    libc::SYS_rseq,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_gettid,
-    libc::SYS_getpid,
-    libc::SYS_tgkill,
-    libc::SYS_rt_sigaction,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_sigaltstack,
-    libc::SYS_restart_syscall,
+/// Which threads a group of calls is allowed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Threads {
+    /// Every thread: the process-wide filter, and the vCPU threads' own on top.
+    All,
+    /// Only the main thread (setup, `--on-reboot restart`) and the API threads (snapshots):
+    /// vCPU threads and the device workers they start never make these calls.
+    NotGuestFacing,
+}
+
+/// Calls allowed with any arguments, by why a VMM makes them and on which threads.
+struct Group {
+    why: &'static str,
+    threads: Threads,
+    calls: &'static [libc::c_long],
+}
+
+/// The allow list as data. vCPU threads (port I/O, MMIO, PCI config, device activation) and
+/// the device workers they start when the guest activates a device (queues) run everything a
+/// guest controls, so their filter holds only the `Threads::All` groups; a worker inherits
+/// the filter of the vCPU thread that started it. Argument rules for `mmap`, `mprotect`,
+/// `socket`, `clone`, `prctl`, `tgkill` and (on vCPU threads) `ioctl` are in [`rules`].
+const GROUPS: &[Group] = &[
+    Group {
+        why: "I/O on fds the VMM holds (disks, TAP, eventfds, sockets, the framebuffer file)",
+        threads: Threads::All,
+        calls: &[
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_readv,
+            libc::SYS_writev,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_preadv2,
+            libc::SYS_pwritev2,
+            libc::SYS_lseek,
+            libc::SYS_close,
+            libc::SYS_fstat,
+            libc::SYS_newfstatat,
+            libc::SYS_statx,
+            libc::SYS_fcntl,
+            libc::SYS_dup,
+            libc::SYS_dup3,
+            libc::SYS_ftruncate,
+            libc::SYS_fallocate,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+            libc::SYS_copy_file_range,
+            libc::SYS_sendfile,
+            libc::SYS_splice,
+        ],
+    },
+    Group {
+        why: "device setup: TUNSETIFF, TUNSETVNETHDRSZ, block-device sizes, KVM VM and vCPU \
+              creation (vCPU threads get only the request numbers in `guest_ioctls`)",
+        threads: Threads::NotGuestFacing,
+        calls: &[libc::SYS_ioctl],
+    },
+    Group {
+        why: "files a VMM creates and removes: the exported framebuffer, Unix sockets, boot \
+              images and disks opened again by `--on-reboot restart` (paths canonicalised), \
+              `PUT /snapshot`'s directory and its state file renamed into place; checked by \
+              running every tier-2 suite with `--seccomp log`",
+        threads: Threads::NotGuestFacing,
+        calls: &[
+            libc::SYS_openat,
+            libc::SYS_unlink,
+            libc::SYS_unlinkat,
+            libc::SYS_readlink,
+            libc::SYS_readlinkat,
+            libc::SYS_getdents64,
+            libc::SYS_memfd_create,
+            libc::SYS_mkdir,
+            libc::SYS_mkdirat,
+            libc::SYS_rename,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+        ],
+    },
+    Group {
+        why: "memory: guest RAM, balloon, allocator, thread stacks (mmap/mprotect in `rules`)",
+        threads: Threads::All,
+        calls: &[
+            libc::SYS_munmap,
+            libc::SYS_madvise,
+            libc::SYS_mremap,
+            libc::SYS_brk,
+        ],
+    },
+    Group {
+        why: "event loops, timers, waiting",
+        threads: Threads::All,
+        calls: &[
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_eventfd2,
+            libc::SYS_timerfd_create,
+            libc::SYS_timerfd_settime,
+            libc::SYS_poll,
+            libc::SYS_ppoll,
+            libc::SYS_pipe2,
+            libc::SYS_futex,
+            libc::SYS_sched_yield,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_nanosleep,
+            libc::SYS_clock_nanosleep,
+            libc::SYS_clock_gettime,
+            libc::SYS_gettimeofday,
+            libc::SYS_getrandom,
+        ],
+    },
+    Group {
+        why: "Unix sockets in use: the vsock worker accepts host clients and connects to the \
+              host's `uds_PORT` sockets, console workers accept their clients (socket() with \
+              AF_UNIX only, in `rules`)",
+        threads: Threads::All,
+        calls: &[
+            libc::SYS_socketpair,
+            libc::SYS_connect,
+            libc::SYS_accept,
+            libc::SYS_accept4,
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
+            libc::SYS_sendto,
+            libc::SYS_recvfrom,
+            libc::SYS_shutdown,
+            libc::SYS_getsockopt,
+            libc::SYS_setsockopt,
+            libc::SYS_getsockname,
+            libc::SYS_getpeername,
+        ],
+    },
+    Group {
+        why: "listening sockets are set up before the guest runs (API, vsock, console ports)",
+        threads: Threads::NotGuestFacing,
+        calls: &[libc::SYS_bind, libc::SYS_listen],
+    },
+    Group {
+        why: "threads and signals within this process: device workers start when the guest \
+              activates a device, vCPU kicks (tgkill to our own tgid only, in `rules`)",
+        threads: Threads::All,
+        calls: &[
+            libc::SYS_clone3,
+            libc::SYS_set_robust_list,
+            libc::SYS_rseq,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+            libc::SYS_gettid,
+            libc::SYS_getpid,
+            libc::SYS_rt_sigaction,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_sigaltstack,
+            libc::SYS_restart_syscall,
+        ],
+    },
 ];
+
+/// A thread's kind, for its filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// Main and API threads: the process-wide filter.
+    Vmm,
+    /// vCPU threads and the device workers they start: the process-wide filter, and on top
+    /// one without the `NotGuestFacing` groups and with `ioctl` limited by request number.
+    Guest,
+}
+
+/// ioctl requests a vCPU thread (or a device worker it starts) makes, with why.
+fn guest_ioctls() -> [(libc::c_ulong, &'static str); 17] {
+    use ioctls::*;
+    [
+        (KVM_RUN(), "running the guest"),
+        (KVM_KVMCLOCK_CTRL(), "telling the guest it was paused"),
+        (
+            KVM_GET_REGS(),
+            "snapshot (parked vCPUs save their own state); crash dumps",
+        ),
+        (KVM_GET_SREGS(), "snapshot; crash dumps"),
+        (KVM_GET_MSRS(), "snapshot"),
+        (KVM_GET_LAPIC(), "snapshot"),
+        (KVM_GET_XSAVE2(), "snapshot"),
+        (KVM_GET_XCRS(), "snapshot"),
+        (KVM_GET_VCPU_EVENTS(), "snapshot"),
+        (KVM_GET_MP_STATE(), "snapshot"),
+        (KVM_GET_DEBUGREGS(), "snapshot"),
+        (KVM_GET_CPUID2(), "snapshot"),
+        (KVM_SET_GSI_ROUTING(), "the guest programs an MSI-X vector"),
+        (
+            KVM_IOEVENTFD(),
+            "the guest moves a BAR: its queue-notify eventfds move along",
+        ),
+        (
+            KVM_IRQFD(),
+            "the guest activates a device or unmasks a vector: interrupt eventfds",
+        ),
+        (
+            libc::TUNSETOFFLOAD,
+            "the guest negotiates virtio-net offloads on activation",
+        ),
+        (
+            libc::FIONBIO,
+            "the vsock worker makes accepted host streams non-blocking",
+        ),
+    ]
+}
+
+/// The KVM ioctl numbers, as kvm-ioctls defines them (it does not export them).
+#[allow(non_snake_case)]
+mod ioctls {
+    use kvm_bindings::*;
+    vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    vmm_sys_util::ioctl_io_nr!(KVM_KVMCLOCK_CTRL, KVMIO, 0xad);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
+    vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
+    vmm_sys_util::ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+}
 
 /// A rule on argument `arg` (an `int`: its low 32 bits; `long` arguments use `Qword`).
 fn rule(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompRule {
@@ -174,11 +303,14 @@ fn equals(arg: u8, value: libc::c_int) -> SeccompRule {
     rule(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value as u64)
 }
 
-/// The allow list, as rules: the calls above unconditionally, and the few whose arguments
-/// decide whether they are a VMM's.
-fn rules() -> BTreeMap<i64, Vec<SeccompRule>> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+/// The allow list of `kind`, as rules: its groups unconditionally, and the few calls whose
+/// arguments decide whether they are a VMM's.
+fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = GROUPS
+        .iter()
+        .filter(|g| kind == ThreadKind::Vmm || g.threads == Threads::All)
+        .flat_map(|g| g.calls.iter().map(|&nr| (nr, Vec::new())))
+        .collect();
     // No new executable memory: code the guest planted cannot be made runnable.
     rules.insert(libc::SYS_mmap, vec![without(2, libc::PROT_EXEC)]);
     rules.insert(libc::SYS_mprotect, vec![without(2, libc::PROT_EXEC)]);
@@ -193,9 +325,53 @@ fn rules() -> BTreeMap<i64, Vec<SeccompRule>> {
         thread,
     );
     rules.insert(libc::SYS_clone, vec![clone_thread]);
+    // Signals only to our own threads (vCPU kicks), never to another process.
+    // SAFETY: getpid has no preconditions.
+    let tgid = unsafe { libc::getpid() };
+    rules.insert(libc::SYS_tgkill, vec![equals(0, tgid)]);
     // Naming threads (std does it as each thread starts).
-    rules.insert(libc::SYS_prctl, vec![equals(0, libc::PR_SET_NAME)]);
+    let mut prctl = vec![equals(0, libc::PR_SET_NAME)];
+    match kind {
+        ThreadKind::Vmm => {
+            // Starting a vCPU thread stacks its own, stricter filter (a filter can only take
+            // calls away, never give them back; no TSYNC, which would reach other threads).
+            prctl.push(equals(0, libc::PR_SET_NO_NEW_PRIVS));
+            let seccomp = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::SECCOMP_SET_MODE_FILTER as u64,
+            )
+            .and_then(|op| {
+                let flags = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)?;
+                SeccompRule::new(vec![op, flags])
+            })
+            .expect("two conditions on arguments below 6 make a rule");
+            rules.insert(libc::SYS_seccomp, vec![seccomp]);
+        }
+        ThreadKind::Guest => {
+            let ioctls = guest_ioctls()
+                .iter()
+                .map(|&(request, _why)| rule(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request))
+                .collect();
+            rules.insert(libc::SYS_ioctl, ioctls);
+        }
+    }
+    rules.insert(libc::SYS_prctl, prctl);
     rules
+}
+
+/// How many system calls `kind` may make (the table in vmm/API.md).
+pub fn allowed_calls(kind: ThreadKind) -> usize {
+    rules(kind).len()
+}
+
+fn mismatch_action(mode: SeccompMode) -> Option<SeccompAction> {
+    match mode {
+        SeccompMode::Off => None,
+        SeccompMode::Log => Some(SeccompAction::Log),
+        SeccompMode::Enforce => Some(SeccompAction::Trap),
+    }
 }
 
 fn compile(
@@ -208,18 +384,16 @@ fn compile(
         .map_err(|e| SeccompError(e.to_string()))
 }
 
-/// Install the filter on every thread of the process (and so on every thread they start).
-/// Called once, before the first vCPU runs.
+/// Install the process-wide filter on every thread of the process (and so on every thread
+/// they start). Called once, before the first vCPU runs.
 pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
-    let mismatch = match mode {
-        SeccompMode::Off => return Ok(()),
-        SeccompMode::Log => SeccompAction::Log,
-        SeccompMode::Enforce => {
-            install_sigsys_handler()?;
-            SeccompAction::Trap
-        }
+    let Some(mismatch) = mismatch_action(mode) else {
+        return Ok(());
     };
-    let allow_list = compile(rules(), mismatch, SeccompAction::Allow)?;
+    if mode == SeccompMode::Enforce {
+        install_sigsys_handler()?;
+    }
+    let allow_list = compile(rules(ThreadKind::Vmm), mismatch, SeccompAction::Allow)?;
     // clone3's flags sit in a struct the filter cannot read: answer ENOSYS, which makes glibc
     // use clone, whose flags it can. (Of two filters the stricter answer wins.)
     let no_clone3 = compile(
@@ -233,6 +407,20 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
     }
     tracing::info!(?mode, "seccomp filter installed on all threads");
     Ok(())
+}
+
+/// The vCPU filter ([`ThreadKind::Guest`]) for `mode`, compiled once on the main thread;
+/// `None` with `--seccomp off`.
+pub fn vcpu_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
+    mismatch_action(mode)
+        .map(|mismatch| compile(rules(ThreadKind::Guest), mismatch, SeccompAction::Allow))
+        .transpose()
+}
+
+/// Stack `filter` on the calling thread: a vCPU thread about to run the guest (the device
+/// workers it starts inherit it). After [`install`].
+pub fn apply_on_this_thread(filter: &BpfProgram) -> Result<(), SeccompError> {
+    seccompiler::apply_filter(filter).map_err(|e| SeccompError(e.to_string()))
 }
 
 /// The part of `siginfo_t` that SIGSYS fills in (kernel `struct siginfo`, `_sigsys`).
@@ -272,10 +460,22 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
             decimal(tid as u64, &mut tid_buf),
             b" made system call ",
             decimal(nr as u64, &mut nr_buf),
-            b", which the VMM never needs; stopping (a VMM bug: report it, and --seccomp log \
-              shows what a new code path calls)\n",
+            b", which this thread never needs; stopping (a VMM bug: report it, and --seccomp \
+              log shows what a new code path calls)\n",
         ] {
             libc::write(2, part.as_ptr().cast(), part.len());
+        }
+        if let Some(group) = GROUPS
+            .iter()
+            .find(|g| g.calls.contains(&libc::c_long::from(nr)))
+        {
+            for part in [
+                &b"cloudphone-vmm: seccomp: only the main and API threads make that call: "[..],
+                group.why.as_bytes(),
+                b"\n",
+            ] {
+                libc::write(2, part.as_ptr().cast(), part.len());
+            }
         }
         libc::_exit(EXIT_SECCOMP);
     }
@@ -341,6 +541,19 @@ mod tests {
                 eprintln!("child done: /bin/true ran: {status:?}");
                 return;
             }
+            "vcpu-allowed" | "vcpu-openat" | "vcpu-ioctl" | "vcpu-exec" => {
+                escape_from_a_vcpu_thread(&case);
+                return;
+            }
+            "tgkill-other" => {
+                // SAFETY: getppid has no preconditions; signal 0 only checks that the
+                // target exists.
+                let parent = unsafe { libc::getppid() };
+                install(SeccompMode::Enforce).unwrap();
+                let rc = unsafe { libc::syscall(libc::SYS_tgkill, parent, parent, 0) };
+                eprintln!("child done: tgkill of the parent returned {rc}");
+                return;
+            }
             other => panic!("unknown case {other}"),
         };
         install(mode).unwrap();
@@ -372,7 +585,108 @@ mod tests {
         eprintln!("child done");
     }
 
+    /// A child under both filters, as a vCPU thread runs: what it may do, and escapes.
+    fn escape_from_a_vcpu_thread(case: &str) {
+        install(SeccompMode::Enforce).unwrap();
+        let filter = vcpu_filter(SeccompMode::Enforce).unwrap().unwrap();
+        apply_on_this_thread(&filter).unwrap();
+        let efd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        match case {
+            "vcpu-allowed" => {
+                // A listed request on a non-KVM fd: the kernel refuses it, the filter not.
+                // SAFETY: KVM_RUN takes no argument; on an eventfd it fails with ENOTTY.
+                let rc = unsafe { libc::ioctl(efd.as_raw_fd(), ioctls::KVM_RUN()) };
+                assert_eq!(rc, -1);
+                // What a device worker started from here does: a thread, sockets, kicks.
+                let worker = std::thread::spawn(|| {
+                    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+                    a.set_nonblocking(true).unwrap();
+                    (&a).write_all(b"k").unwrap();
+                    let mut got = [0u8; 1];
+                    (&b).read_exact(&mut got).unwrap();
+                    got[0]
+                });
+                assert_eq!(worker.join().unwrap(), b'k');
+                // SAFETY: signal 0 to our own thread only checks it exists.
+                let rc =
+                    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), 0) };
+                assert_eq!(rc, 0);
+            }
+            "vcpu-openat" => {
+                let opened = std::fs::File::open("/proc/self/status");
+                eprintln!("opened: {opened:?}");
+            }
+            "vcpu-ioctl" => {
+                let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+                // SAFETY: TCGETS writes a termios into the buffer (or fails).
+                let rc = unsafe { libc::ioctl(2, libc::TCGETS, termios.as_mut_ptr()) };
+                eprintln!("TCGETS returned {rc}");
+            }
+            "vcpu-exec" => {
+                let status = Command::new("/bin/true").status();
+                eprintln!("/bin/true ran: {status:?}");
+            }
+            _ => unreachable!(),
+        }
+        eprintln!("child done");
+    }
+
+    /// The child stopped at the filter, naming `nr`.
+    fn assert_stopped_at(case: &str, nr: libc::c_long) -> String {
+        let (status, stderr) = run_case(case);
+        assert_eq!(status.code(), Some(EXIT_SECCOMP), "{case}: {stderr}");
+        let want = format!("made system call {nr},");
+        assert!(stderr.contains(&want), "{case}: {stderr}");
+        assert!(!stderr.contains("child done"), "{case}: {stderr}");
+        stderr
+    }
+
+    #[test]
+    fn a_vcpu_thread_may_run_the_guest_start_workers_and_kick() {
+        let (status, stderr) = run_case("vcpu-allowed");
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(stderr.contains("child done"), "{stderr}");
+    }
+
+    #[test]
+    fn a_vcpu_thread_cannot_open_files_and_is_told_why() {
+        let stderr = assert_stopped_at("vcpu-openat", libc::SYS_openat);
+        assert!(stderr.contains("only the main and API threads"), "{stderr}");
+    }
+
+    #[test]
+    fn a_vcpu_thread_cannot_make_an_ioctl_off_its_list() {
+        assert_stopped_at("vcpu-ioctl", libc::SYS_ioctl);
+    }
+
+    #[test]
+    fn a_vcpu_thread_cannot_start_a_program() {
+        use std::os::unix::process::ExitStatusExt;
+        let (status, stderr) = run_case("vcpu-exec");
+        assert!(
+            status.code() == Some(EXIT_SECCOMP) || status.signal() == Some(libc::SIGSYS),
+            "{status:?}: {stderr}"
+        );
+        assert!(!stderr.contains("child done"), "{stderr}");
+    }
+
+    #[test]
+    fn no_thread_may_signal_another_process() {
+        assert_stopped_at("tgkill-other", libc::SYS_tgkill);
+    }
+
+    #[test]
+    fn vcpu_threads_are_allowed_fewer_calls_than_the_rest() {
+        let (vmm, vcpu) = (
+            allowed_calls(ThreadKind::Vmm),
+            allowed_calls(ThreadKind::Guest),
+        );
+        eprintln!("allowed system calls: main/API threads {vmm}, vCPU threads and workers {vcpu}");
+        assert!(vcpu + 10 < vmm, "{vcpu} vs {vmm}");
+    }
+
     use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_vmm_thread_may_do_what_a_vmm_does() {

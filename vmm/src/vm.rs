@@ -28,6 +28,7 @@ use crate::memory::{self, GuestMemoryMmap};
 use crate::pci::{
     slots, GsiRoutes, KvmMsiSink, PciRoot, SlotState, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
 };
+use crate::seccomp::{self, SeccompMode};
 use crate::snapshot::{self, LegacyState, SnapshotError, VmSnapshot};
 use crate::vcpu::{kick, Request, Vcpu, VcpuContext, VcpuOutcome};
 
@@ -540,14 +541,26 @@ impl Vm {
         self.control.clone()
     }
 
-    /// Spawn one thread per vCPU.
-    pub fn start(&mut self) -> anyhow::Result<()> {
+    /// Spawn one thread per vCPU, each under the vCPU filter for `seccomp` (on top of the
+    /// process-wide one).
+    pub fn start(&mut self, seccomp: SeccompMode) -> anyhow::Result<()> {
         kick::install_handler().context("installing the vCPU kick signal handler")?;
+        let filter = Arc::new(seccomp::vcpu_filter(seccomp)?);
         for vcpu in self.pending.drain(..) {
             let id = vcpu.id;
+            let filter = filter.clone();
             let join = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || vcpu.run_loop())
+                .spawn(move || {
+                    if let Some(filter) = filter.as_ref() {
+                        if let Err(e) = seccomp::apply_on_this_thread(filter) {
+                            tracing::error!(vcpu = id, error = %e, "vCPU filter refused");
+                            vcpu.ctx.exit.request(GuestExit::VmmError);
+                            return VcpuOutcome::GuestExited;
+                        }
+                    }
+                    vcpu.run_loop()
+                })
                 .with_context(|| format!("spawning the vCPU {id} thread"))?;
             lock(&self.control.threads).push(join.as_pthread_t());
             self.joins.push(join);
