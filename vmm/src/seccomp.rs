@@ -465,10 +465,10 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         ] {
             libc::write(2, part.as_ptr().cast(), part.len());
         }
-        if let Some(group) = GROUPS
-            .iter()
-            .find(|g| g.calls.contains(&libc::c_long::from(nr)))
-        {
+        let main_only = GROUPS.iter().find(|g| {
+            g.threads == Threads::NotGuestFacing && g.calls.contains(&libc::c_long::from(nr))
+        });
+        if let Some(group) = main_only {
             for part in [
                 &b"cloudphone-vmm: seccomp: only the main and API threads make that call: "[..],
                 group.why.as_bytes(),
