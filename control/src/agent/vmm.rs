@@ -43,25 +43,30 @@ pub struct Devices {
     pub gpu: bool,
     pub input: bool,
     pub rng: bool,
+    /// virtio-balloon with free page reporting: what a guest frees returns to the host, and
+    /// the agent can reclaim memory from idle phones when the host runs short.
+    pub balloon: bool,
 }
 
 impl Devices {
-    /// Parses `gpu,input,rng` (any subset) or `none`.
+    /// Parses `gpu,input,rng,balloon` (any subset) or `none`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut d = Devices {
             gpu: false,
             input: false,
             rng: false,
+            balloon: false,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "gpu" => d.gpu = true,
                 "input" => d.input = true,
                 "rng" => d.rng = true,
+                "balloon" => d.balloon = true,
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown device {other:?}: use gpu, input, rng or none"
+                        "unknown device {other:?}: use gpu, input, rng, balloon or none"
                     ))
                 }
             }
@@ -203,6 +208,9 @@ pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<S
     }
     if cfg.devices.rng {
         args.push("--rng".to_owned());
+    }
+    if cfg.devices.balloon {
+        args.push("--balloon".to_owned());
     }
     args.extend([
         "--api-socket".to_owned(),
