@@ -12,6 +12,7 @@ use cloudphone_vmm::boot::{memfd_with, BootError};
 use cloudphone_vmm::config::{self, BootSource, OnReboot, RawConfig, VmConfig};
 use cloudphone_vmm::exit::{failure_code, GuestExit, EXIT_CONFIG};
 use cloudphone_vmm::kvm;
+use cloudphone_vmm::seccomp::{self, ThreadKind};
 use cloudphone_vmm::snapshot;
 use cloudphone_vmm::vm::{BootPayload, Vm, VmSource};
 
@@ -85,14 +86,16 @@ fn run(mut cfg: VmConfig) -> anyhow::Result<i32> {
     let mut first = Some(load_source(&mut cfg)?);
     let kvm = kvm::open_kvm()?;
     let target = Arc::new(ApiTarget::default());
+    // From here on every thread (API, vCPUs, device workers, and the restart loop) runs under
+    // the filter: the whole VM setup is on its list, so a reboot-restart works too. API and
+    // vCPU threads stack their own, stricter filters on top.
+    seccomp::install(cfg.seccomp)?;
+    let api_filter = seccomp::thread_filter(ThreadKind::Api, cfg.seccomp)?;
     let _api = cfg
         .api_socket
         .as_deref()
-        .map(|p| ApiServer::start(p, target.clone()))
+        .map(|p| ApiServer::start(p, target.clone(), api_filter))
         .transpose()?;
-    // From here on every thread (API, vCPUs, device workers, and the restart loop) runs under
-    // the filter: the whole VM setup is on its list, so a reboot-restart works too.
-    cloudphone_vmm::seccomp::install(cfg.seccomp)?;
     loop {
         let source = match first.take() {
             Some(s) => s,

@@ -49,32 +49,31 @@ impl std::str::FromStr for SeccompMode {
 #[error("installing the seccomp filter: {0} (run with --seccomp off on a kernel without seccomp)")]
 pub struct SeccompError(String);
 
-/// Which threads a group of calls is allowed on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Threads {
-    /// Every thread: the process-wide filter, and the vCPU threads' own on top.
-    All,
-    /// Only the main thread (setup, `--on-reboot restart`) and the API threads (snapshots):
-    /// vCPU threads and the device workers they start never make these calls.
-    NotGuestFacing,
-}
+/// Groups allowed on every thread.
+const EVERY_THREAD: &[ThreadKind] = &[ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Guest];
+/// Groups the API threads need too (`PUT /snapshot` writes files).
+const MAIN_AND_API: &[ThreadKind] = &[ThreadKind::Vmm, ThreadKind::Api];
+/// Groups the device workers (started by vCPU threads) need, but not the API.
+const MAIN_AND_GUEST: &[ThreadKind] = &[ThreadKind::Vmm, ThreadKind::Guest];
+/// Setup only: the main thread.
+const MAIN_ONLY: &[ThreadKind] = &[ThreadKind::Vmm];
 
 /// Calls allowed with any arguments, by why a VMM makes them and on which threads.
 struct Group {
     why: &'static str,
-    threads: Threads,
+    threads: &'static [ThreadKind],
     calls: &'static [libc::c_long],
 }
 
 /// The allow list as data. vCPU threads (port I/O, MMIO, PCI config, device activation) and
 /// the device workers they start when the guest activates a device (queues) run everything a
-/// guest controls, so their filter holds only the `Threads::All` groups; a worker inherits
-/// the filter of the vCPU thread that started it. Argument rules for `mmap`, `mprotect`,
-/// `socket`, `clone`, `prctl`, `tgkill` and (on vCPU threads) `ioctl` are in [`rules`].
+/// guest controls, so their filter holds the fewest groups; a worker inherits the filter of
+/// the vCPU thread that started it. API threads get their own list. Argument rules for
+/// `mmap`, `mprotect`, `socket`, `clone`, `prctl`, `tgkill` and `ioctl` are in [`rules`].
 const GROUPS: &[Group] = &[
     Group {
         why: "I/O on fds the VMM holds (disks, TAP, eventfds, sockets, the framebuffer file)",
-        threads: Threads::All,
+        threads: EVERY_THREAD,
         calls: &[
             libc::SYS_read,
             libc::SYS_write,
@@ -105,24 +104,21 @@ const GROUPS: &[Group] = &[
     },
     Group {
         why: "device setup: TUNSETIFF, TUNSETVNETHDRSZ, block-device sizes, KVM VM and vCPU \
-              creation (vCPU threads get only the request numbers in `guest_ioctls`)",
-        threads: Threads::NotGuestFacing,
+              creation (vCPU and API threads get only the request numbers in \
+              `guest_ioctls` and `api_ioctls`)",
+        threads: MAIN_ONLY,
         calls: &[libc::SYS_ioctl],
     },
     Group {
-        why: "files a VMM creates and removes: the exported framebuffer, Unix sockets, boot \
-              images and disks opened again by `--on-reboot restart` (paths canonicalised), \
-              `PUT /snapshot`'s directory and its state file renamed into place; checked by \
-              running every tier-2 suite with `--seccomp log`",
-        threads: Threads::NotGuestFacing,
+        why: "files a VMM creates and removes: the exported framebuffer and Unix sockets \
+              (whichever thread drops them last), boot images and disks opened again by \
+              `--on-reboot restart`, `PUT /snapshot`'s directory and its state file renamed \
+              into place; checked by running every tier-2 suite with the filters enforced",
+        threads: MAIN_AND_API,
         calls: &[
             libc::SYS_openat,
             libc::SYS_unlink,
             libc::SYS_unlinkat,
-            libc::SYS_readlink,
-            libc::SYS_readlinkat,
-            libc::SYS_getdents64,
-            libc::SYS_memfd_create,
             libc::SYS_mkdir,
             libc::SYS_mkdirat,
             libc::SYS_rename,
@@ -131,8 +127,18 @@ const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        why: "setup: canonicalising paths, Android images staged in memfds",
+        threads: MAIN_ONLY,
+        calls: &[
+            libc::SYS_readlink,
+            libc::SYS_readlinkat,
+            libc::SYS_getdents64,
+            libc::SYS_memfd_create,
+        ],
+    },
+    Group {
         why: "memory: guest RAM, balloon, allocator, thread stacks (mmap/mprotect in `rules`)",
-        threads: Threads::All,
+        threads: EVERY_THREAD,
         calls: &[
             libc::SYS_munmap,
             libc::SYS_madvise,
@@ -142,7 +148,7 @@ const GROUPS: &[Group] = &[
     },
     Group {
         why: "event loops, timers, waiting",
-        threads: Threads::All,
+        threads: EVERY_THREAD,
         calls: &[
             libc::SYS_epoll_create1,
             libc::SYS_epoll_ctl,
@@ -165,13 +171,10 @@ const GROUPS: &[Group] = &[
         ],
     },
     Group {
-        why: "Unix sockets in use: the vsock worker accepts host clients and connects to the \
-              host's `uds_PORT` sockets, console workers accept their clients (socket() with \
-              AF_UNIX only, in `rules`)",
-        threads: Threads::All,
+        why: "Unix sockets in use: the API and console workers accept clients, every \
+              thread talks on the sockets it holds",
+        threads: EVERY_THREAD,
         calls: &[
-            libc::SYS_socketpair,
-            libc::SYS_connect,
             libc::SYS_accept,
             libc::SYS_accept4,
             libc::SYS_sendmsg,
@@ -186,14 +189,20 @@ const GROUPS: &[Group] = &[
         ],
     },
     Group {
+        why: "new Unix connections: the vsock worker connects to the host's `uds_PORT` \
+              sockets when the guest opens a port (socket() with AF_UNIX only, in `rules`)",
+        threads: MAIN_AND_GUEST,
+        calls: &[libc::SYS_socketpair, libc::SYS_connect],
+    },
+    Group {
         why: "listening sockets are set up before the guest runs (API, vsock, console ports)",
-        threads: Threads::NotGuestFacing,
+        threads: MAIN_ONLY,
         calls: &[libc::SYS_bind, libc::SYS_listen],
     },
     Group {
         why: "threads and signals within this process: device workers start when the guest \
               activates a device, vCPU kicks (tgkill to our own tgid only, in `rules`)",
-        threads: Threads::All,
+        threads: EVERY_THREAD,
         calls: &[
             libc::SYS_clone3,
             libc::SYS_set_robust_list,
@@ -214,10 +223,13 @@ const GROUPS: &[Group] = &[
 /// A thread's kind, for its filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadKind {
-    /// Main and API threads: the process-wide filter.
+    /// The main thread (setup, the restart loop): the process-wide filter.
     Vmm,
+    /// API threads: the process-wide filter, and on top one without setup-only calls, new
+    /// connections or listening, with `ioctl` limited by request number.
+    Api,
     /// vCPU threads and the device workers they start: the process-wide filter, and on top
-    /// one without the `NotGuestFacing` groups and with `ioctl` limited by request number.
+    /// one without file calls or listening, with `ioctl` limited by request number.
     Guest,
 }
 
@@ -260,6 +272,16 @@ fn guest_ioctls() -> [(libc::c_ulong, &'static str); 17] {
     ]
 }
 
+/// ioctl requests an API thread makes, with why: only `PUT /snapshot` reaches KVM.
+fn api_ioctls() -> [(libc::c_ulong, &'static str); 3] {
+    use ioctls::*;
+    [
+        (KVM_GET_IRQCHIP(), "snapshot: the interrupt controllers"),
+        (KVM_GET_PIT2(), "snapshot: the timer"),
+        (KVM_GET_CLOCK(), "snapshot: kvmclock"),
+    ]
+}
+
 /// The KVM ioctl numbers, as kvm-ioctls defines them (it does not export them).
 #[allow(non_snake_case)]
 mod ioctls {
@@ -279,6 +301,9 @@ mod ioctls {
     vmm_sys_util::ioctl_iow_nr!(KVM_SET_GSI_ROUTING, KVMIO, 0x6a, kvm_irq_routing);
     vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
     vmm_sys_util::ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
 }
 
 /// A rule on argument `arg` (an `int`: its low 32 bits; `long` arguments use `Qword`).
@@ -308,14 +333,17 @@ fn equals(arg: u8, value: libc::c_int) -> SeccompRule {
 fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = GROUPS
         .iter()
-        .filter(|g| kind == ThreadKind::Vmm || g.threads == Threads::All)
+        .filter(|g| g.threads.contains(&kind))
         .flat_map(|g| g.calls.iter().map(|&nr| (nr, Vec::new())))
         .collect();
     // No new executable memory: code the guest planted cannot be made runnable.
     rules.insert(libc::SYS_mmap, vec![without(2, libc::PROT_EXEC)]);
     rules.insert(libc::SYS_mprotect, vec![without(2, libc::PROT_EXEC)]);
-    // Unix sockets only: a VMM has no business on the network (the TAP fd is its NIC).
-    rules.insert(libc::SYS_socket, vec![equals(0, libc::AF_UNIX)]);
+    // Unix sockets only: a VMM has no business on the network (the TAP fd is its NIC). The
+    // API threads make none.
+    if kind != ThreadKind::Api {
+        rules.insert(libc::SYS_socket, vec![equals(0, libc::AF_UNIX)]);
+    }
     // Threads, never processes (glibc falls back to clone when clone3 says ENOSYS).
     let thread = libc::CLONE_THREAD as u64;
     let clone_thread = rule(
@@ -349,16 +377,23 @@ fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
             .expect("two conditions on arguments below 6 make a rule");
             rules.insert(libc::SYS_seccomp, vec![seccomp]);
         }
+        ThreadKind::Api => {
+            rules.insert(libc::SYS_ioctl, ioctl_rules(&api_ioctls()));
+        }
         ThreadKind::Guest => {
-            let ioctls = guest_ioctls()
-                .iter()
-                .map(|&(request, _why)| rule(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request))
-                .collect();
-            rules.insert(libc::SYS_ioctl, ioctls);
+            rules.insert(libc::SYS_ioctl, ioctl_rules(&guest_ioctls()));
         }
     }
     rules.insert(libc::SYS_prctl, prctl);
     rules
+}
+
+/// One rule per allowed ioctl request (the kernel takes the request as an `unsigned int`).
+fn ioctl_rules(requests: &[(libc::c_ulong, &str)]) -> Vec<SeccompRule> {
+    requests
+        .iter()
+        .map(|&(request, _why)| rule(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request))
+        .collect()
 }
 
 /// How many system calls `kind` may make (the table in vmm/API.md).
@@ -409,16 +444,20 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
     Ok(())
 }
 
-/// The vCPU filter ([`ThreadKind::Guest`]) for `mode`, compiled once on the main thread;
-/// `None` with `--seccomp off`.
-pub fn vcpu_filter(mode: SeccompMode) -> Result<Option<BpfProgram>, SeccompError> {
+/// The filter stacked on threads of `kind` ([`ThreadKind::Api`] or [`ThreadKind::Guest`])
+/// for `mode`, compiled once on the main thread; `None` with `--seccomp off`.
+pub fn thread_filter(
+    kind: ThreadKind,
+    mode: SeccompMode,
+) -> Result<Option<BpfProgram>, SeccompError> {
     mismatch_action(mode)
-        .map(|mismatch| compile(rules(ThreadKind::Guest), mismatch, SeccompAction::Allow))
+        .map(|mismatch| compile(rules(kind), mismatch, SeccompAction::Allow))
         .transpose()
 }
 
 /// Stack `filter` on the calling thread: a vCPU thread about to run the guest (the device
-/// workers it starts inherit it). After [`install`].
+/// workers it starts inherit it), or the API thread before it accepts (its connection
+/// threads inherit it).
 pub fn apply_on_this_thread(filter: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter(filter).map_err(|e| SeccompError(e.to_string()))
 }
@@ -465,12 +504,12 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         ] {
             libc::write(2, part.as_ptr().cast(), part.len());
         }
-        let main_only = GROUPS.iter().find(|g| {
-            g.threads == Threads::NotGuestFacing && g.calls.contains(&libc::c_long::from(nr))
-        });
+        let main_only = GROUPS
+            .iter()
+            .find(|g| g.threads != EVERY_THREAD && g.calls.contains(&libc::c_long::from(nr)));
         if let Some(group) = main_only {
             for part in [
-                &b"cloudphone-vmm: seccomp: only the main and API threads make that call: "[..],
+                &b"cloudphone-vmm: seccomp: only some threads make that call: "[..],
                 group.why.as_bytes(),
                 b"\n",
             ] {
@@ -541,7 +580,8 @@ mod tests {
                 eprintln!("child done: /bin/true ran: {status:?}");
                 return;
             }
-            "vcpu-allowed" | "vcpu-openat" | "vcpu-ioctl" | "vcpu-exec" => {
+            "vcpu-allowed" | "vcpu-openat" | "vcpu-ioctl" | "vcpu-exec" | "api-connect"
+            | "api-kvm-run" => {
                 escape_from_a_vcpu_thread(&case);
                 return;
             }
@@ -585,10 +625,16 @@ mod tests {
         eprintln!("child done");
     }
 
-    /// A child under both filters, as a vCPU thread runs: what it may do, and escapes.
+    /// A child under two filters, as a vCPU (or, for `api-*` cases, an API) thread runs:
+    /// what it may do, and escapes.
     fn escape_from_a_vcpu_thread(case: &str) {
         install(SeccompMode::Enforce).unwrap();
-        let filter = vcpu_filter(SeccompMode::Enforce).unwrap().unwrap();
+        let kind = if case.starts_with("api") {
+            ThreadKind::Api
+        } else {
+            ThreadKind::Guest
+        };
+        let filter = thread_filter(kind, SeccompMode::Enforce).unwrap().unwrap();
         apply_on_this_thread(&filter).unwrap();
         let efd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
         match case {
@@ -626,6 +672,16 @@ mod tests {
                 let status = Command::new("/bin/true").status();
                 eprintln!("/bin/true ran: {status:?}");
             }
+            "api-connect" => {
+                // Another phone's API socket, say: no new connections from an API thread.
+                let connected = std::os::unix::net::UnixStream::connect("/nonexistent.sock");
+                eprintln!("connect: {connected:?}");
+            }
+            "api-kvm-run" => {
+                // SAFETY: as above; only the filter's answer matters.
+                let rc = unsafe { libc::ioctl(efd.as_raw_fd(), ioctls::KVM_RUN()) };
+                eprintln!("KVM_RUN returned {rc}");
+            }
             _ => unreachable!(),
         }
         eprintln!("child done");
@@ -651,7 +707,10 @@ mod tests {
     #[test]
     fn a_vcpu_thread_cannot_open_files_and_is_told_why() {
         let stderr = assert_stopped_at("vcpu-openat", libc::SYS_openat);
-        assert!(stderr.contains("only the main and API threads"), "{stderr}");
+        assert!(
+            stderr.contains("only some threads make that call"),
+            "{stderr}"
+        );
     }
 
     #[test]
@@ -671,18 +730,22 @@ mod tests {
     }
 
     #[test]
+    fn an_api_thread_cannot_connect_anywhere_or_run_a_vcpu() {
+        assert_stopped_at("api-connect", libc::SYS_socket);
+        assert_stopped_at("api-kvm-run", libc::SYS_ioctl);
+    }
+
+    #[test]
     fn no_thread_may_signal_another_process() {
         assert_stopped_at("tgkill-other", libc::SYS_tgkill);
     }
 
     #[test]
     fn vcpu_threads_are_allowed_fewer_calls_than_the_rest() {
-        let (vmm, vcpu) = (
-            allowed_calls(ThreadKind::Vmm),
-            allowed_calls(ThreadKind::Guest),
-        );
-        eprintln!("allowed system calls: main/API threads {vmm}, vCPU threads and workers {vcpu}");
-        assert!(vcpu + 10 < vmm, "{vcpu} vs {vmm}");
+        let [vmm, api, vcpu] =
+            [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Guest].map(allowed_calls);
+        eprintln!("allowed system calls: main {vmm}, API {api}, vCPU threads and workers {vcpu}");
+        assert!(vcpu + 10 < vmm && api + 5 < vmm, "{vmm} {api} {vcpu}");
     }
 
     use std::io::{Read, Write};

@@ -28,7 +28,7 @@ use crate::memory::{self, GuestMemoryMmap};
 use crate::pci::{
     slots, GsiRoutes, KvmMsiSink, PciRoot, SlotState, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
 };
-use crate::seccomp::{self, SeccompMode};
+use crate::seccomp::{self, SeccompMode, ThreadKind};
 use crate::snapshot::{self, LegacyState, SnapshotError, VmSnapshot};
 use crate::vcpu::{kick, Request, Vcpu, VcpuContext, VcpuOutcome};
 
@@ -548,7 +548,7 @@ impl Vm {
     /// process-wide one).
     pub fn start(&mut self, seccomp: SeccompMode) -> anyhow::Result<()> {
         kick::install_handler().context("installing the vCPU kick signal handler")?;
-        let filter = Arc::new(seccomp::vcpu_filter(seccomp)?);
+        let filter = Arc::new(seccomp::thread_filter(ThreadKind::Guest, seccomp)?);
         for vcpu in self.pending.drain(..) {
             let id = vcpu.id;
             let filter = filter.clone();

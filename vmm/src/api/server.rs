@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use seccompiler::BpfProgram;
 
 use super::http::{read_request, write_response, Reply, Response};
 use super::routes::{route, Status, VmApi};
@@ -96,8 +97,15 @@ fn serve(mut stream: UnixStream, vm: &dyn VmApi) {
 }
 
 impl ApiServer {
-    /// Bind `path` (replacing a stale socket file) and serve `vm` on a background thread.
-    pub fn start(path: &Path, vm: Arc<dyn VmApi>) -> anyhow::Result<Self> {
+    /// Bind `path` (replacing a stale socket file) and serve `vm` on a background thread,
+    /// which stacks `filter` (the API threads' seccomp filter, see [`crate::seccomp`]) on
+    /// itself before it accepts; its connection threads inherit it. Start it after the
+    /// process-wide filter is installed (TSYNC refuses threads with filters of their own).
+    pub fn start(
+        path: &Path,
+        vm: Arc<dyn VmApi>,
+        filter: Option<BpfProgram>,
+    ) -> anyhow::Result<Self> {
         if std::fs::symlink_metadata(path).is_ok_and(|m| {
             use std::os::unix::fs::FileTypeExt;
             m.file_type().is_socket()
@@ -110,6 +118,12 @@ impl ApiServer {
         std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
+                if let Some(filter) = &filter {
+                    if let Err(e) = crate::seccomp::apply_on_this_thread(filter) {
+                        tracing::error!(error = %e, "API filter refused; the API is not served");
+                        return;
+                    }
+                }
                 for conn in listener.incoming() {
                     match conn {
                         Ok(stream) => {
@@ -149,7 +163,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("api.sock");
         let target = Arc::new(ApiTarget::default());
-        let server = ApiServer::start(&sock, target).unwrap();
+        let server = ApiServer::start(&sock, target, None).unwrap();
         let ask = |req: &[u8]| {
             let mut s = UnixStream::connect(&sock).unwrap();
             s.write_all(req).unwrap();
@@ -209,7 +223,7 @@ mod tests {
                 ..Default::default()
             }),
         });
-        let server = ApiServer::start(&sock, vm.clone()).unwrap();
+        let server = ApiServer::start(&sock, vm.clone(), None).unwrap();
         let mut s = UnixStream::connect(&sock).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /framebuffer/events HTTP/1.1\r\n\r\n")
