@@ -19,8 +19,9 @@ mod logcap;
 mod relay;
 mod usage;
 mod vmm;
+mod warm;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -107,6 +108,10 @@ pub struct AgentOptions {
     /// e.g. http://10.0.0.5:7070; registered with a random key generated at start.
     #[arg(long, requires = "relay_listen")]
     pub relay_url: Option<String>,
+    /// Cold-boot every phone. By default (with --boot-img) the first phone of a profile that
+    /// reports PHONE_READY is snapshotted and later phones of the profile are restored from it.
+    #[arg(long)]
+    pub no_snapshots: bool,
 }
 
 /// What the agent tracks per local phone.
@@ -121,6 +126,12 @@ struct Local {
     last_exit: i32,
     /// The balloon holds memory back because the host ran short (see `balance_balloons`).
     ballooned: bool,
+    /// The current VMM was restored from the profile's snapshot (a clone).
+    restored: bool,
+    /// When the current VMM started, until the phone is reported ready (for the timing).
+    starting_since: Option<Instant>,
+    /// A restore failed: the next start cold-boots on a fresh overlay.
+    cold_fallback: bool,
 }
 
 impl Local {
@@ -133,6 +144,9 @@ impl Local {
             failed: false,
             last_exit: 0,
             ballooned: false,
+            restored: false,
+            starting_since: None,
+            cold_fallback: false,
         }
     }
 }
@@ -144,6 +158,8 @@ struct Agent {
     host: Host,
     phones: HashMap<String, Local>,
     relay: Option<relay::Relay>,
+    /// Profiles whose snapshot failed to restore in this run: they cold-boot from now on.
+    restore_failed: HashSet<String>,
 }
 
 fn default_capacity() -> (u32, u32) {
@@ -215,10 +231,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         devices: opts.devices,
     };
     let mut phones = HashMap::new();
-    for (id, pid) in vmm::adopt_all(&cfg) {
-        let generation = PhoneDir::new(&cfg, &id).generation().unwrap_or(0);
-        tracing::info!(phone = %id, pid, "adopted running VMM");
-        phones.insert(id, Local::new(Some(Running::Adopted(pid)), generation));
+    for a in vmm::adopt_all(&cfg) {
+        let generation = PhoneDir::new(&cfg, &a.phone_id).generation().unwrap_or(0);
+        tracing::info!(phone = %a.phone_id, pid = a.pid, restored = a.restored, "adopted running VMM");
+        let mut local = Local::new(Some(Running::Adopted(a.pid)), generation);
+        local.restored = a.restored;
+        phones.insert(a.phone_id, local);
     }
     let mut agent = Agent {
         opts,
@@ -227,6 +245,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         host,
         phones,
         relay,
+        restore_failed: HashSet::new(),
     };
     let mut interval = tokio::time::interval(Duration::from_millis(agent.opts.interval_ms.max(50)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -368,6 +387,12 @@ impl Agent {
             l.running = None;
             l.last_exit = code;
             let _ = std::fs::remove_file(PhoneDir::new(&self.cfg, id).pid_file());
+            if l.restored && l.starting_since.is_some() {
+                tracing::warn!(phone = %id, code, "restoring from the profile's snapshot failed (see the phone's vmm.log): cold-booting it instead");
+                l.cold_fallback = true;
+                l.restart_at = Some(Instant::now());
+                continue;
+            }
             if code == 32 {
                 tracing::info!(phone = %id, "guest rebooted: restarting VMM");
                 l.restart_at = Some(Instant::now());
@@ -456,14 +481,33 @@ impl Agent {
             if local.restart_at.is_some_and(|t| Instant::now() < t) {
                 return Ok(());
             }
-            let fresh = local.generation != phone.generation;
-            let r = vmm::start(&self.cfg, &d.profile, &dir, phone.generation, fresh).await;
+            let fresh = local.generation != phone.generation || local.cold_fallback;
+            if local.cold_fallback && self.restore_failed.insert(d.profile.id.clone()) {
+                warm::discard(&self.cfg, &d.profile.id);
+            }
+            // A phone that needs a clean disk is a clone of the profile's snapshot if there
+            // is one; a restart after a crash or reboot keeps its disk and cold-boots.
+            let snapshot = (fresh && self.snapshots_enabled(&d.profile))
+                .then(|| warm::usable(&self.cfg, &d.profile))
+                .flatten();
+            let r = vmm::start(
+                &self.cfg,
+                &d.profile,
+                &dir,
+                phone.generation,
+                fresh,
+                snapshot.as_ref(),
+            )
+            .await;
             let local = self.phones.get_mut(&phone.id).expect("inserted above");
             match r {
                 Ok(run) => {
                     local.running = Some(run);
                     local.generation = phone.generation;
                     local.restart_at = None;
+                    local.restored = snapshot.is_some();
+                    local.starting_since = Some(Instant::now());
+                    local.cold_fallback = false;
                 }
                 Err(e) => {
                     local.crashes.push_back(Instant::now());
@@ -482,24 +526,59 @@ impl Agent {
                     .await
                     .map(|s| s.state)
                 {
+                    // A clone runs the snapshot of a phone that had reported PHONE_READY.
+                    Ok(s) if s == "running" && self.phones[&phone.id].restored => {
+                        self.report_ready(phone, "restored from the profile's snapshot")
+                            .await
+                    }
                     // A phone image speaks the guest contract: it is ready for a user once its
                     // agent says PHONE_READY, not when the VMM merely runs.
                     Ok(s) if s == "running" && self.opts.boot_img.is_some() => {
                         if !vmm::guest_reported_ready(&dir) {
                             return Ok(());
                         }
-                        self.report(phone, PhoneState::Ready, "guest reported PHONE_READY")
-                            .await
+                        if self.snapshots_enabled(&d.profile)
+                            && warm::usable(&self.cfg, &d.profile).is_none()
+                        {
+                            match warm::take(&self.cfg, &d.profile, &dir).await {
+                                Ok(()) => {
+                                    tracing::info!(phone = %phone.id, profile = %d.profile.name, "snapshotted: later phones of this profile are clones")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(phone = %phone.id, profile = %d.profile.name, "snapshot failed, phones keep cold-booting: {e:#}")
+                                }
+                            }
+                        }
+                        self.report_ready(phone, "guest reported PHONE_READY").await
                     }
                     Ok(s) if s == "running" => {
-                        self.report(phone, PhoneState::Ready, "VMM API reports running")
-                            .await
+                        self.report_ready(phone, "VMM API reports running").await
                     }
                     _ => Ok(()),
                 }
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether phones of `profile` are snapshotted and cloned: phone images only (their agent
+    /// says when the guest is ready to be copied), unless turned off or a restore failed.
+    fn snapshots_enabled(&self, profile: &crate::model::Profile) -> bool {
+        self.opts.boot_img.is_some()
+            && !self.opts.no_snapshots
+            && !self.restore_failed.contains(&profile.id)
+    }
+
+    /// Reports the phone ready, the reason saying how long it took since its VMM started.
+    async fn report_ready(&mut self, phone: &Phone, why: &str) -> anyhow::Result<()> {
+        let took = self
+            .phones
+            .get_mut(&phone.id)
+            .and_then(|l| l.starting_since.take())
+            .map(|t| format!(" ({} ms after the VMM started)", t.elapsed().as_millis()))
+            .unwrap_or_default();
+        self.report(phone, PhoneState::Ready, &format!("{why}{took}"))
+            .await
     }
 
     async fn stop_local(&mut self, id: &str) {

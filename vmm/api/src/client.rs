@@ -14,7 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::{path, BalloonRequest, DamageEvent, FramebufferInfo, ShutdownRequest, StatusReply};
+use crate::{
+    path, BalloonRequest, DamageEvent, FramebufferInfo, ShutdownRequest, SnapshotRequest,
+    StatusReply,
+};
 
 /// A VMM that does not answer a call within this is treated as down.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -170,6 +173,26 @@ impl VmmApi {
         let body = serde_json::to_string(&BalloonRequest { target_mib })
             .map_err(|e| self.error(format!("encoding the balloon body: {e}")))?;
         self.call("PUT", path::BALLOON, Some(body)).await.map(drop)
+    }
+
+    /// `PUT /pause`: stop the vCPUs (a snapshot needs a paused VM).
+    pub async fn pause(&self) -> Result<(), Error> {
+        self.call("PUT", path::PAUSE, None).await.map(drop)
+    }
+
+    /// `PUT /resume`: run the vCPUs again after [`VmmApi::pause`].
+    pub async fn resume(&self) -> Result<(), Error> {
+        self.call("PUT", path::RESUME, None).await.map(drop)
+    }
+
+    /// `PUT /snapshot`: write the paused VM into `dir` (which must not exist yet), for
+    /// `cloudphone-vmm --restore dir`.
+    pub async fn snapshot(&self, dir: &std::path::Path) -> Result<(), Error> {
+        let body = serde_json::to_string(&SnapshotRequest {
+            dir: dir.display().to_string(),
+        })
+        .map_err(|e| self.error(format!("encoding the snapshot body: {e}")))?;
+        self.call("PUT", path::SNAPSHOT, Some(body)).await.map(drop)
     }
 
     /// `GET /framebuffer`: where the screen's pixels are and how they are laid out.
