@@ -160,6 +160,9 @@ struct Agent {
     relay: Option<relay::Relay>,
     /// Profiles whose snapshot failed to restore in this run: they cold-boot from now on.
     restore_failed: HashSet<String>,
+    /// Snapshots being written, by profile id: (the phone, the task). Heartbeats go on
+    /// meanwhile; the phone is reported ready once its task ends.
+    snapshotting: HashMap<String, (String, tokio::task::JoinHandle<anyhow::Result<()>>)>,
 }
 
 fn default_capacity() -> (u32, u32) {
@@ -246,6 +249,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         phones,
         relay,
         restore_failed: HashSet::new(),
+        snapshotting: HashMap::new(),
     };
     let mut interval = tokio::time::interval(Duration::from_millis(agent.opts.interval_ms.max(50)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -537,17 +541,8 @@ impl Agent {
                         if !vmm::guest_reported_ready(&dir) {
                             return Ok(());
                         }
-                        if self.snapshots_enabled(&d.profile)
-                            && warm::usable(&self.cfg, &d.profile).is_none()
-                        {
-                            match warm::take(&self.cfg, &d.profile, &dir).await {
-                                Ok(()) => {
-                                    tracing::info!(phone = %phone.id, profile = %d.profile.name, "snapshotted: later phones of this profile are clones")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(phone = %phone.id, profile = %d.profile.name, "snapshot failed, phones keep cold-booting: {e:#}")
-                                }
-                            }
+                        if !self.snapshot_done(d, &dir).await {
+                            return Ok(());
                         }
                         self.report_ready(phone, "guest reported PHONE_READY").await
                     }
@@ -567,6 +562,51 @@ impl Agent {
         self.opts.boot_img.is_some()
             && !self.opts.no_snapshots
             && !self.restore_failed.contains(&profile.id)
+    }
+
+    /// For a cold-booted phone that reported PHONE_READY: whether it may be reported ready,
+    /// or first becomes its profile's snapshot (started here in the background, `false` until
+    /// written; a failed snapshot is logged and the profile keeps cold-booting).
+    async fn snapshot_done(&mut self, d: &DesiredPhone, dir: &PhoneDir) -> bool {
+        let (profile, phone_id) = (&d.profile, &d.phone.id);
+        // Another phone's finished snapshot (that phone may be gone): its result is on disk.
+        if self
+            .snapshotting
+            .get(&profile.id)
+            .is_some_and(|(other, task)| other != phone_id && task.is_finished())
+        {
+            self.snapshotting.remove(&profile.id);
+        }
+        match self.snapshotting.get(&profile.id) {
+            Some((snapshotting, task)) if snapshotting == phone_id => {
+                if !task.is_finished() {
+                    return false;
+                }
+                let (_, task) = self.snapshotting.remove(&profile.id).expect("present");
+                match task.await {
+                    Ok(Ok(())) => {
+                        tracing::info!(phone = %phone_id, profile = %profile.name, "snapshotted: later phones of this profile are clones")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(phone = %phone_id, profile = %profile.name, "snapshot failed, phones keep cold-booting: {e:#}")
+                    }
+                    Err(e) => tracing::warn!(phone = %phone_id, "snapshot task failed: {e}"),
+                }
+                true
+            }
+            // Another phone of the profile is being snapshotted.
+            Some(_) => true,
+            None if self.snapshots_enabled(profile)
+                && warm::usable(&self.cfg, profile).is_none() =>
+            {
+                let (cfg, profile, dir) = (self.cfg.clone(), profile.clone(), dir.clone());
+                let task = tokio::spawn(async move { warm::take(&cfg, &profile, &dir).await });
+                self.snapshotting
+                    .insert(d.profile.id.clone(), (phone_id.clone(), task));
+                false
+            }
+            None => true,
+        }
     }
 
     /// Reports the phone ready, the reason saying how long it took since its VMM started.
