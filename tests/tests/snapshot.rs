@@ -23,7 +23,7 @@ const CLONES: usize = 3;
 const TICKER: &str = "echo kept-in-ram-$$ > /tmp/secret\n\
     (head -c 1 /dev/input/event0 >/dev/null && echo POWER_BUTTON_SEEN && sleep 1 && poweroff -f) &\n\
     for d in /sys/bus/acpi/devices/VMGENCTR:*; do [ -e $d ] && echo VMGENID_DEVICE $d $(readlink $d/driver); done\n\
-    genid() { dd if=/dev/mem bs=16 skip=$((0x9fc00 / 16)) count=1 2>/dev/null | od -An -tx1 | tr -d ' \\n'; }\n\
+    genid() { dd if=/dev/mem bs=16 skip=$((0xfe000 / 16)) count=1 2>/dev/null | od -An -tx1 | tr -d ' \\n'; }\n\
     i=0\n\
     while :; do i=$((i+1)); echo \"TICK $i $(date +%s) $(cat /tmp/secret) $(genid)\"; sleep 0.5; done\n";
 

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Guest-physical address of the id (the VMM's `VMGENID_ADDR`, also in the DSDT's `ADDR`).
-pub const VMGENID_ADDR: u64 = 0x9fc00;
+pub const VMGENID_ADDR: u64 = 0xf_e000;
 /// Bytes in the id.
 pub const VMGENID_LEN: usize = 16;
 /// Where physical memory is read from.

@@ -4,16 +4,14 @@
 //! memory and raises a GED event that notifies the device, so the guest kernel reseeds its RNG
 //! and guest software that polls the id knows it is a new copy.
 //!
-//! The id lives at [`VMGENID_ADDR`], in the EBDA gap below 1 MiB: guest memory that the e820
-//! map does not give the kernel as RAM. The DSDT's `\_SB_.VGEN` device (`_HID "VMGENCTR"`,
+//! The id lives at [`VMGENID_ADDR`], in the BIOS area below 1 MiB after the ACPI tables: guest
+//! memory that the e820 map does not give the kernel as RAM, on a page without RAM (Linux's
+//! /dev/mem reads a page that shares anything with RAM below 1 MiB as zeros). The DSDT's `\_SB_.VGEN` device (`_HID "VMGENCTR"`,
 //! `_CID "VM_Gen_Counter"`) tells the guest where through `ADDR` (package of low, high dword).
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::arch::x86_64::layout::EBDA_START;
-
-/// Guest-physical address of the 16-byte id (8-byte aligned, as the spec asks).
-pub const VMGENID_ADDR: u64 = EBDA_START;
+pub use crate::arch::x86_64::layout::VMGENID_ADDR;
 /// Bytes in the id.
 pub const VMGENID_LEN: usize = 16;
 
