@@ -505,7 +505,7 @@ mod tests {
             devices: Devices::parse("balloon,ksm").unwrap(),
             ..bare.clone()
         };
-        let args = command_line(&dense, &p, &dir).join(" ");
+        let args = command_line(&dense, &p, &dir, None).join(" ");
         assert!(
             args.contains("--balloon") && args.contains("--mergeable"),
             "{args}"
