@@ -749,5 +749,26 @@ async fn warm_pool_clones(kind: Kind) {
     );
     assert!(!snap.exists(), "the broken snapshot is deleted");
     assert_eq!(count(&phones(&s).await, "failed"), 0);
+
+    // A clone whose guest never reports its own identity is not handed out: it is cold-booted
+    // (a new agent run: the next cold boot makes a new snapshot, the reset after it is a clone).
+    agent.kill9();
+    agent.env.push(("FAKE_VMM_SILENT_CLONE".into(), "1".into()));
+    agent
+        .args
+        .extend(["--clone-identity-timeout-ms".into(), "500".into()]);
+    agent.spawn();
+    wait_for(&s, "both phones ready again", |p| count(p, "ready") == 2).await;
+    if !snap.join("identity").is_file() {
+        // Not remade while the new agent took its phones over: the next cold boot makes it.
+        lease_and_release(&s, &alice).await;
+    }
+    assert!(snap.join("identity").is_file(), "snapshotted again");
+    let reset = lease_and_release(&s, &alice).await;
+    assert!(
+        argv_of(&state.0, &reset).starts_with("--boot-img"),
+        "a silent clone is replaced by a cold boot"
+    );
+    assert!(!snap.exists(), "the snapshot of silent clones is deleted");
 }
 both!(warm_pool_clones);

@@ -113,6 +113,10 @@ pub struct AgentOptions {
     /// reports PHONE_READY is snapshotted and later phones of the profile are restored from it.
     #[arg(long)]
     pub no_snapshots: bool,
+    /// How long a clone's guest has to report IDENTITY (its own identity taken) before the
+    /// clone is given up and the phone cold-booted.
+    #[arg(long, default_value_t = 30_000)]
+    pub clone_identity_timeout_ms: u64,
 }
 
 /// What the agent tracks per local phone.
@@ -531,15 +535,15 @@ impl Agent {
                     .await
                     .map(|s| s.state)
                 {
-                    // A clone runs the snapshot of a phone that had reported PHONE_READY.
+                    // A clone runs the snapshot of a phone that had reported PHONE_READY; it is
+                    // handed out once its guest has taken an identity of its own.
                     Ok(s) if s == "running" && self.phones[&phone.id].restored => {
-                        self.report_ready(phone, "restored from the profile's snapshot")
-                            .await
+                        self.clone_ready(phone, &dir).await
                     }
                     // A phone image speaks the guest contract: it is ready for a user once its
                     // agent says PHONE_READY, not when the VMM merely runs.
                     Ok(s) if s == "running" && self.opts.boot_img.is_some() => {
-                        if !vmm::guest_reported_ready(&dir) {
+                        if !vmm::guest_reported(&dir, vmm::READY_MARKER) {
                             return Ok(());
                         }
                         if !self.snapshot_done(d, &dir).await {
@@ -608,6 +612,31 @@ impl Agent {
             }
             None => true,
         }
+    }
+
+    /// A restored clone is ready once its guest reports `IDENTITY` (it noticed its new VM
+    /// generation id: new hostname, reseeded RNG). One that stays silent past
+    /// `--clone-identity-timeout-ms` is stopped and cold-booted like a failed restore.
+    async fn clone_ready(&mut self, phone: &Phone, dir: &PhoneDir) -> anyhow::Result<()> {
+        if vmm::guest_reported(dir, vmm::IDENTITY_MARKER) {
+            return self
+                .report_ready(
+                    phone,
+                    "restored from the profile's snapshot, own identity taken",
+                )
+                .await;
+        }
+        let limit = Duration::from_millis(self.opts.clone_identity_timeout_ms);
+        let waited = self.phones.get(&phone.id).and_then(|l| l.starting_since);
+        if waited.is_some_and(|t| t.elapsed() > limit) {
+            tracing::warn!(phone = %phone.id, ?limit, "the clone's guest reported no IDENTITY: cold-booting it instead");
+            self.stop_local(&phone.id).await;
+            if let Some(l) = self.phones.get_mut(&phone.id) {
+                l.cold_fallback = true;
+                l.restart_at = Some(Instant::now());
+            }
+        }
+        Ok(())
     }
 
     /// Reports the phone ready, the reason saying how long it took since its VMM started.

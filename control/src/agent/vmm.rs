@@ -409,9 +409,15 @@ pub fn backoff(n: u32) -> Duration {
 /// first thing after boot; the log grows with every input afterwards).
 const REPORT_SCAN_LIMIT: u64 = 64 * 1024;
 
-/// Whether the phone's guest agent has written `PHONE_READY` on its report port (hvc1) in this
-/// boot (the log is fresh per boot).
-pub fn guest_reported_ready(dir: &PhoneDir) -> bool {
+/// The line a phone's guest agent writes on its report port (hvc1) once it is ready.
+pub const READY_MARKER: &str = "PHONE_READY";
+/// The line a phone's guest agent writes once it has taken its own identity (at boot, and in a
+/// clone after the VMM gave it a new VM generation id).
+pub const IDENTITY_MARKER: &str = "IDENTITY";
+
+/// Whether the phone's guest agent has written a line starting with `marker` on its report
+/// port in this boot or restore (the log is fresh per VMM start).
+pub fn guest_reported(dir: &PhoneDir, marker: &str) -> bool {
     use std::io::Read;
     let Ok(file) = std::fs::File::open(dir.dir.join("report.log")) else {
         return false;
@@ -421,7 +427,7 @@ pub fn guest_reported_ready(dir: &PhoneDir) -> bool {
         return false;
     }
     text.split(|b| *b == b'\n')
-        .any(|line| line.starts_with(b"PHONE_READY"))
+        .any(|line| line.starts_with(marker.as_bytes()))
 }
 
 #[cfg(test)]
@@ -432,18 +438,17 @@ mod tests {
         let root = std::env::temp_dir().join(format!("cp-ready-{}", std::process::id()));
         let dir = PhoneDir { dir: root.clone() };
         std::fs::create_dir_all(&root).unwrap();
-        assert!(!guest_reported_ready(&dir), "no report log yet");
+        let ready = |dir: &PhoneDir| guest_reported(dir, READY_MARKER);
+        assert!(!ready(&dir), "no report log yet");
         std::fs::write(root.join("report.log"), "booting\nPHONE_READ").unwrap();
-        assert!(
-            !guest_reported_ready(&dir),
-            "a partial line is not the marker"
-        );
+        assert!(!ready(&dir), "a partial line is not the marker");
         std::fs::write(
             root.join("report.log"),
             "x PHONE_READY\nPHONE_READY width=720 height=1280\n",
         )
         .unwrap();
-        assert!(guest_reported_ready(&dir));
+        assert!(ready(&dir));
+        assert!(!guest_reported(&dir, IDENTITY_MARKER));
         std::fs::remove_dir_all(&root).unwrap();
     }
     use super::*;
