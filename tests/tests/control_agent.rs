@@ -253,6 +253,18 @@ fn second_phone_of_a_profile_is_a_clone_of_the_first() {
     let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
     assert!(argv.contains("--restore"), "{argv}");
     let (clone_why, clone_ms) = ready_ms(&control, &second);
+    let identity = |id: &str| {
+        let log = std::fs::read_to_string(state.join("phones").join(id).join("report.log"))
+            .unwrap_or_default();
+        log.lines()
+            .rev()
+            .find(|l| l.starts_with("IDENTITY"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("phone {id} reported no IDENTITY:\n{log}"))
+    };
+    let (mine, its) = (identity(&first), identity(&second));
+    eprintln!("identities: first {mine:?}, clone {its:?}");
+    assert_ne!(mine, its, "the clone took an identity of its own");
     eprintln!("cold boot to ready: {cold_ms} ms ({cold_why})");
     eprintln!("clone restore to ready: {clone_ms} ms ({clone_why})");
 
