@@ -78,6 +78,22 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Like [`Agent::start`] with some flags' values replaced (`("--vcpus", "2")`).
+    fn start_with(s: &Server, token: &str, state: &Path, flags: &[(&str, &str)]) -> Agent {
+        let mut a = Agent::start(s, token, state, &[]);
+        a.kill9();
+        for (flag, value) in flags {
+            match a.args.iter().position(|x| x == flag) {
+                Some(i) => a.args[i + 1] = value.to_string(),
+                None => a.args.extend([flag.to_string(), value.to_string()]),
+            }
+        }
+        a.spawn();
+        a
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
@@ -334,3 +350,196 @@ async fn crash_loop_and_reboot(kind: Kind) {
     assert_eq!(count(&p, "failed"), 0, "reboots are not crashes: {p:?}");
 }
 both!(crash_loop_and_reboot);
+
+/// The balloon targets the agent set on phones' fake VMMs (those it ever resized).
+async fn balloon_targets(s: &Server) -> Vec<i64> {
+    phones(s)
+        .await
+        .iter()
+        .filter_map(|ph| {
+            let sock = Path::new(ph["api_socket"].as_str()?);
+            let f = std::fs::read_to_string(sock.with_file_name("balloon.json")).ok()?;
+            serde_json::from_str::<Value>(&f).ok()?["target_mib"].as_i64()
+        })
+        .collect()
+}
+
+/// The case that left a pool empty: a 2-vCPU host running one 2-vCPU phone now also runs a
+/// pool of eight 1-vCPU phones (default policy: 5 phone vCPUs per core); the agent's
+/// measurements reach `GET /hosts` (committed vs used); with the operator's policy at no
+/// overcommit the pool stops growing; and a host short of memory (a reserve above what it has)
+/// takes no new phone while its agent inflates the balloons of idle phones.
+async fn placement_by_use(kind: Kind) {
+    let s = Server::start(kind, &["--tick-ms", "100"]).await;
+    let admin = s.admin.clone();
+    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
+    let big = json!({"name": "big", "width": 720, "height": 1280, "dpi": 320, "vcpus": 2,
+        "memory_mib": 1024, "image": "", "pool_size": 1});
+    ok(&s, "POST", "/profiles", &admin, Some(big), 201).await;
+    let state = TempDir::new("agent");
+    let _reaper = VmmReaper(state.0.clone());
+    let _agent = Agent::start_with(
+        &s,
+        &agent_token,
+        &state.0,
+        &[
+            ("--vcpus", "2"),
+            ("--max-phones", "32"),
+            ("--devices", "balloon"),
+        ],
+    );
+    wait_for(&s, "the big phone ready", |p| count(p, "ready") == 1).await;
+    profile(&s, "pixel", 8).await;
+    wait_for(&s, "8 small phones beside the big one", |p| {
+        count(p, "ready") == 9
+    })
+    .await;
+
+    // The agent measures each VMM (python here: some MiB of private memory each).
+    let hosts = loop {
+        let h = ok(&s, "GET", "/hosts", &admin, None, 200).await;
+        if h[0]["load"]["used_memory_mib"].as_i64().unwrap() > 0 {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let host = &hosts[0];
+    let load = &host["load"];
+    assert_eq!(load["phones"], 9, "{host}");
+    assert_eq!(load["committed_vcpus"], 10, "{host}");
+    assert_eq!(load["committed_memory_mib"], 1024 + 8 * 256, "{host}");
+    let used = load["used_memory_mib"].as_i64().unwrap();
+    assert!(
+        used < load["committed_memory_mib"].as_i64().unwrap(),
+        "fake VMMs use less than their nominal size: {host}"
+    );
+    assert!(host["mem_available_mib"].as_i64().unwrap() > 0, "{host}");
+    let host_id = host["id"].as_str().unwrap().to_owned();
+
+    // No overcommit: 2 vCPUs are taken by the big phone, so a bigger pool gets no phone.
+    let strict = json!({"vcpu_pct": 100, "memory_pct": 100, "reserve_mib": 0});
+    let h = ok(
+        &s,
+        "PUT",
+        &format!("/hosts/{host_id}/policy"),
+        &admin,
+        Some(strict),
+        200,
+    )
+    .await;
+    assert_eq!(h["policy"]["vcpu_pct"], 100, "{h}");
+    let pixel = ok(&s, "GET", "/profiles", &admin, None, 200).await;
+    let pixel_id = pixel
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pixel")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pool = |n: u32| json!({ "pool_size": n });
+    ok(
+        &s,
+        "PATCH",
+        &format!("/profiles/{pixel_id}"),
+        &admin,
+        Some(pool(9)),
+        200,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        live(&phones(&s).await).len(),
+        9,
+        "no room without overcommit"
+    );
+
+    // Memory pressure: a reserve larger than the host keeps the pool from growing even with
+    // vCPUs to spare, and the agent asks every idle phone's balloon for half its memory.
+    let short = json!({"vcpu_pct": 2000, "memory_pct": 1000, "reserve_mib": 1 << 20});
+    ok(
+        &s,
+        "PUT",
+        &format!("/hosts/{host_id}/policy"),
+        &admin,
+        Some(short),
+        200,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let targets = loop {
+        let targets = balloon_targets(&s).await;
+        if targets.len() == 9 {
+            break targets;
+        }
+        assert!(Instant::now() < deadline, "balloons inflated: {targets:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        targets.iter().filter(|t| **t == 128).count(),
+        8,
+        "{targets:?}"
+    );
+    assert_eq!(
+        targets.iter().filter(|t| **t == 512).count(),
+        1,
+        "{targets:?}"
+    );
+    assert_eq!(
+        live(&phones(&s).await).len(),
+        9,
+        "no new phone under pressure"
+    );
+
+    // Pressure gone: balloons give everything back and the pool grows to 9 small phones.
+    let relaxed = json!({"vcpu_pct": 2000, "memory_pct": 1000, "reserve_mib": 0});
+    ok(
+        &s,
+        "PUT",
+        &format!("/hosts/{host_id}/policy"),
+        &admin,
+        Some(relaxed),
+        200,
+    )
+    .await;
+    wait_for(&s, "the ninth small phone", |p| count(p, "ready") == 10).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let targets = balloon_targets(&s).await;
+        if targets.len() == 9 && targets.iter().all(|t| *t == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "balloons deflated: {targets:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Bad policies and bad measurements are refused.
+    for (bad, status) in [
+        (
+            json!({"vcpu_pct": 0, "memory_pct": 100, "reserve_mib": 0}),
+            400,
+        ),
+        (json!({"vcpu_pct": 100, "memory_pct": 100}), 422),
+        (
+            json!({"vcpu_pct": 100, "memory_pct": 100, "reserve_mib": 0, "x": 1}),
+            422,
+        ),
+    ] {
+        let p = format!("/hosts/{host_id}/policy");
+        ok(&s, "PUT", &p, &admin, Some(bad), status).await;
+    }
+    let hb = |usage: Value| json!({"running": [], "usage": usage});
+    for (usage, status) in [
+        (json!({"mem_available_mib": -1, "phones": []}), 422),
+        (
+            json!({"mem_available_mib": 1, "phones": [{"id": "../x", "private_mib": 1, "pss_mib": 1, "cpu_ms": 1}]}),
+            400,
+        ),
+        (json!({"mem_available_mib": 1u64 << 40, "phones": []}), 400),
+    ] {
+        let p = format!("/hosts/{host_id}/heartbeat");
+        ok(&s, "POST", &p, &agent_token, Some(hb(usage)), status).await;
+    }
+}
+both!(placement_by_use);

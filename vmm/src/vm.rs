@@ -454,6 +454,9 @@ impl Vm {
                 (mem, None, Some(snapshot))
             }
         };
+        if config.mergeable {
+            memory::advise_mergeable(&mem);
+        }
         memory::register_with_kvm(&vm, &mem)?;
         let legacy = start.as_ref().map(|s| s.legacy.clone()).unwrap_or_default();
 

@@ -17,6 +17,7 @@
 
 mod logcap;
 mod relay;
+mod usage;
 mod vmm;
 
 use std::collections::{HashMap, VecDeque};
@@ -28,7 +29,9 @@ use anyhow::Context;
 
 use crate::client::Client;
 use crate::model::{Host, Phone, PhoneState};
-use crate::wire::hosts::{DesiredPhone, Heartbeat, HeartbeatReply, RegisterHost, StateReport};
+use crate::wire::hosts::{
+    DesiredPhone, Heartbeat, HeartbeatReply, HostUsage, RegisterHost, StateReport,
+};
 use cloudphone_vmm_api::VmmApi;
 use vmm::Running;
 pub use vmm::{command_line, PhoneDir, VmmConfig};
@@ -81,8 +84,9 @@ pub struct AgentOptions {
     /// Most phones this host runs.
     #[arg(long, default_value_t = 16)]
     pub max_phones: u32,
-    /// Optional VMM devices each phone gets: any of gpu,input,rng, or none.
-    #[arg(long, default_value = "gpu,input,rng", value_parser = vmm::Devices::parse)]
+    /// Optional VMM devices each phone gets: any of gpu,input,rng,balloon, or none; `ksm`
+    /// also offers each phone's RAM to KSM.
+    #[arg(long, default_value = "gpu,input,rng,balloon", value_parser = vmm::Devices::parse)]
     pub devices: vmm::Devices,
     /// Heartbeat period.
     #[arg(long, default_value_t = 1_000)]
@@ -126,6 +130,8 @@ struct Local {
     /// Crash-looped: reported failed, not restarted.
     failed: bool,
     last_exit: i32,
+    /// The balloon holds memory back because the host ran short (see `balance_balloons`).
+    ballooned: bool,
 }
 
 impl Local {
@@ -137,6 +143,7 @@ impl Local {
             restart_at: None,
             failed: false,
             last_exit: 0,
+            ballooned: false,
         }
     }
 }
@@ -262,13 +269,19 @@ impl Agent {
             .filter(|(_, l)| l.running.is_some())
             .map(|(id, _)| id.clone())
             .collect();
+        let usage = self.measure();
+        let available = usage.mem_available_mib;
         let reply: HeartbeatReply = self
             .client
             .post(
                 &format!("/hosts/{}/heartbeat", self.host.id),
-                &Heartbeat { running },
+                &Heartbeat {
+                    running,
+                    usage: Some(usage),
+                },
             )
             .await?;
+        self.balance_balloons(&reply, available).await;
         let wanted: Vec<String> = reply.phones.iter().map(|d| d.phone.id.clone()).collect();
         for d in &reply.phones {
             if let Err(e) = self.converge(d).await {
@@ -289,6 +302,55 @@ impl Agent {
         }
         self.publish_to_relay();
         Ok(())
+    }
+
+    /// This host's available memory and each running VMM's private memory and CPU time.
+    fn measure(&self) -> HostUsage {
+        let phones = self
+            .phones
+            .iter()
+            .filter_map(|(id, l)| usage::measure_phone(id, l.running.as_ref()?.pid()?))
+            .collect();
+        HostUsage {
+            mem_available_mib: usage::mem_available_mib().unwrap_or(0),
+            phones,
+        }
+    }
+
+    /// Memory pressure relief before the kernel's OOM killer: while the host has less
+    /// available memory than its policy's reserve, each idle phone (ready, not leased, not
+    /// parked for an owner) is asked to inflate its balloon to half its memory; once twice
+    /// the reserve is available again, or the phone is leased, the balloon gives it all back.
+    /// (The control service meanwhile places no new phone here.) Needs `--devices ...,balloon`.
+    async fn balance_balloons(&mut self, reply: &HeartbeatReply, available: u64) {
+        if !self.cfg.devices.balloon {
+            return;
+        }
+        let reserve = u64::try_from(reply.host.policy.reserve_mib).unwrap_or(0);
+        let short = available < reserve;
+        let relieved = available >= reserve.saturating_mul(2);
+        for d in &reply.phones {
+            let Some(local) = self.phones.get_mut(&d.phone.id) else {
+                continue;
+            };
+            if local.running.is_none() {
+                continue;
+            }
+            let idle = d.phone.state == PhoneState::Ready && d.phone.reserved_for.is_none();
+            let target = match (local.ballooned, short && idle, relieved || !idle) {
+                (false, true, _) => usage::reclaim_target_mib(d.profile.memory_mib),
+                (true, _, true) => 0,
+                _ => continue,
+            };
+            let api = VmmApi::new(PhoneDir::new(&self.cfg, &d.phone.id).api_socket());
+            match api.set_balloon(target).await {
+                Ok(()) => {
+                    local.ballooned = target > 0;
+                    tracing::info!(phone = %d.phone.id, target_mib = target, available_mib = available, reserve_mib = reserve, "balloon resized for host memory pressure");
+                }
+                Err(e) => tracing::warn!(phone = %d.phone.id, "resizing the balloon: {e}"),
+            }
+        }
     }
 
     /// Let the relay serve exactly the phones whose VMM runs now.

@@ -43,25 +43,35 @@ pub struct Devices {
     pub gpu: bool,
     pub input: bool,
     pub rng: bool,
+    /// virtio-balloon with free page reporting: what a guest frees returns to the host, and
+    /// the agent can reclaim memory from idle phones when the host runs short.
+    pub balloon: bool,
+    /// Not a device: guest RAM offered to KSM (`cloudphone-vmm --mergeable`), so the host's
+    /// ksmd merges pages identical across phones once an operator turns KSM on.
+    pub ksm: bool,
 }
 
 impl Devices {
-    /// Parses `gpu,input,rng` (any subset) or `none`.
+    /// Parses `gpu,input,rng,balloon,ksm` (any subset) or `none`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut d = Devices {
             gpu: false,
             input: false,
             rng: false,
+            balloon: false,
+            ksm: false,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "gpu" => d.gpu = true,
                 "input" => d.input = true,
                 "rng" => d.rng = true,
+                "balloon" => d.balloon = true,
+                "ksm" => d.ksm = true,
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown device {other:?}: use gpu, input, rng or none"
+                        "unknown device {other:?}: use gpu, input, rng, balloon, ksm or none"
                     ))
                 }
             }
@@ -203,6 +213,12 @@ pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<S
     }
     if cfg.devices.rng {
         args.push("--rng".to_owned());
+    }
+    if cfg.devices.balloon {
+        args.push("--balloon".to_owned());
+    }
+    if cfg.devices.ksm {
+        args.push("--mergeable".to_owned());
     }
     args.extend([
         "--api-socket".to_owned(),
@@ -447,6 +463,15 @@ mod tests {
             "{args}"
         );
         assert!(Devices::parse("gpu,cdrom").is_err());
+        let dense = VmmConfig {
+            devices: Devices::parse("balloon,ksm").unwrap(),
+            ..bare.clone()
+        };
+        let args = command_line(&dense, &p, &dir).join(" ");
+        assert!(
+            args.contains("--balloon") && args.contains("--mergeable"),
+            "{args}"
+        );
         let android = VmmConfig {
             boot: GuestBoot::Android {
                 boot_img: "/img/boot.img".into(),

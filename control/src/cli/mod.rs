@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::model::{Host, Lease, Phone, Profile, QueueEntry, User};
+use crate::scheduler::OvercommitPolicy;
 use crate::wire::leases::{AcquireRequest, AcquireResponse};
 use crate::wire::profiles::{CreateProfile, UpdateProfile};
 use crate::wire::users::{CreateUser, NewToken, UserWithToken};
@@ -65,8 +66,11 @@ pub enum ClientCommand {
     Release { lease_id: String },
     /// Waiting lease requests (yours; operators: all).
     Queue,
-    /// Hosts (operators).
-    Hosts,
+    /// Hosts (operators; lists them without a subcommand).
+    Hosts {
+        #[command(subcommand)]
+        cmd: Option<HostsCmd>,
+    },
     /// Users (operators) and tokens (lists them without a subcommand).
     Users {
         #[command(subcommand)]
@@ -83,6 +87,26 @@ pub enum ProfilesCmd {
     Pool {
         profile: String,
         size: u32,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum HostsCmd {
+    List,
+    /// Set how far the scheduler may overcommit a host (by vCPUs and nominal memory), and
+    /// the memory it keeps free; phones are otherwise counted by measured use.
+    Policy {
+        /// The host's id.
+        host_id: String,
+        /// Phone vCPUs per 100 host CPUs (500: five per core).
+        #[arg(long, default_value_t = OvercommitPolicy::default().vcpu_pct)]
+        vcpu_pct: i64,
+        /// Nominal phone memory per 100 MiB of host memory.
+        #[arg(long, default_value_t = OvercommitPolicy::default().memory_pct)]
+        memory_pct: i64,
+        /// Available memory below which the host takes no phone and reclaims from idle ones.
+        #[arg(long, default_value_t = OvercommitPolicy::default().reserve_mib)]
+        reserve_mib: i64,
     },
 }
 
@@ -231,7 +255,26 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         }
         ClientCommand::Release { lease_id } => release(&s, &lease_id).await,
         ClientCommand::Queue => queue(&s).await,
-        ClientCommand::Hosts => hosts(&s).await,
+        ClientCommand::Hosts { cmd } => match cmd {
+            None | Some(HostsCmd::List) => hosts(&s).await,
+            Some(HostsCmd::Policy {
+                host_id,
+                vcpu_pct,
+                memory_pct,
+                reserve_mib,
+            }) => {
+                let policy = OvercommitPolicy {
+                    vcpu_pct,
+                    memory_pct,
+                    reserve_mib,
+                };
+                let h: Host = s
+                    .client
+                    .put(&format!("/hosts/{host_id}/policy"), &policy)
+                    .await?;
+                show_hosts(&s, &[h])
+            }
+        },
         ClientCommand::Users { cmd } => match cmd {
             None | Some(UsersCmd::List) => list_users(&s).await,
             Some(UsersCmd::Add(body)) => add_user(&s, &body).await,
@@ -360,23 +403,40 @@ async fn queue(s: &Session) -> anyhow::Result<()> {
 /// `hosts`.
 async fn hosts(s: &Session) -> anyhow::Result<()> {
     let v: Vec<Host> = s.client.get("/hosts").await?;
+    show_hosts(s, &v)
+}
+
+/// Hosts as a table: capacity, what their phones are promised (committed) against what they
+/// use (measured), and the overcommit policy.
+fn show_hosts(s: &Session, v: &[Host]) -> anyhow::Result<()> {
     let headers = [
         "id",
         "name",
         "state",
-        "vcpus",
-        "memory",
-        "max phones",
+        "phones",
+        "vcpus committed",
+        "memory committed",
+        "memory used",
+        "available",
+        "policy",
         "heartbeat",
     ];
-    show(s.json, &v, &headers, |h| {
+    show(s.json, v, &headers, |h| {
+        let l = &h.load;
         vec![
             h.id.clone(),
             h.name.clone(),
             h.state.clone(),
-            h.vcpus.to_string(),
-            format!("{} MiB", h.memory_mib),
-            h.max_phones.to_string(),
+            format!("{}/{}", l.phones, h.max_phones),
+            format!("{}/{}", l.committed_vcpus, h.vcpus),
+            format!("{}/{} MiB", l.committed_memory_mib, h.memory_mib),
+            format!("{} MiB", l.used_memory_mib),
+            h.mem_available_mib
+                .map_or("-".into(), |m| format!("{m} MiB")),
+            format!(
+                "vcpu {}%, mem {}%, reserve {} MiB",
+                h.policy.vcpu_pct, h.policy.memory_pct, h.policy.reserve_mib
+            ),
             ms(h.last_heartbeat_ms),
         ]
     })

@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 /// The TLS library the relay client uses (callers build its `ClientConfig`).
 pub use tokio_rustls::rustls;
 
-use crate::{path, DamageEvent, FramebufferInfo, ShutdownRequest, StatusReply};
+use crate::{path, BalloonRequest, DamageEvent, FramebufferInfo, ShutdownRequest, StatusReply};
 
 /// A VMM that does not answer a call within this is treated as down.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -228,6 +228,13 @@ impl VmmApi {
         let body = serde_json::to_string(&body)
             .map_err(|e| self.error(format!("encoding the shutdown body: {e}")))?;
         self.call("PUT", path::SHUTDOWN, Some(body)).await.map(drop)
+    }
+
+    /// `PUT /balloon`: how much guest memory the balloon should hold back (0 gives it all back).
+    pub async fn set_balloon(&self, target_mib: u64) -> Result<(), Error> {
+        let body = serde_json::to_string(&BalloonRequest { target_mib })
+            .map_err(|e| self.error(format!("encoding the balloon body: {e}")))?;
+        self.call("PUT", path::BALLOON, Some(body)).await.map(drop)
     }
 
     /// `GET /framebuffer`: where the screen's pixels are and how they are laid out.
