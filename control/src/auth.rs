@@ -32,13 +32,20 @@ const VERIFIED_MAX: usize = 65_536;
 #[derive(Clone)]
 pub struct HashPool {
     slots: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
 }
 
 impl HashPool {
-    /// A pool of `concurrency` slots (at least one).
+    /// A pool of `concurrency` slots (at least one) whose callers wait up to [`HASH_WAIT`].
     pub fn new(concurrency: usize) -> Self {
+        Self::with_wait(concurrency, HASH_WAIT)
+    }
+
+    /// A pool whose callers wait up to `wait` for a slot.
+    pub fn with_wait(concurrency: usize, wait: Duration) -> Self {
         Self {
             slots: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            wait,
         }
     }
 
@@ -49,9 +56,9 @@ impl HashPool {
     ) -> Result<T> {
         let busy = || Error::Throttled {
             what: "the server is busy checking passwords".into(),
-            retry_after_s: HASH_WAIT.as_secs(),
+            retry_after_s: self.wait.as_secs().max(1),
         };
-        let slot = tokio::time::timeout(HASH_WAIT, self.slots.clone().acquire_owned())
+        let slot = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| busy())?
             .map_err(|_| busy())?;
@@ -214,6 +221,26 @@ mod tests {
         assert!(parse_token("cpt_abc_def").is_none());
         assert!(parse_token("Bearer x").is_none());
         assert!(!t.hash.contains(secret), "the secret is never stored");
+    }
+
+    #[tokio::test]
+    async fn a_full_hash_pool_refuses_after_its_wait() {
+        let pool = HashPool::with_wait(1, Duration::from_millis(100));
+        let (hold, release) = std::sync::mpsc::channel::<()>();
+        let busy = pool.clone();
+        let holder = tokio::spawn(async move { busy.run(move || release.recv()).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let refused = pool.run(|| ()).await;
+        assert!(
+            matches!(refused, Err(Error::Throttled { .. })),
+            "a second hash waits at most the pool's wait"
+        );
+        hold.send(()).unwrap();
+        assert!(holder.await.unwrap().is_ok());
+        assert!(
+            pool.run(|| ()).await.is_ok(),
+            "the freed slot is used again"
+        );
     }
 
     #[test]

@@ -118,6 +118,23 @@ async fn wrong_password_burst(kind: Kind) {
 }
 both!(wrong_password_burst);
 
+/// 20 failures from one address lock it for every user name, even names never tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_limit_spans_user_names() {
+    let s = Server::start(Kind::Sqlite, &[]).await;
+    user_with_password(&s, "frank", "right password 4").await;
+    for n in 0..20 {
+        assert_eq!(
+            login(&s, &format!("guess{n}"), "wrong").await.0,
+            401,
+            "failure {n}"
+        );
+    }
+    let (code, retry, _) = login(&s, "frank", "right password 4").await;
+    assert_eq!(code, 429, "the address is locked, whatever the name");
+    assert!(retry.is_some_and(|r| r >= 1));
+}
+
 /// An unknown user name costs an argon2 hash like a known one (no name enumeration by
 /// timing). The times are a sanity bound, not a speed claim: a rejection before hashing
 /// takes milliseconds, a hash takes far longer.
