@@ -142,3 +142,36 @@ async fn agent_registers_over_https_with_the_ca_file() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Bad TLS files stop `serve` at start with an error naming what is wrong.
+#[test]
+fn serve_refuses_bad_tls_files_clearly() {
+    let pki = Pki::new();
+    let data = common::TempDir::new("tls-bad");
+    let (cert, key, other) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("other-ca.pem"),
+    );
+    let missing = pki.path("missing.pem");
+    for (cert, key, says) in [
+        (&missing, &key, "missing.pem"),
+        (&key, &key, "no CERTIFICATE"),
+        (&other, &key, "do not belong together"),
+        (&cert, &cert, "private key"),
+    ] {
+        let out = Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data.0)
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "serve started with {cert:?} {key:?}");
+        assert!(err.contains(says), "{cert:?} {key:?}: {err}");
+    }
+}

@@ -12,6 +12,7 @@ pub struct Pki {
     dir: TempDir,
 }
 
+/// Runs the openssl CLI in `dir`, failing the test with its stderr.
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
@@ -26,6 +27,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 impl Pki {
+    /// Makes both CAs and the server certificate in a fresh temp dir.
     pub fn new() -> Pki {
         let dir = TempDir::new("pki");
         let d = dir.0.as_path();
@@ -86,6 +88,7 @@ impl Pki {
         Pki { dir }
     }
 
+    /// One of the PKI's files, by name.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.0.join(name)
     }
