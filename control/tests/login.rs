@@ -231,6 +231,41 @@ async fn password_change_ends_other_sessions(kind: Kind) {
     ok(&s, "PATCH", &path, &s.admin.clone(), Some(reset), 200).await;
     assert_eq!(api(&s, "GET", "/auth/whoami", &token_a, None).await.0, 401);
     assert_eq!(login(&s, "carol", "reset password 3").await.0, 200);
+    // The CLI: `users password` needs --current for yourself.
+    let token_c = ok(
+        &s,
+        "POST",
+        &format!("/users/{id}/tokens"),
+        &s.admin.clone(),
+        None,
+        201,
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cli = |current: Option<&str>| {
+        let mut c = std::process::Command::new(common::bin());
+        c.args([
+            "--url", &s.url, "--token", &token_c, "users", "password", "me",
+        ])
+        .args(["--new", "cli password 3"])
+        .env_remove("CLOUDPHONE_CURRENT_PASSWORD")
+        .env_remove("CLOUDPHONE_NEW_PASSWORD");
+        if let Some(p) = current {
+            c.args(["--current", p]);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (changed, err) = cli(None);
+    assert!(!changed && err.contains("current_password"), "{err}");
+    let (changed, err) = cli(Some("reset password 3"));
+    assert!(changed, "{err}");
+    assert_eq!(login(&s, "carol", "cli password 3").await.0, 200);
 }
 both!(password_change_ends_other_sessions);
 
