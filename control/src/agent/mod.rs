@@ -101,6 +101,9 @@ pub struct AgentOptions {
     /// report.log) before it is rotated to NAME.1: a guest cannot fill the host's disk.
     #[arg(long, default_value_t = 8)]
     pub phone_log_cap_mib: u64,
+    /// PEM CA certificate(s) to trust when --control is an https URL.
+    #[arg(long, env = "CLOUDPHONE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Serve the phones' screens and input on this address (e.g. 0.0.0.0:7070) for a control
     /// service that cannot reach this host's VMM sockets and /dev/shm.
     #[arg(long, requires = "relay_url")]
@@ -117,6 +120,13 @@ pub struct AgentOptions {
     /// clone is given up and the phone cold-booted.
     #[arg(long, default_value_t = 30_000)]
     pub clone_identity_timeout_ms: u64,
+    /// PEM certificate chain: serve the relay over TLS (with --relay-tls-key; give
+    /// --relay-url as https and the control service `serve --relay-ca-file`).
+    #[arg(long, requires_all = ["relay_tls_key", "relay_listen"])]
+    pub relay_tls_cert: Option<PathBuf>,
+    /// PEM private key of --relay-tls-cert.
+    #[arg(long, requires = "relay_tls_cert")]
+    pub relay_tls_key: Option<PathBuf>,
 }
 
 /// What the agent tracks per local phone.
@@ -198,9 +208,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             .trim()
             .to_owned(),
     };
-    let client = Client::new(&opts.control, Some(opts.token.clone()));
+    let client = Client::with_ca_file(
+        &opts.control,
+        Some(opts.token.clone()),
+        opts.ca_file.as_deref(),
+    )?;
     let relay = match opts.relay_listen {
-        Some(addr) => Some(relay::Relay::start(addr).await?),
+        Some(addr) => {
+            let tls = match (&opts.relay_tls_cert, &opts.relay_tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+                _ => None,
+            };
+            Some(relay::Relay::start(addr, tls).await?)
+        }
         None => None,
     };
     let reg = RegisterHost {
