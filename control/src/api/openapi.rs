@@ -52,7 +52,7 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "post",
         "/auth/login",
-        "Log in (web UI): sets the HttpOnly SameSite=Strict session cookie",
+        "Log in (web UI): sets the HttpOnly SameSite=Strict session cookie; 5 failures per user name or 20 per address lock it with doubling backoff (429 + Retry-After)",
         Public,
         Some("LoginRequest"),
         200,
@@ -106,7 +106,7 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "patch",
         "/users/{id}",
-        "Change quotas (operators) or own password",
+        "Change quotas (operators) or a password (your own needs current_password); a password change revokes the user's other tokens and sessions",
         AnyUser,
         Some("UpdateUser"),
         200,
@@ -358,8 +358,8 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "get",
         "//metrics",
-        "Prometheus metrics",
-        Public,
+        "Prometheus metrics (public only with `serve --public-metrics`)",
+        Operator,
         None,
         200,
         None,
@@ -405,7 +405,7 @@ fn schemas() -> Value {
         "LoginRequest": obj(&["name","password"], json!({"name": s(), "password": s()})),
         "CreateUser": obj(&["name","role"], json!({"name": s(), "role": {"type":"string","enum":["user","operator","agent"]},
             "password": s(), "max_phones": uint(1_000_000), "max_minutes_per_day": uint(1_000_000)})),
-        "UpdateUser": obj(&[], json!({"max_phones": uint(1_000_000), "max_minutes_per_day": uint(1_000_000), "password": s()})),
+        "UpdateUser": obj(&[], json!({"max_phones": uint(1_000_000), "max_minutes_per_day": uint(1_000_000), "password": s(), "current_password": s()})),
         "UserWithToken": obj(&["user","token","token_id"], json!({"user": refr("User"), "token": s(), "token_id": s()})),
         "NewToken": obj(&["token","token_id"], json!({"token": s(), "token_id": s()})),
         "Profile": obj(&["id","name","width","height","dpi","vcpus","memory_mib","image","pool_size","created_ms"], json!({

@@ -28,6 +28,9 @@ pub struct ClientOptions {
     /// API token.
     #[arg(long, env = "CLOUDPHONE_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate(s) to trust for an https URL (exactly these; no bundled roots).
+    #[arg(long, env = "CLOUDPHONE_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -115,6 +118,19 @@ pub enum UsersCmd {
     /// Mint another token for a user id (yourself: `me`).
     Token {
         user_id: String,
+    },
+    /// Change a password (yourself: `me`, which needs the current one). Every other token
+    /// and web session of that user ends.
+    Password {
+        /// User id, or `me`.
+        #[arg(default_value = "me")]
+        user_id: String,
+        /// The new password (read from CLOUDPHONE_NEW_PASSWORD if set).
+        #[arg(long, env = "CLOUDPHONE_NEW_PASSWORD", hide_env_values = true)]
+        new: String,
+        /// Your current password (read from CLOUDPHONE_CURRENT_PASSWORD if set).
+        #[arg(long, env = "CLOUDPHONE_CURRENT_PASSWORD", hide_env_values = true)]
+        current: Option<String>,
     },
 }
 
@@ -212,7 +228,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         .unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let token = opts.token.clone().or(saved.token);
     let s = Session {
-        client: Client::new(&url, token.clone()),
+        client: Client::with_ca_file(&url, token.clone(), opts.ca_file.as_deref())?,
         json: opts.json,
     };
     match cmd {
@@ -263,6 +279,11 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
             None | Some(UsersCmd::List) => list_users(&s).await,
             Some(UsersCmd::Add(body)) => add_user(&s, &body).await,
             Some(UsersCmd::Token { user_id }) => new_token(&s, user_id).await,
+            Some(UsersCmd::Password {
+                user_id,
+                new,
+                current,
+            }) => change_password(&s, user_id, new, current).await,
         },
     }
 }
@@ -453,13 +474,35 @@ async fn add_user(s: &Session, body: &CreateUser) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `users token ID|me`.
-async fn new_token(s: &Session, user_id: String) -> anyhow::Result<()> {
-    let id = if user_id == "me" {
+/// A user id argument: `me` is the caller.
+async fn user_id(s: &Session, arg: String) -> anyhow::Result<String> {
+    Ok(if arg == "me" {
         s.client.get::<User>("/users/me").await?.id
     } else {
-        user_id
-    };
+        arg
+    })
+}
+
+/// `users password [ID|me] --new ... [--current ...]`.
+async fn change_password(
+    s: &Session,
+    user: String,
+    new: String,
+    current: Option<String>,
+) -> anyhow::Result<()> {
+    let id = user_id(s, user).await?;
+    let body = json!({"password": new, "current_password": current});
+    let u: User = s.client.patch(&format!("/users/{id}"), &body).await?;
+    println!(
+        "password of {} changed; their other tokens and sessions are ended",
+        u.name
+    );
+    Ok(())
+}
+
+/// `users token ID|me`.
+async fn new_token(s: &Session, user_id_arg: String) -> anyhow::Result<()> {
+    let id = user_id(s, user_id_arg).await?;
     let t: NewToken = s
         .client
         .post(&format!("/users/{id}/tokens"), &json!(null))
