@@ -198,7 +198,9 @@ mod tests {
         let direct: DiskSpec = format!("{},ro", dir.path("ov.qcow2").display())
             .parse()
             .unwrap();
-        let mut ro = direct.open().unwrap();
+        // The writer's lock goes with its last file handle, which may close just after drop.
+        let mut ro =
+            crate::testutil::until_unlocked(|| direct.open(), |e| e.to_string().contains("in use"));
         assert!(ro.read_only());
         assert!(matches!(
             ro.write_at(&[0; 512], 0),
