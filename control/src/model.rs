@@ -2,14 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What a user may do. Operators see and manage everything; users only their own phones;
-/// agents only the host routes (register, heartbeat, phone state reports).
+/// What a user may do. Operators see and manage everything; users only their own phones.
+/// Host agents are not users: each authenticates with its own host key (`api::hosts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
     Operator,
-    Agent,
 }
 
 impl Role {
@@ -18,7 +17,6 @@ impl Role {
         match self {
             Role::User => "user",
             Role::Operator => "operator",
-            Role::Agent => "agent",
         }
     }
 
@@ -27,7 +25,6 @@ impl Role {
         match s {
             "user" => Some(Role::User),
             "operator" => Some(Role::Operator),
-            "agent" => Some(Role::Agent),
             _ => None,
         }
     }
@@ -38,7 +35,7 @@ impl std::str::FromStr for Role {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::parse(s).ok_or_else(|| format!("unknown role {s:?}: use user, operator or agent"))
+        Role::parse(s).ok_or_else(|| format!("unknown role {s:?}: use user or operator"))
     }
 }
 
@@ -191,6 +188,12 @@ pub struct Host {
     pub max_phones: i64,
     pub last_heartbeat_ms: i64,
     pub created_ms: i64,
+    /// Directory the agent keeps its phones under; every path it reports lies inside.
+    pub state_root: String,
+    /// Most vCPUs, memory and phones the agent may claim (set at enrolment).
+    pub cap_vcpus: i64,
+    pub cap_memory_mib: i64,
+    pub cap_max_phones: i64,
 }
 
 /// A phone (one VM on one host).

@@ -22,13 +22,16 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(s: &Server, token: &str, state: &Path, env: &[(&str, &str)]) -> Agent {
+    /// Enrols host `h1` with `state` as its root and starts an agent joining with the token.
+    async fn start(s: &Server, state: &Path, env: &[(&str, &str)]) -> Agent {
+        let root = std::fs::canonicalize(state).unwrap();
+        let join = common::enrol(s, "h1", &root.display().to_string(), 4).await;
         let args = [
             "agent",
             "--control",
             &s.url,
-            "--token",
-            token,
+            "--join-token",
+            &join,
             "--state-dir",
             &state.display().to_string(),
             "--vmm",
@@ -37,8 +40,6 @@ impl Agent {
             "/dev/null",
             "--interval-ms",
             "100",
-            "--name",
-            "h1",
             "--max-phones",
             "4",
             "--vcpus",
@@ -167,12 +168,11 @@ async fn agent_lifecycle(kind: Kind) {
         &["--heartbeat-timeout-ms", "3000", "--tick-ms", "100"],
     )
     .await;
-    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
     let (_, alice) = user(&s, "alice", "user", 1).await;
     profile(&s, "pixel", 2).await;
     let state = TempDir::new("agent");
     let _reaper = VmmReaper(state.0.clone());
-    let mut agent = Agent::start(&s, &agent_token, &state.0, &[]);
+    let mut agent = Agent::start(&s, &state.0, &[]).await;
 
     let p = wait_for(&s, "2 ready phones", |p| count(p, "ready") == 2).await;
     assert_eq!(vmm_pids(&state.0).len(), 2, "one VMM per phone");
@@ -271,19 +271,18 @@ async fn crash_loop_and_reboot(kind: Kind) {
         &["--heartbeat-timeout-ms", "5000", "--tick-ms", "100"],
     )
     .await;
-    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
     profile(&s, "pixel", 1).await;
     let state = TempDir::new("agent");
     let _reaper = VmmReaper(state.0.clone());
     let _agent = Agent::start(
         &s,
-        &agent_token,
         &state.0,
         &[
             ("FAKE_VMM_EXIT_CODE", "33"),
             ("FAKE_VMM_EXIT_AFTER_MS", "200"),
         ],
-    );
+    )
+    .await;
     wait_for(&s, "failed phone", |p| count(p, "failed") >= 1).await;
     let audit = ok(&s, "GET", "/audit?limit=1000", &s.admin.clone(), None, 200).await;
     let ev = audit
@@ -304,19 +303,18 @@ async fn crash_loop_and_reboot(kind: Kind) {
         &["--heartbeat-timeout-ms", "5000", "--tick-ms", "100"],
     )
     .await;
-    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
     profile(&s, "pixel", 1).await;
     let state2 = TempDir::new("agent");
     let _reaper2 = VmmReaper(state2.0.clone());
     let _agent = Agent::start(
         &s,
-        &agent_token,
         &state2.0,
         &[
             ("FAKE_VMM_EXIT_CODE", "32"),
             ("FAKE_VMM_EXIT_AFTER_MS", "200"),
         ],
-    );
+    )
+    .await;
     wait_for(&s, "ready phone", |p| count(p, "ready") == 1).await;
     // Over 3 s the VMM "reboots" repeatedly: always at most one process, restarted each time.
     let mut seen = std::collections::HashSet::new();

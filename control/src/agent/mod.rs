@@ -1,6 +1,9 @@
 //! `cloudphone agent`: runs on a host with KVM, one `cloudphone-vmm` per phone.
 //!
-//! Protocol with the control service (polling, see `api::hosts`, bodies in `wire::hosts`): register once, then every
+//! Identity: the first start trades `--join-token` (from `cloudphone hosts enrol`) for this
+//! host's own key, kept in `--key-file` (mode 0600); later starts use the key.
+//! Protocol with the control service (polling, see `api::hosts`, bodies in `wire::hosts`): register once
+//! (retried until the service answers), then every
 //! `--interval-ms` send a heartbeat listing the phones whose VMM runs here; the reply is
 //! the full desired set for this host, which the agent converges to:
 //! `creating`/`booting` → start the VMM, report `booting`, then `ready` once its API answers;
@@ -21,14 +24,16 @@ mod vmm;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::client::Client;
+use crate::client::{ApiFailure, Client};
 use crate::model::{Host, Phone, PhoneState};
-use crate::wire::hosts::{DesiredPhone, Heartbeat, HeartbeatReply, RegisterHost, StateReport};
+use crate::wire::hosts::{
+    DesiredPhone, Heartbeat, HeartbeatReply, JoinHost, Joined, RegisterHost, StateReport,
+};
 use cloudphone_vmm_api::VmmApi;
 use vmm::Running;
 pub use vmm::{command_line, PhoneDir, VmmConfig};
@@ -39,10 +44,15 @@ pub struct AgentOptions {
     /// Control service URL, e.g. http://10.0.0.1:8080.
     #[arg(long)]
     pub control: String,
-    /// API token of a user with role `agent` (or operator).
-    #[arg(long, env = "CLOUDPHONE_AGENT_TOKEN")]
-    pub token: String,
-    /// Per-phone directories (overlay, API socket, pid file, logs) live here.
+    /// One-time join token from `cloudphone hosts enrol` (first start only; later starts
+    /// use the key it was traded for).
+    #[arg(long, env = "CLOUDPHONE_JOIN_TOKEN")]
+    pub join_token: Option<String>,
+    /// Where this host's key is kept (default: <state-dir>/host.key).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Per-phone directories (overlay, API socket, pid file, logs) live here; the state root
+    /// the host was enrolled with.
     #[arg(long)]
     pub state_dir: PathBuf,
     /// The VMM binary.
@@ -69,9 +79,6 @@ pub struct AgentOptions {
     /// qemu-img binary used to create overlays.
     #[arg(long, default_value = "qemu-img")]
     pub qemu_img: PathBuf,
-    /// Host name to register as (default: the kernel's hostname).
-    #[arg(long)]
-    pub name: Option<String>,
     /// vCPUs offered to phones (default: all CPUs).
     #[arg(long)]
     pub vcpus: Option<u32>,
@@ -157,34 +164,34 @@ fn default_capacity() -> (u32, u32) {
 }
 
 /// Runs the agent until killed.
-pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(opts.state_dir.join("phones"))
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    // Reported socket paths must lie under the enrolled state root, which is canonical.
+    opts.state_dir = std::fs::canonicalize(&opts.state_dir)
+        .with_context(|| format!("resolving {}", opts.state_dir.display()))?;
     let (cpus, mem) = default_capacity();
-    let name = match &opts.name {
-        Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_else(|_| "host".into())
-            .trim()
-            .to_owned(),
-    };
-    let client = Client::new(&opts.control, Some(opts.token.clone()));
+    let key_file = opts
+        .key_file
+        .clone()
+        .unwrap_or_else(|| opts.state_dir.join("host.key"));
+    let key = host_key(&opts.control, opts.join_token.as_deref(), &key_file).await?;
+    let client = Client::new(&opts.control, Some(key));
     let relay = match opts.relay_listen {
         Some(addr) => Some(relay::Relay::start(addr).await?),
         None => None,
     };
     let reg = RegisterHost {
-        name,
         vcpus: opts.vcpus.unwrap_or(cpus),
         memory_mib: opts.memory_mib.unwrap_or(mem),
         max_phones: opts.max_phones,
         relay_url: relay.as_ref().and(opts.relay_url.clone()),
         relay_key: relay.as_ref().map(|r| r.key().to_owned()),
     };
-    let host: Host = client
-        .post("/hosts", &reg)
-        .await
-        .context("registering this host")?;
+    let host: Host = until_answered("registering this host", || {
+        client.post("/hosts/register", &reg)
+    })
+    .await?;
     tracing::info!(host = %host.id, name = %host.name, "registered");
     println!("registered host {} ({})", host.id, host.name);
     let cfg = VmmConfig {
@@ -228,6 +235,75 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         interval.tick().await;
         if let Err(e) = agent.step().await {
             tracing::warn!("agent step failed: {e:#}");
+        }
+    }
+}
+
+/// This host's key: read from `key_file`, or on first start traded for `join_token` and
+/// written there (0600, never overwritten).
+async fn host_key(
+    control: &str,
+    join_token: Option<&str>,
+    key_file: &Path,
+) -> anyhow::Result<String> {
+    match std::fs::read_to_string(key_file) {
+        Ok(key) => return Ok(key.trim().to_owned()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("reading the host key {}", key_file.display()))
+        }
+        Err(_) => {}
+    }
+    let token = join_token.with_context(|| {
+        format!(
+            "no host key at {}: start once with --join-token from `cloudphone hosts enrol`",
+            key_file.display()
+        )
+    })?;
+    let anon = Client::new(control, None);
+    let body = JoinHost {
+        join_token: token.to_owned(),
+    };
+    let joined: Joined = until_answered("joining with --join-token", || {
+        anon.post("/hosts/join", &body)
+    })
+    .await?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key_file)
+        .with_context(|| format!("creating the host key file {}", key_file.display()))?;
+    writeln!(f, "{}", joined.host_key)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing the host key file {}", key_file.display()))?;
+    tracing::info!(host = %joined.host.id, file = %key_file.display(), "joined: host key stored");
+    Ok(joined.host_key)
+}
+
+/// Runs `call` until the control service answers: connection failures and 5xx (service down
+/// or restarting) are retried with backoff up to 10 s; an API refusal (4xx) is returned.
+async fn until_answered<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status < 500) =>
+            {
+                return Err(e.context(what.to_owned()))
+            }
+            Err(e) => {
+                tracing::warn!(?delay, "{what}: {e:#}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::model::{Host, Lease, Phone, Profile, QueueEntry, User};
+use crate::wire::hosts::{EnrolHost, Enrolled};
 use crate::wire::leases::{AcquireRequest, AcquireResponse};
 use crate::wire::profiles::{CreateProfile, UpdateProfile};
 use crate::wire::users::{CreateUser, NewToken, UserWithToken};
@@ -62,8 +63,11 @@ pub enum ClientCommand {
     Release { lease_id: String },
     /// Waiting lease requests (yours; operators: all).
     Queue,
-    /// Hosts (operators).
-    Hosts,
+    /// Hosts (operators; lists them without a subcommand).
+    Hosts {
+        #[command(subcommand)]
+        cmd: Option<HostsCmd>,
+    },
     /// Users (operators) and tokens (lists them without a subcommand).
     Users {
         #[command(subcommand)]
@@ -81,6 +85,14 @@ pub enum ProfilesCmd {
         profile: String,
         size: u32,
     },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum HostsCmd {
+    List,
+    /// Enrol a host (or enrol it again to replace its key); prints its one-time join token
+    /// for the agent's --join-token.
+    Enrol(EnrolHost),
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -215,7 +227,10 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         }
         ClientCommand::Release { lease_id } => release(&s, &lease_id).await,
         ClientCommand::Queue => queue(&s).await,
-        ClientCommand::Hosts => hosts(&s).await,
+        ClientCommand::Hosts { cmd } => match cmd {
+            None | Some(HostsCmd::List) => hosts(&s).await,
+            Some(HostsCmd::Enrol(body)) => enrol_host(&s, &body).await,
+        },
         ClientCommand::Users { cmd } => match cmd {
             None | Some(UsersCmd::List) => list_users(&s).await,
             Some(UsersCmd::Add(body)) => add_user(&s, &body).await,
@@ -334,6 +349,20 @@ async fn queue(s: &Session) -> anyhow::Result<()> {
             ]
         },
     )
+}
+
+/// `hosts enrol NAME ...`.
+async fn enrol_host(s: &Session, body: &EnrolHost) -> anyhow::Result<()> {
+    let e: Enrolled = s.client.post("/hosts", body).await?;
+    if s.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        println!(
+            "enrolled {} {} (state root {})\njoin token (works once): {}",
+            e.host.id, e.host.name, e.host.state_root, e.join_token
+        );
+    }
+    Ok(())
 }
 
 /// `hosts`.
