@@ -165,7 +165,14 @@ async fn agent_lifecycle(kind: Kind) {
     // busy CI host (an agent restarting VMMs) does not miss heartbeats by accident.
     let s = Server::start(
         kind,
-        &["--heartbeat-timeout-ms", "3000", "--tick-ms", "100"],
+        &[
+            "--heartbeat-timeout-ms",
+            "3000",
+            "--lost-after-ms",
+            "3000",
+            "--tick-ms",
+            "100",
+        ],
     )
     .await;
     let (_, alice) = user(&s, "alice", "user", 1).await;
@@ -332,3 +339,81 @@ async fn crash_loop_and_reboot(kind: Kind) {
     assert_eq!(count(&p, "failed"), 0, "reboots are not crashes: {p:?}");
 }
 both!(crash_loop_and_reboot);
+
+/// The control service down for longer than the heartbeat timeout (issue 15): on its return
+/// the hosts get a grace period, a missed heartbeat only marks a host offline, so a
+/// persistent lease survives and the phone's data is intact. A phone directory the service
+/// does not know is quarantined, never deleted.
+async fn service_outage_keeps_leases_and_data(kind: Kind) {
+    let mut s = Server::start(
+        kind,
+        &[
+            "--heartbeat-timeout-ms",
+            "1000",
+            "--lost-after-ms",
+            "60000",
+            "--tick-ms",
+            "100",
+        ],
+    )
+    .await;
+    let (_, alice) = user(&s, "alice", "user", 1).await;
+    profile(&s, "pixel", 1).await;
+    let state = TempDir::new("agent");
+    let _reaper = VmmReaper(state.0.clone());
+    let _agent = Agent::start(&s, &state.0, &[]).await;
+    wait_for(&s, "ready phone", |p| count(p, "ready") == 1).await;
+    let body = json!({"profile": "pixel", "persistent": true});
+    let l = ok(&s, "POST", "/leases", &alice, Some(body), 201).await;
+    let (lease_id, phone_id) = (
+        l["lease"]["id"].as_str().unwrap().to_owned(),
+        l["lease"]["phone_id"].as_str().unwrap().to_owned(),
+    );
+    let data = state.0.join("phones").join(&phone_id).join("user-data.bin");
+    std::fs::write(&data, b"photos").unwrap();
+    let stray = state.0.join("phones").join("ph_00000000000000ff");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("user-data.bin"), b"unknown").unwrap();
+
+    // Down for 3 heartbeat timeouts; the agent keeps retrying meanwhile.
+    s.kill9();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    s.restart();
+    // Several ticks past the timeout: reaping would have happened by now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let lease = ok(&s, "GET", &format!("/leases/{lease_id}"), &alice, None, 200).await;
+    assert_eq!(lease["state"], "active", "{lease}");
+    let p = phones(&s).await;
+    let ph = p.iter().find(|x| x["id"] == phone_id.as_str()).unwrap();
+    assert_eq!(
+        (ph["state"].as_str(), ph["generation"].as_i64()),
+        (Some("assigned"), Some(0)),
+        "{ph}"
+    );
+    assert_eq!(
+        std::fs::read(&data).unwrap(),
+        b"photos",
+        "the phone's data is intact"
+    );
+    let host = &ok(&s, "GET", "/hosts", &s.admin.clone(), None, 200).await[0];
+    assert_eq!(host["state"], "online", "{host}");
+
+    // The stray directory went to quarantine with its data.
+    assert!(!stray.exists(), "the unknown phone directory left phones/");
+    let quarantined: Vec<PathBuf> = std::fs::read_dir(state.0.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    let name = quarantined[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("ph_00000000000000ff."), "{name}");
+    assert_eq!(
+        std::fs::read(quarantined[0].join("user-data.bin")).unwrap(),
+        b"unknown"
+    );
+}
+both!(service_outage_keeps_leases_and_data);

@@ -9,7 +9,9 @@
 //! `creating`/`booting` → start the VMM, report `booting`, then `ready` once its API answers;
 //! `resetting` → stop, recreate the overlay over the clean base, boot, report `ready`;
 //! `stopping` → stop, delete the phone's directory, report `stopped`;
-//! `ready`/`assigned` → keep running. Any VMM not in the set is stopped (no orphans).
+//! `ready`/`assigned` → keep running. Any VMM not in the set is stopped (no orphans) and its
+//! directory, like a crash-looped phone's, moved to `<state-dir>/quarantine/ID.TIMESTAMP`
+//! rather than deleted: the agent never deletes data it does not recognise.
 //! Supervision: exit 32 (guest reboot) restarts at once; other exits restart with backoff;
 //! `--max-crashes` within `--crash-window-ms` report the phone `failed`.
 //! VMMs run in their own process group and survive an agent restart; a new agent adopts
@@ -338,13 +340,30 @@ impl Agent {
             .cloned()
             .collect();
         for id in orphans {
-            tracing::info!(phone = %id, "not wanted by the control service: stopping");
+            tracing::info!(phone = %id, "not known to the control service: stopping, quarantining its directory");
             self.stop_local(&id).await;
-            vmm::remove(&PhoneDir::new(&self.cfg, &id));
+            vmm::quarantine(&self.cfg, &PhoneDir::new(&self.cfg, &id));
             self.phones.remove(&id);
+        }
+        for dir in self.unknown_dirs(&wanted) {
+            vmm::quarantine(&self.cfg, &dir);
         }
         self.publish_to_relay();
         Ok(())
+    }
+
+    /// Phone directories on disk that neither the control service wants nor this agent runs
+    /// (left by an earlier agent, a restore, a hand): candidates for quarantine.
+    fn unknown_dirs(&self, wanted: &[String]) -> Vec<PhoneDir> {
+        let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join("phones")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| !wanted.contains(id) && !self.phones.contains_key(id))
+            .map(|id| PhoneDir::new(&self.cfg, &id))
+            .collect()
     }
 
     /// Let the relay serve exactly the phones whose VMM runs now.
@@ -465,6 +484,8 @@ impl Agent {
                 local.last_exit
             );
             self.phones.remove(&phone.id);
+            // Its disk may hold a persistent phone's data: kept aside, never deleted here.
+            vmm::quarantine(&self.cfg, &dir);
             return self.report(phone, PhoneState::Failed, &reason).await;
         }
         if local.running.is_none() {

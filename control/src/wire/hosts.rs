@@ -94,7 +94,8 @@ pub struct HeartbeatReply {
     pub host: Host,
     /// Every phone this host should act on.
     pub phones: Vec<DesiredPhone>,
-    /// Silence longer than this marks the host offline and its phones lost.
+    /// Silence longer than this marks the host offline (its phones are lost only after the
+    /// service's longer `--lost-after-ms`).
     pub heartbeat_timeout_ms: i64,
 }
 
