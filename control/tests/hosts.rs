@@ -214,3 +214,107 @@ async fn sockets_stay_under_the_root_and_capacity_under_the_caps(kind: Kind) {
     );
 }
 both!(sockets_stay_under_the_root_and_capacity_under_the_caps);
+
+/// A persistent phone lost with its host is never reset (a fresh disk) when the host comes
+/// back: it is stopped, so the agent quarantines its disk. A wipe is explicit and audited.
+async fn lost_persistent_phones_are_not_reset(kind: Kind) {
+    let s = Server::start(
+        kind,
+        &[
+            "--tick-ms",
+            "50",
+            "--heartbeat-timeout-ms",
+            "300",
+            "--lost-after-ms",
+            "600",
+        ],
+    )
+    .await;
+    let a = warm_pool(&s, "h", 3, 2).await;
+    let (_, alice) = user(&s, "alice", "user", 2).await;
+    let mut phone_ids = Vec::new();
+    for persistent in [true, false] {
+        let body = json!({"profile": "pixel", "persistent": persistent});
+        let l = ok(&s, "POST", "/leases", &alice, Some(body), 201).await;
+        phone_ids.push(l["lease"]["phone_id"].as_str().unwrap().to_owned());
+    }
+    let phone = |id: String| {
+        let s = &s;
+        async move {
+            ok(
+                s,
+                "GET",
+                &format!("/phones/{id}"),
+                &s.admin.clone(),
+                None,
+                200,
+            )
+            .await
+        }
+    };
+    // Silent past the offline limit: the host is offline, the phones still assigned.
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let host = ok(
+        &s,
+        "GET",
+        &format!("/hosts/{}", a.id),
+        &s.admin.clone(),
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(host["state"], "offline", "{host}");
+    assert_eq!(phone(phone_ids[0].clone()).await["state"], "assigned");
+    // Past the lost limit: lost.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(phone(phone_ids[0].clone()).await["state"], "lost");
+    a.heartbeat(&s, &phone_ids).await;
+    let (kept, reset) = (
+        phone(phone_ids[0].clone()).await,
+        phone(phone_ids[1].clone()).await,
+    );
+    assert_eq!(
+        (kept["state"].as_str(), kept["generation"].as_i64()),
+        (Some("stopped"), Some(0)),
+        "{kept}"
+    );
+    assert_eq!(reset["state"], "resetting", "{reset}");
+
+    let (_, bob) = user(&s, "bob", "user", 1).await;
+    let (code, _) = api(
+        &s,
+        "DELETE",
+        &format!("/phones/{}", phone_ids[1]),
+        &bob,
+        None,
+    )
+    .await;
+    assert_eq!(code, 404, "a user cannot wipe another's phone");
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "--url",
+            &s.url,
+            "--token",
+            &s.admin,
+            "phones",
+            "wipe",
+            &phone_ids[1],
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = ok(&s, "GET", "/audit?limit=100", &s.admin.clone(), None, 200).await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "phone.wipe" && e["target"] == phone_ids[1].as_str()),
+        "{audit}"
+    );
+}
+both!(lost_persistent_phones_are_not_reset);

@@ -44,9 +44,12 @@ pub enum ClientCommand {
         cmd: Option<ProfilesCmd>,
     },
     /// Your phones (operators: all).
+    #[command(args_conflicts_with_subcommands = true)]
     Phones {
         /// Show one phone.
         id: Option<String>,
+        #[command(subcommand)]
+        cmd: Option<PhonesCmd>,
     },
     /// Ask for a phone; waits in the queue (with progress) unless --no-wait.
     Lease {
@@ -85,6 +88,13 @@ pub enum ProfilesCmd {
         profile: String,
         size: u32,
     },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PhonesCmd {
+    /// Stop a phone and delete its disk (a persistent phone's data too): the one explicit,
+    /// audited way to discard a phone's data.
+    Wipe { id: String },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -210,7 +220,11 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
             Some(ProfilesCmd::Create(body)) => create_profile(&s, &body).await,
             Some(ProfilesCmd::Pool { profile, size }) => resize_pool(&s, &profile, size).await,
         },
-        ClientCommand::Phones { id } => phones(&s, id).await,
+        ClientCommand::Phones {
+            cmd: Some(PhonesCmd::Wipe { id }),
+            ..
+        } => wipe_phone(&s, &id).await,
+        ClientCommand::Phones { id, cmd: None } => phones(&s, id).await,
         ClientCommand::Lease {
             profile,
             duration_s,
@@ -349,6 +363,17 @@ async fn queue(s: &Session) -> anyhow::Result<()> {
             ]
         },
     )
+}
+
+/// `phones wipe ID`.
+async fn wipe_phone(s: &Session, id: &str) -> anyhow::Result<()> {
+    let p: Phone = s.client.delete(&format!("/phones/{id}")).await?;
+    println!(
+        "phone {} {}: its disk is deleted once its host stops it",
+        p.id,
+        p.state.as_str()
+    );
+    Ok(())
 }
 
 /// `hosts enrol NAME ...`.

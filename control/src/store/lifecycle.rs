@@ -40,7 +40,8 @@ pub enum Acquired {
 }
 
 /// Records a heartbeat. A host coming back reconciles its `lost` phones with what it
-/// reports running: a surviving VMM is reset (its lease already ended), a gone one stopped.
+/// reports running: a surviving VMM is reset (its lease already ended), a gone one stopped,
+/// and so is a persistent phone (never reset: its disk is kept in the agent's quarantine).
 pub async fn heartbeat(tx: &mut Tx, host_id: &str, running: &[String]) -> Result<Host> {
     let host = hosts::get(tx, host_id).await?;
     tx.execute(
@@ -67,7 +68,18 @@ pub async fn heartbeat(tx: &mut Tx, host_id: &str, running: &[String]) -> Result
         .await?;
     for r in lost {
         let id = r.text(0)?;
-        let to = if running.contains(&id) {
+        // A reset would give a persistent phone a fresh disk: it is stopped instead, and the
+        // agent, no longer asked to run it, quarantines its directory for an operator.
+        let persistent = tx
+            .query_opt(
+                "SELECT persistent FROM leases WHERE phone_id = ? ORDER BY started_ms DESC LIMIT 1",
+                &[(&id).into()],
+            )
+            .await?
+            .map(|r| r.int(0))
+            .transpose()?
+            == Some(1);
+        let to = if running.contains(&id) && !persistent {
             PhoneState::Resetting
         } else {
             PhoneState::Stopped
