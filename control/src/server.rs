@@ -50,6 +50,10 @@ pub struct ServeOptions {
     /// Address for WebRTC host candidates (UDP): one the browsers can reach.
     #[arg(long, default_value = "127.0.0.1")]
     pub webrtc_ip: std::net::IpAddr,
+    /// Framebuffers the streamer may map lie here (the VMM writes them to /dev/shm), or
+    /// under the phone's host's state root; any other path a VMM reports is refused.
+    #[arg(long, default_value = "/dev/shm")]
+    pub framebuffer_root: PathBuf,
     /// Mark the session cookie Secure (when behind TLS).
     #[arg(long)]
     pub secure_cookies: bool,

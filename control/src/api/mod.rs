@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// When this service started: no host is judged silent for longer than it has run,
     /// so a service outage never counts against the hosts.
     pub started_ms: i64,
+    /// Where VMMs on this machine write framebuffers: the streamer maps nothing else
+    /// (besides the phone's host's state root).
+    pub framebuffer_root: std::path::PathBuf,
     /// Add `Secure` to the session cookie (when served behind TLS).
     pub secure_cookies: bool,
     /// Web session lifetime.
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             heartbeat_timeout_ms: 15_000,
             lost_after_ms: 120_000,
             started_ms: crate::now_ms(),
+            framebuffer_root: "/dev/shm".into(),
             secure_cookies: false,
             session_ttl_ms: 12 * 3600 * 1000,
         }

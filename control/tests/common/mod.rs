@@ -292,7 +292,12 @@ pub struct FakeHost {
 impl FakeHost {
     /// Enrols, joins and registers a host offering `max_phones` (its cap too).
     pub async fn register(s: &Server, name: &str, max_phones: u32) -> FakeHost {
-        let root = format!("/var/lib/fake-{name}");
+        // A real directory: the streamer resolves the reported socket's directory in it.
+        let root = format!(
+            "/tmp/cloudphone-fakehost-{name}-{}",
+            cloudphone::ids::random_hex(4)
+        );
+        std::fs::create_dir_all(&root).unwrap();
         let (id, token) = join(s, &enrol(s, name, &root, max_phones).await).await;
         let body = json!({"vcpus": 1024, "memory_mib": 1 << 20, "max_phones": max_phones});
         ok(s, "POST", "/hosts/register", &token, Some(body), 201).await;
