@@ -109,6 +109,10 @@ pub struct AgentOptions {
     /// service that cannot reach this host's VMM sockets and /dev/shm.
     #[arg(long, requires = "relay_url")]
     pub relay_listen: Option<SocketAddr>,
+    /// Framebuffers the relay may map lie here (the VMM writes them to /dev/shm) or under
+    /// --state-dir; any other path a VMM reports is refused.
+    #[arg(long, default_value = "/dev/shm")]
+    pub framebuffer_root: PathBuf,
     /// URL at which the control service reaches --relay-listen (through any port forward),
     /// e.g. http://10.0.0.5:7070; registered with a random key generated at start.
     #[arg(long, requires = "relay_listen")]
@@ -180,7 +184,10 @@ pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
     let key = host_key(&opts.control, opts.join_token.as_deref(), &key_file).await?;
     let client = Client::new(&opts.control, Some(key));
     let relay = match opts.relay_listen {
-        Some(addr) => Some(relay::Relay::start(addr).await?),
+        Some(addr) => {
+            let roots = [&opts.state_dir, &opts.framebuffer_root];
+            Some(relay::Relay::start(addr, cloudphone_stream::Confinement::new(roots)).await?)
+        }
         None => None,
     };
     let reg = RegisterHost {
