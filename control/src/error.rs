@@ -24,6 +24,9 @@ pub enum Error {
     /// Authenticated but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// Too many attempts (login backoff) or the server is saturated: retry after the delay.
+    #[error("{what}: retry in {retry_after_s} s")]
+    Throttled { what: String, retry_after_s: u64 },
     /// Storage failed.
     #[error(transparent)]
     Db(DbError),

@@ -14,6 +14,8 @@ pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod throttle;
+pub mod tls;
 pub mod wire;
 
 /// Milliseconds since the Unix epoch: the one time unit stored and sent everywhere.

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::scheduler::OvercommitPolicy;
+
 /// What a user may do. Operators see and manage everything; users only their own phones.
 /// Host agents are not users: each authenticates with its own host key (`api::hosts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +196,28 @@ pub struct Host {
     pub cap_vcpus: i64,
     pub cap_memory_mib: i64,
     pub cap_max_phones: i64,
+    /// How far the scheduler may promise more than the host has.
+    pub policy: OvercommitPolicy,
+    /// `MemAvailable` its agent last measured; absent before the first measurement.
+    pub mem_available_mib: Option<i64>,
+    /// What its live phones are promised and what they use.
+    pub load: HostUse,
+}
+
+/// Committed (nominal) versus used (measured) resources of a host's live phones, the numbers
+/// an operator packs hosts by.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostUse {
+    /// Live phones (not stopped, failed or lost).
+    pub phones: i64,
+    /// Sum of their profiles' vCPUs.
+    pub committed_vcpus: i64,
+    /// Sum of their profiles' memory.
+    pub committed_memory_mib: i64,
+    /// Sum of their measured private memory (phones not yet measured count nothing here).
+    pub used_memory_mib: i64,
+    /// What placement counts them as (see `scheduler::counted_memory_mib`).
+    pub counted_memory_mib: i64,
 }
 
 /// A phone (one VM on one host).

@@ -1,5 +1,7 @@
 //! Scheduling decisions as plain functions: no database, no HTTP, easy to test.
 
+use serde::{Deserialize, Serialize};
+
 /// Expected time a reset takes before a returned phone can be handed out again (ms).
 pub const RESET_ESTIMATE_MS: i64 = 5_000;
 
@@ -27,32 +29,114 @@ pub fn queue_eta_ms(position: i64, remaining: &[i64], typical_lease_ms: i64) -> 
     )
 }
 
-/// Capacity of a host and what its live phones already use.
+/// How far a host may promise more than it has, set per host by an operator (`cloudphone hosts
+/// policy`). Phones in a cloud fleet mostly idle (a warm pool waits, a leased phone shows one
+/// app), so reserving every phone's nominal vCPUs and RAM leaves hosts nearly empty; the policy
+/// trades that for a bounded risk, and the agent's measurements keep the risk visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OvercommitPolicy {
+    /// vCPUs the host may promise, in percent of its own (500: five phone vCPUs per core).
+    pub vcpu_pct: i64,
+    /// Nominal phone RAM the host may promise, in percent of its memory: the bound on what
+    /// happens if every phone grows to its nominal size at once (balloons reclaim the rest).
+    pub memory_pct: i64,
+    /// Memory the host keeps free: below it (as the agent measures `MemAvailable`) the host
+    /// takes no new phones and its agent inflates the balloons of idle phones.
+    pub reserve_mib: i64,
+}
+
+impl Default for OvercommitPolicy {
+    fn default() -> Self {
+        OvercommitPolicy {
+            vcpu_pct: 500,
+            memory_pct: 200,
+            reserve_mib: 512,
+        }
+    }
+}
+
+impl OvercommitPolicy {
+    /// Refuses policies that would let a host promise nothing or an absurd amount.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(100..=2000).contains(&self.vcpu_pct) {
+            return Err(format!(
+                "vcpu overcommit {} % is outside 100..=2000 %",
+                self.vcpu_pct
+            ));
+        }
+        if !(50..=1000).contains(&self.memory_pct) {
+            return Err(format!(
+                "memory overcommit {} % is outside 50..=1000 %",
+                self.memory_pct
+            ));
+        }
+        if !(0..=1 << 20).contains(&self.reserve_mib) {
+            return Err(format!(
+                "memory reserve {} MiB is outside 0..=1048576",
+                self.reserve_mib
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Memory a live phone is counted with when placing the next one: what the agent last
+/// measured as its private memory plus a margin for growth (an eighth of its nominal size, at
+/// least 32 MiB), never more than its nominal size; a phone not yet measured (booting) counts
+/// in full.
+pub fn counted_memory_mib(nominal_mib: i64, measured_private_mib: Option<i64>) -> i64 {
+    match measured_private_mib {
+        Some(m) => (m.max(0) + (nominal_mib / 8).max(32)).min(nominal_mib),
+        None => nominal_mib,
+    }
+}
+
+/// Capacity of a host, its policy, and what its live phones already take.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostLoad {
     pub host_id: String,
     pub vcpus: i64,
     pub memory_mib: i64,
     pub max_phones: i64,
+    pub policy: OvercommitPolicy,
+    /// `MemAvailable` the agent last measured; `None` before its first measurement.
+    pub mem_available_mib: Option<i64>,
+    /// Nominal vCPUs of the live phones.
     pub used_vcpus: i64,
+    /// Nominal memory of the live phones.
     pub used_memory_mib: i64,
+    /// The live phones' [`counted_memory_mib`].
+    pub counted_memory_mib: i64,
     pub phones: i64,
 }
 
-/// Picks the host with the most free phone slots (then memory) that fits one more phone of
-/// the given size; `None` when no host fits.
+impl HostLoad {
+    /// Whether one more phone of this size fits: a free slot, vCPUs and nominal memory within
+    /// the overcommit policy, the phone's full size within what the live phones leave by use,
+    /// and the host not under memory pressure.
+    pub fn fits(&self, vcpus: i64, memory_mib: i64) -> bool {
+        let p = &self.policy;
+        self.phones < self.max_phones
+            && (self.used_vcpus + vcpus) * 100 <= self.vcpus * p.vcpu_pct
+            && (self.used_memory_mib + memory_mib) * 100 <= self.memory_mib * p.memory_pct
+            && self.counted_memory_mib + memory_mib <= self.memory_mib
+            && self
+                .mem_available_mib
+                .is_none_or(|a| a >= p.reserve_mib + memory_mib)
+    }
+}
+
+/// Picks the host with the most free phone slots (then memory by use) that fits one more
+/// phone of the given size; `None` when no host fits.
 pub fn place(hosts: &[HostLoad], vcpus: i64, memory_mib: i64) -> Option<&HostLoad> {
     hosts
         .iter()
-        .filter(|h| {
-            h.phones < h.max_phones
-                && h.used_vcpus + vcpus <= h.vcpus
-                && h.used_memory_mib + memory_mib <= h.memory_mib
-        })
+        .filter(|h| h.fits(vcpus, memory_mib))
         .max_by_key(|h| {
             (
                 h.max_phones - h.phones,
-                h.memory_mib - h.used_memory_mib,
+                h.memory_mib - h.counted_memory_mib,
                 std::cmp::Reverse(h.host_id.clone()),
             )
         })
@@ -131,8 +215,15 @@ mod tests {
             vcpus: 8,
             memory_mib: 8192,
             max_phones: 4,
+            policy: OvercommitPolicy {
+                vcpu_pct: 100,
+                memory_pct: 100,
+                reserve_mib: 0,
+            },
+            mem_available_mib: None,
             used_vcpus: phones * 2,
             used_memory_mib: mem_used,
+            counted_memory_mib: mem_used,
             phones,
         }
     }
@@ -144,6 +235,96 @@ mod tests {
         assert_eq!(place(&hosts[..1], 2, 4096), None);
         let full = [host("c", 4, 0)];
         assert_eq!(place(&full, 1, 1), None);
+    }
+
+    /// The case that left a pool empty: a 2-core host running one 2-vCPU phone takes eight
+    /// 1-vCPU 256 MiB phones under the default policy, and not one without overcommit.
+    #[test]
+    fn default_policy_packs_small_phones_beside_a_big_one() {
+        let mut h = HostLoad {
+            host_id: "h".into(),
+            vcpus: 2,
+            memory_mib: 19_000,
+            max_phones: 64,
+            policy: OvercommitPolicy::default(),
+            mem_available_mib: Some(18_000),
+            used_vcpus: 2,
+            used_memory_mib: 1024,
+            counted_memory_mib: counted_memory_mib(1024, Some(300)),
+            phones: 1,
+        };
+        let mut placed = 0;
+        while h.fits(1, 256) {
+            h.used_vcpus += 1;
+            h.used_memory_mib += 256;
+            h.counted_memory_mib += 256;
+            h.phones += 1;
+            placed += 1;
+        }
+        assert_eq!(placed, 8, "vCPUs bound it: 2 cores x 500 % = 10");
+        h.policy.vcpu_pct = 100;
+        h.used_vcpus = 2;
+        assert!(!h.fits(1, 256));
+    }
+
+    #[test]
+    fn memory_is_counted_by_use_within_the_commit_limit() {
+        // 4 GiB host, phones of 1 GiB nominal that each use 100 MiB.
+        let mut h = host("m", 0, 0);
+        h.memory_mib = 4096;
+        h.max_phones = 100;
+        h.vcpus = 100;
+        h.policy.memory_pct = 200;
+        let counted = counted_memory_mib(1024, Some(100));
+        assert_eq!(counted, 100 + 128);
+        let mut placed = 0;
+        while h.fits(1, 1024) {
+            h.phones += 1;
+            h.used_vcpus += 2;
+            h.used_memory_mib += 1024;
+            h.counted_memory_mib += counted;
+            placed += 1;
+        }
+        assert_eq!(placed, 8, "the 200 % commit limit binds before use does");
+        h.policy.memory_pct = 1000;
+        assert!(
+            h.fits(1, 1024),
+            "by use there is room: 8 x 228 + 1024 <= 4096"
+        );
+        // Unmeasured phones count in full; measured ones never above nominal.
+        assert_eq!(counted_memory_mib(256, None), 256);
+        assert_eq!(counted_memory_mib(256, Some(10_000)), 256);
+        assert_eq!(counted_memory_mib(256, Some(-5)), 32);
+    }
+
+    #[test]
+    fn a_host_under_memory_pressure_takes_no_phone() {
+        let mut h = host("p", 0, 0);
+        h.policy.reserve_mib = 512;
+        h.mem_available_mib = Some(700);
+        assert!(
+            !h.fits(1, 256),
+            "700 - 256 leaves less than the 512 MiB reserve"
+        );
+        h.mem_available_mib = Some(800);
+        assert!(h.fits(1, 256));
+        assert!(OvercommitPolicy::default().validate().is_ok());
+        for bad in [
+            OvercommitPolicy {
+                vcpu_pct: 0,
+                ..Default::default()
+            },
+            OvercommitPolicy {
+                memory_pct: 5000,
+                ..Default::default()
+            },
+            OvercommitPolicy {
+                reserve_mib: -1,
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

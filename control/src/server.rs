@@ -57,6 +57,27 @@ pub struct ServeOptions {
     /// Mark the session cookie Secure (when behind TLS).
     #[arg(long)]
     pub secure_cookies: bool,
+    /// PEM certificate chain: serve HTTPS (with --tls-key). Without it the service speaks
+    /// plain HTTP: only for loopback or behind a TLS-terminating proxy.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that signed the agents' relay certificates: needed to stream
+    /// from an agent whose --relay-url is https.
+    #[arg(long)]
+    pub relay_ca_file: Option<PathBuf>,
+    /// API tokens expire this long after they are minted (default 90 days).
+    #[arg(long, default_value_t = 90 * 24 * 3600)]
+    pub token_ttl_s: u64,
+    /// Argon2 hashes run at once; each login hash takes 19 MiB, and a caller waiting more
+    /// than 5 s for a slot gets 429.
+    #[arg(long, default_value_t = 2)]
+    pub hash_concurrency: usize,
+    /// Serve `/metrics` to anyone (default: operators only).
+    #[arg(long)]
+    pub public_metrics: bool,
 }
 
 /// The scheduler's identity in the audit log.
@@ -90,6 +111,15 @@ pub async fn run_with(opts: ServeOptions, extra: axum::Router<AppState>) -> anyh
         lost_after_ms: opts.lost_after_ms.max(opts.heartbeat_timeout_ms) as i64,
         started_ms: crate::now_ms(),
         secure_cookies: opts.secure_cookies,
+        token_ttl_ms: (opts.token_ttl_s as i64).saturating_mul(1000),
+        hash_concurrency: opts.hash_concurrency,
+        public_metrics: opts.public_metrics,
+        relay_tls: opts
+            .relay_ca_file
+            .as_deref()
+            .map(crate::tls::client_config)
+            .transpose()
+            .context("--relay-ca-file")?,
         ..ServerConfig::default()
     };
     let state = AppState::new(db, config);
@@ -104,12 +134,17 @@ pub async fn run_with(opts: ServeOptions, extra: axum::Router<AppState>) -> anyh
         state.clone(),
         Duration::from_millis(opts.utilisation_sample_ms.max(100)),
     ));
+    let tls = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("binding {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "cloudphone control service listening");
-    println!("listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "cloudphone control service listening");
+    println!("listening on {scheme}://{addr}");
     let stream = crate::stream::api_routes(
         state.clone(),
         cloudphone_stream::StreamHub::new(),
@@ -120,8 +155,7 @@ pub async fn run_with(opts: ServeOptions, extra: axum::Router<AppState>) -> anyh
     );
     let app = api::router_with(state, extra.merge(stream))
         .merge(crate::stream::web_routes(opts.web_dir.clone()));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    crate::tls::serve(listener, tls, app, shutdown_signal())
         .await
         .context("serving HTTP")?;
     Ok(())

@@ -65,31 +65,38 @@ impl StreamAuthorizer for LeaseAuthorizer {
                 status: axum::http::StatusCode::CONFLICT,
                 message: format!("phone {phone_id} has no running VMM yet; retry when it is ready"),
             })?;
-            let source = match hosts::relay(&mut tx, &phone.host_id)
-                .await
-                .map_err(denied)?
-            {
-                // The agent's VMMs are elsewhere (another machine, a VM): use its relay.
-                Some(relay) => {
-                    ScreenSource::relay(&relay.url, &relay.key, &phone.id).map_err(|e| {
-                        StreamDenied {
-                            status: axum::http::StatusCode::BAD_GATEWAY,
-                            message: format!("host {} has an unusable relay: {e}", phone.host_id),
+            let source =
+                match hosts::relay(&mut tx, &phone.host_id)
+                    .await
+                    .map_err(denied)?
+                {
+                    // The agent's VMMs are elsewhere (another machine, a VM): use its relay.
+                    Some(relay) => {
+                        let source = ScreenSource::relay(&relay.url, &relay.key, &phone.id)
+                            .map_err(|e| StreamDenied {
+                                status: axum::http::StatusCode::BAD_GATEWAY,
+                                message: format!(
+                                    "host {} has an unusable relay: {e}",
+                                    phone.host_id
+                                ),
+                            })?;
+                        match &st.config.relay_tls {
+                            Some(tls) => source.with_relay_tls(tls.clone()),
+                            None => source,
                         }
-                    })?
-                }
-                // Local VMM: its socket and framebuffer only under the host's state root or
-                // the framebuffer root, whatever the agent or the VMM reports.
-                None => {
-                    let host = hosts::get(&mut tx, &phone.host_id).await.map_err(denied)?;
-                    let roots = [Path::new(&host.state_root), &st.config.framebuffer_root];
-                    ScreenSource::confined(Path::new(&api_socket), Confinement::new(roots))
-                        .map_err(|e| StreamDenied {
-                            status: axum::http::StatusCode::BAD_GATEWAY,
-                            message: format!("phone {phone_id}: {e}"),
-                        })?
-                }
-            };
+                    }
+                    // Local VMM: its socket and framebuffer only under the host's state root or
+                    // the framebuffer root, whatever the agent or the VMM reports.
+                    None => {
+                        let host = hosts::get(&mut tx, &phone.host_id).await.map_err(denied)?;
+                        let roots = [Path::new(&host.state_root), &st.config.framebuffer_root];
+                        ScreenSource::confined(Path::new(&api_socket), Confinement::new(roots))
+                            .map_err(|e| StreamDenied {
+                                status: axum::http::StatusCode::BAD_GATEWAY,
+                                message: format!("phone {phone_id}: {e}"),
+                            })?
+                    }
+                };
             // Everyone watching a leased phone (its holder, operators) stops when the lease
             // ends; an operator watching a free phone is bound to no lease.
             let revocation = match lease {

@@ -24,8 +24,22 @@ struct Agent {
 impl Agent {
     /// Enrols host `h1` with `state` as its root and starts an agent joining with the token.
     async fn start(s: &Server, state: &Path, env: &[(&str, &str)]) -> Agent {
+        Agent::launch(s, state, env, &[]).await
+    }
+
+    /// Like [`Agent::start`] with some flags' values replaced (`("--vcpus", "2")`).
+    async fn start_with(s: &Server, state: &Path, flags: &[(&str, &str)]) -> Agent {
+        Agent::launch(s, state, &[], flags).await
+    }
+
+    async fn launch(
+        s: &Server,
+        state: &Path,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Agent {
         let root = std::fs::canonicalize(state).unwrap();
-        let join = common::enrol(s, "h1", &root.display().to_string(), 4).await;
+        let join = common::enrol(s, "h1", &root.display().to_string(), 64).await;
         let args = [
             "agent",
             "--control",
@@ -49,16 +63,30 @@ impl Agent {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
+        .collect::<Vec<String>>();
         let mut a = Agent {
             child: None,
-            args,
+            args: Vec::new(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
+        a.args = args;
+        for (flag, value) in flags {
+            match a.args.iter().position(|x| x == flag) {
+                Some(i) => a.args[i + 1] = value.to_string(),
+                None => a.args.extend([flag.to_string(), value.to_string()]),
+            }
+        }
         a.spawn();
+        // Joined (the one-time token spent, the key kept) before a test may kill it.
+        let key = state.join("host.key");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !key.exists() {
+            assert!(Instant::now() < deadline, "the agent never joined");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         a
     }
     fn spawn(&mut self) {
@@ -417,3 +445,424 @@ async fn service_outage_keeps_leases_and_data(kind: Kind) {
     );
 }
 both!(service_outage_keeps_leases_and_data);
+
+/// The balloon targets the agent set on phones' fake VMMs (those it ever resized).
+async fn balloon_targets(s: &Server) -> Vec<i64> {
+    phones(s)
+        .await
+        .iter()
+        .filter_map(|ph| {
+            let sock = Path::new(ph["api_socket"].as_str()?);
+            let f = std::fs::read_to_string(sock.with_file_name("balloon.json")).ok()?;
+            serde_json::from_str::<Value>(&f).ok()?["target_mib"].as_i64()
+        })
+        .collect()
+}
+
+/// The case that left a pool empty: a 2-vCPU host running one 2-vCPU phone now also runs a
+/// pool of eight 1-vCPU phones (default policy: 5 phone vCPUs per core); the agent's
+/// measurements reach `GET /hosts` (committed vs used); with the operator's policy at no
+/// overcommit the pool stops growing; and a host short of memory (a reserve above what it has)
+/// takes no new phone while its agent inflates the balloons of idle phones.
+async fn placement_by_use(kind: Kind) {
+    let s = Server::start(kind, &["--tick-ms", "100"]).await;
+    let admin = s.admin.clone();
+    let big = json!({"name": "big", "width": 720, "height": 1280, "dpi": 320, "vcpus": 2,
+        "memory_mib": 1024, "image": "", "pool_size": 1});
+    ok(&s, "POST", "/profiles", &admin, Some(big), 201).await;
+    let state = TempDir::new("agent");
+    let _reaper = VmmReaper(state.0.clone());
+    let _agent = Agent::start_with(
+        &s,
+        &state.0,
+        &[
+            ("--vcpus", "2"),
+            ("--max-phones", "32"),
+            ("--devices", "balloon"),
+        ],
+    )
+    .await;
+    wait_for(&s, "the big phone ready", |p| count(p, "ready") == 1).await;
+    profile(&s, "pixel", 8).await;
+    wait_for(&s, "8 small phones beside the big one", |p| {
+        count(p, "ready") == 9
+    })
+    .await;
+
+    // The agent measures each VMM (python here: some MiB of private memory each).
+    let hosts = loop {
+        let h = ok(&s, "GET", "/hosts", &admin, None, 200).await;
+        if h[0]["load"]["used_memory_mib"].as_i64().unwrap() > 0 {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let host = &hosts[0];
+    let load = &host["load"];
+    assert_eq!(load["phones"], 9, "{host}");
+    assert_eq!(load["committed_vcpus"], 10, "{host}");
+    assert_eq!(load["committed_memory_mib"], 1024 + 8 * 256, "{host}");
+    let used = load["used_memory_mib"].as_i64().unwrap();
+    assert!(
+        used < load["committed_memory_mib"].as_i64().unwrap(),
+        "fake VMMs use less than their nominal size: {host}"
+    );
+    assert!(host["mem_available_mib"].as_i64().unwrap() > 0, "{host}");
+    let host_id = host["id"].as_str().unwrap().to_owned();
+
+    // No overcommit: 2 vCPUs are taken by the big phone, so a bigger pool gets no phone.
+    let strict = json!({"vcpu_pct": 100, "memory_pct": 100, "reserve_mib": 0});
+    let h = ok(
+        &s,
+        "PUT",
+        &format!("/hosts/{host_id}/policy"),
+        &admin,
+        Some(strict),
+        200,
+    )
+    .await;
+    assert_eq!(h["policy"]["vcpu_pct"], 100, "{h}");
+    let pixel = ok(&s, "GET", "/profiles", &admin, None, 200).await;
+    let pixel_id = pixel
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pixel")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pool = |n: u32| json!({ "pool_size": n });
+    ok(
+        &s,
+        "PATCH",
+        &format!("/profiles/{pixel_id}"),
+        &admin,
+        Some(pool(9)),
+        200,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        live(&phones(&s).await).len(),
+        9,
+        "no room without overcommit"
+    );
+
+    // Memory pressure: a reserve larger than the host keeps the pool from growing even with
+    // vCPUs to spare, and the agent asks every idle phone's balloon for half its memory.
+    let short = json!({"vcpu_pct": 2000, "memory_pct": 1000, "reserve_mib": 1 << 20});
+    ok(
+        &s,
+        "PUT",
+        &format!("/hosts/{host_id}/policy"),
+        &admin,
+        Some(short),
+        200,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let targets = loop {
+        let targets = balloon_targets(&s).await;
+        if targets.len() == 9 {
+            break targets;
+        }
+        assert!(Instant::now() < deadline, "balloons inflated: {targets:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        targets.iter().filter(|t| **t == 128).count(),
+        8,
+        "{targets:?}"
+    );
+    assert_eq!(
+        targets.iter().filter(|t| **t == 512).count(),
+        1,
+        "{targets:?}"
+    );
+    assert_eq!(
+        live(&phones(&s).await).len(),
+        9,
+        "no new phone under pressure"
+    );
+
+    // Pressure gone: balloons give everything back and the pool grows to 9 small phones.
+    let relaxed = json!({"vcpu_pct": 2000, "memory_pct": 1000, "reserve_mib": 0});
+    ok(
+        &s,
+        "PUT",
+        &format!("/hosts/{host_id}/policy"),
+        &admin,
+        Some(relaxed),
+        200,
+    )
+    .await;
+    wait_for(&s, "the ninth small phone", |p| count(p, "ready") == 10).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let targets = balloon_targets(&s).await;
+        if targets.len() == 9 && targets.iter().all(|t| *t == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "balloons deflated: {targets:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Bad policies and bad measurements are refused.
+    for (bad, status) in [
+        (
+            json!({"vcpu_pct": 0, "memory_pct": 100, "reserve_mib": 0}),
+            400,
+        ),
+        (json!({"vcpu_pct": 100, "memory_pct": 100}), 422),
+        (
+            json!({"vcpu_pct": 100, "memory_pct": 100, "reserve_mib": 0, "x": 1}),
+            422,
+        ),
+    ] {
+        let p = format!("/hosts/{host_id}/policy");
+        ok(&s, "PUT", &p, &admin, Some(bad), status).await;
+    }
+    let hb = |usage: Value| json!({"running": [], "usage": usage});
+    for (usage, status) in [
+        (json!({"mem_available_mib": -1, "phones": []}), 422),
+        (
+            json!({"mem_available_mib": 1, "phones": [{"id": "../x", "private_mib": 1, "pss_mib": 1, "cpu_ms": 1}]}),
+            400,
+        ),
+        (json!({"mem_available_mib": 1u64 << 40, "phones": []}), 400),
+    ] {
+        let p = format!("/hosts/{host_id}/heartbeat");
+        let key = std::fs::read_to_string(state.0.join("host.key")).unwrap();
+        ok(&s, "POST", &p, key.trim(), Some(hb(usage)), status).await;
+    }
+}
+both!(placement_by_use);
+
+/// The fake VMM's argv for a phone (what the agent started it with).
+fn argv_of(state: &Path, phone_id: &str) -> String {
+    let file = state.join("phones").join(phone_id).join("argv.json");
+    let argv: Vec<String> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    argv.join(" ")
+}
+
+/// A file of a phone's directory as text (a qcow2 overlay's binary parts lossily).
+fn phone_file(state: &Path, phone_id: &str, name: &str) -> String {
+    let bytes = std::fs::read(state.join("phones").join(phone_id).join(name)).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Why the agent last reported `phone_id` ready (the detail of its newest audit event).
+async fn ready_reason(s: &Server, phone_id: &str) -> String {
+    let events = ok(s, "GET", "/audit?limit=1000", &s.admin.clone(), None, 200).await;
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "phone.ready" && e["target"] == phone_id)
+        .max_by_key(|e| e["at_ms"].as_i64())
+        .map(|e| e["detail"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Leases a ready phone of "pixel" and releases it: the phone is reset to generation `+1`.
+async fn lease_and_release(s: &Server, token: &str) -> String {
+    let l = lease_phone(s, token, "pixel").await;
+    let id = l["lease"]["phone_id"].as_str().unwrap().to_owned();
+    let generation = phones(s)
+        .await
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .unwrap()["generation"]
+        .as_i64()
+        .unwrap();
+    let lease = format!("/leases/{}", l["lease"]["id"].as_str().unwrap());
+    ok(s, "DELETE", &lease, token, None, 200).await;
+    wait_for(s, "the released phone reset and ready", |p| {
+        p.iter().any(|x| {
+            x["id"] == id.as_str() && x["state"] == "ready" && x["generation"] == generation + 1
+        })
+    })
+    .await;
+    id
+}
+
+/// Warm pool from snapshots: the first phone of a phone-image profile cold-boots to
+/// PHONE_READY and is paused, snapshotted (with its overlay frozen) and resumed; the phones
+/// after it, and resets, are clones (`--restore`) with their own socket, consoles and a copy
+/// of the frozen overlay. A new base image invalidates the snapshot (the next phone
+/// cold-boots and makes a new one); a snapshot that fails to restore falls back to a cold boot.
+async fn warm_pool_clones(kind: Kind) {
+    let s = Server::start(
+        kind,
+        &["--heartbeat-timeout-ms", "5000", "--tick-ms", "100"],
+    )
+    .await;
+    let (_, alice) = user(&s, "alice", "user", 1).await;
+    let images = TempDir::new("images");
+    std::fs::write(images.0.join("base.img"), vec![0u8; 1 << 20]).unwrap();
+    let boot = images.0.join("boot.img");
+    std::fs::write(&boot, "android").unwrap();
+    let body = json!({"name": "pixel", "width": 720, "height": 1280, "dpi": 320, "vcpus": 1, "memory_mib": 256, "image": "base.img", "pool_size": 1});
+    let profile_id = ok(&s, "POST", "/profiles", &s.admin.clone(), Some(body), 201).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = TempDir::new("agent");
+    let _reaper = VmmReaper(state.0.clone());
+    let mut agent = Agent::start_with(
+        &s,
+        &state.0,
+        &[("--image-dir", &images.0.display().to_string())],
+    )
+    .await;
+    agent.kill9();
+    let at = agent.args.iter().position(|a| a == "--kernel").unwrap();
+    agent.args[at] = "--boot-img".into();
+    agent.args[at + 1] = boot.display().to_string();
+    agent.spawn();
+
+    let p = wait_for(&s, "the first phone ready", |p| count(p, "ready") == 1).await;
+    let first = p[0]["id"].as_str().unwrap().to_owned();
+    let why = ready_reason(&s, &first).await;
+    assert!(why.contains("PHONE_READY"), "{why}");
+    let snap = state.0.join("snapshots").join(&profile_id);
+    assert!(snap.join("vm/state").is_file() && snap.join("identity").is_file());
+    let cold = argv_of(&state.0, &first);
+    assert!(
+        cold.starts_with("--boot-img") && !cold.contains("--restore"),
+        "{cold}"
+    );
+    let calls = phone_file(&state.0, &first, "calls.log");
+    assert_eq!(
+        calls,
+        format!(
+            "PUT /pause\nPUT /snapshot {}\nPUT /resume\n",
+            std::path::absolute(state.0.join("snapshots"))
+                .unwrap()
+                .join(format!(".{profile_id}.partial/vm"))
+                .display()
+        ),
+        "paused, snapshotted, resumed"
+    );
+    let frozen =
+        String::from_utf8_lossy(&std::fs::read(snap.join("disk.qcow2")).unwrap()).into_owned();
+    assert!(frozen.contains("written by"), "{frozen}");
+
+    // A bigger pool: the second phone is a clone of the snapshot.
+    let l = lease_phone(&s, &alice, "pixel").await;
+    assert_eq!(l["lease"]["phone_id"], json!(first));
+    let pool = json!({"pool_size": 2});
+    ok(
+        &s,
+        "PATCH",
+        "/profiles/pixel",
+        &s.admin.clone(),
+        Some(pool),
+        200,
+    )
+    .await;
+    let p = wait_for(&s, "a clone ready", |p| count(p, "ready") == 1).await;
+    let clone = p.iter().find(|x| x["state"] == "ready").unwrap();
+    let clone_id = clone["id"].as_str().unwrap().to_owned();
+    let why = ready_reason(&s, &clone_id).await;
+    assert!(
+        why.contains("restored from the profile's snapshot"),
+        "{why}"
+    );
+    let argv = argv_of(&state.0, &clone_id);
+    let own = state.0.join("phones").join(&clone_id);
+    assert!(
+        argv.starts_with(&format!("--restore {}", snap.join("vm").display())),
+        "{argv}"
+    );
+    for mine in [
+        "api.sock",
+        "report.log",
+        "console.log",
+        "serial.log",
+        "overlay.qcow2",
+    ] {
+        assert!(
+            argv.contains(&own.join(mine).display().to_string()),
+            "{mine}: {argv}"
+        );
+    }
+    assert!(
+        !argv.contains("--boot-img") && !argv.contains("--memory"),
+        "{argv}"
+    );
+    // The clone's disk starts as the frozen overlay; its writes are its own.
+    let disk = phone_file(&state.0, &clone_id, "overlay.qcow2");
+    assert!(disk.starts_with(&frozen), "{disk}");
+    assert_eq!(
+        disk.matches("written by").count(),
+        2,
+        "the first phone's write and its own"
+    );
+
+    // Release: the reset phone is a clone too, on a fresh copy (nothing of its old disk).
+    ok(
+        &s,
+        "DELETE",
+        &format!("/leases/{}", l["lease"]["id"].as_str().unwrap()),
+        &alice,
+        None,
+        200,
+    )
+    .await;
+    wait_for(&s, "the first phone reset", |p| {
+        p.iter()
+            .any(|x| x["id"] == first.as_str() && x["state"] == "ready" && x["generation"] == 1)
+    })
+    .await;
+    assert!(argv_of(&state.0, &first).starts_with("--restore"));
+    let disk = phone_file(&state.0, &first, "overlay.qcow2");
+    assert!(disk.starts_with(&frozen) && disk.matches("written by").count() == 2);
+    let other = phone_file(&state.0, &clone_id, "overlay.qcow2");
+    assert_ne!(disk, other, "no clone sees another's writes");
+
+    // A new base image invalidates the snapshot: the next reset cold-boots and snapshots anew.
+    let old_identity = std::fs::read_to_string(snap.join("identity")).unwrap();
+    std::fs::write(images.0.join("base.img"), vec![0u8; 2 << 20]).unwrap();
+    let reset = lease_and_release(&s, &alice).await;
+    assert!(argv_of(&state.0, &reset).starts_with("--boot-img"));
+    let new_identity = std::fs::read_to_string(snap.join("identity")).unwrap();
+    assert_ne!(old_identity, new_identity);
+    assert!(
+        new_identity.contains(&format!("size={}", 2 << 20)),
+        "{new_identity}"
+    );
+
+    // A snapshot the VMM refuses: the phone cold-boots instead and the snapshot is dropped.
+    std::fs::write(snap.join("vm/state"), "not a snapshot").unwrap();
+    let reset = lease_and_release(&s, &alice).await;
+    assert!(
+        argv_of(&state.0, &reset).starts_with("--boot-img"),
+        "cold boot after the failed restore"
+    );
+    assert!(!snap.exists(), "the broken snapshot is deleted");
+    assert_eq!(count(&phones(&s).await, "failed"), 0);
+
+    // A clone whose guest never reports its own identity is not handed out: it is cold-booted
+    // (a new agent run: the next cold boot makes a new snapshot, the reset after it is a clone).
+    agent.kill9();
+    agent.env.push(("FAKE_VMM_SILENT_CLONE".into(), "1".into()));
+    agent
+        .args
+        .extend(["--clone-identity-timeout-ms".into(), "500".into()]);
+    agent.spawn();
+    wait_for(&s, "both phones ready again", |p| count(p, "ready") == 2).await;
+    if !snap.join("identity").is_file() {
+        // Not remade while the new agent took its phones over: the next cold boot makes it.
+        lease_and_release(&s, &alice).await;
+    }
+    assert!(snap.join("identity").is_file(), "snapshotted again");
+    let reset = lease_and_release(&s, &alice).await;
+    assert!(
+        argv_of(&state.0, &reset).starts_with("--boot-img"),
+        "a silent clone is replaced by a cold boot"
+    );
+    assert!(!snap.exists(), "the snapshot of silent clones is deleted");
+}
+both!(warm_pool_clones);

@@ -439,12 +439,18 @@ async fn cookie_login(kind: Kind) {
 }
 both!(cookie_login);
 
-/// Metrics and health.
+/// Metrics (operators only unless `--public-metrics`) and health.
 async fn metrics_and_health(kind: Kind) {
     let s = Server::start(kind, &[]).await;
     assert_eq!(raw(&s.url, "GET", "/healthz", None, None).await.0, 200);
     ok(&s, "GET", "/profiles", &s.admin.clone(), None, 200).await;
-    let (code, body) = raw(&s.url, "GET", "/metrics", None, None).await;
+    assert_eq!(raw(&s.url, "GET", "/metrics", None, None).await.0, 401);
+    let (_, user_token) = user(&s, "metrics-reader", "user", 1).await;
+    let (code, _) = raw(&s.url, "GET", "/metrics", Some(&user_token), None).await;
+    assert_eq!(code, 403, "plain users do not see fleet metrics");
+    let public = Server::start(kind, &["--public-metrics"]).await;
+    assert_eq!(raw(&public.url, "GET", "/metrics", None, None).await.0, 200);
+    let (code, body) = raw(&s.url, "GET", "/metrics", Some(&s.admin), None).await;
     assert_eq!(code, 200);
     let text = body.as_str().unwrap();
     for needle in ["cloudphone_phones{state=\"ready\"} 0", "cloudphone_leases_active 0", "cloudphone_queue_length 0", "cloudphone_http_request_duration_seconds_bucket{method=\"GET\",route=\"/api/v1/profiles\",status=\"200\""] {

@@ -4,7 +4,9 @@
 //! database, as the stream authoriser does) the relay serves only this host's phones: the
 //! geometry, a frames stream whose pixels follow the VMM's screen, and input that reaches the
 //! VMM (whose redraw then comes back as a frame record). A StreamHub fed through the relay
-//! encodes the screen, as `cloudphone serve` does for a phone whose host has a relay.
+//! encodes the screen, as `cloudphone serve` does for a phone whose host has a relay. The
+//! same runs with the relay over TLS (`--relay-tls-cert/--relay-tls-key`, an https relay URL,
+//! the CA given to the reader as `serve --relay-ca-file` does).
 
 mod common;
 
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use cloudphone_stream::relay::wire::{Decoder, Mirror};
 use cloudphone_stream::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use cloudphone_stream::{ScreenSource, StreamHub, ViewerOptions};
+use common::pki::Pki;
 use common::{api, ok, profile, Kind, Server, TempDir};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -92,13 +95,34 @@ async fn read_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agent_relay_streams_frames_and_forwards_input() {
+    relay_streams_frames_and_forwards_input(None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_relay_over_tls_streams_frames_and_forwards_input() {
+    relay_streams_frames_and_forwards_input(Some(Pki::new())).await
+}
+
+/// The relay end to end, over TLS when given a PKI (the agent serves its server certificate,
+/// every reader trusts only its CA).
+async fn relay_streams_frames_and_forwards_input(pki: Option<Pki>) {
     let s = Server::start(Kind::Sqlite, &[]).await;
     profile(&s, "relayed", 1).await;
     let state = TempDir::new("agent-state");
     let root = std::fs::canonicalize(&state.0).unwrap();
     let join = common::enrol(&s, "h1", &root.display().to_string(), 4).await;
-    let relay_url = format!("http://127.0.0.1:{}", free_port());
-    let listen = relay_url.trim_start_matches("http://");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let relay_url = format!("{scheme}://{listen}");
+    let mut relay_tls: Vec<String> = Vec::new();
+    if let Some(pki) = &pki {
+        for (flag, file) in [
+            ("--relay-tls-cert", "server.pem"),
+            ("--relay-tls-key", "server.key"),
+        ] {
+            relay_tls.extend([flag.to_owned(), pki.path(file).display().to_string()]);
+        }
+    }
     let child = Command::new(common::bin())
         .args([
             "agent",
@@ -117,7 +141,8 @@ async fn agent_relay_streams_frames_and_forwards_input() {
             "100",
         ])
         .args(["--vcpus", "8", "--memory-mib", "8192", "--max-phones", "4"])
-        .args(["--relay-listen", listen, "--relay-url", &relay_url])
+        .args(["--relay-listen", &listen, "--relay-url", &relay_url])
+        .args(&relay_tls)
         .env("CLOUDPHONE_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -140,7 +165,12 @@ async fn agent_relay_streams_frames_and_forwards_input() {
     assert_eq!(url, relay_url);
     assert_eq!(key.len(), 64, "a 256-bit random key");
 
-    let http = reqwest::Client::new();
+    let mut http = reqwest::Client::builder();
+    if let Some(pki) = &pki {
+        let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
+    }
+    let http = http.build().unwrap();
     let get =
         |path: String, key: &str| http.get(format!("{url}{path}")).bearer_auth(key.to_owned());
     let fb = format!("/phones/{phone}/framebuffer");
@@ -207,7 +237,11 @@ async fn agent_relay_streams_frames_and_forwards_input() {
         events: events_rx,
         local_addr: "127.0.0.1:9".parse().unwrap(),
     };
-    let source = ScreenSource::relay(&url, &key, &phone).unwrap();
+    let mut source = ScreenSource::relay(&url, &key, &phone).unwrap();
+    if let Some(pki) = &pki {
+        source =
+            source.with_relay_tls(cloudphone::tls::client_config(&pki.path("ca.pem")).unwrap());
+    }
     let options = ViewerOptions {
         label: "alice".into(),
         can_send_input: true,
@@ -259,7 +293,7 @@ async fn register_checks_the_relay_and_never_returns_its_key(kind: Kind) {
         (json!({"relay_url": "http://127.0.0.1:1"}), "together"),
         (json!({"relay_key": key}), "together"),
         (
-            json!({"relay_url": "https://h:1", "relay_key": key}),
+            json!({"relay_url": "ftp://h:1", "relay_key": key}),
             "http://",
         ),
         (

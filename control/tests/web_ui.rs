@@ -85,7 +85,14 @@ async fn operator_page_shows_hosts_phones_and_utilisation_over_time() {
     let host_row = &page["hosts"][0];
     assert_eq!(host_row[0], "rack1-host7", "{page}");
     assert_eq!(host_row[1], "online", "{page}");
-    assert_eq!(host_row[4], "4", "max phones: {page}");
+    assert_eq!(host_row[2], "2 / 4", "phones / max phones: {page}");
+    assert!(
+        host_row[4]
+            .as_str()
+            .unwrap()
+            .starts_with("512 / 1048576 MiB"),
+        "memory committed by the two pool phones: {page}"
+    );
     let phones = page["phones"].as_array().unwrap();
     let leased_row = phones
         .iter()

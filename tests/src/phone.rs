@@ -160,7 +160,12 @@ pub fn difference(a: &Rgba, b: &Rgba) -> f64 {
 
 /// The guest's screen, read from the exported framebuffer (shared memory) the API points at.
 pub fn screenshot(vm: &VmProcess) -> Rgba {
-    let (status, body) = vm.api("GET", "/framebuffer", None).unwrap();
+    screenshot_at(&vm.api_socket)
+}
+
+/// [`screenshot`] of a VMM this test did not start (a host agent's phone), by its API socket.
+pub fn screenshot_at(api_socket: &Path) -> Rgba {
+    let (status, body) = crate::api_request(api_socket, "GET", "/framebuffer", None).unwrap();
     assert_eq!(status, 200, "GET /framebuffer: {body}");
     let info: serde_json::Value = serde_json::from_str(&body).unwrap();
     let path = info["path"].as_str().unwrap();
@@ -186,11 +191,16 @@ pub fn screenshot(vm: &VmProcess) -> Rgba {
 
 /// Put touch contacts `(id, x, y, down)` through the VMM API, as the browser does.
 pub fn touch(vm: &VmProcess, fingers: &[(u32, u32, u32, bool)]) {
+    touch_at(&vm.api_socket, fingers)
+}
+
+/// [`touch`] on a VMM this test did not start, by its API socket.
+pub fn touch_at(api_socket: &Path, fingers: &[(u32, u32, u32, bool)]) {
     let list: Vec<String> = fingers
         .iter()
         .map(|(id, x, y, down)| format!(r#"{{"id":{id},"x":{x},"y":{y},"down":{down}}}"#))
         .collect();
     let body = format!(r#"{{"touch":[{}]}}"#, list.join(","));
-    let (status, reply) = vm.api("PUT", "/input", Some(&body)).unwrap();
+    let (status, reply) = crate::api_request(api_socket, "PUT", "/input", Some(&body)).unwrap();
     assert!(status < 300, "PUT /input {body}: {status} {reply}");
 }

@@ -138,3 +138,158 @@ fn lease_boots_a_real_phone_and_release_resets_it() {
         serial(&phone_id).contains(MARKER).then(String::new)
     });
 }
+
+/// Milliseconds in the agent's "... (N ms after the VMM started)" ready report for a phone.
+fn ready_ms(control: &ControlService, phone_id: &str) -> (String, u64) {
+    let events = control
+        .call("GET", "/audit?limit=1000", &control.admin, None)
+        .1;
+    let detail = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "phone.ready" && e["target"] == phone_id)
+        .max_by_key(|e| e["at_ms"].as_i64())
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let ms = detail
+        .rsplit_once(" ms after")
+        .and_then(|(head, _)| head.rsplit('(').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no timing in the ready report {detail:?}"));
+    (detail, ms)
+}
+
+#[test]
+#[ignore = "tier 2: needs working KVM and scripts/build-test-image"]
+fn second_phone_of_a_profile_is_a_clone_of_the_first() {
+    use cloudphone_tests::cache_dir;
+    use cloudphone_tests::phone::{difference, golden, icon_centre, screenshot_at, touch_at};
+    const SIZE: (u32, u32) = (720, 1280);
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+    let image = cache_dir().join("test-image");
+    let dir = scratch_dir("control-agent-clone");
+    let local = std::env::temp_dir().join(format!("cloudphone-agent-clone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&local);
+    std::fs::create_dir_all(&local).unwrap();
+    let control = ControlService::start(&local.join("data"), &["--tick-ms", "200"]).unwrap();
+    let (url, admin) = (control.url(), control.admin.clone());
+    let call =
+        |method: &str, path: &str, token: &str, body| control.call(method, path, token, body);
+    let profile = json!({"name": "phone", "width": SIZE.0, "height": SIZE.1, "dpi": 320, "vcpus": 1, "memory_mib": 1024, "image": "", "pool_size": 1});
+    let (c, p) = call("POST", "/profiles", &admin, Some(profile));
+    assert_eq!(c, 201, "{p}");
+    let profile_id = p["id"].as_str().unwrap().to_owned();
+    let state = local.join("agent");
+    std::fs::create_dir_all(&state).unwrap();
+    let state = std::fs::canonicalize(&state).unwrap();
+    let join_token = control.enrol_host("sandbox", &state.display().to_string(), 2);
+    let agent_log = dir.join("agent.log");
+    let _agent = ChildGuard(
+        Command::new(workspace_binary("cloudphone"))
+            .args(["agent", "--control", &url, "--interval-ms", "500"])
+            .args(["--max-phones", "2", "--join-token", &join_token])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--vmm")
+            .arg(vmm_binary())
+            .arg("--boot-img")
+            .arg(image.join("boot.img"))
+            .arg("--vendor-boot")
+            .arg(image.join("vendor_boot.img"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .expect("start cloudphone agent"),
+    );
+    let diag = || {
+        let phones = call("GET", "/phones", &admin, None).1;
+        let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
+        format!("phones: {phones}\nagent log:\n{log}")
+    };
+    let ready_other_than = |known: &[String]| {
+        let p = call("GET", "/phones?state=ready", &admin, None).1;
+        p.as_array()?.iter().find_map(|p| {
+            let id = p["id"].as_str()?.to_owned();
+            (!known.contains(&id)).then(|| (id, p["api_socket"].as_str().unwrap().to_owned()))
+        })
+    };
+
+    // The first phone cold-boots to PHONE_READY and becomes the profile's snapshot.
+    let (first, first_api) = control.wait("the first phone ready", TIMEOUT, diag, || {
+        ready_other_than(&[])
+    });
+    assert!(
+        state
+            .join("snapshots")
+            .join(&profile_id)
+            .join("identity")
+            .is_file(),
+        "the first ready phone was snapshotted\n{}",
+        diag()
+    );
+    let (cold_why, cold_ms) = ready_ms(&control, &first);
+
+    // The second phone of the profile is a clone: restored, on the home screen, and it taps.
+    let (c, r) = call(
+        "PATCH",
+        "/profiles/phone",
+        &admin,
+        Some(json!({"pool_size": 2})),
+    );
+    assert_eq!(c, 200, "{r}");
+    let (second, second_api) = control.wait("the second phone ready", TIMEOUT, diag, || {
+        ready_other_than(std::slice::from_ref(&first))
+    });
+    let pid = pid_of(&state, &second).expect("the clone's pid file");
+    let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
+    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+    assert!(argv.contains("--restore"), "{argv}");
+    let (clone_why, clone_ms) = ready_ms(&control, &second);
+    let identity = |id: &str| {
+        let log = std::fs::read_to_string(state.join("phones").join(id).join("report.log"))
+            .unwrap_or_default();
+        log.lines()
+            .rev()
+            .find(|l| l.starts_with("IDENTITY"))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("phone {id} reported no IDENTITY:\n{log}"))
+    };
+    let (mine, its) = (identity(&first), identity(&second));
+    eprintln!("identities: first {mine:?}, clone {its:?}");
+    assert_ne!(mine, its, "the clone took an identity of its own");
+    eprintln!("cold boot to ready: {cold_ms} ms ({cold_why})");
+    eprintln!("clone restore to ready: {clone_ms} ms ({clone_why})");
+
+    let home = golden(&dir, "home", SIZE, &[]);
+    for (name, api) in [("first", &first_api), ("clone", &second_api)] {
+        control.wait(
+            &format!("the {name} phone's home screen"),
+            Duration::from_secs(120),
+            diag,
+            || (difference(&screenshot_at(Path::new(api)), &home) < 0.01).then_some(()),
+        );
+    }
+    let (x, y) = icon_centre("Info", SIZE);
+    touch_at(Path::new(&second_api), &[(0, x, y, true)]);
+    touch_at(Path::new(&second_api), &[(0, x, y, false)]);
+    let report = state.join("phones").join(&second).join("report.log");
+    control.wait(
+        "the clone opened Info",
+        Duration::from_secs(120),
+        diag,
+        || {
+            std::fs::read_to_string(&report)
+                .ok()?
+                .contains("SCREEN app=info")
+                .then_some(())
+        },
+    );
+    assert!(
+        difference(&screenshot_at(Path::new(&first_api)), &home) < 0.01,
+        "the tap on the clone reached the first phone"
+    );
+    let _ = std::fs::remove_dir_all(&local);
+}

@@ -17,12 +17,15 @@ const MEMORY_MIB: u32 = 256;
 const CLONES: usize = 3;
 
 /// The guest: keeps a value only in its RAM, powers off on the ACPI power button (an
-/// interrupt through the restored IOAPIC and GED), and prints a numbered tick with its wall
-/// clock twice a second.
+/// interrupt through the restored IOAPIC and GED), says whether ACPI shows its VMGenID device
+/// (and which driver took it), and prints a numbered tick with its wall clock and its VM
+/// generation id (read from the address the device's ADDR names) twice a second.
 const TICKER: &str = "echo kept-in-ram-$$ > /tmp/secret\n\
     (head -c 1 /dev/input/event0 >/dev/null && echo POWER_BUTTON_SEEN && sleep 1 && poweroff -f) &\n\
+    for d in /sys/bus/acpi/devices/VMGENCTR:*; do [ -e $d ] && echo VMGENID_DEVICE $d $(readlink $d/driver); done\n\
+    genid() { dd if=/dev/mem bs=16 skip=$((0xfe000 / 16)) count=1 2>/dev/null | od -An -tx1 | tr -d ' \\n'; }\n\
     i=0\n\
-    while :; do i=$((i+1)); echo \"TICK $i $(date +%s) $(cat /tmp/secret)\"; sleep 0.5; done\n";
+    while :; do i=$((i+1)); echo \"TICK $i $(date +%s) $(cat /tmp/secret) $(genid)\"; sleep 0.5; done\n";
 
 fn now_s() -> i64 {
     SystemTime::now()
@@ -31,19 +34,20 @@ fn now_s() -> i64 {
         .as_secs() as i64
 }
 
-/// (tick number, guest wall clock, RAM value) of a TICK line.
-fn tick(line: &str) -> (u64, i64, String) {
+/// (tick number, guest wall clock, RAM value, VM generation id) of a TICK line.
+fn tick(line: &str) -> (u64, i64, String, String) {
     let f: Vec<&str> = line.split_whitespace().collect();
     let at = f.iter().position(|w| *w == "TICK").expect("a TICK line");
     (
         f[at + 1].parse().unwrap(),
         f[at + 2].parse().unwrap(),
         f[at + 3].to_string(),
+        f.get(at + 4).unwrap_or(&"").to_string(),
     )
 }
 
 /// The last complete tick the VM printed after `after`, waiting for one.
-fn next_tick(vm: &mut VmProcess, after: u64) -> (u64, i64, String) {
+fn next_tick(vm: &mut VmProcess, after: u64) -> (u64, i64, String, String) {
     vm.wait_for_serial("a TICK after the snapshot", RESUME_TIMEOUT, |lines| {
         lines
             .iter()
@@ -79,6 +83,10 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
     let args = VmProcess::boot_args(&kernel, &initrd, CPUS, MEMORY_MIB);
     let mut vm = VmProcess::spawn(&run_dir("origin"), &args).expect("spawn cloudphone-vmm");
     vm.wait_for_line("TICK 3 ", BOOT_TIMEOUT).unwrap();
+    let device = vm
+        .wait_for_line("VMGENID_DEVICE", Duration::from_secs(5))
+        .unwrap();
+    eprintln!("snapshot: guest ACPI shows {device}");
     let snap = run_dir("snap");
     let body = format!(r#"{{"dir": "{}"}}"#, snap.display());
 
@@ -109,8 +117,21 @@ fn guest_resumes_from_a_snapshot_in_new_vmm_processes() {
     let mut clones: Vec<VmProcess> = (0..CLONES)
         .map(|i| restore(&format!("clone{i}"), &snap, &[]))
         .collect();
+    assert_eq!(
+        at_snapshot.3.len(),
+        32,
+        "the booted guest's id: {:?}",
+        at_snapshot.3
+    );
+    let mut genids = vec![at_snapshot.3.clone()];
     for (i, clone) in clones.iter_mut().enumerate() {
-        let (n, clock, secret) = next_tick(clone, at_snapshot.0);
+        let (n, clock, secret, genid) = next_tick(clone, at_snapshot.0);
+        assert_eq!(genid.len(), 32, "clone {i}: 16 id bytes in hex: {genid:?}");
+        assert!(
+            !genids.contains(&genid),
+            "clone {i} has the VM generation id {genid} of the origin or another clone: {genids:?}"
+        );
+        genids.push(genid);
         eprintln!(
             "snapshot: clone {i} ticked {:?} after the restores began; guest clock {} s off host time",
             started.elapsed(),
@@ -239,6 +260,8 @@ fn phone_resumes_from_a_snapshot_with_its_screen_and_touch() {
         .unwrap();
     vm.wait_for_line_in(&report, "SCREEN app=home", Duration::from_secs(30))
         .unwrap();
+    vm.wait_for_line_in(&report, "IDENTITY", Duration::from_secs(30))
+        .unwrap();
     let home_golden = golden(&dir, "home", SIZE, &[]);
     let before = screenshot(&vm);
     assert!(
@@ -257,10 +280,18 @@ fn phone_resumes_from_a_snapshot_with_its_screen_and_touch() {
 
     // A new process from the snapshot: same screen, and a tap opens Info.
     let clone_dir = run_dir("phone-clone");
-    let mut restore_args = vec!["--restore".to_string(), snap.display().to_string()];
-    restore_args.extend(phone_devices(&clone_dir));
+    let restore_args = |dir: &Path| {
+        let mut args = vec!["--restore".to_string(), snap.display().to_string()];
+        args.extend(phone_devices(dir));
+        args
+    };
     let started = std::time::Instant::now();
-    let mut clone = VmProcess::spawn(&clone_dir, &restore_args).expect("spawn the restored phone");
+    let mut clone =
+        VmProcess::spawn(&clone_dir, &restore_args(&clone_dir)).expect("spawn the restored phone");
+    // A second clone at the same time: each takes an identity of its own (VMGenID).
+    let twin_dir = run_dir("phone-twin");
+    let mut twin =
+        VmProcess::spawn(&twin_dir, &restore_args(&twin_dir)).expect("spawn a second clone");
     clone.wait_for_api(RESUME_TIMEOUT).unwrap();
     // The API answers 409 until the VM is rebuilt from the snapshot.
     cloudphone_tests::poll(RESUME_TIMEOUT, Duration::from_millis(20), || {
@@ -294,6 +325,47 @@ fn phone_resumes_from_a_snapshot_with_its_screen_and_touch() {
         "restored phone opened Info {:?} after start",
         started.elapsed()
     );
+    let identity = |vm: &mut VmProcess, dir: &Path| {
+        vm.wait_for_line_in(&dir.join("hvc1.log"), "IDENTITY", RESUME_TIMEOUT)
+            .unwrap();
+        let log = std::fs::read_to_string(dir.join("hvc1.log")).unwrap();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("IDENTITY"))
+            .unwrap();
+        line.to_owned()
+    };
+    let origin_identity = {
+        let log = std::fs::read_to_string(&report).unwrap();
+        log.lines()
+            .rev()
+            .find(|l| l.starts_with("IDENTITY"))
+            .expect("the booted phone reported its identity")
+            .to_owned()
+    };
+    let (a, b) = (
+        identity(&mut clone, &clone_dir),
+        identity(&mut twin, &twin_dir),
+    );
+    eprintln!("identities: origin {origin_identity:?}, clones {a:?} and {b:?}");
+    let field = |line: &str, key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for key in ["vmgenid=", "hostname="] {
+        let values = [&origin_identity, &a, &b].map(|l| field(l, key));
+        assert!(
+            !values[0].is_empty()
+                && values[0] != values[1]
+                && values[1] != values[2]
+                && values[0] != values[2],
+            "each copy of the phone needs its own {key}: {values:?}"
+        );
+    }
+    drop(twin);
     let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", clone.pid())).unwrap();
     let kib = |key: &str| -> u64 {
         rollup

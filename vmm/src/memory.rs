@@ -168,17 +168,38 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 /// Ask for transparent huge pages on `region`. Only a hint: a host with THP disabled keeps
 /// 4 KiB pages, so a refusal is logged, not fatal.
 fn advise_huge_pages(region: &vm_memory::GuestRegionMmap<()>) {
+    if let Err(e) = advise(region, libc::MADV_HUGEPAGE) {
+        tracing::debug!(error = %e, "madvise(MADV_HUGEPAGE) refused: guest RAM stays on 4 KiB pages");
+    }
+}
+
+/// Offers all of guest RAM to KSM (`--mergeable`): the host's `ksmd` then merges pages that
+/// are identical across phones (same kernel, same apps) into one copy-on-write page. Private
+/// mappings only (anonymous RAM, or a snapshot's memory file mapped `MAP_PRIVATE`). Costs
+/// ksmd CPU time and splits the huge pages it merges; does nothing until an operator turns
+/// KSM on (`/sys/kernel/mm/ksm/run`). A kernel without KSM refuses; that is logged, the phone
+/// runs unmerged.
+pub fn advise_mergeable(mem: &GuestMemoryMmap) {
+    for region in mem.iter() {
+        if let Err(e) = advise(region, libc::MADV_MERGEABLE) {
+            tracing::warn!(error = %e, "madvise(MADV_MERGEABLE) refused (no KSM in this kernel?): guest RAM is not merged");
+            return;
+        }
+    }
+}
+
+/// `madvise(advice)` over the whole of `region`.
+fn advise(region: &vm_memory::GuestRegionMmap<()>, advice: libc::c_int) -> std::io::Result<()> {
     let host = region
         .get_host_address(vm_memory::MemoryRegionAddress(0))
         .expect("offset 0 is inside every region");
-    // SAFETY: `host..host+len` is exactly this region's live mapping; MADV_HUGEPAGE changes
-    // only how the kernel backs it, never its contents.
-    let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-    if rc != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "madvise(MADV_HUGEPAGE) refused: guest RAM stays on 4 KiB pages"
-        );
+    // SAFETY: `host..host+len` is exactly this region's live mapping; the advice values used
+    // here change only how the kernel backs the pages, never their contents.
+    let rc = unsafe { libc::madvise(host.cast(), region.len() as usize, advice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -260,14 +281,8 @@ mod tests {
         }
     }
 
-    /// Anonymous guest RAM is advised for huge pages: the kernel lists the mapping with the
-    /// `hg` flag in smaps (when this kernel has THP at all).
-    #[test]
-    fn anonymous_memory_is_advised_for_huge_pages() {
-        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
-            return;
-        }
-        let mem = create_guest_memory_with(64 << 20, MemoryBacking::Anonymous).unwrap();
+    /// The `VmFlags` smaps lists for the mapping that holds `mem`'s first region.
+    fn vm_flags(mem: &GuestMemoryMmap) -> Vec<String> {
         let start = mem
             .iter()
             .next()
@@ -276,7 +291,6 @@ mod tests {
             .unwrap() as u64;
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         let mut in_region = false;
-        let mut flags = None;
         for line in smaps.lines() {
             if let Some((range, _)) = line.split_once(' ') {
                 if let Some((lo, hi)) = range.split_once('-') {
@@ -288,16 +302,36 @@ mod tests {
                     }
                 }
             }
-            if in_region {
-                if let Some(f) = line.strip_prefix("VmFlags:") {
-                    flags = Some(f.to_owned());
-                }
+            if let (true, Some(f)) = (in_region, line.strip_prefix("VmFlags:")) {
+                return f.split_whitespace().map(str::to_owned).collect();
             }
         }
-        let flags = flags.expect("the guest RAM mapping is in smaps");
-        assert!(
-            flags.split_whitespace().any(|f| f == "hg"),
-            "VmFlags:{flags}"
-        );
+        panic!("the guest RAM mapping is not in smaps")
+    }
+
+    /// Anonymous guest RAM is advised for huge pages: the kernel lists the mapping with the
+    /// `hg` flag in smaps (when this kernel has THP at all).
+    #[test]
+    fn anonymous_memory_is_advised_for_huge_pages() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            return;
+        }
+        let mem = create_guest_memory_with(64 << 20, MemoryBacking::Anonymous).unwrap();
+        let flags = vm_flags(&mem);
+        assert!(flags.iter().any(|f| f == "hg"), "{flags:?}");
+    }
+
+    /// `--mergeable` RAM carries smaps' `mg` flag (KSM may merge it); RAM without it does
+    /// not. (KSM ignores shared mappings: the options refuse `--shared-memory` with it.)
+    #[test]
+    fn mergeable_memory_is_offered_to_ksm() {
+        if !std::path::Path::new("/sys/kernel/mm/ksm").exists() {
+            return;
+        }
+        let mem = create_guest_memory_with(64 << 20, MemoryBacking::Anonymous).unwrap();
+        assert!(!vm_flags(&mem).iter().any(|f| f == "mg"));
+        advise_mergeable(&mem);
+        let flags = vm_flags(&mem);
+        assert!(flags.iter().any(|f| f == "mg"), "{flags:?}");
     }
 }

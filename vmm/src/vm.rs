@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::acpi::{GED_EVENT_POWER_BUTTON, GED_GSI, PM_PORTS};
+use crate::acpi::{self, GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID, GED_GSI, PM_PORTS};
 use crate::arch::x86_64::{cpuid::vcpu_cpuid, regs};
 use crate::boot::{prepare_guest, BootInfo};
 use crate::bus::{lock, SharedDevice};
@@ -446,14 +446,20 @@ impl Vm {
                     &payload.cmdline,
                     config.cpus,
                 )?;
+                acpi::vmgenid::write_new(&mem)?;
                 (mem, Some(boot), None)
             }
             VmSource::Restore { dir, snapshot } => {
                 let (_, mem_path) = snapshot::paths(&dir);
                 let mem = snapshot::memory::map_private(&mem_path, snapshot.memory_bytes)?;
+                // A clone is a new VM: a new generation id, in its own copy of the page.
+                acpi::vmgenid::write_new(&mem)?;
                 (mem, None, Some(snapshot))
             }
         };
+        if config.mergeable {
+            memory::advise_mergeable(&mem);
+        }
         memory::register_with_kvm(&vm, &mem)?;
         let legacy = start.as_ref().map(|s| s.legacy.clone()).unwrap_or_default();
 
@@ -499,6 +505,10 @@ impl Vm {
                 let vcpus = create_vcpus(kvm, &vm, &ctx, n, VcpuStart::Restore(&snap.vcpus))?;
                 // Devices start once the VM can take their interrupts.
                 lock(&pci).resume_all()?;
+                // The guest learns of its new generation id (Linux reseeds its RNG).
+                lock(&pm)
+                    .raise_ged(GED_EVENT_VMGENID)
+                    .context("notifying the guest of its new VM generation id")?;
                 vcpus
             }
             (None, None) => unreachable!("a VM either boots or restores"),

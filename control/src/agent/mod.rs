@@ -22,9 +22,11 @@
 
 mod logcap;
 mod relay;
+mod usage;
 mod vmm;
+mod warm;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,7 +36,7 @@ use anyhow::Context;
 use crate::client::{ApiFailure, Client};
 use crate::model::{Host, Phone, PhoneState};
 use crate::wire::hosts::{
-    DesiredPhone, Heartbeat, HeartbeatReply, JoinHost, Joined, RegisterHost, StateReport,
+    DesiredPhone, Heartbeat, HeartbeatReply, HostUsage, JoinHost, Joined, RegisterHost, StateReport,
 };
 use cloudphone_vmm_api::VmmApi;
 use vmm::Running;
@@ -90,8 +92,9 @@ pub struct AgentOptions {
     /// Most phones this host runs.
     #[arg(long, default_value_t = 16)]
     pub max_phones: u32,
-    /// Optional VMM devices each phone gets: any of gpu,input,rng, or none.
-    #[arg(long, default_value = "gpu,input,rng", value_parser = vmm::Devices::parse)]
+    /// Optional VMM devices each phone gets: any of gpu,input,rng,balloon, or none; `ksm`
+    /// also offers each phone's RAM to KSM.
+    #[arg(long, default_value = "gpu,input,rng,balloon", value_parser = vmm::Devices::parse)]
     pub devices: vmm::Devices,
     /// Heartbeat period.
     #[arg(long, default_value_t = 1_000)]
@@ -105,6 +108,9 @@ pub struct AgentOptions {
     /// report.log) before it is rotated to NAME.1: a guest cannot fill the host's disk.
     #[arg(long, default_value_t = 8)]
     pub phone_log_cap_mib: u64,
+    /// PEM CA certificate(s) to trust when --control is an https URL.
+    #[arg(long, env = "CLOUDPHONE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Serve the phones' screens and input on this address (e.g. 0.0.0.0:7070) for a control
     /// service that cannot reach this host's VMM sockets and /dev/shm.
     #[arg(long, requires = "relay_url")]
@@ -117,6 +123,21 @@ pub struct AgentOptions {
     /// e.g. http://10.0.0.5:7070; registered with a random key generated at start.
     #[arg(long, requires = "relay_listen")]
     pub relay_url: Option<String>,
+    /// Cold-boot every phone. By default (with --boot-img) the first phone of a profile that
+    /// reports PHONE_READY is snapshotted and later phones of the profile are restored from it.
+    #[arg(long)]
+    pub no_snapshots: bool,
+    /// How long a clone's guest has to report IDENTITY (its own identity taken) before the
+    /// clone is given up and the phone cold-booted.
+    #[arg(long, default_value_t = 30_000)]
+    pub clone_identity_timeout_ms: u64,
+    /// PEM certificate chain: serve the relay over TLS (with --relay-tls-key; give
+    /// --relay-url as https and the control service `serve --relay-ca-file`).
+    #[arg(long, requires_all = ["relay_tls_key", "relay_listen"])]
+    pub relay_tls_cert: Option<PathBuf>,
+    /// PEM private key of --relay-tls-cert.
+    #[arg(long, requires = "relay_tls_cert")]
+    pub relay_tls_key: Option<PathBuf>,
 }
 
 /// What the agent tracks per local phone.
@@ -129,6 +150,14 @@ struct Local {
     /// Crash-looped: reported failed, not restarted.
     failed: bool,
     last_exit: i32,
+    /// The balloon holds memory back because the host ran short (see `balance_balloons`).
+    ballooned: bool,
+    /// The current VMM was restored from the profile's snapshot (a clone).
+    restored: bool,
+    /// When the current VMM started, until the phone is reported ready (for the timing).
+    starting_since: Option<Instant>,
+    /// A restore failed: the next start cold-boots on a fresh overlay.
+    cold_fallback: bool,
 }
 
 impl Local {
@@ -140,6 +169,10 @@ impl Local {
             restart_at: None,
             failed: false,
             last_exit: 0,
+            ballooned: false,
+            restored: false,
+            starting_since: None,
+            cold_fallback: false,
         }
     }
 }
@@ -151,6 +184,11 @@ struct Agent {
     host: Host,
     phones: HashMap<String, Local>,
     relay: Option<relay::Relay>,
+    /// Profiles whose snapshot failed to restore in this run: they cold-boot from now on.
+    restore_failed: HashSet<String>,
+    /// Snapshots being written, by profile id: (the phone, the task). Heartbeats go on
+    /// meanwhile; the phone is reported ready once its task ends.
+    snapshotting: HashMap<String, (String, tokio::task::JoinHandle<anyhow::Result<()>>)>,
 }
 
 fn default_capacity() -> (u32, u32) {
@@ -181,12 +219,24 @@ pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
         .key_file
         .clone()
         .unwrap_or_else(|| opts.state_dir.join("host.key"));
-    let key = host_key(&opts.control, opts.join_token.as_deref(), &key_file).await?;
-    let client = Client::new(&opts.control, Some(key));
+    let ca_file = opts.ca_file.as_deref();
+    let key = host_key(
+        &opts.control,
+        ca_file,
+        opts.join_token.as_deref(),
+        &key_file,
+    )
+    .await?;
+    let client = Client::with_ca_file(&opts.control, Some(key), ca_file)?;
     let relay = match opts.relay_listen {
         Some(addr) => {
+            let tls = match (&opts.relay_tls_cert, &opts.relay_tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+                _ => None,
+            };
             let roots = [&opts.state_dir, &opts.framebuffer_root];
-            Some(relay::Relay::start(addr, cloudphone_stream::Confinement::new(roots)).await?)
+            let confinement = cloudphone_stream::Confinement::new(roots);
+            Some(relay::Relay::start(addr, tls, confinement).await?)
         }
         None => None,
     };
@@ -225,10 +275,12 @@ pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
         devices: opts.devices,
     };
     let mut phones = HashMap::new();
-    for (id, pid) in vmm::adopt_all(&cfg) {
-        let generation = PhoneDir::new(&cfg, &id).generation().unwrap_or(0);
-        tracing::info!(phone = %id, pid, "adopted running VMM");
-        phones.insert(id, Local::new(Some(Running::Adopted(pid)), generation));
+    for a in vmm::adopt_all(&cfg) {
+        let generation = PhoneDir::new(&cfg, &a.phone_id).generation().unwrap_or(0);
+        tracing::info!(phone = %a.phone_id, pid = a.pid, restored = a.restored, "adopted running VMM");
+        let mut local = Local::new(Some(Running::Adopted(a.pid)), generation);
+        local.restored = a.restored;
+        phones.insert(a.phone_id, local);
     }
     let mut agent = Agent {
         opts,
@@ -237,6 +289,8 @@ pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
         host,
         phones,
         relay,
+        restore_failed: HashSet::new(),
+        snapshotting: HashMap::new(),
     };
     let mut interval = tokio::time::interval(Duration::from_millis(agent.opts.interval_ms.max(50)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,6 +306,7 @@ pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
 /// written there (0600, never overwritten).
 async fn host_key(
     control: &str,
+    ca_file: Option<&Path>,
     join_token: Option<&str>,
     key_file: &Path,
 ) -> anyhow::Result<String> {
@@ -268,7 +323,7 @@ async fn host_key(
             key_file.display()
         )
     })?;
-    let anon = Client::new(control, None);
+    let anon = Client::with_ca_file(control, None, ca_file)?;
     let body = JoinHost {
         join_token: token.to_owned(),
     };
@@ -327,13 +382,19 @@ impl Agent {
             .filter(|(_, l)| l.running.is_some())
             .map(|(id, _)| id.clone())
             .collect();
+        let usage = self.measure();
+        let available = usage.mem_available_mib;
         let reply: HeartbeatReply = self
             .client
             .post(
                 &format!("/hosts/{}/heartbeat", self.host.id),
-                &Heartbeat { running },
+                &Heartbeat {
+                    running,
+                    usage: Some(usage),
+                },
             )
             .await?;
+        self.balance_balloons(&reply, available).await;
         let wanted: Vec<String> = reply.phones.iter().map(|d| d.phone.id.clone()).collect();
         for d in &reply.phones {
             if let Err(e) = self.converge(d).await {
@@ -373,6 +434,55 @@ impl Agent {
             .collect()
     }
 
+    /// This host's available memory and each running VMM's private memory and CPU time.
+    fn measure(&self) -> HostUsage {
+        let phones = self
+            .phones
+            .iter()
+            .filter_map(|(id, l)| usage::measure_phone(id, l.running.as_ref()?.pid()?))
+            .collect();
+        HostUsage {
+            mem_available_mib: usage::mem_available_mib().unwrap_or(0),
+            phones,
+        }
+    }
+
+    /// Memory pressure relief before the kernel's OOM killer: while the host has less
+    /// available memory than its policy's reserve, each idle phone (ready, not leased, not
+    /// parked for an owner) is asked to inflate its balloon to half its memory; once twice
+    /// the reserve is available again, or the phone is leased, the balloon gives it all back.
+    /// (The control service meanwhile places no new phone here.) Needs `--devices ...,balloon`.
+    async fn balance_balloons(&mut self, reply: &HeartbeatReply, available: u64) {
+        if !self.cfg.devices.balloon {
+            return;
+        }
+        let reserve = u64::try_from(reply.host.policy.reserve_mib).unwrap_or(0);
+        let short = available < reserve;
+        let relieved = available >= reserve.saturating_mul(2);
+        for d in &reply.phones {
+            let Some(local) = self.phones.get_mut(&d.phone.id) else {
+                continue;
+            };
+            if local.running.is_none() {
+                continue;
+            }
+            let idle = d.phone.state == PhoneState::Ready && d.phone.reserved_for.is_none();
+            let target = match (local.ballooned, short && idle, relieved || !idle) {
+                (false, true, _) => usage::reclaim_target_mib(d.profile.memory_mib),
+                (true, _, true) => 0,
+                _ => continue,
+            };
+            let api = VmmApi::new(PhoneDir::new(&self.cfg, &d.phone.id).api_socket());
+            match api.set_balloon(target).await {
+                Ok(()) => {
+                    local.ballooned = target > 0;
+                    tracing::info!(phone = %d.phone.id, target_mib = target, available_mib = available, reserve_mib = reserve, "balloon resized for host memory pressure");
+                }
+                Err(e) => tracing::warn!(phone = %d.phone.id, "resizing the balloon: {e}"),
+            }
+        }
+    }
+
     /// Let the relay serve exactly the phones whose VMM runs now.
     fn publish_to_relay(&self) {
         if let Some(relay) = &self.relay {
@@ -409,6 +519,12 @@ impl Agent {
             l.running = None;
             l.last_exit = code;
             let _ = std::fs::remove_file(PhoneDir::new(&self.cfg, id).pid_file());
+            if l.restored && l.starting_since.is_some() {
+                tracing::warn!(phone = %id, code, "restoring from the profile's snapshot failed (see the phone's vmm.log): cold-booting it instead");
+                l.cold_fallback = true;
+                l.restart_at = Some(Instant::now());
+                continue;
+            }
             if code == 32 {
                 tracing::info!(phone = %id, "guest rebooted: restarting VMM");
                 l.restart_at = Some(Instant::now());
@@ -499,14 +615,33 @@ impl Agent {
             if local.restart_at.is_some_and(|t| Instant::now() < t) {
                 return Ok(());
             }
-            let fresh = local.generation != phone.generation;
-            let r = vmm::start(&self.cfg, &d.profile, &dir, phone.generation, fresh).await;
+            let fresh = local.generation != phone.generation || local.cold_fallback;
+            if local.cold_fallback && self.restore_failed.insert(d.profile.id.clone()) {
+                warm::discard(&self.cfg, &d.profile.id);
+            }
+            // A phone that needs a clean disk is a clone of the profile's snapshot if there
+            // is one; a restart after a crash or reboot keeps its disk and cold-boots.
+            let snapshot = (fresh && self.snapshots_enabled(&d.profile))
+                .then(|| warm::usable(&self.cfg, &d.profile))
+                .flatten();
+            let r = vmm::start(
+                &self.cfg,
+                &d.profile,
+                &dir,
+                phone.generation,
+                fresh,
+                snapshot.as_ref(),
+            )
+            .await;
             let local = self.phones.get_mut(&phone.id).expect("inserted above");
             match r {
                 Ok(run) => {
                     local.running = Some(run);
                     local.generation = phone.generation;
                     local.restart_at = None;
+                    local.restored = snapshot.is_some();
+                    local.starting_since = Some(Instant::now());
+                    local.cold_fallback = false;
                 }
                 Err(e) => {
                     local.crashes.push_back(Instant::now());
@@ -525,24 +660,120 @@ impl Agent {
                     .await
                     .map(|s| s.state)
                 {
+                    // A clone runs the snapshot of a phone that had reported PHONE_READY; it is
+                    // handed out once its guest has taken an identity of its own.
+                    Ok(s) if s == "running" && self.phones[&phone.id].restored => {
+                        self.clone_ready(phone, &dir).await
+                    }
                     // A phone image speaks the guest contract: it is ready for a user once its
                     // agent says PHONE_READY, not when the VMM merely runs.
                     Ok(s) if s == "running" && self.opts.boot_img.is_some() => {
-                        if !vmm::guest_reported_ready(&dir) {
+                        if !vmm::guest_reported(&dir, vmm::READY_MARKER) {
                             return Ok(());
                         }
-                        self.report(phone, PhoneState::Ready, "guest reported PHONE_READY")
-                            .await
+                        if !self.snapshot_done(d, &dir).await {
+                            return Ok(());
+                        }
+                        self.report_ready(phone, "guest reported PHONE_READY").await
                     }
                     Ok(s) if s == "running" => {
-                        self.report(phone, PhoneState::Ready, "VMM API reports running")
-                            .await
+                        self.report_ready(phone, "VMM API reports running").await
                     }
                     _ => Ok(()),
                 }
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether phones of `profile` are snapshotted and cloned: phone images only (their agent
+    /// says when the guest is ready to be copied), unless turned off or a restore failed.
+    fn snapshots_enabled(&self, profile: &crate::model::Profile) -> bool {
+        self.opts.boot_img.is_some()
+            && !self.opts.no_snapshots
+            && !self.restore_failed.contains(&profile.id)
+    }
+
+    /// For a cold-booted phone that reported PHONE_READY: whether it may be reported ready,
+    /// or first becomes its profile's snapshot (started here in the background, `false` until
+    /// written; a failed snapshot is logged and the profile keeps cold-booting).
+    async fn snapshot_done(&mut self, d: &DesiredPhone, dir: &PhoneDir) -> bool {
+        let (profile, phone_id) = (&d.profile, &d.phone.id);
+        // Another phone's finished snapshot (that phone may be gone): its result is on disk.
+        if self
+            .snapshotting
+            .get(&profile.id)
+            .is_some_and(|(other, task)| other != phone_id && task.is_finished())
+        {
+            self.snapshotting.remove(&profile.id);
+        }
+        match self.snapshotting.get(&profile.id) {
+            Some((snapshotting, task)) if snapshotting == phone_id => {
+                if !task.is_finished() {
+                    return false;
+                }
+                let (_, task) = self.snapshotting.remove(&profile.id).expect("present");
+                match task.await {
+                    Ok(Ok(())) => {
+                        tracing::info!(phone = %phone_id, profile = %profile.name, "snapshotted: later phones of this profile are clones")
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(phone = %phone_id, profile = %profile.name, "snapshot failed, phones keep cold-booting: {e:#}")
+                    }
+                    Err(e) => tracing::warn!(phone = %phone_id, "snapshot task failed: {e}"),
+                }
+                true
+            }
+            // Another phone of the profile is being snapshotted.
+            Some(_) => true,
+            None if self.snapshots_enabled(profile)
+                && warm::usable(&self.cfg, profile).is_none() =>
+            {
+                let (cfg, profile, dir) = (self.cfg.clone(), profile.clone(), dir.clone());
+                let task = tokio::spawn(async move { warm::take(&cfg, &profile, &dir).await });
+                self.snapshotting
+                    .insert(d.profile.id.clone(), (phone_id.clone(), task));
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// A restored clone is ready once its guest reports `IDENTITY` (it noticed its new VM
+    /// generation id: new hostname, reseeded RNG). One that stays silent past
+    /// `--clone-identity-timeout-ms` is stopped and cold-booted like a failed restore.
+    async fn clone_ready(&mut self, phone: &Phone, dir: &PhoneDir) -> anyhow::Result<()> {
+        if vmm::guest_reported(dir, vmm::IDENTITY_MARKER) {
+            return self
+                .report_ready(
+                    phone,
+                    "restored from the profile's snapshot, own identity taken",
+                )
+                .await;
+        }
+        let limit = Duration::from_millis(self.opts.clone_identity_timeout_ms);
+        let waited = self.phones.get(&phone.id).and_then(|l| l.starting_since);
+        if waited.is_some_and(|t| t.elapsed() > limit) {
+            tracing::warn!(phone = %phone.id, ?limit, "the clone's guest reported no IDENTITY: cold-booting it instead");
+            self.stop_local(&phone.id).await;
+            if let Some(l) = self.phones.get_mut(&phone.id) {
+                l.cold_fallback = true;
+                l.restart_at = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports the phone ready, the reason saying how long it took since its VMM started.
+    async fn report_ready(&mut self, phone: &Phone, why: &str) -> anyhow::Result<()> {
+        let took = self
+            .phones
+            .get_mut(&phone.id)
+            .and_then(|l| l.starting_since.take())
+            .map(|t| format!(" ({} ms after the VMM started)", t.elapsed().as_millis()))
+            .unwrap_or_default();
+        self.report(phone, PhoneState::Ready, &format!("{why}{took}"))
+            .await
     }
 
     async fn stop_local(&mut self, id: &str) {

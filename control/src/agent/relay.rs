@@ -29,9 +29,13 @@ fn new_key() -> anyhow::Result<String> {
 }
 
 impl Relay {
-    /// Listen on `addr` with a new key; serves nothing until [`Relay::publish`].
-    /// Sockets and framebuffers are served only from inside `confinement`.
-    pub async fn start(addr: SocketAddr, confinement: Confinement) -> anyhow::Result<Self> {
+    /// Listen on `addr` (over TLS with `tls`) with a new key; serves nothing until
+    /// [`Relay::publish`]. Sockets and framebuffers are served only from inside `confinement`.
+    pub async fn start(
+        addr: SocketAddr,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+        confinement: Confinement,
+    ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the stream relay to {addr} (--relay-listen)"))?;
@@ -44,7 +48,8 @@ impl Relay {
             confinement,
         );
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            let forever = std::future::pending::<()>();
+            if let Err(e) = crate::tls::serve(listener, tls, app, forever).await {
                 tracing::error!(error = %e, "stream relay stopped");
             }
         });
@@ -80,9 +85,13 @@ mod tests {
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
 
-        let relay = Relay::start("127.0.0.1:0".parse().unwrap(), Confinement::new(["/"]))
-            .await
-            .unwrap();
+        let relay = Relay::start(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            Confinement::new(["/"]),
+        )
+        .await
+        .unwrap();
         relay.publish([("ph-1".to_string(), PathBuf::from("/run/ph-1/api.sock"))]);
         assert_eq!(
             read(&relay.phones).get("ph-1"),

@@ -1,7 +1,7 @@
 //! One `cloudphone-vmm` process per phone: its directory, command line, start, stop,
 //! liveness, and re-adoption of VMMs that outlived an agent restart (via pid files).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -43,25 +43,35 @@ pub struct Devices {
     pub gpu: bool,
     pub input: bool,
     pub rng: bool,
+    /// virtio-balloon with free page reporting: what a guest frees returns to the host, and
+    /// the agent can reclaim memory from idle phones when the host runs short.
+    pub balloon: bool,
+    /// Not a device: guest RAM offered to KSM (`cloudphone-vmm --mergeable`), so the host's
+    /// ksmd merges pages identical across phones once an operator turns KSM on.
+    pub ksm: bool,
 }
 
 impl Devices {
-    /// Parses `gpu,input,rng` (any subset) or `none`.
+    /// Parses `gpu,input,rng,balloon,ksm` (any subset) or `none`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut d = Devices {
             gpu: false,
             input: false,
             rng: false,
+            balloon: false,
+            ksm: false,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "gpu" => d.gpu = true,
                 "input" => d.input = true,
                 "rng" => d.rng = true,
+                "balloon" => d.balloon = true,
+                "ksm" => d.ksm = true,
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown device {other:?}: use gpu, input, rng or none"
+                        "unknown device {other:?}: use gpu, input, rng, balloon, ksm or none"
                     ))
                 }
             }
@@ -148,40 +158,56 @@ pub fn alive(pid: i32) -> bool {
             .unwrap_or(false)
 }
 
-/// The VMM command line for a phone of `profile`.
-pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<String> {
+/// The VMM command line for a phone of `profile`: a cold boot, or with `restore` a clone of
+/// that snapshot (same devices, this phone's own sockets, logs and overlay).
+pub fn command_line(
+    cfg: &VmmConfig,
+    profile: &Profile,
+    dir: &PhoneDir,
+    restore: Option<&Path>,
+) -> Vec<String> {
     let mut args = Vec::new();
-    match &cfg.boot {
-        GuestBoot::Kernel { kernel, initrd } => {
+    match (&cfg.boot, restore) {
+        (_, Some(snapshot)) => {
+            args.extend(["--restore".to_owned(), snapshot.display().to_string()]);
+        }
+        (GuestBoot::Kernel { kernel, initrd }, None) => {
             args.extend(["--kernel".to_owned(), kernel.display().to_string()]);
             if let Some(i) = initrd {
                 args.extend(["--initrd".to_owned(), i.display().to_string()]);
             }
             args.extend(["--cmdline".to_owned(), cfg.cmdline.clone()]);
         }
-        GuestBoot::Android {
-            boot_img,
-            vendor_boot,
-        } => {
+        (
+            GuestBoot::Android {
+                boot_img,
+                vendor_boot,
+            },
+            None,
+        ) => {
             args.extend(["--boot-img".to_owned(), boot_img.display().to_string()]);
             if let Some(v) = vendor_boot {
                 args.extend(["--vendor-boot".to_owned(), v.display().to_string()]);
             }
-            // hvc0: kernel console; hvc1: the phone agent's report port (PHONE_READY, inputs).
-            for (port, name) in [(0, "console.log"), (1, "report.log")] {
-                args.extend([
-                    "--console".to_owned(),
-                    format!("port={port},path={}", dir.dir.join(name).display()),
-                ]);
-            }
         }
     }
-    args.extend([
-        "--cpus".to_owned(),
-        profile.vcpus.to_string(),
-        "--memory".to_owned(),
-        profile.memory_mib.to_string(),
-    ]);
+    if restore.is_none() {
+        args.extend([
+            "--cpus".to_owned(),
+            profile.vcpus.to_string(),
+            "--memory".to_owned(),
+            profile.memory_mib.to_string(),
+        ]);
+    }
+    if matches!(cfg.boot, GuestBoot::Android { .. }) {
+        // hvc0: kernel console; hvc1: the phone agent's report port (PHONE_READY, inputs).
+        for (port, name) in [(0, "console.log"), (1, "report.log")] {
+            args.extend([
+                "--console".to_owned(),
+                format!("port={port},path={}", dir.dir.join(name).display()),
+            ]);
+        }
+    }
     if !profile.image.is_empty() {
         let base = cfg.image_dir.join(&profile.image);
         args.extend([
@@ -203,6 +229,12 @@ pub fn command_line(cfg: &VmmConfig, profile: &Profile, dir: &PhoneDir) -> Vec<S
     }
     if cfg.devices.rng {
         args.push("--rng".to_owned());
+    }
+    if cfg.devices.balloon {
+        args.push("--balloon".to_owned());
+    }
+    if cfg.devices.ksm {
+        args.push("--mergeable".to_owned());
     }
     args.extend([
         "--api-socket".to_owned(),
@@ -252,24 +284,35 @@ pub async fn recreate_overlay(
     Ok(())
 }
 
-/// Starts the VMM for a phone: fresh directory entries, pid + generation files.
+/// Starts the VMM for a phone: fresh directory entries, pid + generation files. With
+/// `snapshot` the phone is a clone of it (its disk a copy of the snapshot's overlay),
+/// otherwise it cold-boots (a fresh overlay when `fresh_overlay` or none exists).
 pub async fn start(
     cfg: &VmmConfig,
     profile: &Profile,
     dir: &PhoneDir,
     generation: i64,
     fresh_overlay: bool,
+    snapshot: Option<&super::warm::Snapshot>,
 ) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&dir.dir).with_context(|| format!("creating {}", dir.dir.display()))?;
-    if fresh_overlay || (!profile.image.is_empty() && !dir.overlay().exists()) {
+    if let Some(snapshot) = snapshot {
+        super::warm::copy_disk(snapshot, dir).await?;
+    } else if fresh_overlay || (!profile.image.is_empty() && !dir.overlay().exists()) {
         recreate_overlay(cfg, profile, dir).await?;
     }
     let _ = std::fs::remove_file(dir.api_socket());
     // A fresh console log per boot, so "the guest came up" is never read from an old boot.
     let _ = std::fs::remove_file(dir.dir.join("serial.log"));
+    let _ = std::fs::remove_file(dir.dir.join("report.log"));
     let log = super::logcap::open_log(&dir.dir.join("vmm.log")).context("creating vmm.log")?;
     let child = tokio::process::Command::new(&cfg.vmm)
-        .args(command_line(cfg, profile, dir))
+        .args(command_line(
+            cfg,
+            profile,
+            dir,
+            snapshot.map(|s| s.vm.as_path()),
+        ))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -280,7 +323,7 @@ pub async fn start(
     let pid = child.id().context("VMM exited immediately")?;
     std::fs::write(dir.pid_file(), pid.to_string()).context("writing vmm.pid")?;
     std::fs::write(dir.generation_file(), generation.to_string()).context("writing generation")?;
-    tracing::info!(phone = %dir.dir.display(), pid, "VMM started");
+    tracing::info!(phone = %dir.dir.display(), pid, restored = snapshot.is_some(), "VMM started");
     Ok(Running::Child(child))
 }
 
@@ -307,9 +350,17 @@ pub async fn stop(dir: &PhoneDir, mut running: Running, grace: Duration) {
     let _ = std::fs::remove_file(dir.pid_file());
 }
 
-/// Finds VMMs left running by a previous agent: `(phone id, pid)` for each pid file whose
-/// process is alive and is a VMM serving this phone's socket; stale pid files are removed.
-pub fn adopt_all(cfg: &VmmConfig) -> Vec<(String, i32)> {
+/// A VMM left running by a previous agent.
+pub struct Adoptable {
+    pub phone_id: String,
+    pub pid: i32,
+    /// It was started with `--restore` (a clone: ready without a new PHONE_READY).
+    pub restored: bool,
+}
+
+/// Finds VMMs left running by a previous agent: each pid file whose process is alive and is
+/// a VMM serving this phone's socket; stale pid files are removed.
+pub fn adopt_all(cfg: &VmmConfig) -> Vec<Adoptable> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(cfg.state_dir.join("phones")) else {
         return out;
@@ -325,11 +376,14 @@ pub fn adopt_all(cfg: &VmmConfig) -> Vec<(String, i32)> {
         };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let sock = dir.api_socket().display().to_string();
-        let ours = String::from_utf8_lossy(&cmdline)
-            .split('\0')
-            .any(|a| a == sock);
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let ours = cmdline.split('\0').any(|a| a == sock);
         if alive(pid) && ours {
-            out.push((id, pid));
+            out.push(Adoptable {
+                phone_id: id,
+                pid,
+                restored: cmdline.split('\0').any(|a| a == "--restore"),
+            });
         } else {
             let _ = std::fs::remove_file(dir.pid_file());
         }
@@ -380,9 +434,15 @@ pub fn backoff(n: u32) -> Duration {
 /// first thing after boot; the log grows with every input afterwards).
 const REPORT_SCAN_LIMIT: u64 = 64 * 1024;
 
-/// Whether the phone's guest agent has written `PHONE_READY` on its report port (hvc1) in this
-/// boot (the log is fresh per boot).
-pub fn guest_reported_ready(dir: &PhoneDir) -> bool {
+/// The line a phone's guest agent writes on its report port (hvc1) once it is ready.
+pub const READY_MARKER: &str = "PHONE_READY";
+/// The line a phone's guest agent writes once it has taken its own identity (at boot, and in a
+/// clone after the VMM gave it a new VM generation id).
+pub const IDENTITY_MARKER: &str = "IDENTITY";
+
+/// Whether the phone's guest agent has written a line starting with `marker` on its report
+/// port in this boot or restore (the log is fresh per VMM start).
+pub fn guest_reported(dir: &PhoneDir, marker: &str) -> bool {
     use std::io::Read;
     let Ok(file) = std::fs::File::open(dir.dir.join("report.log")) else {
         return false;
@@ -392,7 +452,7 @@ pub fn guest_reported_ready(dir: &PhoneDir) -> bool {
         return false;
     }
     text.split(|b| *b == b'\n')
-        .any(|line| line.starts_with(b"PHONE_READY"))
+        .any(|line| line.starts_with(marker.as_bytes()))
 }
 
 #[cfg(test)]
@@ -403,18 +463,17 @@ mod tests {
         let root = std::env::temp_dir().join(format!("cp-ready-{}", std::process::id()));
         let dir = PhoneDir { dir: root.clone() };
         std::fs::create_dir_all(&root).unwrap();
-        assert!(!guest_reported_ready(&dir), "no report log yet");
+        let ready = |dir: &PhoneDir| guest_reported(dir, READY_MARKER);
+        assert!(!ready(&dir), "no report log yet");
         std::fs::write(root.join("report.log"), "booting\nPHONE_READ").unwrap();
-        assert!(
-            !guest_reported_ready(&dir),
-            "a partial line is not the marker"
-        );
+        assert!(!ready(&dir), "a partial line is not the marker");
         std::fs::write(
             root.join("report.log"),
             "x PHONE_READY\nPHONE_READY width=720 height=1280\n",
         )
         .unwrap();
-        assert!(guest_reported_ready(&dir));
+        assert!(ready(&dir));
+        assert!(!guest_reported(&dir, IDENTITY_MARKER));
         std::fs::remove_dir_all(&root).unwrap();
     }
     use super::*;
@@ -453,7 +512,7 @@ mod tests {
             created_ms: 0,
         };
         let dir = PhoneDir::new(&cfg, "ph_1");
-        let args = command_line(&cfg, &p, &dir).join(" ");
+        let args = command_line(&cfg, &p, &dir, None).join(" ");
         assert!(
             args.contains("--disk /img/base.img,overlay=/s/phones/ph_1/overlay.qcow2"),
             "{args}"
@@ -466,12 +525,21 @@ mod tests {
             devices: Devices::parse("none").unwrap(),
             ..cfg
         };
-        let args = command_line(&bare, &p, &dir).join(" ");
+        let args = command_line(&bare, &p, &dir, None).join(" ");
         assert!(
             !args.contains("--gpu") && !args.contains("--input") && !args.contains("--rng"),
             "{args}"
         );
         assert!(Devices::parse("gpu,cdrom").is_err());
+        let dense = VmmConfig {
+            devices: Devices::parse("balloon,ksm").unwrap(),
+            ..bare.clone()
+        };
+        let args = command_line(&dense, &p, &dir, None).join(" ");
+        assert!(
+            args.contains("--balloon") && args.contains("--mergeable"),
+            "{args}"
+        );
         let android = VmmConfig {
             boot: GuestBoot::Android {
                 boot_img: "/img/boot.img".into(),
@@ -479,7 +547,7 @@ mod tests {
             },
             ..bare
         };
-        let args = command_line(&android, &p, &dir).join(" ");
+        let args = command_line(&android, &p, &dir, None).join(" ");
         assert!(
             args.starts_with("--boot-img /img/boot.img --vendor-boot /img/vendor_boot.img"),
             "{args}"
@@ -492,5 +560,19 @@ mod tests {
             args.contains("--console port=1,path=/s/phones/ph_1/report.log"),
             "{args}"
         );
+        let clone =
+            command_line(&android, &p, &dir, Some(Path::new("/s/snapshots/pr_1/vm"))).join(" ");
+        assert!(
+            clone.starts_with("--restore /s/snapshots/pr_1/vm --console port=0"),
+            "a clone gets the snapshot and its own consoles, not boot images: {clone}"
+        );
+        assert!(
+            !clone.contains("--boot-img")
+                && !clone.contains("--cpus")
+                && !clone.contains("--memory"),
+            "{clone}"
+        );
+        assert!(clone.contains("--disk /img/base.img,overlay=/s/phones/ph_1/overlay.qcow2"));
+        assert!(clone.contains("--api-socket /s/phones/ph_1/api.sock"));
     }
 }

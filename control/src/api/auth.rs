@@ -5,7 +5,9 @@
 //! HttpOnly and SameSite=Strict, and state-changing requests that rely on it must also carry
 //! the `X-CloudPhone-CSRF` header, which a cross-site form cannot set.
 
-use axum::extract::{FromRequestParts, State};
+use std::net::IpAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +21,7 @@ use crate::error::Error;
 use crate::ids::{random_hex, sha256_hex};
 use crate::model::{Role, User};
 use crate::store::users;
+use crate::tls::PeerAddr;
 use crate::wire::auth::LoginRequest;
 
 /// Name of the session cookie.
@@ -61,7 +64,8 @@ pub fn bearer(parts: &Parts) -> Result<Option<&str>, Error> {
 /// Resolves the caller from a bearer token or a session cookie.
 pub async fn authenticate(parts: &Parts, st: &AppState) -> Result<User, Error> {
     if let Some(token) = bearer(parts)? {
-        return st.tokens.verify(&st.db, token).await;
+        let ttl = st.config.token_ttl_ms;
+        return st.tokens.verify(&st.db, &st.hashes, token, ttl).await;
     }
     let sid = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(|| {
         Error::Unauthorized("not logged in: send a bearer token or log in".into())
@@ -86,14 +90,32 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
+/// Resolves the caller and requires the operator role.
+pub async fn operator(parts: &Parts, st: &AppState) -> Result<User, Error> {
+    let user = authenticate(parts, st).await?;
+    if user.role != Role::Operator {
+        return Err(Error::Forbidden("operators only".into()));
+    }
+    Ok(user)
+}
+
+/// The credential a request came with, to keep it alive when a password change ends the
+/// user's other sessions: (API token id, SHA-256 of the session cookie).
+pub fn credential(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| crate::auth::token_id(t.trim()))
+        .map(str::to_owned);
+    let session = cookie(headers, SESSION_COOKIE).map(|sid| sha256_hex(sid.as_bytes()));
+    (token, session)
+}
+
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
-        let user = authenticate(parts, st).await?;
-        if user.role != Role::Operator {
-            return Err(Error::Forbidden("operators only".into()).into());
-        }
-        Ok(Operator(user))
+        Ok(Operator(operator(parts, st).await?))
     }
 }
 
@@ -105,26 +127,51 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/whoami", get(whoami))
 }
 
+/// The client's address; unknown (all such clients share one throttle key) only when the
+/// server was started without connection info.
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<PeerAddr>>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0 .0.ip()),
+        ))
+    }
+}
+
+/// `POST /auth/login`: throttled per user name and per client IP (429 with Retry-After);
+/// unknown names cost the same argon2 hash as known ones.
 async fn login(
     State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Response> {
     let bad = || Error::Unauthorized("wrong user name or password".into());
     if req.name.len() > 64 || req.password.len() > 1024 {
         return Err(bad().into());
     }
+    let attempt = st.logins.begin(&req.name, ip)?;
     let mut tx = st.db.begin().await?;
     let found = users::by_name_with_password(&mut tx, &req.name).await?;
     drop(tx);
-    let (user, hash) = found.ok_or_else(bad)?;
-    let hash = hash.ok_or_else(bad)?;
+    let (user, hash) = match found {
+        Some((user, hash)) => (Some(user), hash),
+        None => (None, None),
+    };
     let pw = req.password;
-    let ok = tokio::task::spawn_blocking(move || crate::auth::verify_password(&pw, &hash))
-        .await
-        .unwrap_or(false);
-    if !ok {
+    let ok = st
+        .hashes
+        .run(move || crate::auth::verify_password(&pw, hash.as_deref()))
+        .await?;
+    let Some(user) = user.filter(|_| ok) else {
+        attempt.failed();
         return Err(bad().into());
-    }
+    };
+    attempt.succeeded();
     let sid = random_hex(32);
     let ttl = st.config.session_ttl_ms;
     let mut tx = st.db.begin().await?;

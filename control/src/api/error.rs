@@ -18,6 +18,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// What to do about it, or the parser's exact complaint.
     pub detail: String,
+    /// Seconds for the `Retry-After` header (429 responses).
+    #[serde(skip)]
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -33,6 +36,7 @@ impl ApiError {
             code,
             error: error.into(),
             detail: detail.into(),
+            retry_after_s: None,
         }
     }
 }
@@ -70,6 +74,11 @@ impl From<Error> for ApiError {
                 "forbidden",
                 "this needs another role",
             ),
+            Error::Throttled { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "wait for the Retry-After delay, then try again",
+            ),
             Error::Db(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -83,7 +92,14 @@ impl From<Error> for ApiError {
             Error::Db(_) => "internal storage error".to_owned(),
             other => other.to_string(),
         };
-        ApiError::new(status, code, error, detail)
+        let retry_after_s = match &e {
+            Error::Throttled { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        };
+        ApiError {
+            retry_after_s,
+            ..ApiError::new(status, code, error, detail)
+        }
     }
 }
 
@@ -95,7 +111,12 @@ impl From<crate::db::DbError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(&self)).into_response()
+        let mut res = (self.status, Json(&self)).into_response();
+        if let Some(s) = self.retry_after_s {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        res
     }
 }
 

@@ -27,10 +27,11 @@ use super::AppState;
 use crate::error::Error;
 use crate::ids::{random_hex, sha256_hex};
 use crate::model::{Host, Phone, PhoneState};
+use crate::scheduler::OvercommitPolicy;
 use crate::store::{audit, hosts, lifecycle, phones, profiles};
 use crate::wire::hosts::{
-    DesiredPhone, EnrolHost, Enrolled, Heartbeat, HeartbeatReply, JoinHost, Joined, RegisterHost,
-    StateReport,
+    DesiredPhone, EnrolHost, Enrolled, Heartbeat, HeartbeatReply, HostUsage, JoinHost, Joined,
+    RegisterHost, StateReport,
 };
 
 /// Routes under `/api/v1/hosts`.
@@ -41,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/hosts/register", post(register))
         .route("/hosts/{id}", get(one))
         .route("/hosts/{id}/heartbeat", post(heartbeat))
+        .route("/hosts/{id}/policy", put(set_policy))
         .route("/hosts/{id}/phones/{phone_id}/state", put(report))
 }
 
@@ -270,8 +272,13 @@ async fn heartbeat(
     if hb.running.len() > MAX_RUNNING {
         return Err(Error::Invalid(format!("running: at most {MAX_RUNNING} phones")).into());
     }
+    let usage = hb.usage.as_ref().map(checked_usage).transpose()?;
     let mut tx = st.db.begin().await?;
-    let host = lifecycle::heartbeat(&mut tx, id, &hb.running).await?;
+    let mut host = lifecycle::heartbeat(&mut tx, id, &hb.running).await?;
+    if let Some(usage) = &usage {
+        hosts::record_usage(&mut tx, id, usage).await?;
+        host = hosts::get(&mut tx, id).await?;
+    }
     let mut out = Vec::new();
     for phone in phones::for_host(&mut tx, id).await? {
         let profile = profiles::get(&mut tx, &phone.profile_id).await?;
@@ -283,6 +290,62 @@ async fn heartbeat(
         phones: out,
         heartbeat_timeout_ms: st.config.heartbeat_timeout_ms,
     }))
+}
+
+/// Largest memory figure (MiB) a measurement may carry: 64 TiB.
+const MAX_MEASURED_MIB: u64 = 64 << 20;
+
+/// A heartbeat's measurements, checked: at most one entry per running phone, figures within
+/// bounds, so an agent cannot make the scheduler believe in negative or absurd use.
+fn checked_usage(u: &HostUsage) -> Result<&HostUsage, Error> {
+    if u.phones.len() > MAX_RUNNING {
+        return Err(Error::Invalid(format!(
+            "usage.phones: at most {MAX_RUNNING} phones"
+        )));
+    }
+    extract::range(
+        "usage.mem_available_mib",
+        u.mem_available_mib,
+        0,
+        MAX_MEASURED_MIB,
+    )?;
+    for p in &u.phones {
+        if !crate::ids::is_id(&p.id, "ph") {
+            return Err(Error::Invalid(format!(
+                "usage.phones: {:?} is not a phone id",
+                p.id
+            )));
+        }
+        extract::range(
+            "usage.phones.private_mib",
+            p.private_mib,
+            0,
+            MAX_MEASURED_MIB,
+        )?;
+        extract::range("usage.phones.pss_mib", p.pss_mib, 0, MAX_MEASURED_MIB)?;
+        extract::range("usage.phones.cpu_ms", p.cpu_ms, 0, u64::MAX >> 2)?;
+    }
+    Ok(u)
+}
+
+/// `PUT /hosts/{id}/policy` (operator): how far the scheduler may overcommit this host.
+async fn set_policy(
+    State(st): State<AppState>,
+    Operator(op): Operator,
+    Path(id): Path<String>,
+    ApiJson(p): ApiJson<OvercommitPolicy>,
+) -> ApiResult<Json<Host>> {
+    let id = extract::id(&id, "h", "host")?;
+    p.validate().map_err(Error::Invalid)?;
+    let mut tx = st.db.begin().await?;
+    let host = hosts::set_policy(&mut tx, id, &p).await?;
+    let detail = format!(
+        "vcpu {} %, memory {} %, reserve {} MiB",
+        p.vcpu_pct, p.memory_pct, p.reserve_mib
+    );
+    audit::record(&mut tx, &op.name, "host.policy", id, &detail, None).await?;
+    tx.commit().await?;
+    Ok(Json(host))
 }
 
 async fn report(

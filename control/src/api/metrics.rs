@@ -82,8 +82,15 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics` in the Prometheus text format.
-pub async fn render(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+/// `GET /metrics` in the Prometheus text format: operators only (fleet size and load are
+/// not for everyone) unless the server runs with `--public-metrics`.
+pub async fn render(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+) -> ApiResult<impl IntoResponse> {
+    if !st.config.public_metrics {
+        super::auth::operator(&req.into_parts().0, &st).await?;
+    }
     let mut tx = st.db.begin().await?;
     let by_state = phones::count_by_state(&mut tx).await?;
     let active = leases::active_count(&mut tx).await?;

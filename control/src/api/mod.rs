@@ -24,8 +24,9 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::auth::TokenCache;
+use crate::auth::{HashPool, TokenCache};
 use crate::db::Database;
+use crate::throttle::LoginThrottle;
 use error::ApiError;
 
 /// Largest request body accepted (every request body here is a small JSON object).
@@ -48,6 +49,14 @@ pub struct ServerConfig {
     pub secure_cookies: bool,
     /// Web session lifetime.
     pub session_ttl_ms: i64,
+    /// API token lifetime from minting.
+    pub token_ttl_ms: i64,
+    /// Argon2 hashes run at once (each password hash takes 19 MiB).
+    pub hash_concurrency: usize,
+    /// Serve `/metrics` without authentication (else operators only).
+    pub public_metrics: bool,
+    /// Verifies agents' relays at `https` URLs (`--relay-ca-file`).
+    pub relay_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +68,10 @@ impl Default for ServerConfig {
             framebuffer_root: "/dev/shm".into(),
             secure_cookies: false,
             session_ttl_ms: 12 * 3600 * 1000,
+            token_ttl_ms: 90 * 24 * 3600 * 1000,
+            hash_concurrency: 2,
+            public_metrics: false,
+            relay_tls: None,
         }
     }
 }
@@ -68,6 +81,8 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub db: Database,
     pub tokens: TokenCache,
+    pub hashes: HashPool,
+    pub logins: LoginThrottle,
     pub metrics: Arc<metrics::Metrics>,
     pub config: Arc<ServerConfig>,
 }
@@ -78,6 +93,8 @@ impl AppState {
         Self {
             db,
             tokens: TokenCache::default(),
+            hashes: HashPool::new(config.hash_concurrency),
+            logins: LoginThrottle::default(),
             metrics: Arc::default(),
             config: Arc::new(config),
         }

@@ -53,7 +53,7 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "post",
         "/auth/login",
-        "Log in (web UI): sets the HttpOnly SameSite=Strict session cookie",
+        "Log in (web UI): sets the HttpOnly SameSite=Strict session cookie; 5 failures per user name or 20 per address lock it with doubling backoff (429 + Retry-After)",
         Public,
         Some("LoginRequest"),
         200,
@@ -107,7 +107,7 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "patch",
         "/users/{id}",
-        "Change quotas (operators) or own password",
+        "Change quotas (operators) or a password (your own needs current_password); a password change revokes the user's other tokens and sessions",
         AnyUser,
         Some("UpdateUser"),
         200,
@@ -322,6 +322,15 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     r(
         "put",
+        "/hosts/{id}/policy",
+        "Set a host's overcommit policy (vCPU and nominal-memory limits in %, memory reserve)",
+        Operator,
+        Some("OvercommitPolicy"),
+        200,
+        Some("Host"),
+    ),
+    r(
+        "put",
         "/hosts/{id}/phones/{phone_id}/state",
         "Report a phone's new state (api_socket under the host's state root)",
         Host,
@@ -368,8 +377,8 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "get",
         "//metrics",
-        "Prometheus metrics",
-        Public,
+        "Prometheus metrics (public only with `serve --public-metrics`)",
+        Operator,
         None,
         200,
         None,
@@ -406,7 +415,7 @@ fn list(name: &str) -> Value {
 
 fn schemas() -> Value {
     let phone_states = json!({"type": "string", "enum": ["creating","booting","ready","assigned","resetting","stopping","stopped","failed","lost"]});
-    json!({
+    let mut all = json!({
         "Error": obj(&["error","code","detail"], json!({"error": s(), "code": s(), "detail": s()})),
         "User": obj(&["id","name","role","max_phones","max_minutes_per_day","created_ms"], json!({
             "id": s(), "name": s(), "role": {"type":"string","enum":["user","operator"]},
@@ -415,7 +424,7 @@ fn schemas() -> Value {
         "LoginRequest": obj(&["name","password"], json!({"name": s(), "password": s()})),
         "CreateUser": obj(&["name","role"], json!({"name": s(), "role": {"type":"string","enum":["user","operator"]},
             "password": s(), "max_phones": uint(1_000_000), "max_minutes_per_day": uint(1_000_000)})),
-        "UpdateUser": obj(&[], json!({"max_phones": uint(1_000_000), "max_minutes_per_day": uint(1_000_000), "password": s()})),
+        "UpdateUser": obj(&[], json!({"max_phones": uint(1_000_000), "max_minutes_per_day": uint(1_000_000), "password": s(), "current_password": s()})),
         "UserWithToken": obj(&["user","token","token_id"], json!({"user": refr("User"), "token": s(), "token_id": s()})),
         "NewToken": obj(&["token","token_id"], json!({"token": s(), "token_id": s()})),
         "Profile": obj(&["id","name","width","height","dpi","vcpus","memory_mib","image","pool_size","created_ms"], json!({
@@ -444,18 +453,18 @@ fn schemas() -> Value {
             "id": s(), "seq": int(), "user_id": s(), "profile_id": s(), "duration_s": int(), "persistent": {"type":"boolean"},
             "state": {"type":"string","enum":["waiting","granted","cancelled"]}, "lease_id": s(), "position": int(), "eta_ms": int(), "created_ms": int()})),
         "QueueList": list("QueueEntry"),
-        "Host": obj(&["id","name","state","vcpus","memory_mib","max_phones","last_heartbeat_ms","created_ms","state_root","cap_vcpus","cap_memory_mib","cap_max_phones"], json!({
+        "Host": obj(&["id","name","state","vcpus","memory_mib","max_phones","last_heartbeat_ms","created_ms","policy","load","state_root","cap_vcpus","cap_memory_mib","cap_max_phones"], json!({
             "id": s(), "name": s(), "state": {"type":"string","enum":["online","offline"]}, "vcpus": int(), "memory_mib": int(),
-            "max_phones": int(), "last_heartbeat_ms": int(), "created_ms": int(), "state_root": s(),
-            "cap_vcpus": int(), "cap_memory_mib": int(), "cap_max_phones": int()})),
-        "EnrolHost": obj(&["name","state_root","vcpus","memory_mib","max_phones"], json!({"name": s(), "state_root": {"type": "string", "maxLength": 1024},
-            "vcpus": uint(4096), "memory_mib": uint(64 << 20), "max_phones": uint(10_000)})),
-        "Enrolled": obj(&["host","join_token"], json!({"host": refr("Host"), "join_token": s()})),
-        "JoinHost": obj(&["join_token"], json!({"join_token": s()})),
-        "Joined": obj(&["host","host_key"], json!({"host": refr("Host"), "host_key": s()})),
+            "max_phones": int(), "last_heartbeat_ms": int(), "created_ms": int(), "policy": refr("OvercommitPolicy"),
+            "mem_available_mib": int(), "load": obj(&["phones","committed_vcpus","committed_memory_mib","used_memory_mib","counted_memory_mib"],
+                json!({"phones": int(), "committed_vcpus": int(), "committed_memory_mib": int(), "used_memory_mib": int(), "counted_memory_mib": int()})),
+            "state_root": s(), "cap_vcpus": int(), "cap_memory_mib": int(), "cap_max_phones": int()})),
+        "OvercommitPolicy": obj(&["vcpu_pct","memory_pct","reserve_mib"], json!({"vcpu_pct": int(), "memory_pct": int(), "reserve_mib": int()})),
         "HostList": list("Host"),
         "RegisterHost": obj(&["vcpus","memory_mib","max_phones"], json!({"vcpus": uint(4096), "memory_mib": uint(64 << 20), "max_phones": uint(10_000), "relay_url": {"type": "string", "maxLength": 512}, "relay_key": {"type": "string", "minLength": 16, "maxLength": 256}})),
-        "Heartbeat": obj(&["running"], json!({"running": {"type":"array","items": s(), "maxItems": 10_000}})),
+        "Heartbeat": obj(&["running"], json!({"running": {"type":"array","items": s(), "maxItems": 10_000},
+            "usage": obj(&["mem_available_mib","phones"], json!({"mem_available_mib": uint(64 << 20), "phones": {"type":"array","maxItems": 10_000,
+                "items": obj(&["id","private_mib","pss_mib","cpu_ms"], json!({"id": s(), "private_mib": uint(64 << 20), "pss_mib": uint(64 << 20), "cpu_ms": int()}))}}))})),
         "HeartbeatReply": obj(&["host","phones","heartbeat_timeout_ms"], json!({"host": refr("Host"),
             "phones": {"type":"array","items": obj(&["phone","profile"], json!({"phone": refr("Phone"), "profile": refr("Profile")}))},
             "heartbeat_timeout_ms": int()})),
@@ -466,7 +475,19 @@ fn schemas() -> Value {
         "UtilisationSample": obj(&["at_ms","hosts_online","capacity","phones","assigned","queued"], json!({"at_ms": int(),
             "hosts_online": int(), "capacity": int(), "phones": int(), "assigned": int(), "queued": int()})),
         "UtilisationList": list("UtilisationSample"),
-    })
+    });
+    // Host enrolment (kept apart: one json! of everything passes the macro recursion limit).
+    let enrolment = json!({
+        "EnrolHost": obj(&["name","state_root","vcpus","memory_mib","max_phones"], json!({"name": s(), "state_root": {"type": "string", "maxLength": 1024},
+            "vcpus": uint(4096), "memory_mib": uint(64 << 20), "max_phones": uint(10_000)})),
+        "Enrolled": obj(&["host","join_token"], json!({"host": refr("Host"), "join_token": s()})),
+        "JoinHost": obj(&["join_token"], json!({"join_token": s()})),
+        "Joined": obj(&["host","host_key"], json!({"host": refr("Host"), "host_key": s()})),
+    });
+    for (k, v) in enrolment.as_object().expect("an object").clone() {
+        all[k] = v;
+    }
+    all
 }
 
 fn operation(d: &RouteDoc) -> Value {

@@ -1,11 +1,11 @@
 //! `/api/v1/users`: accounts, quotas and API tokens.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 
-use super::auth::{Auth, Operator};
+use super::auth::{credential, Auth, Operator};
 use super::error::ApiResult;
 use super::extract::{self, ApiJson};
 use super::AppState;
@@ -24,11 +24,17 @@ pub fn routes() -> Router<AppState> {
         .route("/users/{id}/tokens/{token_id}", delete(revoke))
 }
 
-fn password(p: &str) -> Result<String, Error> {
+/// Validates and hashes a new password on the bounded hash pool.
+async fn password(st: &AppState, p: Option<&str>) -> Result<Option<String>, Error> {
+    let Some(p) = p else { return Ok(None) };
     if !(8..=256).contains(&p.len()) {
         return Err(Error::Invalid("password: must be 8-256 bytes".into()));
     }
-    Ok(crate::auth::hash_password(p))
+    let p = p.to_owned();
+    st.hashes
+        .run(move || crate::auth::hash_password(&p))
+        .await
+        .map(Some)
 }
 
 fn quota(field: &str, v: Option<u32>) -> Result<Option<i64>, Error> {
@@ -39,13 +45,11 @@ fn quota(field: &str, v: Option<u32>) -> Result<Option<i64>, Error> {
 /// Creates a user and their first token (shared by the route and `serve --bootstrap-admin`).
 pub async fn create_user(st: &AppState, actor: &str, req: CreateUser) -> ApiResult<UserWithToken> {
     extract::name("name", &req.name)?;
-    let hash = req.password.as_deref().map(password).transpose()?;
+    let hash = password(st, req.password.as_deref()).await?;
     let max_phones = quota("max_phones", req.max_phones)?.unwrap_or(users::DEFAULT_MAX_PHONES);
     let max_minutes = quota("max_minutes_per_day", req.max_minutes_per_day)?
         .unwrap_or(users::DEFAULT_MAX_MINUTES);
-    let token = tokio::task::spawn_blocking(crate::auth::mint_token)
-        .await
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let token = st.hashes.run(crate::auth::mint_token).await?;
     let mut tx = st.db.begin().await?;
     let user = users::create(
         &mut tx,
@@ -105,10 +109,40 @@ fn managed<'a>(caller: &User, id: &'a str) -> Result<&'a str, Error> {
     Ok(id)
 }
 
+/// Checks `current` against `id`'s stored password: changing one's own password needs it
+/// (a stolen session must not be able to lock the owner out); an operator resetting
+/// someone else's does not.
+async fn check_current_password(
+    st: &AppState,
+    id: &str,
+    current: Option<String>,
+) -> Result<(), Error> {
+    let current = current.ok_or_else(|| {
+        Error::Invalid("current_password: required to change your own password".into())
+    })?;
+    let mut tx = st.db.begin().await?;
+    let stored = users::password_hash(&mut tx, id).await?;
+    drop(tx);
+    if !st
+        .hashes
+        .run(move || crate::auth::verify_password(&current, stored.as_deref()))
+        .await?
+    {
+        return Err(Error::Forbidden(
+            "current_password is wrong: the password was not changed".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `PATCH /users/{id}`: quotas (operators) and passwords. A password change ends every
+/// other session of the user: all their API tokens but the one used for this request are
+/// revoked and all their web sessions but this one are deleted.
 async fn update(
     State(st): State<AppState>,
     Auth(caller): Auth,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<User>> {
     let id = managed(&caller, &id)?;
@@ -118,12 +152,24 @@ async fn update(
     }
     let max_phones = quota("max_phones", req.max_phones)?;
     let max_minutes = quota("max_minutes_per_day", req.max_minutes_per_day)?;
-    let hash = req.password.as_deref().map(password).transpose()?;
+    if req.password.is_some() && caller.id == id {
+        check_current_password(&st, id, req.current_password).await?;
+    }
+    let hash = password(&st, req.password.as_deref()).await?;
+    let changed_password = hash.is_some();
     let mut tx = st.db.begin().await?;
     let user = users::update(&mut tx, id, max_phones, max_minutes, hash).await?;
-    audit::record(&mut tx, &caller.name, "user.update", id, "", None).await?;
+    if changed_password {
+        let (token, session) = if caller.id == id {
+            credential(&headers)
+        } else {
+            (None, None)
+        };
+        users::end_other_sessions(&mut tx, id, token.as_deref(), session.as_deref()).await?;
+    }
+    let what = if changed_password { "password" } else { "" };
+    audit::record(&mut tx, &caller.name, "user.update", id, what, None).await?;
     tx.commit().await?;
-    st.tokens.forget(None, id);
     Ok(Json(user))
 }
 
@@ -133,9 +179,7 @@ async fn new_token(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<NewToken>)> {
     let id = managed(&caller, &id)?;
-    let t = tokio::task::spawn_blocking(crate::auth::mint_token)
-        .await
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let t = st.hashes.run(crate::auth::mint_token).await?;
     let mut tx = st.db.begin().await?;
     users::get(&mut tx, id).await?;
     users::insert_token(&mut tx, &t.id, id, &t.hash).await?;
@@ -162,6 +206,5 @@ async fn revoke(
     }
     audit::record(&mut tx, &caller.name, "token.revoke", &token_id, id, None).await?;
     tx.commit().await?;
-    st.tokens.forget(Some(&token_id), id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::client::Client;
 use crate::model::{Host, Lease, Phone, Profile, QueueEntry, User};
+use crate::scheduler::OvercommitPolicy;
 use crate::wire::hosts::{EnrolHost, Enrolled};
 use crate::wire::leases::{AcquireRequest, AcquireResponse};
 use crate::wire::profiles::{CreateProfile, UpdateProfile};
@@ -28,6 +29,9 @@ pub struct ClientOptions {
     /// API token.
     #[arg(long, env = "CLOUDPHONE_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificate(s) to trust for an https URL (exactly these; no bundled roots).
+    #[arg(long, env = "CLOUDPHONE_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -103,6 +107,21 @@ pub enum HostsCmd {
     /// Enrol a host (or enrol it again to replace its key); prints its one-time join token
     /// for the agent's --join-token.
     Enrol(EnrolHost),
+    /// Set how far the scheduler may overcommit a host (by vCPUs and nominal memory), and
+    /// the memory it keeps free; phones are otherwise counted by measured use.
+    Policy {
+        /// The host's id.
+        host_id: String,
+        /// Phone vCPUs per 100 host CPUs (500: five per core).
+        #[arg(long, default_value_t = OvercommitPolicy::default().vcpu_pct)]
+        vcpu_pct: i64,
+        /// Nominal phone memory per 100 MiB of host memory.
+        #[arg(long, default_value_t = OvercommitPolicy::default().memory_pct)]
+        memory_pct: i64,
+        /// Available memory below which the host takes no phone and reclaims from idle ones.
+        #[arg(long, default_value_t = OvercommitPolicy::default().reserve_mib)]
+        reserve_mib: i64,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -113,6 +132,19 @@ pub enum UsersCmd {
     /// Mint another token for a user id (yourself: `me`).
     Token {
         user_id: String,
+    },
+    /// Change a password (yourself: `me`, which needs the current one). Every other token
+    /// and web session of that user ends.
+    Password {
+        /// User id, or `me`.
+        #[arg(default_value = "me")]
+        user_id: String,
+        /// The new password (read from CLOUDPHONE_NEW_PASSWORD if set).
+        #[arg(long, env = "CLOUDPHONE_NEW_PASSWORD", hide_env_values = true)]
+        new: String,
+        /// Your current password (read from CLOUDPHONE_CURRENT_PASSWORD if set).
+        #[arg(long, env = "CLOUDPHONE_CURRENT_PASSWORD", hide_env_values = true)]
+        current: Option<String>,
     },
 }
 
@@ -210,7 +242,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         .unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let token = opts.token.clone().or(saved.token);
     let s = Session {
-        client: Client::new(&url, token.clone()),
+        client: Client::with_ca_file(&url, token.clone(), opts.ca_file.as_deref())?,
         json: opts.json,
     };
     match cmd {
@@ -244,11 +276,33 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         ClientCommand::Hosts { cmd } => match cmd {
             None | Some(HostsCmd::List) => hosts(&s).await,
             Some(HostsCmd::Enrol(body)) => enrol_host(&s, &body).await,
+            Some(HostsCmd::Policy {
+                host_id,
+                vcpu_pct,
+                memory_pct,
+                reserve_mib,
+            }) => {
+                let policy = OvercommitPolicy {
+                    vcpu_pct,
+                    memory_pct,
+                    reserve_mib,
+                };
+                let h: Host = s
+                    .client
+                    .put(&format!("/hosts/{host_id}/policy"), &policy)
+                    .await?;
+                show_hosts(&s, &[h])
+            }
         },
         ClientCommand::Users { cmd } => match cmd {
             None | Some(UsersCmd::List) => list_users(&s).await,
             Some(UsersCmd::Add(body)) => add_user(&s, &body).await,
             Some(UsersCmd::Token { user_id }) => new_token(&s, user_id).await,
+            Some(UsersCmd::Password {
+                user_id,
+                new,
+                current,
+            }) => change_password(&s, user_id, new, current).await,
         },
     }
 }
@@ -393,23 +447,40 @@ async fn enrol_host(s: &Session, body: &EnrolHost) -> anyhow::Result<()> {
 /// `hosts`.
 async fn hosts(s: &Session) -> anyhow::Result<()> {
     let v: Vec<Host> = s.client.get("/hosts").await?;
+    show_hosts(s, &v)
+}
+
+/// Hosts as a table: capacity, what their phones are promised (committed) against what they
+/// use (measured), and the overcommit policy.
+fn show_hosts(s: &Session, v: &[Host]) -> anyhow::Result<()> {
     let headers = [
         "id",
         "name",
         "state",
-        "vcpus",
-        "memory",
-        "max phones",
+        "phones",
+        "vcpus committed",
+        "memory committed",
+        "memory used",
+        "available",
+        "policy",
         "heartbeat",
     ];
-    show(s.json, &v, &headers, |h| {
+    show(s.json, v, &headers, |h| {
+        let l = &h.load;
         vec![
             h.id.clone(),
             h.name.clone(),
             h.state.clone(),
-            h.vcpus.to_string(),
-            format!("{} MiB", h.memory_mib),
-            h.max_phones.to_string(),
+            format!("{}/{}", l.phones, h.max_phones),
+            format!("{}/{}", l.committed_vcpus, h.vcpus),
+            format!("{}/{} MiB", l.committed_memory_mib, h.memory_mib),
+            format!("{} MiB", l.used_memory_mib),
+            h.mem_available_mib
+                .map_or("-".into(), |m| format!("{m} MiB")),
+            format!(
+                "vcpu {}%, mem {}%, reserve {} MiB",
+                h.policy.vcpu_pct, h.policy.memory_pct, h.policy.reserve_mib
+            ),
             ms(h.last_heartbeat_ms),
         ]
     })
@@ -447,13 +518,35 @@ async fn add_user(s: &Session, body: &CreateUser) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `users token ID|me`.
-async fn new_token(s: &Session, user_id: String) -> anyhow::Result<()> {
-    let id = if user_id == "me" {
+/// A user id argument: `me` is the caller.
+async fn user_id(s: &Session, arg: String) -> anyhow::Result<String> {
+    Ok(if arg == "me" {
         s.client.get::<User>("/users/me").await?.id
     } else {
-        user_id
-    };
+        arg
+    })
+}
+
+/// `users password [ID|me] --new ... [--current ...]`.
+async fn change_password(
+    s: &Session,
+    user: String,
+    new: String,
+    current: Option<String>,
+) -> anyhow::Result<()> {
+    let id = user_id(s, user).await?;
+    let body = json!({"password": new, "current_password": current});
+    let u: User = s.client.patch(&format!("/users/{id}"), &body).await?;
+    println!(
+        "password of {} changed; their other tokens and sessions are ended",
+        u.name
+    );
+    Ok(())
+}
+
+/// `users token ID|me`.
+async fn new_token(s: &Session, user_id_arg: String) -> anyhow::Result<()> {
+    let id = user_id(s, user_id_arg).await?;
     let t: NewToken = s
         .client
         .post(&format!("/users/{id}/tokens"), &json!(null))

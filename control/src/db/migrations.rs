@@ -7,4 +7,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_lease_indexes.sql")),
     (4, include_str!("../../migrations/0004_utilisation.sql")),
     (6, include_str!("../../migrations/0006_host_identity.sql")),
+    (
+        7,
+        include_str!("../../migrations/0007_placement_by_use.sql"),
+    ),
 ];

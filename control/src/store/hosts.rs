@@ -4,16 +4,22 @@
 use crate::db::{Row, Tx};
 use crate::error::Result;
 use crate::ids::new_id;
-use crate::model::Host;
-use crate::scheduler::HostLoad;
+use std::collections::HashMap;
+
+use crate::model::{Host, HostUse};
+use crate::scheduler::{counted_memory_mib, HostLoad, OvercommitPolicy};
+use crate::wire::hosts::HostUsage;
 
 const COLS: &str =
     "SELECT id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms, \
-                    state_root, cap_vcpus, cap_memory_mib, cap_max_phones FROM hosts";
+    vcpu_overcommit_pct, memory_overcommit_pct, memory_reserve_mib, mem_available_mib, \
+    state_root, cap_vcpus, cap_memory_mib, cap_max_phones FROM hosts";
 
-fn decode(r: &Row) -> Result<Host> {
+fn decode(r: &Row, uses: &HashMap<String, HostUse>) -> Result<Host> {
+    let id = r.text(0)?;
     Ok(Host {
-        id: r.text(0)?,
+        load: uses.get(&id).cloned().unwrap_or_default(),
+        id,
         name: r.text(1)?,
         state: r.text(2)?,
         vcpus: r.int(3)?,
@@ -21,11 +27,46 @@ fn decode(r: &Row) -> Result<Host> {
         max_phones: r.int(5)?,
         last_heartbeat_ms: r.int(6)?,
         created_ms: r.int(7)?,
-        state_root: r.text(8)?,
-        cap_vcpus: r.int(9)?,
-        cap_memory_mib: r.int(10)?,
-        cap_max_phones: r.int(11)?,
+        policy: OvercommitPolicy {
+            vcpu_pct: r.int(8)?,
+            memory_pct: r.int(9)?,
+            reserve_mib: r.int(10)?,
+        },
+        mem_available_mib: r.opt_int(11)?,
+        state_root: r.text(12)?,
+        cap_vcpus: r.int(13)?,
+        cap_memory_mib: r.int(14)?,
+        cap_max_phones: r.int(15)?,
     })
+}
+
+/// Committed and used resources of the live phones of every host (or of one).
+async fn uses(tx: &mut Tx, host_id: Option<&str>) -> Result<HashMap<String, HostUse>> {
+    let (filter, params) = match host_id {
+        Some(id) => (" AND p.host_id = ?", vec![id.into()]),
+        None => ("", vec![]),
+    };
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT p.host_id, pr.vcpus, pr.memory_mib, p.private_mib FROM phones p \
+                 JOIN profiles pr ON pr.id = p.profile_id \
+                 WHERE p.state NOT IN ('stopped', 'failed', 'lost'){filter}"
+            ),
+            &params,
+        )
+        .await?;
+    let mut out: HashMap<String, HostUse> = HashMap::new();
+    for r in &rows {
+        let (nominal, private) = (r.int(2)?, r.opt_int(3)?);
+        let u = out.entry(r.text(0)?).or_default();
+        u.phones += 1;
+        u.committed_vcpus += r.int(1)?;
+        u.committed_memory_mib += nominal;
+        u.used_memory_mib += private.unwrap_or(0);
+        u.counted_memory_mib += counted_memory_mib(nominal, private);
+    }
+    Ok(out)
 }
 
 /// Where the control service reaches a host agent's stream relay (see
@@ -122,11 +163,14 @@ pub async fn join(tx: &mut Tx, join_hash: &str, key_hash: &str) -> Result<Option
 
 /// The host whose key hashes to `key_hash`, if any.
 pub async fn by_key(tx: &mut Tx, key_hash: &str) -> Result<Option<Host>> {
-    tx.query_opt(&format!("{COLS} WHERE key_hash = ?"), &[key_hash.into()])
+    let Some(row) = tx
+        .query_opt(&format!("{COLS} WHERE key_hash = ?"), &[key_hash.into()])
         .await?
-        .as_ref()
-        .map(decode)
-        .transpose()
+    else {
+        return Ok(None);
+    };
+    let uses = uses(tx, Some(&row.text(0)?)).await?;
+    decode(&row, &uses).map(Some)
 }
 
 /// The capacity an agent claims (already checked against its caps) and its relay.
@@ -166,40 +210,72 @@ pub async fn relay(tx: &mut Tx, id: &str) -> Result<Option<HostRelay>> {
 
 /// A host by id.
 pub async fn get(tx: &mut Tx, id: &str) -> Result<Host> {
-    decode(&super::one(tx, "host", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)
+    let row = super::one(tx, "host", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?;
+    decode(&row, &uses(tx, Some(id)).await?)
 }
 
 /// All hosts by name.
 pub async fn list(tx: &mut Tx) -> Result<Vec<Host>> {
-    tx.query(&format!("{COLS} ORDER BY name"), &[])
-        .await?
-        .iter()
-        .map(decode)
-        .collect()
+    let rows = tx.query(&format!("{COLS} ORDER BY name"), &[]).await?;
+    let uses = uses(tx, None).await?;
+    rows.iter().map(|r| decode(r, &uses)).collect()
 }
 
-/// Capacity and current use of every online host (input to `scheduler::place`).
-pub async fn loads(tx: &mut Tx) -> Result<Vec<HostLoad>> {
-    let rows = tx
-        .query(
-            "SELECT h.id, h.vcpus, h.memory_mib, h.max_phones, \
-             CAST(COALESCE(SUM(pr.vcpus), 0) AS BIGINT), CAST(COALESCE(SUM(pr.memory_mib), 0) AS BIGINT), COUNT(p.id) \
-             FROM hosts h LEFT JOIN phones p ON p.host_id = h.id AND p.state NOT IN ('stopped', 'failed', 'lost') \
-             LEFT JOIN profiles pr ON pr.id = p.profile_id \
-             WHERE h.state = 'online' GROUP BY h.id, h.vcpus, h.memory_mib, h.max_phones ORDER BY h.id",
-            &[],
+/// Sets a host's overcommit policy (an operator's decision; the caller audits it).
+pub async fn set_policy(tx: &mut Tx, id: &str, p: &OvercommitPolicy) -> Result<Host> {
+    get(tx, id).await?;
+    tx.execute(
+        "UPDATE hosts SET vcpu_overcommit_pct = ?, memory_overcommit_pct = ?, memory_reserve_mib = ? WHERE id = ?",
+        &[p.vcpu_pct.into(), p.memory_pct.into(), p.reserve_mib.into(), id.into()],
+    )
+    .await?;
+    get(tx, id).await
+}
+
+/// Stores what a host's agent measured: its available memory and, for each of ITS phones,
+/// private memory and CPU time. Measurements naming another host's phone change nothing.
+pub async fn record_usage(tx: &mut Tx, id: &str, usage: &HostUsage) -> Result<()> {
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    tx.execute(
+        "UPDATE hosts SET mem_available_mib = ? WHERE id = ?",
+        &[int(usage.mem_available_mib).into(), id.into()],
+    )
+    .await?;
+    for p in &usage.phones {
+        tx.execute(
+            "UPDATE phones SET private_mib = ?, cpu_ms = ? WHERE id = ? AND host_id = ?",
+            &[
+                int(p.private_mib).into(),
+                int(p.cpu_ms).into(),
+                (&p.id).into(),
+                id.into(),
+            ],
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// Capacity, policy and current use of every online host (input to `scheduler::place`).
+pub async fn loads(tx: &mut Tx) -> Result<Vec<HostLoad>> {
+    let rows = tx
+        .query(&format!("{COLS} WHERE state = 'online' ORDER BY id"), &[])
+        .await?;
+    let uses = uses(tx, None).await?;
     rows.iter()
         .map(|r| {
+            let h = decode(r, &uses)?;
             Ok(HostLoad {
-                host_id: r.text(0)?,
-                vcpus: r.int(1)?,
-                memory_mib: r.int(2)?,
-                max_phones: r.int(3)?,
-                used_vcpus: r.int(4)?,
-                used_memory_mib: r.int(5)?,
-                phones: r.int(6)?,
+                host_id: h.id,
+                vcpus: h.vcpus,
+                memory_mib: h.memory_mib,
+                max_phones: h.max_phones,
+                policy: h.policy,
+                mem_available_mib: h.mem_available_mib,
+                used_vcpus: h.load.committed_vcpus,
+                used_memory_mib: h.load.committed_memory_mib,
+                counted_memory_mib: h.load.counted_memory_mib,
+                phones: h.load.phones,
             })
         })
         .collect()

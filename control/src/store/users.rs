@@ -135,12 +135,17 @@ pub async fn insert_token(tx: &mut Tx, token_id: &str, user_id: &str, hash: &str
     Ok(())
 }
 
-/// The stored hash and owner of a live (unrevoked) token.
-pub async fn token(tx: &mut Tx, token_id: &str) -> Result<Option<(String, String)>> {
+/// The stored hash and owner of a live token: unrevoked and minted after `minted_after_ms`
+/// (token expiry).
+pub async fn token(
+    tx: &mut Tx,
+    token_id: &str,
+    minted_after_ms: i64,
+) -> Result<Option<(String, String)>> {
     let row = tx
         .query_opt(
-            "SELECT hash, user_id FROM api_tokens WHERE id = ? AND revoked = 0",
-            &[token_id.into()],
+            "SELECT hash, user_id FROM api_tokens WHERE id = ? AND revoked = 0 AND created_ms > ?",
+            &[token_id.into(), Value::Int(minted_after_ms)],
         )
         .await?;
     row.map(|r| Ok((r.text(0)?, r.text(1)?))).transpose()
@@ -155,6 +160,39 @@ pub async fn revoke_token(tx: &mut Tx, user_id: &str, token_id: &str) -> Result<
         )
         .await?
         == 1)
+}
+
+/// Ends every other session of a user (after a password change): revokes all their tokens
+/// but `keep_token` and deletes all their web sessions but `keep_session` (a cookie hash).
+pub async fn end_other_sessions(
+    tx: &mut Tx,
+    user_id: &str,
+    keep_token: Option<&str>,
+    keep_session: Option<&str>,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE api_tokens SET revoked = 1 WHERE user_id = ? AND revoked = 0 AND id <> ?",
+        &[user_id.into(), keep_token.unwrap_or("").into()],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM sessions WHERE user_id = ? AND id_hash <> ?",
+        &[user_id.into(), keep_session.unwrap_or("").into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The stored password hash of a user (`None`: token-only account).
+pub async fn password_hash(tx: &mut Tx, id: &str) -> Result<Option<String>> {
+    let row = super::one(
+        tx,
+        "user",
+        "SELECT password_hash FROM users WHERE id = ?",
+        &[id.into()],
+    )
+    .await?;
+    Ok(row.opt_text(0)?)
 }
 
 /// Creates a web session (by the SHA-256 of its cookie value).

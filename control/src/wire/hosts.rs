@@ -76,6 +76,35 @@ pub struct RegisterHost {
 pub struct Heartbeat {
     /// Ids of the phones whose VMM runs here (the server marks the others lost).
     pub running: Vec<String>,
+    /// What the agent measured since its last heartbeat (absent from agents that do not
+    /// measure: the scheduler then counts their phones at nominal size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<HostUsage>,
+}
+
+/// A host's measured use: the scheduler places phones by it (see `scheduler::HostLoad`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostUsage {
+    /// `MemAvailable` of the host, in MiB.
+    pub mem_available_mib: u64,
+    /// Each running phone's VMM.
+    pub phones: Vec<PhoneUsage>,
+}
+
+/// One phone's VMM process as measured from `/proc`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneUsage {
+    /// The phone's id.
+    pub id: String,
+    /// Private (unshared) resident memory: `Private_Clean + Private_Dirty` of `smaps_rollup`;
+    /// what the phone costs the host beyond pages it shares with others.
+    pub private_mib: u64,
+    /// Proportional set size (shared pages split among their users).
+    pub pss_mib: u64,
+    /// CPU time the VMM used since it started (user + system).
+    pub cpu_ms: u64,
 }
 
 /// A phone the host should act on, with its profile.

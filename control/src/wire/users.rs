@@ -46,6 +46,8 @@ pub struct UpdateUser {
     pub max_minutes_per_day: Option<u32>,
     /// New password.
     pub password: Option<String>,
+    /// The current password: required when changing your own password.
+    pub current_password: Option<String>,
 }
 
 /// A new token (shown once).

@@ -53,13 +53,24 @@ impl ScreenSource {
         })
     }
 
-    /// The VMM runs behind the host agent relay at `base_url` (`http://host:port`), which
+    /// The VMM runs behind the host agent relay at `base_url` (`http[s]://host:port`), which
     /// accepts `key`; the phone is `phone_id` there.
     pub fn relay(base_url: &str, key: &str, phone_id: &str) -> Result<Self, StreamError> {
         Ok(Self {
             api: VmmApi::relay(base_url, key, phone_id)?,
             confinement: None,
         })
+    }
+
+    /// Verify an `https` relay with `config` (see `VmmApi::with_relay_tls`).
+    pub fn with_relay_tls(
+        self,
+        config: std::sync::Arc<cloudphone_vmm_api::rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            api: self.api.with_relay_tls(config),
+            confinement: self.confinement,
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -118,6 +119,30 @@ impl Server {
         }
         std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
+    }
+
+    /// A second `serve` process on the same database and flags (a replica; PostgreSQL
+    /// only, SQLite is one process's file). It shares the first one's operator.
+    pub fn replica(&self) -> Server {
+        assert!(
+            self.args.iter().any(|a| a == "--database"),
+            "replicas need PostgreSQL"
+        );
+        let mut r = Server {
+            child: None,
+            url: String::new(),
+            admin: self.admin.clone(),
+            args: self.args.clone(),
+            _data: TempDir::new("replica"),
+        };
+        r.spawn(None);
+        r.admin = self.admin.clone();
+        r
+    }
+
+    /// The process id of the running server (to read its memory use).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
     }
 
     /// The server's `--data-dir` (its SQLite database is `cloudphone.db` there).

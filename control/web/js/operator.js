@@ -58,8 +58,14 @@ export async function operatorPage(main) {
       now.textContent = last
         ? `${last.assigned} of ${last.capacity} phone slots in use, ${last.queued} waiting (sampled ${new Date(last.at_ms).toLocaleTimeString()})`
         : "no utilisation samples yet";
-      hostsBox.replaceChildren(table(["Host", "State", "vCPUs", "Memory", "Max phones", "Last heartbeat"],
-        hosts.map((x) => [x.name, x.state, x.vcpus, `${x.memory_mib} MiB`, x.max_phones,
+      // Committed: what the host's phones are promised; used: what they measurably take.
+      hostsBox.replaceChildren(table(["Host", "State", "Phones", "vCPUs committed", "Memory committed",
+        "Memory used", "Available", "Last heartbeat"],
+        hosts.map((x) => [x.name, x.state, `${x.load.phones} / ${x.max_phones}`,
+          `${x.load.committed_vcpus} / ${x.vcpus} (max ${x.policy.vcpu_pct} %)`,
+          `${x.load.committed_memory_mib} / ${x.memory_mib} MiB (max ${x.policy.memory_pct} %)`,
+          `${x.load.used_memory_mib} MiB`,
+          x.mem_available_mib == null ? "-" : `${x.mem_available_mib} MiB`,
           `${Math.round((Date.now() - x.last_heartbeat_ms) / 1000)} s ago`])));
       phonesBox.replaceChildren(table(["Phone", "Profile", "Host", "State", ""],
         phones.map((p) => [p.id, p.profile_id, p.host_id, p.state,

@@ -3,6 +3,7 @@
 //! idle; each input batch is drawn and flushed once, then reported with its cost. A press of
 //! the ACPI power button powers the phone off.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,6 +11,7 @@ use anyhow::Context;
 use crate::canvas::Canvas;
 use crate::clock::{self, WallTime};
 use crate::display::{self, Display};
+use crate::identity::{self, GenIdWatcher};
 use crate::input::device::{self, Device, Kind};
 use crate::input::evdev::Input;
 use crate::power;
@@ -51,17 +53,22 @@ pub fn run() -> anyhow::Result<()> {
     ui.redraw(&mut canvas);
     flush(scanout.as_mut(), &mut canvas)?;
     // Opened last: by now the virtio-console ports had the device wait to show up.
-    let mut reporter = Reporter::open(sysinfo::lookup(&params, sysinfo::REPORT_KEY));
+    let report_port = sysinfo::lookup(&params, sysinfo::REPORT_KEY);
+    let mut reporter = Reporter::open(report_port);
     reporter.line(&report::ready_line(w, h));
     reporter.line(&report::screen_line(ui.screen()));
+    let mut genid = GenIdWatcher::new(Path::new(identity::DEV_MEM), identity::VMGENID_ADDR);
     loop {
+        if let Some(id) = genid.changed() {
+            take_identity(&id, &mut reporter, report_port);
+        }
         let (secs, nanos) = clock::realtime();
-        let timeout = if ui.screen_on() {
+        let to_minute = if ui.screen_on() {
             clock::ms_to_next_minute(secs, nanos)
         } else {
-            -1
+            GENID_POLL_MS
         };
-        let ready = poll(&devices, timeout)?;
+        let ready = poll(&devices, to_minute.min(GENID_POLL_MS))?;
         if ready.is_empty() {
             if ui.set_time(&mut canvas, WallTime::from_unix(clock::realtime().0)) {
                 flush(scanout.as_mut(), &mut canvas)?;
@@ -93,6 +100,21 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// How often the VM generation id is read (a restored clone takes its identity within this).
+const GENID_POLL_MS: i32 = 1000;
+
+/// A new VM generation id: this is a new copy of the phone. It takes a hostname of its own and
+/// reopens its report port (the host side is a new file for a clone), then says so.
+fn take_identity(id: &[u8; 16], reporter: &mut Reporter, report_port: Option<&str>) {
+    let name = identity::hostname(id);
+    if let Err(e) = identity::set_hostname(&name) {
+        tracing::warn!("setting the hostname {name}: {e}");
+    }
+    *reporter = Reporter::open(report_port);
+    reporter.line(&identity::identity_line(id));
+    tracing::info!("VM generation id changed: now {name}");
 }
 
 /// Applies a batch of inputs, flushes the result once, and reports each input.

@@ -25,10 +25,13 @@
 //! * Shell: vsock port 5555, one command per line, answered by its output then `EXIT <code>`.
 //! * Report lines (see [`report`]): `PHONE_READY width=W height=H`,
 //!   `SCREEN app=home|paint|info|clock`, `INPUT t_us=.. kind=touch|key .. frame_us=..`,
-//!   `POWER_OFF reason=power-button`.
+//!   `POWER_OFF reason=power-button`, `IDENTITY vmgenid=<hex> hostname=<name>` (at start and
+//!   whenever the VM generation id changes: the phone is a new clone of a snapshot, see
+//!   [`identity`]).
 //! * The ACPI power button (input device "Power Button", needs the kernel's `button` module)
 //!   powers the phone off (sync + reboot(RB_POWER_OFF)): the VMM's `PUT /shutdown` exits 0.
-//! * Idle means idle: the agent sleeps in poll() until input or the next minute, and puts the
+//! * Idle means idle: the agent sleeps in poll() until input, the next minute or the next
+//!   once-a-second look at the VM generation id, and puts the
 //!   active VT (/dev/tty0) into graphics mode so fbcon stops blinking its cursor underneath.
 //! * `phone-agent render --screen home|info|paint|clock --width W --height H --out F.png`
 //!   renders goldens on the host with the same drawing code (`--time HH:MM`, `--info k=v`);
@@ -40,6 +43,7 @@ pub mod canvas;
 pub mod clock;
 pub mod font;
 pub mod golden;
+pub mod identity;
 pub mod input;
 pub mod report;
 pub mod sysinfo;

@@ -1,9 +1,10 @@
 //! The typed client: HTTP/1.1 spoken either to the VMM's Unix socket directly or, for a phone on
-//! another machine, to a host agent's relay (TCP, bearer key), which serves the same calls under
-//! `/phones/{id}`.
+//! another machine, to a host agent's relay (TCP or TLS, bearer key), which serves the same
+//! calls under `/phones/{id}`.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,8 +14,16 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
-use crate::{path, DamageEvent, FramebufferInfo, ShutdownRequest, StatusReply};
+/// The TLS library the relay client uses (callers build its `ClientConfig`).
+pub use tokio_rustls::rustls;
+
+use crate::{
+    path, BalloonRequest, DamageEvent, FramebufferInfo, ShutdownRequest, SnapshotRequest,
+    StatusReply,
+};
 
 /// A VMM that does not answer a call within this is treated as down.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,12 +45,26 @@ pub struct Error {
 enum Endpoint {
     /// The VMM's own socket on this machine.
     Unix(PathBuf),
-    /// A host agent's relay: `authority` (host:port) over plain TCP, every path under
-    /// `prefix`, with `authorization` (`Bearer <key>`) on every request.
+    /// A host agent's relay: `authority` (host:port) over plain TCP or TLS, every path
+    /// under `prefix`, with `authorization` (`Bearer <key>`) on every request.
     Relay {
         authority: String,
         prefix: String,
         authorization: String,
+        tls: RelayTls,
+    },
+}
+
+/// How a relay connection is secured.
+#[derive(Clone)]
+enum RelayTls {
+    /// `http://`: plain TCP.
+    Plain,
+    /// `https://`: TLS to `server_name`, verified by `connector` (`None` until
+    /// [`VmmApi::with_relay_tls`] gives one: every call then fails saying so).
+    Https {
+        server_name: ServerName<'static>,
+        connector: Option<TlsConnector>,
     },
 }
 
@@ -65,8 +88,17 @@ impl fmt::Display for VmmApi {
         match &self.endpoint {
             Endpoint::Unix(path) => write!(f, "{}", path.display()),
             Endpoint::Relay {
-                authority, prefix, ..
-            } => write!(f, "relay http://{authority}{prefix}"),
+                authority,
+                prefix,
+                tls,
+                ..
+            } => {
+                let scheme = match tls {
+                    RelayTls::Plain => "http",
+                    RelayTls::Https { .. } => "https",
+                };
+                write!(f, "relay {scheme}://{authority}{prefix}")
+            }
         }
     }
 }
@@ -91,21 +123,43 @@ impl VmmApi {
         }
     }
 
-    /// A client for phone `phone_id` behind the relay at `base_url` (`http://host:port[/path]`),
-    /// authenticated with `key`. Only plain `http` is spoken: run the relay on a trusted network
-    /// or a tunnel.
+    /// A client for phone `phone_id` behind the relay at `base_url`
+    /// (`http[s]://host:port[/path]`), authenticated with `key`. An `https` relay also needs
+    /// [`VmmApi::with_relay_tls`]; plain `http` belongs on a trusted network or a tunnel.
     pub fn relay(base_url: &str, key: &str, phone_id: &str) -> Result<Self, Error> {
         let bad = |detail: String| Error {
             endpoint: format!("relay URL {base_url:?}"),
             detail,
         };
-        let rest = base_url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("only http://host:port[/path] is supported".into()))?;
+        let expected = "expected http://host:port[/path] or https://host:port[/path]";
+        let (rest, https) = match base_url.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (
+                base_url
+                    .strip_prefix("http://")
+                    .ok_or_else(|| bad(expected.into()))?,
+                false,
+            ),
+        };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if authority.is_empty() || authority.contains(['@', ' ', '?', '#']) {
-            return Err(bad("expected http://host:port[/path]".into()));
+            return Err(bad(expected.into()));
         }
+        let tls = if https {
+            let host = match authority.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                _ => authority,
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let server_name = ServerName::try_from(host.to_owned())
+                .map_err(|e| bad(format!("{host:?} is not a TLS server name: {e}")))?;
+            RelayTls::Https {
+                server_name,
+                connector: None,
+            }
+        } else {
+            RelayTls::Plain
+        };
         if phone_id.is_empty()
             || !phone_id
                 .bytes()
@@ -128,7 +182,21 @@ impl VmmApi {
             authority: authority.to_owned(),
             prefix,
             authorization: format!("Bearer {key}"),
+            tls,
         }))
+    }
+
+    /// The same client verifying an `https` relay with `config` (its root store holds the
+    /// CA that signed the agent's relay certificate). No effect on other endpoints.
+    pub fn with_relay_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        if let Endpoint::Relay {
+            tls: RelayTls::Https { connector, .. },
+            ..
+        } = &mut self.endpoint
+        {
+            *connector = Some(TlsConnector::from(config));
+        }
+        self
     }
 
     /// The same client with another per-call deadline (default 5 s): slow callers such as
@@ -163,6 +231,33 @@ impl VmmApi {
         let body = serde_json::to_string(&body)
             .map_err(|e| self.error(format!("encoding the shutdown body: {e}")))?;
         self.call("PUT", path::SHUTDOWN, Some(body)).await.map(drop)
+    }
+
+    /// `PUT /balloon`: how much guest memory the balloon should hold back (0 gives it all back).
+    pub async fn set_balloon(&self, target_mib: u64) -> Result<(), Error> {
+        let body = serde_json::to_string(&BalloonRequest { target_mib })
+            .map_err(|e| self.error(format!("encoding the balloon body: {e}")))?;
+        self.call("PUT", path::BALLOON, Some(body)).await.map(drop)
+    }
+
+    /// `PUT /pause`: stop the vCPUs (a snapshot needs a paused VM).
+    pub async fn pause(&self) -> Result<(), Error> {
+        self.call("PUT", path::PAUSE, None).await.map(drop)
+    }
+
+    /// `PUT /resume`: run the vCPUs again after [`VmmApi::pause`].
+    pub async fn resume(&self) -> Result<(), Error> {
+        self.call("PUT", path::RESUME, None).await.map(drop)
+    }
+
+    /// `PUT /snapshot`: write the paused VM into `dir` (which must not exist yet), for
+    /// `cloudphone-vmm --restore dir`.
+    pub async fn snapshot(&self, dir: &std::path::Path) -> Result<(), Error> {
+        let body = serde_json::to_string(&SnapshotRequest {
+            dir: dir.display().to_string(),
+        })
+        .map_err(|e| self.error(format!("encoding the snapshot body: {e}")))?;
+        self.call("PUT", path::SNAPSHOT, Some(body)).await.map(drop)
     }
 
     /// `GET /framebuffer`: where the screen's pixels are and how they are laid out.
@@ -277,6 +372,7 @@ impl VmmApi {
                 authority,
                 prefix,
                 authorization,
+                ..
             } => req
                 .uri(format!("{prefix}{path}"))
                 .header("host", authority.as_str())
@@ -292,14 +388,32 @@ impl VmmApi {
                 })?;
                 self.request(stream, req, method, path).await
             }
-            Endpoint::Relay { authority, .. } => {
+            Endpoint::Relay { authority, tls, .. } => {
                 let stream = TcpStream::connect(authority.as_str()).await.map_err(|e| {
                     self.error(format!(
                         "connect: {e} (is the host agent running with --relay-listen?)"
                     ))
                 })?;
                 let _ = stream.set_nodelay(true);
-                self.request(stream, req, method, path).await
+                match tls {
+                    RelayTls::Plain => self.request(stream, req, method, path).await,
+                    RelayTls::Https {
+                        server_name,
+                        connector,
+                    } => {
+                        let connector = connector.as_ref().ok_or_else(|| {
+                            self.error(
+                                "an https relay needs a CA to verify it (serve --relay-ca-file)"
+                                    .into(),
+                            )
+                        })?;
+                        let stream = connector
+                            .connect(server_name.clone(), stream)
+                            .await
+                            .map_err(|e| self.error(format!("TLS handshake with the relay: {e} (is --relay-ca-file the CA of the agent's --relay-tls-cert?)")))?;
+                        self.request(stream, req, method, path).await
+                    }
+                }
             }
         }
     }
@@ -373,8 +487,12 @@ mod tests {
         assert!(!format!("{api:?}").contains("s3cret"));
         let api = VmmApi::relay("http://h:1/base/", "k", "p_2").unwrap();
         assert_eq!(api.to_string(), "relay http://h:1/base/phones/p_2");
+        let api = VmmApi::relay("https://relay.example:7071", "k", "p").unwrap();
+        assert_eq!(api.to_string(), "relay https://relay.example:7071/phones/p");
         for (url, key, id) in [
-            ("https://h:1", "k", "p"),
+            ("ftp://h:1", "k", "p"),
+            ("https://", "k", "p"),
+            ("https://bad host!:1", "k", "p"),
             ("h:1", "k", "p"),
             ("http://", "k", "p"),
             ("http://u@h:1", "k", "p"),

@@ -8,6 +8,6 @@ mod client;
 mod types;
 
 #[cfg(feature = "client")]
-pub use client::{DamageStream, Error, VmmApi};
+pub use client::{rustls, DamageStream, Error, VmmApi};
 pub use cloudphone_display::FramebufferInfo;
 pub use types::{path, BalloonRequest, DamageEvent, ShutdownRequest, SnapshotRequest, StatusReply};

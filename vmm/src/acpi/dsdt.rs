@@ -1,4 +1,5 @@
-//! The DSDT: `\_S5_` for poweroff, the PCI0 host bridge, COM1, the GED and its power button.
+//! The DSDT: `\_S5_` for poweroff, the PCI0 host bridge, COM1, the GED, its power button and
+//! the VM generation id device it notifies after a restore.
 
 use acpi_tables::aml::{
     self, AddressSpace, AddressSpaceCacheable, EISAName, FieldAccessType, FieldEntry,
@@ -6,12 +7,35 @@ use acpi_tables::aml::{
 };
 use acpi_tables::{sdt::Sdt, Aml};
 
-use super::{GED_EVENT_PORT, GED_EVENT_POWER_BUTTON, GED_GSI, OEM_ID, S5_SLEEP_TYPE};
+use super::vmgenid::VMGENID_ADDR;
+use super::{
+    GED_EVENT_PORT, GED_EVENT_POWER_BUTTON, GED_EVENT_VMGENID, GED_GSI, OEM_ID, S5_SLEEP_TYPE,
+};
 use crate::arch::x86_64::layout::{PCI_MMIO_SIZE, PCI_MMIO_START};
 use crate::legacy::serial::{COM1_IRQ, COM1_PORT};
 
 /// Name of the power-button device the GED notifies.
 const PWRB: &str = "\\_SB_.PWRB";
+/// Name of the VM generation id device the GED notifies.
+const VGEN: &str = "\\_SB_.VGEN";
+
+/// The VMGenID device: Linux's `vmgenid` driver matches `VMGENCTR` or `VM_GEN_COUNTER`,
+/// Windows `VM_Gen_Counter`; `ADDR` is the id's address as (low, high) dwords.
+fn vmgenid() -> Vec<u8> {
+    let mut out = Vec::new();
+    let (low, high) = (VMGENID_ADDR as u32, (VMGENID_ADDR >> 32) as u32);
+    aml::Device::new(
+        VGEN.into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"VMGENCTR"),
+            &aml::Name::new("_CID".into(), &"VM_Gen_Counter"),
+            &aml::Name::new("_DDN".into(), &"VM_Gen_Counter"),
+            &aml::Name::new("ADDR".into(), &aml::Package::new(vec![&low, &high])),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
 
 fn s5() -> Vec<u8> {
     let mut out = Vec::new();
@@ -89,6 +113,7 @@ fn ged_and_power_button() -> Vec<u8> {
     .to_aml_bytes(&mut out);
 
     let pwrb: Path = PWRB.into();
+    let vgen: Path = VGEN.into();
     let pending = aml::Path::new("GDAT");
     // _EVT: Local0 = GDAT (pending events, cleared by the read); if the power-button bit is
     // set, notify the power button device.
@@ -127,6 +152,11 @@ fn ged_and_power_button() -> Vec<u8> {
                         &aml::Equal::new(&aml::Local(1), &GED_EVENT_POWER_BUTTON),
                         vec![&aml::Notify::new(&pwrb, &0x80u8)],
                     ),
+                    &aml::And::new(&aml::Local(2), &aml::Local(0), &GED_EVENT_VMGENID),
+                    &aml::If::new(
+                        &aml::Equal::new(&aml::Local(2), &GED_EVENT_VMGENID),
+                        vec![&aml::Notify::new(&vgen, &0x80u8)],
+                    ),
                 ],
             ),
         ],
@@ -141,6 +171,7 @@ pub fn build_dsdt() -> Sdt {
     dsdt.append_slice(&s5());
     dsdt.append_slice(&pci_host_bridge());
     dsdt.append_slice(&com1());
+    dsdt.append_slice(&vmgenid());
     dsdt.append_slice(&ged_and_power_button());
     dsdt.update_checksum();
     dsdt
@@ -173,6 +204,10 @@ mod tests {
             b"_EVT",
             b"ACPI0013",
             b"GDAT",
+            b"VGEN",
+            b"VMGENCTR",
+            b"VM_Gen_Counter",
+            b"ADDR",
         ] {
             assert!(
                 contains(bytes, name),

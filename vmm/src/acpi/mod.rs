@@ -4,6 +4,7 @@
 
 pub mod dsdt;
 pub mod tables;
+pub mod vmgenid;
 
 pub use tables::{create_acpi_tables, AcpiLayout};
 
@@ -25,5 +26,7 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 pub const GED_GSI: u32 = 5;
 /// GED event bit: the power button was pressed.
 pub const GED_EVENT_POWER_BUTTON: u8 = 1;
+/// GED event bit: the VM generation id changed (a restore): notify the VMGenID device.
+pub const GED_EVENT_VMGENID: u8 = 2;
 /// OEM id in every table.
 pub const OEM_ID: [u8; 6] = *b"CLDPHN";

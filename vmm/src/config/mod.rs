@@ -56,6 +56,11 @@ pub struct RawConfig {
     #[arg(long)]
     #[serde(default)]
     pub shared_memory: bool,
+    /// Offer guest RAM to KSM (MADV_MERGEABLE): pages identical across phones are merged
+    /// once the host runs ksmd (/sys/kernel/mm/ksm/run = 1). Also with --restore.
+    #[arg(long)]
+    #[serde(default)]
+    pub mergeable: bool,
     /// Disk: path[,ro][,overlay=path][,id=NAME] (repeatable).
     #[arg(long)]
     #[serde(default)]
@@ -152,6 +157,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// How guest RAM is backed on the host.
     pub memory_backing: crate::memory::MemoryBacking,
+    /// Offer guest RAM to KSM ([`crate::memory::advise_mergeable`]).
+    pub mergeable: bool,
     /// Serial console destination.
     pub serial: SerialOutput,
     /// API socket.
@@ -218,6 +225,7 @@ impl RawConfig {
             cpus: self.cpus.or(base.cpus),
             memory: self.memory.or(base.memory),
             shared_memory: self.shared_memory || base.shared_memory,
+            mergeable: self.mergeable || base.mergeable,
             disk: vec(self.disk, base.disk),
             net: vec(self.net, base.net),
             vsock: self.vsock.or(base.vsock),
@@ -236,6 +244,11 @@ impl RawConfig {
 
     /// Check ranges and combinations.
     pub fn validate(self) -> Result<VmConfig, ConfigError> {
+        if self.mergeable && self.shared_memory {
+            return err(
+                "--mergeable cannot be combined with --shared-memory: KSM merges only private memory",
+            );
+        }
         if self.restore.is_some() {
             let given = [
                 ("--kernel", self.kernel.is_some()),
@@ -331,6 +344,7 @@ impl RawConfig {
             } else {
                 crate::memory::MemoryBacking::Anonymous
             },
+            mergeable: self.mergeable,
             serial,
             api_socket: self.api_socket,
             on_reboot,
@@ -409,6 +423,8 @@ mod tests {
         assert_eq!(c.devices.disks.len(), 2);
         assert!(c.devices.disks[1].read_only);
         assert!(c.devices.net.is_some() && c.devices.vsock.is_some() && c.devices.balloon);
+        assert!(!c.mergeable);
+        assert!(parse(&["--kernel", "/k", "--mergeable"]).unwrap().mergeable);
     }
 
     #[test]
@@ -428,6 +444,7 @@ mod tests {
             (&["--input", "touch"], "--gpu"),
             (&["--console", "port=0"], "--console"),
             (&["--console", "port=0,bogus"], "--console"),
+            (&["--mergeable", "--shared-memory"], "--mergeable"),
         ] {
             let mut full = vec!["--kernel", "/k"];
             full.extend_from_slice(args);

@@ -20,8 +20,12 @@ pub const CMDLINE_ADDR: u64 = 0x20000;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables (RSDP first, where Linux also scans for it).
 pub const ACPI_START: u64 = 0xe0000;
-/// End of the ACPI table area: the reset vector follows.
-pub const ACPI_END: u64 = RESET_VECTOR_ADDR;
+/// End of the ACPI table area: the VM generation id's page follows.
+pub const ACPI_END: u64 = VMGENID_ADDR;
+/// The VM generation id (16 bytes, see `acpi::vmgenid`): a page of the BIOS area that the
+/// e820 map does not give the kernel as RAM and that shares no page with RAM, so the guest can
+/// read it through /dev/mem; below the reset vector's page.
+pub const VMGENID_ADDR: u64 = 0xf_e000;
 /// Physical address of the real-mode reset vector F000:FFF0 (see `reset_vector`).
 pub const RESET_VECTOR_ADDR: u64 = 0xf_fff0;
 /// Where the kernel's protected-mode part is loaded and high memory starts.

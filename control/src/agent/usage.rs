@@ -1,0 +1,79 @@
+//! What this host and each phone's VMM really use, read from `/proc`: the control service
+//! places phones by it (`scheduler::HostLoad`), and the agent reclaims memory from idle phones
+//! with it before the kernel would have to OOM-kill one.
+
+use std::path::Path;
+
+use crate::wire::hosts::PhoneUsage;
+
+/// Clock ticks per second of `/proc/PID/stat` times: `USER_HZ`, 100 on every Linux ABI we run.
+const USER_HZ: u64 = 100;
+
+/// `MemAvailable` of this host, in MiB.
+pub fn mem_available_mib() -> Option<u64> {
+    meminfo_kib(
+        &std::fs::read_to_string("/proc/meminfo").ok()?,
+        "MemAvailable:",
+    )
+    .map(|k| k / 1024)
+}
+
+/// The value in KiB of the `key:` line of a `/proc/meminfo` or `smaps_rollup` text.
+fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Measures the VMM process `pid` of phone `id`; `None` when it is gone or unreadable.
+pub fn measure_phone(id: &str, pid: i32) -> Option<PhoneUsage> {
+    let proc = Path::new("/proc").join(pid.to_string());
+    let rollup = std::fs::read_to_string(proc.join("smaps_rollup")).ok()?;
+    let stat = std::fs::read_to_string(proc.join("stat")).ok()?;
+    let private = meminfo_kib(&rollup, "Private_Clean:")? + meminfo_kib(&rollup, "Private_Dirty:")?;
+    Some(PhoneUsage {
+        id: id.to_owned(),
+        private_mib: private / 1024,
+        pss_mib: meminfo_kib(&rollup, "Pss:")? / 1024,
+        cpu_ms: cpu_ticks(&stat)? * 1000 / USER_HZ,
+    })
+}
+
+/// `utime + stime` of a `/proc/PID/stat` line. The command name (field 2) may hold spaces
+/// and parentheses, so fields are counted from the last `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11); // fields 14 (utime) and 15 (stime)
+    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
+}
+
+/// Balloon size to ask of an idle phone of `memory_mib` while the host is short of memory:
+/// half of it, which a phone idling at its home screen does not touch.
+pub fn reclaim_target_mib(memory_mib: i64) -> u64 {
+    u64::try_from(memory_mib / 2).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_its_own_process() {
+        let me = measure_phone("ph-x", std::process::id() as i32).expect("own /proc");
+        assert!(me.pss_mib > 0 && me.private_mib > 0, "{me:?}");
+        assert!(mem_available_mib().unwrap() > 0);
+        assert_eq!(measure_phone("ph-x", i32::MAX), None);
+    }
+
+    #[test]
+    fn stat_fields_count_from_the_last_paren() {
+        let stat = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 1 0";
+        assert_eq!(cpu_ticks(stat), Some(400));
+        assert_eq!(cpu_ticks("garbage"), None);
+        assert_eq!(meminfo_kib("Pss:   2048 kB\n", "Pss:"), Some(2048));
+        assert_eq!(meminfo_kib("Pss: x kB\n", "Pss:"), None);
+    }
+}
