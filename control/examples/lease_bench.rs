@@ -53,14 +53,25 @@ async fn setup(a: &Args) -> anyhow::Result<Vec<String>> {
     let _: Value = admin
         .post("/profiles", &json!({"name": profile, "width": 720, "height": 1280, "dpi": 320, "vcpus": 1, "memory_mib": 64, "image": "", "pool_size": a.clients}))
         .await?;
-    let agent: Value = admin
+    let enrolled: Value = admin
         .post(
-            "/users",
-            &json!({"name": format!("bench-agent-{tag}"), "role": "agent"}),
+            "/hosts",
+            &json!({"name": format!("bench-{tag}"), "state_root": "/var/lib/bench", "vcpus": 4096, "memory_mib": 1 << 24, "max_phones": a.clients}),
         )
         .await?;
-    let agent = Client::new(&a.url, agent["token"].as_str().map(str::to_owned));
-    let host: Value = agent.post("/hosts", &json!({"name": format!("bench-{tag}"), "vcpus": 4096, "memory_mib": 1 << 24, "max_phones": a.clients})).await?;
+    let joined: Value = Client::new(&a.url, None)
+        .post(
+            "/hosts/join",
+            &json!({"join_token": enrolled["join_token"]}),
+        )
+        .await?;
+    let agent = Client::new(&a.url, joined["host_key"].as_str().map(str::to_owned));
+    let host: Value = agent
+        .post(
+            "/hosts/register",
+            &json!({"vcpus": 4096, "memory_mib": 1 << 24, "max_phones": a.clients}),
+        )
+        .await?;
     let hid = host["id"].as_str().context("host id")?.to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -4,14 +4,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::scheduler::OvercommitPolicy;
 
-/// What a user may do. Operators see and manage everything; users only their own phones;
-/// agents only the host routes (register, heartbeat, phone state reports).
+/// What a user may do. Operators see and manage everything; users only their own phones.
+/// Host agents are not users: each authenticates with its own host key (`api::hosts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
     Operator,
-    Agent,
 }
 
 impl Role {
@@ -20,7 +19,6 @@ impl Role {
         match self {
             Role::User => "user",
             Role::Operator => "operator",
-            Role::Agent => "agent",
         }
     }
 
@@ -29,7 +27,6 @@ impl Role {
         match s {
             "user" => Some(Role::User),
             "operator" => Some(Role::Operator),
-            "agent" => Some(Role::Agent),
             _ => None,
         }
     }
@@ -40,7 +37,7 @@ impl std::str::FromStr for Role {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::parse(s).ok_or_else(|| format!("unknown role {s:?}: use user, operator or agent"))
+        Role::parse(s).ok_or_else(|| format!("unknown role {s:?}: use user or operator"))
     }
 }
 
@@ -193,6 +190,12 @@ pub struct Host {
     pub max_phones: i64,
     pub last_heartbeat_ms: i64,
     pub created_ms: i64,
+    /// Directory the agent keeps its phones under; every path it reports lies inside.
+    pub state_root: String,
+    /// Most vCPUs, memory and phones the agent may claim (set at enrolment).
+    pub cap_vcpus: i64,
+    pub cap_memory_mib: i64,
+    pub cap_max_phones: i64,
     /// How far the scheduler may promise more than the host has.
     pub policy: OvercommitPolicy,
     /// `MemAvailable` its agent last measured; absent before the first measurement.

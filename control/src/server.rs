@@ -31,9 +31,13 @@ pub struct ServeOptions {
     /// CLOUDPHONE_BOOTSTRAP_ADMIN).
     #[arg(long, env = "CLOUDPHONE_BOOTSTRAP_ADMIN")]
     pub bootstrap_admin: Option<String>,
-    /// A host silent for this long is offline and its phones lost.
+    /// A host silent for this long is offline: no new phones go there, its leases stay.
     #[arg(long, default_value_t = 15_000)]
     pub heartbeat_timeout_ms: u64,
+    /// A host silent for this long has its phones lost and their leases ended. Silence is
+    /// counted from this service's start at the earliest (a service outage is no host's fault).
+    #[arg(long, default_value_t = 120_000)]
+    pub lost_after_ms: u64,
     /// Period of the scheduler loop (expiry, heartbeat timeouts, warm pools).
     #[arg(long, default_value_t = 1_000)]
     pub tick_ms: u64,
@@ -46,6 +50,10 @@ pub struct ServeOptions {
     /// Address for WebRTC host candidates (UDP): one the browsers can reach.
     #[arg(long, default_value = "127.0.0.1")]
     pub webrtc_ip: std::net::IpAddr,
+    /// Framebuffers the streamer may map lie here (the VMM writes them to /dev/shm), or
+    /// under the phone's host's state root; any other path a VMM reports is refused.
+    #[arg(long, default_value = "/dev/shm")]
+    pub framebuffer_root: PathBuf,
     /// Mark the session cookie Secure (when behind TLS).
     #[arg(long)]
     pub secure_cookies: bool,
@@ -100,6 +108,8 @@ pub async fn run_with(opts: ServeOptions, extra: axum::Router<AppState>) -> anyh
         .context("opening the database")?;
     let config = ServerConfig {
         heartbeat_timeout_ms: opts.heartbeat_timeout_ms as i64,
+        lost_after_ms: opts.lost_after_ms.max(opts.heartbeat_timeout_ms) as i64,
+        started_ms: crate::now_ms(),
         secure_cookies: opts.secure_cookies,
         token_ttl_ms: (opts.token_ttl_s as i64).saturating_mul(1000),
         hash_concurrency: opts.hash_concurrency,
@@ -198,11 +208,25 @@ pub async fn tick(state: &AppState) -> crate::error::Result<()> {
             Err(e) => tracing::debug!(lease = %id, "expiry skipped: {e}"),
         }
     }
-    let mut tx = state.db.begin().await?;
-    let reaped = lifecycle::reap_hosts(&mut tx, state.config.heartbeat_timeout_ms).await?;
-    tx.commit().await?;
-    for h in reaped {
-        tracing::warn!(host = %h, "host missed heartbeats: offline, its phones lost");
+    let now = crate::now_ms();
+    let cfg = &state.config;
+    // Silence counts from the service's start at the earliest: hosts get a grace period.
+    let cutoff = |limit: i64| (now - cfg.started_ms >= limit).then_some(now - limit);
+    if let Some(c) = cutoff(cfg.heartbeat_timeout_ms) {
+        let mut tx = state.db.begin().await?;
+        let offline = lifecycle::mark_offline(&mut tx, c).await?;
+        tx.commit().await?;
+        for h in offline {
+            tracing::warn!(host = %h, "host missed heartbeats: offline, its leases kept for now");
+        }
+    }
+    if let Some(c) = cutoff(cfg.lost_after_ms) {
+        let mut tx = state.db.begin().await?;
+        let lost = lifecycle::lose_hosts(&mut tx, c).await?;
+        tx.commit().await?;
+        for p in lost {
+            tracing::warn!(phone = %p, "host silent past --lost-after-ms: phone lost");
+        }
     }
     let mut tx = state.db.begin().await?;
     lifecycle::reconcile_pools(&mut tx).await?;

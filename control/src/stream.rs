@@ -11,7 +11,7 @@
 //! lease row every [`LEASE_RECHECK`] catches ends this process did not commit (another replica
 //! sharing the PostgreSQL database).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use axum::Router;
 use cloudphone_stream::signalling::{
     self, AuthFuture, SignallingConfig, StreamAuthorizer, StreamDenied, StreamGrant,
 };
-use cloudphone_stream::{Revocation, ScreenSource, StreamHub};
+use cloudphone_stream::{Confinement, Revocation, ScreenSource, StreamHub};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::api::error::ApiError;
@@ -85,7 +85,17 @@ impl StreamAuthorizer for LeaseAuthorizer {
                             None => source,
                         }
                     }
-                    None => ScreenSource::local(api_socket),
+                    // Local VMM: its socket and framebuffer only under the host's state root or
+                    // the framebuffer root, whatever the agent or the VMM reports.
+                    None => {
+                        let host = hosts::get(&mut tx, &phone.host_id).await.map_err(denied)?;
+                        let roots = [Path::new(&host.state_root), &st.config.framebuffer_root];
+                        ScreenSource::confined(Path::new(&api_socket), Confinement::new(roots))
+                            .map_err(|e| StreamDenied {
+                                status: axum::http::StatusCode::BAD_GATEWAY,
+                                message: format!("phone {phone_id}: {e}"),
+                            })?
+                    }
                 };
             // Everyone watching a leased phone (its holder, operators) stops when the lease
             // ends; an operator watching a free phone is bound to no lease.

@@ -22,13 +22,30 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(s: &Server, token: &str, state: &Path, env: &[(&str, &str)]) -> Agent {
+    /// Enrols host `h1` with `state` as its root and starts an agent joining with the token.
+    async fn start(s: &Server, state: &Path, env: &[(&str, &str)]) -> Agent {
+        Agent::launch(s, state, env, &[]).await
+    }
+
+    /// Like [`Agent::start`] with some flags' values replaced (`("--vcpus", "2")`).
+    async fn start_with(s: &Server, state: &Path, flags: &[(&str, &str)]) -> Agent {
+        Agent::launch(s, state, &[], flags).await
+    }
+
+    async fn launch(
+        s: &Server,
+        state: &Path,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Agent {
+        let root = std::fs::canonicalize(state).unwrap();
+        let join = common::enrol(s, "h1", &root.display().to_string(), 64).await;
         let args = [
             "agent",
             "--control",
             &s.url,
-            "--token",
-            token,
+            "--join-token",
+            &join,
             "--state-dir",
             &state.display().to_string(),
             "--vmm",
@@ -37,8 +54,6 @@ impl Agent {
             "/dev/null",
             "--interval-ms",
             "100",
-            "--name",
-            "h1",
             "--max-phones",
             "4",
             "--vcpus",
@@ -48,16 +63,30 @@ impl Agent {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
+        .collect::<Vec<String>>();
         let mut a = Agent {
             child: None,
-            args,
+            args: Vec::new(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
+        a.args = args;
+        for (flag, value) in flags {
+            match a.args.iter().position(|x| x == flag) {
+                Some(i) => a.args[i + 1] = value.to_string(),
+                None => a.args.extend([flag.to_string(), value.to_string()]),
+            }
+        }
         a.spawn();
+        // Joined (the one-time token spent, the key kept) before a test may kill it.
+        let key = state.join("host.key");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !key.exists() {
+            assert!(Instant::now() < deadline, "the agent never joined");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         a
     }
     fn spawn(&mut self) {
@@ -75,22 +104,6 @@ impl Agent {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-impl Agent {
-    /// Like [`Agent::start`] with some flags' values replaced (`("--vcpus", "2")`).
-    fn start_with(s: &Server, token: &str, state: &Path, flags: &[(&str, &str)]) -> Agent {
-        let mut a = Agent::start(s, token, state, &[]);
-        a.kill9();
-        for (flag, value) in flags {
-            match a.args.iter().position(|x| x == flag) {
-                Some(i) => a.args[i + 1] = value.to_string(),
-                None => a.args.extend([flag.to_string(), value.to_string()]),
-            }
-        }
-        a.spawn();
-        a
     }
 }
 
@@ -180,15 +193,21 @@ async fn agent_lifecycle(kind: Kind) {
     // busy CI host (an agent restarting VMMs) does not miss heartbeats by accident.
     let s = Server::start(
         kind,
-        &["--heartbeat-timeout-ms", "3000", "--tick-ms", "100"],
+        &[
+            "--heartbeat-timeout-ms",
+            "3000",
+            "--lost-after-ms",
+            "3000",
+            "--tick-ms",
+            "100",
+        ],
     )
     .await;
-    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
     let (_, alice) = user(&s, "alice", "user", 1).await;
     profile(&s, "pixel", 2).await;
     let state = TempDir::new("agent");
     let _reaper = VmmReaper(state.0.clone());
-    let mut agent = Agent::start(&s, &agent_token, &state.0, &[]);
+    let mut agent = Agent::start(&s, &state.0, &[]).await;
 
     let p = wait_for(&s, "2 ready phones", |p| count(p, "ready") == 2).await;
     assert_eq!(vmm_pids(&state.0).len(), 2, "one VMM per phone");
@@ -287,19 +306,18 @@ async fn crash_loop_and_reboot(kind: Kind) {
         &["--heartbeat-timeout-ms", "5000", "--tick-ms", "100"],
     )
     .await;
-    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
     profile(&s, "pixel", 1).await;
     let state = TempDir::new("agent");
     let _reaper = VmmReaper(state.0.clone());
     let _agent = Agent::start(
         &s,
-        &agent_token,
         &state.0,
         &[
             ("FAKE_VMM_EXIT_CODE", "33"),
             ("FAKE_VMM_EXIT_AFTER_MS", "200"),
         ],
-    );
+    )
+    .await;
     wait_for(&s, "failed phone", |p| count(p, "failed") >= 1).await;
     let audit = ok(&s, "GET", "/audit?limit=1000", &s.admin.clone(), None, 200).await;
     let ev = audit
@@ -320,19 +338,18 @@ async fn crash_loop_and_reboot(kind: Kind) {
         &["--heartbeat-timeout-ms", "5000", "--tick-ms", "100"],
     )
     .await;
-    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
     profile(&s, "pixel", 1).await;
     let state2 = TempDir::new("agent");
     let _reaper2 = VmmReaper(state2.0.clone());
     let _agent = Agent::start(
         &s,
-        &agent_token,
         &state2.0,
         &[
             ("FAKE_VMM_EXIT_CODE", "32"),
             ("FAKE_VMM_EXIT_AFTER_MS", "200"),
         ],
-    );
+    )
+    .await;
     wait_for(&s, "ready phone", |p| count(p, "ready") == 1).await;
     // Over 3 s the VMM "reboots" repeatedly: always at most one process, restarted each time.
     let mut seen = std::collections::HashSet::new();
@@ -350,6 +367,84 @@ async fn crash_loop_and_reboot(kind: Kind) {
     assert_eq!(count(&p, "failed"), 0, "reboots are not crashes: {p:?}");
 }
 both!(crash_loop_and_reboot);
+
+/// The control service down for longer than the heartbeat timeout (issue 15): on its return
+/// the hosts get a grace period, a missed heartbeat only marks a host offline, so a
+/// persistent lease survives and the phone's data is intact. A phone directory the service
+/// does not know is quarantined, never deleted.
+async fn service_outage_keeps_leases_and_data(kind: Kind) {
+    let mut s = Server::start(
+        kind,
+        &[
+            "--heartbeat-timeout-ms",
+            "1000",
+            "--lost-after-ms",
+            "60000",
+            "--tick-ms",
+            "100",
+        ],
+    )
+    .await;
+    let (_, alice) = user(&s, "alice", "user", 1).await;
+    profile(&s, "pixel", 1).await;
+    let state = TempDir::new("agent");
+    let _reaper = VmmReaper(state.0.clone());
+    let _agent = Agent::start(&s, &state.0, &[]).await;
+    wait_for(&s, "ready phone", |p| count(p, "ready") == 1).await;
+    let body = json!({"profile": "pixel", "persistent": true});
+    let l = ok(&s, "POST", "/leases", &alice, Some(body), 201).await;
+    let (lease_id, phone_id) = (
+        l["lease"]["id"].as_str().unwrap().to_owned(),
+        l["lease"]["phone_id"].as_str().unwrap().to_owned(),
+    );
+    let data = state.0.join("phones").join(&phone_id).join("user-data.bin");
+    std::fs::write(&data, b"photos").unwrap();
+    let stray = state.0.join("phones").join("ph_00000000000000ff");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("user-data.bin"), b"unknown").unwrap();
+
+    // Down for 3 heartbeat timeouts; the agent keeps retrying meanwhile.
+    s.kill9();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    s.restart();
+    // Several ticks past the timeout: reaping would have happened by now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let lease = ok(&s, "GET", &format!("/leases/{lease_id}"), &alice, None, 200).await;
+    assert_eq!(lease["state"], "active", "{lease}");
+    let p = phones(&s).await;
+    let ph = p.iter().find(|x| x["id"] == phone_id.as_str()).unwrap();
+    assert_eq!(
+        (ph["state"].as_str(), ph["generation"].as_i64()),
+        (Some("assigned"), Some(0)),
+        "{ph}"
+    );
+    assert_eq!(
+        std::fs::read(&data).unwrap(),
+        b"photos",
+        "the phone's data is intact"
+    );
+    let host = &ok(&s, "GET", "/hosts", &s.admin.clone(), None, 200).await[0];
+    assert_eq!(host["state"], "online", "{host}");
+
+    // The stray directory went to quarantine with its data.
+    assert!(!stray.exists(), "the unknown phone directory left phones/");
+    let quarantined: Vec<PathBuf> = std::fs::read_dir(state.0.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    let name = quarantined[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("ph_00000000000000ff."), "{name}");
+    assert_eq!(
+        std::fs::read(quarantined[0].join("user-data.bin")).unwrap(),
+        b"unknown"
+    );
+}
+both!(service_outage_keeps_leases_and_data);
 
 /// The balloon targets the agent set on phones' fake VMMs (those it ever resized).
 async fn balloon_targets(s: &Server) -> Vec<i64> {
@@ -372,7 +467,6 @@ async fn balloon_targets(s: &Server) -> Vec<i64> {
 async fn placement_by_use(kind: Kind) {
     let s = Server::start(kind, &["--tick-ms", "100"]).await;
     let admin = s.admin.clone();
-    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
     let big = json!({"name": "big", "width": 720, "height": 1280, "dpi": 320, "vcpus": 2,
         "memory_mib": 1024, "image": "", "pool_size": 1});
     ok(&s, "POST", "/profiles", &admin, Some(big), 201).await;
@@ -380,14 +474,14 @@ async fn placement_by_use(kind: Kind) {
     let _reaper = VmmReaper(state.0.clone());
     let _agent = Agent::start_with(
         &s,
-        &agent_token,
         &state.0,
         &[
             ("--vcpus", "2"),
             ("--max-phones", "32"),
             ("--devices", "balloon"),
         ],
-    );
+    )
+    .await;
     wait_for(&s, "the big phone ready", |p| count(p, "ready") == 1).await;
     profile(&s, "pixel", 8).await;
     wait_for(&s, "8 small phones beside the big one", |p| {
@@ -539,7 +633,8 @@ async fn placement_by_use(kind: Kind) {
         (json!({"mem_available_mib": 1u64 << 40, "phones": []}), 400),
     ] {
         let p = format!("/hosts/{host_id}/heartbeat");
-        ok(&s, "POST", &p, &agent_token, Some(hb(usage)), status).await;
+        let key = std::fs::read_to_string(state.0.join("host.key")).unwrap();
+        ok(&s, "POST", &p, key.trim(), Some(hb(usage)), status).await;
     }
 }
 both!(placement_by_use);
@@ -603,7 +698,6 @@ async fn warm_pool_clones(kind: Kind) {
         &["--heartbeat-timeout-ms", "5000", "--tick-ms", "100"],
     )
     .await;
-    let (_, agent_token) = user(&s, "agent1", "agent", 0).await;
     let (_, alice) = user(&s, "alice", "user", 1).await;
     let images = TempDir::new("images");
     std::fs::write(images.0.join("base.img"), vec![0u8; 1 << 20]).unwrap();
@@ -618,10 +712,10 @@ async fn warm_pool_clones(kind: Kind) {
     let _reaper = VmmReaper(state.0.clone());
     let mut agent = Agent::start_with(
         &s,
-        &agent_token,
         &state.0,
         &[("--image-dir", &images.0.display().to_string())],
-    );
+    )
+    .await;
     agent.kill9();
     let at = agent.args.iter().position(|a| a == "--kernel").unwrap();
     agent.args[at] = "--boot-img".into();

@@ -135,7 +135,9 @@ async fn authorization(kind: Kind) {
         (
             "POST",
             "/hosts".to_owned(),
-            Some(json!({"name": "evil", "vcpus": 1, "memory_mib": 100, "max_phones": 1})),
+            Some(
+                json!({"name": "evil", "state_root": "/x", "vcpus": 1, "memory_mib": 100, "max_phones": 1}),
+            ),
         ),
         (
             "POST",
@@ -150,11 +152,13 @@ async fn authorization(kind: Kind) {
         ),
     ] {
         let (code, v) = api(&s, m, &p, &bob, body).await;
-        assert!(code == 403 || code == 404, "bob {m} {p}: {code} {v}");
+        assert!(matches!(code, 401 | 403 | 404), "bob {m} {p}: {code} {v}");
     }
-    // An agent token cannot lease or list users.
-    let (code, _) = api(&s, "GET", "/users", &host.token, None).await;
-    assert_eq!(code, 403);
+    // A host key is no user token: it cannot lease or list users.
+    for (m, p) in [("GET", "/users"), ("POST", "/leases")] {
+        let (code, _) = api(&s, m, p, &host.token, None).await;
+        assert_eq!(code, 401, "host key {m} {p}");
+    }
     // No credentials / bad credentials.
     for (m, p) in [
         ("GET", "/phones"),

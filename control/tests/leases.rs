@@ -285,7 +285,14 @@ both!(crash_during_traffic);
 async fn host_lost_and_back(kind: Kind) {
     let s = Server::start(
         kind,
-        &["--heartbeat-timeout-ms", "1500", "--tick-ms", "100"],
+        &[
+            "--heartbeat-timeout-ms",
+            "1500",
+            "--lost-after-ms",
+            "1500",
+            "--tick-ms",
+            "100",
+        ],
     )
     .await;
     let (_, alice) = user(&s, "alice", "user", 1).await;

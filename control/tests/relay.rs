@@ -18,7 +18,7 @@ use cloudphone_stream::relay::wire::{Decoder, Mirror};
 use cloudphone_stream::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use cloudphone_stream::{ScreenSource, StreamHub, ViewerOptions};
 use common::pki::Pki;
-use common::{api, ok, profile, user, Kind, Server, TempDir};
+use common::{api, ok, profile, Kind, Server, TempDir};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -107,9 +107,10 @@ async fn agent_relay_over_tls_streams_frames_and_forwards_input() {
 /// every reader trusts only its CA).
 async fn relay_streams_frames_and_forwards_input(pki: Option<Pki>) {
     let s = Server::start(Kind::Sqlite, &[]).await;
-    let (_, token) = user(&s, "agent", "agent", 0).await;
     profile(&s, "relayed", 1).await;
-    let state = TempDir::new("relay-agent");
+    let state = TempDir::new("agent-state");
+    let root = std::fs::canonicalize(&state.0).unwrap();
+    let join = common::enrol(&s, "h1", &root.display().to_string(), 4).await;
     let listen = format!("127.0.0.1:{}", free_port());
     let scheme = if pki.is_some() { "https" } else { "http" };
     let relay_url = format!("{scheme}://{listen}");
@@ -127,8 +128,8 @@ async fn relay_streams_frames_and_forwards_input(pki: Option<Pki>) {
             "agent",
             "--control",
             &s.url,
-            "--token",
-            &token,
+            "--join-token",
+            &join,
             "--kernel",
             "/dev/null",
         ])
@@ -139,7 +140,7 @@ async fn relay_streams_frames_and_forwards_input(pki: Option<Pki>) {
             "--interval-ms",
             "100",
         ])
-        .args(["--name", "h1", "--vcpus", "8", "--memory-mib", "8192"])
+        .args(["--vcpus", "8", "--memory-mib", "8192", "--max-phones", "4"])
         .args(["--relay-listen", &listen, "--relay-url", &relay_url])
         .args(&relay_tls)
         .env("CLOUDPHONE_LOG", "warn")
@@ -274,14 +275,14 @@ async fn relay_streams_frames_and_forwards_input(pki: Option<Pki>) {
     }
 }
 
-/// `POST /hosts` takes a relay URL and key together or not at all, checks them, and no answer
-/// (register, list, get) ever contains the key.
+/// `POST /hosts/register` takes a relay URL and key together or not at all, checks them, and
+/// no answer (register, list, get) ever contains the key.
 async fn register_checks_the_relay_and_never_returns_its_key(kind: Kind) {
     let s = Server::start(kind, &[]).await;
-    let (_, token) = user(&s, "agent", "agent", 0).await;
+    let (_, token) = common::join(&s, &common::enrol(&s, "h1", "/var/lib/h1", 2).await).await;
     let key = "k".repeat(32);
     let body = |extra: Value| {
-        let mut b = json!({"name": "h1", "vcpus": 4, "memory_mib": 4096, "max_phones": 2});
+        let mut b = json!({"vcpus": 4, "memory_mib": 4096, "max_phones": 2});
         b.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
@@ -305,19 +306,50 @@ async fn register_checks_the_relay_and_never_returns_its_key(kind: Kind) {
         ),
         (json!({"relay_url": long, "relay_key": key}), "512"),
     ] {
-        let (status, v) = api(&s, "POST", "/hosts", &token, Some(body(extra.clone()))).await;
+        let (status, v) = api(
+            &s,
+            "POST",
+            "/hosts/register",
+            &token,
+            Some(body(extra.clone())),
+        )
+        .await;
         assert_eq!(status, 400, "{extra}: {v}");
         assert!(v.to_string().contains(why), "{extra}: {v} should say {why}");
     }
     let relay = json!({"relay_url": "http://10.0.0.5:7070", "relay_key": key});
-    let host = ok(&s, "POST", "/hosts", &token, Some(body(relay)), 201).await;
+    let host = ok(
+        &s,
+        "POST",
+        "/hosts/register",
+        &token,
+        Some(body(relay)),
+        201,
+    )
+    .await;
     let id = host["id"].as_str().unwrap();
-    let one = ok(&s, "GET", &format!("/hosts/{id}"), &token, None, 200).await;
+    let one = ok(
+        &s,
+        "GET",
+        &format!("/hosts/{id}"),
+        &s.admin.clone(),
+        None,
+        200,
+    )
+    .await;
     let all = ok(&s, "GET", "/hosts", &s.admin.clone(), None, 200).await;
     for answer in [&host, &one, &all] {
         assert!(!answer.to_string().contains(&key), "{answer}");
     }
     // Re-registering without a relay (agent moved beside the control service) is accepted.
-    ok(&s, "POST", "/hosts", &token, Some(body(json!({}))), 201).await;
+    ok(
+        &s,
+        "POST",
+        "/hosts/register",
+        &token,
+        Some(body(json!({}))),
+        201,
+    )
+    .await;
 }
 both!(register_checks_the_relay_and_never_returns_its_key);

@@ -141,7 +141,18 @@ async fn phone_back(s: &Server, host: &FakeHost) {
 }
 
 async fn sessions_end_with_their_lease(kind: Kind) {
-    let s = Server::start(kind, &["--tick-ms", "50", "--heartbeat-timeout-ms", "600"]).await;
+    let s = Server::start(
+        kind,
+        &[
+            "--tick-ms",
+            "50",
+            "--heartbeat-timeout-ms",
+            "600",
+            "--lost-after-ms",
+            "600",
+        ],
+    )
+    .await;
     let (_, alice) = user(&s, "alice", "user", 1).await;
     let (_, bob) = user(&s, "bob", "user", 1).await;
     let (_, olivia) = user(&s, "olivia", "operator", 0).await;

@@ -95,14 +95,16 @@ async fn agent_registers_over_https_with_the_ca_file() {
     let ca = pki.path("ca.pem");
     let admin =
         cloudphone::client::Client::with_ca_file(&s.url, Some(s.admin.clone()), Some(&ca)).unwrap();
-    let agent: serde_json::Value = admin
+    let state = common::TempDir::new("tls-agent");
+    let root = std::fs::canonicalize(&state.0).unwrap();
+    let enrolled: serde_json::Value = admin
         .post(
-            "/users",
-            &serde_json::json!({"name": "agent", "role": "agent"}),
+            "/hosts",
+            &serde_json::json!({"name": "h-tls", "state_root": root.display().to_string(),
+                "vcpus": 4096, "memory_mib": 64 << 20, "max_phones": 16}),
         )
         .await
         .unwrap();
-    let state = common::TempDir::new("tls-agent");
     let _agent = Running(
         Command::new(bin())
             .args([
@@ -114,12 +116,7 @@ async fn agent_registers_over_https_with_the_ca_file() {
                 "--vmm",
                 "/bin/false",
             ])
-            .args([
-                "--token",
-                agent["token"].as_str().unwrap(),
-                "--name",
-                "h-tls",
-            ])
+            .args(["--join-token", enrolled["join_token"].as_str().unwrap()])
             .arg("--state-dir")
             .arg(&state.0)
             .arg("--ca-file")
@@ -132,7 +129,8 @@ async fn agent_registers_over_https_with_the_ca_file() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let hosts: serde_json::Value = admin.get("/hosts").await.unwrap();
-        if hosts.to_string().contains("h-tls") {
+        // Enrolled hosts claim nothing until their agent registers (over https).
+        if hosts[0]["max_phones"] == 16 {
             break;
         }
         assert!(

@@ -110,6 +110,16 @@ impl ControlService {
         user["token"].as_str().expect("new user's token").to_owned()
     }
 
+    /// Enrol host `name` (as the operator) with its agent's state root and caps; returns the
+    /// one-time join token for the agent's `--join-token`.
+    pub fn enrol_host(&self, name: &str, state_root: &str, max_phones: u32) -> String {
+        let body = json!({"name": name, "state_root": state_root, "vcpus": 4096,
+                          "memory_mib": 64 << 20, "max_phones": max_phones});
+        let (code, v) = self.call("POST", "/hosts", &self.admin, Some(body));
+        assert_eq!(code, 201, "enrolling host {name}: {v}");
+        v["join_token"].as_str().expect("join token").to_owned()
+    }
+
     /// Poll `probe` every 500 ms until it yields a value; panics with `diag()` after `timeout`.
     pub fn wait<T>(
         &self,

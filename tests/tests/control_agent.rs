@@ -42,12 +42,14 @@ fn lease_boots_a_real_phone_and_release_resets_it() {
     let (url, admin) = (control.url(), control.admin.clone());
     let call =
         |method: &str, path: &str, token: &str, body| control.call(method, path, token, body);
-    let agent_token = control.add_user("sandbox-agent", "agent", None);
     let alice = control.add_user("alice", "user", None);
     let profile = json!({"name": "phone", "width": 720, "height": 1280, "dpi": 320, "vcpus": 1, "memory_mib": 256, "image": "", "pool_size": 1});
     assert_eq!(call("POST", "/profiles", &admin, Some(profile)).0, 201);
 
     let state = local.join("agent");
+    std::fs::create_dir_all(&state).unwrap();
+    let state = std::fs::canonicalize(&state).unwrap();
+    let join_token = control.enrol_host("sandbox", &state.display().to_string(), 2);
     let _agent = ChildGuard(
         Command::new(&cloudphone)
             .args([
@@ -56,8 +58,6 @@ fn lease_boots_a_real_phone_and_release_resets_it() {
                 &url,
                 "--interval-ms",
                 "500",
-                "--name",
-                "sandbox",
                 "--max-phones",
                 "2",
             ])
@@ -66,7 +66,7 @@ fn lease_boots_a_real_phone_and_release_resets_it() {
                 "--devices",
                 &std::env::var("CLOUDPHONE_AGENT_DEVICES").unwrap_or_else(|_| "none".into()),
             ])
-            .args(["--token", &agent_token])
+            .args(["--join-token", &join_token])
             .arg("--state-dir")
             .arg(&state)
             .arg("--vmm")
@@ -178,24 +178,19 @@ fn second_phone_of_a_profile_is_a_clone_of_the_first() {
     let (url, admin) = (control.url(), control.admin.clone());
     let call =
         |method: &str, path: &str, token: &str, body| control.call(method, path, token, body);
-    let agent_token = control.add_user("sandbox-agent", "agent", None);
     let profile = json!({"name": "phone", "width": SIZE.0, "height": SIZE.1, "dpi": 320, "vcpus": 1, "memory_mib": 1024, "image": "", "pool_size": 1});
     let (c, p) = call("POST", "/profiles", &admin, Some(profile));
     assert_eq!(c, 201, "{p}");
     let profile_id = p["id"].as_str().unwrap().to_owned();
     let state = local.join("agent");
+    std::fs::create_dir_all(&state).unwrap();
+    let state = std::fs::canonicalize(&state).unwrap();
+    let join_token = control.enrol_host("sandbox", &state.display().to_string(), 2);
     let agent_log = dir.join("agent.log");
     let _agent = ChildGuard(
         Command::new(workspace_binary("cloudphone"))
             .args(["agent", "--control", &url, "--interval-ms", "500"])
-            .args([
-                "--name",
-                "sandbox",
-                "--max-phones",
-                "2",
-                "--token",
-                &agent_token,
-            ])
+            .args(["--max-phones", "2", "--join-token", &join_token])
             .arg("--state-dir")
             .arg(&state)
             .arg("--vmm")

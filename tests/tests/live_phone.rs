@@ -92,7 +92,6 @@ fn start_stack(dir: &std::path::Path) -> Stack {
     let local = std::env::temp_dir().join(format!("cloudphone-live-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&local);
     let control = ControlService::start(&local.join("data"), &["--tick-ms", "300"]).unwrap();
-    let agent_token = control.add_user("live-agent", "agent", None);
     let profile = json!({"name": "phone-720p", "width": SIZE.0, "height": SIZE.1, "dpi": 320,
         "vcpus": CPUS, "memory_mib": 1024, "image": "", "pool_size": 1});
     let (code, body) = control.call("POST", "/profiles", &control.admin, Some(profile));
@@ -101,17 +100,18 @@ fn start_stack(dir: &std::path::Path) -> Stack {
     let image = cache_dir().join("test-image");
     let agent_log = dir.join("agent.log");
     let log = std::fs::File::create(&agent_log).unwrap();
+    // The host key outlives a restarted sandbox (whose /tmp is fresh) in `dir`, shared with it.
     let agent_args = |control_url: &str, state: &str| -> Vec<String> {
         let mut args: Vec<String> = vec![
             "agent".into(),
-            "--token".into(),
-            agent_token.clone(),
+            "--join-token".into(),
+            control.enrol_host("live", state, 16),
+            "--key-file".into(),
+            dir.join("host.key").display().to_string(),
             "--control".into(),
             control_url.into(),
             "--state-dir".into(),
             state.into(),
-            "--name".into(),
-            "live".into(),
             "--devices".into(),
             "gpu,input,rng,balloon".into(),
             "--interval-ms".into(),
@@ -134,11 +134,11 @@ fn start_stack(dir: &std::path::Path) -> Stack {
         .status()
         .is_ok_and(|s| s.success());
     let agent = if kvm_usable {
+        let state = local.join("agent");
+        std::fs::create_dir_all(&state).unwrap();
+        let state = std::fs::canonicalize(&state).unwrap();
         Command::new(&cloudphone)
-            .args(agent_args(
-                &control.url(),
-                &local.join("agent").display().to_string(),
-            ))
+            .args(agent_args(&control.url(), &state.display().to_string()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -165,6 +165,8 @@ fn start_stack(dir: &std::path::Path) -> Stack {
             // a fresh sandbox brings it back, the host re-registers and the pool boots a phone.
             .env("KVM_SANDBOX_RESTARTS", "2")
             .env("KVM_SANDBOX_MEM", "3072M")
+            .arg("--rw")
+            .arg(dir)
             .arg("--")
             .arg(&cloudphone)
             .args(args)

@@ -1,12 +1,17 @@
 //! `cloudphone agent`: runs on a host with KVM, one `cloudphone-vmm` per phone.
 //!
-//! Protocol with the control service (polling, see `api::hosts`, bodies in `wire::hosts`): register once, then every
+//! Identity: the first start trades `--join-token` (from `cloudphone hosts enrol`) for this
+//! host's own key, kept in `--key-file` (mode 0600); later starts use the key.
+//! Protocol with the control service (polling, see `api::hosts`, bodies in `wire::hosts`): register once
+//! (retried until the service answers), then every
 //! `--interval-ms` send a heartbeat listing the phones whose VMM runs here; the reply is
 //! the full desired set for this host, which the agent converges to:
 //! `creating`/`booting` → start the VMM, report `booting`, then `ready` once its API answers;
 //! `resetting` → stop, recreate the overlay over the clean base, boot, report `ready`;
 //! `stopping` → stop, delete the phone's directory, report `stopped`;
-//! `ready`/`assigned` → keep running. Any VMM not in the set is stopped (no orphans).
+//! `ready`/`assigned` → keep running. Any VMM not in the set is stopped (no orphans) and its
+//! directory, like a crash-looped phone's, moved to `<state-dir>/quarantine/ID.TIMESTAMP`
+//! rather than deleted: the agent never deletes data it does not recognise.
 //! Supervision: exit 32 (guest reboot) restarts at once; other exits restart with backoff;
 //! `--max-crashes` within `--crash-window-ms` report the phone `failed`.
 //! VMMs run in their own process group and survive an agent restart; a new agent adopts
@@ -23,15 +28,15 @@ mod warm;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::client::Client;
+use crate::client::{ApiFailure, Client};
 use crate::model::{Host, Phone, PhoneState};
 use crate::wire::hosts::{
-    DesiredPhone, Heartbeat, HeartbeatReply, HostUsage, RegisterHost, StateReport,
+    DesiredPhone, Heartbeat, HeartbeatReply, HostUsage, JoinHost, Joined, RegisterHost, StateReport,
 };
 use cloudphone_vmm_api::VmmApi;
 use vmm::Running;
@@ -43,10 +48,15 @@ pub struct AgentOptions {
     /// Control service URL, e.g. http://10.0.0.1:8080.
     #[arg(long)]
     pub control: String,
-    /// API token of a user with role `agent` (or operator).
-    #[arg(long, env = "CLOUDPHONE_AGENT_TOKEN")]
-    pub token: String,
-    /// Per-phone directories (overlay, API socket, pid file, logs) live here.
+    /// One-time join token from `cloudphone hosts enrol` (first start only; later starts
+    /// use the key it was traded for).
+    #[arg(long, env = "CLOUDPHONE_JOIN_TOKEN")]
+    pub join_token: Option<String>,
+    /// Where this host's key is kept (default: <state-dir>/host.key).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Per-phone directories (overlay, API socket, pid file, logs) live here; the state root
+    /// the host was enrolled with.
     #[arg(long)]
     pub state_dir: PathBuf,
     /// The VMM binary.
@@ -73,9 +83,6 @@ pub struct AgentOptions {
     /// qemu-img binary used to create overlays.
     #[arg(long, default_value = "qemu-img")]
     pub qemu_img: PathBuf,
-    /// Host name to register as (default: the kernel's hostname).
-    #[arg(long)]
-    pub name: Option<String>,
     /// vCPUs offered to phones (default: all CPUs).
     #[arg(long)]
     pub vcpus: Option<u32>,
@@ -108,6 +115,10 @@ pub struct AgentOptions {
     /// service that cannot reach this host's VMM sockets and /dev/shm.
     #[arg(long, requires = "relay_url")]
     pub relay_listen: Option<SocketAddr>,
+    /// Framebuffers the relay may map lie here (the VMM writes them to /dev/shm) or under
+    /// --state-dir; any other path a VMM reports is refused.
+    #[arg(long, default_value = "/dev/shm")]
+    pub framebuffer_root: PathBuf,
     /// URL at which the control service reaches --relay-listen (through any port forward),
     /// e.g. http://10.0.0.5:7070; registered with a random key generated at start.
     #[arg(long, requires = "relay_listen")]
@@ -197,44 +208,49 @@ fn default_capacity() -> (u32, u32) {
 }
 
 /// Runs the agent until killed.
-pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(opts.state_dir.join("phones"))
         .with_context(|| format!("creating {}", opts.state_dir.display()))?;
+    // Reported socket paths must lie under the enrolled state root, which is canonical.
+    opts.state_dir = std::fs::canonicalize(&opts.state_dir)
+        .with_context(|| format!("resolving {}", opts.state_dir.display()))?;
     let (cpus, mem) = default_capacity();
-    let name = match &opts.name {
-        Some(n) => n.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_else(|_| "host".into())
-            .trim()
-            .to_owned(),
-    };
-    let client = Client::with_ca_file(
+    let key_file = opts
+        .key_file
+        .clone()
+        .unwrap_or_else(|| opts.state_dir.join("host.key"));
+    let ca_file = opts.ca_file.as_deref();
+    let key = host_key(
         &opts.control,
-        Some(opts.token.clone()),
-        opts.ca_file.as_deref(),
-    )?;
+        ca_file,
+        opts.join_token.as_deref(),
+        &key_file,
+    )
+    .await?;
+    let client = Client::with_ca_file(&opts.control, Some(key), ca_file)?;
     let relay = match opts.relay_listen {
         Some(addr) => {
             let tls = match (&opts.relay_tls_cert, &opts.relay_tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
                 _ => None,
             };
-            Some(relay::Relay::start(addr, tls).await?)
+            let roots = [&opts.state_dir, &opts.framebuffer_root];
+            let confinement = cloudphone_stream::Confinement::new(roots);
+            Some(relay::Relay::start(addr, tls, confinement).await?)
         }
         None => None,
     };
     let reg = RegisterHost {
-        name,
         vcpus: opts.vcpus.unwrap_or(cpus),
         memory_mib: opts.memory_mib.unwrap_or(mem),
         max_phones: opts.max_phones,
         relay_url: relay.as_ref().and(opts.relay_url.clone()),
         relay_key: relay.as_ref().map(|r| r.key().to_owned()),
     };
-    let host: Host = client
-        .post("/hosts", &reg)
-        .await
-        .context("registering this host")?;
+    let host: Host = until_answered("registering this host", || {
+        client.post("/hosts/register", &reg)
+    })
+    .await?;
     tracing::info!(host = %host.id, name = %host.name, "registered");
     println!("registered host {} ({})", host.id, host.name);
     let cfg = VmmConfig {
@@ -286,6 +302,76 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
 }
 
+/// This host's key: read from `key_file`, or on first start traded for `join_token` and
+/// written there (0600, never overwritten).
+async fn host_key(
+    control: &str,
+    ca_file: Option<&Path>,
+    join_token: Option<&str>,
+    key_file: &Path,
+) -> anyhow::Result<String> {
+    match std::fs::read_to_string(key_file) {
+        Ok(key) => return Ok(key.trim().to_owned()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("reading the host key {}", key_file.display()))
+        }
+        Err(_) => {}
+    }
+    let token = join_token.with_context(|| {
+        format!(
+            "no host key at {}: start once with --join-token from `cloudphone hosts enrol`",
+            key_file.display()
+        )
+    })?;
+    let anon = Client::with_ca_file(control, None, ca_file)?;
+    let body = JoinHost {
+        join_token: token.to_owned(),
+    };
+    let joined: Joined = until_answered("joining with --join-token", || {
+        anon.post("/hosts/join", &body)
+    })
+    .await?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key_file)
+        .with_context(|| format!("creating the host key file {}", key_file.display()))?;
+    writeln!(f, "{}", joined.host_key)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing the host key file {}", key_file.display()))?;
+    tracing::info!(host = %joined.host.id, file = %key_file.display(), "joined: host key stored");
+    Ok(joined.host_key)
+}
+
+/// Runs `call` until the control service answers: connection failures and 5xx (service down
+/// or restarting) are retried with backoff up to 10 s; an API refusal (4xx) is returned.
+async fn until_answered<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e)
+                if e.downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status < 500) =>
+            {
+                return Err(e.context(what.to_owned()))
+            }
+            Err(e) => {
+                tracing::warn!(?delay, "{what}: {e:#}; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
 impl Agent {
     async fn step(&mut self) -> anyhow::Result<()> {
         self.collect_exits();
@@ -322,13 +408,30 @@ impl Agent {
             .cloned()
             .collect();
         for id in orphans {
-            tracing::info!(phone = %id, "not wanted by the control service: stopping");
+            tracing::info!(phone = %id, "not known to the control service: stopping, quarantining its directory");
             self.stop_local(&id).await;
-            vmm::remove(&PhoneDir::new(&self.cfg, &id));
+            vmm::quarantine(&self.cfg, &PhoneDir::new(&self.cfg, &id));
             self.phones.remove(&id);
+        }
+        for dir in self.unknown_dirs(&wanted) {
+            vmm::quarantine(&self.cfg, &dir);
         }
         self.publish_to_relay();
         Ok(())
+    }
+
+    /// Phone directories on disk that neither the control service wants nor this agent runs
+    /// (left by an earlier agent, a restore, a hand): candidates for quarantine.
+    fn unknown_dirs(&self, wanted: &[String]) -> Vec<PhoneDir> {
+        let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join("phones")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| !wanted.contains(id) && !self.phones.contains_key(id))
+            .map(|id| PhoneDir::new(&self.cfg, &id))
+            .collect()
     }
 
     /// This host's available memory and each running VMM's private memory and CPU time.
@@ -504,6 +607,8 @@ impl Agent {
                 local.last_exit
             );
             self.phones.remove(&phone.id);
+            // Its disk may hold a persistent phone's data: kept aside, never deleted here.
+            vmm::quarantine(&self.cfg, &dir);
             return self.report(phone, PhoneState::Failed, &reason).await;
         }
         if local.running.is_none() {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
+use cloudphone_stream::Confinement;
 
 /// Random bytes in a relay key (hex-encoded: twice as many characters).
 const KEY_BYTES: usize = 32;
@@ -29,10 +30,11 @@ fn new_key() -> anyhow::Result<String> {
 
 impl Relay {
     /// Listen on `addr` (over TLS with `tls`) with a new key; serves nothing until
-    /// [`Relay::publish`].
+    /// [`Relay::publish`]. Sockets and framebuffers are served only from inside `confinement`.
     pub async fn start(
         addr: SocketAddr,
         tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+        confinement: Confinement,
     ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -43,6 +45,7 @@ impl Relay {
         let app = cloudphone_stream::relay::routes(
             &key,
             Arc::new(move |id: &str| read(&lookup).get(id).cloned()),
+            confinement,
         );
         tokio::spawn(async move {
             let forever = std::future::pending::<()>();
@@ -82,9 +85,13 @@ mod tests {
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
 
-        let relay = Relay::start("127.0.0.1:0".parse().unwrap(), None)
-            .await
-            .unwrap();
+        let relay = Relay::start(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            Confinement::new(["/"]),
+        )
+        .await
+        .unwrap();
         relay.publish([("ph-1".to_string(), PathBuf::from("/run/ph-1/api.sock"))]);
         assert_eq!(
             read(&relay.phones).get("ph-1"),

@@ -400,6 +400,31 @@ pub fn remove(dir: &PhoneDir) {
     }
 }
 
+/// Moves a phone's directory (after stop) to `<state-dir>/quarantine/ID.TIMESTAMP` instead of
+/// deleting it: for phones the agent does not recognise or that failed, whose disk may hold a
+/// user's data. An operator decides what to do with it (`cloudphone phones wipe` for data the
+/// service still knows, plain `rm` here otherwise).
+pub fn quarantine(cfg: &VmmConfig, dir: &PhoneDir) {
+    let Some(id) = dir.dir.file_name() else {
+        return;
+    };
+    if !dir.dir.exists() {
+        return;
+    }
+    let place = cfg.state_dir.join("quarantine");
+    let to = place.join(format!("{}.{}", id.to_string_lossy(), crate::now_ms()));
+    match std::fs::create_dir_all(&place).and_then(|_| std::fs::rename(&dir.dir, &to)) {
+        Ok(()) => {
+            tracing::warn!(from = %dir.dir.display(), to = %to.display(), "phone directory quarantined")
+        }
+        Err(e) => tracing::error!(
+            "quarantining {} to {}: {e}; left in place",
+            dir.dir.display(),
+            to.display()
+        ),
+    }
+}
+
 /// Restart delay after the `n`th crash in a row: 0.5 s doubling, capped at 30 s.
 pub fn backoff(n: u32) -> Duration {
     Duration::from_millis((500u64 << n.min(6)).min(30_000))

@@ -1,6 +1,6 @@
 //! Authentication extractors and the login/logout routes.
 //!
-//! Two ways in: `Authorization: Bearer cpt_...` (CLI, scripts, host agents) or the
+//! Two ways in: `Authorization: Bearer cpt_...` (CLI, scripts; host agents use their host key, see `api::hosts`) or the
 //! `cloudphone_session` cookie set by `POST /api/v1/auth/login` (web UI). The cookie is
 //! HttpOnly and SameSite=Strict, and state-changing requests that rely on it must also carry
 //! the `X-CloudPhone-CSRF` header, which a cross-site form cannot set.
@@ -35,9 +35,6 @@ pub struct Auth(pub User);
 /// An authenticated operator (403 for others).
 pub struct Operator(pub User);
 
-/// A host agent or an operator (the host routes).
-pub struct AgentAuth(pub User);
-
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -50,20 +47,25 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         })
 }
 
+/// The bearer token of a request, `None` without an `Authorization` header.
+pub fn bearer(parts: &Parts) -> Result<Option<&str>, Error> {
+    let Some(h) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = h
+        .to_str()
+        .map_err(|_| Error::Unauthorized("Authorization header is not ASCII".into()))?;
+    let token = v
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| Error::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
+    Ok(Some(token.trim()))
+}
+
 /// Resolves the caller from a bearer token or a session cookie.
 pub async fn authenticate(parts: &Parts, st: &AppState) -> Result<User, Error> {
-    if let Some(h) = parts.headers.get(header::AUTHORIZATION) {
-        let v = h
-            .to_str()
-            .map_err(|_| Error::Unauthorized("Authorization header is not ASCII".into()))?;
-        let token = v
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| Error::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
+    if let Some(token) = bearer(parts)? {
         let ttl = st.config.token_ttl_ms;
-        return st
-            .tokens
-            .verify(&st.db, &st.hashes, token.trim(), ttl)
-            .await;
+        return st.tokens.verify(&st.db, &st.hashes, token, ttl).await;
     }
     let sid = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(|| {
         Error::Unauthorized("not logged in: send a bearer token or log in".into())
@@ -114,19 +116,6 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
         Ok(Operator(operator(parts, st).await?))
-    }
-}
-
-impl FromRequestParts<AppState> for AgentAuth {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
-        let user = authenticate(parts, st).await?;
-        if !matches!(user.role, Role::Agent | Role::Operator) {
-            return Err(
-                Error::Forbidden("host agents (role agent) or operators only".into()).into(),
-            );
-        }
-        Ok(AgentAuth(user))
     }
 }
 

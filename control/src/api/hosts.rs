@@ -1,34 +1,45 @@
-//! `/api/v1/hosts`: host agents register, heartbeat (and receive their desired phones in
-//! the reply), and report phone states; operators list hosts.
+//! `/api/v1/hosts`: operators enrol and list hosts; host agents join, register, heartbeat
+//! (and receive their desired phones in the reply), and report phone states.
 //!
-//! Agent protocol (polling): `POST /hosts` once, then `POST /hosts/{id}/heartbeat` every
+//! Host identity: an operator enrols a host (`POST /hosts`: name, state root, capacity caps)
+//! and gets a one-time join token; the agent trades it once (`POST /hosts/join`) for its own
+//! key and sends that key as its bearer token from then on. Only SHA-256 hashes of both are
+//! stored. Every agent route acts only on the key's own host (403 otherwise), VMM socket
+//! paths must lie under its state root, and claimed capacity within its caps (400).
+//!
+//! Agent protocol (polling): `POST /hosts/register` once, then `POST /hosts/{id}/heartbeat` every
 //! interval with the phones whose VMM runs; the reply lists every phone the host should
 //! act on with its state (`creating`: create + boot; `resetting`: fresh overlay + boot;
 //! `stopping`: stop + clean up; others: keep running) and profile. The agent reports
 //! progress with `PUT /hosts/{id}/phones/{phone_id}/state`. An agent whose VMMs the control
 //! service cannot reach directly registers a `relay_url` + `relay_key` (its stream relay).
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use super::auth::{AgentAuth, Operator};
-use super::error::ApiResult;
+use super::auth::{bearer, Operator};
+use super::error::{ApiError, ApiResult};
 use super::extract::{self, ApiJson};
 use super::AppState;
 use crate::error::Error;
+use crate::ids::{random_hex, sha256_hex};
 use crate::model::{Host, Phone, PhoneState};
 use crate::scheduler::OvercommitPolicy;
 use crate::store::{audit, hosts, lifecycle, phones, profiles};
 use crate::wire::hosts::{
-    DesiredPhone, Heartbeat, HeartbeatReply, HostUsage, RegisterHost, StateReport,
+    DesiredPhone, EnrolHost, Enrolled, Heartbeat, HeartbeatReply, HostUsage, JoinHost, Joined,
+    RegisterHost, StateReport,
 };
 
 /// Routes under `/api/v1/hosts`.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/hosts", get(list).post(register))
+        .route("/hosts", get(list).post(enrol))
+        .route("/hosts/join", post(join))
+        .route("/hosts/register", post(register))
         .route("/hosts/{id}", get(one))
         .route("/hosts/{id}/heartbeat", post(heartbeat))
         .route("/hosts/{id}/policy", put(set_policy))
@@ -64,19 +75,171 @@ fn relay_of(r: &RegisterHost) -> Result<Option<hosts::HostRelay>, Error> {
     }))
 }
 
+/// Prefix of a host key (`cph_` + 48 hex), which tells it apart from user API tokens.
+const HOST_KEY_PREFIX: &str = "cph_";
+/// Prefix of a one-time join token.
+const JOIN_TOKEN_PREFIX: &str = "cpj_";
+
+/// The host whose key the caller presented. Use as a handler argument: `HostAuth(host)`.
+pub struct HostAuth(pub Host);
+
+impl FromRequestParts<AppState> for HostAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let key = bearer(parts)?
+            .filter(|k| k.starts_with(HOST_KEY_PREFIX))
+            .ok_or_else(|| {
+                Error::Unauthorized(
+                    "host routes need `Authorization: Bearer <host key>`: start the agent once with --join-token from `cloudphone hosts enrol`".into(),
+                )
+            })?;
+        let mut tx = st.db.begin().await?;
+        let host = hosts::by_key(&mut tx, &sha256_hex(key.as_bytes()))
+            .await?
+            .ok_or_else(|| {
+                Error::Unauthorized(
+                    "unknown host key: enrol the host again (`cloudphone hosts enrol`) and rejoin"
+                        .into(),
+                )
+            })?;
+        Ok(HostAuth(host))
+    }
+}
+
+/// Refuses a host route for another host than the caller's own.
+fn own_host<'a>(caller: &Host, id: &'a str) -> Result<&'a str, Error> {
+    let id = extract::id(id, "h", "host")?;
+    if id == caller.id {
+        Ok(id)
+    } else {
+        Err(Error::Forbidden(format!(
+            "this key belongs to host {} ({}), not {id}",
+            caller.name, caller.id
+        )))
+    }
+}
+
+/// Whether `p` is absolute, free of control characters and of `.` and `..` segments.
+fn plain_absolute(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.chars().any(char::is_control)
+        && !p.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+/// Checks that `path` names something strictly inside the directory `root`, lexically (the
+/// service cannot see the host's file system; the host side resolves symlinks and checks
+/// again with `cloudphone_stream::Confinement` before it uses a path).
+fn under_root(field: &str, path: &str, root: &str) -> Result<(), Error> {
+    let p = std::path::Path::new(path);
+    if !root.is_empty()
+        && plain_absolute(path)
+        && p.starts_with(root)
+        && p != std::path::Path::new(root)
+    {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{field}: {path:?} is not inside this host's state root {root:?}"
+        )))
+    }
+}
+
+/// Checks a state root: an absolute directory other than `/`, as `plain_absolute`.
+fn state_root(v: &str) -> Result<(), Error> {
+    if v.len() <= 1024 && plain_absolute(v) && !v.trim_end_matches('/').is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "state_root: {v:?} must be an absolute directory (not /) without . or .., at most 1024 bytes"
+        )))
+    }
+}
+
+async fn enrol(
+    State(st): State<AppState>,
+    Operator(op): Operator,
+    ApiJson(r): ApiJson<EnrolHost>,
+) -> ApiResult<(StatusCode, Json<Enrolled>)> {
+    extract::name("name", &r.name)?;
+    state_root(&r.state_root)?;
+    let e = hosts::Enrolment {
+        state_root: r.state_root.trim_end_matches('/').to_owned(),
+        cap_vcpus: extract::range("vcpus", r.vcpus.into(), 1, 4096)?,
+        cap_memory_mib: extract::range("memory_mib", r.memory_mib.into(), 64, 64 << 20)?,
+        cap_max_phones: extract::range("max_phones", r.max_phones.into(), 0, 10_000)?,
+    };
+    let join_token = format!("{JOIN_TOKEN_PREFIX}{}", random_hex(24));
+    let mut tx = st.db.begin().await?;
+    let host = hosts::enrol(&mut tx, &r.name, &e, &sha256_hex(join_token.as_bytes())).await?;
+    let detail = format!(
+        "{} root {} caps {} vCPU {} MiB {} phones",
+        r.name, e.state_root, e.cap_vcpus, e.cap_memory_mib, e.cap_max_phones
+    );
+    audit::record(&mut tx, &op.name, "host.enrol", &host.id, &detail, None).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(Enrolled { host, join_token })))
+}
+
+async fn join(
+    State(st): State<AppState>,
+    ApiJson(r): ApiJson<JoinHost>,
+) -> ApiResult<Json<Joined>> {
+    let host_key = format!("{HOST_KEY_PREFIX}{}", random_hex(24));
+    let mut tx = st.db.begin().await?;
+    let host = hosts::join(
+        &mut tx,
+        &sha256_hex(r.join_token.as_bytes()),
+        &sha256_hex(host_key.as_bytes()),
+    )
+    .await?
+    .ok_or_else(|| {
+        Error::Unauthorized(
+            "unknown or already used join token: enrol the host again (`cloudphone hosts enrol`)"
+                .into(),
+        )
+    })?;
+    audit::record(
+        &mut tx,
+        &host.name,
+        "host.join",
+        &host.id,
+        "join token used",
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(Joined { host, host_key }))
+}
+
 async fn register(
     State(st): State<AppState>,
-    AgentAuth(_): AgentAuth,
+    HostAuth(me): HostAuth,
     ApiJson(r): ApiJson<RegisterHost>,
 ) -> ApiResult<(StatusCode, Json<Host>)> {
-    extract::name("name", &r.name)?;
-    let vcpus = extract::range("vcpus", r.vcpus.into(), 1, 4096)?;
-    let mem = extract::range("memory_mib", r.memory_mib.into(), 64, 64 << 20)?;
-    let max = extract::range("max_phones", r.max_phones.into(), 0, 10_000)?;
+    let vcpus = extract::range("vcpus", r.vcpus.into(), 1, me.cap_vcpus as u64)?;
+    let memory_mib = extract::range(
+        "memory_mib",
+        r.memory_mib.into(),
+        64,
+        me.cap_memory_mib as u64,
+    )?;
+    let max_phones = extract::range(
+        "max_phones",
+        r.max_phones.into(),
+        0,
+        me.cap_max_phones as u64,
+    )?;
     let relay = relay_of(&r)?;
+    let claim = hosts::Claim {
+        vcpus,
+        memory_mib,
+        max_phones,
+        relay: relay.as_ref(),
+    };
     let mut tx = st.db.begin().await?;
-    let host = hosts::register(&mut tx, &r.name, vcpus, mem, max, relay.as_ref()).await?;
-    audit::record(&mut tx, "agent", "host.register", &host.id, &r.name, None).await?;
+    let host = hosts::register(&mut tx, &me.id, &claim).await?;
+    let detail = format!("{vcpus} vCPU {memory_mib} MiB {max_phones} phones");
+    audit::record(&mut tx, &me.name, "host.register", &host.id, &detail, None).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(host)))
 }
@@ -88,7 +251,7 @@ async fn list(State(st): State<AppState>, Operator(_): Operator) -> ApiResult<Js
 
 async fn one(
     State(st): State<AppState>,
-    AgentAuth(_): AgentAuth,
+    Operator(_): Operator,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Host>> {
     let id = extract::id(&id, "h", "host")?;
@@ -101,11 +264,11 @@ const MAX_RUNNING: usize = 10_000;
 
 async fn heartbeat(
     State(st): State<AppState>,
-    AgentAuth(_): AgentAuth,
+    HostAuth(me): HostAuth,
     Path(id): Path<String>,
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatReply>> {
-    let id = extract::id(&id, "h", "host")?;
+    let id = own_host(&me, &id)?;
     if hb.running.len() > MAX_RUNNING {
         return Err(Error::Invalid(format!("running: at most {MAX_RUNNING} phones")).into());
     }
@@ -187,14 +350,17 @@ async fn set_policy(
 
 async fn report(
     State(st): State<AppState>,
-    AgentAuth(agent): AgentAuth,
+    HostAuth(me): HostAuth,
     Path((id, phone_id)): Path<(String, String)>,
     ApiJson(r): ApiJson<StateReport>,
 ) -> ApiResult<Json<Phone>> {
-    let id = extract::id(&id, "h", "host")?;
+    let id = own_host(&me, &id)?;
     let phone_id = extract::id(&phone_id, "ph", "phone")?;
     if r.reason.len() > 1024 || r.api_socket.as_ref().is_some_and(|s| s.len() > 4096) {
         return Err(Error::Invalid("reason (1024) or api_socket (4096) too long".into()).into());
+    }
+    if let Some(sock) = &r.api_socket {
+        under_root("api_socket", sock, &me.state_root)?;
     }
     let mut tx = st.db.begin().await?;
     let phone = phones::get(&mut tx, phone_id).await?;
@@ -212,14 +378,14 @@ async fn report(
         phones::set_api_socket(&mut tx, phone_id, sock).await?;
     }
     let phone = if phone.state == r.state {
-        phone
+        phones::get(&mut tx, phone_id).await? // as stored, with its new socket
     } else {
-        lifecycle::transition(&mut tx, phone_id, r.state, &agent.name, &r.reason).await?
+        lifecycle::transition(&mut tx, phone_id, r.state, &me.name, &r.reason).await?
     };
     if r.state == PhoneState::Failed {
         audit::record(
             &mut tx,
-            &agent.name,
+            &me.name,
             "phone.crashloop",
             phone_id,
             &r.reason,

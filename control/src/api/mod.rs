@@ -35,8 +35,16 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Server settings that handlers need.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Silence after which a host is offline and its phones lost.
+    /// Silence after which a host is offline (no new phones; its leases stay).
     pub heartbeat_timeout_ms: i64,
+    /// Silence after which an offline host's phones are lost and their leases end.
+    pub lost_after_ms: i64,
+    /// When this service started: no host is judged silent for longer than it has run,
+    /// so a service outage never counts against the hosts.
+    pub started_ms: i64,
+    /// Where VMMs on this machine write framebuffers: the streamer maps nothing else
+    /// (besides the phone's host's state root).
+    pub framebuffer_root: std::path::PathBuf,
     /// Add `Secure` to the session cookie (when served behind TLS).
     pub secure_cookies: bool,
     /// Web session lifetime.
@@ -55,6 +63,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             heartbeat_timeout_ms: 15_000,
+            lost_after_ms: 120_000,
+            started_ms: crate::now_ms(),
+            framebuffer_root: "/dev/shm".into(),
             secure_cookies: false,
             session_ttl_ms: 12 * 3600 * 1000,
             token_ttl_ms: 90 * 24 * 3600 * 1000,

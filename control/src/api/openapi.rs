@@ -10,7 +10,8 @@ pub enum Access {
     Public,
     AnyUser,
     Operator,
-    Agent,
+    /// A host agent with its own host key, for its own host only.
+    Host,
 }
 
 /// One documented operation: method, path (under `/api/v1` unless it starts with `//`),
@@ -277,8 +278,26 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "post",
         "/hosts",
-        "Register (or re-register) a host",
-        Agent,
+        "Enrol a host (name, state root, capacity caps), or enrol it again to replace its key; returns a one-time join token",
+        Operator,
+        Some("EnrolHost"),
+        201,
+        Some("Enrolled"),
+    ),
+    r(
+        "post",
+        "/hosts/join",
+        "Trade a join token (works once) for the host's own key",
+        Public,
+        Some("JoinHost"),
+        200,
+        Some("Joined"),
+    ),
+    r(
+        "post",
+        "/hosts/register",
+        "The calling host's capacity (within its caps) and stream relay",
+        Host,
         Some("RegisterHost"),
         201,
         Some("Host"),
@@ -287,7 +306,7 @@ pub const ROUTES: &[RouteDoc] = &[
         "get",
         "/hosts/{id}",
         "A host",
-        Agent,
+        Operator,
         None,
         200,
         Some("Host"),
@@ -295,8 +314,8 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "post",
         "/hosts/{id}/heartbeat",
-        "Heartbeat; the reply lists the phones the host must act on",
-        Agent,
+        "Heartbeat of the calling host; the reply lists the phones it must act on",
+        Host,
         Some("Heartbeat"),
         200,
         Some("HeartbeatReply"),
@@ -313,8 +332,8 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "put",
         "/hosts/{id}/phones/{phone_id}/state",
-        "Report a phone's new state",
-        Agent,
+        "Report a phone's new state (api_socket under the host's state root)",
+        Host,
         Some("StateReport"),
         200,
         Some("Phone"),
@@ -396,14 +415,14 @@ fn list(name: &str) -> Value {
 
 fn schemas() -> Value {
     let phone_states = json!({"type": "string", "enum": ["creating","booting","ready","assigned","resetting","stopping","stopped","failed","lost"]});
-    json!({
+    let mut all = json!({
         "Error": obj(&["error","code","detail"], json!({"error": s(), "code": s(), "detail": s()})),
         "User": obj(&["id","name","role","max_phones","max_minutes_per_day","created_ms"], json!({
-            "id": s(), "name": s(), "role": {"type":"string","enum":["user","operator","agent"]},
+            "id": s(), "name": s(), "role": {"type":"string","enum":["user","operator"]},
             "max_phones": int(), "max_minutes_per_day": int(), "created_ms": int()})),
         "UserList": list("User"),
         "LoginRequest": obj(&["name","password"], json!({"name": s(), "password": s()})),
-        "CreateUser": obj(&["name","role"], json!({"name": s(), "role": {"type":"string","enum":["user","operator","agent"]},
+        "CreateUser": obj(&["name","role"], json!({"name": s(), "role": {"type":"string","enum":["user","operator"]},
             "password": s(), "max_phones": uint(1_000_000), "max_minutes_per_day": uint(1_000_000)})),
         "UpdateUser": obj(&[], json!({"max_phones": uint(1_000_000), "max_minutes_per_day": uint(1_000_000), "password": s(), "current_password": s()})),
         "UserWithToken": obj(&["user","token","token_id"], json!({"user": refr("User"), "token": s(), "token_id": s()})),
@@ -434,14 +453,15 @@ fn schemas() -> Value {
             "id": s(), "seq": int(), "user_id": s(), "profile_id": s(), "duration_s": int(), "persistent": {"type":"boolean"},
             "state": {"type":"string","enum":["waiting","granted","cancelled"]}, "lease_id": s(), "position": int(), "eta_ms": int(), "created_ms": int()})),
         "QueueList": list("QueueEntry"),
-        "Host": obj(&["id","name","state","vcpus","memory_mib","max_phones","last_heartbeat_ms","created_ms","policy","load"], json!({
+        "Host": obj(&["id","name","state","vcpus","memory_mib","max_phones","last_heartbeat_ms","created_ms","policy","load","state_root","cap_vcpus","cap_memory_mib","cap_max_phones"], json!({
             "id": s(), "name": s(), "state": {"type":"string","enum":["online","offline"]}, "vcpus": int(), "memory_mib": int(),
             "max_phones": int(), "last_heartbeat_ms": int(), "created_ms": int(), "policy": refr("OvercommitPolicy"),
             "mem_available_mib": int(), "load": obj(&["phones","committed_vcpus","committed_memory_mib","used_memory_mib","counted_memory_mib"],
-                json!({"phones": int(), "committed_vcpus": int(), "committed_memory_mib": int(), "used_memory_mib": int(), "counted_memory_mib": int()}))})),
+                json!({"phones": int(), "committed_vcpus": int(), "committed_memory_mib": int(), "used_memory_mib": int(), "counted_memory_mib": int()})),
+            "state_root": s(), "cap_vcpus": int(), "cap_memory_mib": int(), "cap_max_phones": int()})),
         "OvercommitPolicy": obj(&["vcpu_pct","memory_pct","reserve_mib"], json!({"vcpu_pct": int(), "memory_pct": int(), "reserve_mib": int()})),
         "HostList": list("Host"),
-        "RegisterHost": obj(&["name","vcpus","memory_mib","max_phones"], json!({"name": s(), "vcpus": uint(4096), "memory_mib": uint(64 << 20), "max_phones": uint(10_000), "relay_url": {"type": "string", "maxLength": 512}, "relay_key": {"type": "string", "minLength": 16, "maxLength": 256}})),
+        "RegisterHost": obj(&["vcpus","memory_mib","max_phones"], json!({"vcpus": uint(4096), "memory_mib": uint(64 << 20), "max_phones": uint(10_000), "relay_url": {"type": "string", "maxLength": 512}, "relay_key": {"type": "string", "minLength": 16, "maxLength": 256}})),
         "Heartbeat": obj(&["running"], json!({"running": {"type":"array","items": s(), "maxItems": 10_000},
             "usage": obj(&["mem_available_mib","phones"], json!({"mem_available_mib": uint(64 << 20), "phones": {"type":"array","maxItems": 10_000,
                 "items": obj(&["id","private_mib","pss_mib","cpu_ms"], json!({"id": s(), "private_mib": uint(64 << 20), "pss_mib": uint(64 << 20), "cpu_ms": int()}))}}))})),
@@ -455,7 +475,19 @@ fn schemas() -> Value {
         "UtilisationSample": obj(&["at_ms","hosts_online","capacity","phones","assigned","queued"], json!({"at_ms": int(),
             "hosts_online": int(), "capacity": int(), "phones": int(), "assigned": int(), "queued": int()})),
         "UtilisationList": list("UtilisationSample"),
-    })
+    });
+    // Host enrolment (kept apart: one json! of everything passes the macro recursion limit).
+    let enrolment = json!({
+        "EnrolHost": obj(&["name","state_root","vcpus","memory_mib","max_phones"], json!({"name": s(), "state_root": {"type": "string", "maxLength": 1024},
+            "vcpus": uint(4096), "memory_mib": uint(64 << 20), "max_phones": uint(10_000)})),
+        "Enrolled": obj(&["host","join_token"], json!({"host": refr("Host"), "join_token": s()})),
+        "JoinHost": obj(&["join_token"], json!({"join_token": s()})),
+        "Joined": obj(&["host","host_key"], json!({"host": refr("Host"), "host_key": s()})),
+    });
+    for (k, v) in enrolment.as_object().expect("an object").clone() {
+        all[k] = v;
+    }
+    all
 }
 
 fn operation(d: &RouteDoc) -> Value {

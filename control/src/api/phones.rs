@@ -10,7 +10,7 @@ use super::extract::{self, ApiQuery};
 use super::AppState;
 use crate::error::Error;
 use crate::model::{Phone, PhoneState, Role};
-use crate::store::{lifecycle, phones};
+use crate::store::{audit, lifecycle, phones};
 use crate::wire::phones::PhoneFilter;
 
 /// Routes under `/api/v1/phones`.
@@ -39,8 +39,9 @@ async fn one(
     Ok(Json(phones::get_visible(&mut tx, &user, id).await?))
 }
 
-/// Stops a phone: operators any phone; a user only their parked persistent phone (to
-/// discard its disk). Leased phones are released through their lease instead.
+/// Stops a phone and deletes its disk (`cloudphone phones wipe`, audited as `phone.wipe`):
+/// operators any phone; a user only their parked persistent phone. Leased phones are
+/// released through their lease instead. Nothing else deletes a persistent phone's data.
 async fn stop(
     State(st): State<AppState>,
     Auth(user): Auth,
@@ -59,7 +60,16 @@ async fn stop(
         id,
         PhoneState::Stopping,
         &user.name,
-        "stopped by request",
+        "stopped and its disk wiped by request",
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        &user.name,
+        "phone.wipe",
+        id,
+        "disk deleted on stop",
+        None,
     )
     .await?;
     tx.commit().await?;

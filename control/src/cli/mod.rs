@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::client::Client;
 use crate::model::{Host, Lease, Phone, Profile, QueueEntry, User};
 use crate::scheduler::OvercommitPolicy;
+use crate::wire::hosts::{EnrolHost, Enrolled};
 use crate::wire::leases::{AcquireRequest, AcquireResponse};
 use crate::wire::profiles::{CreateProfile, UpdateProfile};
 use crate::wire::users::{CreateUser, NewToken, UserWithToken};
@@ -47,9 +48,12 @@ pub enum ClientCommand {
         cmd: Option<ProfilesCmd>,
     },
     /// Your phones (operators: all).
+    #[command(args_conflicts_with_subcommands = true)]
     Phones {
         /// Show one phone.
         id: Option<String>,
+        #[command(subcommand)]
+        cmd: Option<PhonesCmd>,
     },
     /// Ask for a phone; waits in the queue (with progress) unless --no-wait.
     Lease {
@@ -91,8 +95,18 @@ pub enum ProfilesCmd {
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
+pub enum PhonesCmd {
+    /// Stop a phone and delete its disk (a persistent phone's data too): the one explicit,
+    /// audited way to discard a phone's data.
+    Wipe { id: String },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum HostsCmd {
     List,
+    /// Enrol a host (or enrol it again to replace its key); prints its one-time join token
+    /// for the agent's --join-token.
+    Enrol(EnrolHost),
     /// Set how far the scheduler may overcommit a host (by vCPUs and nominal memory), and
     /// the memory it keeps free; phones are otherwise counted by measured use.
     Policy {
@@ -238,7 +252,11 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
             Some(ProfilesCmd::Create(body)) => create_profile(&s, &body).await,
             Some(ProfilesCmd::Pool { profile, size }) => resize_pool(&s, &profile, size).await,
         },
-        ClientCommand::Phones { id } => phones(&s, id).await,
+        ClientCommand::Phones {
+            cmd: Some(PhonesCmd::Wipe { id }),
+            ..
+        } => wipe_phone(&s, &id).await,
+        ClientCommand::Phones { id, cmd: None } => phones(&s, id).await,
         ClientCommand::Lease {
             profile,
             duration_s,
@@ -257,6 +275,7 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
         ClientCommand::Queue => queue(&s).await,
         ClientCommand::Hosts { cmd } => match cmd {
             None | Some(HostsCmd::List) => hosts(&s).await,
+            Some(HostsCmd::Enrol(body)) => enrol_host(&s, &body).await,
             Some(HostsCmd::Policy {
                 host_id,
                 vcpu_pct,
@@ -398,6 +417,31 @@ async fn queue(s: &Session) -> anyhow::Result<()> {
             ]
         },
     )
+}
+
+/// `phones wipe ID`.
+async fn wipe_phone(s: &Session, id: &str) -> anyhow::Result<()> {
+    let p: Phone = s.client.delete(&format!("/phones/{id}")).await?;
+    println!(
+        "phone {} {}: its disk is deleted once its host stops it",
+        p.id,
+        p.state.as_str()
+    );
+    Ok(())
+}
+
+/// `hosts enrol NAME ...`.
+async fn enrol_host(s: &Session, body: &EnrolHost) -> anyhow::Result<()> {
+    let e: Enrolled = s.client.post("/hosts", body).await?;
+    if s.json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+    } else {
+        println!(
+            "enrolled {} {} (state root {})\njoin token (works once): {}",
+            e.host.id, e.host.name, e.host.state_root, e.join_token
+        );
+    }
+    Ok(())
 }
 
 /// `hosts`.

@@ -6,6 +6,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_host_relay.sql")),
     (3, include_str!("../../migrations/0003_lease_indexes.sql")),
     (4, include_str!("../../migrations/0004_utilisation.sql")),
+    (6, include_str!("../../migrations/0006_host_identity.sql")),
     (
         7,
         include_str!("../../migrations/0007_placement_by_use.sql"),

@@ -1,4 +1,5 @@
-//! Hosts: registration, heartbeats, and losing hosts that stop heartbeating.
+//! Hosts: enrolment (a one-time join token traded for the host's own key), registration of
+//! capacity and relay, and the capacity the scheduler may place phones on.
 
 use crate::db::{Row, Tx};
 use crate::error::Result;
@@ -11,7 +12,8 @@ use crate::wire::hosts::HostUsage;
 
 const COLS: &str =
     "SELECT id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms, \
-    vcpu_overcommit_pct, memory_overcommit_pct, memory_reserve_mib, mem_available_mib FROM hosts";
+    vcpu_overcommit_pct, memory_overcommit_pct, memory_reserve_mib, mem_available_mib, \
+    state_root, cap_vcpus, cap_memory_mib, cap_max_phones FROM hosts";
 
 fn decode(r: &Row, uses: &HashMap<String, HostUse>) -> Result<Host> {
     let id = r.text(0)?;
@@ -31,6 +33,10 @@ fn decode(r: &Row, uses: &HashMap<String, HostUse>) -> Result<Host> {
             reserve_mib: r.int(10)?,
         },
         mem_available_mib: r.opt_int(11)?,
+        state_root: r.text(12)?,
+        cap_vcpus: r.int(13)?,
+        cap_memory_mib: r.int(14)?,
+        cap_max_phones: r.int(15)?,
     })
 }
 
@@ -74,46 +80,117 @@ pub struct HostRelay {
     pub key: String,
 }
 
-/// Registers a host by name, or updates the capacity and relay of an existing one (agent
-/// restart: a new relay key, or none when the agent now runs beside the control service).
-/// The caller records it in the audit log.
-pub async fn register(
-    tx: &mut Tx,
-    name: &str,
-    vcpus: i64,
-    memory_mib: i64,
-    max_phones: i64,
-    relay: Option<&HostRelay>,
-) -> Result<Host> {
-    let now = crate::now_ms();
-    let (relay_url, relay_key) = (relay.map(|r| &r.url), relay.map(|r| &r.key));
+/// What an operator declares when enrolling a host: where its agent keeps phones and the
+/// most it may ever claim (a hostile agent cannot advertise more and draw phones to itself).
+pub struct Enrolment {
+    pub state_root: String,
+    pub cap_vcpus: i64,
+    pub cap_memory_mib: i64,
+    pub cap_max_phones: i64,
+}
+
+/// Enrols host `name` with a join token whose SHA-256 is `join_hash`. A host enrolled before
+/// is enrolled again: its key stops working (a lost or stolen key is replaced this way) and
+/// it gets no new phones until its agent joins and registers again. New hosts start offline with no capacity
+/// until their agent registers. The caller records it in the audit log.
+pub async fn enrol(tx: &mut Tx, name: &str, e: &Enrolment, join_hash: &str) -> Result<Host> {
     let existing = tx
         .query_opt(
-            &format!("{COLS} WHERE name = ?{}", tx.lock_suffix()),
+            &format!("SELECT id FROM hosts WHERE name = ?{}", tx.lock_suffix()),
             &[name.into()],
         )
         .await?;
+    let caps = [
+        e.state_root.as_str().into(),
+        e.cap_vcpus.into(),
+        e.cap_memory_mib.into(),
+        e.cap_max_phones.into(),
+        join_hash.into(),
+    ];
     let id = match existing {
         Some(r) => {
             let id = r.text(0)?;
+            let mut params = caps.to_vec();
+            params.push((&id).into());
             tx.execute(
-                "UPDATE hosts SET vcpus = ?, memory_mib = ?, max_phones = ?, last_heartbeat_ms = ?, relay_url = ?, relay_key = ? WHERE id = ?",
-                &[vcpus.into(), memory_mib.into(), max_phones.into(), now.into(), relay_url.into(), relay_key.into(), (&id).into()],
+                "UPDATE hosts SET state_root = ?, cap_vcpus = ?, cap_memory_mib = ?, cap_max_phones = ?, \
+                 join_hash = ?, key_hash = NULL, vcpus = 0, memory_mib = 0, max_phones = 0 WHERE id = ?",
+                &params,
             )
             .await?;
             id
         }
         None => {
             let id = new_id("h");
+            let mut params = vec![(&id).into(), name.into(), crate::now_ms().into()];
+            params.extend(caps);
             tx.execute(
-                "INSERT INTO hosts (id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms, relay_url, relay_key) VALUES (?, ?, 'online', ?, ?, ?, ?, ?, ?, ?)",
-                &[(&id).into(), name.into(), vcpus.into(), memory_mib.into(), max_phones.into(), now.into(), now.into(), relay_url.into(), relay_key.into()],
+                "INSERT INTO hosts (id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms, \
+                 state_root, cap_vcpus, cap_memory_mib, cap_max_phones, join_hash) \
+                 VALUES (?, ?, 'offline', 0, 0, 0, 0, ?, ?, ?, ?, ?, ?)",
+                &params,
             )
             .await?;
             id
         }
     };
     get(tx, &id).await
+}
+
+/// Trades a join token (by its hash) for a host key (stored as `key_hash`): the token works
+/// once. `None` when no host waits for this token.
+pub async fn join(tx: &mut Tx, join_hash: &str, key_hash: &str) -> Result<Option<Host>> {
+    let Some(row) = tx
+        .query_opt(
+            &format!(
+                "SELECT id FROM hosts WHERE join_hash = ?{}",
+                tx.lock_suffix()
+            ),
+            &[join_hash.into()],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id = row.text(0)?;
+    tx.execute(
+        "UPDATE hosts SET join_hash = NULL, key_hash = ? WHERE id = ?",
+        &[key_hash.into(), (&id).into()],
+    )
+    .await?;
+    get(tx, &id).await.map(Some)
+}
+
+/// The host whose key hashes to `key_hash`, if any.
+pub async fn by_key(tx: &mut Tx, key_hash: &str) -> Result<Option<Host>> {
+    let Some(row) = tx
+        .query_opt(&format!("{COLS} WHERE key_hash = ?"), &[key_hash.into()])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let uses = uses(tx, Some(&row.text(0)?)).await?;
+    decode(&row, &uses).map(Some)
+}
+
+/// The capacity an agent claims (already checked against its caps) and its relay.
+pub struct Claim<'a> {
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub max_phones: i64,
+    pub relay: Option<&'a HostRelay>,
+}
+
+/// Records host `id`'s claimed capacity and relay (agent start: a new relay key, or none
+/// when the agent now runs beside the control service). The caller audits it.
+pub async fn register(tx: &mut Tx, id: &str, c: &Claim<'_>) -> Result<Host> {
+    let (relay_url, relay_key) = (c.relay.map(|r| &r.url), c.relay.map(|r| &r.key));
+    tx.execute(
+        "UPDATE hosts SET vcpus = ?, memory_mib = ?, max_phones = ?, relay_url = ?, relay_key = ? WHERE id = ?",
+        &[c.vcpus.into(), c.memory_mib.into(), c.max_phones.into(), relay_url.into(), relay_key.into(), id.into()],
+    )
+    .await?;
+    get(tx, id).await
 }
 
 /// The relay of host `id`, `None` when its VMM sockets are local to the control service.

@@ -40,7 +40,8 @@ pub enum Acquired {
 }
 
 /// Records a heartbeat. A host coming back reconciles its `lost` phones with what it
-/// reports running: a surviving VMM is reset (its lease already ended), a gone one stopped.
+/// reports running: a surviving VMM is reset (its lease already ended), a gone one stopped,
+/// and so is a persistent phone (never reset: its disk is kept in the agent's quarantine).
 pub async fn heartbeat(tx: &mut Tx, host_id: &str, running: &[String]) -> Result<Host> {
     let host = hosts::get(tx, host_id).await?;
     tx.execute(
@@ -67,7 +68,18 @@ pub async fn heartbeat(tx: &mut Tx, host_id: &str, running: &[String]) -> Result
         .await?;
     for r in lost {
         let id = r.text(0)?;
-        let to = if running.contains(&id) {
+        // A reset would give a persistent phone a fresh disk: it is stopped instead, and the
+        // agent, no longer asked to run it, quarantines its directory for an operator.
+        let persistent = tx
+            .query_opt(
+                "SELECT persistent FROM leases WHERE phone_id = ? ORDER BY started_ms DESC LIMIT 1",
+                &[(&id).into()],
+            )
+            .await?
+            .map(|r| r.int(0))
+            .transpose()?
+            == Some(1);
+        let to = if running.contains(&id) && !persistent {
             PhoneState::Resetting
         } else {
             PhoneState::Stopped
@@ -77,20 +89,20 @@ pub async fn heartbeat(tx: &mut Tx, host_id: &str, running: &[String]) -> Result
     hosts::get(tx, host_id).await
 }
 
-/// Marks hosts silent for longer than `timeout_ms` offline and their phones `lost` (which
-/// ends their leases and tells the users). Returns the hosts marked.
-pub async fn reap_hosts(tx: &mut Tx, timeout_ms: i64) -> Result<Vec<String>> {
-    let cutoff = crate::now_ms() - timeout_ms;
+/// Marks online hosts silent since before `cutoff_ms` offline. Only that: the scheduler stops
+/// placing phones there, but their phones and leases ride out the gap (see [`lose_hosts`]).
+/// Returns the hosts marked.
+pub async fn mark_offline(tx: &mut Tx, cutoff_ms: i64) -> Result<Vec<String>> {
     let rows = tx
         .query(
             &format!(
                 "SELECT id FROM hosts WHERE state = 'online' AND last_heartbeat_ms < ?{}",
                 tx.lock_suffix()
             ),
-            &[cutoff.into()],
+            &[cutoff_ms.into()],
         )
         .await?;
-    let mut reaped = Vec::new();
+    let mut marked = Vec::new();
     for r in rows {
         let host_id = r.text(0)?;
         tx.execute(
@@ -107,25 +119,30 @@ pub async fn reap_hosts(tx: &mut Tx, timeout_ms: i64) -> Result<Vec<String>> {
             None,
         )
         .await?;
-        let live = tx
-            .query(
-                "SELECT id FROM phones WHERE host_id = ? AND state NOT IN ('stopped', 'failed', 'lost')",
-                &[(&host_id).into()],
-            )
-            .await?;
-        for p in live {
-            transition(
-                tx,
-                &p.text(0)?,
-                PhoneState::Lost,
-                "scheduler",
-                "host missed heartbeats",
-            )
-            .await?;
-        }
-        reaped.push(host_id);
+        marked.push(host_id);
     }
-    Ok(reaped)
+    Ok(marked)
+}
+
+/// Marks the live phones of offline hosts silent since before `cutoff_ms` `lost` (which ends
+/// their leases and tells the users). Returns the phones marked.
+pub async fn lose_hosts(tx: &mut Tx, cutoff_ms: i64) -> Result<Vec<String>> {
+    let rows = tx
+        .query(
+            "SELECT p.id FROM phones p JOIN hosts h ON h.id = p.host_id \
+             WHERE h.state = 'offline' AND h.last_heartbeat_ms < ? \
+             AND p.state NOT IN ('stopped', 'failed', 'lost') ORDER BY p.id",
+            &[cutoff_ms.into()],
+        )
+        .await?;
+    let mut lost = Vec::new();
+    for r in rows {
+        let id = r.text(0)?;
+        let reason = "host silent past the lost limit";
+        transition(tx, &id, PhoneState::Lost, "scheduler", reason).await?;
+        lost.push(id);
+    }
+    Ok(lost)
 }
 
 /// Grants a lease or queues the request, atomically. The user row lock serialises one

@@ -5,12 +5,56 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Host, Phone, PhoneState, Profile};
 
-/// `POST /hosts` body: the host's name and capacity, and its stream relay if it has one.
+/// `POST /hosts` body (operators): enrol a host, or enrol it again to replace its key; also
+/// the arguments of `cloudphone hosts enrol`.
+#[derive(Serialize, Deserialize, Debug, Clone, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolHost {
+    /// The host's name (unique).
+    pub name: String,
+    /// Absolute, canonical directory its agent keeps phones under (the agent's
+    /// `--state-dir`): every VMM socket path it reports must lie inside.
+    #[arg(long)]
+    pub state_root: String,
+    /// Most vCPUs the agent may claim.
+    #[arg(long)]
+    pub vcpus: u32,
+    /// Most memory (MiB) the agent may claim.
+    #[arg(long)]
+    pub memory_mib: u32,
+    /// Most phones the agent may claim.
+    #[arg(long)]
+    pub max_phones: u32,
+}
+
+/// `POST /hosts` reply: the host and its one-time join token (shown only here).
+#[derive(Serialize, Deserialize)]
+pub struct Enrolled {
+    pub host: Host,
+    /// Give to the agent once (`--join-token`); it trades it for its own key.
+    pub join_token: String,
+}
+
+/// `POST /hosts/join` body: the join token an operator got at enrolment.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinHost {
+    pub join_token: String,
+}
+
+/// `POST /hosts/join` reply: the host's own key, shown only here; the agent keeps it.
+#[derive(Serialize, Deserialize)]
+pub struct Joined {
+    pub host: Host,
+    /// Bearer key of every later host route.
+    pub host_key: String,
+}
+
+/// `POST /hosts/register` body (host key): the capacity the agent offers, within its
+/// enrolment caps, and its stream relay if it has one.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterHost {
-    /// The host's name (unique; a re-registration under it updates the host).
-    pub name: String,
     /// vCPUs the scheduler may give phones on this host.
     pub vcpus: u32,
     /// Memory the scheduler may give phones on this host.
@@ -79,7 +123,8 @@ pub struct HeartbeatReply {
     pub host: Host,
     /// Every phone this host should act on.
     pub phones: Vec<DesiredPhone>,
-    /// Silence longer than this marks the host offline and its phones lost.
+    /// Silence longer than this marks the host offline (its phones are lost only after the
+    /// service's longer `--lost-after-ms`).
     pub heartbeat_timeout_ms: i64,
 }
 

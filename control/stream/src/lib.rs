@@ -27,6 +27,7 @@
 
 pub mod bwe;
 pub mod codec;
+pub mod confine;
 pub mod encoders;
 pub mod frame;
 pub mod h264;
@@ -48,6 +49,7 @@ mod fake_vmm;
 
 pub use bwe::BitrateController;
 pub use codec::{Codec, EncodedFrame, EncoderSettings, VideoEncoder};
+pub use confine::Confinement;
 pub use encoders::new_encoder;
 pub use frame::{I420Frame, PixelLayout};
 pub use h264::H264Encoder;

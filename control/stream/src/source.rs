@@ -11,6 +11,7 @@ use cloudphone_display::{FramebufferInfo, MappedFramebuffer};
 use cloudphone_vmm_api::{DamageEvent, VmmApi};
 use tokio::sync::mpsc;
 
+use crate::confine::Confinement;
 use crate::input::VmmInput;
 use crate::relay::client;
 use crate::relay::wire::Mirror;
@@ -20,6 +21,8 @@ use crate::{lock, StreamError};
 #[derive(Clone)]
 pub struct ScreenSource {
     api: VmmApi,
+    /// Where the framebuffer the VMM names may lie (`None`: anywhere, for tests' fakes).
+    confinement: Option<Confinement>,
 }
 
 impl fmt::Debug for ScreenSource {
@@ -33,7 +36,21 @@ impl ScreenSource {
     pub fn local(api_socket: impl Into<PathBuf>) -> Self {
         Self {
             api: VmmApi::new(api_socket),
+            confinement: None,
         }
+    }
+
+    /// Like [`ScreenSource::local`], but the API socket and every framebuffer the VMM names
+    /// must resolve inside `confinement`'s roots (anything else is refused).
+    pub fn confined(
+        api_socket: &std::path::Path,
+        confinement: Confinement,
+    ) -> Result<Self, StreamError> {
+        let socket = confinement.check_socket(api_socket)?;
+        Ok(Self {
+            api: VmmApi::new(socket),
+            confinement: Some(confinement),
+        })
     }
 
     /// The VMM runs behind the host agent relay at `base_url` (`http[s]://host:port`), which
@@ -41,6 +58,7 @@ impl ScreenSource {
     pub fn relay(base_url: &str, key: &str, phone_id: &str) -> Result<Self, StreamError> {
         Ok(Self {
             api: VmmApi::relay(base_url, key, phone_id)?,
+            confinement: None,
         })
     }
 
@@ -51,6 +69,7 @@ impl ScreenSource {
     ) -> Self {
         Self {
             api: self.api.with_relay_tls(config),
+            confinement: self.confinement,
         }
     }
 }
@@ -59,6 +78,7 @@ impl ScreenSource {
 #[derive(Clone)]
 pub(crate) struct Screen {
     api: VmmApi,
+    confinement: Option<Confinement>,
     /// The mirrored screen, for a relayed phone.
     mirror: Option<Arc<Mutex<Mirror>>>,
 }
@@ -77,6 +97,7 @@ impl Screen {
             .then(|| Arc::new(Mutex::new(Mirror::default())));
         Self {
             api: source.api,
+            confinement: source.confinement,
             mirror,
         }
     }
@@ -105,9 +126,14 @@ impl Screen {
     pub(crate) fn pixels(&self, info: &FramebufferInfo) -> Result<Pixels, StreamError> {
         match &self.mirror {
             Some(mirror) => Ok(Pixels::Mirror(mirror.clone())),
-            None => MappedFramebuffer::open(info)
-                .map(Pixels::Mapped)
-                .map_err(|e| StreamError::Vmm(e.to_string())),
+            None => {
+                if let Some(c) = &self.confinement {
+                    c.check("framebuffer", &info.path)?;
+                }
+                MappedFramebuffer::open(info)
+                    .map(Pixels::Mapped)
+                    .map_err(|e| StreamError::Vmm(e.to_string()))
+            }
         }
     }
 

@@ -283,22 +283,50 @@ pub async fn lease_phone(s: &Server, token: &str, profile: &str) -> Value {
     .await
 }
 
+/// Enrols host `name` with state root `root` and caps as the admin; returns its join token.
+pub async fn enrol(s: &Server, name: &str, root: &str, max_phones: u32) -> String {
+    let body = json!({"name": name, "state_root": root, "vcpus": 1024, "memory_mib": 1 << 20,
+                      "max_phones": max_phones});
+    let v = ok(s, "POST", "/hosts", &s.admin, Some(body), 201).await;
+    v["join_token"].as_str().unwrap().to_owned()
+}
+
+/// Trades a join token for a host key: `(host id, key)`.
+pub async fn join(s: &Server, join_token: &str) -> (String, String) {
+    let v = ok(
+        s,
+        "POST",
+        "/hosts/join",
+        "",
+        Some(json!({"join_token": join_token})),
+        200,
+    )
+    .await;
+    let id = v["host"]["id"].as_str().unwrap().to_owned();
+    (id, v["host_key"].as_str().unwrap().to_owned())
+}
+
 /// A scripted host agent speaking the agent protocol without VMMs.
 pub struct FakeHost {
     pub id: String,
     pub token: String,
+    /// Its enrolled state root (VMM sockets it reports lie inside).
+    pub root: String,
 }
 
 impl FakeHost {
+    /// Enrols, joins and registers a host offering `max_phones` (its cap too).
     pub async fn register(s: &Server, name: &str, max_phones: u32) -> FakeHost {
-        let (_, token) = user(s, &format!("agent-{name}"), "agent", 0).await;
-        let body =
-            json!({"name": name, "vcpus": 1024, "memory_mib": 1 << 20, "max_phones": max_phones});
-        let id = ok(s, "POST", "/hosts", &token, Some(body), 201).await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        FakeHost { id, token }
+        // A real directory: the streamer resolves the reported socket's directory in it.
+        let root = format!(
+            "/tmp/cloudphone-fakehost-{name}-{}",
+            cloudphone::ids::random_hex(4)
+        );
+        std::fs::create_dir_all(&root).unwrap();
+        let (id, token) = join(s, &enrol(s, name, &root, max_phones).await).await;
+        let body = json!({"vcpus": 1024, "memory_mib": 1 << 20, "max_phones": max_phones});
+        ok(s, "POST", "/hosts/register", &token, Some(body), 201).await;
+        FakeHost { id, token, root }
     }
 
     /// Heartbeat claiming `running`; returns the desired phones.
@@ -338,7 +366,7 @@ impl FakeHost {
         for p in self.heartbeat(s, &[]).await {
             let id = p["phone"]["id"].as_str().unwrap();
             let body = json!({"state": p["phone"]["state"], "generation": p["phone"]["generation"],
-                              "reason": "test agent", "api_socket": format!("/nonexistent/{id}.sock")});
+                              "reason": "test agent", "api_socket": format!("{}/{id}.sock", self.root)});
             let path = format!("/hosts/{}/phones/{id}/state", self.id);
             ok(s, "PUT", &path, &self.token, Some(body), 200).await;
         }

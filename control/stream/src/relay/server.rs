@@ -21,6 +21,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
+
+use crate::confine::Confinement;
 use cloudphone_display::{FramebufferInfo, MappedFramebuffer};
 use cloudphone_vmm_api::{DamageEvent, VmmApi};
 use hyper::body::{Bytes, Frame};
@@ -59,10 +61,13 @@ impl<F: Fn(&str) -> Option<PathBuf> + Send + Sync + 'static> PhoneSockets for F 
 struct Relay {
     key: Arc<str>,
     phones: Arc<dyn PhoneSockets>,
+    /// Where phones' sockets and the framebuffers their VMMs name may lie.
+    confinement: Arc<Confinement>,
 }
 
-/// The relay's routes; every request must carry `Authorization: Bearer <key>`.
-pub fn routes(key: &str, phones: Arc<dyn PhoneSockets>) -> Router {
+/// The relay's routes; every request must carry `Authorization: Bearer <key>`. Sockets and
+/// framebuffers resolving outside `confinement` are refused (502).
+pub fn routes(key: &str, phones: Arc<dyn PhoneSockets>, confinement: Confinement) -> Router {
     Router::new()
         .route("/phones/{id}/framebuffer", get(framebuffer))
         .route("/phones/{id}/frames", get(frames))
@@ -70,6 +75,7 @@ pub fn routes(key: &str, phones: Arc<dyn PhoneSockets>) -> Router {
         .with_state(Relay {
             key: key.into(),
             phones,
+            confinement: Arc::new(confinement),
         })
 }
 
@@ -117,12 +123,13 @@ impl Relay {
                     .into(),
             ));
         }
-        self.phones.api_socket(id).map(VmmApi::new).ok_or_else(|| {
+        let socket = self.phones.api_socket(id).ok_or_else(|| {
             Fail(
                 StatusCode::NOT_FOUND,
                 format!("phone {id} does not run on this host"),
             )
-        })
+        })?;
+        Ok(VmmApi::new(self.confinement.check_socket(&socket)?))
     }
 }
 
@@ -166,7 +173,7 @@ async fn frames(
     headers: HeaderMap,
 ) -> Result<Response, Fail> {
     let api = relay.phone(&headers, &id)?;
-    let source = FrameSource::open(&api).await?;
+    let source = FrameSource::open(&api, &relay.confinement).await?;
     // Subscribe before the first frame is read, so no damage falls between the two.
     let damage = api.subscribe_damage().await?;
     let (damage_tx, damage_rx) = mpsc::channel(DAMAGE_QUEUE);
@@ -212,8 +219,9 @@ struct FrameSource {
 }
 
 impl FrameSource {
-    async fn open(api: &VmmApi) -> Result<Self, StreamError> {
+    async fn open(api: &VmmApi, confinement: &Confinement) -> Result<Self, StreamError> {
         let info = api.framebuffer().await?;
+        confinement.check("framebuffer", &info.path)?;
         let geometry = Geometry::of(&info).map_err(|e| api.error(e.to_string()))?;
         let map = MappedFramebuffer::open(&info).map_err(|e| api.error(e.to_string()))?;
         Ok(Self {

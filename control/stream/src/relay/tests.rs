@@ -19,6 +19,8 @@ use crate::signalling::tests::serve;
 use cloudphone_display::PixelFormat;
 use cloudphone_vmm_api::{DamageEvent, VmmApi};
 
+use crate::confine::Confinement;
+
 pub(crate) const KEY: &str = "relay-test-key";
 
 /// A relay on loopback serving `vmm` as phone `p-1`; returns its base URL.
@@ -27,6 +29,7 @@ pub(crate) async fn relay_for(vmm: &FakeVmm) -> String {
     let app = routes(
         KEY,
         Arc::new(move |id: &str| (id == "p-1").then(|| socket.clone())),
+        Confinement::new(["/"]),
     );
     format!("http://{}", serve(app).await)
 }
@@ -130,7 +133,8 @@ async fn refuses_bad_keys_and_unknown_phones_and_passes_input_through() {
 async fn a_dead_vmm_is_a_bad_gateway() {
     let app = routes(
         KEY,
-        Arc::new(|_: &str| Some("/nonexistent/api.sock".into())),
+        Arc::new(|_: &str| Some(std::env::temp_dir().join("no-vmm-listens-here.sock"))),
+        Confinement::new(["/"]),
     );
     let url = format!("http://{}", serve(app).await);
     let api = VmmApi::relay(&url, KEY, "p-1").unwrap();
@@ -342,4 +346,34 @@ async fn an_idle_stream_stays_up_on_keepalives_and_a_silent_one_is_dropped() {
         4,
         "the frame before the silence"
     );
+}
+
+/// A socket (or the framebuffer its VMM names) outside the relay's roots is refused, not
+/// connected to or mapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_outside_the_confinement_are_refused() {
+    let vmm = FakeVmm::start(16, 8);
+    let socket = vmm.socket.clone();
+    let elsewhere = std::env::temp_dir().join(format!("relay-root-{}", std::process::id()));
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let app = routes(
+        KEY,
+        Arc::new(move |_: &str| Some(socket.clone())),
+        Confinement::new([&elsewhere]),
+    );
+    let url = format!("http://{}", serve(app).await);
+    let api = VmmApi::relay(&url, KEY, "p-1").unwrap();
+    for (method, path) in [
+        ("GET", "/framebuffer"),
+        ("GET", "/frames"),
+        ("PUT", "/input"),
+    ] {
+        let (status, body) = api.exchange(method, path, Some("{}".into())).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{method} {path}");
+        assert!(
+            String::from_utf8_lossy(&body).contains("refused"),
+            "{body:?}"
+        );
+    }
+    std::fs::remove_dir_all(&elsewhere).unwrap();
 }
