@@ -428,6 +428,7 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Enforce {
         install_sigsys_handler()?;
     }
+    fix_malloc_arena_limit();
     let allow_list = compile(rules(ThreadKind::Vmm), mismatch, SeccompAction::Allow)?;
     // clone3's flags sit in a struct the filter cannot read: answer ENOSYS, which makes glibc
     // use clone, whose flags it can. (Of two filters the stricter answer wins.)
@@ -442,6 +443,23 @@ pub fn install(mode: SeccompMode) -> Result<(), SeccompError> {
     }
     tracing::info!(?mode, "seccomp filter installed on all threads");
     Ok(())
+}
+
+/// glibc counts the CPUs, by opening `/sys/devices/system/cpu/online`, the first time a
+/// thread needs a malloc arena beyond the eighth, which can be any thread, long after the
+/// filters took `openat` from vCPU threads and device workers (seen: a phone VMM killed 14 s
+/// into boot when a GPU worker first freed memory). Setting the arena limit now, to glibc's
+/// own default of 8 per CPU, means it never needs to count.
+fn fix_malloc_arena_limit() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let arenas = libc::c_int::try_from(cpus.saturating_mul(8)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: mallopt only sets a malloc tunable; M_ARENA_MAX takes any positive count.
+    if unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) } != 1 {
+        tracing::warn!(
+            arenas,
+            "mallopt(M_ARENA_MAX) refused: a late thread may count CPUs under the filter"
+        );
+    }
 }
 
 /// The filter stacked on threads of `kind` ([`ThreadKind::Api`] or [`ThreadKind::Guest`])
@@ -653,6 +671,22 @@ mod tests {
                     got[0]
                 });
                 assert_eq!(worker.join().unwrap(), b'k');
+                // Sixteen workers alive at once, each allocating: glibc then needs more than
+                // eight malloc arenas, where it would count CPUs by opening a file
+                // (`fix_malloc_arena_limit` keeps it from doing so).
+                let all = std::sync::Arc::new(std::sync::Barrier::new(16));
+                let workers: Vec<_> = (0..16u8)
+                    .map(|i| {
+                        let all = all.clone();
+                        std::thread::spawn(move || {
+                            let v = vec![i; 4096];
+                            all.wait();
+                            usize::from(v[0])
+                        })
+                    })
+                    .collect();
+                let sum: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+                assert_eq!(sum, (0..16).sum::<usize>());
                 // SAFETY: signal 0 to our own thread only checks it exists.
                 let rc =
                     unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), 0) };
