@@ -455,6 +455,23 @@ pub fn guest_reported(dir: &PhoneDir, marker: &str) -> bool {
         .any(|line| line.starts_with(marker.as_bytes()))
 }
 
+/// The 720p, 2-vCPU profile with a base image that the agent's unit tests boot.
+#[cfg(test)]
+pub(super) fn test_profile() -> Profile {
+    Profile {
+        id: "pr_1".into(),
+        name: "p".into(),
+        width: 720,
+        height: 1280,
+        dpi: 320,
+        vcpus: 2,
+        memory_mib: 2048,
+        image: "base.img".into(),
+        pool_size: 1,
+        created_ms: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -499,18 +516,7 @@ mod tests {
             state_dir: "/s".into(),
             devices: Devices::parse("gpu,input,rng").unwrap(),
         };
-        let p = Profile {
-            id: "pr_1".into(),
-            name: "p".into(),
-            width: 720,
-            height: 1280,
-            dpi: 320,
-            vcpus: 2,
-            memory_mib: 2048,
-            image: "base.img".into(),
-            pool_size: 1,
-            created_ms: 0,
-        };
+        let p = test_profile();
         let dir = PhoneDir::new(&cfg, "ph_1");
         let args = command_line(&cfg, &p, &dir, None).join(" ");
         assert!(

@@ -211,18 +211,7 @@ mod tests {
             state_dir: root.clone(),
             devices: Devices::parse("gpu").unwrap(),
         };
-        let p = Profile {
-            id: "pr_1".into(),
-            name: "p".into(),
-            width: 720,
-            height: 1280,
-            dpi: 320,
-            vcpus: 2,
-            memory_mib: 2048,
-            image: "base.img".into(),
-            pool_size: 1,
-            created_ms: 0,
-        };
+        let p = super::super::vmm::test_profile();
         let first = identity(&cfg, &p);
         assert_eq!(first, identity(&cfg, &p), "stable while nothing changes");
         let renamed = Profile {
