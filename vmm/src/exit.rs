@@ -49,6 +49,8 @@ pub fn failure_code(e: &anyhow::Error) -> i32 {
     let has = |is: fn(&(dyn std::error::Error + 'static)) -> bool| e.chain().any(is);
     if has(|c| c.is::<cloudphone_block::lock::ImageInUse>()) {
         EXIT_DISK_IN_USE
+    } else if has(|c| c.is::<crate::jail::JailError>()) {
+        crate::jail::EXIT_JAIL
     } else if has(|c| c.is::<crate::kvm::KvmError>()) {
         EXIT_KVM
     } else if has(|c| c.is::<crate::boot::BootError>() || c.is::<crate::vm::DeviceSetupError>()) {

@@ -5,7 +5,8 @@
 //! tables, [`boot`] loads kernel/initrd/cmdline, [`bus`] dispatches port I/O and MMIO to
 //! [`legacy`] devices and [`pci`] (virtio-pci, MSI-X), [`vcpu`] runs one thread per vCPU, [`vm`] ties it together, [`snapshot`]
 //! saves and restores a paused VM, [`api`]
-//! serves the per-VM control socket and [`config`] parses the command line.
+//! serves the per-VM control socket, [`config`] parses the command line and [`jail`] confines
+//! the process to its phone.
 
 pub mod acpi;
 pub mod api;
@@ -14,6 +15,7 @@ pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod exit;
+pub mod jail;
 pub mod kvm;
 pub mod legacy;
 pub mod memory;

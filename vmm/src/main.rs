@@ -11,6 +11,7 @@ use cloudphone_vmm::api::{ApiServer, ApiTarget};
 use cloudphone_vmm::boot::{memfd_with, BootError};
 use cloudphone_vmm::config::{self, BootSource, OnReboot, RawConfig, VmConfig};
 use cloudphone_vmm::exit::{failure_code, GuestExit, EXIT_CONFIG};
+use cloudphone_vmm::jail;
 use cloudphone_vmm::kvm;
 use cloudphone_vmm::seccomp::{self, ThreadKind};
 use cloudphone_vmm::snapshot;
@@ -82,14 +83,27 @@ fn load_payload(cfg: &VmConfig) -> anyhow::Result<BootPayload> {
 }
 
 fn run(mut cfg: VmConfig) -> anyhow::Result<i32> {
+    #[cfg(debug_assertions)]
+    let probe = jail::probe::requested();
     // Input files are checked before KVM so a wrong path is reported as such everywhere.
-    let mut first = Some(load_source(&mut cfg)?);
-    let kvm = kvm::open_kvm()?;
+    let mut source = load_source(&mut cfg)?;
+    // KVM is opened before the jail: the jail has no /dev, and the phone's uid no kvm group.
+    let kvm = kvm::open_kvm();
+    if let Some(spec) = cfg.jail.clone() {
+        jail::enter(&spec, &mut cfg, &mut source)?;
+    }
+    let mut first = Some(source);
     let target = Arc::new(ApiTarget::default());
     // From here on every thread (API, vCPUs, device workers, and the restart loop) runs under
     // the filter: the whole VM setup is on its list, so a reboot-restart works too. API and
     // vCPU threads stack their own, stricter filters on top.
     seccomp::install(cfg.seccomp)?;
+    #[cfg(debug_assertions)]
+    if let Some(probe) = probe {
+        // The probe runs no guest, so it runs on hosts whose KVM cannot boot one too.
+        return Ok(jail::probe::run(&probe, cfg.seccomp));
+    }
+    let kvm = kvm?;
     let api_filter = seccomp::thread_filter(ThreadKind::Api, cfg.seccomp)?;
     let _api = cfg
         .api_socket

@@ -22,9 +22,12 @@ fn main() {
         height: 1280,
         dpi: 320,
     };
-    let (gpu, export) =
-        VirtioGpu::new_2d(spec, GpuLimits::default(), std::path::Path::new("/dev/shm"))
-            .expect("creating the GPU (is /dev/shm writable?)");
+    let (gpu, export) = VirtioGpu::new_2d(
+        spec,
+        GpuLimits::default(),
+        &cloudphone_display::framebuffer::ExportDir::default(),
+    )
+    .expect("creating the GPU (is /dev/shm writable?)");
     let harness = TestHarness::new(Box::new(gpu)).expect("wrapping the GPU in virtio-pci");
     let mut driver = VirtIOGpu::<TestHal, _>::new(harness.transport()).expect("driver init");
     let fb = driver.setup_framebuffer().expect("framebuffer");

@@ -10,7 +10,7 @@
 //! ```ignore
 //! let gpu_spec: GpuSpec = "width=720,height=1280,dpi=320".parse()?;      // --gpu
 //! let (gpu, fb) = VirtioGpu::new_2d(gpu_spec, GpuLimits::default(),
-//!                                   Path::new(framebuffer::DEFAULT_DIR))?;
+//!                                   &ExportDir::default())?; // or the jail's shm dir
 //! // gpu: Box<dyn VirtioDevice> at PCI 00:02.0
 //! let screen = Screen { width: gpu_spec.width, height: gpu_spec.height };
 //! let input = InputDevices::new("touch,keyboard".parse()?, screen)?;   // --input
@@ -28,7 +28,7 @@ pub mod input;
 pub mod spec;
 
 pub use framebuffer::{
-    encode_png, screenshot_png, screenshot_png_from_file, Damage, DamageReceiver,
+    encode_png, screenshot_png, screenshot_png_from_file, Damage, DamageReceiver, ExportDir,
     FramebufferExport, FramebufferInfo, MappedFramebuffer, PixelFormat, ScreenshotError,
 };
 pub use gpu::{Backend2d, GpuBackend, GpuLimits, VirtioGpu};

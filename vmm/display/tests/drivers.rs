@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use cloudphone_display::input::evdev::*;
-use cloudphone_display::{GpuLimits, GpuSpec, InputDevices, InputSpec, Screen, VirtioGpu};
+use cloudphone_display::{
+    ExportDir, GpuLimits, GpuSpec, InputDevices, InputSpec, Screen, VirtioGpu,
+};
 use cloudphone_virtio::testing::{run_with_timeout, TestHal, TestHarness};
 use virtio_drivers::device::gpu::VirtIOGpu;
 use virtio_drivers::device::input::{InputConfigSelect, VirtIOInput};
@@ -24,8 +26,12 @@ fn driver_drawn_frame_appears_byte_exact_with_damage() {
         height: 1280,
         dpi: 320,
     };
-    let (gpu, export) =
-        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let (gpu, export) = VirtioGpu::new_2d(
+        spec,
+        GpuLimits::default(),
+        &ExportDir::new(&std::env::temp_dir()),
+    )
+    .unwrap();
     let harness = TestHarness::new(Box::new(gpu)).unwrap();
     let damage = export.subscribe();
     let transport = harness.transport();
@@ -79,8 +85,12 @@ fn screenshot_of_driver_frame_decodes_to_its_pixels() {
         height: 64,
         dpi: 160,
     };
-    let (gpu, export) =
-        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let (gpu, export) = VirtioGpu::new_2d(
+        spec,
+        GpuLimits::default(),
+        &ExportDir::new(&std::env::temp_dir()),
+    )
+    .unwrap();
     let harness = TestHarness::new(Box::new(gpu)).unwrap();
     let transport = harness.transport();
     run_with_timeout(TIMEOUT, move || {
@@ -295,8 +305,12 @@ fn driver_reinit_resets_the_device_state() {
         height: 64,
         dpi: 160,
     };
-    let (gpu, export) =
-        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let (gpu, export) = VirtioGpu::new_2d(
+        spec,
+        GpuLimits::default(),
+        &ExportDir::new(&std::env::temp_dir()),
+    )
+    .unwrap();
     let harness = TestHarness::new(Box::new(gpu)).unwrap();
     for round in 0..2u8 {
         let transport = harness.transport();
@@ -387,7 +401,12 @@ fn gpu_driver_continues_after_snapshot_restore() {
         height: 64,
         dpi: 160,
     };
-    let (gpu, _) = VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let (gpu, _) = VirtioGpu::new_2d(
+        spec,
+        GpuLimits::default(),
+        &ExportDir::new(&std::env::temp_dir()),
+    )
+    .unwrap();
     let harness = TestHarness::new(Box::new(gpu)).unwrap();
     let transport = harness.transport();
     let (gpu, frame) = run_with_timeout(TIMEOUT, move || {
@@ -401,8 +420,12 @@ fn gpu_driver_continues_after_snapshot_restore() {
         (gpu, frame)
     });
 
-    let (restored, export) =
-        VirtioGpu::new_2d(spec, GpuLimits::default(), &std::env::temp_dir()).unwrap();
+    let (restored, export) = VirtioGpu::new_2d(
+        spec,
+        GpuLimits::default(),
+        &ExportDir::new(&std::env::temp_dir()),
+    )
+    .unwrap();
     let state = harness.snapshot_restore(|| Box::new(restored)).unwrap();
     let part = state.device.device.expect("the GPU saves its resources");
     let backend = &part["backend"];

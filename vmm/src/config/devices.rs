@@ -26,6 +26,8 @@ pub struct DeviceConfig {
     pub vsock: Option<VsockSpec>,
     /// virtio-balloon at 00:07.0.
     pub balloon: bool,
+    /// Where the GPU's framebuffer file goes (`/dev/shm`; the jail's shm directory when jailed).
+    pub framebuffer_dir: cloudphone_display::ExportDir,
 }
 
 /// The raw option strings [`DeviceConfig::parse`] reads.
@@ -116,6 +118,7 @@ impl DeviceConfig {
             net,
             vsock,
             balloon: args.balloon,
+            framebuffer_dir: Default::default(),
         })
     }
 }

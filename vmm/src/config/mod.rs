@@ -103,6 +103,10 @@ pub struct RawConfig {
     /// log (allow and log it to the kernel audit log) or off.
     #[arg(long)]
     pub seccomp: Option<String>,
+    /// Run jailed: root=DIR[,uid=N,gid=N][,shm=DIR][,cgroup=DIR] (vmm/API.md, "Jail"). DIR
+    /// becomes the VMM's `/`; uid/gid (as root) are the phone's own ids.
+    #[arg(long)]
+    pub jail: Option<String>,
     /// Read options from this JSON file; command-line options override it.
     #[arg(long)]
     #[serde(skip)]
@@ -173,6 +177,8 @@ pub struct VmConfig {
     pub console_ports: Vec<cloudphone_virtio::console::PortConfig>,
     /// GPU, input, disks, net, vsock, balloon.
     pub devices: DeviceConfig,
+    /// The per-phone jail to enter before the guest runs (`--jail`).
+    pub jail: Option<crate::jail::JailSpec>,
 }
 
 /// A configuration problem (exit code 2).
@@ -238,6 +244,7 @@ impl RawConfig {
             balloon: self.balloon || base.balloon,
             on_reboot: self.on_reboot.or(base.on_reboot),
             seccomp: self.seccomp.or(base.seccomp),
+            jail: self.jail.or(base.jail),
             config: None,
         }
     }
@@ -352,6 +359,14 @@ impl RawConfig {
             rng: self.rng,
             console_ports,
             devices,
+            jail: self
+                .jail
+                .as_deref()
+                .map(|s| {
+                    s.parse()
+                        .map_err(|e| ConfigError(format!("--jail {s:?}: {e}")))
+                })
+                .transpose()?,
         })
     }
 }

@@ -1,13 +1,12 @@
 //! The optional virtio devices of [`DeviceConfig`], created and placed on their fixed PCI slots,
 //! and the host-side handles the API drives them through.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use cloudphone_balloon::{Balloon, BalloonHandle};
 use cloudphone_block::{Block, DiskSpec};
 use cloudphone_display::{
-    framebuffer, FramebufferExport, GpuLimits, InputDevices, InputHandle, Screen, VirtioGpu,
+    FramebufferExport, GpuLimits, InputDevices, InputHandle, Screen, VirtioGpu,
 };
 use cloudphone_net::{Net, Vsock};
 use cloudphone_virtio::VirtioDevice;
@@ -66,11 +65,7 @@ pub(super) fn attach_devices(
     if let Some(spec) = config.gpu {
         let (gpu, fb) = setup(
             || "--gpu".into(),
-            VirtioGpu::new_2d(
-                spec,
-                GpuLimits::default(),
-                Path::new(framebuffer::DEFAULT_DIR),
-            ),
+            VirtioGpu::new_2d(spec, GpuLimits::default(), &config.framebuffer_dir),
         )?;
         attach(slots::GPU, Box::new(gpu))?;
         handles.framebuffer = Some(fb);

@@ -24,6 +24,33 @@ use shm::SharedMemory;
 /// Where framebuffer files go unless the VMM says otherwise: tmpfs, shareable by path.
 pub const DEFAULT_DIR: &str = "/dev/shm";
 
+/// Where the VMM creates its framebuffer file, and where the host sees that directory. They
+/// differ for a jailed VMM: it writes inside its own root (a tmpfs bind-mounted there), while
+/// consumers outside its mount namespace must be told the host path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportDir {
+    /// The directory as the VMM opens it.
+    pub dir: PathBuf,
+    /// The same directory as host processes (serve, the relay) open it.
+    pub host_dir: PathBuf,
+}
+
+impl ExportDir {
+    /// A directory the VMM and the host see under the same path (no jail).
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            host_dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Default for ExportDir {
+    fn default() -> Self {
+        Self::new(Path::new(DEFAULT_DIR))
+    }
+}
+
 /// What a consumer needs to map and interpret the framebuffer (the `GET /framebuffer` body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FramebufferInfo {
@@ -58,6 +85,8 @@ impl Geometry {
 
 struct Shared {
     shm: SharedMemory,
+    /// The file's path as the host sees it (what `info` reports).
+    host_path: PathBuf,
     state: Mutex<(Geometry, u64)>,
     hub: damage::DamageHub,
 }
@@ -73,14 +102,21 @@ impl FramebufferExport {
     /// Create the shared file in `dir` sized for a `width`×`height` 32-bit scanout. Until the
     /// guest sets a scanout it reads as black B8G8R8X8 at that size.
     pub fn create(dir: &Path, width: u32, height: u32) -> io::Result<Self> {
+        Self::create_in(&ExportDir::new(dir), width, height)
+    }
+
+    /// [`FramebufferExport::create`] in `export.dir`, reporting the file under `export.host_dir`.
+    pub fn create_in(export: &ExportDir, width: u32, height: u32) -> io::Result<Self> {
         let geometry = Geometry {
             width,
             height,
             format: PixelFormat::B8G8R8X8,
         };
-        let shm = SharedMemory::create(dir, geometry.bytes())?;
+        let shm = SharedMemory::create(&export.dir, geometry.bytes())?;
+        let name = shm.path().file_name().unwrap_or_default();
         Ok(Self {
             shared: Arc::new(Shared {
+                host_path: export.host_dir.join(name),
                 shm,
                 state: Mutex::new((geometry, 0)),
                 hub: damage::DamageHub::default(),
@@ -92,7 +128,7 @@ impl FramebufferExport {
     pub fn info(&self) -> FramebufferInfo {
         let (geometry, seq) = *self.state();
         FramebufferInfo {
-            path: self.shared.shm.path().to_path_buf(),
+            path: self.shared.host_path.clone(),
             width: geometry.width,
             height: geometry.height,
             stride: geometry.stride(),
@@ -207,6 +243,19 @@ pub(crate) mod tests {
         );
         drop(export);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_jailed_export_reports_the_host_path() {
+        let dir = std::env::temp_dir();
+        let export = ExportDir {
+            dir: dir.clone(),
+            host_dir: PathBuf::from("/host/phones/ph_1/shm"),
+        };
+        let fb = FramebufferExport::create_in(&export, 2, 2).unwrap();
+        let reported = fb.info().path;
+        assert_eq!(reported.parent(), Some(export.host_dir.as_path()));
+        assert!(dir.join(reported.file_name().unwrap()).exists());
     }
 
     #[test]

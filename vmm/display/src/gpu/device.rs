@@ -1,7 +1,6 @@
 //! The virtio-gpu device (type 16): config space, feature negotiation and a worker thread that
 //! feeds the control and cursor queues to a [`GpuBackend`].
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cloudphone_virtio::{
@@ -53,14 +52,14 @@ pub struct GpuState {
 
 impl VirtioGpu {
     /// A 2D GPU for `spec` whose scanout is exported as a shared-memory file in `export_dir`
-    /// (normally [`crate::framebuffer::DEFAULT_DIR`]). Returns the device and the export handle
+    /// (normally [`crate::framebuffer::ExportDir::default`]). Returns the device and the export handle
     /// the VMM's API serves (`GET /framebuffer`, events, screenshots).
     pub fn new_2d(
         spec: GpuSpec,
         limits: GpuLimits,
-        export_dir: &Path,
+        export_dir: &crate::framebuffer::ExportDir,
     ) -> std::io::Result<(Self, FramebufferExport)> {
-        let export = FramebufferExport::create(export_dir, spec.width, spec.height)?;
+        let export = FramebufferExport::create_in(export_dir, spec.width, spec.height)?;
         let backend = Backend2d::new(spec, limits, export.clone());
         Ok((Self::with_backend(Box::new(backend), limits), export))
     }
