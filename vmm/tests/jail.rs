@@ -1,0 +1,181 @@
+//! Escape tests for `--jail` (issue 14), tier 1: the VMM, jailed and filtered as for a phone,
+//! runs one escape probe (vmm/src/jail/probe.rs) in place of a guest that took it over. Each
+//! attack is first shown to work without the jail, so a probe that cannot succeed proves
+//! nothing. As root the jail gives the phone its own uid; otherwise it uses an unprivileged
+//! user namespace (same uid). No guest boots, so any Linux host runs these.
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Two phones' directories side by side: `a` is jailed, `b` is its neighbour with an overlay
+/// and a live API socket.
+struct Phones {
+    base: PathBuf,
+    _b_api: UnixListener,
+}
+
+impl Phones {
+    fn new(name: &str) -> Self {
+        let base = std::env::temp_dir().join(format!("cp-jail-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        for phone in ["a", "b"] {
+            std::fs::create_dir_all(base.join(phone)).unwrap();
+            std::fs::write(base.join(phone).join("overlay.qcow2"), b"user data").unwrap();
+        }
+        std::fs::write(base.join("kernel"), b"not run").unwrap();
+        let b_api = UnixListener::bind(base.join("b/api.sock")).unwrap();
+        Self {
+            base,
+            _b_api: b_api,
+        }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.base.join(rel).display().to_string()
+    }
+
+    /// Runs `probe` in phone `a`'s VMM (jailed or not) under `seccomp`; the exit code and
+    /// the probe's line.
+    fn probe(&self, probe: &str, jailed: bool, seccomp: &str) -> (Option<i32>, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudphone-vmm"));
+        cmd.args(["--kernel", &self.path("kernel"), "--seccomp", seccomp])
+            .args(["--api-socket", &self.path("a/api.sock")])
+            .env("CLOUDPHONE_VMM_TEST_ESCAPE", probe)
+            .env("CLOUDPHONE_AGENT_SECRET", "the agent's token");
+        if jailed {
+            // SAFETY: geteuid has no failure mode.
+            let ids = if unsafe { libc::geteuid() } == 0 {
+                ",uid=100001,gid=100001"
+            } else {
+                ""
+            };
+            cmd.arg("--jail").arg(format!(
+                "root={},shm={}{ids}",
+                self.path("a"),
+                self.path("shm-a")
+            ));
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("escape-probe:"))
+            .unwrap_or("")
+            .to_owned();
+        eprintln!(
+            "{probe} jailed={jailed} seccomp={seccomp}: {:?} {line}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), line)
+    }
+}
+
+impl Drop for Phones {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// The attacks on the neighbour and the host, as probes.
+fn attacks(p: &Phones) -> Vec<(&'static str, String)> {
+    let me = std::process::id();
+    vec![
+        (
+            "another phone's overlay",
+            format!("main:open:{}", p.path("b/overlay.qcow2")),
+        ),
+        (
+            "another phone's API socket",
+            format!("main:connect:{}", p.path("b/api.sock")),
+        ),
+        (
+            "the agent's environment",
+            format!("main:read:/proc/{me}/environ"),
+        ),
+    ]
+}
+
+#[test]
+fn without_the_jail_each_attack_works() {
+    let p = Phones::new("open");
+    for (what, probe) in attacks(&p) {
+        assert_eq!(
+            p.probe(&probe, false, "off"),
+            (Some(0), "escape-probe: ok".into()),
+            "{what}: the probe must be able to succeed"
+        );
+    }
+}
+
+#[test]
+fn the_jail_alone_stops_each_attack() {
+    let p = Phones::new("jail");
+    // Seccomp off: only the jail stands in the way.
+    for (what, probe) in attacks(&p) {
+        assert_eq!(
+            p.probe(&probe, true, "off"),
+            (
+                Some(0),
+                "escape-probe: errno 2 (No such file or directory (os error 2))".into()
+            ),
+            "{what}: not even visible in the jail"
+        );
+    }
+    let (code, line) = p.probe(&format!("main:ptrace:{}", std::process::id()), true, "off");
+    assert_eq!(code, Some(0));
+    assert!(
+        line.starts_with("escape-probe: errno 3 ") || line.starts_with("escape-probe: errno 1 "),
+        "ptrace of a process outside the pid namespace: {line}"
+    );
+    assert_eq!(
+        p.probe("main:execve:/bin/sh", true, "off").1,
+        "escape-probe: errno 2 (No such file or directory (os error 2))",
+        "the jail holds no programs"
+    );
+    // Its own files are there, under their own names.
+    assert_eq!(
+        p.probe("main:open:/overlay.qcow2", true, "off"),
+        (Some(0), "escape-probe: ok".into())
+    );
+}
+
+#[test]
+fn the_jailed_filter_stops_execve_ptrace_and_foreign_ioctls() {
+    let p = Phones::new("filter");
+    let me = std::process::id();
+    for probe in [
+        "main:execve:/bin/sh".to_string(),
+        format!("main:ptrace:{me}"),
+        "vcpu:ioctl:TCGETS".into(),
+    ] {
+        assert_eq!(
+            p.probe(&probe, true, "enforce"),
+            (Some(35), String::new()),
+            "{probe}: the filter stops the VMM (exit 35) before the call runs"
+        );
+    }
+    // Control: the same ioctl passes with the filter off (it fails only as a non-tty).
+    assert_eq!(
+        p.probe("vcpu:ioctl:TCGETS", true, "off").1,
+        "escape-probe: errno 25 (Inappropriate ioctl for device (os error 25))"
+    );
+}
+
+#[test]
+fn a_jail_root_that_does_not_exist_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudphone-vmm"))
+        .args([
+            "--kernel",
+            "/bin/sh",
+            "--jail",
+            "root=/nonexistent-phone-dir",
+        ])
+        .env("CLOUDPHONE_VMM_TEST_ESCAPE", "main:open:/")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(38), "{stderr}");
+    assert!(stderr.contains("/nonexistent-phone-dir"), "{stderr}");
+}
