@@ -20,6 +20,7 @@
 //! screens and input ([`relay`]) and registers URL + a fresh random key, so a control service
 //! that cannot reach the VMM sockets (agent in a VM or on another machine) can stream them.
 
+mod jail;
 mod logcap;
 mod relay;
 mod usage;
@@ -123,6 +124,18 @@ pub struct AgentOptions {
     /// e.g. http://10.0.0.5:7070; registered with a random key generated at start.
     #[arg(long, requires = "relay_listen")]
     pub relay_url: Option<String>,
+    /// Run phones without the per-phone jail (debugging only: a VMM its guest took over then
+    /// reaches everything the agent's user can). By default each VMM is jailed in its phone's
+    /// directory (`cloudphone-vmm --jail`, vmm/API.md).
+    #[arg(long)]
+    pub no_jail: bool,
+    /// First uid (and gid) of the phones' range when the agent runs as root: each phone gets
+    /// its own. Without root, phones keep the agent's uid inside a user namespace.
+    #[arg(long, default_value_t = 200_000)]
+    pub jail_uid_base: u32,
+    /// How many uids the range holds (the most phones jailed at once).
+    #[arg(long, default_value_t = 1000)]
+    pub jail_uids: u32,
     /// Cold-boot every phone. By default (with --boot-img) the first phone of a profile that
     /// reports PHONE_READY is snapshotted and later phones of the profile are restored from it.
     #[arg(long)]
@@ -273,6 +286,17 @@ pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
         qemu_img: opts.qemu_img.clone(),
         state_dir: opts.state_dir.clone(),
         devices: opts.devices,
+        jail: if opts.no_jail {
+            tracing::warn!("--no-jail: phones run unjailed, as the agent's user (debugging only)");
+            None
+        } else {
+            Some(jail::JailConfig::new(
+                opts.jail_uid_base,
+                opts.jail_uids,
+                &opts.state_dir,
+                &opts.framebuffer_root,
+            ))
+        },
     };
     let mut phones = HashMap::new();
     for a in vmm::adopt_all(&cfg) {
@@ -574,7 +598,7 @@ impl Agent {
         let dir = PhoneDir::new(&self.cfg, &phone.id);
         if phone.state == PhoneState::Stopping {
             self.stop_local(&phone.id).await;
-            vmm::remove(&dir);
+            vmm::remove(&self.cfg, &dir);
             self.phones.remove(&phone.id);
             return self
                 .report(phone, PhoneState::Stopped, "stopped by agent")

@@ -28,18 +28,38 @@ fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// Measures the VMM process `pid` of phone `id`; `None` when it is gone or unreadable.
+/// Measures the VMM process `pid` of phone `id`; `None` when it is gone or unreadable. A
+/// jailed VMM is the child of `pid` (its supervisor, outside the jail's pid namespace): both
+/// are counted.
 pub fn measure_phone(id: &str, pid: i32) -> Option<PhoneUsage> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let pids =
+        std::iter::once(pid).chain(children.split_whitespace().filter_map(|c| c.parse().ok()));
+    let mut sum = (0, 0, 0);
+    for (n, p) in pids.enumerate() {
+        match measure_process(p) {
+            Some((private, pss, ticks)) => sum = (sum.0 + private, sum.1 + pss, sum.2 + ticks),
+            // The VMM itself must be readable; a child that just ended is not counted.
+            None if n == 0 => return None,
+            None => {}
+        }
+    }
+    Some(PhoneUsage {
+        id: id.to_owned(),
+        private_mib: sum.0 / 1024,
+        pss_mib: sum.1 / 1024,
+        cpu_ms: sum.2 * 1000 / USER_HZ,
+    })
+}
+
+/// Private and proportional memory (KiB) and CPU ticks of one process.
+fn measure_process(pid: i32) -> Option<(u64, u64, u64)> {
     let proc = Path::new("/proc").join(pid.to_string());
     let rollup = std::fs::read_to_string(proc.join("smaps_rollup")).ok()?;
     let stat = std::fs::read_to_string(proc.join("stat")).ok()?;
     let private = meminfo_kib(&rollup, "Private_Clean:")? + meminfo_kib(&rollup, "Private_Dirty:")?;
-    Some(PhoneUsage {
-        id: id.to_owned(),
-        private_mib: private / 1024,
-        pss_mib: meminfo_kib(&rollup, "Pss:")? / 1024,
-        cpu_ms: cpu_ticks(&stat)? * 1000 / USER_HZ,
-    })
+    Some((private, meminfo_kib(&rollup, "Pss:")?, cpu_ticks(&stat)?))
 }
 
 /// `utime + stime` of a `/proc/PID/stat` line. The command name (field 2) may hold spaces

@@ -20,6 +20,8 @@ pub struct VmmConfig {
     pub qemu_img: PathBuf,
     pub state_dir: PathBuf,
     pub devices: Devices,
+    /// The per-phone jail (`None`: `--no-jail`, for debugging only).
+    pub jail: Option<super::jail::JailConfig>,
 }
 
 /// What phones boot: a plain kernel (+ initrd), or Android boot images the way a bootloader
@@ -306,13 +308,19 @@ pub async fn start(
     let _ = std::fs::remove_file(dir.dir.join("serial.log"));
     let _ = std::fs::remove_file(dir.dir.join("report.log"));
     let log = super::logcap::open_log(&dir.dir.join("vmm.log")).context("creating vmm.log")?;
-    let child = tokio::process::Command::new(&cfg.vmm)
-        .args(command_line(
-            cfg,
-            profile,
-            dir,
-            snapshot.map(|s| s.vm.as_path()),
-        ))
+    let mut args = command_line(cfg, profile, dir, snapshot.map(|s| s.vm.as_path()));
+    if let Some(jail) = &cfg.jail {
+        args.extend(super::jail::vmm_args(cfg, jail, dir)?);
+    }
+    let mut command = tokio::process::Command::new(&cfg.vmm);
+    // The agent's environment (its key, tokens) is none of a VMM's business; only its log
+    // filter goes along.
+    command.env_clear();
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        command.env("RUST_LOG", filter);
+    }
+    let child = command
+        .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -391,8 +399,9 @@ pub fn adopt_all(cfg: &VmmConfig) -> Vec<Adoptable> {
     out
 }
 
-/// Removes a phone's directory (after stop).
-pub fn remove(dir: &PhoneDir) {
+/// Removes a phone's directory (after stop) and frees its jail.
+pub fn remove(cfg: &VmmConfig, dir: &PhoneDir) {
+    super::jail::release(cfg, dir);
     if let Err(e) = std::fs::remove_dir_all(&dir.dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!("removing {}: {e}", dir.dir.display());
@@ -405,6 +414,7 @@ pub fn remove(dir: &PhoneDir) {
 /// user's data. An operator decides what to do with it (`cloudphone phones wipe` for data the
 /// service still knows, plain `rm` here otherwise).
 pub fn quarantine(cfg: &VmmConfig, dir: &PhoneDir) {
+    super::jail::release(cfg, dir);
     let Some(id) = dir.dir.file_name() else {
         return;
     };
@@ -472,6 +482,24 @@ pub(super) fn test_profile() -> Profile {
     }
 }
 
+/// An agent configuration for unit tests (kernel boot, all devices, no jail).
+#[cfg(test)]
+pub(super) fn test_config() -> VmmConfig {
+    VmmConfig {
+        vmm: "/bin/vmm".into(),
+        boot: GuestBoot::Kernel {
+            kernel: "/k".into(),
+            initrd: Some("/i".into()),
+        },
+        cmdline: "console=hvc0".into(),
+        image_dir: "/img".into(),
+        qemu_img: "qemu-img".into(),
+        state_dir: "/s".into(),
+        devices: Devices::parse("gpu,input,rng").unwrap(),
+        jail: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -504,18 +532,7 @@ mod tests {
 
     #[test]
     fn command_line_follows_the_vmm_contract() {
-        let cfg = VmmConfig {
-            vmm: "/bin/vmm".into(),
-            boot: GuestBoot::Kernel {
-                kernel: "/k".into(),
-                initrd: Some("/i".into()),
-            },
-            cmdline: "console=hvc0".into(),
-            image_dir: "/img".into(),
-            qemu_img: "qemu-img".into(),
-            state_dir: "/s".into(),
-            devices: Devices::parse("gpu,input,rng").unwrap(),
-        };
+        let cfg = test_config();
         let p = test_profile();
         let dir = PhoneDir::new(&cfg, "ph_1");
         let args = command_line(&cfg, &p, &dir, None).join(" ");

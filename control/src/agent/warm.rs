@@ -138,14 +138,23 @@ pub async fn take(cfg: &VmmConfig, profile: &Profile, phone: &PhoneDir) -> anyho
         .context("resolving the snapshot directory")?;
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let (written_at, api_dir) = super::jail::snapshot_target(cfg, phone, &partial.join("vm"))?;
     let api = VmmApi::new(phone.api_socket()).with_timeout(SNAPSHOT_TIMEOUT);
     api.pause()
         .await
         .context("pausing the phone to snapshot it")?;
     let written = async {
-        api.snapshot(&partial.join("vm"))
+        api.snapshot(&api_dir)
             .await
             .context("writing the snapshot")?;
+        if written_at != partial.join("vm") {
+            std::fs::rename(&written_at, partial.join("vm")).with_context(|| {
+                format!(
+                    "moving the snapshot out of the jail ({})",
+                    written_at.display()
+                )
+            })?;
+        }
         if !profile.image.is_empty() {
             // Copied while the guest is still paused: the disk as the snapshot's RAM knows it.
             tokio::fs::copy(phone.overlay(), partial.join("disk.qcow2"))
@@ -200,16 +209,14 @@ mod tests {
         std::fs::write(&boot, "boot").unwrap();
         std::fs::write(root.join("base.img"), "disk").unwrap();
         let cfg = VmmConfig {
-            vmm: "/bin/true".into(),
             boot: GuestBoot::Android {
                 boot_img: boot.clone(),
                 vendor_boot: None,
             },
-            cmdline: String::new(),
             image_dir: root.clone(),
-            qemu_img: "qemu-img".into(),
             state_dir: root.clone(),
             devices: Devices::parse("gpu").unwrap(),
+            ..super::super::vmm::test_config()
         };
         let p = super::super::vmm::test_profile();
         let first = identity(&cfg, &p);
