@@ -313,8 +313,8 @@ async fn crash_loop_and_reboot(kind: Kind) {
         &s,
         &state.0,
         &[
-            ("FAKE_VMM_EXIT_CODE", "33"),
-            ("FAKE_VMM_EXIT_AFTER_MS", "200"),
+            ("CLOUDPHONE_VMM_FAKE_EXIT_CODE", "33"),
+            ("CLOUDPHONE_VMM_FAKE_EXIT_AFTER_MS", "200"),
         ],
     )
     .await;
@@ -345,8 +345,8 @@ async fn crash_loop_and_reboot(kind: Kind) {
         &s,
         &state2.0,
         &[
-            ("FAKE_VMM_EXIT_CODE", "32"),
-            ("FAKE_VMM_EXIT_AFTER_MS", "200"),
+            ("CLOUDPHONE_VMM_FAKE_EXIT_CODE", "32"),
+            ("CLOUDPHONE_VMM_FAKE_EXIT_AFTER_MS", "200"),
         ],
     )
     .await;
@@ -735,15 +735,8 @@ async fn warm_pool_clones(kind: Kind) {
     );
     let calls = phone_file(&state.0, &first, "calls.log");
     assert_eq!(
-        calls,
-        format!(
-            "PUT /pause\nPUT /snapshot {}\nPUT /resume\n",
-            std::path::absolute(state.0.join("snapshots"))
-                .unwrap()
-                .join(format!(".{profile_id}.partial/vm"))
-                .display()
-        ),
-        "paused, snapshotted, resumed"
+        calls, "PUT /pause\nPUT /snapshot /snapshot/vm\nPUT /resume\n",
+        "paused, snapshotted (inside its jail, then moved out), resumed"
     );
     let frozen =
         String::from_utf8_lossy(&std::fs::read(snap.join("disk.qcow2")).unwrap()).into_owned();
@@ -852,7 +845,9 @@ async fn warm_pool_clones(kind: Kind) {
     // A clone whose guest never reports its own identity is not handed out: it is cold-booted
     // (a new agent run: the next cold boot makes a new snapshot, the reset after it is a clone).
     agent.kill9();
-    agent.env.push(("FAKE_VMM_SILENT_CLONE".into(), "1".into()));
+    agent
+        .env
+        .push(("CLOUDPHONE_VMM_FAKE_SILENT_CLONE".into(), "1".into()));
     agent
         .args
         .extend(["--clone-identity-timeout-ms".into(), "500".into()]);

@@ -313,12 +313,14 @@ pub async fn start(
         args.extend(super::jail::vmm_args(cfg, jail, dir)?);
     }
     let mut command = tokio::process::Command::new(&cfg.vmm);
-    // The agent's environment (its key, tokens) is none of a VMM's business; only its log
-    // filter goes along.
-    command.env_clear();
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        command.env("RUST_LOG", filter);
-    }
+    // The agent's environment (its key, tokens) is none of a VMM's business: only PATH, the
+    // log filter and the VMM's own knobs (CLOUDPHONE_VMM_*) go along.
+    command
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            k == "PATH" || k == "RUST_LOG" || k.starts_with("CLOUDPHONE_VMM_")
+        }));
     let child = command
         .args(args)
         .stdin(Stdio::null())
