@@ -17,6 +17,40 @@ fn pid_of(state: &Path, phone_id: &str) -> Option<String> {
     std::fs::read_to_string(state.join("phones").join(phone_id).join("vmm.pid")).ok()
 }
 
+/// The uid of the jailed VMM under the supervisor `pid` (from the agent's pid file), checked
+/// to run in mount and pid namespaces of its own and to own its phone's directory.
+fn jailed_uid(state: &Path, phone_id: &str, pid: &str) -> u32 {
+    let pid = pid.trim();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let vmm = children
+        .split_whitespace()
+        .next()
+        .expect("the jailed VMM under its supervisor");
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    for ns in ["mnt", "pid", "net"] {
+        let theirs = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        assert_ne!(
+            theirs, ours,
+            "the VMM of {phone_id} has its own {ns} namespace"
+        );
+    }
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(state.join("phones").join(phone_id))
+        .unwrap()
+        .uid();
+    assert!(
+        uid >= 200_000 && owner == uid,
+        "phone uid {uid}, its directory's owner {owner}"
+    );
+    uid
+}
+
 #[test]
 #[ignore = "tier 2: needs working KVM and a cloudphone-vmm that boots guests"]
 fn lease_boots_a_real_phone_and_release_resets_it() {
@@ -119,6 +153,7 @@ fn lease_boots_a_real_phone_and_release_resets_it() {
         &mut || serial(&phone_id).contains(MARKER).then(String::new),
     );
     let first_pid = pid_of(&state, &phone_id).expect("VMM pid file");
+    jailed_uid(&state, &phone_id, &first_pid);
 
     // Release: the phone is reset (fresh VMM, next generation) and ready again.
     let (c, r) = call(
@@ -247,6 +282,12 @@ fn second_phone_of_a_profile_is_a_clone_of_the_first() {
     let argv = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
     let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
     assert!(argv.contains("--restore"), "{argv}");
+    let first_pid = pid_of(&state, &first).expect("the first phone's pid file");
+    assert_ne!(
+        jailed_uid(&state, &first, &first_pid),
+        jailed_uid(&state, &second, &pid),
+        "each phone has its own uid, the clone too"
+    );
     let (clone_why, clone_ms) = ready_ms(&control, &second);
     let identity = |id: &str| {
         let log = std::fs::read_to_string(state.join("phones").join(id).join("report.log"))
