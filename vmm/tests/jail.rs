@@ -145,6 +145,14 @@ fn the_jail_alone_stops_each_attack() {
 fn the_jailed_filter_stops_execve_ptrace_and_foreign_ioctls() {
     let p = Phones::new("filter");
     let me = std::process::id();
+    // The process filter lets the main thread open and connect: the jail still hides them.
+    for (what, probe) in attacks(&p) {
+        assert_eq!(
+            p.probe(&probe, true, "enforce").1,
+            "escape-probe: errno 2 (No such file or directory (os error 2))",
+            "{what}"
+        );
+    }
     for probe in [
         "main:execve:/bin/sh".to_string(),
         format!("main:ptrace:{me}"),
