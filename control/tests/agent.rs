@@ -207,7 +207,12 @@ async fn agent_lifecycle(kind: Kind) {
     profile(&s, "pixel", 2).await;
     let state = TempDir::new("agent");
     let _reaper = VmmReaper(state.0.clone());
-    let mut agent = Agent::start(&s, &state.0, &[]).await;
+    let mut agent = Agent::start(
+        &s,
+        &state.0,
+        &[("CLOUDPHONE_JOIN_TOKEN", "an agent secret")],
+    )
+    .await;
 
     let p = wait_for(&s, "2 ready phones", |p| count(p, "ready") == 2).await;
     assert_eq!(vmm_pids(&state.0).len(), 2, "one VMM per phone");
@@ -225,6 +230,20 @@ async fn agent_lifecycle(kind: Kind) {
             argv.contains("--gpu width=720,height=1280,dpi=320") && argv.contains("--memory 256"),
             "{argv}"
         );
+        assert!(argv.contains(" --jail root="), "jailed by default: {argv}");
+        // Only PATH, the log filter and the VMM's own knobs reach it: not the agent's secret,
+        // its own settings or HOME (an interpreter's launcher may add variables of its own).
+        let env: Vec<String> = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(sock).with_file_name("env.json")).unwrap(),
+        )
+        .unwrap();
+        for agent_only in ["CLOUDPHONE_JOIN_TOKEN", "CLOUDPHONE_LOG", "HOME"] {
+            assert!(
+                !env.iter().any(|k| k == agent_only),
+                "{agent_only}: {env:?}"
+            );
+        }
+        assert!(env.iter().any(|k| k == "PATH"), "{env:?}");
     }
 
     // Lease → release → the phone is reset: new generation, new VMM process.

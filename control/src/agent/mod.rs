@@ -290,12 +290,21 @@ pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
             tracing::warn!("--no-jail: phones run unjailed, as the agent's user (debugging only)");
             None
         } else {
-            Some(jail::JailConfig::new(
+            let jail = jail::JailConfig::new(
                 opts.jail_uid_base,
                 opts.jail_uids,
                 &opts.state_dir,
                 &opts.framebuffer_root,
-            ))
+            );
+            match jail.uid_base {
+                Some(base) => {
+                    tracing::info!(uids = %format!("{base}..{}", base + jail.uids), framebuffers = %jail.shm_root.display(), "phones are jailed, each with its own uid")
+                }
+                None => {
+                    tracing::info!(framebuffers = %jail.shm_root.display(), "phones are jailed in user namespaces under this (non-root) agent's uid")
+                }
+            }
+            Some(jail)
         },
     };
     let mut phones = HashMap::new();
