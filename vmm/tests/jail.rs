@@ -5,6 +5,7 @@
 //! user namespace (same uid). No guest boots, so any Linux host runs these.
 
 use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -35,26 +36,43 @@ impl Phones {
         self.base.join(rel).display().to_string()
     }
 
-    /// Runs `probe` in phone `a`'s VMM (jailed or not) under `seccomp`; the exit code and
-    /// the probe's line.
-    fn probe(&self, probe: &str, jailed: bool, seccomp: &str) -> (Option<i32>, String) {
+    /// Runs `probe` in phone `a`'s VMM under `seccomp` and `jail`; the exit code and the
+    /// probe's line.
+    fn probe(&self, probe: &str, jail: Jail, seccomp: &str) -> (Option<i32>, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudphone-vmm"));
         cmd.args(["--kernel", &self.path("kernel"), "--seccomp", seccomp])
             .args(["--api-socket", &self.path("a/api.sock")])
             .env("CLOUDPHONE_VMM_TEST_ESCAPE", probe)
             .env("CLOUDPHONE_AGENT_SECRET", "the agent's token");
-        if jailed {
-            // SAFETY: geteuid has no failure mode.
-            let ids = if unsafe { libc::geteuid() } == 0 {
-                ",uid=100001,gid=100001"
-            } else {
-                ""
-            };
-            cmd.arg("--jail").arg(format!(
-                "root={},shm={}{ids}",
-                self.path("a"),
-                self.path("shm-a")
-            ));
+        // SAFETY: geteuid has no failure mode.
+        let root = unsafe { libc::geteuid() } == 0;
+        let spec = format!("root={},shm={}", self.path("a"), self.path("shm-a"));
+        match jail {
+            Jail::Off => {}
+            Jail::On if root => {
+                cmd.arg("--jail").arg(spec + ",uid=100001,gid=100001");
+            }
+            Jail::On | Jail::Unprivileged => {
+                cmd.arg("--jail").arg(spec);
+            }
+        }
+        if root && jail == Jail::Unprivileged {
+            std::fs::create_dir_all(self.base.join("shm-a")).unwrap();
+            for dir in ["a", "b", "shm-a"] {
+                std::os::unix::fs::chown(self.base.join(dir), Some(NOBODY), Some(NOBODY)).unwrap();
+            }
+            // SAFETY: only async-signal-safe credential calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
+                        || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let out = cmd.output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -64,13 +82,27 @@ impl Phones {
             .unwrap_or("")
             .to_owned();
         eprintln!(
-            "{probe} jailed={jailed} seccomp={seccomp}: {:?} {line}\n{}",
+            "{probe} {jail:?} seccomp={seccomp}: {:?} {line}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
         (out.status.code(), line)
     }
 }
+
+/// How the probed VMM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Jail {
+    /// Not jailed (the control: the attack works).
+    Off,
+    /// Jailed as the agent would: its own uid as root, else a user namespace.
+    On,
+    /// Jailed without root (as root, the test drops to `nobody` first): a user namespace.
+    Unprivileged,
+}
+
+/// The uid and gid the unprivileged runs use.
+const NOBODY: u32 = 65534;
 
 impl Drop for Phones {
     fn drop(&mut self) {
@@ -102,7 +134,7 @@ fn without_the_jail_each_attack_works() {
     let p = Phones::new("open");
     for (what, probe) in attacks(&p) {
         assert_eq!(
-            p.probe(&probe, false, "off"),
+            p.probe(&probe, Jail::Off, "off"),
             (Some(0), "escape-probe: ok".into()),
             "{what}: the probe must be able to succeed"
         );
@@ -115,7 +147,7 @@ fn the_jail_alone_stops_each_attack() {
     // Seccomp off: only the jail stands in the way.
     for (what, probe) in attacks(&p) {
         assert_eq!(
-            p.probe(&probe, true, "off"),
+            p.probe(&probe, Jail::On, "off"),
             (
                 Some(0),
                 "escape-probe: errno 2 (No such file or directory (os error 2))".into()
@@ -123,20 +155,24 @@ fn the_jail_alone_stops_each_attack() {
             "{what}: not even visible in the jail"
         );
     }
-    let (code, line) = p.probe(&format!("main:ptrace:{}", std::process::id()), true, "off");
+    let (code, line) = p.probe(
+        &format!("main:ptrace:{}", std::process::id()),
+        Jail::On,
+        "off",
+    );
     assert_eq!(code, Some(0));
     assert!(
         line.starts_with("escape-probe: errno 3 ") || line.starts_with("escape-probe: errno 1 "),
         "ptrace of a process outside the pid namespace: {line}"
     );
     assert_eq!(
-        p.probe("main:execve:/bin/sh", true, "off").1,
+        p.probe("main:execve:/bin/sh", Jail::On, "off").1,
         "escape-probe: errno 2 (No such file or directory (os error 2))",
         "the jail holds no programs"
     );
     // Its own files are there, under their own names.
     assert_eq!(
-        p.probe("main:open:/overlay.qcow2", true, "off"),
+        p.probe("main:open:/overlay.qcow2", Jail::On, "off"),
         (Some(0), "escape-probe: ok".into())
     );
 }
@@ -148,7 +184,7 @@ fn the_jailed_filter_stops_execve_ptrace_and_foreign_ioctls() {
     // The process filter lets the main thread open and connect: the jail still hides them.
     for (what, probe) in attacks(&p) {
         assert_eq!(
-            p.probe(&probe, true, "enforce").1,
+            p.probe(&probe, Jail::On, "enforce").1,
             "escape-probe: errno 2 (No such file or directory (os error 2))",
             "{what}"
         );
@@ -159,14 +195,14 @@ fn the_jailed_filter_stops_execve_ptrace_and_foreign_ioctls() {
         "vcpu:ioctl:TCGETS".into(),
     ] {
         assert_eq!(
-            p.probe(&probe, true, "enforce"),
+            p.probe(&probe, Jail::On, "enforce"),
             (Some(35), String::new()),
             "{probe}: the filter stops the VMM (exit 35) before the call runs"
         );
     }
     // Control: the same ioctl passes with the filter off (it fails only as a non-tty).
     assert_eq!(
-        p.probe("vcpu:ioctl:TCGETS", true, "off").1,
+        p.probe("vcpu:ioctl:TCGETS", Jail::On, "off").1,
         "escape-probe: errno 25 (Inappropriate ioctl for device (os error 25))"
     );
 }
@@ -186,4 +222,21 @@ fn a_jail_root_that_does_not_exist_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(38), "{stderr}");
     assert!(stderr.contains("/nonexistent-phone-dir"), "{stderr}");
+}
+
+#[test]
+fn without_root_the_user_namespace_jail_still_hides_the_neighbour() {
+    let p = Phones::new("userns");
+    for (what, probe) in attacks(&p) {
+        assert_eq!(
+            p.probe(&probe, Jail::Unprivileged, "off").1,
+            "escape-probe: errno 2 (No such file or directory (os error 2))",
+            "{what}"
+        );
+    }
+    assert_eq!(
+        p.probe("main:open:/overlay.qcow2", Jail::Unprivileged, "off"),
+        (Some(0), "escape-probe: ok".into()),
+        "its own files are there"
+    );
 }
