@@ -224,9 +224,36 @@ fn a_jail_root_that_does_not_exist_is_a_clear_error() {
     assert!(stderr.contains("/nonexistent-phone-dir"), "{stderr}");
 }
 
+/// Whether an unprivileged process may create a user namespace here (not in a chroot such
+/// as kvm-sandbox's, nor where the kernel or AppArmor forbids it).
+fn user_namespaces_allowed() -> bool {
+    let mut cmd = Command::new("/bin/true");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let dropped = libc::geteuid() != 0 || libc::setresuid(NOBODY, NOBODY, NOBODY) == 0;
+            if !dropped || libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.status().is_ok()
+}
+
 #[test]
-fn without_root_the_user_namespace_jail_still_hides_the_neighbour() {
+fn without_root_the_user_namespace_jail_hides_the_neighbour_or_refuses_clearly() {
     let p = Phones::new("userns");
+    if !user_namespaces_allowed() {
+        // The documented fallback: no jail is not an option, so the VMM refuses to start.
+        let out = p.probe("main:open:/overlay.qcow2", Jail::Unprivileged, "off");
+        assert_eq!(
+            out,
+            (Some(38), String::new()),
+            "refused: exit 38, the jail failed"
+        );
+        return;
+    }
     for (what, probe) in attacks(&p) {
         assert_eq!(
             p.probe(&probe, Jail::Unprivileged, "off").1,
@@ -238,5 +265,57 @@ fn without_root_the_user_namespace_jail_still_hides_the_neighbour() {
         p.probe("main:open:/overlay.qcow2", Jail::Unprivileged, "off"),
         (Some(0), "escape-probe: ok".into()),
         "its own files are there"
+    );
+}
+
+#[test]
+#[ignore = "tier 2: needs root and a cgroup v2 with the cpu, memory and pids controllers (scripts/kvm-sandbox)"]
+fn the_jail_sets_cgroup_limits_from_the_vm_size() {
+    let p = Phones::new("cgroup");
+    // A cgroup2 mount of our own (the same hierarchy as any other cgroup2 mount).
+    let mnt = p.base.join("cgroup2");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "cgroup2", "none"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting cgroup2 at {}", mnt.display());
+    let parent = mnt.join("cloudphone-jail-test");
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudphone-vmm"))
+        .args([
+            "--kernel",
+            &p.path("kernel"),
+            "--cpus",
+            "2",
+            "--memory",
+            "256",
+        ])
+        .arg("--jail")
+        .arg(format!(
+            "root={},shm={},uid=100001,gid=100001,cgroup={}",
+            p.path("a"),
+            p.path("shm-a"),
+            parent.display()
+        ))
+        .env("CLOUDPHONE_VMM_TEST_ESCAPE", "main:open:/overlay.qcow2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let read = |f: &str| std::fs::read_to_string(parent.join("a").join(f)).unwrap_or_default();
+    let limits = (read("cpu.max"), read("memory.max"), read("pids.max"));
+    let _ = std::fs::remove_dir(parent.join("a"));
+    let _ = std::fs::remove_dir(&parent);
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("cgroup v2 limits set"), "{stderr}");
+    assert_eq!(
+        limits,
+        (
+            "200000 100000\n".to_owned(),
+            format!("{}\n", (256 + 256) << 20),
+            "256\n".to_owned()
+        ),
+        "two vCPUs, guest RAM + 256 MiB, 256 tasks"
     );
 }

@@ -99,8 +99,8 @@ pub enum JailError {
     /// A path or option the jail cannot honour.
     #[error("--jail: {0}")]
     Config(String),
-    /// A system call failed.
-    #[error("--jail: {what}: {source}")]
+    /// A system call failed (the error follows as the source).
+    #[error("--jail: {what}")]
     Sys {
         /// What was being done.
         what: String,
