@@ -18,7 +18,8 @@ fn pid_of(state: &Path, phone_id: &str) -> Option<String> {
 }
 
 /// The uid of the jailed VMM under the supervisor `pid` (from the agent's pid file), checked
-/// to run in mount and pid namespaces of its own and to own its phone's directory.
+/// to run in mount, pid and net namespaces of its own, with its phone's directory in its
+/// group and sticky (it may create files there but not replace the agent's).
 fn jailed_uid(state: &Path, phone_id: &str, pid: &str) -> u32 {
     let pid = pid.trim();
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();

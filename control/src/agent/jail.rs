@@ -120,18 +120,18 @@ pub fn snapshot_target(
     dir: &PhoneDir,
     target: &Path,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
-    if cfg.jail.is_none() {
+    let Some(jail) = &cfg.jail else {
         return Ok((target.to_path_buf(), target.to_path_buf()));
-    }
+    };
     let host = dir.dir.join("snapshot");
     let _ = std::fs::remove_dir_all(&host);
     std::fs::create_dir(&host).with_context(|| format!("creating {}", host.display()))?;
-    // The VMM runs as the owner the jail gave the phone's directory.
-    let owner =
-        std::fs::metadata(&dir.dir).with_context(|| format!("reading {}", dir.dir.display()))?;
-    use std::os::unix::fs::MetadataExt;
-    std::os::unix::fs::chown(&host, Some(owner.uid()), Some(owner.gid()))
-        .with_context(|| format!("giving {} to the phone", host.display()))?;
+    if let Some(base) = jail.uid_base {
+        // The VMM runs as the phone's own uid (the slot it already holds).
+        let id = claim_id(cfg, jail, base, &phone_id(dir))?;
+        std::os::unix::fs::chown(&host, Some(id), Some(id))
+            .with_context(|| format!("giving {} to the phone", host.display()))?;
+    }
     Ok((host.join("vm"), PathBuf::from("/snapshot/vm")))
 }
 

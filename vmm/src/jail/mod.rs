@@ -128,6 +128,8 @@ struct Bind {
 struct Plan {
     root: PathBuf,
     binds: Vec<Bind>,
+    /// Host paths in the root the VMM writes (given to the phone's uid when they exist).
+    writes: Vec<PathBuf>,
 }
 
 /// `path` with symlinks resolved (its parent's, for a file that does not exist yet).
@@ -150,13 +152,21 @@ impl Plan {
         Self {
             root,
             binds: Vec::new(),
+            writes: Vec::new(),
         }
     }
 
     /// Inside path of a file the VMM creates or writes (sockets, logs, the overlay): it must
     /// be in the phone's directory.
-    fn own(&self, what: &str, path: &Path) -> Result<PathBuf, JailError> {
+    fn own(&mut self, what: &str, path: &Path) -> Result<PathBuf, JailError> {
         let real = resolve(path).map_err(sys_err(format!("{what} {}", path.display())))?;
+        let inside = self.inside(what, path, &real)?;
+        self.writes.push(real);
+        Ok(inside)
+    }
+
+    /// `real`'s path inside the jail, if it is in the root.
+    fn inside(&self, what: &str, path: &Path, real: &Path) -> Result<PathBuf, JailError> {
         match real.strip_prefix(&self.root) {
             Ok(rest) => Ok(Path::new("/").join(rest)),
             Err(_) => Err(JailError::Config(format!(
@@ -172,7 +182,10 @@ impl Plan {
     fn input(&mut self, what: &str, path: &Path, writable: bool) -> Result<PathBuf, JailError> {
         let real = resolve(path).map_err(sys_err(format!("{what} {}", path.display())))?;
         if real.starts_with(&self.root) {
-            return self.own(what, &real);
+            if writable {
+                return self.own(what, &real);
+            }
+            return self.inside(what, path, &real);
         }
         if !real.exists() {
             return Err(JailError::Config(format!(
@@ -309,8 +322,7 @@ pub fn enter(spec: &JailSpec, cfg: &mut VmConfig, source: &mut VmSource) -> Resu
                     "jail: cgroup v2 is not writable ({e}): this phone runs WITHOUT cpu/memory/pids limits"
                 ),
             }
-            sys::chown_tree(&root, uid, gid)?;
-            sys::chown_tree(&shm_host, uid, gid)?;
+            sys::give_to_phone(&root, &plan.writes, &shm_host, uid, gid)?;
         }
         None => tracing::warn!(
             "jail: not root, so an unprivileged user namespace with the same uid and NO cgroup limits"

@@ -60,20 +60,28 @@ pub(super) fn unshare_namespaces(user: bool) -> Result<(), JailError> {
     })
 }
 
-/// Gives `dir` and everything in it to `uid:gid` without following symlinks (a previous
-/// occupant may have planted some).
-pub(super) fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
-        .map_err(sys_err(format!("chown {}", dir.display())))?;
-    let meta =
-        std::fs::symlink_metadata(dir).map_err(sys_err(format!("stat {}", dir.display())))?;
-    if meta.is_dir() {
-        let entries =
-            std::fs::read_dir(dir).map_err(sys_err(format!("listing {}", dir.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(sys_err(format!("listing {}", dir.display())))?;
-            chown_tree(&entry.path(), uid, gid)?;
-        }
+/// Lets the phone `uid:gid` work in its directory `root` and nothing more: `root` keeps its
+/// owner (the agent) and becomes group `gid`, mode 1770, so the phone creates its sockets and
+/// logs there but cannot remove or replace the agent's files (pid file, generation) thanks
+/// to the sticky bit. What the VMM writes (`writes`: the overlay, logs) and the framebuffer
+/// directory `shm` become the phone's, without following symlinks.
+pub(super) fn give_to_phone(
+    root: &Path,
+    writes: &[std::path::PathBuf],
+    shm: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<(), JailError> {
+    use std::os::unix::fs::{lchown, PermissionsExt};
+    lchown(root, None, Some(gid)).map_err(sys_err(format!("chgrp {}", root.display())))?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o1770))
+        .map_err(sys_err(format!("chmod {}", root.display())))?;
+    let existing = writes
+        .iter()
+        .map(|p| p.as_path())
+        .filter(|p| p.symlink_metadata().is_ok());
+    for path in existing.chain([shm]) {
+        lchown(path, Some(uid), Some(gid)).map_err(sys_err(format!("chown {}", path.display())))?;
     }
     Ok(())
 }

@@ -95,6 +95,11 @@ fn own_files_map_into_the_root_and_inputs_from_elsewhere_are_bound_read_only() {
             },
         ]
     );
+    assert_eq!(
+        plan.writes,
+        ["overlay.qcow2", "serial.log", "api.sock", "report.log"].map(|f| phone.join(f)),
+        "what the phone's uid gets: only what the VMM writes"
+    );
     assert_eq!(cfg.devices.framebuffer_dir.dir, Path::new("/shm"));
     assert_eq!(
         cfg.devices.framebuffer_dir.host_dir,
