@@ -42,12 +42,19 @@ fn jailed_uid(state: &Path, phone_id: &str, pid: &str) -> u32 {
         );
     }
     use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(state.join("phones").join(phone_id))
-        .unwrap()
-        .uid();
+    let dir = std::fs::metadata(state.join("phones").join(phone_id)).unwrap();
     assert!(
-        uid >= 200_000 && owner == uid,
-        "phone uid {uid}, its directory's owner {owner}"
+        uid >= 200_000 && dir.gid() == uid && dir.uid() != uid && dir.mode() & 0o7777 == 0o1770,
+        "phone uid {uid}; its directory: owner {}, group {}, mode {:o}",
+        dir.uid(),
+        dir.gid(),
+        dir.mode()
+    );
+    let pid_file = std::fs::metadata(state.join("phones").join(phone_id).join("vmm.pid")).unwrap();
+    assert_ne!(
+        pid_file.uid(),
+        uid,
+        "the agent's pid file is not the phone's"
     );
     uid
 }
