@@ -200,6 +200,8 @@ pub struct Host {
     pub policy: OvercommitPolicy,
     /// `MemAvailable` its agent last measured; absent before the first measurement.
     pub mem_available_mib: Option<i64>,
+    /// Percent of its CPUs its agent last measured busy; absent before the first measurement.
+    pub cpu_busy_pct: Option<i64>,
     /// What its live phones are promised and what they use.
     pub load: HostUse,
 }

@@ -44,6 +44,19 @@ pub struct OvercommitPolicy {
     /// Memory the host keeps free: below it (as the agent measures `MemAvailable`) the host
     /// takes no new phones and its agent inflates the balloons of idle phones.
     pub reserve_mib: i64,
+    /// Measured CPU busy share (percent of all the host's CPUs, over the agent's last
+    /// heartbeat interval) above which the host takes no new phone: the vCPU ratio bounds
+    /// what phones may ask for, this bounds what they are really doing (a host whose phones
+    /// all run games is full at any ratio). 100 turns it off. Absent from older clients'
+    /// bodies, which get the default.
+    #[serde(default = "default_cpu_busy_limit_pct")]
+    pub cpu_busy_limit_pct: i64,
+}
+
+/// [`OvercommitPolicy::cpu_busy_limit_pct`] by default: leave a tenth of the host for its
+/// agent, encoders and the phones' bursts.
+fn default_cpu_busy_limit_pct() -> i64 {
+    90
 }
 
 impl Default for OvercommitPolicy {
@@ -52,6 +65,7 @@ impl Default for OvercommitPolicy {
             vcpu_pct: 500,
             memory_pct: 200,
             reserve_mib: 512,
+            cpu_busy_limit_pct: default_cpu_busy_limit_pct(),
         }
     }
 }
@@ -75,6 +89,12 @@ impl OvercommitPolicy {
             return Err(format!(
                 "memory reserve {} MiB is outside 0..=1048576",
                 self.reserve_mib
+            ));
+        }
+        if !(10..=100).contains(&self.cpu_busy_limit_pct) {
+            return Err(format!(
+                "CPU busy limit {} % is outside 10..=100 %",
+                self.cpu_busy_limit_pct
             ));
         }
         Ok(())
@@ -102,6 +122,8 @@ pub struct HostLoad {
     pub policy: OvercommitPolicy,
     /// `MemAvailable` the agent last measured; `None` before its first measurement.
     pub mem_available_mib: Option<i64>,
+    /// CPU busy percent the agent last measured; `None` before its first measurement.
+    pub cpu_busy_pct: Option<i64>,
     /// Nominal vCPUs of the live phones.
     pub used_vcpus: i64,
     /// Nominal memory of the live phones.
@@ -114,7 +136,7 @@ pub struct HostLoad {
 impl HostLoad {
     /// Whether one more phone of this size fits: a free slot, vCPUs and nominal memory within
     /// the overcommit policy, the phone's full size within what the live phones leave by use,
-    /// and the host not under memory pressure.
+    /// the host not under memory pressure, and its measured CPU use within the policy's limit.
     pub fn fits(&self, vcpus: i64, memory_mib: i64) -> bool {
         let p = &self.policy;
         self.phones < self.max_phones
@@ -124,11 +146,12 @@ impl HostLoad {
             && self
                 .mem_available_mib
                 .is_none_or(|a| a >= p.reserve_mib + memory_mib)
+            && self.cpu_busy_pct.is_none_or(|c| c <= p.cpu_busy_limit_pct)
     }
 }
 
-/// Picks the host with the most free phone slots (then memory by use) that fits one more
-/// phone of the given size; `None` when no host fits.
+/// Picks the host with the most free phone slots (then memory by use, then the least measured
+/// CPU use) that fits one more phone of the given size; `None` when no host fits.
 pub fn place(hosts: &[HostLoad], vcpus: i64, memory_mib: i64) -> Option<&HostLoad> {
     hosts
         .iter()
@@ -137,6 +160,7 @@ pub fn place(hosts: &[HostLoad], vcpus: i64, memory_mib: i64) -> Option<&HostLoa
             (
                 h.max_phones - h.phones,
                 h.memory_mib - h.counted_memory_mib,
+                std::cmp::Reverse(h.cpu_busy_pct.unwrap_or(0)),
                 std::cmp::Reverse(h.host_id.clone()),
             )
         })
@@ -219,8 +243,10 @@ mod tests {
                 vcpu_pct: 100,
                 memory_pct: 100,
                 reserve_mib: 0,
+                cpu_busy_limit_pct: 100,
             },
             mem_available_mib: None,
+            cpu_busy_pct: None,
             used_vcpus: phones * 2,
             used_memory_mib: mem_used,
             counted_memory_mib: mem_used,
@@ -248,6 +274,7 @@ mod tests {
             max_phones: 64,
             policy: OvercommitPolicy::default(),
             mem_available_mib: Some(18_000),
+            cpu_busy_pct: Some(30),
             used_vcpus: 2,
             used_memory_mib: 1024,
             counted_memory_mib: counted_memory_mib(1024, Some(300)),
@@ -324,6 +351,32 @@ mod tests {
             },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_host_busy_above_the_cpu_limit_takes_no_phone_and_busier_hosts_come_last() {
+        let mut busy = host("busy", 0, 0);
+        busy.policy.cpu_busy_limit_pct = 80;
+        busy.cpu_busy_pct = Some(81);
+        assert!(!busy.fits(1, 256), "81 % busy is above the 80 % limit");
+        busy.cpu_busy_pct = Some(80);
+        assert!(busy.fits(1, 256));
+        let mut calm = host("calm", 0, 0);
+        calm.cpu_busy_pct = Some(5);
+        assert_eq!(
+            place(&[busy.clone(), calm], 1, 256).unwrap().host_id,
+            "calm"
+        );
+        busy.cpu_busy_pct = Some(100);
+        busy.policy.cpu_busy_limit_pct = 100;
+        assert!(busy.fits(1, 256), "a 100 % limit never refuses");
+        for bad in [0, 9, 101] {
+            let p = OvercommitPolicy {
+                cpu_busy_limit_pct: bad,
+                ..Default::default()
+            };
+            assert!(p.validate().is_err(), "{p:?}");
         }
     }
 

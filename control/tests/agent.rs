@@ -39,7 +39,7 @@ impl Agent {
         flags: &[(&str, &str)],
     ) -> Agent {
         let root = std::fs::canonicalize(state).unwrap();
-        let join = common::enrol(s, "h1", &root.display().to_string(), 64).await;
+        let join = common::enrol_agent_host(s, "h1", &root.display().to_string(), 64).await;
         let args = [
             "agent",
             "--control",
@@ -530,7 +530,8 @@ async fn placement_by_use(kind: Kind) {
     let host_id = host["id"].as_str().unwrap().to_owned();
 
     // No overcommit: 2 vCPUs are taken by the big phone, so a bigger pool gets no phone.
-    let strict = json!({"vcpu_pct": 100, "memory_pct": 100, "reserve_mib": 0});
+    let strict =
+        json!({"vcpu_pct": 100, "memory_pct": 100, "reserve_mib": 0, "cpu_busy_limit_pct": 100});
     let h = ok(
         &s,
         "PUT",
@@ -570,7 +571,7 @@ async fn placement_by_use(kind: Kind) {
 
     // Memory pressure: a reserve larger than the host keeps the pool from growing even with
     // vCPUs to spare, and the agent asks every idle phone's balloon for half its memory.
-    let short = json!({"vcpu_pct": 2000, "memory_pct": 1000, "reserve_mib": 1 << 20});
+    let short = json!({"vcpu_pct": 2000, "memory_pct": 1000, "reserve_mib": 1 << 20, "cpu_busy_limit_pct": 100});
     ok(
         &s,
         "PUT",
@@ -606,7 +607,8 @@ async fn placement_by_use(kind: Kind) {
     );
 
     // Pressure gone: balloons give everything back and the pool grows to 9 small phones.
-    let relaxed = json!({"vcpu_pct": 2000, "memory_pct": 1000, "reserve_mib": 0});
+    let relaxed =
+        json!({"vcpu_pct": 2000, "memory_pct": 1000, "reserve_mib": 0, "cpu_busy_limit_pct": 100});
     ok(
         &s,
         "PUT",

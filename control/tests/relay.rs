@@ -110,7 +110,7 @@ async fn relay_streams_frames_and_forwards_input(pki: Option<Pki>) {
     profile(&s, "relayed", 1).await;
     let state = TempDir::new("agent-state");
     let root = std::fs::canonicalize(&state.0).unwrap();
-    let join = common::enrol(&s, "h1", &root.display().to_string(), 4).await;
+    let join = common::enrol_agent_host(&s, "h1", &root.display().to_string(), 4).await;
     let listen = format!("127.0.0.1:{}", free_port());
     let scheme = if pki.is_some() { "https" } else { "http" };
     let relay_url = format!("{scheme}://{listen}");

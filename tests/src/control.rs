@@ -111,12 +111,22 @@ impl ControlService {
     }
 
     /// Enrol host `name` (as the operator) with its agent's state root and caps; returns the
-    /// one-time join token for the agent's `--join-token`.
+    /// one-time join token for the agent's `--join-token`. Its policy's CPU busy limit is
+    /// lifted: the sandbox emulates its CPUs, so an agent in it measures them busy most of the
+    /// time, and these tests are about other things than CPU placement.
     pub fn enrol_host(&self, name: &str, state_root: &str, max_phones: u32) -> String {
         let body = json!({"name": name, "state_root": state_root, "vcpus": 4096,
                           "memory_mib": 64 << 20, "max_phones": max_phones});
         let (code, v) = self.call("POST", "/hosts", &self.admin, Some(body));
         assert_eq!(code, 201, "enrolling host {name}: {v}");
+        let policy = json!({"vcpu_pct": 500, "memory_pct": 200, "reserve_mib": 512,
+                            "cpu_busy_limit_pct": 100});
+        let path = format!(
+            "/hosts/{}/policy",
+            v["host"]["id"].as_str().expect("host id")
+        );
+        let (code, p) = self.call("PUT", &path, &self.admin, Some(policy));
+        assert_eq!(code, 200, "lifting host {name}'s CPU limit: {p}");
         v["join_token"].as_str().expect("join token").to_owned()
     }
 

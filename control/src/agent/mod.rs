@@ -202,6 +202,8 @@ struct Agent {
     /// Snapshots being written, by profile id: (the phone, the task). Heartbeats go on
     /// meanwhile; the phone is reported ready once its task ends.
     snapshotting: HashMap<String, (String, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    /// The host's CPU time at the previous measurement, for its busy share since then.
+    last_cpu: Option<usage::CpuSample>,
 }
 
 fn default_capacity() -> (u32, u32) {
@@ -324,6 +326,7 @@ pub async fn run(mut opts: AgentOptions) -> anyhow::Result<()> {
         relay,
         restore_failed: HashSet::new(),
         snapshotting: HashMap::new(),
+        last_cpu: None,
     };
     let mut interval = tokio::time::interval(Duration::from_millis(agent.opts.interval_ms.max(50)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -467,15 +470,23 @@ impl Agent {
             .collect()
     }
 
-    /// This host's available memory and each running VMM's private memory and CPU time.
-    fn measure(&self) -> HostUsage {
+    /// This host's available memory, its CPU busy share since the last measurement, and each
+    /// running VMM's private memory and CPU time.
+    fn measure(&mut self) -> HostUsage {
         let phones = self
             .phones
             .iter()
             .filter_map(|(id, l)| usage::measure_phone(id, l.running.as_ref()?.pid()?))
             .collect();
+        let cpu = usage::cpu_sample();
+        let cpu_busy_pct = self
+            .last_cpu
+            .zip(cpu)
+            .and_then(|(a, b)| usage::busy_pct(a, b));
+        self.last_cpu = cpu;
         HostUsage {
             mem_available_mib: usage::mem_available_mib().unwrap_or(0),
+            cpu_busy_pct,
             phones,
         }
     }

@@ -28,6 +28,48 @@ fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// Cumulative CPU time of the whole host from the first (`cpu `) line of `/proc/stat`:
+/// `(busy, total)` ticks, busy being everything but idle and I/O wait. Two samples give the
+/// busy share in between ([`busy_pct`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuSample {
+    busy: u64,
+    total: u64,
+}
+
+/// Samples this host's CPU time now; `None` when `/proc/stat` is unreadable.
+pub fn cpu_sample() -> Option<CpuSample> {
+    parse_cpu_line(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// The `cpu ` line of a `/proc/stat` text: user nice system idle iowait irq softirq steal
+/// (guest time is already inside user and nice, so later fields are not added).
+fn parse_cpu_line(stat: &str) -> Option<CpuSample> {
+    let fields: Vec<u64> = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))?
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    if fields.len() < 5 {
+        return None;
+    }
+    let total = fields.iter().try_fold(0u64, |a, f| a.checked_add(*f))?;
+    Some(CpuSample {
+        busy: total - fields[3] - fields[4],
+        total,
+    })
+}
+
+/// Percent of the host's CPU time that was busy between two samples; `None` when no time
+/// passed (or the counters went backwards).
+pub fn busy_pct(earlier: CpuSample, later: CpuSample) -> Option<u64> {
+    let total = later.total.checked_sub(earlier.total).filter(|t| *t > 0)?;
+    let busy = later.busy.checked_sub(earlier.busy)?;
+    Some((busy * 100 / total).min(100))
+}
+
 /// Measures the VMM process `pid` of phone `id`; `None` when it is gone or unreadable. A
 /// jailed VMM is the child of `pid` (its supervisor, outside the jail's pid namespace): both
 /// are counted.
@@ -86,6 +128,26 @@ mod tests {
         assert!(me.pss_mib > 0 && me.private_mib > 0, "{me:?}");
         assert!(mem_available_mib().unwrap() > 0);
         assert_eq!(measure_phone("ph-x", i32::MAX), None);
+    }
+
+    #[test]
+    fn cpu_busy_share_comes_from_two_samples() {
+        let a = parse_cpu_line("cpu  100 0 100 700 100 0 0 0 50 0\ncpu0 1 2 3 4 5\n").unwrap();
+        let b = parse_cpu_line("cpu  250 0 150 850 150 0 0 0 90 0\n").unwrap();
+        // 200 busy ticks of 400: user 150 + system 50 against idle 150 + iowait 50.
+        assert_eq!(busy_pct(a, b), Some(50));
+        assert_eq!(busy_pct(a, a), None, "no time passed");
+        assert_eq!(busy_pct(b, a), None, "counters went backwards");
+        assert_eq!(parse_cpu_line("cpu0 1 2 3 4 5\n"), None);
+        assert_eq!(parse_cpu_line("cpu  1 x 3 4 5\n"), None);
+        assert_eq!(parse_cpu_line("cpu  1 2 3\n"), None);
+        let before = cpu_sample().expect("own /proc/stat");
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let pct = busy_pct(before, cpu_sample().unwrap()).expect("time passed while spinning");
+        assert!(pct > 0 && pct <= 100, "{pct}");
     }
 
     #[test]

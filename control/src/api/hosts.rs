@@ -309,6 +309,9 @@ fn checked_usage(u: &HostUsage) -> Result<&HostUsage, Error> {
         0,
         MAX_MEASURED_MIB,
     )?;
+    if let Some(busy) = u.cpu_busy_pct {
+        extract::range("usage.cpu_busy_pct", busy, 0, 100)?;
+    }
     for p in &u.phones {
         if !crate::ids::is_id(&p.id, "ph") {
             return Err(Error::Invalid(format!(

@@ -121,6 +121,9 @@ pub enum HostsCmd {
         /// Available memory below which the host takes no phone and reclaims from idle ones.
         #[arg(long, default_value_t = OvercommitPolicy::default().reserve_mib)]
         reserve_mib: i64,
+        /// Measured CPU busy percent above which the host takes no phone (100: never).
+        #[arg(long, default_value_t = OvercommitPolicy::default().cpu_busy_limit_pct)]
+        cpu_busy_limit_pct: i64,
     },
 }
 
@@ -281,11 +284,13 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 vcpu_pct,
                 memory_pct,
                 reserve_mib,
+                cpu_busy_limit_pct,
             }) => {
                 let policy = OvercommitPolicy {
                     vcpu_pct,
                     memory_pct,
                     reserve_mib,
+                    cpu_busy_limit_pct,
                 };
                 let h: Host = s
                     .client
@@ -462,6 +467,7 @@ fn show_hosts(s: &Session, v: &[Host]) -> anyhow::Result<()> {
         "memory committed",
         "memory used",
         "available",
+        "cpu busy",
         "policy",
         "heartbeat",
     ];
@@ -477,9 +483,13 @@ fn show_hosts(s: &Session, v: &[Host]) -> anyhow::Result<()> {
             format!("{} MiB", l.used_memory_mib),
             h.mem_available_mib
                 .map_or("-".into(), |m| format!("{m} MiB")),
+            h.cpu_busy_pct.map_or("-".into(), |c| format!("{c}%")),
             format!(
-                "vcpu {}%, mem {}%, reserve {} MiB",
-                h.policy.vcpu_pct, h.policy.memory_pct, h.policy.reserve_mib
+                "vcpu {}%, mem {}%, reserve {} MiB, cpu busy <= {}%",
+                h.policy.vcpu_pct,
+                h.policy.memory_pct,
+                h.policy.reserve_mib,
+                h.policy.cpu_busy_limit_pct
             ),
             ms(h.last_heartbeat_ms),
         ]

@@ -11,4 +11,8 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/0007_placement_by_use.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/0009_placement_by_cpu.sql"),
+    ),
 ];

@@ -13,7 +13,8 @@ use crate::wire::hosts::HostUsage;
 const COLS: &str =
     "SELECT id, name, state, vcpus, memory_mib, max_phones, last_heartbeat_ms, created_ms, \
     vcpu_overcommit_pct, memory_overcommit_pct, memory_reserve_mib, mem_available_mib, \
-    state_root, cap_vcpus, cap_memory_mib, cap_max_phones FROM hosts";
+    state_root, cap_vcpus, cap_memory_mib, cap_max_phones, cpu_busy_limit_pct, cpu_busy_pct \
+    FROM hosts";
 
 fn decode(r: &Row, uses: &HashMap<String, HostUse>) -> Result<Host> {
     let id = r.text(0)?;
@@ -31,8 +32,10 @@ fn decode(r: &Row, uses: &HashMap<String, HostUse>) -> Result<Host> {
             vcpu_pct: r.int(8)?,
             memory_pct: r.int(9)?,
             reserve_mib: r.int(10)?,
+            cpu_busy_limit_pct: r.int(16)?,
         },
         mem_available_mib: r.opt_int(11)?,
+        cpu_busy_pct: r.opt_int(17)?,
         state_root: r.text(12)?,
         cap_vcpus: r.int(13)?,
         cap_memory_mib: r.int(14)?,
@@ -225,20 +228,32 @@ pub async fn list(tx: &mut Tx) -> Result<Vec<Host>> {
 pub async fn set_policy(tx: &mut Tx, id: &str, p: &OvercommitPolicy) -> Result<Host> {
     get(tx, id).await?;
     tx.execute(
-        "UPDATE hosts SET vcpu_overcommit_pct = ?, memory_overcommit_pct = ?, memory_reserve_mib = ? WHERE id = ?",
-        &[p.vcpu_pct.into(), p.memory_pct.into(), p.reserve_mib.into(), id.into()],
+        "UPDATE hosts SET vcpu_overcommit_pct = ?, memory_overcommit_pct = ?, memory_reserve_mib = ?, \
+         cpu_busy_limit_pct = ? WHERE id = ?",
+        &[
+            p.vcpu_pct.into(),
+            p.memory_pct.into(),
+            p.reserve_mib.into(),
+            p.cpu_busy_limit_pct.into(),
+            id.into(),
+        ],
     )
     .await?;
     get(tx, id).await
 }
 
-/// Stores what a host's agent measured: its available memory and, for each of ITS phones,
-/// private memory and CPU time. Measurements naming another host's phone change nothing.
+/// Stores what a host's agent measured: its available memory, its CPU busy share (kept from
+/// the last heartbeat that had one) and, for each of ITS phones, private memory and CPU time.
+/// Measurements naming another host's phone change nothing.
 pub async fn record_usage(tx: &mut Tx, id: &str, usage: &HostUsage) -> Result<()> {
     let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     tx.execute(
-        "UPDATE hosts SET mem_available_mib = ? WHERE id = ?",
-        &[int(usage.mem_available_mib).into(), id.into()],
+        "UPDATE hosts SET mem_available_mib = ?, cpu_busy_pct = COALESCE(?, cpu_busy_pct) WHERE id = ?",
+        &[
+            int(usage.mem_available_mib).into(),
+            usage.cpu_busy_pct.map(int).into(),
+            id.into(),
+        ],
     )
     .await?;
     for p in &usage.phones {
@@ -272,6 +287,7 @@ pub async fn loads(tx: &mut Tx) -> Result<Vec<HostLoad>> {
                 max_phones: h.max_phones,
                 policy: h.policy,
                 mem_available_mib: h.mem_available_mib,
+                cpu_busy_pct: h.cpu_busy_pct,
                 used_vcpus: h.load.committed_vcpus,
                 used_memory_mib: h.load.committed_memory_mib,
                 counted_memory_mib: h.load.counted_memory_mib,

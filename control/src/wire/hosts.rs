@@ -88,6 +88,10 @@ pub struct Heartbeat {
 pub struct HostUsage {
     /// `MemAvailable` of the host, in MiB.
     pub mem_available_mib: u64,
+    /// Percent of all the host's CPUs busy (not idle or waiting for I/O) since the agent's
+    /// previous heartbeat; absent on the first one and from agents that do not measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_busy_pct: Option<u64>,
     /// Each running phone's VMM.
     pub phones: Vec<PhoneUsage>,
 }

@@ -285,9 +285,28 @@ pub async fn lease_phone(s: &Server, token: &str, profile: &str) -> Value {
 
 /// Enrols host `name` with state root `root` and caps as the admin; returns its join token.
 pub async fn enrol(s: &Server, name: &str, root: &str, max_phones: u32) -> String {
+    enrolment(s, name, root, max_phones).await["join_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `POST /hosts` as the admin: the enrolled host and its join token.
+async fn enrolment(s: &Server, name: &str, root: &str, max_phones: u32) -> Value {
     let body = json!({"name": name, "state_root": root, "vcpus": 1024, "memory_mib": 1 << 20,
                       "max_phones": max_phones});
-    let v = ok(s, "POST", "/hosts", &s.admin, Some(body), 201).await;
+    ok(s, "POST", "/hosts", &s.admin, Some(body), 201).await
+}
+
+/// Like [`enrol`] for a host a real agent will run on: its policy's CPU busy limit lifted,
+/// because the agent measures this shared, busy test machine and would otherwise refuse
+/// phones whenever other tests load the CPUs (`placement.rs` tests the limit itself).
+pub async fn enrol_agent_host(s: &Server, name: &str, root: &str, max_phones: u32) -> String {
+    let v = enrolment(s, name, root, max_phones).await;
+    let policy =
+        json!({"vcpu_pct": 500, "memory_pct": 200, "reserve_mib": 512, "cpu_busy_limit_pct": 100});
+    let path = format!("/hosts/{}/policy", v["host"]["id"].as_str().unwrap());
+    ok(s, "PUT", &path, &s.admin, Some(policy), 200).await;
     v["join_token"].as_str().unwrap().to_owned()
 }
 

@@ -60,12 +60,13 @@ export async function operatorPage(main) {
         : "no utilisation samples yet";
       // Committed: what the host's phones are promised; used: what they measurably take.
       hostsBox.replaceChildren(table(["Host", "State", "Phones", "vCPUs committed", "Memory committed",
-        "Memory used", "Available", "Last heartbeat"],
+        "Memory used", "Available", "CPU busy", "Last heartbeat"],
         hosts.map((x) => [x.name, x.state, `${x.load.phones} / ${x.max_phones}`,
           `${x.load.committed_vcpus} / ${x.vcpus} (max ${x.policy.vcpu_pct} %)`,
           `${x.load.committed_memory_mib} / ${x.memory_mib} MiB (max ${x.policy.memory_pct} %)`,
           `${x.load.used_memory_mib} MiB`,
           x.mem_available_mib == null ? "-" : `${x.mem_available_mib} MiB`,
+          x.cpu_busy_pct == null ? "-" : `${x.cpu_busy_pct} % (max ${x.policy.cpu_busy_limit_pct} %)`,
           `${Math.round((Date.now() - x.last_heartbeat_ms) / 1000)} s ago`])));
       phonesBox.replaceChildren(table(["Phone", "Profile", "Host", "State", ""],
         phones.map((p) => [p.id, p.profile_id, p.host_id, p.state,

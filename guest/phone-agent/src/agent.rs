@@ -58,9 +58,12 @@ pub fn run() -> anyhow::Result<()> {
     reporter.line(&report::ready_line(w, h));
     reporter.line(&report::screen_line(ui.screen()));
     let mut genid = GenIdWatcher::new(Path::new(identity::DEV_MEM), identity::VMGENID_ADDR);
+    // The first id is this boot's; every later change is a restore.
+    let mut booted = false;
     loop {
         if let Some(id) = genid.changed() {
-            take_identity(&id, &mut reporter, report_port);
+            take_identity(&id, booted, &mut reporter, report_port);
+            booted = true;
         }
         let (secs, nanos) = clock::realtime();
         let to_minute = if ui.screen_on() {
@@ -105,15 +108,30 @@ pub fn run() -> anyhow::Result<()> {
 /// How often the VM generation id is read (a restored clone takes its identity within this).
 const GENID_POLL_MS: i32 = 1000;
 
-/// A new VM generation id: this is a new copy of the phone. It takes a hostname of its own and
-/// reopens its report port (the host side is a new file for a clone), then says so.
-fn take_identity(id: &[u8; 16], reporter: &mut Reporter, report_port: Option<&str>) {
+/// A new VM generation id: this is a new copy of the phone. It takes a hostname of its own,
+/// after a restore (`restored`) the MACs its VMM now offers, and reopens its report port (the
+/// host side is a new file for a clone), then says so.
+fn take_identity(
+    id: &[u8; 16],
+    restored: bool,
+    reporter: &mut Reporter,
+    report_port: Option<&str>,
+) {
     let name = identity::hostname(id);
     if let Err(e) = identity::set_hostname(&name) {
         tracing::warn!("setting the hostname {name}: {e}");
     }
+    if restored {
+        match identity::rebind_nics(Path::new(identity::VIRTIO_NET_DRIVER)) {
+            Ok(n) => tracing::info!("rebound {n} virtio-net device(s) to take their new MACs"),
+            // No virtio_net driver directory: a phone without a NIC.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("rebinding virtio-net for the clone's MAC: {e}"),
+        }
+    }
     *reporter = Reporter::open(report_port);
-    reporter.line(&identity::identity_line(id));
+    let macs = identity::nic_macs(Path::new(identity::CLASS_NET));
+    reporter.line(&identity::identity_line(id, &macs, identity::local_cid()));
     tracing::info!("VM generation id changed: now {name}");
 }
 

@@ -25,7 +25,7 @@
 //! * Shell: vsock port 5555, one command per line, answered by its output then `EXIT <code>`.
 //! * Report lines (see [`report`]): `PHONE_READY width=W height=H`,
 //!   `SCREEN app=home|paint|info|clock`, `INPUT t_us=.. kind=touch|key .. frame_us=..`,
-//!   `POWER_OFF reason=power-button`, `IDENTITY vmgenid=<hex> hostname=<name>` (at start and
+//!   `POWER_OFF reason=power-button`, `IDENTITY vmgenid=<hex> hostname=<name> mac=<macs> cid=<n>` (at start and
 //!   whenever the VM generation id changes: the phone is a new clone of a snapshot, see
 //!   [`identity`]).
 //! * The ACPI power button (input device "Power Button", needs the kernel's `button` module)

@@ -5,7 +5,7 @@
 //! * `INPUT t_us=<T> kind=touch slot=<S> action=<down|move|up> x=<X> y=<Y> frame_us=<F>`
 //! * `INPUT t_us=<T> kind=key key=<HOME|BACK|APPSWITCH|POWER|VOLUMEUP|VOLUMEDOWN> down=<0|1> frame_us=<F>`
 //! * `POWER_OFF reason=power-button` just before the agent powers the phone off;
-//! * `IDENTITY vmgenid=<32 hex> hostname=<name>` at start and after each restore (a clone).
+//! * `IDENTITY vmgenid=<32 hex> hostname=<name> mac=<macs|none> cid=<n|none>` at start and after each restore (a clone).
 //!
 //! `T` is the kernel's CLOCK_MONOTONIC timestamp of the input frame in µs (evdev clock set to
 //! monotonic), `F` the µs spent drawing and flushing the frame that input produced.
