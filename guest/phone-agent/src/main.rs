@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         cloudphone_phone_agent::supervisor::become_child_if_pid1();
     }
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(cloudphone_phone_agent::adbd::logs::TeeWriter)
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
