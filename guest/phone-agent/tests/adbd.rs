@@ -4,7 +4,6 @@
 //! the tier-2 test drives the real UI.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -17,6 +16,7 @@ use cloudphone_adb::packet::{self, Packet};
 use cloudphone_adb::{preamble, shell as v2};
 use cloudphone_phone_agent::adbd::{self, Config, Phone};
 use cloudphone_phone_agent::input::evdev::{Input, TouchAction};
+use cloudphone_tests::adb::{preamble_bridge, text, AdbClient};
 
 /// Records what adbd asks of the phone.
 #[derive(Default)]
@@ -93,137 +93,44 @@ fn scratch_phone(name: &str) -> (Device, Arc<Config>) {
 
 fn start_device(name: &str, keys: Vec<AdbPublicKey>) -> Device {
     let (device, config) = scratch_phone(name);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let wire = preamble::encode(&keys).unwrap();
-    let device = Device { port, ..device };
-    std::thread::spawn(move || {
-        for tcp in listener.incoming().flatten() {
-            let (mut host, guest) = UnixStream::pair().unwrap();
-            let config = config.clone();
-            std::thread::spawn(move || adbd::serve(guest, &config));
-            host.write_all(&wire).unwrap();
-            relay(tcp, host);
-        }
-    });
-    device
+    let port = preamble_bridge(&keys, move || {
+        let (host, guest) = UnixStream::pair()?;
+        let config = config.clone();
+        std::thread::spawn(move || adbd::serve(guest, &config));
+        Ok(host)
+    })
+    .unwrap();
+    Device { port, ..device }
 }
 
-/// Copies bytes both ways until either side closes.
-fn relay(tcp: TcpStream, unix: UnixStream) {
-    let (mut t2, mut u2) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
-    let (mut tcp, mut unix) = (tcp, unix);
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut t2, &mut u2);
-        let _ = u2.shutdown(std::net::Shutdown::Both);
-    });
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut unix, &mut tcp);
-        let _ = tcp.shutdown(std::net::Shutdown::Both);
-    });
+/// `adb -s SERIAL args...`, which must run.
+fn on(client: &AdbClient, args: &[&str]) -> Output {
+    client.on(args).unwrap()
 }
 
-/// A private adb server (own HOME and port), killed on drop.
-struct Adb {
-    home: PathBuf,
-    server_port: u16,
-    serial: String,
-}
-
-impl Adb {
-    fn new(name: &str, device_port: u16) -> Adb {
-        let home = scratch(&format!("home-{name}"));
-        std::fs::create_dir_all(home.join(".android")).unwrap();
-        let server_port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let adb = Adb {
-            home,
-            server_port,
-            serial: format!("127.0.0.1:{device_port}"),
-        };
-        let key = adb.home.join(".android/adbkey");
-        let out = adb.run(&["keygen", key.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "adb keygen (is Debian's `adb` installed?): {out:?}"
-        );
-        adb
-    }
-
-    fn public_key(&self) -> AdbPublicKey {
-        let line = std::fs::read(self.home.join(".android/adbkey.pub")).unwrap();
-        AdbPublicKey::from_pub_line(&line).unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("adb")
-            .env("HOME", &self.home)
-            .env("ANDROID_ADB_SERVER_PORT", self.server_port.to_string())
-            .env_remove("ADB_VENDOR_KEYS")
-            .args(args)
-            .output()
-            .expect("running adb (apt-get install adb)")
-    }
-
-    /// `adb -s SERIAL args...`
-    fn on(&self, args: &[&str]) -> Output {
-        let mut all = vec!["-s", self.serial.as_str()];
-        all.extend_from_slice(args);
-        self.run(&all)
-    }
-
-    /// `adb connect`; returns its message.
-    fn connect(&self) -> String {
-        text(&self.run(&["connect", &self.serial]).stdout)
-    }
-
-    /// Waits for the device to come online; returns the final `get-state` output.
-    fn wait_online(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let state = self.on(&["get-state"]);
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&state.stdout),
-                String::from_utf8_lossy(&state.stderr)
-            );
-            if text.trim() == "device" || Instant::now() > deadline {
-                return text;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Adb {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// A client with its own HOME under the scratch dir.
+fn client(device: &Device, name: &str) -> AdbClient {
+    AdbClient::new(&device.dir.join(format!("home-{name}")), device.port).unwrap()
 }
 
 #[test]
 fn debian_adb_client_shell_push_pull_screencap_input_install_and_refused_key() {
-    let mut adb = Adb::new("owner", 0);
-    let device = start_device("client", vec![adb.public_key()]);
+    let mut adb = AdbClient::new(&scratch("owner"), 0).unwrap();
+    let device = start_device("client", vec![adb.public_key().unwrap()]);
     adb.serial = format!("127.0.0.1:{}", device.port);
-    assert!(adb.connect().contains("connected to"));
-    assert_eq!(adb.wait_online().trim(), "device");
+    assert!(adb.connect().unwrap().contains("connected to"));
+    assert_eq!(
+        adb.wait_online(Duration::from_secs(15)).unwrap().trim(),
+        "device"
+    );
 
     // shell v2: stdout, stderr and the exit code come back separately.
-    let out = adb.on(&["shell", "echo hello"]);
+    let out = on(&adb, &["shell", "echo hello"]);
     assert_eq!(
         (text(&out.stdout).as_str(), out.status.code()),
         ("hello\n", Some(0))
     );
-    let out = adb.on(&["shell", "echo oops >&2; exit 3"]);
+    let out = on(&adb, &["shell", "echo oops >&2; exit 3"]);
     assert_eq!(
         (text(&out.stderr).as_str(), out.status.code()),
         ("oops\n", Some(3))
@@ -236,37 +143,46 @@ fn debian_adb_client_shell_push_pull_screencap_input_install_and_refused_key() {
     let local = device.dir.join("big.bin");
     std::fs::write(&local, &big).unwrap();
     let remote = device.dir.join("data/local/tmp/big.bin");
-    let out = adb.on(&["push", local.to_str().unwrap(), remote.to_str().unwrap()]);
+    let out = on(
+        &adb,
+        &["push", local.to_str().unwrap(), remote.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{out:?}");
     assert!(
         std::fs::read(&remote).unwrap() == big,
         "pushed bytes differ"
     );
     let back = device.dir.join("back.bin");
-    let out = adb.on(&["pull", remote.to_str().unwrap(), back.to_str().unwrap()]);
+    let out = on(
+        &adb,
+        &["pull", remote.to_str().unwrap(), back.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{out:?}");
     assert!(std::fs::read(&back).unwrap() == big, "pulled bytes differ");
 
     // Outside the roots: refused, nothing written.
-    let out = adb.on(&[
-        "push",
-        local.to_str().unwrap(),
-        device.dir.join("escaped.bin").to_str().unwrap(),
-    ]);
+    let out = on(
+        &adb,
+        &[
+            "push",
+            local.to_str().unwrap(),
+            device.dir.join("escaped.bin").to_str().unwrap(),
+        ],
+    );
     assert!(
         !out.status.success() && text(&out.stdout).contains("outside the allowed"),
         "{out:?}"
     );
     assert!(!device.dir.join("escaped.bin").exists());
-    let out = adb.on(&["pull", "/etc/passwd", back.to_str().unwrap()]);
+    let out = on(&adb, &["pull", "/etc/passwd", back.to_str().unwrap()]);
     assert!(!out.status.success(), "{out:?}");
 
     // screencap and input.
-    let out = adb.on(&["exec-out", "screencap -p"]);
+    let out = on(&adb, &["exec-out", "screencap -p"]);
     assert_eq!(out.stdout, screen_png());
-    let out = adb.on(&["shell", "input tap 100 200"]);
+    let out = on(&adb, &["shell", "input tap 100 200"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let out = adb.on(&["shell", "input keyevent KEYCODE_BACK"]);
+    let out = on(&adb, &["shell", "input keyevent KEYCODE_BACK"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let touch = |action| Input::Touch {
         slot: 0,
@@ -280,7 +196,7 @@ fn debian_adb_client_shell_push_pull_screencap_input_install_and_refused_key() {
         [touch(TouchAction::Down), touch(TouchAction::Up)]
     );
     assert_eq!(recorded.len(), 4);
-    let out = adb.on(&["shell", "input tap 5000 1"]);
+    let out = on(&adb, &["shell", "input tap 5000 1"]);
     assert!(
         out.status.code() == Some(1) && text(&out.stderr).contains("off the"),
         "{out:?}"
@@ -308,11 +224,15 @@ fn debian_adb_client_shell_push_pull_screencap_input_install_and_refused_key() {
     // adb 29 pushes to /data/local/tmp; the test's /data is a scratch directory, so point
     // `pm install` there ourselves the same way adb does (push, then pm install).
     let staged = device.dir.join("data/local/tmp/demo.apk");
-    assert!(adb
-        .on(&["push", apk.to_str().unwrap(), staged.to_str().unwrap()])
-        .status
-        .success());
-    let out = adb.on(&["shell", &format!("pm 'install' '{}'", staged.display())]);
+    let out = on(
+        &adb,
+        &["push", apk.to_str().unwrap(), staged.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = on(
+        &adb,
+        &["shell", &format!("pm 'install' '{}'", staged.display())],
+    );
     assert_eq!(
         (text(&out.stdout).as_str(), out.status.code()),
         ("Success\n", Some(0)),
@@ -322,10 +242,11 @@ fn debian_adb_client_shell_push_pull_screencap_input_install_and_refused_key() {
         .dir
         .join("data/app/org.example.demo/bin/run")
         .exists());
-    let out = adb.on(&["shell", "pm list packages"]);
+    let out = on(&adb, &["shell", "pm list packages"]);
     assert_eq!(text(&out.stdout), "package:org.example.demo\n");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !text(&adb.on(&["logcat", "-d"]).stdout).contains("app/org.example.demo: hello-from-app")
+    while !text(&on(&adb, &["logcat", "-d"]).stdout)
+        .contains("app/org.example.demo: hello-from-app")
     {
         assert!(
             Instant::now() < deadline,
@@ -334,37 +255,40 @@ fn debian_adb_client_shell_push_pull_screencap_input_install_and_refused_key() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::fs::write(device.dir.join("data/local/tmp/bad.apk"), b"not a bundle").unwrap();
-    let out = adb.on(&[
-        "shell",
-        &format!(
-            "pm install {}",
-            device.dir.join("data/local/tmp/bad.apk").display()
-        ),
-    ]);
+    let out = on(
+        &adb,
+        &[
+            "shell",
+            &format!(
+                "pm install {}",
+                device.dir.join("data/local/tmp/bad.apk").display()
+            ),
+        ],
+    );
     assert!(
         text(&out.stderr).contains("INSTALL_FAILED_INVALID_APK") && out.status.code() == Some(1),
         "{out:?}"
     );
     assert_eq!(
-        text(&adb.on(&["shell", "echo still here"]).stdout),
+        text(&on(&adb, &["shell", "echo still here"]).stdout),
         "still here\n"
     );
 
-    adb.on(&["reboot"]);
+    on(&adb, &["reboot"]);
     assert!(device.phone.rebooted.load(Ordering::SeqCst));
 
     // A client whose key is not in the preamble never gets in.
-    let stranger = Adb::new("stranger", device.port);
+    let stranger = client(&device, "stranger");
     // adb 29 says "failed to authenticate" or, when the refusal comes after its reply,
     // "connected" with the device never online.
-    let said = stranger.connect();
+    let said = stranger.connect().unwrap();
     assert!(
         said.contains("failed to authenticate") || said.contains("connected"),
         "{said}"
     );
-    let state = stranger.on(&["get-state"]);
+    let state = on(&stranger, &["get-state"]);
     assert_ne!(text(&state.stdout).trim(), "device");
-    let out = stranger.on(&["shell", "echo in"]);
+    let out = on(&stranger, &["shell", "echo in"]);
     assert!(
         !out.status.success() && !text(&out.stdout).contains("in"),
         "{out:?}"

@@ -1,0 +1,153 @@
+//! adb helpers for tests and benchmarks: Debian's `adb` client with a private HOME, key and
+//! server port (killed on drop; the sandbox has a fresh /tmp, so nothing is shared), and a TCP
+//! bridge that prefixes every connection with the `CLOUDPHONE-ADB 1` key preamble, either to an
+//! in-process adbd or to a VMM's hybrid vsock socket (`CONNECT 5555`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cloudphone_adb::key::AdbPublicKey;
+use cloudphone_adb::preamble;
+
+/// An adb client with its own HOME (holding a fresh `~/.android/adbkey`) and server port.
+pub struct AdbClient {
+    home: PathBuf,
+    server_port: u16,
+    /// `127.0.0.1:PORT` of the device this client talks to.
+    pub serial: String,
+}
+
+/// Bytes as text, for assertions.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local TCP port")
+}
+
+impl AdbClient {
+    /// A client under `home` (created) for the device at `127.0.0.1:device_port`.
+    pub fn new(home: &Path, device_port: u16) -> Result<AdbClient> {
+        std::fs::create_dir_all(home.join(".android"))?;
+        let client = AdbClient {
+            home: home.to_path_buf(),
+            server_port: free_port(),
+            serial: format!("127.0.0.1:{device_port}"),
+        };
+        let key = home.join(".android/adbkey");
+        let out = client.run(&["keygen", &key.display().to_string()])?;
+        if !out.status.success() {
+            bail!("adb keygen failed: {out:?}");
+        }
+        Ok(client)
+    }
+
+    /// The client's public key, as the host would register it.
+    pub fn public_key(&self) -> Result<AdbPublicKey> {
+        let line = std::fs::read(self.home.join(".android/adbkey.pub"))?;
+        Ok(AdbPublicKey::from_pub_line(&line)?)
+    }
+
+    /// `adb args...` with this client's HOME and server port.
+    pub fn run(&self, args: &[&str]) -> Result<Output> {
+        Command::new("adb")
+            .env("HOME", &self.home)
+            .env("ANDROID_ADB_SERVER_PORT", self.server_port.to_string())
+            .env_remove("ADB_VENDOR_KEYS")
+            .env_remove("ANDROID_SERIAL")
+            .args(args)
+            .output()
+            .context("running Debian's adb (apt-get install adb)")
+    }
+
+    /// `adb -s SERIAL args...`
+    pub fn on(&self, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["-s", self.serial.as_str()];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
+    /// `adb connect`; returns its message.
+    pub fn connect(&self) -> Result<String> {
+        Ok(text(&self.run(&["connect", &self.serial])?.stdout))
+    }
+
+    /// Waits up to `timeout` for `get-state` to say `device`; returns the last state.
+    pub fn wait_online(&self, timeout: Duration) -> Result<String> {
+        let state = crate::poll(timeout, Duration::from_millis(200), || {
+            let s = text(&self.on(&["get-state"])?.stdout);
+            Ok((s.trim() == "device").then_some(s))
+        })?;
+        Ok(state.unwrap_or_else(|| "not online".into()))
+    }
+}
+
+impl Drop for AdbClient {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+/// Copies bytes both ways between two sockets until either side closes.
+pub fn relay(tcp: TcpStream, unix: UnixStream) -> Result<()> {
+    let (mut t2, mut u2) = (tcp.try_clone()?, unix.try_clone()?);
+    let (mut tcp, mut unix) = (tcp, unix);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut t2, &mut u2);
+        let _ = u2.shutdown(std::net::Shutdown::Both);
+    });
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut unix, &mut tcp);
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
+    });
+    Ok(())
+}
+
+/// Listens on a local TCP port; each connection gets a socket from `open`, the key preamble
+/// for `keys`, then its bytes relayed. Returns the port.
+pub fn preamble_bridge(
+    keys: &[AdbPublicKey],
+    open: impl Fn() -> Result<UnixStream> + Send + 'static,
+) -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let wire = preamble::encode(keys)?;
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let bridged = open().and_then(|mut unix| {
+                unix.write_all(&wire)?;
+                relay(tcp, unix)
+            });
+            if let Err(e) = bridged {
+                eprintln!("adb bridge: {e:#}");
+            }
+        }
+    });
+    Ok(port)
+}
+
+/// Opens guest vsock `port` through a VMM's hybrid vsock socket (`CONNECT`, `OK`).
+pub fn vsock_connect(uds: &Path, port: u32) -> Result<UnixStream> {
+    let mut s =
+        UnixStream::connect(uds).with_context(|| format!("connecting {}", uds.display()))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = Vec::new();
+    // Byte by byte: nothing after the OK line may be swallowed by a buffer.
+    let mut reader = BufReader::with_capacity(1, s.try_clone()?);
+    reader.read_until(b'\n', &mut line)?;
+    if !line.starts_with(b"OK ") {
+        bail!("vsock CONNECT {port}: {:?}", text(&line));
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
