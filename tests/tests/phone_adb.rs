@@ -19,7 +19,10 @@ fn debian_adb_drives_the_test_phone_over_vsock() {
     let image = cloudphone_tests::cache_dir().join("test-image");
     let dir = scratch_dir("phone-adb");
     let report = dir.join("hvc1.log");
-    let uds = dir.join("vsock.sock");
+    // Sockets live on the sandbox's tmpfs (its 9p shares cannot hold them); so do adb's HOMEs.
+    let tmp = std::env::temp_dir().join(format!("phone-adb-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let uds = tmp.join("vsock.sock");
     let args: Vec<String> = [
         "--boot-img".to_string(),
         image.join("boot.img").display().to_string(),
@@ -45,7 +48,7 @@ fn debian_adb_drives_the_test_phone_over_vsock() {
     vm.wait_for_line_in(&report, "SCREEN app=home", Duration::from_secs(240))
         .unwrap();
 
-    let mut adb = AdbClient::new(&dir.join("home-owner"), 0).unwrap();
+    let mut adb = AdbClient::new(&tmp.join("home-owner"), 0).unwrap();
     let port = preamble_bridge(&[adb.public_key().unwrap()], move || {
         vsock_connect(&uds, 5555)
     })
@@ -160,7 +163,7 @@ fn debian_adb_drives_the_test_phone_over_vsock() {
     );
 
     // A key the host did not name in the preamble never gets in.
-    let mut stranger = AdbClient::new(&dir.join("home-stranger"), port).unwrap();
+    let mut stranger = AdbClient::new(&tmp.join("home-stranger"), port).unwrap();
     stranger.serial = format!("127.0.0.1:{port}");
     let _ = stranger.connect().unwrap();
     let out = stranger.on(&["shell", "echo in"]).unwrap();
