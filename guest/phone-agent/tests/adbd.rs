@@ -180,6 +180,15 @@ fn debian_adb_client_shell_push_pull_screencap_input_install_and_refused_key() {
     // screencap and input.
     let out = on(&adb, &["exec-out", "screencap -p"]);
     assert_eq!(out.stdout, screen_png());
+    let shot = device.dir.join("sdcard/shot.png");
+    let out = on(
+        &adb,
+        &["shell", &format!("screencap -p {}", shot.display())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(std::fs::read(&shot).unwrap(), screen_png());
+    let out = on(&adb, &["shell", "screencap -p /etc/shot.png"]);
+    assert!(text(&out.stderr).contains("outside the allowed"), "{out:?}");
     let out = on(&adb, &["shell", "input tap 100 200"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let out = on(&adb, &["shell", "input keyevent KEYCODE_BACK"]);
@@ -438,6 +447,28 @@ fn hostile_clients_are_closed_and_good_ones_served() {
     let mut r = &stream[..];
     assert_eq!(v2::read(&mut r).unwrap(), (v2::ID_STDOUT, b"hi\n".to_vec()));
     assert_eq!(v2::read(&mut r).unwrap(), (v2::ID_EXIT, vec![4]));
+    // WRTEs without waiting for OKAY: that stream is closed, the connection lives on.
+    raw.send(Packet::new(packet::A_OPEN, 7, 0, b"shell:cat\0".to_vec()));
+    let okay = raw.recv().unwrap();
+    assert_eq!((okay.command, okay.arg1), (packet::A_OKAY, 7));
+    let local = okay.arg0;
+    for _ in 0..64 {
+        raw.send(Packet::new(packet::A_WRTE, 7, local, vec![b'x'; 60_000]));
+    }
+    let closed = std::iter::from_fn(|| raw.recv())
+        .find(|p| p.command == packet::A_CLSE)
+        .expect("the flooded stream is closed");
+    assert_eq!(closed.arg1, 7);
+    raw.send(Packet::new(
+        packet::A_OPEN,
+        8,
+        0,
+        b"shell:echo alive\0".to_vec(),
+    ));
+    let okay = std::iter::from_fn(|| raw.recv())
+        .find(|p| p.command == packet::A_OKAY && p.arg1 == 8)
+        .expect("the connection still serves new streams");
+    assert_ne!(okay.arg0, 0);
     let mut huge = Packet::new(packet::A_WRTE, 6, 1, vec![0u8; 16]).encode();
     huge[12..16].copy_from_slice(&(packet::MAX_PAYLOAD + 1).to_le_bytes());
     raw.conn.write_all(&huge).unwrap();

@@ -8,7 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::exec::Output;
-use super::{bundle, logs, Config};
+use std::os::unix::fs::OpenOptionsExt;
+
+use anyhow::Context;
+
+use super::{bundle, files, logs, Config};
 use crate::input::evdev::{Input, Key, TouchAction};
 
 /// A recognised built-in command line, split into words.
@@ -71,10 +75,11 @@ pub fn parse(line: &str) -> Option<Builtin> {
 pub fn run(builtin: Builtin, out: &Output, config: &Arc<Config>) -> i32 {
     let words: Vec<&str> = builtin.0.iter().map(String::as_str).collect();
     let result = match words.as_slice() {
-        ["screencap", rest @ ..] if rest.iter().all(|a| *a == "-p") => config
+        ["screencap", "-p"] | ["screencap"] => config
             .phone
             .screencap()
             .and_then(|png| Ok(out.stdout(&png)?)),
+        ["screencap", "-p", file] | ["screencap", file] => screencap_to(file, config),
         ["input", args @ ..] => input(args, config),
         ["pm", "install", .., path] => {
             return match bundle::install(path.as_bytes(), &config.roots, &config.apps_dir) {
@@ -101,13 +106,28 @@ pub fn run(builtin: Builtin, out: &Output, config: &Arc<Config>) -> i32 {
             out.stdout(format!("Physical size: {w}x{h}\n").as_bytes()).map_err(Into::into)
         }
         _ => Err(anyhow::anyhow!(
-            "usage: screencap [-p] | input tap X Y | input swipe X1 Y1 X2 Y2 [MS] | input keyevent KEY... | pm install FILE.apk | pm list packages | logcat [-d|-c] | wm size"
+            "usage: screencap [-p] [FILE] | input tap X Y | input swipe X1 Y1 X2 Y2 [MS] | input keyevent KEY... | pm install FILE.apk | pm list packages | logcat [-d|-c] | wm size"
         )),
     };
     match result {
         Ok(()) => 0,
         Err(e) => reply(out, &format!("{}: {e:#}\n", words[0]), 1),
     }
+}
+
+/// `screencap [-p] FILE`: the PNG into a file inside the sync roots (never through a symlink).
+fn screencap_to(file: &str, config: &Arc<Config>) -> anyhow::Result<()> {
+    let path = files::confine(file.as_bytes(), &config.roots).map_err(anyhow::Error::msg)?;
+    let png = config.phone.screencap()?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, &png)?;
+    Ok(())
 }
 
 /// Writes a final message (stdout for code 0, stderr otherwise) and returns the code.
