@@ -330,13 +330,16 @@ impl Raw {
         Packet::read_from(&mut self.conn, packet::MAX_PAYLOAD, false).ok()
     }
     fn cnxn(&mut self) -> Packet {
+        self.cnxn_reply().expect("AUTH TOKEN")
+    }
+    fn cnxn_reply(&mut self) -> Option<Packet> {
         self.send(Packet::new(
             packet::A_CNXN,
             packet::VERSION,
             packet::MAX_PAYLOAD,
             b"host::\0".to_vec(),
         ));
-        self.recv().expect("AUTH TOKEN")
+        self.recv()
     }
 }
 
@@ -391,6 +394,13 @@ fn hostile_clients_are_closed_and_good_ones_served() {
         }
     }
     assert_eq!(tokens, adbd::MAX_AUTH_ATTEMPTS);
+    let (mut raw, _d) = raw_device(std::slice::from_ref(&public), None);
+    let connects = std::iter::repeat_with(|| raw.cnxn_reply()).take_while(Option::is_some);
+    assert_eq!(
+        connects.count() as u32,
+        adbd::MAX_AUTH_ATTEMPTS,
+        "CNXN spam is cut off too"
+    );
 
     // An unknown key offered for a prompt: refused, closed.
     let (mut raw, _d) = raw_device(std::slice::from_ref(&public), None);

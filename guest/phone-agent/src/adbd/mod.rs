@@ -40,9 +40,13 @@ use stream::{send, PacketSink, Streams};
 pub const PORT: u32 = 5555;
 /// Connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 8;
-/// Failed AUTH SIGNATUREs per connection before it is closed (adb clients try each of their
-/// keys once, so a handful is plenty; more is a guessing attack).
+/// Failed AUTH SIGNATUREs (and CNXNs, each of which asks for a fresh token) per connection
+/// before it is closed (adb clients try each of their keys once, so a handful is plenty;
+/// more is a guessing attack).
 pub const MAX_AUTH_ATTEMPTS: u32 = 10;
+/// Time from the preamble to a successful AUTH; a client silent longer is dropped (it would
+/// otherwise hold one of the few connection slots forever).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Features we implement and advertise in the CNXN banner.
 const FEATURES: &str = "shell_v2";
 
@@ -194,7 +198,7 @@ pub fn serve(conn: UnixStream, config: &Arc<Config>) -> anyhow::Result<()> {
     let mut reader = conn.try_clone()?;
     let keys = preamble::read(&mut reader, Instant::now() + preamble::TIMEOUT)
         .context("reading the host's key preamble")?;
-    conn.set_read_timeout(None)?;
+    conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let sink: PacketSink = Arc::new(Mutex::new(
         Box::new(conn.try_clone()?) as Box<dyn Write + Send>
     ));
@@ -221,6 +225,7 @@ struct Session {
 impl Session {
     fn run(&self, reader: &mut UnixStream) -> anyhow::Result<()> {
         let max_payload = self.authenticate(reader)?;
+        reader.set_read_timeout(None)?;
         let mut next_local: u32 = 1;
         loop {
             let p = Packet::read_from(reader, max_payload, false)?;
@@ -260,11 +265,15 @@ impl Session {
     fn authenticate(&self, reader: &mut UnixStream) -> anyhow::Result<u32> {
         let mut client_max = None;
         let mut token = [0u8; TOKEN_LEN];
-        let mut attempts = 0;
+        let (mut attempts, mut connects) = (0, 0);
         loop {
             let p = Packet::read_from(reader, packet::MAX_PAYLOAD_BEFORE_CONNECT, true)?;
             match (p.command, p.arg0) {
                 (packet::A_CNXN, version) => {
+                    connects += 1;
+                    if connects > MAX_AUTH_ATTEMPTS {
+                        anyhow::bail!("{connects} CNXN messages without authenticating; closing");
+                    }
                     if version < packet::VERSION_MIN {
                         anyhow::bail!(
                             "adb client speaks protocol {version:#x}, older than {:#x}",
