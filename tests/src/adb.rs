@@ -57,23 +57,24 @@ impl AdbClient {
         Ok(AdbPublicKey::from_pub_line(&line)?)
     }
 
-    /// `adb args...` with this client's HOME and server port.
-    pub fn run(&self, args: &[&str]) -> Result<Output> {
-        Command::new("adb")
-            .env("HOME", &self.home)
+    /// An `adb -s SERIAL` command with this client's HOME and server port, to add arguments
+    /// and stdio to.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("adb");
+        c.env("HOME", &self.home)
             .env("ANDROID_ADB_SERVER_PORT", self.server_port.to_string())
             .env_remove("ADB_VENDOR_KEYS")
             .env_remove("ANDROID_SERIAL")
-            .args(args)
-            .output()
-            .context("running Debian's adb (apt-get install adb)")
+            .args(["-s", &self.serial]);
+        c
     }
 
-    /// `adb -s SERIAL args...`
-    pub fn on(&self, args: &[&str]) -> Result<Output> {
-        let mut all = vec!["-s", self.serial.as_str()];
-        all.extend_from_slice(args);
-        self.run(&all)
+    /// `adb -s SERIAL args...` with this client's HOME and server port.
+    pub fn run(&self, args: &[&str]) -> Result<Output> {
+        let mut c = self.command();
+        c.args(args)
+            .output()
+            .context("running Debian's adb (apt-get install adb)")
     }
 
     /// `adb connect`; returns its message.
@@ -84,7 +85,7 @@ impl AdbClient {
     /// Waits up to `timeout` for `get-state` to say `device`; returns the last state.
     pub fn wait_online(&self, timeout: Duration) -> Result<String> {
         let state = crate::poll(timeout, Duration::from_millis(200), || {
-            let s = text(&self.on(&["get-state"])?.stdout);
+            let s = text(&self.run(&["get-state"])?.stdout);
             Ok((s.trim() == "device").then_some(s))
         })?;
         Ok(state.unwrap_or_else(|| "not online".into()))

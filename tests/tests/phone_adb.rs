@@ -58,7 +58,7 @@ fn debian_adb_drives_the_test_phone_over_vsock() {
     assert!(said.contains("connected to"), "{said}");
     let state = adb.wait_online(Duration::from_secs(30)).unwrap();
     assert_eq!(state.trim(), "device", "{}", vm.diagnostics());
-    let on = |args: &[&str]| adb.on(args).unwrap();
+    let on = |args: &[&str]| adb.run(args).unwrap();
 
     let out = on(&["shell", "echo hello from $(uname -s)"]);
     assert_eq!(text(&out.stdout), "hello from Linux\n", "{out:?}");
@@ -144,7 +144,7 @@ fn debian_adb_drives_the_test_phone_over_vsock() {
     );
     let logged =
         cloudphone_tests::poll(Duration::from_secs(20), Duration::from_millis(300), || {
-            Ok(text(&adb.on(&["logcat", "-d"])?.stdout)
+            Ok(text(&adb.run(&["logcat", "-d"])?.stdout)
                 .contains("app/org.example.hello: hello from the app")
                 .then_some(()))
         })
@@ -166,7 +166,7 @@ fn debian_adb_drives_the_test_phone_over_vsock() {
     let mut stranger = AdbClient::new(&tmp.join("home-stranger"), port).unwrap();
     stranger.serial = format!("127.0.0.1:{port}");
     let _ = stranger.connect().unwrap();
-    let out = stranger.on(&["shell", "echo in"]).unwrap();
+    let out = stranger.run(&["shell", "echo in"]).unwrap();
     assert!(
         !out.status.success() && text(&out.stdout).trim() != "in",
         "{out:?}"

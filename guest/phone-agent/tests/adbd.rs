@@ -105,7 +105,7 @@ fn start_device(name: &str, keys: Vec<AdbPublicKey>) -> Device {
 
 /// `adb -s SERIAL args...`, which must run.
 fn on(client: &AdbClient, args: &[&str]) -> Output {
-    client.on(args).unwrap()
+    client.run(args).unwrap()
 }
 
 /// A client with its own HOME under the scratch dir.
@@ -176,6 +176,31 @@ fn debian_adb_client_shell_push_pull_screencap_input_install_and_refused_key() {
     assert!(!device.dir.join("escaped.bin").exists());
     let out = on(&adb, &["pull", "/etc/passwd", back.to_str().unwrap()]);
     assert!(!out.status.success(), "{out:?}");
+
+    // exec-in: the stream's end is stdin's end; the command still finishes its work.
+    let copied = device.dir.join("data/local/tmp/copied.bin");
+    let status = adb
+        .command()
+        .args(["exec-in", &format!("cat > {}", copied.display())])
+        .stdin(std::fs::File::open(&local).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // adb returns once it has sent everything; `cat` may still be writing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = std::fs::read(&copied).unwrap();
+        if got == big {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "exec-in wrote {} of {} bytes",
+            got.len(),
+            big.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // screencap and input.
     let out = on(&adb, &["exec-out", "screencap -p"]);

@@ -1,7 +1,8 @@
 //! Commands for `shell:` and `exec:`: the built-in phone commands ([`super::commands`]) or
 //! `/bin/sh -c` (busybox in the guest) in its own process group, with stdin, stdout and
-//! stderr pumped through the stream. The client closing the stream kills the group, so a
-//! command that never ends lasts only as long as the client waits for it.
+//! stderr pumped through the stream. The client closing the stream kills the group (a raw
+//! stream after [`RAW_CLOSE_GRACE`], as its close is also stdin's end), so a command that
+//! never ends lasts only as long as the client waits for it.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -13,6 +14,9 @@ use cloudphone_adb::shell as v2;
 use super::commands;
 use super::stream::{StreamReader, StreamWriter};
 use super::Config;
+
+/// After a raw (`shell:` v1 or `exec:`) stream is closed, how long its command may run on.
+const RAW_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How command output reaches the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +201,16 @@ fn watch_for_close(
                 }
             }
             closed.store(true, Ordering::SeqCst);
+            // A raw stream's close is also its stdin's end (`adb exec-in 'cat > f' < file`):
+            // the command gets EOF and a moment to finish before the group is killed.
+            drop(stdin);
             if let (Some(group), Some(finished)) = (group, finished) {
+                if framing != Framing::ShellV2 {
+                    let deadline = std::time::Instant::now() + RAW_CLOSE_GRACE;
+                    while !finished.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                }
                 if !finished.load(Ordering::SeqCst) {
                     // SAFETY: signals our own child's process group, which still exists.
                     unsafe { libc::kill(-group, libc::SIGKILL) };
