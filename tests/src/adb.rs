@@ -77,9 +77,20 @@ impl AdbClient {
             .context("running Debian's adb (apt-get install adb)")
     }
 
-    /// `adb connect`; returns its message.
+    /// `adb connect`; returns what it printed (stdout, then stderr).
     pub fn connect(&self) -> Result<String> {
-        Ok(text(&self.run(&["connect", &self.serial])?.stdout))
+        let out = self.run(&["connect", &self.serial])?;
+        Ok(text(&out.stdout) + &text(&out.stderr))
+    }
+
+    /// The tail of the adb server's log (`$TMPDIR/adb.<uid>.log`), for failure messages.
+    pub fn server_log() -> String {
+        let uid =
+            std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m));
+        let path = std::env::temp_dir().join(format!("adb.{uid}.log"));
+        let log =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| format!("{}: {e}", path.display()));
+        log[log.floor_char_boundary(log.len().saturating_sub(3000))..].to_string()
     }
 
     /// Waits up to `timeout` for `get-state` to say `device`; returns the last state.
