@@ -60,24 +60,40 @@ def bridge(open_stream, keys):
 
 
 class AdbClient:
-    """`adb` with its own HOME (fresh key) and server port; call kill() at the end."""
+    """`adb` with its own HOME (fresh key) and its own adb server on 127.0.0.1 (adb's
+    autostart connects to `localhost`, which may mean ::1, absent in the kvm-sandbox); call
+    kill() at the end."""
 
     def __init__(self):
         self.home = tempfile.mkdtemp(prefix="adb-home-")
         os.makedirs(f"{self.home}/.android")
+        subprocess.run(["adb", "keygen", f"{self.home}/.android/adbkey"], check=True,
+                       env=dict(os.environ, HOME=self.home), capture_output=True)
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.server_port = probe.getsockname()[1]
         probe.close()
+        self.server = subprocess.Popen(
+            ["adb", "-L", f"tcp:{self.server_port}", "server", "nodaemon"],
+            env=dict(os.environ, HOME=self.home), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.server_port)).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the adb server did not start")
+                time.sleep(0.05)
         self.serial = None
-        self.run("keygen", f"{self.home}/.android/adbkey")
 
     def key(self):
         with open(f"{self.home}/.android/adbkey.pub") as f:
             return f.read().split(" ")[0].strip()
 
     def run(self, *args, check=True, timeout=300):
-        env = dict(os.environ, HOME=self.home, ANDROID_ADB_SERVER_PORT=str(self.server_port))
+        env = dict(os.environ, HOME=self.home, ADB_SERVER_SOCKET=f"tcp:127.0.0.1:{self.server_port}")
         env.pop("ADB_VENDOR_KEYS", None)
         p = subprocess.run(["adb", *args], env=env, capture_output=True, timeout=timeout)
         if check and p.returncode != 0:
@@ -98,7 +114,8 @@ class AdbClient:
             time.sleep(0.2)
 
     def kill(self):
-        self.run("kill-server", check=False)
+        self.server.kill()
+        self.server.wait()
 
 
 def unix_connect(path):

@@ -7,17 +7,20 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cloudphone_adb::key::AdbPublicKey;
 use cloudphone_adb::preamble;
 
-/// An adb client with its own HOME (holding a fresh `~/.android/adbkey`) and server port.
+/// An adb client with its own HOME (holding a fresh `~/.android/adbkey`) and its own adb
+/// server, started by us on 127.0.0.1 (adb's autostart connects to `localhost`, which may mean
+/// ::1, absent in the sandbox) and killed on drop.
 pub struct AdbClient {
     home: PathBuf,
     server_port: u16,
+    server: Child,
     /// `127.0.0.1:PORT` of the device this client talks to.
     pub serial: String,
 }
@@ -38,15 +41,36 @@ impl AdbClient {
     /// A client under `home` (created) for the device at `127.0.0.1:device_port`.
     pub fn new(home: &Path, device_port: u16) -> Result<AdbClient> {
         std::fs::create_dir_all(home.join(".android"))?;
+        let key = home.join(".android/adbkey");
+        let keygen = Command::new("adb")
+            .env("HOME", home)
+            .arg("keygen")
+            .arg(&key)
+            .output()
+            .context("running Debian's adb (apt-get install adb)")?;
+        if !keygen.status.success() {
+            bail!("adb keygen failed: {keygen:?}");
+        }
+        let server_port = free_port();
+        let server = Command::new("adb")
+            .env("HOME", home)
+            .args(["-L", &format!("tcp:{server_port}"), "server", "nodaemon"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting an adb server")?;
         let client = AdbClient {
             home: home.to_path_buf(),
-            server_port: free_port(),
+            server_port,
+            server,
             serial: format!("127.0.0.1:{device_port}"),
         };
-        let key = home.join(".android/adbkey");
-        let out = client.run(&["keygen", &key.display().to_string()])?;
-        if !out.status.success() {
-            bail!("adb keygen failed: {out:?}");
+        let up = crate::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            Ok(TcpStream::connect(("127.0.0.1", server_port)).ok())
+        })?;
+        if up.is_none() {
+            bail!("the adb server did not listen on 127.0.0.1:{server_port} within 10 s");
         }
         Ok(client)
     }
@@ -62,7 +86,10 @@ impl AdbClient {
     pub fn command(&self) -> Command {
         let mut c = Command::new("adb");
         c.env("HOME", &self.home)
-            .env("ANDROID_ADB_SERVER_PORT", self.server_port.to_string())
+            .env(
+                "ADB_SERVER_SOCKET",
+                format!("tcp:127.0.0.1:{}", self.server_port),
+            )
             .env_remove("ADB_VENDOR_KEYS")
             .env_remove("ANDROID_SERIAL")
             .args(["-s", &self.serial]);
@@ -83,16 +110,6 @@ impl AdbClient {
         Ok(text(&out.stdout) + &text(&out.stderr))
     }
 
-    /// The tail of the adb server's log (`$TMPDIR/adb.<uid>.log`), for failure messages.
-    pub fn server_log() -> String {
-        let uid =
-            std::fs::metadata("/proc/self").map_or(0, |m| std::os::unix::fs::MetadataExt::uid(&m));
-        let path = std::env::temp_dir().join(format!("adb.{uid}.log"));
-        let log =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| format!("{}: {e}", path.display()));
-        log[log.floor_char_boundary(log.len().saturating_sub(3000))..].to_string()
-    }
-
     /// Waits up to `timeout` for `get-state` to say `device`; returns the last state.
     pub fn wait_online(&self, timeout: Duration) -> Result<String> {
         let state = crate::poll(timeout, Duration::from_millis(200), || {
@@ -105,7 +122,8 @@ impl AdbClient {
 
 impl Drop for AdbClient {
     fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 }
 

@@ -55,19 +55,9 @@ fn debian_adb_drives_the_test_phone_over_vsock() {
     .unwrap();
     adb.serial = format!("127.0.0.1:{port}");
     let said = adb.connect().unwrap();
-    assert!(
-        said.contains("connected to"),
-        "{said}\n--- adb server log\n{}",
-        AdbClient::server_log()
-    );
+    assert!(said.contains("connected to"), "{said}");
     let state = adb.wait_online(Duration::from_secs(30)).unwrap();
-    assert_eq!(
-        state.trim(),
-        "device",
-        "{}\n--- adb server log\n{}",
-        vm.diagnostics(),
-        AdbClient::server_log()
-    );
+    assert_eq!(state.trim(), "device", "{}", vm.diagnostics());
     let on = |args: &[&str]| adb.run(args).unwrap();
 
     let out = on(&["shell", "echo hello from $(uname -s)"]);
