@@ -57,7 +57,7 @@ impl AdbClient {
             .args(["-L", &format!("tcp:{server_port}"), "server", "nodaemon"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(home.join("adb-server.log"))?)
             .spawn()
             .context("starting an adb server")?;
         let client = AdbClient {
@@ -66,11 +66,13 @@ impl AdbClient {
             server,
             serial: format!("127.0.0.1:{device_port}"),
         };
-        let up = crate::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        // Generous: under nested virtualisation a busy sandbox starts adb slowly.
+        let up = crate::poll(Duration::from_secs(60), Duration::from_millis(50), || {
             Ok(TcpStream::connect(("127.0.0.1", server_port)).ok())
         })?;
         if up.is_none() {
-            bail!("the adb server did not listen on 127.0.0.1:{server_port} within 10 s");
+            let log = std::fs::read_to_string(home.join("adb-server.log")).unwrap_or_default();
+            bail!("the adb server did not listen on 127.0.0.1:{server_port} within 60 s:\n{log}");
         }
         Ok(client)
     }

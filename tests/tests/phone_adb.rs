@@ -44,11 +44,12 @@ fn debian_adb_drives_the_test_phone_over_vsock() {
         format!("cid=3,uds={}", uds.display()),
     ]
     .into();
+    // The client (key generation, its adb server) first, while the sandbox is otherwise idle.
+    let mut adb = AdbClient::new(&tmp.join("home-owner"), 0).unwrap();
     let mut vm = VmProcess::spawn(&dir, &args).unwrap();
     vm.wait_for_line_in(&report, "SCREEN app=home", Duration::from_secs(240))
         .unwrap();
 
-    let mut adb = AdbClient::new(&tmp.join("home-owner"), 0).unwrap();
     let port = preamble_bridge(&[adb.public_key().unwrap()], move || {
         vsock_connect(&uds, 5555)
     })
