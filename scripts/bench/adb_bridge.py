@@ -75,7 +75,9 @@ class AdbClient:
         probe.close()
         self.server = subprocess.Popen(
             ["adb", "-L", f"tcp:{self.server_port}", "server", "nodaemon"],
-            env=dict(os.environ, HOME=self.home), stdin=subprocess.DEVNULL,
+            # No USB or mDNS discovery (only the TCP device is wanted; in the kvm-sandbox the
+            # server stalled before listening with them on).
+            env=dict(os.environ, HOME=self.home, ADB_USB="0", ADB_MDNS="0"), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:

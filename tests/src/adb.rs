@@ -54,6 +54,10 @@ impl AdbClient {
         let server_port = free_port();
         let server = Command::new("adb")
             .env("HOME", home)
+            // No USB or mDNS discovery: only the TCP device is wanted, and in the sandbox the
+            // server stalled before listening with them on.
+            .env("ADB_USB", "0")
+            .env("ADB_MDNS", "0")
             .args(["-L", &format!("tcp:{server_port}"), "server", "nodaemon"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
