@@ -77,7 +77,7 @@ class AdbClient:
             ["adb", "-L", f"tcp:{self.server_port}", "server", "nodaemon"],
             # No USB or mDNS discovery (only the TCP device is wanted; in the kvm-sandbox the
             # server stalled before listening with them on).
-            env=dict(os.environ, HOME=self.home, ADB_USB="0", ADB_MDNS="0"), stdin=subprocess.DEVNULL,
+            env=dict(os.environ, HOME=self.home, ADB_USB="0", ADB_MDNS="0", ADB_EMU="0"), stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:

@@ -58,6 +58,7 @@ impl AdbClient {
             // server stalled before listening with them on.
             .env("ADB_USB", "0")
             .env("ADB_MDNS", "0")
+            .env("ADB_EMU", "0")
             .args(["-L", &format!("tcp:{server_port}"), "server", "nodaemon"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -76,7 +77,10 @@ impl AdbClient {
         })?;
         if up.is_none() {
             let log = std::fs::read_to_string(home.join("adb-server.log")).unwrap_or_default();
-            bail!("the adb server did not listen on 127.0.0.1:{server_port} within 60 s:\n{log}");
+            bail!(
+                "the adb server did not listen on 127.0.0.1:{server_port} within 60 s:\n{log}\nits threads (comm, wchan, syscall):\n{}",
+                thread_states(client.server.id())
+            );
         }
         Ok(client)
     }
@@ -131,6 +135,27 @@ impl Drop for AdbClient {
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
+}
+
+/// Where each thread of `pid` is blocked, from /proc (diagnostics for a stalled process).
+fn thread_states(pid: u32) -> String {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    tasks
+        .map(|t| {
+            let d = t.path();
+            format!(
+                "{} {} {}",
+                read(d.join("comm")).trim(),
+                read(d.join("wchan")).trim(),
+                read(d.join("syscall")).trim()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Copies bytes both ways between two sockets until either side closes.
