@@ -156,6 +156,11 @@ fn thread_states(pid: u32) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+        + &format!(
+            "\nlistening sockets (/proc/net/tcp, tcp6; st 0A = LISTEN):\n{}{}",
+            read(format!("/proc/{pid}/net/tcp").into()),
+            read(format!("/proc/{pid}/net/tcp6").into())
+        )
 }
 
 /// Copies bytes both ways between two sockets until either side closes.
