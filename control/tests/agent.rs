@@ -751,7 +751,10 @@ async fn warm_pool_clones(kind: Kind) {
 
     // A bigger pool: the second phone is a clone of the snapshot. The lease waits until the
     // first phone is ready again (a fresh-clone run once found it still between states).
-    wait_for(&s, "the first phone ready to lease", |p| count(p, "ready") == 1).await;
+    wait_for(&s, "the first phone ready to lease", |p| {
+        count(p, "ready") == 1
+    })
+    .await;
     let l = lease_phone(&s, &alice, "pixel").await;
     assert_eq!(l["lease"]["phone_id"], json!(first));
     let pool = json!({"pool_size": 2});

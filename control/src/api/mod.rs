@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod hosts;
+pub mod keys;
 pub mod leases;
 pub mod metrics;
 pub mod openapi;
@@ -118,6 +119,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(leases::routes())
         .merge(queue::routes())
         .merge(hosts::routes())
+        .merge(keys::routes())
         .merge(audit::routes())
         .merge(utilisation::routes())
         .route("/openapi.json", get(openapi::document));

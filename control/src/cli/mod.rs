@@ -1,4 +1,4 @@
-//! The command-line client: `cloudphone login|profiles|phones|lease|release|queue|hosts|users`.
+//! The command-line client: `cloudphone login|profiles|phones|lease|release|adb|queue|keys|hosts|users`.
 //! Readable tables by default, `--json` for scripts. Credentials come from `--url`/`--token`,
 //! the environment (CLOUDPHONE_URL, CLOUDPHONE_TOKEN) or the file `login` saves.
 
@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::client::Client;
-use crate::model::{Host, Lease, Phone, Profile, QueueEntry, User};
+use crate::model::{AdbKey, Host, Lease, Phone, Profile, QueueEntry, User};
 use crate::scheduler::OvercommitPolicy;
 use crate::wire::hosts::{EnrolHost, Enrolled};
+use crate::wire::keys::AddKey;
 use crate::wire::leases::{AcquireRequest, AcquireResponse};
 use crate::wire::profiles::{CreateProfile, UpdateProfile};
 use crate::wire::users::{CreateUser, NewToken, UserWithToken};
@@ -75,6 +76,11 @@ pub enum ClientCommand {
         #[command(subcommand)]
         cmd: Option<HostsCmd>,
     },
+    /// Your adb public keys (lists them without a subcommand): phones you lease accept them.
+    Keys {
+        #[command(subcommand)]
+        cmd: Option<KeysCmd>,
+    },
     /// Users (operators) and tokens (lists them without a subcommand).
     Users {
         #[command(subcommand)]
@@ -121,6 +127,19 @@ pub enum HostsCmd {
         /// Available memory below which the host takes no phone and reclaims from idle ones.
         #[arg(long, default_value_t = OvercommitPolicy::default().reserve_mib)]
         reserve_mib: i64,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum KeysCmd {
+    List,
+    /// Register an adb public key file (e.g. ~/.android/adbkey.pub).
+    Add {
+        file: PathBuf,
+    },
+    /// Remove a key by id.
+    Rm {
+        id: String,
     },
 }
 
@@ -294,6 +313,17 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                 show_hosts(&s, &[h])
             }
         },
+        ClientCommand::Keys { cmd } => match cmd {
+            None | Some(KeysCmd::List) => {
+                let keys: Vec<AdbKey> = s.client.get("/keys").await?;
+                show_keys(&s, &keys)
+            }
+            Some(KeysCmd::Add { file }) => add_key(&s, &file).await,
+            Some(KeysCmd::Rm { id }) => {
+                let k: AdbKey = s.client.delete(&format!("/keys/{id}")).await?;
+                show_keys(&s, &[k])
+            }
+        },
         ClientCommand::Users { cmd } => match cmd {
             None | Some(UsersCmd::List) => list_users(&s).await,
             Some(UsersCmd::Add(body)) => add_user(&s, &body).await,
@@ -318,6 +348,26 @@ async fn login(s: &Session, url: String, token: Option<String>) -> anyhow::Resul
     save(&Saved {
         url: Some(url),
         token,
+    })
+}
+
+/// `keys add FILE`: the file holds `BASE64 [comment]` as adb writes adbkey.pub.
+async fn add_key(s: &Session, file: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the adb public key {}", file.display()))?;
+    let text = text.trim();
+    let (key, comment) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let body = AddKey {
+        key: key.to_owned(),
+        comment: comment.trim().to_owned(),
+    };
+    let k: AdbKey = s.client.post("/keys", &body).await?;
+    show_keys(s, &[k])
+}
+
+fn show_keys(s: &Session, keys: &[AdbKey]) -> anyhow::Result<()> {
+    show(s.json, keys, &["id", "fingerprint", "comment"], |k| {
+        vec![k.id.clone(), k.fingerprint.clone(), k.comment.clone()]
     })
 }
 

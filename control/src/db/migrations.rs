@@ -11,4 +11,5 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/0007_placement_by_use.sql"),
     ),
+    (8, include_str!("../../migrations/0008_adb_keys.sql")),
 ];
