@@ -23,7 +23,7 @@
 mod logcap;
 mod relay;
 mod usage;
-mod vmm;
+pub mod vmm;
 mod warm;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -676,7 +676,11 @@ mod tests {
         }
         let cids: Vec<u32> = dirs.iter().map(|d| vsock_cid(&cfg, d).unwrap()).collect();
         assert_eq!(cids, [3, 4, 5, 6]);
-        assert_eq!(vsock_cid(&cfg, &dirs[2]).unwrap(), 5, "a phone keeps its CID");
+        assert_eq!(
+            vsock_cid(&cfg, &dirs[2]).unwrap(),
+            5,
+            "a phone keeps its CID"
+        );
         // A removed phone's CID is free again; a garbled file is replaced.
         remove(&dirs[1]);
         std::fs::write(dirs[3].cid_file(), "2").unwrap();

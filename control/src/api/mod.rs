@@ -120,6 +120,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(queue::routes())
         .merge(hosts::routes())
         .merge(keys::routes())
+        .merge(crate::adb::tunnel::routes())
         .merge(audit::routes())
         .merge(utilisation::routes())
         .route("/openapi.json", get(openapi::document));

@@ -79,6 +79,15 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     r(
         "get",
+        "/leases/{id}/adb",
+        "adb tunnel (WebSocket, binary messages) to the lease's phone, offering adbd the lease user's keys; the lease holder or an operator; closes with 4001 when the lease ends (`cloudphone adb`)",
+        AnyUser,
+        None,
+        101,
+        None,
+    ),
+    r(
+        "get",
         "/keys",
         "The caller's adb public keys (with fingerprints)",
         AnyUser,

@@ -2,6 +2,7 @@
 //! Readable tables by default, `--json` for scripts. Credentials come from `--url`/`--token`,
 //! the environment (CLOUDPHONE_URL, CLOUDPHONE_TOKEN) or the file `login` saves.
 
+pub mod adb;
 pub mod table;
 
 use std::io::Write;
@@ -69,6 +70,14 @@ pub enum ClientCommand {
     },
     /// Release a lease.
     Release { lease_id: String },
+    /// Tunnel adb to a leased phone: prints `adb connect 127.0.0.1:PORT` and relays until
+    /// the lease ends.
+    Adb {
+        lease_id: String,
+        /// Local port (0: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Waiting lease requests (yours; operators: all).
     Queue,
     /// Hosts (operators; lists them without a subcommand).
@@ -291,6 +300,21 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
             lease(&s, &body).await
         }
         ClientCommand::Release { lease_id } => release(&s, &lease_id).await,
+        ClientCommand::Adb { lease_id, port } => {
+            let target = adb::Target {
+                url: url.clone(),
+                token: token
+                    .clone()
+                    .context("adb needs a token (--token or login)")?,
+                tls: opts
+                    .ca_file
+                    .as_deref()
+                    .map(crate::tls::client_config)
+                    .transpose()?,
+                lease_id,
+            };
+            adb::run(&s.client, target, port).await
+        }
         ClientCommand::Queue => queue(&s).await,
         ClientCommand::Hosts { cmd } => match cmd {
             None | Some(HostsCmd::List) => hosts(&s).await,
