@@ -1,9 +1,11 @@
 //! `/api/v1/keys` and `cloudphone keys` against a real server, on SQLite and PostgreSQL:
-//! validation, fingerprints, per-user visibility, the per-user limit.
+//! validation, fingerprints, per-user visibility, the per-user limit; and who may open a
+//! lease's adb tunnel (`/leases/{id}/adb`). The tunnel's bytes are tested end to end in
+//! relay.rs.
 
 mod common;
 
-use common::{api, bin, ok, user, Kind, Server};
+use common::{api, bin, lease_phone, ok, user, warm_pool, Kind, Server};
 use serde_json::{json, Value};
 
 const KEY1: &str = include_str!("fixtures/adbkey1.pub");
@@ -159,3 +161,56 @@ async fn keys_cli(kind: Kind) {
     assert_eq!(ok(&s, "GET", "/keys", &alice, None, 200).await, json!([]));
 }
 both!(keys_cli);
+
+/// The status of a tunnel handshake for `lease` as `token` (101 when it opened).
+async fn tunnel_status(s: &Server, lease: &str, token: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "{}/api/v1/leases/{lease}/adb",
+        s.url.replace("http://", "ws://")
+    );
+    let mut req = url.into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("tunnel handshake failed oddly: {e}"),
+    }
+}
+
+/// Only the lease's user or an operator passes; a lease that ended or expired, an unknown or
+/// malformed id and a missing token are refused before anything reaches the phone. A phone
+/// whose VMM socket is dead (this fake host runs none) is a clean 502.
+async fn tunnel_authorisation(kind: Kind) {
+    let s = Server::start(kind, &["--heartbeat-timeout-ms", "60000"]).await;
+    let (_, alice) = user(&s, "alice", "user", 2).await;
+    let (_, bob) = user(&s, "bob", "user", 2).await;
+    let host = warm_pool(&s, "h1", 4, 2).await;
+    host.report_sockets(&s).await;
+    let lease = lease_phone(&s, &alice, "pixel").await;
+    let id = lease["lease"]["id"].as_str().unwrap().to_owned();
+
+    assert_eq!(tunnel_status(&s, &id, None).await, 401);
+    assert_eq!(tunnel_status(&s, &id, Some(&bob)).await, 403);
+    assert_eq!(
+        tunnel_status(&s, "ls_0123456789abcdef", Some(&alice)).await,
+        404
+    );
+    assert_eq!(tunnel_status(&s, "ls_'--", Some(&alice)).await, 404);
+    let admin = s.admin.clone();
+    assert_eq!(tunnel_status(&s, &id, Some(&alice)).await, 502);
+    assert_eq!(tunnel_status(&s, &id, Some(&admin)).await, 502);
+
+    ok(&s, "DELETE", &format!("/leases/{id}"), &alice, None, 200).await;
+    assert_eq!(tunnel_status(&s, &id, Some(&alice)).await, 403);
+
+    let short = json!({"profile": "pixel", "duration_s": 1});
+    let lease = ok(&s, "POST", "/leases", &alice, Some(short), 201).await;
+    let id = lease["lease"]["id"].as_str().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(tunnel_status(&s, id, Some(&alice)).await, 403);
+}
+both!(tunnel_authorisation);
