@@ -59,7 +59,7 @@ async fn open(
     // Subscribed before the lease is read: an end committed in between is not missed.
     let ends = st.db.lease_ends();
     let mut tx = st.db.begin().await?;
-    let lease = leases::get_locked(&mut tx, &id).await?;
+    let lease = leases::get(&mut tx, &id).await?;
     if lease.user_id != user.id && user.role != Role::Operator {
         return Err(Error::Forbidden(format!("lease {id} is not yours")).into());
     }
