@@ -448,7 +448,8 @@ async fn adb_tunnel_to_a_vmm_beside_the_service() {
 }
 
 /// Only the lease's user (or an operator) opens the tunnel; the phone is offered exactly the
-/// lease user's keys; bytes pass unchanged both ways, a few MiB included; the tunnel and the
+/// lease user's keys; bytes pass unchanged both ways, a few MiB included; at most 8 tunnels
+/// per lease are open at once; the tunnel and the
 /// command end within a second or two of the release, and the lease cannot be reopened.
 async fn adb_tunnel(through_relay: bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -527,6 +528,17 @@ async fn adb_tunnel(through_relay: bool) {
     tokio::join!(send, receive);
     assert!(echoed == payload, "3 MiB came back byte-exact");
     assert_eq!(preambles(&root, &phone), [expected.clone(), expected]);
+
+    // A connection flood: the CLI's tunnel and 7 more are open, the next is refused.
+    let mut flood = Vec::new();
+    for _ in 0..7 {
+        flood.push(tunnel_ws(&s, &lease_id, Some(&alice)).await.unwrap());
+    }
+    assert_eq!(
+        tunnel_ws(&s, &lease_id, Some(&alice)).await.err(),
+        Some(429)
+    );
+    drop(flood);
 
     // Release: the open connection closes and the command ends, saying why.
     let released = Instant::now();

@@ -5,7 +5,9 @@
 //! byte reaches the phone. The tunnel closes (code 4001 and the reason) when the lease ends,
 //! however it ends, through the same revocation that ends stream viewers.
 
+use std::collections::HashMap;
 use std::path::Path as FsPath;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
@@ -30,6 +32,49 @@ use crate::store::{adb_keys, hosts, leases, phones};
 const MAX_MESSAGE: usize = (1 << 20) + 64;
 /// Bytes read from the phone per message sent on.
 const CHUNK: usize = 64 * 1024;
+/// Tunnels open at once per lease: adb needs one per device (plus a few while a client
+/// reconnects); more is a flood, answered 429.
+pub const MAX_TUNNELS_PER_LEASE: usize = 8;
+
+/// How many tunnels each lease has open in this process.
+#[derive(Clone, Default)]
+pub struct OpenTunnels(Arc<Mutex<HashMap<String, usize>>>);
+
+/// One open tunnel's place in [`OpenTunnels`], given back when dropped.
+struct TunnelSlot {
+    open: OpenTunnels,
+    lease: String,
+}
+
+impl OpenTunnels {
+    fn claim(&self, lease: &str) -> Result<TunnelSlot, Error> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(lease.to_owned()).or_default();
+        if *count >= MAX_TUNNELS_PER_LEASE {
+            return Err(Error::Throttled {
+                what: format!("lease {lease} has {MAX_TUNNELS_PER_LEASE} adb tunnels open"),
+                retry_after_s: 1,
+            });
+        }
+        *count += 1;
+        Ok(TunnelSlot {
+            open: self.clone(),
+            lease: lease.to_owned(),
+        })
+    }
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.lease) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.lease);
+            }
+        }
+    }
+}
 
 /// A byte stream to a phone's adbd: a local vsock socket or an upgraded relay connection.
 trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -85,6 +130,7 @@ async fn open(
     let relay = hosts::relay(&mut tx, &phone.host_id).await?;
     let host = hosts::get(&mut tx, &phone.host_id).await?;
     drop(tx);
+    let slot = st.adb_tunnels.claim(&id)?;
     let stream: Box<dyn Duplex> = match relay {
         // The phone's VMM is elsewhere: its agent's relay opens adbd with these keys.
         Some(relay) => {
@@ -121,6 +167,7 @@ async fn open(
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
             let why = relay_bytes(socket, stream, revocation).await;
+            drop(slot);
             tracing::info!(lease = %id, %why, "adb tunnel closed");
         }))
 }

@@ -84,6 +84,8 @@ pub struct AppState {
     pub tokens: TokenCache,
     pub hashes: HashPool,
     pub logins: LoginThrottle,
+    /// Open adb tunnels per lease (a cap against connection floods).
+    pub adb_tunnels: crate::adb::tunnel::OpenTunnels,
     pub metrics: Arc<metrics::Metrics>,
     pub config: Arc<ServerConfig>,
 }
@@ -96,6 +98,7 @@ impl AppState {
             tokens: TokenCache::default(),
             hashes: HashPool::new(config.hash_concurrency),
             logins: LoginThrottle::default(),
+            adb_tunnels: Default::default(),
             metrics: Arc::default(),
             config: Arc::new(config),
         }
