@@ -1,4 +1,4 @@
-//! The guest main loop: bring up display, input, report port and shell, draw the first frame,
+//! The guest main loop: bring up display, input, report port and adbd, draw the first frame,
 //! then sleep in poll() until an input arrives or the minute turns. Nothing is drawn while
 //! idle; each input batch is drawn and flushed once, then reported with its cost. A press of
 //! the ACPI power button powers the phone off.
@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::adbd;
 use crate::canvas::Canvas;
 use crate::clock::{self, WallTime};
 use crate::display::{self, Display};
 use crate::identity::{self, GenIdWatcher};
 use crate::input::device::{self, Device, Kind};
 use crate::input::evdev::Input;
+use crate::phone_link::{self, Inbox, Request};
 use crate::power;
 use crate::report::{self, Reporter};
 use crate::sysinfo::{self, DeviceInfo, Sources};
@@ -27,10 +29,6 @@ pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let sources = Sources::read_system();
     let params = sysinfo::boot_params(&sources.cmdline, &sources.bootconfig);
-    match crate::shell::listen(crate::shell::PORT).and_then(|l| Ok(crate::shell::spawn(l)?)) {
-        Ok(()) => tracing::info!("shell listening on vsock port {}", crate::shell::PORT),
-        Err(e) => tracing::warn!("no vsock shell: {e:#}"),
-    }
 
     let backend = match sysinfo::lookup(&params, sysinfo::DISPLAY_KEY) {
         Some("fbdev") => display::Backend::Fbdev,
@@ -49,6 +47,7 @@ pub fn run() -> anyhow::Result<()> {
     let mut ui = Ui::new(layout, info, WallTime::from_unix(clock::realtime().0));
     // Inputs open before PHONE_READY so no tap sent after it is lost.
     let mut devices = wait_for_inputs(started + DEVICE_WAIT, (w as i32, h as i32));
+    let inbox = start_adbd(&params, w as i32, h as i32);
     let mut canvas = Canvas::new(w, h);
     ui.redraw(&mut canvas);
     flush(scanout.as_mut(), &mut canvas)?;
@@ -68,7 +67,27 @@ pub fn run() -> anyhow::Result<()> {
         } else {
             GENID_POLL_MS
         };
-        let ready = poll(&devices, to_minute.min(GENID_POLL_MS))?;
+        let (ready, requests) = poll(&devices, inbox.as_ref(), to_minute.min(GENID_POLL_MS))?;
+        for request in requests {
+            match request {
+                Request::Screencap(reply) => {
+                    let mut png = Vec::new();
+                    let result = crate::golden::write_png(&canvas, &mut png).map(|()| png);
+                    let _ = reply.send(result.context("encoding the screen as PNG"));
+                }
+                Request::Inject(inputs) => {
+                    let t_us = clock::monotonic_us();
+                    let timed: Vec<_> = inputs.into_iter().map(|i| (t_us, i)).collect();
+                    handle_batch(
+                        &mut ui,
+                        &mut canvas,
+                        scanout.as_mut(),
+                        &mut reporter,
+                        &timed,
+                    )?;
+                }
+            }
+        }
         if ready.is_empty() {
             if ui.set_time(&mut canvas, WallTime::from_unix(clock::realtime().0)) {
                 flush(scanout.as_mut(), &mut canvas)?;
@@ -187,12 +206,56 @@ fn wait_for_inputs(deadline: Instant, screen: (i32, i32)) -> Vec<Device> {
     }
 }
 
-/// Waits for input on any device; returns the indices of readable ones (empty on timeout).
-fn poll(devices: &[Device], timeout_ms: i32) -> anyhow::Result<Vec<usize>> {
+/// Starts adbd on vsock port 5555 with pushes confined to /data and /sdcard and apps in
+/// /data/app; returns the main loop's end of its link (None when vsock is unavailable).
+fn start_adbd(params: &[(String, String)], width: i32, height: i32) -> Option<Inbox> {
+    let roots = [Path::new("/data"), Path::new("/sdcard")];
+    for dir in roots
+        .iter()
+        .chain([&Path::new("/data/local/tmp"), &Path::new("/data/app")])
+    {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!("adbd: cannot create {}: {e}", dir.display());
+        }
+    }
+    let started = phone_link::link(width, height).and_then(|(phone, inbox)| {
+        let config = adbd::Config {
+            roots: roots.iter().map(|r| r.to_path_buf()).collect(),
+            apps_dir: "/data/app".into(),
+            product: "cloudphone".into(),
+            model: sysinfo::lookup(params, sysinfo::PROFILE_KEY)
+                .unwrap_or("test-phone")
+                .into(),
+            phone: std::sync::Arc::new(phone),
+        };
+        adbd::spawn(adbd::listen(adbd::PORT)?, std::sync::Arc::new(config))?;
+        Ok(inbox)
+    });
+    match started {
+        Ok(inbox) => {
+            tracing::info!("adbd listening on vsock port {}", adbd::PORT);
+            Some(inbox)
+        }
+        Err(e) => {
+            tracing::warn!("no adbd: {e:#}");
+            None
+        }
+    }
+}
+
+/// Waits for input on any device or an adbd request; returns the indices of readable devices
+/// (empty on timeout) and the requests that arrived.
+fn poll(
+    devices: &[Device],
+    inbox: Option<&Inbox>,
+    timeout_ms: i32,
+) -> anyhow::Result<(Vec<usize>, Vec<Request>)> {
     let mut fds: Vec<libc::pollfd> = devices
         .iter()
-        .map(|d| libc::pollfd {
-            fd: d.fd(),
+        .map(|d| d.fd())
+        .chain(inbox.map(Inbox::fd))
+        .map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         })
@@ -201,12 +264,17 @@ fn poll(devices: &[Device], timeout_ms: i32) -> anyhow::Result<Vec<usize>> {
         // SAFETY: fds is a live array of fds.len() pollfd structs.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if rc >= 0 {
-            return Ok(fds
+            let requests = match inbox {
+                Some(inbox) if fds[devices.len()].revents != 0 => inbox.drain(),
+                _ => Vec::new(),
+            };
+            let ready = fds[..devices.len()]
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| p.revents != 0)
                 .map(|(i, _)| i)
-                .collect());
+                .collect();
+            return Ok((ready, requests));
         }
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::Interrupted {

@@ -2,7 +2,7 @@
 //! the test phone image. It draws a phone home screen into the virtio-gpu scanout (DRM dumb
 //! buffer + DIRTYFB damage, or /dev/fb0), turns virtio-input evdev events into taps, strokes
 //! and phone keys, reports readiness and every handled input on a virtio-console port, and
-//! serves an adb-like shell on vsock port 5555.
+//! runs a real adbd on vsock port 5555 ([`adbd`]).
 //!
 //! # Building the guest binary
 //! From the workspace root (the gnu target with a static C runtime; no extra rustup target):
@@ -22,7 +22,13 @@
 //! * Kernel cmdline keys read: `cloudphone.report=/dev/hvcN|PATH|stdout` (report port, default
 //!   `/dev/hvc1`), `cloudphone.display=drm|fbdev` (default drm, fbdev fallback),
 //!   `cloudphone.profile=NAME`, `androidboot.*` (also from /proc/bootconfig).
-//! * Shell: vsock port 5555, one command per line, answered by its output then `EXIT <code>`.
+//! * adbd: vsock port 5555, adb protocol 0x01000001 after the host's `CLOUDPHONE-ADB 1` key
+//!   preamble (only the keys it names may AUTH; see [`adbd`] and the `cloudphone-adb` crate).
+//!   Services `shell:` (and `shell,v2`), `exec:`, `sync:` (confined to /data and /sdcard),
+//!   `reboot:`; built-in commands `screencap -p`, `input tap|swipe|keyevent` (fed to the UI
+//!   like virtio-input events), `pm install|list packages` (app bundles: a ustar with a
+//!   `manifest` of `name=`/`exec=`, unpacked into /data/app/<name> and started), `logcat`
+//!   (agent and app output), `wm size`. Everything else runs in busybox `sh`.
 //! * Report lines (see [`report`]): `PHONE_READY width=W height=H`,
 //!   `SCREEN app=home|paint|info|clock`, `INPUT t_us=.. kind=touch|key .. frame_us=..`,
 //!   `POWER_OFF reason=power-button`, `IDENTITY vmgenid=<hex> hostname=<name>` (at start and
@@ -50,13 +56,15 @@ pub mod sysinfo;
 pub mod ui;
 
 #[cfg(target_os = "linux")]
+pub mod adbd;
+#[cfg(target_os = "linux")]
 pub mod agent;
 #[cfg(target_os = "linux")]
 pub mod display;
 #[cfg(target_os = "linux")]
-pub mod power;
+pub mod phone_link;
 #[cfg(target_os = "linux")]
-pub mod shell;
+pub mod power;
 #[cfg(target_os = "linux")]
 pub mod supervisor;
 

@@ -1,10 +1,12 @@
 //! `phone-agent`: the guest phone UI (default), or host tools that share its drawing code:
-//! `render` writes a golden PNG of a page, `layout` prints tap targets for tests.
+//! `render` writes a golden PNG of a page, `layout` prints tap targets for tests, `adbd`
+//! serves adbd on a host Unix socket (the local baseline of `scripts/bench/adb`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use cloudphone_phone_agent::adbd;
 use cloudphone_phone_agent::clock::{self, WallTime};
 use cloudphone_phone_agent::golden;
 use cloudphone_phone_agent::sysinfo::DeviceInfo;
@@ -13,7 +15,7 @@ use cloudphone_phone_agent::ui::{Layout, Screen};
 #[derive(Parser)]
 #[command(
     name = "phone-agent",
-    about = "cloudphone guest phone agent (home screen, touch, report port, vsock shell)"
+    about = "cloudphone guest phone agent (home screen, touch, report port, adbd)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,6 +44,16 @@ enum Cmd {
         #[arg(long)]
         time: Option<String>,
     },
+    /// Serve adbd on a host Unix socket, files confined to ROOT, no screen or input: the same
+    /// protocol code as on the phone without the VMM and vsock, for benchmark baselines.
+    Adbd {
+        /// Socket path; each connection starts with the key preamble, like vsock 5555.
+        #[arg(long)]
+        unix: PathBuf,
+        /// The one directory push/pull may use (also holds installed apps in ROOT/app).
+        #[arg(long)]
+        root: PathBuf,
+    },
     /// Print the layout's rectangles (`icon name=Info x= y= w= h=` lines) for a screen size.
     Layout {
         #[arg(long, default_value_t = 720)]
@@ -58,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         cloudphone_phone_agent::supervisor::become_child_if_pid1();
     }
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(cloudphone_phone_agent::adbd::logs::TeeWriter)
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -74,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             info,
             time,
         } => render(&screen, width, height, &out, &info, time.as_deref()),
+        Cmd::Adbd { unix, root } => host_adbd(&unix, &root),
         Cmd::Layout { width, height } => {
             let l = Layout::new(width, height)?;
             for (app, r) in &l.icons {
@@ -129,5 +142,48 @@ fn render(
     let file = std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
     golden::write_png(&canvas, std::io::BufWriter::new(file))
         .with_context(|| format!("write PNG {}", out.display()))?;
+    Ok(())
+}
+
+/// A phone without screen or input: adbd's file and shell services only.
+struct Headless;
+
+impl adbd::Phone for Headless {
+    fn screencap(&self) -> anyhow::Result<Vec<u8>> {
+        bail!("no screen: adbd is running on the host")
+    }
+    fn inject(&self, _: Vec<cloudphone_phone_agent::input::evdev::Input>) -> anyhow::Result<()> {
+        bail!("no input: adbd is running on the host")
+    }
+    fn screen_size(&self) -> (i32, i32) {
+        (0, 0)
+    }
+    fn reboot(&self) -> anyhow::Result<()> {
+        bail!("adbd on the host does not reboot it")
+    }
+}
+
+/// Serves adbd on a Unix socket until killed.
+fn host_adbd(socket: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    let config = std::sync::Arc::new(adbd::Config {
+        roots: vec![root.to_path_buf()],
+        apps_dir: root.join("app"),
+        product: "cloudphone-host".into(),
+        model: "headless".into(),
+        phone: std::sync::Arc::new(Headless),
+    });
+    for conn in listener.incoming() {
+        let conn = conn.context("accepting an adb connection")?;
+        let config = config.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = adbd::serve(conn, &config) {
+                tracing::warn!("adbd connection: {e:#}");
+            }
+        });
+    }
     Ok(())
 }
