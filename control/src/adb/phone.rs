@@ -10,16 +10,19 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::{preamble, ADBD_VSOCK_PORT};
+use cloudphone_adb::key::AdbPublicKey;
+
+use super::ADBD_VSOCK_PORT;
 
 /// Longest wait for the VMM to accept and answer `CONNECT` (the guest must accept too).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest `OK <port>` line the VMM may send.
 const MAX_REPLY_LINE: usize = 64;
 
-/// Connects to adbd in the guest behind `vsock_socket` and writes the preamble with `keys`
-/// (base64 Android public keys, already validated); the stream then carries adb both ways.
-pub async fn connect(vsock_socket: &Path, keys: &[String]) -> anyhow::Result<UnixStream> {
+/// Connects to adbd in the guest behind `vsock_socket` and writes the preamble with `keys`;
+/// the stream then carries adb both ways.
+pub async fn connect(vsock_socket: &Path, keys: &[AdbPublicKey]) -> anyhow::Result<UnixStream> {
+    let preamble = cloudphone_adb::preamble::encode(keys).context("encoding the key preamble")?;
     let open = async {
         let mut stream = UnixStream::connect(vsock_socket).await.with_context(|| {
             format!(
@@ -52,7 +55,7 @@ pub async fn connect(vsock_socket: &Path, keys: &[String]) -> anyhow::Result<Uni
             );
         }
         stream
-            .write_all(&preamble(keys))
+            .write_all(&preamble)
             .await
             .context("writing the key preamble to the phone")?;
         anyhow::Ok(stream)
@@ -97,7 +100,14 @@ mod tests {
     #[tokio::test]
     async fn connect_then_preamble_then_adb_bytes_pass_unchanged() {
         let (path, vmm) = vmm(b"OK 1073741824\nCNXN").await;
-        let keys = vec!["AAAA".to_owned(), "BBBB".to_owned()];
+        let files = [
+            include_str!("../../tests/fixtures/adbkey1.pub"),
+            include_str!("../../tests/fixtures/adbkey2.pub"),
+        ];
+        let keys: Vec<AdbPublicKey> = files
+            .iter()
+            .map(|f| AdbPublicKey::from_pub_line(f.as_bytes()).unwrap())
+            .collect();
         let mut stream = connect(&path, &keys).await.unwrap();
         let mut first = [0u8; 4];
         stream.read_exact(&mut first).await.unwrap();
@@ -108,10 +118,12 @@ mod tests {
         stream.write_all(b"adb bytes").await.unwrap();
         drop(stream);
         let wrote = vmm.await.unwrap();
-        assert_eq!(
-            String::from_utf8(wrote).unwrap(),
-            "CLOUDPHONE-ADB 1\nKEY AAAA\nKEY BBBB\nEND\nadb bytes"
+        let expected = format!(
+            "CLOUDPHONE-ADB 1\nKEY {}\nKEY {}\nEND\nadb bytes",
+            keys[0].to_base64(),
+            keys[1].to_base64()
         );
+        assert_eq!(String::from_utf8(wrote).unwrap(), expected);
     }
 
     #[tokio::test]

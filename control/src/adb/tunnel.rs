@@ -154,7 +154,7 @@ async fn open(
                 .check_socket(&beside)
                 .map_err(|e| bad_gateway(format!("phone {}: {e}", phone.id)))?;
             Box::new(
-                super::phone::connect(&vsock, &keys)
+                super::phone::connect(&vsock, &super::key::for_phone(&keys)?)
                     .await
                     .map_err(|e| bad_gateway(format!("phone {}: {e:#}", phone.id)))?,
             )

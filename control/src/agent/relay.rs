@@ -146,7 +146,7 @@ async fn adb_tunnel(
     }
     let keys = match given
         .iter()
-        .map(|k| adb::key::parse(k).map(|k| k.base64))
+        .map(|k| cloudphone_adb::key::AdbPublicKey::from_base64(k))
         .collect::<Result<Vec<_>, _>>()
     {
         Ok(keys) => keys,

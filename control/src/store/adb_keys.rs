@@ -23,7 +23,7 @@ fn decode(r: &Row) -> Result<AdbKey> {
 pub async fn add(
     tx: &mut Tx,
     user_id: &str,
-    key: &crate::adb::key::AdbPublicKey,
+    key: &crate::adb::key::RegisteredKey,
     comment: &str,
     max: usize,
 ) -> Result<AdbKey> {
