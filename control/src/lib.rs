@@ -1,6 +1,7 @@
 //! cloudphone: the control service (REST API, scheduler, storage), the host agent and the
 //! command-line client, in one crate behind one binary.
 
+pub mod adb;
 pub mod agent;
 pub mod api;
 pub mod auth;

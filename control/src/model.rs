@@ -161,6 +161,20 @@ pub struct User {
     pub created_ms: i64,
 }
 
+/// An adb public key registered by a user: the phones that user leases accept it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdbKey {
+    pub id: String,
+    pub user_id: String,
+    /// `SHA256:...` of the key struct, to tell keys apart in listings.
+    pub fingerprint: String,
+    /// Base64 of the Android RSA public key (as in adbkey.pub before the space).
+    pub key: String,
+    /// Free text (adbkey.pub's `user@host`).
+    pub comment: String,
+    pub created_ms: i64,
+}
+
 /// A device profile: what a phone looks like and costs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Profile {

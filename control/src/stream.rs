@@ -117,7 +117,7 @@ impl StreamAuthorizer for LeaseAuthorizer {
 /// A grant bound to lease `lease_id`: revoked when a notice on `ends` names the lease, or when
 /// a re-read finds it ended (or cannot confirm it for [`LEASE_UNCONFIRMED_LIMIT`]). The watcher
 /// stops when the session is gone.
-fn guard_lease(
+pub(crate) fn guard_lease(
     st: AppState,
     lease_id: String,
     ends: broadcast::Receiver<LeaseEnded>,

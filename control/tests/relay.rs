@@ -7,6 +7,10 @@
 //! encodes the screen, as `cloudphone serve` does for a phone whose host has a relay. The
 //! same runs with the relay over TLS (`--relay-tls-cert/--relay-tls-key`, an https relay URL,
 //! the CA given to the reader as `serve --relay-ca-file` does).
+//!
+//! The adb tunnel end to end: `cloudphone adb` → serve's WebSocket → the agent's relay (or,
+//! for an agent without one, the VMM's socket beside serve) → the fake VMM's vsock, which
+//! records the key preamble and echoes the adb bytes like a guest's adbd would answer.
 
 mod common;
 
@@ -18,7 +22,7 @@ use cloudphone_stream::relay::wire::{Decoder, Mirror};
 use cloudphone_stream::webrtc::{Viewer, ViewerCommand, ViewerEvent};
 use cloudphone_stream::{ScreenSource, StreamHub, ViewerOptions};
 use common::pki::Pki;
-use common::{api, ok, profile, Kind, Server, TempDir};
+use common::{api, lease_phone, ok, profile, user, Kind, Server, TempDir};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -56,6 +60,38 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Starts an agent joining with `join` over the fake VMM, keeping phones in `state`, with
+/// `extra` flags (the relay's).
+fn start_agent(s: &Server, join: &str, state: &Path, extra: &[String]) -> Agent {
+    let child = Command::new(common::bin())
+        .args([
+            "agent",
+            "--control",
+            &s.url,
+            "--join-token",
+            join,
+            "--kernel",
+            "/dev/null",
+        ])
+        .args(["--state-dir", &state.display().to_string()])
+        .args([
+            "--vmm",
+            &fake_vmm().display().to_string(),
+            "--interval-ms",
+            "100",
+        ])
+        .args(["--vcpus", "8", "--memory-mib", "8192", "--max-phones", "4"])
+        .args(extra)
+        .env("CLOUDPHONE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start agent");
+    Agent {
+        child,
+        state: state.to_path_buf(),
+    }
 }
 
 async fn ready_phone(s: &Server) -> String {
@@ -123,34 +159,13 @@ async fn relay_streams_frames_and_forwards_input(pki: Option<Pki>) {
             relay_tls.extend([flag.to_owned(), pki.path(file).display().to_string()]);
         }
     }
-    let child = Command::new(common::bin())
-        .args([
-            "agent",
-            "--control",
-            &s.url,
-            "--join-token",
-            &join,
-            "--kernel",
-            "/dev/null",
-        ])
-        .args(["--state-dir", &state.0.display().to_string()])
-        .args([
-            "--vmm",
-            &fake_vmm().display().to_string(),
-            "--interval-ms",
-            "100",
-        ])
-        .args(["--vcpus", "8", "--memory-mib", "8192", "--max-phones", "4"])
-        .args(["--relay-listen", &listen, "--relay-url", &relay_url])
-        .args(&relay_tls)
-        .env("CLOUDPHONE_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start agent");
-    let _agent = Agent {
-        child,
-        state: state.0.clone(),
-    };
+    relay_tls.extend([
+        "--relay-listen".into(),
+        listen,
+        "--relay-url".into(),
+        relay_url.clone(),
+    ]);
+    let _agent = start_agent(&s, &join, &state.0, &relay_tls);
     let phone = ready_phone(&s).await;
 
     // The relay is registered, but no API answer shows it.
@@ -353,3 +368,206 @@ async fn register_checks_the_relay_and_never_returns_its_key(kind: Kind) {
     .await;
 }
 both!(register_checks_the_relay_and_never_returns_its_key);
+
+/// Bytes sent through the tunnel and echoed back (several adb-sized packets).
+const PAYLOAD: u32 = 3 << 20;
+const KEY1: &str = include_str!("fixtures/adbkey1.pub");
+const KEY2: &str = include_str!("fixtures/adbkey2.pub");
+
+fn base64_of(file: &str) -> &str {
+    file.split_whitespace().next().unwrap()
+}
+
+/// Opens lease `lease`'s tunnel WebSocket with `token`; the HTTP status of a refusal.
+async fn tunnel_ws(
+    s: &Server,
+    lease: &str,
+    token: Option<&str>,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    u16,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "{}/api/v1/leases/{lease}/adb",
+        s.url.replace("http://", "ws://")
+    );
+    let mut req = url.into_client_request().unwrap();
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+        Err(e) => panic!("tunnel handshake failed oddly: {e}"),
+    }
+}
+
+/// `cloudphone adb LEASE` as `token`: the process and the local port it printed.
+fn adb_cli(s: &Server, token: &str, lease: &str) -> (Child, u16) {
+    use std::io::BufRead;
+    let mut child = Command::new(common::bin())
+        .args(["--url", &s.url, "--token", token, "adb", lease])
+        .env("HOME", "/nonexistent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cloudphone adb");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("adb connect 127.0.0.1:")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
+/// The preambles the fake VMM's adbd stand-in received, oldest first.
+fn preambles(state: &Path, phone: &str) -> Vec<String> {
+    let log = state.join("phones").join(phone).join("adb-preamble.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .split_terminator("\n\n")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adb_tunnel_through_the_agent_relay() {
+    adb_tunnel(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adb_tunnel_to_a_vmm_beside_the_service() {
+    adb_tunnel(false).await
+}
+
+/// Only the lease's user (or an operator) opens the tunnel; the phone is offered exactly the
+/// lease user's keys; bytes pass unchanged both ways, a few MiB included; at most 8 tunnels
+/// per lease are open at once; the tunnel and the
+/// command end within a second or two of the release, and the lease cannot be reopened.
+async fn adb_tunnel(through_relay: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start(Kind::Sqlite, &[]).await;
+    profile(&s, "adbphone", 1).await;
+    let state = TempDir::new("agent-state");
+    let root = std::fs::canonicalize(&state.0).unwrap();
+    let join = common::enrol(&s, "h1", &root.display().to_string(), 4).await;
+    let relay = match through_relay {
+        true => {
+            let listen = format!("127.0.0.1:{}", free_port());
+            let url = format!("http://{listen}");
+            vec!["--relay-listen".into(), listen, "--relay-url".into(), url]
+        }
+        false => vec![],
+    };
+    let _agent = start_agent(&s, &join, &root, &relay);
+    let phone = ready_phone(&s).await;
+    let (_, alice) = user(&s, "alice", "user", 1).await;
+    let (_, bob) = user(&s, "bob", "user", 1).await;
+    ok(
+        &s,
+        "POST",
+        "/keys",
+        &alice,
+        Some(json!({"key": base64_of(KEY1)})),
+        201,
+    )
+    .await;
+    ok(
+        &s,
+        "POST",
+        "/keys",
+        &bob,
+        Some(json!({"key": base64_of(KEY2)})),
+        201,
+    )
+    .await;
+    let lease = lease_phone(&s, &alice, "adbphone").await;
+    let lease_id = lease["lease"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(lease["lease"]["phone_id"], phone.as_str());
+
+    // Refused before any byte reaches the phone.
+    assert_eq!(tunnel_ws(&s, &lease_id, Some(&bob)).await.err(), Some(403));
+    assert_eq!(tunnel_ws(&s, &lease_id, None).await.err(), Some(401));
+    let unknown = "ls_0123456789abcdef";
+    assert_eq!(tunnel_ws(&s, unknown, Some(&alice)).await.err(), Some(404));
+    assert!(preambles(&root, &phone).is_empty());
+
+    // An operator may open it; the phone is still offered only alice's key.
+    let admin = s.admin.clone();
+    drop(tunnel_ws(&s, &lease_id, Some(&admin)).await.unwrap());
+    let expected = format!("CLOUDPHONE-ADB 1\nKEY {}\nEND", base64_of(KEY1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while preambles(&root, &phone).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(preambles(&root, &phone), std::slice::from_ref(&expected));
+
+    let (cli, port) = adb_cli(&s, &alice, &lease_id);
+    let mut adb = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let payload: Vec<u8> = (0..PAYLOAD).map(|i: u32| (i * 7 % 251) as u8).collect();
+    let (mut rd, mut wr) = adb.split();
+    let send = async {
+        wr.write_all(&payload).await.unwrap();
+    };
+    let mut echoed = vec![0u8; payload.len()];
+    let receive = async {
+        tokio::time::timeout(Duration::from_secs(30), rd.read_exact(&mut echoed))
+            .await
+            .expect("the echo within 30 s")
+            .unwrap();
+    };
+    tokio::join!(send, receive);
+    assert!(echoed == payload, "3 MiB came back byte-exact");
+    assert_eq!(preambles(&root, &phone), [expected.clone(), expected]);
+
+    // A connection flood: the CLI's tunnel and 7 more are open, the next is refused.
+    let mut flood = Vec::new();
+    for _ in 0..7 {
+        flood.push(tunnel_ws(&s, &lease_id, Some(&alice)).await.unwrap());
+    }
+    assert_eq!(
+        tunnel_ws(&s, &lease_id, Some(&alice)).await.err(),
+        Some(429)
+    );
+    drop(flood);
+
+    // Release: the open connection closes and the command ends, saying why.
+    let released = Instant::now();
+    ok(
+        &s,
+        "DELETE",
+        &format!("/leases/{lease_id}"),
+        &alice,
+        None,
+        200,
+    )
+    .await;
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(2), adb.read(&mut rest))
+        .await
+        .expect("the tunnel closed within 2 s of the release")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing after the release");
+    let out = tokio::task::spawn_blocking(move || cli.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(released.elapsed() < Duration::from_secs(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("lease ended: released"),
+        "{stderr}"
+    );
+    assert_eq!(
+        tunnel_ws(&s, &lease_id, Some(&alice)).await.err(),
+        Some(403)
+    );
+}

@@ -1,6 +1,7 @@
 //! Tier 2: the control service and host agent with real `cloudphone-vmm` phones.
 //! lease → the phone's guest boots under our VMM → release → the phone is reset (new VMM,
-//! new generation) and boots again, ready for the next user.
+//! new generation) and boots again, ready for the next user. A cloned phone answers Debian's
+//! `adb` through `cloudphone adb` for its lease holder's key only, until the lease ends.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -340,5 +341,113 @@ fn second_phone_of_a_profile_is_a_clone_of_the_first() {
         difference(&screenshot_at(Path::new(&first_api)), &home) < 0.01,
         "the tap on the clone reached the first phone"
     );
+    adb_through_the_tunnel(&control, &local, &diag);
     let _ = std::fs::remove_dir_all(&local);
+}
+
+/// Debian's `adb` (its own server on `server_port`, keys under `home`) with `args`: whether it
+/// succeeded, and stdout + stderr.
+fn adb(home: &Path, server_port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new("adb")
+        .env("HOME", home)
+        .args(["-P", &server_port.to_string()])
+        .args(args)
+        .output()
+        .expect("run adb (apt install adb)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A user leases a ready phone and reaches its adbd with Debian's adb through `cloudphone
+/// adb`: their registered key gets a shell, a key nobody registered is refused, and after the
+/// release the tunnel and the command are gone.
+fn adb_through_the_tunnel(control: &ControlService, local: &Path, diag: &dyn Fn() -> String) {
+    use std::io::BufRead;
+    let call =
+        |method: &str, path: &str, token: &str, body| control.call(method, path, token, body);
+    let alice = control.add_user("alice", "user", None);
+    // Two adb identities, each with its own HOME (keys) and its own adb server.
+    let (mine, stranger) = (local.join("adb-alice"), local.join("adb-stranger"));
+    for home in [&mine, &stranger] {
+        std::fs::create_dir_all(home.join(".android")).unwrap();
+        let key = home.join(".android/adbkey");
+        let (made, out) = adb(home, 5037, &["keygen", &key.display().to_string()]);
+        assert!(made, "adb keygen: {out}");
+    }
+    let public = std::fs::read_to_string(mine.join(".android/adbkey.pub")).unwrap();
+    let key = public.split_whitespace().next().unwrap();
+    let (c, k) = call("POST", "/keys", &alice, Some(json!({"key": key})));
+    assert_eq!(c, 201, "{k}");
+    let (c, l) = call("POST", "/leases", &alice, Some(json!({"profile": "phone"})));
+    assert_eq!(c, 201, "{l}");
+    let lease = l["lease"]["id"].as_str().unwrap().to_owned();
+
+    let mut tunnel = ChildGuard(
+        Command::new(workspace_binary("cloudphone"))
+            .args(["--url", &control.url(), "--token", &alice, "adb", &lease])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cloudphone adb"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(tunnel.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let serial = line
+        .trim()
+        .strip_prefix("adb connect ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    // The registered key: connected and authorised (adbd verifies the AUTH signature).
+    let (mine_port, stranger_port) = (15037, 15038);
+    let shell = |home: &Path, port: u16| {
+        adb(home, port, &["connect", &serial]);
+        adb(home, port, &["-s", &serial, "shell", "echo", "hello-from-the-phone"])
+    };
+    let echoed = control.wait("adb shell echo through the tunnel", TIMEOUT, diag, || {
+        let (ok, out) = shell(&mine, mine_port);
+        (ok && out.contains("hello-from-the-phone")).then_some(out)
+    });
+    eprintln!("adb shell through the tunnel: {}", echoed.trim());
+
+    // A key nobody registered: never a shell.
+    for _ in 0..3 {
+        let (ok, out) = shell(&stranger, stranger_port);
+        assert!(
+            !ok && !out.contains("hello-from-the-phone"),
+            "an unregistered key got a shell: {out}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (_, devices) = adb(&stranger, stranger_port, &["devices"]);
+    assert!(!devices.contains(&format!("{serial}\tdevice")), "{devices}");
+
+    // Release: the command ends saying why, and adb loses the phone.
+    let (c, r) = call("DELETE", &format!("/leases/{lease}"), &alice, None);
+    assert_eq!(c, 200, "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = tunnel.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "cloudphone adb outlived the lease");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut tunnel.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        !status.success() && stderr.contains("lease ended: released"),
+        "{status}: {stderr}"
+    );
+    let (ok, out) = adb(&mine, mine_port, &["-s", &serial, "shell", "echo", "still-here"]);
+    assert!(!ok && !out.contains("still-here"), "{out}");
+    for (home, port) in [(&mine, mine_port), (&stranger, stranger_port)] {
+        adb(home, port, &["kill-server"]);
+    }
 }

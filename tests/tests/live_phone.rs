@@ -113,7 +113,7 @@ fn start_stack(dir: &std::path::Path) -> Stack {
             "--state-dir".into(),
             state.into(),
             "--devices".into(),
-            "gpu,input,rng,balloon".into(),
+            "gpu,input,rng,balloon,vsock".into(),
             "--interval-ms".into(),
             "500".into(),
         ];

@@ -24,7 +24,7 @@ mod jail;
 mod logcap;
 mod relay;
 mod usage;
-mod vmm;
+pub mod vmm;
 mod warm;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -93,9 +93,9 @@ pub struct AgentOptions {
     /// Most phones this host runs.
     #[arg(long, default_value_t = 16)]
     pub max_phones: u32,
-    /// Optional VMM devices each phone gets: any of gpu,input,rng,balloon, or none; `ksm`
+    /// Optional VMM devices each phone gets: any of gpu,input,rng,balloon,vsock, or none; `ksm`
     /// also offers each phone's RAM to KSM.
-    #[arg(long, default_value = "gpu,input,rng,balloon", value_parser = vmm::Devices::parse)]
+    #[arg(long, default_value = "gpu,input,rng,balloon,vsock", value_parser = vmm::Devices::parse)]
     pub devices: vmm::Devices,
     /// Heartbeat period.
     #[arg(long, default_value_t = 1_000)]

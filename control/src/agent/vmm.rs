@@ -51,10 +51,13 @@ pub struct Devices {
     /// Not a device: guest RAM offered to KSM (`cloudphone-vmm --mergeable`), so the host's
     /// ksmd merges pages identical across phones once an operator turns KSM on.
     pub ksm: bool,
+    /// virtio-vsock with a host socket in the phone's directory ([`PhoneDir::vsock_socket`]):
+    /// how `cloudphone adb` reaches the phone's adbd.
+    pub vsock: bool,
 }
 
 impl Devices {
-    /// Parses `gpu,input,rng,balloon,ksm` (any subset) or `none`.
+    /// Parses `gpu,input,rng,balloon,ksm,vsock` (any subset) or `none`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut d = Devices {
             gpu: false,
@@ -62,6 +65,7 @@ impl Devices {
             rng: false,
             balloon: false,
             ksm: false,
+            vsock: false,
         };
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
@@ -70,16 +74,56 @@ impl Devices {
                 "rng" => d.rng = true,
                 "balloon" => d.balloon = true,
                 "ksm" => d.ksm = true,
+                "vsock" => d.vsock = true,
                 "none" => {}
                 other => {
                     return Err(format!(
-                        "unknown device {other:?}: use gpu, input, rng, balloon, ksm or none"
+                        "unknown device {other:?}: use gpu, input, rng, balloon, ksm, vsock or none"
                     ))
                 }
             }
         }
         Ok(d)
     }
+}
+
+/// File name of a phone's hybrid vsock socket, beside its API socket: consumers that know
+/// only the API socket (the relay, a local `serve`) find the vsock socket with
+/// [`vsock_socket_beside`].
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// Lowest guest CID handed out (0-2 are the hypervisor, loopback and the host).
+const FIRST_GUEST_CID: u32 = 3;
+/// Serialises CID choices, so two phones starting at once never pick the same one.
+static CID_CHOICE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The vsock socket of the VMM whose API socket is `api_socket`.
+pub fn vsock_socket_beside(api_socket: &Path) -> PathBuf {
+    api_socket.with_file_name(VSOCK_SOCKET)
+}
+
+/// The guest CID of the phone in `dir`: the one it already has, else the lowest CID no other
+/// phone directory under the state directory holds (unique per host, clones included, and
+/// stable across the phone's restarts and an agent restart).
+pub fn vsock_cid(cfg: &VmmConfig, dir: &PhoneDir) -> anyhow::Result<u32> {
+    let _choosing = CID_CHOICE.lock().unwrap_or_else(|p| p.into_inner());
+    let read = |path: &Path| -> Option<u32> {
+        let cid = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+        (cid >= FIRST_GUEST_CID).then_some(cid)
+    };
+    if let Some(cid) = read(&dir.cid_file()) {
+        return Ok(cid);
+    }
+    let taken: std::collections::HashSet<u32> = std::fs::read_dir(cfg.state_dir.join("phones"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| read(&e.path().join("vsock.cid")))
+        .collect();
+    let cid = (FIRST_GUEST_CID..u32::MAX)
+        .find(|c| !taken.contains(c))
+        .context("no free vsock CID left")?;
+    std::fs::write(dir.cid_file(), cid.to_string()).context("writing vsock.cid")?;
+    Ok(cid)
 }
 
 /// The files of one phone on this host.
@@ -97,6 +141,14 @@ impl PhoneDir {
     }
     pub fn api_socket(&self) -> PathBuf {
         self.dir.join("api.sock")
+    }
+    /// The VMM's hybrid vsock socket (`CONNECT <port>` reaches a guest port).
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.dir.join(VSOCK_SOCKET)
+    }
+    /// The guest CID this phone keeps for as long as its directory exists.
+    fn cid_file(&self) -> PathBuf {
+        self.dir.join("vsock.cid")
     }
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("vmm.pid")
@@ -161,12 +213,14 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// The VMM command line for a phone of `profile`: a cold boot, or with `restore` a clone of
-/// that snapshot (same devices, this phone's own sockets, logs and overlay).
+/// that snapshot (same devices, this phone's own sockets, logs, overlay and vsock CID
+/// `vsock_cid`, given when the vsock device is on).
 pub fn command_line(
     cfg: &VmmConfig,
     profile: &Profile,
     dir: &PhoneDir,
     restore: Option<&Path>,
+    vsock_cid: Option<u32>,
 ) -> Vec<String> {
     let mut args = Vec::new();
     match (&cfg.boot, restore) {
@@ -238,6 +292,12 @@ pub fn command_line(
     if cfg.devices.ksm {
         args.push("--mergeable".to_owned());
     }
+    if let Some(cid) = vsock_cid {
+        args.extend([
+            "--vsock".to_owned(),
+            format!("cid={cid},uds={}", dir.vsock_socket().display()),
+        ]);
+    }
     args.extend([
         "--api-socket".to_owned(),
         dir.api_socket().display().to_string(),
@@ -304,11 +364,22 @@ pub async fn start(
         recreate_overlay(cfg, profile, dir).await?;
     }
     let _ = std::fs::remove_file(dir.api_socket());
+    let _ = std::fs::remove_file(dir.vsock_socket());
+    let vsock_cid = match cfg.devices.vsock {
+        true => Some(vsock_cid(cfg, dir)?),
+        false => None,
+    };
     // A fresh console log per boot, so "the guest came up" is never read from an old boot.
     let _ = std::fs::remove_file(dir.dir.join("serial.log"));
     let _ = std::fs::remove_file(dir.dir.join("report.log"));
     let log = super::logcap::open_log(&dir.dir.join("vmm.log")).context("creating vmm.log")?;
-    let mut args = command_line(cfg, profile, dir, snapshot.map(|s| s.vm.as_path()));
+    let mut args = command_line(
+        cfg,
+        profile,
+        dir,
+        snapshot.map(|s| s.vm.as_path()),
+        vsock_cid,
+    );
     if let Some(jail) = &cfg.jail {
         args.extend(super::jail::vmm_args(cfg, jail, dir)?);
     }
@@ -537,7 +608,7 @@ mod tests {
         let cfg = test_config();
         let p = test_profile();
         let dir = PhoneDir::new(&cfg, "ph_1");
-        let args = command_line(&cfg, &p, &dir, None).join(" ");
+        let args = command_line(&cfg, &p, &dir, None, None).join(" ");
         assert!(
             args.contains("--disk /img/base.img,overlay=/s/phones/ph_1/overlay.qcow2"),
             "{args}"
@@ -550,7 +621,7 @@ mod tests {
             devices: Devices::parse("none").unwrap(),
             ..cfg
         };
-        let args = command_line(&bare, &p, &dir, None).join(" ");
+        let args = command_line(&bare, &p, &dir, None, None).join(" ");
         assert!(
             !args.contains("--gpu") && !args.contains("--input") && !args.contains("--rng"),
             "{args}"
@@ -560,7 +631,7 @@ mod tests {
             devices: Devices::parse("balloon,ksm").unwrap(),
             ..bare.clone()
         };
-        let args = command_line(&dense, &p, &dir, None).join(" ");
+        let args = command_line(&dense, &p, &dir, None, None).join(" ");
         assert!(
             args.contains("--balloon") && args.contains("--mergeable"),
             "{args}"
@@ -572,7 +643,7 @@ mod tests {
             },
             ..bare
         };
-        let args = command_line(&android, &p, &dir, None).join(" ");
+        let args = command_line(&android, &p, &dir, None, None).join(" ");
         assert!(
             args.starts_with("--boot-img /img/boot.img --vendor-boot /img/vendor_boot.img"),
             "{args}"
@@ -585,8 +656,8 @@ mod tests {
             args.contains("--console port=1,path=/s/phones/ph_1/report.log"),
             "{args}"
         );
-        let clone =
-            command_line(&android, &p, &dir, Some(Path::new("/s/snapshots/pr_1/vm"))).join(" ");
+        let snapshot = Some(Path::new("/s/snapshots/pr_1/vm"));
+        let clone = command_line(&android, &p, &dir, snapshot, Some(7)).join(" ");
         assert!(
             clone.starts_with("--restore /s/snapshots/pr_1/vm --console port=0"),
             "a clone gets the snapshot and its own consoles, not boot images: {clone}"
@@ -599,5 +670,48 @@ mod tests {
         );
         assert!(clone.contains("--disk /img/base.img,overlay=/s/phones/ph_1/overlay.qcow2"));
         assert!(clone.contains("--api-socket /s/phones/ph_1/api.sock"));
+        assert!(
+            clone.contains("--vsock cid=7,uds=/s/phones/ph_1/vsock.sock"),
+            "a clone gets its own CID and vsock socket: {clone}"
+        );
+        assert_eq!(vsock_socket_beside(&dir.api_socket()), dir.vsock_socket());
+    }
+
+    #[test]
+    fn vsock_cids_are_unique_per_host_and_kept_per_phone() {
+        let root = std::env::temp_dir().join(format!("cp-cid-{}", std::process::id()));
+        let cfg = VmmConfig {
+            vmm: "/bin/vmm".into(),
+            boot: GuestBoot::Kernel {
+                kernel: "/k".into(),
+                initrd: None,
+            },
+            cmdline: String::new(),
+            image_dir: "/img".into(),
+            qemu_img: "qemu-img".into(),
+            state_dir: root.clone(),
+            devices: Devices::parse("vsock").unwrap(),
+        };
+        let dirs: Vec<PhoneDir> = (0..4)
+            .map(|i| PhoneDir::new(&cfg, &format!("ph_{i}")))
+            .collect();
+        for d in &dirs {
+            std::fs::create_dir_all(&d.dir).unwrap();
+        }
+        let cids: Vec<u32> = dirs.iter().map(|d| vsock_cid(&cfg, d).unwrap()).collect();
+        assert_eq!(cids, [3, 4, 5, 6]);
+        assert_eq!(
+            vsock_cid(&cfg, &dirs[2]).unwrap(),
+            5,
+            "a phone keeps its CID"
+        );
+        // A removed phone's CID is free again; a garbled file is replaced.
+        remove(&dirs[1]);
+        std::fs::write(dirs[3].cid_file(), "2").unwrap();
+        let again = PhoneDir::new(&cfg, "ph_new");
+        std::fs::create_dir_all(&again.dir).unwrap();
+        assert_eq!(vsock_cid(&cfg, &again).unwrap(), 4);
+        assert_eq!(vsock_cid(&cfg, &dirs[3]).unwrap(), 6);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

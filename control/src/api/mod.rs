@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod hosts;
+pub mod keys;
 pub mod leases;
 pub mod metrics;
 pub mod openapi;
@@ -83,6 +84,8 @@ pub struct AppState {
     pub tokens: TokenCache,
     pub hashes: HashPool,
     pub logins: LoginThrottle,
+    /// Open adb tunnels per lease (a cap against connection floods).
+    pub adb_tunnels: crate::adb::tunnel::OpenTunnels,
     pub metrics: Arc<metrics::Metrics>,
     pub config: Arc<ServerConfig>,
 }
@@ -95,6 +98,7 @@ impl AppState {
             tokens: TokenCache::default(),
             hashes: HashPool::new(config.hash_concurrency),
             logins: LoginThrottle::default(),
+            adb_tunnels: Default::default(),
             metrics: Arc::default(),
             config: Arc::new(config),
         }
@@ -118,6 +122,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(leases::routes())
         .merge(queue::routes())
         .merge(hosts::routes())
+        .merge(keys::routes())
+        .merge(crate::adb::tunnel::routes())
         .merge(audit::routes())
         .merge(utilisation::routes())
         .route("/openapi.json", get(openapi::document));

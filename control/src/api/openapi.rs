@@ -79,6 +79,42 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     r(
         "get",
+        "/leases/{id}/adb",
+        "adb tunnel (WebSocket, binary messages) to the lease's phone, offering adbd the lease user's keys; the lease holder or an operator; closes with 4001 when the lease ends (`cloudphone adb`)",
+        AnyUser,
+        None,
+        101,
+        None,
+    ),
+    r(
+        "get",
+        "/keys",
+        "The caller's adb public keys (with fingerprints)",
+        AnyUser,
+        None,
+        200,
+        Some("AdbKeyList"),
+    ),
+    r(
+        "post",
+        "/keys",
+        "Register an adb public key (base64 of the 524-byte Android RSA key; at most 16 per user): phones the caller leases accept it",
+        AnyUser,
+        Some("AddKey"),
+        201,
+        Some("AdbKey"),
+    ),
+    r(
+        "delete",
+        "/keys/{id}",
+        "Remove one of the caller's adb keys (tunnels opened after this no longer offer it)",
+        AnyUser,
+        None,
+        200,
+        Some("AdbKey"),
+    ),
+    r(
+        "get",
         "/users",
         "List users",
         Operator,
@@ -484,6 +520,15 @@ fn schemas() -> Value {
         "JoinHost": obj(&["join_token"], json!({"join_token": s()})),
         "Joined": obj(&["host","host_key"], json!({"host": refr("Host"), "host_key": s()})),
     });
+    let adb = json!({
+        "AdbKey": obj(&["id","user_id","fingerprint","key","comment","created_ms"], json!({"id": s(), "user_id": s(),
+            "fingerprint": s(), "key": s(), "comment": s(), "created_ms": int()})),
+        "AdbKeyList": list("AdbKey"),
+        "AddKey": obj(&["key"], json!({"key": {"type": "string", "maxLength": 1024}, "comment": {"type": "string", "maxLength": 128}})),
+    });
+    for (k, v) in adb.as_object().expect("an object").clone() {
+        all[k] = v;
+    }
     for (k, v) in enrolment.as_object().expect("an object").clone() {
         all[k] = v;
     }

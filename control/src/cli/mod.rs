@@ -1,7 +1,8 @@
-//! The command-line client: `cloudphone login|profiles|phones|lease|release|queue|hosts|users`.
+//! The command-line client: `cloudphone login|profiles|phones|lease|release|adb|queue|keys|hosts|users`.
 //! Readable tables by default, `--json` for scripts. Credentials come from `--url`/`--token`,
 //! the environment (CLOUDPHONE_URL, CLOUDPHONE_TOKEN) or the file `login` saves.
 
+pub mod adb;
 pub mod table;
 
 use std::io::Write;
@@ -13,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::client::Client;
-use crate::model::{Host, Lease, Phone, Profile, QueueEntry, User};
+use crate::model::{AdbKey, Host, Lease, Phone, Profile, QueueEntry, User};
 use crate::scheduler::OvercommitPolicy;
 use crate::wire::hosts::{EnrolHost, Enrolled};
+use crate::wire::keys::AddKey;
 use crate::wire::leases::{AcquireRequest, AcquireResponse};
 use crate::wire::profiles::{CreateProfile, UpdateProfile};
 use crate::wire::users::{CreateUser, NewToken, UserWithToken};
@@ -68,12 +70,25 @@ pub enum ClientCommand {
     },
     /// Release a lease.
     Release { lease_id: String },
+    /// Tunnel adb to a leased phone: prints `adb connect 127.0.0.1:PORT` and relays until
+    /// the lease ends.
+    Adb {
+        lease_id: String,
+        /// Local port (0: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Waiting lease requests (yours; operators: all).
     Queue,
     /// Hosts (operators; lists them without a subcommand).
     Hosts {
         #[command(subcommand)]
         cmd: Option<HostsCmd>,
+    },
+    /// Your adb public keys (lists them without a subcommand): phones you lease accept them.
+    Keys {
+        #[command(subcommand)]
+        cmd: Option<KeysCmd>,
     },
     /// Users (operators) and tokens (lists them without a subcommand).
     Users {
@@ -124,6 +139,19 @@ pub enum HostsCmd {
         /// Measured CPU busy percent above which the host takes no phone (100: never).
         #[arg(long, default_value_t = OvercommitPolicy::default().cpu_busy_limit_pct)]
         cpu_busy_limit_pct: i64,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum KeysCmd {
+    List,
+    /// Register an adb public key file (e.g. ~/.android/adbkey.pub).
+    Add {
+        file: PathBuf,
+    },
+    /// Remove a key by id.
+    Rm {
+        id: String,
     },
 }
 
@@ -275,6 +303,21 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
             lease(&s, &body).await
         }
         ClientCommand::Release { lease_id } => release(&s, &lease_id).await,
+        ClientCommand::Adb { lease_id, port } => {
+            let target = adb::Target {
+                url: url.clone(),
+                token: token
+                    .clone()
+                    .context("adb needs a token (--token or login)")?,
+                tls: opts
+                    .ca_file
+                    .as_deref()
+                    .map(crate::tls::client_config)
+                    .transpose()?,
+                lease_id,
+            };
+            adb::run(&s.client, target, port).await
+        }
         ClientCommand::Queue => queue(&s).await,
         ClientCommand::Hosts { cmd } => match cmd {
             None | Some(HostsCmd::List) => hosts(&s).await,
@@ -297,6 +340,17 @@ pub async fn run(opts: ClientOptions, cmd: ClientCommand) -> anyhow::Result<()> 
                     .put(&format!("/hosts/{host_id}/policy"), &policy)
                     .await?;
                 show_hosts(&s, &[h])
+            }
+        },
+        ClientCommand::Keys { cmd } => match cmd {
+            None | Some(KeysCmd::List) => {
+                let keys: Vec<AdbKey> = s.client.get("/keys").await?;
+                show_keys(&s, &keys)
+            }
+            Some(KeysCmd::Add { file }) => add_key(&s, &file).await,
+            Some(KeysCmd::Rm { id }) => {
+                let k: AdbKey = s.client.delete(&format!("/keys/{id}")).await?;
+                show_keys(&s, &[k])
             }
         },
         ClientCommand::Users { cmd } => match cmd {
@@ -323,6 +377,26 @@ async fn login(s: &Session, url: String, token: Option<String>) -> anyhow::Resul
     save(&Saved {
         url: Some(url),
         token,
+    })
+}
+
+/// `keys add FILE`: the file holds `BASE64 [comment]` as adb writes adbkey.pub.
+async fn add_key(s: &Session, file: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the adb public key {}", file.display()))?;
+    let text = text.trim();
+    let (key, comment) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let body = AddKey {
+        key: key.to_owned(),
+        comment: comment.trim().to_owned(),
+    };
+    let k: AdbKey = s.client.post("/keys", &body).await?;
+    show_keys(s, &[k])
+}
+
+fn show_keys(s: &Session, keys: &[AdbKey]) -> anyhow::Result<()> {
+    show(s.json, keys, &["id", "fingerprint", "comment"], |k| {
+        vec![k.id.clone(), k.fingerprint.clone(), k.comment.clone()]
     })
 }
 

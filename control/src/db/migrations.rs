@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/0007_placement_by_use.sql"),
     ),
+    (8, include_str!("../../migrations/0008_adb_keys.sql")),
     (
         9,
         include_str!("../../migrations/0009_placement_by_cpu.sql"),

@@ -50,10 +50,14 @@ pub async fn held_locked(tx: &mut Tx, user_id: &str) -> Result<i64> {
     .map_err(Into::into)
 }
 
+/// A lease by id, whoever holds it (callers decide who may see it).
+pub async fn get(tx: &mut Tx, id: &str) -> Result<Lease> {
+    decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)
+}
+
 /// A lease as `user` may see it (another user's lease is `NotFound`).
 pub async fn get_visible(tx: &mut Tx, user: &User, id: &str) -> Result<Lease> {
-    let lease =
-        decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)?;
+    let lease = get(tx, id).await?;
     if user.role != Role::Operator && lease.user_id != user.id {
         return Err(Error::NotFound("lease".into()));
     }
@@ -83,8 +87,7 @@ pub async fn get_locked(tx: &mut Tx, id: &str) -> Result<Lease> {
 /// its expiry that the scheduler has not reaped yet; `None` while it holds. Stream sessions
 /// re-check the lease they were granted for with this.
 pub async fn ended_by(tx: &mut Tx, id: &str, now_ms: i64) -> Result<Option<LeaseState>> {
-    let lease =
-        decode(&super::one(tx, "lease", &format!("{COLS} WHERE id = ?"), &[id.into()]).await?)?;
+    let lease = get(tx, id).await?;
     Ok(match lease.state {
         LeaseState::Active if lease.expires_ms <= now_ms => Some(LeaseState::Expired),
         LeaseState::Active => None,

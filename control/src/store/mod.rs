@@ -7,6 +7,7 @@
 //! Paths that cannot (a user taking back their own parked phone, a release, which parks or
 //! resets the phone) lock only the rows they change, so they run in parallel.
 
+pub mod adb_keys;
 pub mod audit;
 pub mod hosts;
 pub mod leases;

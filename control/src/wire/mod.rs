@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod hosts;
+pub mod keys;
 pub mod leases;
 pub mod phones;
 pub mod profiles;

@@ -103,6 +103,9 @@ impl fmt::Display for VmmApi {
     }
 }
 
+/// A byte stream to the far side of an HTTP/1.1 upgrade ([`VmmApi::upgrade`]).
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
 /// An open damage subscription whose reply head has arrived (the VMM now publishes to it).
 pub struct DamageStream {
     api: VmmApi,
@@ -300,6 +303,38 @@ impl VmmApi {
         Ok(res.into_body())
     }
 
+    /// `GET path` upgraded to `protocol` with `headers` added: once the other side answers
+    /// 101, the connection is a plain byte stream both ways (the relay's adb tunnel). Any
+    /// other answer is an error carrying its status and body.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Upgraded, Error> {
+        let mut all = vec![("connection", "upgrade"), ("upgrade", protocol)];
+        all.extend_from_slice(headers);
+        let open = async {
+            let res = self.send_with("GET", path, None, &all).await?;
+            if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+                let status = res.status();
+                let body = Limited::new(res.into_body(), self.max_reply)
+                    .collect()
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_default();
+                return Err(self.error(format!("GET {path} (upgrade): {status}: {body}")));
+            }
+            hyper::upgrade::on(res)
+                .await
+                .map(TokioIo::new)
+                .map_err(|e| self.error(format!("GET {path}: upgrade failed: {e}")))
+        };
+        tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| self.late("GET", path))?
+    }
+
     /// One raw call; the reply's status and (capped) body whatever the status. For callers
     /// that pass replies on (the relay) or test hostile bodies.
     pub async fn exchange(
@@ -363,9 +398,22 @@ impl VmmApi {
         path: &str,
         body: Option<String>,
     ) -> Result<hyper::Response<Incoming>, Error> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Result<hyper::Response<Incoming>, Error> {
         let mut req = hyper::Request::builder()
             .method(method)
             .header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         req = match &self.endpoint {
             Endpoint::Unix(_) => req.uri(path).header("host", "localhost"),
             Endpoint::Relay {
@@ -429,7 +477,7 @@ impl VmmApi {
             .await
             .map_err(|e| self.error(format!("HTTP handshake: {e}")))?;
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         sender
             .send_request(req)

@@ -7,7 +7,7 @@ pub(crate) mod client;
 pub mod server;
 pub mod wire;
 
-pub use server::{routes, PhoneSockets};
+pub use server::{authorized, routes, PhoneSockets, UNAUTHORIZED};
 
 #[cfg(test)]
 pub(crate) mod tests;

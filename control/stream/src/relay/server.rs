@@ -108,20 +108,26 @@ fn same_key(given: &[u8], key: &[u8]) -> bool {
     given.len() == key.len() && given.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// Whether `headers` carry `Authorization: Bearer <key>`: the check of every relay route,
+/// including those the host agent adds beside these (its adb tunnel).
+pub fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    same_key(given.as_bytes(), key.as_bytes())
+}
+
+/// What a request without the relay key is told (401).
+pub const UNAUTHORIZED: &str =
+    "missing or wrong relay key (Authorization: Bearer <key the agent registered>)";
+
 impl Relay {
     /// The phone's VMM client; 401 for a bad key, 404 for a phone not running here.
     fn phone(&self, headers: &HeaderMap, id: &str) -> Result<VmmApi, Fail> {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same_key(given.as_bytes(), self.key.as_bytes()) {
-            return Err(Fail(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong relay key (Authorization: Bearer <key the agent registered>)"
-                    .into(),
-            ));
+        if !authorized(headers, &self.key) {
+            return Err(Fail(StatusCode::UNAUTHORIZED, UNAUTHORIZED.into()));
         }
         let socket = self.phones.api_socket(id).ok_or_else(|| {
             Fail(
