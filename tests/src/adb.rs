@@ -40,6 +40,7 @@ fn free_port() -> u16 {
 impl AdbClient {
     /// A client under `home` (created) for the device at `127.0.0.1:device_port`.
     pub fn new(home: &Path, device_port: u16) -> Result<AdbClient> {
+        crate::loopback_up();
         std::fs::create_dir_all(home.join(".android"))?;
         let key = home.join(".android/adbkey");
         let keygen = Command::new("adb")

@@ -62,6 +62,15 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".cache"))
 }
 
+/// Brings loopback up: `scripts/kvm-sandbox` starts with `lo` down, and the control service,
+/// the adb server and the tunnels listen on 127.0.0.1. Harmless where it is already up (or
+/// where the caller may not change links).
+pub fn loopback_up() {
+    let _ = std::process::Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+}
+
 /// A scratch directory for one test, outside `/tmp` (the sandbox hides host `/tmp`) and
 /// inside the target dir (which `scripts/test` shares read-write with the sandbox).
 pub fn scratch_dir(test: &str) -> PathBuf {

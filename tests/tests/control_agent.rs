@@ -63,10 +63,7 @@ fn jailed_uid(state: &Path, phone_id: &str, pid: &str) -> u32 {
 #[test]
 #[ignore = "tier 2: needs working KVM and a cloudphone-vmm that boots guests"]
 fn lease_boots_a_real_phone_and_release_resets_it() {
-    // The kvm-sandbox starts with loopback down; the control service listens on 127.0.0.1.
-    let _ = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status();
+    cloudphone_tests::loopback_up();
     let kernel = guest_kernel();
     let dir: PathBuf = scratch_dir("control-agent");
     // SQLite (WAL) and Unix sockets need a local filesystem, not the sandbox's 9p share.
@@ -210,9 +207,7 @@ fn second_phone_of_a_profile_is_a_clone_of_the_first() {
     use cloudphone_tests::cache_dir;
     use cloudphone_tests::phone::{difference, golden, icon_centre, screenshot_at, touch_at};
     const SIZE: (u32, u32) = (720, 1280);
-    let _ = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status();
+    cloudphone_tests::loopback_up();
     let image = cache_dir().join("test-image");
     let dir = scratch_dir("control-agent-clone");
     let local = std::env::temp_dir().join(format!("cloudphone-agent-clone-{}", std::process::id()));
