@@ -1,7 +1,8 @@
 //! adb helpers for tests and benchmarks: Debian's `adb` client with a private HOME, key and
 //! server port (killed on drop; the sandbox has a fresh /tmp, so nothing is shared), and a TCP
 //! bridge that prefixes every connection with the `CLOUDPHONE-ADB 1` key preamble, either to an
-//! in-process adbd or to a VMM's hybrid vsock socket (`CONNECT 5555`).
+//! in-process adbd or to a VMM's hybrid vsock socket (`CONNECT 5555`); and a native adb client
+//! ([`shell`]) for where Debian's adb server cannot run (inside scripts/kvm-sandbox).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -217,4 +218,101 @@ pub fn vsock_connect(uds: &Path, port: u32) -> Result<UnixStream> {
     }
     s.set_read_timeout(None)?;
     Ok(s)
+}
+
+/// A test key pair for [`shell`], generated once per process (2048 bits, adb's size).
+pub fn test_key() -> &'static rsa::RsaPrivateKey {
+    static KEY: std::sync::OnceLock<rsa::RsaPrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(std::process::id()));
+        rsa::RsaPrivateKey::new(&mut rng, 2048).expect("2048-bit key generation")
+    })
+}
+
+/// [`test_key`]'s public half, as the preamble names it.
+pub fn test_public_key() -> AdbPublicKey {
+    AdbPublicKey::from_rsa(test_key().to_public_key())
+}
+
+/// What a native [`shell`] command produced.
+#[derive(Debug, Default)]
+pub struct ShellOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// None when the stream closed without a shell v2 exit packet.
+    pub exit: Option<u8>,
+}
+
+/// A native adb client (no Debian adb): on `stream` (a fresh connection to adbd, e.g. from
+/// [`vsock_connect`]) writes the key preamble naming [`test_public_key`], does CNXN, AUTH
+/// TOKEN -> SIGNATURE, CNXN, then runs `command` as `shell,v2,raw:` and collects its stdout,
+/// stderr and exit code (OKAYing each WRTE) until CLSE. Call [`test_key`] before connecting:
+/// generating the key can take longer than adbd waits for the preamble.
+pub fn shell(mut stream: UnixStream, command: &str, timeout: Duration) -> Result<ShellOutput> {
+    use cloudphone_adb::packet::{self, Packet};
+    use cloudphone_adb::shell as v2;
+    stream.set_read_timeout(Some(timeout))?;
+    let wire = preamble::encode(&[test_public_key()])?;
+    stream
+        .write_all(&wire)
+        .context("writing the key preamble")?;
+    let max = packet::MAX_PAYLOAD;
+    let read = |s: &mut UnixStream| -> Result<Packet> {
+        Packet::read_from(s, max, false).context("reading an adb packet")
+    };
+    Packet::new(packet::A_CNXN, packet::VERSION, max, &b"host::\0"[..])
+        .write_to(&mut stream)
+        .context("writing CNXN")?;
+    loop {
+        let p = read(&mut stream)?;
+        match (p.command, p.arg0) {
+            (packet::A_AUTH, packet::AUTH_TOKEN) => {
+                let signature = test_key()
+                    .sign(rsa::Pkcs1v15Sign::new::<sha1::Sha1>(), &p.payload)
+                    .context("signing the AUTH token")?;
+                Packet::new(packet::A_AUTH, packet::AUTH_SIGNATURE, 0, signature)
+                    .write_to(&mut stream)
+                    .context("writing AUTH SIGNATURE")?;
+            }
+            (packet::A_CNXN, _) => break,
+            _ => bail!(
+                "adb handshake: unexpected {} {}",
+                packet::command_name(p.command),
+                p.arg0
+            ),
+        }
+    }
+    const LOCAL_ID: u32 = 1;
+    let mut service = format!("shell,v2,raw:{command}").into_bytes();
+    service.push(0);
+    Packet::new(packet::A_OPEN, LOCAL_ID, 0, service)
+        .write_to(&mut stream)
+        .context("writing OPEN")?;
+    // The shell v2 stream, reassembled from WRTE payloads.
+    let mut data = Vec::new();
+    let mut out = ShellOutput::default();
+    loop {
+        let p = read(&mut stream)?;
+        match p.command {
+            packet::A_OKAY => {}
+            packet::A_WRTE => {
+                data.extend_from_slice(&p.payload);
+                Packet::new(packet::A_OKAY, LOCAL_ID, p.arg0, Vec::new()).write_to(&mut stream)?;
+            }
+            packet::A_CLSE => break,
+            c => bail!("adb shell: unexpected {}", packet::command_name(c)),
+        }
+    }
+    let mut r = &data[..];
+    while !r.is_empty() {
+        let (id, bytes) = v2::read(&mut r).context("a truncated shell v2 packet")?;
+        match id {
+            v2::ID_STDOUT => out.stdout.extend_from_slice(&bytes),
+            v2::ID_STDERR => out.stderr.extend_from_slice(&bytes),
+            v2::ID_EXIT => out.exit = bytes.first().copied(),
+            _ => {}
+        }
+    }
+    Ok(out)
 }

@@ -453,39 +453,24 @@ fn reported_identity(
         .collect()
 }
 
-/// Runs `command` in a guest through the phone agent's vsock shell (port 5555), reached over
-/// the VMM's vsock socket `uds` (`CONNECT 5555`); returns its output, panicking unless it
-/// exits 0.
+/// Runs `command` in a guest through the phone agent's adbd (vsock port 5555, reached over
+/// the VMM's vsock socket `uds` with `CONNECT 5555`) with the native test adb client; returns
+/// its output, panicking unless it exits 0.
 fn guest_shell(uds: &Path, command: &str) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(uds)
-        .unwrap_or_else(|e| panic!("connecting to {}: {e}", uds.display()));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    stream.write_all(b"CONNECT 5555\n").unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("OK "),
-        "vsock CONNECT 5555 answered {line:?}"
+    // The key first: generating it can outlast adbd's preamble timeout in a slow sandbox.
+    cloudphone_tests::adb::test_key();
+    let stream = cloudphone_tests::adb::vsock_connect(uds, 5555)
+        .unwrap_or_else(|e| panic!("vsock CONNECT 5555 on {}: {e:#}", uds.display()));
+    let out = cloudphone_tests::adb::shell(stream, command, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("adb shell {command:?}: {e:#}"));
+    let output = cloudphone_tests::adb::text(&out.stdout);
+    assert_eq!(
+        out.exit,
+        Some(0),
+        "{command:?} failed: {output}{}",
+        cloudphone_tests::adb::text(&out.stderr)
     );
-    stream.write_all(format!("{command}\n").as_bytes()).unwrap();
-    let mut output = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).unwrap();
-        assert!(
-            n > 0,
-            "the shell closed before EXIT; output so far {output:?}"
-        );
-        if let Some(code) = line.strip_prefix("EXIT ") {
-            assert_eq!(code.trim(), "0", "{command:?} failed: {output}");
-            return output;
-        }
-        output.push_str(&line);
-    }
+    output
 }
 
 /// Issue 13: twenty clones of one phone snapshot run at once, each restored with its own TAP

@@ -522,3 +522,26 @@ fn key_pair_other() -> rsa::RsaPublicKey {
         .unwrap()
         .to_public_key()
 }
+
+/// The tests' native adb client (what the tier-2 tests use where Debian's adb server cannot
+/// run): preamble, AUTH with its own key, shell v2 with stdout, stderr and exit code.
+#[test]
+fn native_test_client_runs_shell_v2_commands() {
+    let run = |command: &str| {
+        let (_device, config) = scratch_phone(&format!("native-{}", rand::random::<u32>()));
+        let (host, guest) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || adbd::serve(guest, &config));
+        cloudphone_tests::adb::shell(host, command, Duration::from_secs(30)).unwrap()
+    };
+    let out = run("echo hello; echo oops >&2; exit 3");
+    assert_eq!(
+        (
+            text(&out.stdout).as_str(),
+            text(&out.stderr).as_str(),
+            out.exit
+        ),
+        ("hello\n", "oops\n", Some(3))
+    );
+    let big = run("head -c 300000 /dev/zero");
+    assert_eq!((big.stdout.len(), big.exit), (300000, Some(0)));
+}
