@@ -403,7 +403,11 @@ fn adb_through_the_tunnel(control: &ControlService, local: &Path, diag: &dyn Fn(
     let (mine_port, stranger_port) = (15037, 15038);
     let shell = |home: &Path, port: u16| {
         adb(home, port, &["connect", &serial]);
-        adb(home, port, &["-s", &serial, "shell", "echo", "hello-from-the-phone"])
+        adb(
+            home,
+            port,
+            &["-s", &serial, "shell", "echo", "hello-from-the-phone"],
+        )
     };
     let echoed = control.wait("adb shell echo through the tunnel", TIMEOUT, diag, || {
         let (ok, out) = shell(&mine, mine_port);
@@ -431,7 +435,10 @@ fn adb_through_the_tunnel(control: &ControlService, local: &Path, diag: &dyn Fn(
         if let Some(status) = tunnel.0.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "cloudphone adb outlived the lease");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cloudphone adb outlived the lease"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut stderr = String::new();
@@ -440,7 +447,11 @@ fn adb_through_the_tunnel(control: &ControlService, local: &Path, diag: &dyn Fn(
         !status.success() && stderr.contains("lease ended: released"),
         "{status}: {stderr}"
     );
-    let (ok, out) = adb(&mine, mine_port, &["-s", &serial, "shell", "echo", "still-here"]);
+    let (ok, out) = adb(
+        &mine,
+        mine_port,
+        &["-s", &serial, "shell", "echo", "still-here"],
+    );
     assert!(!ok && !out.contains("still-here"), "{out}");
     for (home, port) in [(&mine, mine_port), (&stranger, stranger_port)] {
         adb(home, port, &["kill-server"]);

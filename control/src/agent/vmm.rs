@@ -681,16 +681,9 @@ mod tests {
     fn vsock_cids_are_unique_per_host_and_kept_per_phone() {
         let root = std::env::temp_dir().join(format!("cp-cid-{}", std::process::id()));
         let cfg = VmmConfig {
-            vmm: "/bin/vmm".into(),
-            boot: GuestBoot::Kernel {
-                kernel: "/k".into(),
-                initrd: None,
-            },
-            cmdline: String::new(),
-            image_dir: "/img".into(),
-            qemu_img: "qemu-img".into(),
             state_dir: root.clone(),
             devices: Devices::parse("vsock").unwrap(),
+            ..test_config()
         };
         let dirs: Vec<PhoneDir> = (0..4)
             .map(|i| PhoneDir::new(&cfg, &format!("ph_{i}")))
@@ -706,7 +699,7 @@ mod tests {
             "a phone keeps its CID"
         );
         // A removed phone's CID is free again; a garbled file is replaced.
-        remove(&dirs[1]);
+        remove(&cfg, &dirs[1]);
         std::fs::write(dirs[3].cid_file(), "2").unwrap();
         let again = PhoneDir::new(&cfg, "ph_new");
         std::fs::create_dir_all(&again.dir).unwrap();
